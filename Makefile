@@ -1,0 +1,49 @@
+# Learning Machine. `make up` sets up and starts everything; `make test` runs the whole test suite.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+# uv from PATH, else the one `make install` puts in the user's site-packages.
+UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
+UV_VERSION := 0.13.9
+RUN := $(UV) run --frozen
+
+.PHONY: help install up down status test test-fast lint format bench bench-quick clean
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+install: ## Install uv (if missing) and the locked dependencies into .venv
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
+		$(PYTHON) -m pip install --quiet --user "uv==$(UV_VERSION)"
+	$(UV) sync --frozen
+
+up: install ## Start MLflow (and every other service) in the background; train a first model if none
+	$(RUN) lm up
+
+down: ## Stop every process `make up` started
+	@if [ -x .venv/bin/lm ]; then $(RUN) lm down; else echo "nothing installed, nothing to stop"; fi
+
+status: ## Each service, its URL and health
+	$(RUN) lm status
+
+lint: install ## Ruff and mypy on the package
+	$(RUN) ruff check .
+	$(RUN) mypy
+
+format: install ## Apply ruff's fixes
+	$(RUN) ruff check --fix .
+
+test: install lint ## Lint, then every test (real MLflow, PostgreSQL, S3 servers started by fixtures)
+	$(RUN) pytest
+
+test-fast: install ## Tests without the slow end-to-end ones
+	$(RUN) pytest -m "not slow"
+
+bench: install ## Full benchmarks: report in bench-results/
+	$(RUN) lm bench --out bench-results
+
+bench-quick: install ## Quick benchmarks (minutes): report in bench-results/quick
+	$(RUN) lm bench --quick --out bench-results/quick
+
+clean: down ## Remove local state (.lm), caches and reports
+	rm -rf .lm bench-results .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,112 @@
+"""`lm bench` / `make bench`: the project's benchmark harness. Each section measures something side by
+side in one run and returns rows for a Markdown table; the report folder gets `report.md` and the raw
+`results.json`. Medians and min-max over repetitions: these machines are noisy, so compare within a run."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Section:
+    """One benchmark section: a title, a table and notes."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def markdown(self) -> str:
+        lines = [f"## {self.title}", "", "| " + " | ".join(self.columns) + " |",
+                 "|" + "---|" * len(self.columns)]
+        lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in self.rows]
+        lines += [""] + [f"- {n}" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+def timed(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
+    """Wall times of ``repeats`` calls: median, min, max (seconds)."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return {"median": statistics.median(times), "min": min(times), "max": max(times), "n": float(len(times))}
+
+
+def bench_training(quick: bool, progress: Progress) -> Section:
+    """Time to train each model kind on 10k and 100k generated rows (how cost grows with rows)."""
+    from learning_machine.data.sources import load_dataset
+    from learning_machine.training import train_model
+
+    sizes = [10_000, 100_000]
+    repeats = 1 if quick else 3
+    section = Section("Training time versus rows", ["model kind", "rows", "median s", "min s", "max s",
+                                                     "rows/s", "held-out AUC"])
+    for kind in ("xgboost", "logistic-regression"):
+        for rows in sizes:
+            data = load_dataset("synthetic-cohort", n_rows=rows, seed=1)
+            progress(f"training {kind} on {rows:,} rows x{repeats}")
+            results: list[Any] = []
+
+            def fit(data: Any = data, kind: str = kind, results: list[Any] = results) -> None:
+                results.append(train_model(data, kind=kind, seed=1))
+
+            stats = timed(fit, repeats)
+            auc = results[-1].evaluation.metrics["auc"]
+            section.rows.append([kind, f"{rows:,}", stats["median"], stats["min"], stats["max"],
+                                 rows / stats["median"], auc])
+            section.raw[f"{kind}/{rows}"] = {**stats, "auc": auc}
+    section.notes.append(f"Fit plus held-out evaluation of the whole pipeline (impute, scale, encode, model); "
+                         f"{repeats} repetition(s) each; 75 % of the rows are used for fitting.")
+    return section
+
+
+SECTIONS: dict[str, Callable[[bool, Progress], Section]] = {"training": bench_training}
+
+
+def run_benchmarks(out_dir: Path, *, quick: bool = False, only: list[str] | None = None,
+                   progress: Progress = print) -> Path:
+    """Run the sections and write ``report.md`` and ``results.json`` to ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    sections = []
+    for name, fn in SECTIONS.items():
+        if only and name not in only:
+            continue
+        progress(f"benchmark section: {name}")
+        sections.append(fn(quick, progress))
+    machine = {"python": platform.python_version(), "platform": platform.platform(),
+               "processor": platform.processor() or platform.machine(), "cpus": _cpus()}
+    header = [f"# Learning Machine benchmarks ({'quick' if quick else 'full'})", "",
+              f"Run {time.strftime('%Y-%m-%d %H:%M', time.localtime(started))}, "
+              f"{time.time() - started:.0f} s, on {machine['platform']} with {machine['cpus']} CPU(s), "
+              f"Python {machine['python']}. Command: `make bench{'-quick' if quick else ''}`.", ""]
+    (out_dir / "report.md").write_text("\n".join(header) + "\n".join(s.markdown() for s in sections))
+    (out_dir / "results.json").write_text(json.dumps(
+        {"quick": quick, "started": started, "machine": machine,
+         "sections": {s.title: {"columns": s.columns, "rows": s.rows, "raw": s.raw, "notes": s.notes}
+                      for s in sections}}, indent=2, default=str))
+    return out_dir / "report.md"
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

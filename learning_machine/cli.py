@@ -1,0 +1,296 @@
+"""`lm`: the Learning Machine command line. A thin edge: it builds the settings once, calls the logic,
+and turns :class:`LearningMachineError` into a one-line message and a non-zero exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from learning_machine.errors import LearningMachineError
+from learning_machine.settings import Settings, load_settings
+
+app = typer.Typer(help="Learning Machine: a self-monitoring, self-retraining clinical model platform.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+data_app = typer.Typer(help="Datasets: generate, validate, list scenarios.", no_args_is_help=True)
+models_app = typer.Typer(help="Registered model versions: list, promote, roll back.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
+
+console = Console(stderr=True)
+out = Console()
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    settings: Settings = ctx.obj
+    return settings
+
+
+@app.callback()
+def _main(ctx: typer.Context) -> None:
+    settings = load_settings()
+    _quiet_mlflow(settings)
+    ctx.obj = settings
+
+
+def _quiet_mlflow(settings: Settings) -> None:
+    """Fail fast instead of MLflow's default minutes of retries against a server that is down."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(settings.request_timeout_s, 5) * 6)))
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def _say(message: str) -> None:
+    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}")
+
+
+def _tracker(settings: Settings) -> Any:
+    from learning_machine.tracking import Tracker
+
+    return Tracker(settings.tracking_uri, timeout_s=settings.request_timeout_s)
+
+
+# -- services ----------------------------------------------------------------------------------------
+@app.command()
+def up(ctx: typer.Context,
+       train: Annotated[bool, typer.Option(help="Train and register a first model when none is registered.")] = True,
+       ) -> None:
+    """Start every service in the background and make sure a champion model is registered."""
+    from learning_machine.embedded import start_all
+
+    settings = _settings(ctx)
+    report = start_all(settings, progress=_say)
+    if train:
+        _ensure_champion(settings)
+    _print_status(report.statuses)
+    console.print(f"State and logs: {settings.home.resolve()}   Stop everything with: lm down")
+
+
+def _ensure_champion(settings: Settings) -> None:
+    from learning_machine.lifecycle import dataset_from_settings, train_and_register
+    from learning_machine.tracking import CHAMPION
+
+    tracker = _tracker(settings)
+    tracker.health()
+    current = tracker.alias_version(settings.model_name, CHAMPION)
+    if current is not None:
+        _say(f"model {settings.model_name} v{current.version} is the champion")
+        return
+    _say(f"no champion for {settings.model_name}: training a first model on {settings.dataset}")
+    dataset = dataset_from_settings(settings)
+    outcome = train_and_register(settings, tracker, dataset, promote="if-first", progress=_say)
+    _say(f"champion: {settings.model_name} v{outcome.version.version} "
+         f"(AUC {outcome.result.evaluation.metrics.get('auc', float('nan')):.3f})")
+
+
+@app.command()
+def down(ctx: typer.Context) -> None:
+    """Stop every process `lm up` started."""
+    from learning_machine.embedded import stop_all
+
+    stopped = stop_all(_settings(ctx))
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@app.command()
+def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False,
+           ) -> None:
+    """Each service, its URL and its health."""
+    from learning_machine.embedded import statuses
+
+    result = statuses(_settings(ctx))
+    if as_json:
+        out.print_json(json.dumps([s.as_dict() for s in result]))
+    else:
+        _print_status(result)
+    if not all(s.healthy for s in result):
+        raise typer.Exit(3)
+
+
+def _print_status(result: list[Any]) -> None:
+    table = Table("service", "url", "state", "pid")
+    for s in result:
+        state = "[green]healthy[/green]" if s.healthy else ("[yellow]starting/unhealthy[/yellow]" if s.running
+                                                           else "[red]down[/red]")
+        table.add_row(s.name, s.url, state + (f" ({s.detail})" if s.detail else ""), str(s.pid or "-"))
+    out.print(table)
+
+
+@app.command()
+def doctor(ctx: typer.Context) -> None:
+    """Check every configured service and log a smoke run, so you know the stack works."""
+    from learning_machine.doctor import run_checks
+
+    checks = run_checks(_settings(ctx))
+    table = Table("check", "result", "detail")
+    for check in checks:
+        table.add_row(check.name, "[green]ok[/green]" if check.ok else "[red]FAILED[/red]", check.detail)
+    out.print(table)
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
+
+
+# -- data --------------------------------------------------------------------------------------------
+@data_app.command("generate")
+def data_generate(
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="CSV file to write.")] = Path("cohort.csv"),
+    rows: Annotated[int, typer.Option(min=1, help="Number of records.")] = 5000,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same rows).")] = 0,
+    scenario: Annotated[str, typer.Option(help="Drift scenario (see `lm data scenarios`).")] = "none",
+    drift_start: Annotated[int, typer.Option(min=0, help="First row the scenario affects.")] = 0,
+    severity: Annotated[float, typer.Option(min=0.0, help="Scale of the shift (1 = documented size).")] = 1.0,
+    with_truth: Annotated[bool, typer.Option(help="Add true_risk and drifted columns (ground truth).")] = False,
+) -> None:
+    """Generate synthetic-cohort records, optionally with a drift scenario from a chosen row."""
+    from learning_machine.data.synthetic import generate_cohort
+
+    cohort = generate_cohort(rows, seed=seed, scenario=scenario, drift_start=drift_start, severity=severity)
+    frame = cohort.frame.copy()
+    if with_truth:
+        frame["true_risk"] = cohort.true_risk
+        frame["drifted"] = cohort.drifted
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out_path, index=False)
+    console.print(f"wrote {len(frame):,} records to {out_path} (scenario {scenario} from row {drift_start}, "
+                  f"outcome rate {frame['outcome'].mean():.3f})")
+
+
+@data_app.command("scenarios")
+def data_scenarios() -> None:
+    """The drift scenarios of the synthetic cohort."""
+    from learning_machine.data.synthetic import describe_scenarios
+
+    table = Table("scenario", "what it shifts")
+    for name, text in describe_scenarios().items():
+        table.add_row(name, text)
+    out.print(table)
+
+
+@data_app.command("validate")
+def data_validate(
+    path: Annotated[Path, typer.Argument(help="CSV file to check.")],
+    spec: Annotated[Path | None, typer.Option(help="Spec file (default: the built-in --dataset's).")] = None,
+    dataset: Annotated[str, typer.Option(help="Built-in dataset whose spec to use.")] = "synthetic-cohort",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Check a CSV file against a dataset spec and print its data-quality report."""
+    import pandas as pd
+
+    from learning_machine.data.sources import spec_for
+    from learning_machine.errors import DatasetError
+
+    the_spec = spec_for(dataset, spec)
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DatasetError(f"cannot read {str(path)!r}: {exc}") from exc
+    report = the_spec.quality(frame)
+    if as_json:
+        out.print_json(json.dumps(report.as_dict()))
+    else:
+        out.print(f"{path}: {report.n_rows:,} rows against spec {the_spec.name!r}")
+        for key, value in report.as_dict().items():
+            if value not in ({}, [], 0, None) and key not in ("dataset", "n_rows"):
+                out.print(f"  {key}: {value}")
+    if report.missing_columns or report.invalid_cells:
+        raise typer.Exit(1)
+
+
+# -- training and models -----------------------------------------------------------------------------
+@app.command()
+def train(
+    ctx: typer.Context,
+    dataset: Annotated[str | None, typer.Option(help="Built-in dataset or CSV path (default: LM_DATASET).")] = None,
+    spec: Annotated[Path | None, typer.Option(help="Spec file for a CSV dataset.")] = None,
+    rows: Annotated[int | None, typer.Option(min=100, help="Rows to generate (synthetic data).")] = None,
+    kind: Annotated[str | None, typer.Option(help="Model kind: xgboost, logistic-regression.")] = None,
+    continue_from: Annotated[str | None, typer.Option(help="Continue training a version or alias (warm start).")]
+    = None,
+    promote: Annotated[str, typer.Option(help="always | never | if-first (when no champion yet).")] = "if-first",
+    scenario: Annotated[str, typer.Option(help="Drift scenario for generated data.")] = "none",
+    drift_start: Annotated[int, typer.Option(min=0, help="First drifted row for generated data.")] = 0,
+) -> None:
+    """Train (or continue training) a model, log it to MLflow and register it."""
+    from learning_machine.data.sources import load_dataset
+    from learning_machine.lifecycle import train_and_register
+
+    settings = _settings(ctx)
+    name = dataset or settings.dataset
+    options: dict[str, Any] = {}
+    if name == "synthetic-cohort":
+        options = {"scenario": scenario, "drift_start": drift_start}
+    n_rows = rows or (settings.train_rows if name == "synthetic-cohort" else None)
+    data = load_dataset(name, spec_path=spec or settings.dataset_spec, n_rows=n_rows, seed=settings.seed, **options)
+    _say(f"loaded {data.name}: {len(data.frame):,} rows (digest {data.digest})")
+    outcome = train_and_register(settings, _tracker(settings), data, kind=kind, continue_from=continue_from,
+                                 promote=promote, progress=_say)
+    out.print(json.dumps({"run_id": outcome.run_id, "version": outcome.version.version,
+                          "aliases": outcome.version.aliases, "metrics": outcome.result.evaluation.metrics,
+                          "mlflow_run_url": f"{settings.tracking_uri}/#/experiments/"
+                                            f"{_tracker(settings).experiment_id(settings.experiment_name)}"
+                                            f"/runs/{outcome.run_id}"}, indent=2))
+
+
+@models_app.command("list")
+def models_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every version of the model with its aliases and metrics."""
+    settings = _settings(ctx)
+    versions = _tracker(settings).list_versions(settings.model_name)
+    if as_json:
+        out.print_json(json.dumps([v.as_dict() for v in versions]))
+        return
+    table = Table("version", "aliases", "auc", "brier", "dataset", "created")
+    for v in versions:
+        table.add_row(v.version, ", ".join(v.aliases), f"{v.metrics.get('auc', float('nan')):.3f}",
+                      f"{v.metrics.get('brier', float('nan')):.4f}", v.tags.get("lm.dataset", ""),
+                      time.strftime("%Y-%m-%d %H:%M", time.localtime(v.created_at)))
+    out.print(table)
+
+
+@models_app.command("promote")
+def models_promote(ctx: typer.Context, version: Annotated[str, typer.Argument(help="Version number or alias.")],
+                   reason: Annotated[str, typer.Option(help="Why (recorded on the version).")] = "manual") -> None:
+    """Make a version the champion (the one that serves)."""
+    settings = _settings(ctx)
+    info = _tracker(settings).promote(settings.model_name, version, reason=reason)
+    console.print(f"{settings.model_name} v{info.version} is now the champion")
+
+
+@models_app.command("rollback")
+def models_rollback(ctx: typer.Context, to: Annotated[str | None, typer.Option(
+        "--to", help="Version to roll back to (default: the champion's predecessor).")] = None) -> None:
+    """Undo a promotion: the champion goes back to the version it replaced (or to --to)."""
+    settings = _settings(ctx)
+    old, new = _tracker(settings).rollback(settings.model_name, to)
+    console.print(f"{settings.model_name}: champion rolled back from v{old.version} to v{new.version}")
+
+
+# -- benchmarks --------------------------------------------------------------------------------------
+@app.command()
+def bench(quick: Annotated[bool, typer.Option(help="Smaller sizes, finishes in minutes.")] = False,
+          out_dir: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("bench-results")) -> None:
+    """Run the benchmarks and write a Markdown report with the raw JSON."""
+    from learning_machine.bench import run_benchmarks
+
+    report = run_benchmarks(out_dir, quick=quick, progress=_say)
+    console.print(f"report: {report}")
+
+
+def main() -> None:
+    """Entry point: the CLI with the platform's errors printed as one clear line."""
+    try:
+        app()
+    except LearningMachineError as exc:
+        console.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,84 @@
+"""The embedded default: every service as a local process, started by `lm up` and stopped by `lm down`.
+Later services (model server, gateway, monitor, dashboard) are added to :func:`embedded_services`."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from learning_machine.services import ProcessManager, ServiceSpec, ServiceStatus, is_healthy
+from learning_machine.settings import Settings
+
+Progress = Callable[[str], None]
+
+
+def _tool(name: str) -> str:
+    """A console script of this environment (next to the running interpreter), else from PATH."""
+    here = Path(sys.executable).parent / name
+    return str(here) if here.exists() else (shutil.which(name) or name)
+
+
+def mlflow_service(settings: Settings) -> ServiceSpec:
+    """The managed MLflow tracking server: SQLite backend, proxied artifacts on disk (or S3)."""
+    settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    command = [
+        _tool("mlflow"), "server", "--host", settings.mlflow_host, "--port", str(settings.mlflow_port),
+        "--backend-store-uri", settings.backend_store_uri(),
+        "--artifacts-destination", settings.artifacts_destination(), "--serve-artifacts",
+        "--workers", str(settings.mlflow_workers),
+    ]
+    # The job runner is for GenAI jobs we do not use; without it a cold start is much faster.
+    return ServiceSpec("mlflow", command, settings.tracking_uri, "/health",
+                       env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+
+
+def embedded_services(settings: Settings) -> list[ServiceSpec]:
+    """The services `lm up` runs, in start order."""
+    services = []
+    if settings.mlflow_managed:
+        services.append(mlflow_service(settings))
+    return services
+
+
+@dataclass
+class UpReport:
+    started: list[str] = field(default_factory=list)
+    already_running: list[str] = field(default_factory=list)
+    statuses: list[ServiceStatus] = field(default_factory=list)
+
+
+def start_all(settings: Settings, progress: Progress | None = None) -> UpReport:
+    """Start every embedded service that is not running; wait until each is healthy."""
+    manager = ProcessManager(settings.run_dir)
+    report = UpReport()
+    for spec in embedded_services(settings):
+        if manager.start(spec, timeout_s=settings.startup_timeout_s, progress=progress):
+            report.started.append(spec.name)
+        else:
+            report.already_running.append(spec.name)
+            if progress:
+                progress(f"{spec.name} already running at {spec.url}")
+    report.statuses = statuses(settings)
+    return report
+
+
+def stop_all(settings: Settings) -> list[str]:
+    """Stop every process `lm up` started (newest first); returns their names."""
+    manager = ProcessManager(settings.run_dir)
+    known = [s.name for s in embedded_services(settings)]
+    names = list(dict.fromkeys([*reversed(known), *manager.managed_names()]))
+    return [name for name in names if manager.stop(name)]
+
+
+def statuses(settings: Settings) -> list[ServiceStatus]:
+    """Each service with its URL and health; external services are checked but not managed."""
+    manager = ProcessManager(settings.run_dir)
+    out = [manager.status(spec) for spec in embedded_services(settings)]
+    if not settings.mlflow_managed:
+        healthy = is_healthy(settings.tracking_uri.rstrip("/") + "/health")
+        out.insert(0, ServiceStatus("mlflow", settings.tracking_uri, None, healthy, healthy, managed=False,
+                                    detail="external"))
+    return out

@@ -1,0 +1,103 @@
+"""The one settings object. Built once at the entry point (CLI, server, component) and passed down;
+nothing here reads the environment at import time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from learning_machine.errors import ConfigurationError
+
+
+class Settings(BaseSettings):
+    """Every knob of the platform. Environment variables use the ``LM_`` prefix (``LM_MODEL_NAME``)."""
+
+    model_config = SettingsConfigDict(env_prefix="LM_", extra="ignore", validate_default=True)
+
+    environment: Literal["development", "production"] = Field(
+        "development", description="`development` allows local defaults; `production` demands explicit, safe ones.")
+    home: Path = Field(Path(".lm"), description="Folder for the embedded services' state and logs (git-ignored).")
+
+    mlflow_tracking_uri: str | None = Field(
+        None, description="URL of an MLflow tracking server. Unset: `lm up` runs a managed local server.")
+    mlflow_host: str = Field("127.0.0.1", description="Interface the managed MLflow server binds to.")
+    mlflow_port: int = Field(5000, ge=1, le=65535, description="Port of the managed MLflow server.")
+    mlflow_backend_store_uri: str | None = Field(
+        None, description="Backend store of the managed MLflow server (default: SQLite under `home`).")
+    mlflow_artifacts_destination: str | None = Field(
+        None, description="Where the managed server keeps artifacts: a folder or `s3://bucket/prefix` "
+        "(default: a folder under `home`). S3 uses MLFLOW_S3_ENDPOINT_URL and the AWS_* credentials.")
+    mlflow_workers: int = Field(2, ge=1, le=16, description="Worker processes of the managed MLflow server.")
+    experiment_name: str = Field("learning-machine", description="MLflow experiment for training runs.")
+    request_timeout_s: float = Field(10.0, gt=0, description="Timeout of one call to a service.")
+    startup_timeout_s: float = Field(180.0, gt=0, description="How long `lm up` waits for a service to be healthy.")
+
+    model_name: str = Field("clinical-risk", min_length=1, description="Registered model name in MLflow.")
+    dataset: str = Field("synthetic-cohort", description="Dataset to train on: a built-in name or a CSV path.")
+    dataset_spec: Path | None = Field(None, description="Spec file for a CSV dataset (bring your own).")
+    model_kind: str = Field("xgboost", description="Model kind from the registry: xgboost, logistic-regression.")
+    train_rows: int = Field(5000, ge=100, description="Rows the first model is trained on (generated datasets).")
+    seed: int = Field(42, description="Seed for data generation and training.")
+    test_fraction: float = Field(0.25, gt=0.05, lt=0.9, description="Held-out fraction for evaluation.")
+
+    @model_validator(mode="after")
+    def _fail_fast(self) -> Settings:
+        if self.mlflow_tracking_uri is not None:
+            scheme = urlparse(self.mlflow_tracking_uri).scheme
+            if scheme not in ("http", "https"):
+                raise ValueError(
+                    f"LM_MLFLOW_TRACKING_URI must be an http(s) URL of a tracking server, not {scheme or 'a path'!r}")
+        if self.environment == "production":
+            if self.mlflow_tracking_uri is None:
+                raise ValueError("in production LM_MLFLOW_TRACKING_URI must point at the shared tracking server")
+            if self.mlflow_tracking_uri.startswith("http://") and not _is_cluster_local(self.mlflow_tracking_uri):
+                raise ValueError("in production the tracking server must use https unless it is cluster-internal")
+        return self
+
+    # ----------------------------------------------------------------------------------------------
+    @property
+    def mlflow_managed(self) -> bool:
+        """True when `lm up` runs the tracking server itself."""
+        return self.mlflow_tracking_uri is None
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"http://{self.mlflow_host}:{self.mlflow_port}"
+
+    @property
+    def run_dir(self) -> Path:
+        """Pid files and logs of managed processes."""
+        return self.home / "run"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+    def backend_store_uri(self) -> str:
+        return self.mlflow_backend_store_uri or f"sqlite:///{(self.mlflow_dir / 'mlflow.db').resolve()}"
+
+    def artifacts_destination(self) -> str:
+        return self.mlflow_artifacts_destination or str((self.mlflow_dir / "artifacts").resolve())
+
+
+def _is_cluster_local(url: str) -> bool:
+    host = urlparse(url).hostname or ""
+    return host.endswith(".svc") or host.endswith(".svc.cluster.local") or "." not in host
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment (and overrides), with a clear error for a bad value."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = "LM_" + "_".join(str(p) for p in err["loc"]).upper() if err["loc"] else "settings"
+            lines.append(f"{name}: {err['msg']}")
+        raise ConfigurationError("invalid settings: " + "; ".join(lines)) from exc

@@ -1,0 +1,119 @@
+"""Session fixtures: real servers on free ports (MLflow with SQLite, MLflow with PostgreSQL, an
+S3-compatible moto server), each started once and stopped at the end."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from learning_machine.embedded import mlflow_service
+from learning_machine.services import ProcessManager
+from learning_machine.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN_URL = os.environ.get("LM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+# Fail fast against a server that is down instead of MLflow's minutes of retries.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+def _start_mlflow(home: Path, **overrides: object) -> tuple[Settings, ProcessManager]:
+    settings = Settings(home=home, mlflow_port=free_port(), mlflow_workers=1, **overrides)  # type: ignore[arg-type]
+    manager = ProcessManager(settings.run_dir)
+    manager.start(mlflow_service(settings), timeout_s=240)
+    return settings, manager
+
+
+@pytest.fixture(scope="session")
+def mlflow_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A real `mlflow server` with a SQLite backend and proxied artifacts on disk."""
+    settings, manager = _start_mlflow(tmp_path_factory.mktemp("mlflow-sqlite"))
+    yield settings
+    manager.stop("mlflow")
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A fresh database on the local PostgreSQL server, dropped at the end."""
+    import psycopg
+
+    name = f"lm_test_{uuid.uuid4().hex[:10]}"
+    try:
+        conn = psycopg.connect(PG_ADMIN_URL, connect_timeout=5, autocommit=True)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} (start it; .ci/run does): {exc}")
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with conn.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_postgres(tmp_path_factory: pytest.TempPathFactory, postgres_database: str) -> Iterator[Settings]:
+    """A real `mlflow server` with its backend store in the local PostgreSQL."""
+    settings, manager = _start_mlflow(tmp_path_factory.mktemp("mlflow-pg"),
+                                      mlflow_backend_store_uri=postgres_database)
+    yield settings
+    manager.stop("mlflow")
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def tracking_server(request: pytest.FixtureRequest) -> Settings:
+    """The tracking server, once with each backend store."""
+    return request.getfixturevalue("mlflow_sqlite" if request.param == "sqlite" else "mlflow_postgres")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """moto's S3-compatible server in its own process (no MinIO binary can be installed here)."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/moto-api/", 60)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def s3_env(s3_server: str) -> dict[str, str]:
+    """The environment an MLflow server and client need for an S3 artifact store (dummy credentials)."""
+    return {"MLFLOW_S3_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}

@@ -1,0 +1,158 @@
+"""Training, tracking and the registry against a real `mlflow server` (SQLite and PostgreSQL backends)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from learning_machine.data.sources import load_dataset
+from learning_machine.errors import ModelNotFoundError, RegistryError, TrackingUnavailableError
+from learning_machine.lifecycle import train_and_register
+from learning_machine.settings import Settings
+from learning_machine.tracking import CHALLENGER, CHAMPION, PREVIOUS_TAG, Tracker
+from learning_machine.training import predict_proba
+
+
+def _settings(server: Settings, **overrides: object) -> Settings:
+    """The server's settings with a model name of the test's own, so tests do not see each other."""
+    return server.model_copy(update={"model_name": f"risk-{uuid.uuid4().hex[:8]}", "train_rows": 1500,
+                                     **overrides})
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    return load_dataset("synthetic-cohort", n_rows=1500, seed=3)
+
+
+def test_training_run_records_params_metrics_dataset_plots_and_model(tracking_server: Settings, small_data):
+    settings = _settings(tracking_server)
+    tracker = Tracker(settings.tracking_uri)
+    outcome = train_and_register(settings, tracker, small_data, promote="if-first")
+
+    run = tracker.client.get_run(outcome.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model_kind"] == "xgboost"
+    assert run.data.params["dataset_digest"] == small_data.digest
+    assert run.data.params["model.n_estimators"] == "200"
+    for metric in ("auc", "accuracy", "f1", "brier", "ece", "auc.sex.female", "auc.age_band.60-74"):
+        assert metric in run.data.metrics, metric
+    assert 0.6 < run.data.metrics["auc"] <= 1.0
+
+    inputs = run.inputs.dataset_inputs
+    assert len(inputs) == 1
+    assert inputs[0].dataset.name == "synthetic-cohort"
+    assert inputs[0].dataset.digest == small_data.digest
+    assert {t.key: t.value for t in inputs[0].tags}["mlflow.data.context"] == "training"
+
+    evaluation = {f.path for f in tracker.client.list_artifacts(outcome.run_id, "evaluation")}
+    assert {"evaluation/roc.png", "evaluation/calibration.png", "evaluation/confusion_matrix.png",
+            "evaluation/feature_importance.png", "evaluation/evaluation.json"} <= evaluation
+    model_files = {f.path for f in tracker.client.list_artifacts(outcome.run_id, "model")}
+    assert {"model/MLmodel", "model/input_example.json", "model/dataset_spec.yaml"} <= model_files
+
+    # The registered version carries its metrics, is the champion (first model) and predicts like the
+    # in-memory pipeline: preprocessing is inside the one artifact.
+    assert outcome.promoted
+    assert outcome.version.aliases == [CHAMPION]
+    assert outcome.version.metrics["auc"] == pytest.approx(run.data.metrics["auc"], rel=1e-4)
+    pipeline, info = tracker.load_pipeline(settings.model_name, CHAMPION)
+    assert info.version == outcome.version.version
+    rows = small_data.frame.head(50)
+    np.testing.assert_allclose(predict_proba(pipeline, small_data.spec, rows),
+                               predict_proba(outcome.result.pipeline, small_data.spec, rows), rtol=1e-6)
+    mlmodel = (tracker.client.download_artifacts(outcome.run_id, "model/MLmodel"))
+    assert "signature" in Path(mlmodel).read_text()
+
+
+def test_aliases_promotion_and_rollback(tracking_server: Settings, small_data):
+    settings = _settings(tracking_server)
+    tracker = Tracker(settings.tracking_uri)
+    first = train_and_register(settings, tracker, small_data, promote="if-first")
+    second = train_and_register(settings, tracker, small_data, kind="logistic-regression", promote="if-first")
+    assert not second.promoted
+    assert tracker.version(settings.model_name, CHAMPION).version == first.version.version
+    assert tracker.version(settings.model_name, CHALLENGER).version == second.version.version
+
+    promoted = tracker.promote(settings.model_name, second.version.version, reason="better calibrated")
+    assert CHAMPION in promoted.aliases
+    assert promoted.tags[PREVIOUS_TAG] == first.version.version
+    assert tracker.alias_version(settings.model_name, CHALLENGER) is None  # a promoted challenger is champion
+
+    versions = tracker.list_versions(settings.model_name)
+    assert [v.version for v in versions] == [second.version.version, first.version.version]
+    assert versions[0].aliases == [CHAMPION] and versions[1].aliases == []
+
+    old, new = tracker.rollback(settings.model_name)
+    assert (old.version, new.version) == (second.version.version, first.version.version)
+    assert tracker.version(settings.model_name, CHAMPION).version == first.version.version
+    with pytest.raises(RegistryError, match="replaced no earlier version"):
+        tracker.rollback(settings.model_name)
+    # Rollback to any earlier version, named explicitly.
+    _, new = tracker.rollback(settings.model_name, to_version=second.version.version)
+    assert new.version == second.version.version
+    with pytest.raises(ModelNotFoundError):
+        tracker.promote(settings.model_name, "99")
+
+
+def test_warm_start_continues_from_the_champion(mlflow_sqlite: Settings, small_data):
+    settings = _settings(mlflow_sqlite)
+    tracker = Tracker(settings.tracking_uri)
+    first = train_and_register(settings, tracker, small_data, promote="if-first")
+    newer = load_dataset("synthetic-cohort", n_rows=1500, seed=4, scenario="concept-drift")
+    second = train_and_register(settings, tracker, newer, continue_from=CHAMPION, promote="never")
+    assert second.result.mode == "warm-start"
+    assert second.version.tags["lm.continued_from"] == first.version.version
+    trees = second.result.pipeline.named_steps["model"].get_booster().num_boosted_rounds()
+    assert trees == 200 + 100  # the champion's trees plus the continued ones
+    assert tracker.version(settings.model_name, CHAMPION).version == first.version.version
+
+
+def test_failure_while_logging_marks_the_run_failed_and_registers_nothing(mlflow_sqlite: Settings, small_data,
+                                                                          monkeypatch):
+    settings = _settings(mlflow_sqlite)
+    tracker = Tracker(settings.tracking_uri)
+
+    def broken_upload(*args, **kwargs):
+        raise TrackingUnavailableError("uploading artifacts: the artifact store went away")
+
+    monkeypatch.setattr(tracker, "log_dir", broken_upload)
+    with pytest.raises(TrackingUnavailableError, match="artifact store went away"):
+        train_and_register(settings, tracker, small_data)
+    runs = tracker.client.search_runs([tracker.experiment_id(settings.experiment_name)],
+                                      filter_string=f"params.dataset_digest = '{small_data.digest}'",
+                                      order_by=["attributes.start_time DESC"], max_results=1)
+    assert runs[0].info.status == "FAILED"
+    assert settings.model_name not in tracker.registered_models()
+
+
+def test_unreachable_server_fails_fast_with_a_clear_error(small_data):
+    settings = Settings(mlflow_tracking_uri="http://127.0.0.1:9", model_name="never-created")
+    tracker = Tracker(settings.tracking_uri)
+    started = time.monotonic()
+    with pytest.raises(TrackingUnavailableError, match=r"127\.0\.0\.1:9 is unreachable"):
+        train_and_register(settings, tracker, small_data)
+    assert time.monotonic() - started < 10
+
+
+def test_unknown_model_and_version_are_clear(mlflow_sqlite: Settings):
+    tracker = Tracker(mlflow_sqlite.tracking_uri)
+    with pytest.raises(ModelNotFoundError, match="no registered model called 'does-not-exist'"):
+        tracker.list_versions("does-not-exist")
+    with pytest.raises(ModelNotFoundError, match="has no version 'champion'"):
+        tracker.version("does-not-exist", CHAMPION)
+
+
+def test_evaluation_json_holds_calibration_and_subgroups(mlflow_sqlite: Settings, small_data):
+    settings = _settings(mlflow_sqlite)
+    tracker = Tracker(settings.tracking_uri)
+    outcome = train_and_register(settings, tracker, small_data, kind="logistic-regression")
+    path = tracker.client.download_artifacts(outcome.run_id, "evaluation/evaluation.json")
+    evaluation = json.loads(Path(path).read_text())
+    assert len(evaluation["calibration"]) == 10
+    assert set(evaluation["subgroups"]) == {"sex", "age_band"}
+    assert set(evaluation["subgroups"]["sex"]) == {"female", "male"}
