@@ -44,6 +44,14 @@ class Settings(BaseSettings):
     seed: int = Field(42, description="Seed for data generation and training.")
     test_fraction: float = Field(0.25, gt=0.05, lt=0.9, description="Held-out fraction for evaluation.")
 
+    # -- serving (model server, deployers) ------------------------------------------------------
+    deployer: str = Field("none", description="How a new champion is served: none, local (embedded MLServer) "
+                          "or seldon (a SeldonDeployment). Unknown names list the valid ones.")
+
+    # -- pipelines (KFP) ---------------------------------------------------------------------------
+
+    # -- gateway and database ----------------------------------------------------------------------
+
     @model_validator(mode="after")
     def _fail_fast(self) -> Settings:
         if self.mlflow_tracking_uri is not None:
