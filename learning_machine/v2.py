@@ -1,0 +1,249 @@
+"""A client of the V2 / Open Inference Protocol, as MLServer (and Seldon, KServe, Triton) speak it.
+
+The gateway calls the model server through this module only. Requests use MLServer's *pandas* request
+codec: one input per feature, named like the feature, shape ``[n, 1]``:
+
+* numeric features are ``FP64``; a missing value is JSON ``null`` (JSON has no NaN). numpy decodes
+  ``null`` in an FP64 array to NaN, so MLServer's codec and our runtime both read it back as missing;
+* categorical features are ``BYTES`` with ``content_type: "str"``; a column holding a missing value is
+  sent the way MLServer's own ``PandasCodec`` encodes it: ``content_type: "pd_json"``, each element a
+  JSON document (``"\\"male\\""`` or ``"null"``), so ``PandasCodec.decode_request`` round-trips it.
+
+Record ids travel as the request parameter ``record_ids`` (the runtime echoes them back), so request
+logs (Seldon's CloudEvents logger) can be joined with labels that arrive later.
+
+The model answers with outputs ``label`` (INT64) and ``probability`` (FP64) and ``model_version`` = the
+registered MLflow version it serves. The explainer (``<model>-explainer``) answers with one BYTES output
+``explanation`` holding a JSON document; the drift detector (``<model>-drift``) with one output per key
+of alibi-detect's ``data`` dict (``is_drift``, ``p_val``, ``threshold``, ``distance``) and
+``feature_names``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from learning_machine.data.spec import DatasetSpec
+from learning_machine.errors import LearningMachineError, ModelNotFoundError, ServiceUnavailableError
+
+LABEL_OUTPUT = "label"
+PROBABILITY_OUTPUT = "probability"
+EXPLANATION_OUTPUT = "explanation"
+RECORD_IDS_PARAMETER = "record_ids"
+EXPLAIN_PARAMETERS = "explain_parameters"
+EXPLAIN_METHODS = ("exact", "anchors")
+
+
+class ModelServerError(LearningMachineError):
+    """The model server answered a request with an error (its message is kept)."""
+
+    status = 502
+    code = "model-server-error"
+
+
+class InferenceRequestError(ModelServerError):
+    """The model server rejected a request as invalid (HTTP 4xx other than 404)."""
+
+    status = 422
+    code = "inference-request-rejected"
+
+
+@dataclass
+class Prediction:
+    """One row's prediction."""
+
+    record_id: str | None
+    label: int
+    probability: float
+    model_version: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"record_id": self.record_id, "label": self.label, "probability": self.probability,
+                "model_version": self.model_version}
+
+
+def explainer_name(model: str) -> str:
+    return f"{model}-explainer"
+
+
+def drift_name(model: str) -> str:
+    return f"{model}-drift"
+
+
+# -- encoding ----------------------------------------------------------------------------------------
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    number = float(value)
+    return None if math.isnan(number) else number
+
+
+def _category(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return str(value)
+
+
+def encode_request(spec: DatasetSpec, records: Sequence[Mapping[str, Any]], *,
+                   parameters: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A V2 InferenceRequest (JSON) for ``records``, in MLServer's pandas codec (see the module doc).
+    A feature missing from a record is sent as missing; validation is the caller's job."""
+    n = len(records)
+    inputs: list[dict[str, Any]] = []
+    for feature in spec.features:
+        if feature.type == "categorical":
+            values = [_category(r.get(feature.name)) for r in records]
+            if any(v is None for v in values):
+                inputs.append({"name": feature.name, "datatype": "BYTES", "shape": [n, 1],
+                               "parameters": {"content_type": "pd_json"},
+                               "data": [json.dumps(v) for v in values]})
+            else:
+                inputs.append({"name": feature.name, "datatype": "BYTES", "shape": [n, 1],
+                               "parameters": {"content_type": "str"}, "data": values})
+        else:
+            inputs.append({"name": feature.name, "datatype": "FP64", "shape": [n, 1],
+                           "data": [_number(r.get(feature.name)) for r in records]})
+    rid = spec.record_id.name
+    ids = [None if r.get(rid) is None else str(r.get(rid)) for r in records]
+    params: dict[str, Any] = {"content_type": "pd"}
+    if any(i is not None for i in ids):
+        params[RECORD_IDS_PARAMETER] = ids
+    params.update(parameters or {})
+    return {"parameters": params, "inputs": inputs}
+
+
+def output(response: Mapping[str, Any], name: str) -> list[Any]:
+    """The flat data of the output called ``name`` of a V2 InferenceResponse."""
+    for out in response.get("outputs", []):
+        if out.get("name") == name:
+            data = out.get("data", [])
+            return list(data) if isinstance(data, list) else [data]
+    raise ModelServerError(f"the model server's response has no output {name!r}",
+                           detail={"outputs": [o.get("name") for o in response.get("outputs", [])]})
+
+
+def decode_predictions(response: Mapping[str, Any], record_ids: Sequence[str | None]) -> list[Prediction]:
+    """Predictions from a V2 InferenceResponse of the model runtime."""
+    labels = output(response, LABEL_OUTPUT)
+    probabilities = output(response, PROBABILITY_OUTPUT)
+    if len(labels) != len(record_ids) or len(probabilities) != len(record_ids):
+        raise ModelServerError(f"the model server returned {len(labels)} predictions for {len(record_ids)} records")
+    version = str(response.get("model_version") or "")
+    return [Prediction(rid, int(label), float(p), version)
+            for rid, label, p in zip(record_ids, labels, probabilities, strict=True)]
+
+
+# -- the client --------------------------------------------------------------------------------------
+class ModelServerClient:
+    """Calls one model server over HTTP with one keep-alive connection pool (thread-safe)."""
+
+    def __init__(self, base_url: str, *, timeout_s: float = 10.0) -> None:
+        self.url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self._http = httpx.Client(base_url=self.url, timeout=timeout_s,
+                                  limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
+
+    def __enter__(self) -> ModelServerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- transport ----------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, *, body: Mapping[str, Any] | None = None,
+                 model: str | None = None) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, json=body)
+        except (httpx.TransportError, httpx.TimeoutException) as exc:
+            raise ServiceUnavailableError(
+                f"model server at {self.url} is unreachable ({type(exc).__name__}); start it with `lm serve` "
+                "or `lm up`, or set LM_MODEL_SERVER_URL") from exc
+        if response.status_code >= 400:
+            message = _error_message(response)
+            if response.status_code == 404 or (model and "not found" in message.lower()):
+                raise ModelNotFoundError(f"model server at {self.url} does not serve {model or path!r}: {message}")
+            if response.status_code in (502, 503, 504):
+                raise ServiceUnavailableError(f"model server at {self.url} is unavailable "
+                                              f"(HTTP {response.status_code}): {message}")
+            error = InferenceRequestError if response.status_code < 500 else ModelServerError
+            raise error(f"model server at {self.url} answered HTTP {response.status_code}: {message}",
+                        detail={"status": response.status_code, "path": path})
+        return response
+
+    def _infer(self, model: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        response = self._request("POST", f"/v2/models/{model}/infer", body=body, model=model)
+        return dict(response.json())
+
+    # -- health and metadata ------------------------------------------------------------------------
+    def ready(self) -> bool:
+        """True when the server answers ``/v2/health/ready``; raises when it is unreachable."""
+        try:
+            return self._http.get("/v2/health/ready").status_code == 200
+        except (httpx.TransportError, httpx.TimeoutException) as exc:
+            raise ServiceUnavailableError(f"model server at {self.url} is unreachable ({type(exc).__name__})") from exc
+
+    def model_ready(self, model: str) -> bool:
+        """True when ``model`` is loaded and ready; False when it is loading or unknown."""
+        try:
+            return self._http.get(f"/v2/models/{model}/ready").status_code == 200
+        except (httpx.TransportError, httpx.TimeoutException) as exc:
+            raise ServiceUnavailableError(f"model server at {self.url} is unreachable ({type(exc).__name__})") from exc
+
+    def metadata(self, model: str) -> dict[str, Any]:
+        """The model's V2 metadata (name, versions, platform, inputs, outputs)."""
+        return dict(self._request("GET", f"/v2/models/{model}", model=model).json())
+
+    # -- inference ----------------------------------------------------------------------------------
+    def predict(self, model: str, spec: DatasetSpec, records: list[Mapping[str, Any]]) -> list[Prediction]:
+        """Class and event probability for each record, with the model version that answered."""
+        if not records:
+            return []
+        body = encode_request(spec, records)
+        ids = [None if r.get(spec.record_id.name) is None else str(r.get(spec.record_id.name)) for r in records]
+        return decode_predictions(self._infer(model, body), ids)
+
+    def explain(self, model: str, spec: DatasetSpec, record: Mapping[str, Any], method: str = "exact") -> dict[str, Any]:
+        """An explanation of one record's prediction from ``<model>-explainer``: ``exact`` per-feature
+        attributions that sum to the model's margin, or ``anchors`` (a rule with precision and coverage)."""
+        if method not in EXPLAIN_METHODS:
+            raise InferenceRequestError(f"unknown explanation method {method!r}; valid: {', '.join(EXPLAIN_METHODS)}")
+        body = encode_request(spec, [record], parameters={EXPLAIN_PARAMETERS: {"method": method}})
+        response = self._infer(explainer_name(model), body)
+        raw = output(response, EXPLANATION_OUTPUT)[0]
+        explanation: dict[str, Any] = json.loads(raw) if isinstance(raw, str) else dict(raw)
+        explanation.setdefault("model_version", response.get("model_version"))
+        return explanation
+
+    def drift(self, model: str, spec: DatasetSpec, records: list[Mapping[str, Any]]) -> dict[str, Any]:
+        """Whether ``records`` (a batch) drifted from the model's training reference, per feature."""
+        response = self._infer(drift_name(model), encode_request(spec, records))
+        result: dict[str, Any] = {}
+        for out in response.get("outputs", []):
+            data = out.get("data", [])
+            shape = out.get("shape", [])
+            scalar = len(shape) <= 1 and len(data) == 1 and out["name"] not in ("feature_names", "p_val", "distance")
+            result[out["name"]] = data[0] if scalar else list(data)
+        if "is_drift" in result:
+            result["is_drift"] = bool(result["is_drift"])
+        result["model_version"] = response.get("model_version")
+        result["n_records"] = len(records)
+        return result
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500] or response.reason_phrase
+    if isinstance(body, Mapping):
+        return str(body.get("error") or body.get("detail") or body)[:500]
+    return str(body)[:500]
