@@ -146,3 +146,45 @@ class TrainingError(LearningMachineError):
 
     status = 422
     code = "training-error"
+
+
+class AuthenticationError(LearningMachineError):
+    """No bearer token, or one that is unknown or revoked."""
+
+    status = 401
+    code = "unauthenticated"
+
+
+class PermissionDeniedError(LearningMachineError):
+    """The token is valid but its role may not use this route."""
+
+    status = 403
+    code = "forbidden"
+
+
+class NotFoundError(LearningMachineError):
+    """A stored record (patient, prediction) does not exist."""
+
+    status = 404
+    code = "not-found"
+
+
+class ConflictError(LearningMachineError):
+    """The request contradicts what is already stored (another outcome, other features for an id)."""
+
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLargeError(LearningMachineError):
+    """A request body or batch is larger than the configured limit."""
+
+    status = 413
+    code = "payload-too-large"
+
+
+class BadRequestError(LearningMachineError):
+    """A request is not well-formed (not JSON, wrong shape) before any record is looked at."""
+
+    status = 422
+    code = "invalid-request"

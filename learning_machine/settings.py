@@ -51,6 +51,17 @@ class Settings(BaseSettings):
     # -- pipelines (KFP) ---------------------------------------------------------------------------
 
     # -- gateway and database ----------------------------------------------------------------------
+    gateway_host: str = Field("127.0.0.1", description="Interface the gateway (public REST API) binds to.")
+    gateway_port: int = Field(8000, ge=1, le=65535, description="Port of the gateway.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the platform database (`postgresql://...` or `sqlite:///...`). "
+        "Unset: a SQLite file under `home`.")
+    model_server_url: str | None = Field(
+        None, description="Base URL of the V2 model server the gateway calls (default: the embedded MLServer).")
+    max_request_bytes: int = Field(1_000_000, ge=1024, description="Largest request body the gateway accepts.")
+    max_batch_rows: int = Field(1000, ge=1, description="Most records one prediction request may carry.")
+    tokens_file: Path | None = Field(
+        None, description="Where `lm up` writes the first API tokens, one per role (default: `home`/tokens.json).")
 
     @model_validator(mode="after")
     def _fail_fast(self) -> Settings:
@@ -64,6 +75,9 @@ class Settings(BaseSettings):
                 raise ValueError("in production LM_MLFLOW_TRACKING_URI must point at the shared tracking server")
             if self.mlflow_tracking_uri.startswith("http://") and not _is_cluster_local(self.mlflow_tracking_uri):
                 raise ValueError("in production the tracking server must use https unless it is cluster-internal")
+            # SQLite serialises writers and lives on one pod's disk: production needs a shared database.
+            if self.database_url is None or self.database_url.startswith("sqlite"):
+                raise ValueError("in production LM_DATABASE_URL must point at a PostgreSQL database, not SQLite")
         return self
 
     # ----------------------------------------------------------------------------------------------
@@ -90,6 +104,20 @@ class Settings(BaseSettings):
 
     def artifacts_destination(self) -> str:
         return self.mlflow_artifacts_destination or str((self.mlflow_dir / "artifacts").resolve())
+
+    def database_uri(self) -> str:
+        """The platform database: ``database_url`` or a SQLite file under ``home``."""
+        return self.database_url or f"sqlite:///{(self.home / 'db' / 'learning-machine.db').resolve()}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.gateway_host}:{self.gateway_port}"
+
+    def model_server_base_url(self) -> str:
+        return (self.model_server_url or "http://127.0.0.1:8080").rstrip("/")
+
+    def tokens_path(self) -> Path:
+        return self.tokens_file or self.home / "tokens.json"
 
 
 def _is_cluster_local(url: str) -> bool:

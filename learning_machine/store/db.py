@@ -1,0 +1,139 @@
+"""Engine, sessions and schema migrations of the platform database (SQLite or PostgreSQL by URL)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from learning_machine.errors import ConfigurationError, ServiceUnavailableError
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+# Not Alembic's default `alembic_version`: MLflow keeps its own history there when both share a database.
+VERSION_TABLE = "lm_alembic_version"
+
+
+def normalise_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` mean psycopg 3 here (the only PostgreSQL driver installed)."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def safe_url(url: str) -> str:
+    """The URL with its password hidden, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a malformed URL must not leak through the error message either
+        return "<malformed database URL>"
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for ``url``; SQLite gets its folder created, foreign keys on and a busy timeout."""
+    url = normalise_url(url)
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # SQLAlchemy raises ArgumentError or ValueError
+        raise ConfigurationError(f"LM_DATABASE_URL is not a valid database URL: {safe_url(url)}") from exc
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        # Concurrent gateway threads write: wait for the lock instead of failing with "database is locked".
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if parsed.get_backend_name() != "postgresql":
+        raise ConfigurationError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql")
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5}, **kwargs)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    # WAL lets the dashboard read while the gateway writes.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.close()
+
+
+class Database:
+    """One engine and its session factory; ``transaction()`` is the unit of work (all or nothing)."""
+
+    def __init__(self, url: str, **engine_kwargs: Any) -> None:
+        self.url = normalise_url(url)
+        self.engine = make_engine(self.url, **engine_kwargs)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session whose work is committed at the end, or rolled back entirely on any error."""
+        try:
+            with self.sessions.begin() as session:
+                yield session
+        except (OperationalError, DisconnectionError) as exc:
+            raise _unavailable(exc, self.url) from exc
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        try:
+            with self.sessions() as session:
+                yield session
+        except (OperationalError, DisconnectionError) as exc:
+            raise _unavailable(exc, self.url) from exc
+
+    def ping(self) -> None:
+        """Raise :class:`ServiceUnavailableError` unless the database answers."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            orig = getattr(exc, "orig", None)
+            raise ServiceUnavailableError(f"the database at {safe_url(self.url)} is unreachable "
+                                          f"({type(orig or exc).__name__})") from exc
+
+    def upgrade(self) -> None:
+        upgrade(self.engine)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _unavailable(exc: SQLAlchemyError, url: str) -> ServiceUnavailableError:
+    orig = getattr(exc, "orig", None)
+    return ServiceUnavailableError(f"the database at {safe_url(url)} failed ({type(orig or exc).__name__})")
+
+
+def alembic_config(engine: Engine) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    # The engine travels in attributes, not as a URL option: ConfigParser would choke on '%' in passwords.
+    config.attributes["engine"] = engine
+    return config
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply every migration up to ``revision`` (idempotent: a current schema is left alone)."""
+    from alembic import command
+
+    try:
+        command.upgrade(alembic_config(engine), revision)
+    except SQLAlchemyError as exc:
+        orig = getattr(exc, "orig", None)
+        raise ServiceUnavailableError(
+            f"migrating the database at {safe_url(engine.url.render_as_string(hide_password=False))} failed: "
+            f"{type(orig or exc).__name__}: {orig or exc}") from exc
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()

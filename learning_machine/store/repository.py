@@ -1,0 +1,349 @@
+"""Reads and writes of the platform database as plain functions of a :class:`Database`.
+
+Writes that belong together happen in one transaction: a prediction is stored with its input record or
+not at all, and any error (a conflict, the database going away) rolls the whole request back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from learning_machine.errors import ConflictError, NotFoundError
+from learning_machine.store.db import Database
+from learning_machine.store.models import (
+    ApiToken,
+    Base,
+    Event,
+    Explanation,
+    MonitoringResult,
+    Outcome,
+    Prediction,
+    Record,
+    utcnow,
+)
+
+TABLES: dict[str, type[Base]] = {
+    "records": Record, "predictions": Prediction, "explanations": Explanation, "outcomes": Outcome,
+    "monitoring_results": MonitoringResult, "events": Event, "api_tokens": ApiToken,
+}
+
+
+@dataclass(frozen=True)
+class NewPrediction:
+    """One model answer to store with its input."""
+
+    record_id: str
+    features: Mapping[str, Any]
+    probability: float
+    label: int
+    model_version: str
+    outcome: int | None = None  # the label, when the client sent it with the record
+
+
+@dataclass(frozen=True)
+class Page:
+    limit: int = 50
+    offset: int = 0
+
+
+# -- writes -------------------------------------------------------------------------------------------
+def store_predictions(db: Database, items: Sequence[NewPrediction], *, model_name: str, latency_ms: float,
+                      request_id: str, source: str = "api") -> list[dict[str, Any]]:
+    """Store every record (new, or identical to the stored one) with its prediction, all in one transaction."""
+    now = utcnow()
+    try:
+        with db.transaction() as session:
+            existing = _records_by_id(session, [i.record_id for i in items])
+            outcomes = _outcomes_by_id(session, [i.record_id for i in items if i.outcome is not None])
+            for item in items:
+                _ensure_record(session, existing, item.record_id, item.features, source, now)
+            # Records first: without ORM relationships the unit of work does not order inserts by the FKs.
+            session.flush()
+            rows = []
+            for item in items:
+                if item.outcome is not None:
+                    _add_outcome_if_new(session, outcomes, item.record_id, item.outcome, source, now)
+                row = Prediction(record_id=item.record_id, model_name=model_name, model_version=item.model_version,
+                                 probability=float(item.probability), label=int(item.label), latency_ms=float(latency_ms),
+                                 request_id=request_id, created_at=now)
+                session.add(row)
+                rows.append(row)
+            session.flush()
+            return [prediction_dict(r) for r in rows]
+    except IntegrityError as exc:
+        # Another request stored one of these record ids between our read and our write.
+        raise ConflictError("a record in this request was stored concurrently by another request; "
+                            "send it again") from exc
+
+
+def store_explanation(db: Database, *, record_id: str, features: Mapping[str, Any] | None, model_name: str,
+                      model_version: str | None, method: str, explanation: dict[str, Any], request_id: str,
+                      source: str = "api") -> dict[str, Any]:
+    """Store an explanation (and its record when it is new) in one transaction."""
+    now = utcnow()
+    try:
+        with db.transaction() as session:
+            existing = _records_by_id(session, [record_id])
+            if features is None and record_id not in existing:
+                raise NotFoundError(f"no stored record with id {record_id!r}")
+            if features is not None:
+                _ensure_record(session, existing, record_id, features, source, now)
+                session.flush()
+            row = Explanation(record_id=record_id, model_name=model_name, model_version=model_version,
+                              method=method, explanation=explanation, request_id=request_id, created_at=now)
+            session.add(row)
+            session.flush()
+            return explanation_dict(row)
+    except IntegrityError as exc:
+        raise ConflictError(f"record {record_id!r} was stored concurrently by another request; "
+                            "send it again") from exc
+
+
+def store_outcome(db: Database, record_id: str, outcome: int, *, overwrite: bool = False,
+                  source: str = "api") -> tuple[dict[str, Any], str]:
+    """Record the ground truth of a stored record. Idempotent: the same outcome again changes nothing.
+    Returns the outcome and what happened: ``created``, ``unchanged`` or ``overwritten``."""
+    try:
+        with db.transaction() as session:
+            if session.scalar(select(Record.id).where(Record.record_id == record_id)) is None:
+                raise NotFoundError(f"no stored record with id {record_id!r}: predict on it first")
+            row = session.scalar(select(Outcome).where(Outcome.record_id == record_id))
+            if row is None:
+                row = Outcome(record_id=record_id, outcome=outcome, source=source, received_at=utcnow())
+                session.add(row)
+                session.flush()
+                return outcome_dict(row), "created"
+            if row.outcome == outcome:
+                return outcome_dict(row), "unchanged"
+            if not overwrite:
+                raise ConflictError(
+                    f"record {record_id!r} already has outcome {row.outcome}; send ?overwrite=true to replace it",
+                    detail={"record_id": record_id, "stored": row.outcome, "sent": outcome})
+            row.outcome, row.received_at, row.source = outcome, utcnow(), source
+            session.flush()
+            return outcome_dict(row), "overwritten"
+    except IntegrityError as exc:
+        raise ConflictError(f"an outcome for {record_id!r} was stored concurrently; send it again") from exc
+
+
+def add_event(db: Database, kind: str, detail: dict[str, Any] | None = None,
+              model_version: str | None = None) -> dict[str, Any]:
+    """Append a pipeline or lifecycle event."""
+    with db.transaction() as session:
+        row = Event(kind=kind, detail=detail or {}, model_version=model_version, created_at=utcnow())
+        session.add(row)
+        session.flush()
+        return event_dict(row)
+
+
+def add_monitoring_results(db: Database, results: Sequence[Mapping[str, Any]]) -> int:
+    """Append the monitor's results of one run (all or none)."""
+    with db.transaction() as session:
+        session.add_all([MonitoringResult(**{"created_at": utcnow(), "details": {}, **r}) for r in results])
+    return len(results)
+
+
+def _records_by_id(session: Session, record_ids: Sequence[str]) -> dict[str, Record]:
+    if not record_ids:
+        return {}
+    rows = session.scalars(select(Record).where(Record.record_id.in_(set(record_ids))))
+    return {r.record_id: r for r in rows}
+
+
+def _outcomes_by_id(session: Session, record_ids: Sequence[str]) -> dict[str, Outcome]:
+    if not record_ids:
+        return {}
+    rows = session.scalars(select(Outcome).where(Outcome.record_id.in_(set(record_ids))))
+    return {r.record_id: r for r in rows}
+
+
+def _ensure_record(session: Session, existing: dict[str, Record], record_id: str, features: Mapping[str, Any],
+                   source: str, now: datetime) -> None:
+    """A record id names one encounter: sending it again is fine, with other values it is a conflict."""
+    stored = existing.get(record_id)
+    if stored is None:
+        row = Record(record_id=record_id, features=dict(features), source=source, received_at=now)
+        session.add(row)
+        existing[record_id] = row
+        return
+    if not same_features(stored.features, features):
+        changed = sorted(k for k in {*stored.features, *features}
+                         if not _same_value(stored.features.get(k), features.get(k)))
+        raise ConflictError(f"record {record_id!r} is already stored with other values for "
+                            f"{', '.join(changed)}; use a new record id",
+                            detail={"record_id": record_id, "fields": changed})
+
+
+def _add_outcome_if_new(session: Session, outcomes: dict[str, Outcome], record_id: str, outcome: int,
+                        source: str, now: datetime) -> None:
+    stored = outcomes.get(record_id)
+    if stored is None:
+        row = Outcome(record_id=record_id, outcome=outcome, source=source, received_at=now)
+        session.add(row)
+        outcomes[record_id] = row
+    elif stored.outcome != outcome:
+        raise ConflictError(f"record {record_id!r} already has outcome {stored.outcome}, not {outcome}",
+                            detail={"record_id": record_id, "stored": stored.outcome, "sent": outcome})
+
+
+def same_features(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Equal after a JSON round trip (70 and 70.0 are the same age)."""
+    return set(a) == set(b) and all(_same_value(a[k], b[k]) for k in a)
+
+
+def _same_value(x: Any, y: Any) -> bool:
+    if isinstance(x, (int, float)) and isinstance(y, (int, float)) and not isinstance(x, bool) \
+            and not isinstance(y, bool):
+        return math.isclose(float(x), float(y), rel_tol=0, abs_tol=1e-12) or (x != x and y != y)
+    return bool(x == y)
+
+
+# -- reads --------------------------------------------------------------------------------------------
+def counts(db: Database) -> dict[str, int]:
+    """Rows per table (for status pages and tests)."""
+    with db.read() as session:
+        return {name: int(session.scalar(select(func.count()).select_from(model)) or 0)
+                for name, model in TABLES.items()}
+
+
+def list_patients(db: Database, page: Page, search: str | None = None) -> dict[str, Any]:
+    """Records, newest first, each with its latest prediction and its outcome."""
+    with db.read() as session:
+        query = select(Record)
+        if search:
+            query = query.where(Record.record_id.contains(search, autoescape=True))
+        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+        rows = list(session.scalars(query.order_by(Record.received_at.desc(), Record.id.desc())
+                                    .limit(page.limit).offset(page.offset)))
+        ids = [r.record_id for r in rows]
+        latest = _latest_predictions(session, ids)
+        outcomes = _outcomes_by_id(session, ids)
+        items = [{**record_dict(r), "latest_prediction": prediction_dict(latest[r.record_id])
+                  if r.record_id in latest else None,
+                  "outcome": outcome_dict(outcomes[r.record_id]) if r.record_id in outcomes else None}
+                 for r in rows]
+    return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
+
+
+def _latest_predictions(session: Session, record_ids: Sequence[str]) -> dict[str, Prediction]:
+    if not record_ids:
+        return {}
+    newest = (select(func.max(Prediction.id)).where(Prediction.record_id.in_(record_ids))
+              .group_by(Prediction.record_id).scalar_subquery())
+    return {p.record_id: p for p in session.scalars(select(Prediction).where(Prediction.id.in_(newest)))}
+
+
+def patient(db: Database, record_id: str) -> dict[str, Any]:
+    """One record with every prediction and explanation made on it and its outcome."""
+    with db.read() as session:
+        row = session.scalar(select(Record).where(Record.record_id == record_id))
+        if row is None:
+            raise NotFoundError(f"no stored record with id {record_id!r}")
+        predictions = session.scalars(select(Prediction).where(Prediction.record_id == record_id)
+                                      .order_by(Prediction.id.desc()))
+        explanations = session.scalars(select(Explanation).where(Explanation.record_id == record_id)
+                                       .order_by(Explanation.id.desc()))
+        outcome = session.scalar(select(Outcome).where(Outcome.record_id == record_id))
+        return {**record_dict(row), "predictions": [prediction_dict(p) for p in predictions],
+                "explanations": [explanation_dict(e) for e in explanations],
+                "outcome": outcome_dict(outcome) if outcome else None}
+
+
+def record_features(db: Database, record_id: str) -> dict[str, Any]:
+    """The stored features of a record."""
+    with db.read() as session:
+        features = session.scalar(select(Record.features).where(Record.record_id == record_id))
+    if features is None:
+        raise NotFoundError(f"no stored record with id {record_id!r}")
+    return dict(features)
+
+
+def list_predictions(db: Database, page: Page, *, since: datetime | None = None,
+                     model_version: str | None = None) -> dict[str, Any]:
+    """Predictions, newest first."""
+    query = select(Prediction)
+    if since is not None:
+        query = query.where(Prediction.created_at >= _utc(since))
+    if model_version is not None:
+        query = query.where(Prediction.model_version == model_version)
+    return _paged(db, query, Prediction.id.desc(), page, prediction_dict)
+
+
+def list_monitoring(db: Database, page: Page, *, since: datetime | None = None,
+                    kind: str | None = None) -> dict[str, Any]:
+    """Monitoring results, newest first."""
+    query = select(MonitoringResult)
+    if since is not None:
+        query = query.where(MonitoringResult.created_at >= _utc(since))
+    if kind is not None:
+        query = query.where(MonitoringResult.kind == kind)
+    return _paged(db, query, MonitoringResult.id.desc(), page, monitoring_dict)
+
+
+def list_events(db: Database, page: Page, *, since: datetime | None = None,
+                kind: str | None = None) -> dict[str, Any]:
+    """Pipeline and lifecycle events, newest first."""
+    query = select(Event)
+    if since is not None:
+        query = query.where(Event.created_at >= _utc(since))
+    if kind is not None:
+        query = query.where(Event.kind == kind)
+    return _paged(db, query, Event.id.desc(), page, event_dict)
+
+
+def _paged(db: Database, query: Any, order: Any, page: Page, as_dict: Any) -> dict[str, Any]:
+    with db.read() as session:
+        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+        rows = session.scalars(query.order_by(order).limit(page.limit).offset(page.offset))
+        return {"items": [as_dict(r) for r in rows], "total": total, "limit": page.limit, "offset": page.offset}
+
+
+# -- rows as JSON ---------------------------------------------------------------------------------------
+def _utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every time we store is UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return _utc(value).isoformat() if value is not None else None
+
+
+def record_dict(r: Record) -> dict[str, Any]:
+    return {"record_id": r.record_id, "features": r.features, "received_at": _iso(r.received_at),
+            "source": r.source}
+
+
+def prediction_dict(p: Prediction) -> dict[str, Any]:
+    return {"id": p.id, "record_id": p.record_id, "model_name": p.model_name, "model_version": p.model_version,
+            "probability": p.probability, "label": p.label, "latency_ms": p.latency_ms,
+            "request_id": p.request_id, "created_at": _iso(p.created_at)}
+
+
+def explanation_dict(e: Explanation) -> dict[str, Any]:
+    return {"id": e.id, "record_id": e.record_id, "model_name": e.model_name, "model_version": e.model_version,
+            "method": e.method, "explanation": e.explanation, "request_id": e.request_id,
+            "created_at": _iso(e.created_at)}
+
+
+def outcome_dict(o: Outcome) -> dict[str, Any]:
+    return {"record_id": o.record_id, "outcome": o.outcome, "received_at": _iso(o.received_at), "source": o.source}
+
+
+def monitoring_dict(m: MonitoringResult) -> dict[str, Any]:
+    return {"id": m.id, "created_at": _iso(m.created_at), "window_start": _iso(m.window_start),
+            "window_end": _iso(m.window_end), "window_rows": m.window_rows, "kind": m.kind, "metric": m.metric,
+            "value": m.value, "threshold": m.threshold, "alert": m.alert, "feature": m.feature,
+            "model_version": m.model_version, "details": m.details}
+
+
+def event_dict(e: Event) -> dict[str, Any]:
+    return {"id": e.id, "created_at": _iso(e.created_at), "kind": e.kind, "model_version": e.model_version,
+            "detail": e.detail}

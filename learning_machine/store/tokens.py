@@ -1,0 +1,111 @@
+"""API tokens: random bearer secrets with a role. Only their SHA-256 is stored, so a copy of the
+database does not hand out access; the token itself is shown once, when it is created."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from learning_machine.errors import AuthenticationError, NotFoundError, UnknownNameError
+from learning_machine.store.db import Database
+from learning_machine.store.models import ApiToken, utcnow
+
+CLINICIAN = "clinician"
+DATA_SCIENTIST = "data-scientist"
+ADMIN = "admin"
+ROLES = (CLINICIAN, DATA_SCIENTIST, ADMIN)
+TOKEN_PREFIX = "lm_"  # noqa: S105 - a visible prefix, so leaked tokens are easy to spot
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the token's id, name and role (never the token)."""
+
+    token_id: int
+    name: str
+    role: str
+
+
+def hash_token(token: str) -> str:
+    # A plain hash is enough: tokens are 256 random bits, not passwords that could be guessed.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise UnknownNameError("role", role, ROLES)
+    return role
+
+
+def create_token(db: Database, role: str, name: str = "") -> tuple[str, Principal]:
+    """A new token with ``role``; returns the token (show it once) and its principal."""
+    check_role(role)
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    with db.transaction() as session:
+        row = ApiToken(token_hash=hash_token(token), role=role, name=name or role, created_at=utcnow(),
+                       revoked=False)
+        session.add(row)
+        session.flush()
+        return token, Principal(row.id, row.name, row.role)
+
+
+def authenticate(db: Database, token: str | None) -> Principal:
+    """The principal of a valid, unrevoked token; :class:`AuthenticationError` otherwise."""
+    if not token:
+        raise AuthenticationError("a bearer token is required: send 'Authorization: Bearer <token>' "
+                                  "(create one with `lm tokens create --role ROLE`)")
+    with db.read() as session:
+        row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
+    if row is None or row.revoked:
+        raise AuthenticationError("the bearer token is unknown or revoked")
+    return Principal(row.id, row.name, row.role)
+
+
+def list_tokens(db: Database) -> list[dict[str, Any]]:
+    with db.read() as session:
+        rows = session.scalars(select(ApiToken).order_by(ApiToken.id))
+        return [{"id": r.id, "name": r.name, "role": r.role, "created_at": r.created_at.isoformat(),
+                 "revoked": r.revoked} for r in rows]
+
+
+def revoke_token(db: Database, token_id: int) -> None:
+    with db.transaction() as session:
+        row = session.get(ApiToken, token_id)
+        if row is None:
+            raise NotFoundError(f"no token with id {token_id}")
+        row.revoked = True
+
+
+def ensure_default_tokens(db: Database, path: Path, progress: Callable[[str], None] | None = None) -> bool:
+    """On a database with no live tokens, create one per role and write them to ``path`` (mode 0600).
+    Returns True when tokens were created."""
+    with db.read() as session:
+        live = session.scalar(select(ApiToken.id).where(ApiToken.revoked.is_(False)).limit(1))
+    if live is not None:
+        if progress:
+            progress(f"API tokens exist; the first ones were written to {path}" if path.exists()
+                     else "API tokens exist; create more with `lm tokens create --role ROLE`")
+        return False
+    tokens = {role: create_token(db, role, f"default {role}")[0] for role in ROLES}
+    write_secret_json(path, tokens)
+    if progress:
+        progress(f"created one API token per role ({', '.join(ROLES)}); they are in {path} (readable only by you)")
+    return True
+
+
+def write_secret_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` so that no other user can read it at any moment (0600 from creation, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(data, out, indent=2)
+    os.replace(tmp, path)

@@ -1,0 +1,145 @@
+"""The platform database on SQLite and PostgreSQL: migrations, all-or-nothing writes, idempotent
+outcomes, hashed tokens."""
+
+from __future__ import annotations
+
+import json
+import stat
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, select
+
+from learning_machine.errors import AuthenticationError, ConflictError, NotFoundError, UnknownNameError
+from learning_machine.settings import Settings, load_settings
+from learning_machine.store import Database, repository
+from learning_machine.store.db import current_revision, normalise_url
+from learning_machine.store.models import ApiToken
+from learning_machine.store.tokens import ROLES, authenticate, create_token, ensure_default_tokens, revoke_token
+
+TABLES = {"records", "predictions", "explanations", "outcomes", "monitoring_results", "events", "api_tokens"}
+
+
+def rid() -> str:
+    return f"r-{uuid.uuid4().hex[:8]}"
+
+
+def pred(record_id: str, age: float = 50, version: str = "1", outcome: int | None = None) -> repository.NewPrediction:
+    return repository.NewPrediction(record_id, {"age": age, "sex": "male"}, 0.25, 0, version, outcome)
+
+
+def test_migrations_create_every_table_on_an_empty_database(db: Database) -> None:
+    tables = set(inspect(db.engine).get_table_names())
+    assert tables >= TABLES
+    # Our own version table, so the database can be shared with MLflow's Alembic history.
+    assert "lm_alembic_version" in tables and "alembic_version" not in tables
+    assert current_revision(db.engine) == "0001"
+    db.upgrade()  # a current schema is left alone
+    assert current_revision(db.engine) == "0001"
+
+
+def test_a_prediction_is_stored_with_its_record(db: Database) -> None:
+    before = repository.counts(db)
+    r = rid()
+    stored = repository.store_predictions(db, [pred(r)], model_name="m", latency_ms=4.5, request_id="req-1")
+    assert stored[0]["record_id"] == r and stored[0]["latency_ms"] == 4.5
+    after = repository.counts(db)
+    assert after["records"] == before["records"] + 1 and after["predictions"] == before["predictions"] + 1
+    # The same record again (70 == 70.0 after JSON) adds a prediction, not a record.
+    repository.store_predictions(db, [pred(r, age=50.0, version="2")], model_name="m", latency_ms=1,
+                                 request_id="req-2")
+    again = repository.counts(db)
+    assert again["records"] == after["records"] and again["predictions"] == after["predictions"] + 1
+    history = repository.patient(db, r)
+    assert [p["model_version"] for p in history["predictions"]] == ["2", "1"]
+
+
+def test_a_batch_with_one_conflicting_record_stores_nothing(db: Database) -> None:
+    r = rid()
+    repository.store_predictions(db, [pred(r)], model_name="m", latency_ms=1, request_id="a")
+    before = repository.counts(db)
+    with pytest.raises(ConflictError, match="age"):
+        repository.store_predictions(db, [pred(rid()), pred(rid(), outcome=1), pred(r, age=51)], model_name="m",
+                                     latency_ms=1, request_id="b")
+    assert repository.counts(db) == before
+
+
+def test_outcomes_are_idempotent_and_conflicts_need_overwrite(db: Database) -> None:
+    r = rid()
+    repository.store_predictions(db, [pred(r)], model_name="m", latency_ms=1, request_id="a")
+    assert repository.store_outcome(db, r, 1)[1] == "created"
+    before = repository.counts(db)
+    assert repository.store_outcome(db, r, 1)[1] == "unchanged"
+    with pytest.raises(ConflictError):
+        repository.store_outcome(db, r, 0)
+    assert repository.counts(db) == before
+    stored, status = repository.store_outcome(db, r, 0, overwrite=True)
+    assert (stored["outcome"], status) == (0, "overwritten")
+    assert repository.counts(db)["outcomes"] == before["outcomes"]
+    with pytest.raises(NotFoundError):
+        repository.store_outcome(db, "no-such-record", 1)
+
+
+def test_history_reads_page_and_filter(db: Database) -> None:
+    prefix = f"pg-{uuid.uuid4().hex[:6]}"
+    ids = [f"{prefix}-{i}" for i in range(5)]
+    repository.store_predictions(db, [pred(i) for i in ids], model_name="m", latency_ms=1, request_id="x")
+    repository.store_outcome(db, ids[0], 1)
+    page = repository.list_patients(db, repository.Page(limit=2), search=prefix)
+    assert page["total"] == 5 and len(page["items"]) == 2
+    assert all(item["latest_prediction"]["model_version"] == "1" for item in page["items"])
+    one = repository.list_patients(db, repository.Page(), search=ids[0])
+    assert one["items"][0]["outcome"]["outcome"] == 1
+    assert repository.list_predictions(db, repository.Page(), model_version="no-such")["total"] == 0
+    repository.add_event(db, "retraining-triggered", {"reason": "drift"}, model_version="1")
+    repository.add_monitoring_results(db, [{"kind": "drift", "metric": "p_value", "value": 0.01, "threshold": 0.05,
+                                            "alert": True, "feature": "age"}])
+    assert repository.list_events(db, repository.Page(), kind="retraining-triggered")["items"][0]["detail"] == {
+        "reason": "drift"}
+    assert repository.list_monitoring(db, repository.Page(), kind="drift")["items"][0]["feature"] == "age"
+
+
+def test_tokens_are_stored_hashed_and_checked(db: Database) -> None:
+    token, principal = create_token(db, "clinician", "ward 3")
+    assert token.startswith("lm_") and len(token) > 40
+    with db.read() as session:
+        hashes = list(session.scalars(select(ApiToken.token_hash)))
+    assert token not in hashes and all(len(h) == 64 for h in hashes)
+    assert authenticate(db, token) == principal
+    for bad in (None, "", "lm_not-a-token"):
+        with pytest.raises(AuthenticationError):
+            authenticate(db, bad)
+    revoke_token(db, principal.token_id)
+    with pytest.raises(AuthenticationError):
+        authenticate(db, token)
+    with pytest.raises(UnknownNameError, match="admin, clinician, data-scientist"):
+        create_token(db, "nurse")
+
+
+def test_default_tokens_one_per_role_in_a_private_file(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'lm.db'}")
+    db.upgrade()
+    path = tmp_path / "home" / "tokens.json"
+    said: list[str] = []
+    assert ensure_default_tokens(db, path, said.append) is True
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    tokens = json.loads(path.read_text())
+    assert set(tokens) == set(ROLES)
+    assert {authenticate(db, t).role for t in tokens.values()} == set(ROLES)
+    assert str(path) in said[0]
+    assert ensure_default_tokens(db, path) is False  # a second `lm up` keeps them
+    assert json.loads(path.read_text()) == tokens
+
+
+def test_urls_and_production_settings(tmp_path: Path) -> None:
+    assert normalise_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert normalise_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert Settings(home=tmp_path).database_uri().startswith("sqlite:///")
+    from learning_machine.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="LM_DATABASE_URL"):
+        load_settings(environment="production", mlflow_tracking_uri="http://mlflow.lm.svc:5000")
+    ok = load_settings(environment="production", mlflow_tracking_uri="http://mlflow.lm.svc:5000",
+                       database_url="postgresql://lm@db.lm.svc/lm")
+    assert ok.database_uri().startswith("postgresql")
