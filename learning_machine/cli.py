@@ -4,6 +4,7 @@ and turns :class:`LearningMachineError` into a one-line message and a non-zero e
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -46,6 +47,9 @@ def _quiet_mlflow(settings: Settings) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(settings.request_timeout_s, 5) * 6)))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow prints run links to stdout, which would break `--json` output; we print our own.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
 
 
 def _say(message: str) -> None:
@@ -125,11 +129,17 @@ def _print_status(result: list[Any]) -> None:
 
 
 @app.command()
-def doctor(ctx: typer.Context) -> None:
+def doctor(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False,
+           ) -> None:
     """Check every configured service and log a smoke run, so you know the stack works."""
     from learning_machine.doctor import run_checks
 
     checks = run_checks(_settings(ctx))
+    if as_json:
+        out.print_json(json.dumps([{"check": c.name, "ok": c.ok, "detail": c.detail} for c in checks]))
+        if not all(c.ok for c in checks):
+            raise typer.Exit(1)
+        return
     table = Table("check", "result", "detail")
     for check in checks:
         table.add_row(check.name, "[green]ok[/green]" if check.ok else "[red]FAILED[/red]", check.detail)

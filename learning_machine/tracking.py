@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -229,10 +230,12 @@ class Tracker:
             requirements.append(f"xgboost=={xgboost.__version__}")
         # cloudpickle, not skops: skops would need every xgboost type declared trusted; the artifact only
         # ever comes from our own registry.
-        mlflow.sklearn.save_model(
-            result.pipeline, str(folder), serialization_format="cloudpickle",
-            signature=infer_signature(example, proba), input_example=example, pip_requirements=requirements,
-            metadata={"dataset": dataset.name, "dataset_digest": dataset.digest, "kind": result.kind})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # MLflow's integer-column hint; our columns are floats
+            mlflow.sklearn.save_model(
+                result.pipeline, str(folder), serialization_format="cloudpickle",
+                signature=infer_signature(example, proba), input_example=example, pip_requirements=requirements,
+                metadata={"dataset": dataset.name, "dataset_digest": dataset.digest, "kind": result.kind})
         (folder / SPEC_FILE).write_text(yaml.safe_dump(dataset.spec.model_dump(mode="json"), sort_keys=False))
 
     # -- registry ----------------------------------------------------------------------------------

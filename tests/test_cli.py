@@ -1,0 +1,106 @@
+"""The `lm` command line as a user runs it: real subprocesses, a real managed MLflow server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from conftest import free_port
+from learning_machine.cli import app
+
+LM = [sys.executable, "-m", "learning_machine"]
+
+
+def test_data_generate_and_validate(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "cohort.csv"
+    result = runner.invoke(app, ["data", "generate", "--rows", "400", "--seed", "3", "--scenario", "covariate-shift",
+                                 "--drift-start", "200", "--with-truth", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out)
+    assert len(frame) == 400 and {"true_risk", "drifted"} <= set(frame.columns)
+    assert frame["age"][200:].mean() > frame["age"][:200].mean() + 5
+
+    result = runner.invoke(app, ["data", "validate", str(out)])
+    assert result.exit_code == 0, result.output
+    frame.loc[0, "age"] = 140
+    frame.to_csv(out, index=False)
+    result = runner.invoke(app, ["data", "validate", str(out), "--json"])
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["out_of_range"] == {"age": 1}
+
+
+def test_unknown_scenario_is_a_clear_error(tmp_path):
+    proc = subprocess.run([*LM, "data", "generate", "--scenario", "earthquake", "-o", str(tmp_path / "x.csv")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "unknown scenario 'earthquake'; valid scenarios are:" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_settings_fail_fast_naming_the_variable():
+    proc = subprocess.run([*LM, "status"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "LM_MLFLOW_TRACKING_URI": "file:///tmp/mlruns"})
+    assert proc.returncode == 1
+    assert "LM_MLFLOW_TRACKING_URI" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_up_status_doctor_train_down(tmp_path: Path):
+    env = {**os.environ, "LM_HOME": str(tmp_path / ".lm"), "LM_MLFLOW_PORT": str(free_port()),
+           "LM_TRAIN_ROWS": "1000", "LM_MLFLOW_WORKERS": "1"}
+
+    def lm(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*LM, *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=timeout)
+
+    try:
+        up = lm("up")
+        assert up.returncode == 0, up.stderr
+        assert "promoted clinical-risk v1 to champion" in up.stderr
+
+        again = lm("up")  # harmless: nothing restarted, no second model
+        assert again.returncode == 0, again.stderr
+        assert "already running" in again.stderr and "v1 is the champion" in again.stderr
+
+        status = lm("status", "--json")
+        assert status.returncode == 0, status.stderr
+        services = {s["name"]: s for s in json.loads(status.stdout)}
+        assert services["mlflow"]["healthy"] and services["mlflow"]["pid"]
+
+        doctor = lm("doctor", "--json")
+        assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+        checks = {c["check"]: c for c in json.loads(doctor.stdout)}
+        assert all(c["ok"] for c in checks.values())
+        assert "2 params, 2 metrics x 5 steps, 1 artifact" in checks["tracking + artifacts"]["detail"]
+        assert "v1 is the champion" in checks["model registry"]["detail"]
+
+        versions = json.loads(lm("models", "list", "--json").stdout)
+        assert [v["aliases"] for v in versions] == [["champion"]]
+
+        bad = lm("train", "--dataset", "mimic")
+        assert bad.returncode == 1 and "unknown dataset 'mimic'" in bad.stderr
+        assert len(json.loads(lm("models", "list", "--json").stdout)) == 1  # nothing half-written
+    finally:
+        down = lm("down")
+    assert down.returncode == 0 and "mlflow" in down.stderr
+    pid = services["mlflow"]["pid"]
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    after = lm("status", "--json")
+    assert after.returncode == 3
+    assert not json.loads(after.stdout)[0]["healthy"]
+
+
+def test_doctor_names_an_unreachable_server():
+    proc = subprocess.run([*LM, "doctor", "--json"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "LM_MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    assert proc.returncode == 1
+    checks = {c["check"]: c for c in json.loads(proc.stdout)}
+    assert not checks["mlflow server"]["ok"]
+    assert "http://127.0.0.1:9 is unreachable" in checks["mlflow server"]["detail"]
