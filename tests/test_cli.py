@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import free_port
 from typer.testing import CliRunner
 
-from conftest import free_port
 from learning_machine.cli import app
 
 LM = [sys.executable, "-m", "learning_machine"]
