@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from learning_machine.cli_gateway import register as register_gateway_commands
 from learning_machine.errors import LearningMachineError
 from learning_machine.settings import Settings, load_settings
 
@@ -24,6 +25,7 @@ data_app = typer.Typer(help="Datasets: generate, validate, list scenarios.", no_
 models_app = typer.Typer(help="Registered model versions: list, promote, roll back.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
+register_gateway_commands(app)  # lm gateway, lm tokens, lm db
 
 console = Console(stderr=True)
 out = Console()

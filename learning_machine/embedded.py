@@ -3,11 +3,14 @@ Later services (model server, gateway, monitor, dashboard) are added to :func:`e
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import httpx
 
 from learning_machine.services import ProcessManager, ServiceSpec, ServiceStatus, is_healthy
 from learning_machine.settings import Settings
@@ -35,11 +38,40 @@ def mlflow_service(settings: Settings) -> ServiceSpec:
                        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
 
 
+def gateway_service(settings: Settings) -> ServiceSpec:
+    """The gateway (`lm gateway`). It rebuilds its settings from the environment, so everything it must
+    agree on with this process (database, model server, tracking server, home) is passed explicitly."""
+    env = {f"LM_{name.upper()}": value if isinstance(value, str) else json.dumps(value)
+           for name, value in settings.model_dump(mode="json").items() if value is not None}
+    env.update({"LM_HOME": str(settings.home.resolve()), "LM_DATABASE_URL": settings.database_uri(),
+                "LM_MODEL_SERVER_URL": settings.model_server_base_url(),
+                "LM_MLFLOW_TRACKING_URI": settings.tracking_uri})
+    command = [_tool("lm"), "gateway", "--host", settings.gateway_host, "--port", str(settings.gateway_port),
+               "--log-level", "warning"]
+    return ServiceSpec("gateway", command, settings.gateway_url, "/healthz", env=env)
+
+
+def gateway_readiness(url: str) -> str:
+    """'ready', or why the gateway is alive but not ready (its database or model server), for `lm status`."""
+    try:
+        response = httpx.get(url.rstrip("/") + "/readyz", timeout=5)
+    except httpx.HTTPError as exc:
+        return f"not ready: {type(exc).__name__}"
+    if response.status_code == 200:
+        return "ready"
+    try:
+        return "not ready: " + str(response.json().get("detail", response.status_code))
+    except ValueError:
+        return f"not ready: HTTP {response.status_code}"
+
+
 def embedded_services(settings: Settings) -> list[ServiceSpec]:
     """The services `lm up` runs, in start order."""
     services = []
     if settings.mlflow_managed:
         services.append(mlflow_service(settings))
+    # The gateway comes after the model server it calls.
+    services.append(gateway_service(settings))
     return services
 
 
@@ -54,6 +86,9 @@ def start_all(settings: Settings, progress: Progress | None = None) -> UpReport:
     """Start every embedded service that is not running; wait until each is healthy."""
     manager = ProcessManager(settings.run_dir)
     report = UpReport()
+    from learning_machine.store.tokens import prepare_for_gateway
+
+    prepare_for_gateway(settings, progress)  # migrations and the first API tokens, before the gateway starts
     for spec in embedded_services(settings):
         if manager.start(spec, timeout_s=settings.startup_timeout_s, progress=progress):
             report.started.append(spec.name)
@@ -77,6 +112,9 @@ def statuses(settings: Settings) -> list[ServiceStatus]:
     """Each service with its URL and health; external services are checked but not managed."""
     manager = ProcessManager(settings.run_dir)
     out = [manager.status(spec) for spec in embedded_services(settings)]
+    for status in out:
+        if status.name == "gateway" and status.healthy:
+            status.detail = gateway_readiness(settings.gateway_url)
     if not settings.mlflow_managed:
         healthy = is_healthy(settings.tracking_uri.rstrip("/") + "/health")
         out.insert(0, ServiceStatus("mlflow", settings.tracking_uri, None, healthy, healthy, managed=False,

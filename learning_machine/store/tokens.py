@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import select
 
 from learning_machine.errors import AuthenticationError, NotFoundError, UnknownNameError
+from learning_machine.settings import Settings
 from learning_machine.store.db import Database
 from learning_machine.store.models import ApiToken, utcnow
 
@@ -109,3 +110,18 @@ def write_secret_json(path: Path, data: dict[str, Any]) -> None:
     with os.fdopen(fd, "w") as out:
         json.dump(data, out, indent=2)
     os.replace(tmp, path)
+
+
+def prepare_for_gateway(settings: Settings, progress: Callable[[str], None] | None = None) -> bool:
+    """What `lm up` does before it starts the gateway: migrate the database (once, not racing the
+    gateway process) and create one token per role on a database with none. True when tokens were made."""
+    from learning_machine.store.db import safe_url
+
+    db = Database(settings.database_uri())
+    try:
+        db.upgrade()
+        if progress:
+            progress(f"database {safe_url(db.url)} is migrated")
+        return ensure_default_tokens(db, settings.tokens_path().resolve(), progress)
+    finally:
+        db.dispose()

@@ -1,0 +1,120 @@
+"""`lm gateway`, `lm tokens ...` and `lm db ...`: the gateway and its database from the command line.
+Registered on the main app by :func:`register`; heavy imports stay inside the commands."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from learning_machine.settings import Settings
+
+if TYPE_CHECKING:
+    from learning_machine.store import Database
+
+tokens_app = typer.Typer(help="API tokens of the gateway: create, list, revoke.", no_args_is_help=True)
+db_app = typer.Typer(help="The platform database: apply migrations, show the schema version.",
+                     no_args_is_help=True)
+console = Console(stderr=True)
+out = Console()
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    settings: Settings = ctx.obj
+    return settings
+
+
+def _database(settings: Settings, *, migrate: bool = True) -> Database:
+    from learning_machine.store import Database
+
+    db = Database(settings.database_uri())
+    if migrate:
+        db.upgrade()
+    return db
+
+
+def gateway(ctx: typer.Context,
+            host: Annotated[str | None, typer.Option(help="Interface to bind (default: LM_GATEWAY_HOST).")] = None,
+            port: Annotated[int | None, typer.Option(help="Port (default: LM_GATEWAY_PORT).")] = None,
+            log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info") -> None:
+    """Run the gateway (the public REST API) in the foreground; API docs at /docs."""
+    import uvicorn
+
+    from learning_machine.gateway import create_app
+
+    settings = _settings(ctx)
+    updates = {k: v for k, v in {"gateway_host": host, "gateway_port": port}.items() if v is not None}
+    settings = settings.model_copy(update=updates)
+    from learning_machine.store.db import safe_url
+
+    console.print(f"gateway on {settings.gateway_url} (docs {settings.gateway_url}/docs), database "
+                  f"{safe_url(settings.database_uri())}, model server {settings.model_server_base_url()}")
+    uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port, log_level=log_level,
+                access_log=False, server_header=False)
+
+
+@tokens_app.command("create")
+def tokens_create(ctx: typer.Context,
+                  role: Annotated[str, typer.Option(help="clinician, data-scientist or admin.")],
+                  name: Annotated[str, typer.Option(help="Who or what uses it (shown in `lm tokens list`).")] = "",
+                  ) -> None:
+    """Create a token and print it once (only its hash is stored)."""
+    from learning_machine.store.tokens import check_role, create_token
+
+    check_role(role)
+    token, principal = create_token(_database(_settings(ctx)), role, name)
+    console.print(f"token {principal.token_id} ({principal.role}, {principal.name!r}); it is shown only now:")
+    out.print(token, soft_wrap=True, highlight=False)
+
+
+@tokens_app.command("list")
+def tokens_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every token's id, name, role and whether it is revoked (never the token)."""
+    from learning_machine.store.tokens import list_tokens
+
+    rows = list_tokens(_database(_settings(ctx)))
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table("id", "name", "role", "created", "revoked")
+    for r in rows:
+        table.add_row(str(r["id"]), r["name"], r["role"], r["created_at"][:19], "yes" if r["revoked"] else "")
+    out.print(table)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(ctx: typer.Context, token_id: Annotated[int, typer.Argument(help="Id from `lm tokens list`.")],
+                  ) -> None:
+    """Revoke a token: the gateway refuses it from the next request on."""
+    from learning_machine.store.tokens import revoke_token
+
+    revoke_token(_database(_settings(ctx)), token_id)
+    console.print(f"token {token_id} revoked")
+
+
+@db_app.command("upgrade")
+def db_upgrade(ctx: typer.Context) -> None:
+    """Apply every migration to the database (LM_DATABASE_URL, default SQLite under LM_HOME)."""
+    from learning_machine.store.db import current_revision, safe_url
+
+    settings = _settings(ctx)
+    db = _database(settings)
+    console.print(f"{safe_url(settings.database_uri())} is at revision {current_revision(db.engine)}")
+
+
+@db_app.command("current")
+def db_current(ctx: typer.Context) -> None:
+    """The database's schema revision (none when it was never migrated)."""
+    from learning_machine.store.db import current_revision
+
+    out.print(str(current_revision(_database(_settings(ctx), migrate=False).engine)))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the gateway commands to the `lm` app."""
+    app.command("gateway")(gateway)
+    app.add_typer(tokens_app, name="tokens")
+    app.add_typer(db_app, name="db")

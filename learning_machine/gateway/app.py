@@ -1,0 +1,70 @@
+"""The gateway app: :func:`create_app` builds it from one :class:`Settings`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from learning_machine.data.sources import spec_for
+from learning_machine.gateway import problems, service
+from learning_machine.gateway.edge import EdgeMiddleware, Metrics
+from learning_machine.gateway.routes import router
+from learning_machine.gateway.service import GatewayContext
+from learning_machine.settings import Settings
+from learning_machine.store.db import Database
+from learning_machine.v2 import ModelServerClient
+
+DESCRIPTION = """The public API of the Learning Machine: predictions with explanations on patient records,
+outcomes that arrive later, and the history the monitor and the dashboard read.
+
+Every route under `/v1` needs `Authorization: Bearer <token>`; a token carries one role
+(`clinician`, `data-scientist`, `admin`; create one with `lm tokens create --role ROLE`). Errors are
+[problem details](https://www.rfc-editor.org/rfc/rfc9457) (`application/problem+json`)."""
+
+
+def build_context(settings: Settings) -> GatewayContext:
+    """The app's long-lived parts. Nothing connects yet: the database is migrated at start-up."""
+    return GatewayContext(
+        settings=settings,
+        db=Database(settings.database_uri()),
+        model_server=ModelServerClient(settings.model_server_base_url(), timeout_s=settings.request_timeout_s),
+        spec=spec_for(settings.dataset, settings.dataset_spec),
+        metrics=Metrics(),
+    )
+
+
+def create_app(settings: Settings, *, context: GatewayContext | None = None) -> FastAPI:
+    """The gateway as an ASGI app. It migrates its database when it starts."""
+    ctx = context or build_context(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(ctx.db.upgrade)
+        yield
+        ctx.model_server.close()
+        ctx.db.dispose()
+
+    app = FastAPI(title="Learning Machine API", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app.state.ctx = ctx
+    problems.install(app)
+    app.include_router(router)
+    app.add_middleware(EdgeMiddleware, metrics=ctx.metrics, max_body_bytes=settings.max_request_bytes)
+
+    @app.get("/healthz", tags=["operations"], summary="The process is alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], summary="Database reachable and model served (else 503)")
+    def readyz() -> dict[str, Any]:
+        return service.readiness(ctx)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", include_in_schema=False)
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,109 @@
+"""The /v1 routes: thin adapters from HTTP to :mod:`learning_machine.gateway.service` and the store."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
+
+from learning_machine.gateway import service
+from learning_machine.gateway.auth import CLINICAL, SCIENCE, require
+from learning_machine.gateway.schemas import (
+    PREDICTION_EXAMPLES,
+    BatchPredictionOut,
+    ExplanationIn,
+    ExplanationOut,
+    OutcomeIn,
+    OutcomeOut,
+    PageOut,
+    PredictionOut,
+)
+from learning_machine.gateway.service import GatewayContext
+from learning_machine.store import repository
+from learning_machine.store.tokens import Principal
+
+router = APIRouter(prefix="/v1")
+
+Clinical = Annotated[Principal, Depends(require(CLINICAL))]
+Science = Annotated[Principal, Depends(require(SCIENCE))]
+Limit = Annotated[int, Query(ge=1, le=500, description="Page size.")]
+Offset = Annotated[int, Query(ge=0, description="Rows to skip.")]
+Since = Annotated[datetime | None, Query(description="Only rows at or after this time (ISO 8601).")]
+
+
+def ctx(request: Request) -> GatewayContext:
+    context: GatewayContext = request.app.state.ctx
+    return context
+
+
+Ctx = Annotated[GatewayContext, Depends(ctx)]
+
+
+@router.post("/predictions", response_model=PredictionOut | BatchPredictionOut, tags=["predictions"],
+             summary="Predict on one record or a batch")
+def post_predictions(request: Request, c: Ctx, _: Clinical,
+                     payload: Annotated[dict[str, Any], Body(openapi_examples=PREDICTION_EXAMPLES)]) -> Any:
+    """One record (a JSON object with the record id and every feature) or `{"records": [...]}`.
+    Every record is checked against the dataset spec first: one bad record rejects the whole request
+    (422, every problem listed) and nothing is stored."""
+    return service.predict(c, payload, request.state.request_id)
+
+
+@router.get("/predictions", response_model=PageOut, tags=["predictions"], summary="Prediction history")
+def get_predictions(c: Ctx, _: Science, limit: Limit = 50, offset: Offset = 0, since: Since = None,
+                    model_version: Annotated[str | None, Query(description="Only this model version.")] = None,
+                    ) -> Any:
+    return repository.list_predictions(c.db, repository.Page(limit, offset), since=since,
+                                       model_version=model_version)
+
+
+@router.post("/explanations", response_model=ExplanationOut, tags=["predictions"],
+             summary="Explain a stored record's prediction, or a full record")
+def post_explanations(request: Request, c: Ctx, _: Clinical, body: ExplanationIn) -> Any:
+    return service.explain(c, record_id=body.record_id, record=body.record, method=body.method,
+                           request_id=request.state.request_id)
+
+
+@router.post("/outcomes", response_model=OutcomeOut, tags=["outcomes"], status_code=201,
+             responses={200: {"description": "The same outcome was already stored (nothing changed)"},
+                        409: {"description": "Another outcome is stored; send ?overwrite=true to replace it"}},
+             summary="Record the ground truth of a stored record")
+def post_outcomes(response: Response, c: Ctx, _: Science, body: OutcomeIn,
+                  overwrite: Annotated[bool, Query(description="Replace a different stored outcome.")] = False,
+                  ) -> Any:
+    stored, status = service.record_outcome(c, body.record_id, body.outcome, overwrite=overwrite)
+    if status != "created":
+        response.status_code = 200
+    return {**stored, "status": status}
+
+
+@router.get("/patients", response_model=PageOut, tags=["patients"],
+            summary="Records with their latest prediction and outcome")
+def get_patients(c: Ctx, _: Clinical, limit: Limit = 50, offset: Offset = 0,
+                 search: Annotated[str | None, Query(max_length=200, description="Part of a record id.")] = None,
+                 ) -> Any:
+    return repository.list_patients(c.db, repository.Page(limit, offset), search)
+
+
+@router.get("/patients/{record_id}", tags=["patients"], summary="One record with its history")
+def get_patient(c: Ctx, _: Clinical, record_id: str) -> Any:
+    return repository.patient(c.db, record_id)
+
+
+@router.get("/monitoring", response_model=PageOut, tags=["monitoring"], summary="Monitoring results")
+def get_monitoring(c: Ctx, _: Science, limit: Limit = 50, offset: Offset = 0, since: Since = None,
+                   kind: Annotated[str | None, Query(description="drift, quality or performance.")] = None,
+                   ) -> Any:
+    return repository.list_monitoring(c.db, repository.Page(limit, offset), since=since, kind=kind)
+
+
+@router.get("/events", response_model=PageOut, tags=["monitoring"], summary="Pipeline and lifecycle events")
+def get_events(c: Ctx, _: Science, limit: Limit = 50, offset: Offset = 0, since: Since = None,
+               kind: Annotated[str | None, Query(description="Only events of this kind.")] = None) -> Any:
+    return repository.list_events(c.db, repository.Page(limit, offset), since=since, kind=kind)
+
+
+@router.get("/models", tags=["models"], summary="Registered versions of the served model")
+def get_models(c: Ctx, _: Science) -> Any:
+    return {"model": c.model_name, "versions": service.models(c)}

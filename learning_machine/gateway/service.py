@@ -1,0 +1,188 @@
+"""What the gateway does, as plain functions of a :class:`GatewayContext`: validate records against the
+dataset spec, ask the model server, store the answer. Routes only translate HTTP to these calls.
+
+The order is fixed so that a failure leaves nothing behind: validate everything (422 lists every
+problem), then call the model server (503 when it is down), then store records and predictions in one
+transaction."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from learning_machine.data.spec import DatasetSpec, parse_label
+from learning_machine.errors import (
+    BadRequestError,
+    PayloadTooLargeError,
+    Problem,
+    RecordValidationError,
+    ServiceUnavailableError,
+)
+from learning_machine.gateway.edge import Metrics
+from learning_machine.settings import Settings
+from learning_machine.store import repository
+from learning_machine.store.db import Database
+from learning_machine.v2 import ModelServerClient
+
+
+@dataclass
+class GatewayContext:
+    """Everything a request needs, built once per app."""
+
+    settings: Settings
+    db: Database
+    model_server: ModelServerClient
+    spec: DatasetSpec
+    metrics: Metrics
+    _tracker: Any = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def model_name(self) -> str:
+        return self.settings.model_name
+
+    def tracker(self) -> Any:
+        """The MLflow registry client, made on first use (importing MLflow costs seconds)."""
+        with self._lock:
+            if self._tracker is None:
+                from learning_machine.tracking import Tracker
+
+                self._tracker = Tracker(self.settings.tracking_uri, timeout_s=self.settings.request_timeout_s)
+            return self._tracker
+
+
+# -- predictions -------------------------------------------------------------------------------------
+def split_payload(payload: Mapping[str, Any], max_rows: int) -> tuple[list[Any], bool]:
+    """The records of a request body and whether it was a batch (``{"records": [...]}``)."""
+    if "records" not in payload:
+        return [dict(payload)], False
+    extra = sorted(k for k in payload if k != "records")
+    if extra:
+        raise BadRequestError(f"a batch is {{\"records\": [...]}} and nothing else; unexpected: {', '.join(extra)}")
+    records = payload["records"]
+    if not isinstance(records, list) or not records:
+        raise BadRequestError("'records' must be a non-empty list of records")
+    if len(records) > max_rows:
+        raise PayloadTooLargeError(f"a batch may hold at most {max_rows:,} records (LM_MAX_BATCH_ROWS); "
+                                   f"this one has {len(records):,}: split it",
+                                   detail={"records": len(records), "max_batch_rows": max_rows})
+    return records, True
+
+
+def validate_records(spec: DatasetSpec, records: list[Any], *, batch: bool) -> list[Mapping[str, Any]]:
+    """The records, unchanged, when every one is valid; else :class:`RecordValidationError` listing
+    every problem of every record (with its index in the batch)."""
+    problems: list[tuple[int, Problem]] = []
+    seen: dict[str, int] = {}
+    for index, record in enumerate(records):
+        found = spec.validate_record(record)
+        problems.extend((index, p) for p in found)
+        if isinstance(record, Mapping) and not found:
+            rid = str(record[spec.record_id.name])
+            if rid in seen:
+                problems.append((index, Problem(spec.record_id.name, rid, "unique",
+                                                f"record id {rid!r} appears twice in this batch "
+                                                f"(records {seen[rid]} and {index})", rid)))
+            seen.setdefault(rid, index)
+    if problems:
+        error = RecordValidationError([p for _, p in problems])
+        if batch:
+            error.detail = [{"index": i, **p.as_dict()} for i, p in problems]
+        raise error
+    return [dict(r) for r in records]
+
+
+def features_of(spec: DatasetSpec, record: Mapping[str, Any]) -> dict[str, Any]:
+    """What we store as the record's input: the features only (not the id, not the outcome)."""
+    return {name: record.get(name) for name in spec.feature_names}
+
+
+def predict(ctx: GatewayContext, payload: Mapping[str, Any], request_id: str) -> dict[str, Any]:
+    """Validate, predict, store; the response mirrors the request (one record or a batch)."""
+    raw, batch = split_payload(payload, ctx.settings.max_batch_rows)
+    records = validate_records(ctx.spec, raw, batch=batch)
+    started = time.perf_counter()
+    try:
+        answers = ctx.model_server.predict(ctx.model_name, ctx.spec, records)
+    finally:
+        ctx.metrics.model_server_seconds.labels("predict").observe(time.perf_counter() - started)
+    latency_ms = (time.perf_counter() - started) * 1000
+    rid, target = ctx.spec.record_id.name, ctx.spec.target.name
+    items = [repository.NewPrediction(
+        record_id=str(record[rid]), features=features_of(ctx.spec, record), probability=answer.probability,
+        label=answer.label, model_version=answer.model_version,
+        outcome=parse_label(record[target]) if record.get(target) is not None else None)
+        for record, answer in zip(records, answers, strict=True)]
+    stored = repository.store_predictions(ctx.db, items, model_name=ctx.model_name, latency_ms=latency_ms,
+                                          request_id=request_id)
+    for row in stored:
+        ctx.metrics.predictions.labels(row["model_version"]).inc()
+    out = [{"record_id": r["record_id"], "probability": r["probability"], "label": r["label"],
+            "model_version": r["model_version"], "request_id": request_id} for r in stored]
+    if not batch:
+        return out[0]
+    return {"request_id": request_id, "predictions": out}
+
+
+# -- explanations ------------------------------------------------------------------------------------
+def explain(ctx: GatewayContext, *, record_id: str | int | None, record: Mapping[str, Any] | None, method: str,
+            request_id: str) -> dict[str, Any]:
+    """Explain a stored record (by id) or a full record (stored with its explanation)."""
+    if (record_id is None) == (record is None):
+        raise BadRequestError("send either 'record_id' (of a stored record) or 'record' (a full record)")
+    if record is not None:
+        full = validate_records(ctx.spec, [record], batch=False)[0]
+        rid = str(full[ctx.spec.record_id.name])
+        features: dict[str, Any] | None = features_of(ctx.spec, full)
+    else:
+        rid = str(record_id)
+        features = None
+        full = {ctx.spec.record_id.name: rid, **repository.record_features(ctx.db, rid)}
+    started = time.perf_counter()
+    try:
+        explanation = ctx.model_server.explain(ctx.model_name, ctx.spec, full, method)
+    finally:
+        ctx.metrics.model_server_seconds.labels("explain").observe(time.perf_counter() - started)
+    version = explanation.get("model_version")
+    stored = repository.store_explanation(
+        ctx.db, record_id=rid, features=features, model_name=ctx.model_name,
+        model_version=None if version is None else str(version), method=method, explanation=explanation,
+        request_id=request_id)
+    return {"record_id": rid, "method": method, "model_version": stored["model_version"],
+            "explanation": explanation, "request_id": request_id, "created_at": stored["created_at"]}
+
+
+# -- outcomes ----------------------------------------------------------------------------------------
+def record_outcome(ctx: GatewayContext, record_id: str | int, outcome: Any, *, overwrite: bool) -> tuple[dict[str, Any], str]:
+    label = parse_label(outcome)
+    if label is None:
+        target = ctx.spec.target
+        raise RecordValidationError([Problem(target.name, outcome if isinstance(outcome, (str, int, float, bool))
+                                             else repr(outcome)[:200], "category",
+                                             f"the outcome must be 0 or 1 ({target.negative_label} or "
+                                             f"{target.positive_label})", str(record_id))])
+    return repository.store_outcome(ctx.db, str(record_id), label, overwrite=overwrite)
+
+
+# -- models and readiness ------------------------------------------------------------------------------
+def models(ctx: GatewayContext) -> list[dict[str, Any]]:
+    """The registry's versions of the served model, newest first, the champion marked."""
+    from learning_machine.tracking import CHALLENGER, CHAMPION
+
+    versions = ctx.tracker().list_versions(ctx.model_name)
+    return [{**v.as_dict(), "champion": CHAMPION in v.aliases, "challenger": CHALLENGER in v.aliases}
+            for v in versions]
+
+
+def readiness(ctx: GatewayContext) -> dict[str, Any]:
+    """Ready when the database answers and the model server serves the model; else 503 saying which."""
+    ctx.db.ping()
+    url = ctx.model_server.url
+    if not ctx.model_server.ready():
+        raise ServiceUnavailableError(f"the model server at {url} is not ready")
+    if not ctx.model_server.model_ready(ctx.model_name):
+        raise ServiceUnavailableError(f"the model server at {url} does not serve model {ctx.model_name!r} (yet)")
+    return {"status": "ready", "database": "ok", "model_server": url, "model": ctx.model_name}
