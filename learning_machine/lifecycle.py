@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from learning_machine.data.sources import LoadedDataset, load_dataset
+from learning_machine.errors import DataQualityError
 from learning_machine.settings import Settings
 from learning_machine.tracking import CHAMPION, Tracker, VersionInfo
 from learning_machine.training import TrainingResult, retrain_model, train_model
@@ -31,6 +32,21 @@ def dataset_from_settings(settings: Settings, **options: Any) -> LoadedDataset:
                         or settings.train_rows, seed=settings.seed, **options)
 
 
+def check_quality(dataset: LoadedDataset, max_invalid_fraction: float) -> None:
+    """Refuse data that breaks its spec in more than ``max_invalid_fraction`` of the feature cells,
+    naming each feature and how many values are wrong."""
+    report = dataset.quality
+    if report is None or report.invalid_fraction <= max_invalid_fraction:
+        return
+    parts = [f"{name}: {count} out of range" for name, count in report.out_of_range.items()]
+    parts += [f"{name}: {count} not a number" for name, count in report.wrong_type.items()]
+    parts += [f"{name}: unknown categories {', '.join(sorted(values))}"
+              for name, values in report.unseen_categories.items()]
+    raise DataQualityError(
+        f"dataset {dataset.name!r} has {report.invalid_cells} invalid value(s) ({report.invalid_fraction:.1%} of "
+        f"cells, limit {max_invalid_fraction:.1%}): {'; '.join(parts)}", detail=report.as_dict())
+
+
 def train_and_register(settings: Settings, tracker: Tracker, dataset: LoadedDataset, *, kind: str | None = None,
                        params: dict[str, Any] | None = None, continue_from: str | None = None,
                        promote: str = "if-first", progress: Progress | None = None,
@@ -42,6 +58,7 @@ def train_and_register(settings: Settings, tracker: Tracker, dataset: LoadedData
     The server is checked before any work, and nothing is registered unless the run finished."""
     if promote not in ("always", "never", "if-first"):
         raise ValueError(f"promote must be always, never or if-first, not {promote!r}")
+    check_quality(dataset, settings.max_invalid_fraction)
     tracker.health()
     if continue_from:
         base, base_info = tracker.load_pipeline(settings.model_name, continue_from)

@@ -43,12 +43,51 @@ class Settings(BaseSettings):
     train_rows: int = Field(5000, ge=100, description="Rows the first model is trained on (generated datasets).")
     seed: int = Field(42, description="Seed for data generation and training.")
     test_fraction: float = Field(0.25, gt=0.05, lt=0.9, description="Held-out fraction for evaluation.")
+    max_invalid_fraction: float = Field(
+        0.01, ge=0, le=1, description="Training refuses data with more feature cells than this that break the "
+        "spec (out of range, wrong type, unseen category).")
 
     # -- serving (model server, deployers) ------------------------------------------------------
     deployer: str = Field("none", description="How a new champion is served: none, local (embedded MLServer) "
                           "or seldon (a SeldonDeployment). Unknown names list the valid ones.")
+    model_server_host: str = Field("127.0.0.1", description="Interface the managed MLServer binds to.")
+    model_server_port: int = Field(8080, ge=1, le=65535, description="HTTP port of the managed MLServer.")
+    model_server_grpc_port: int = Field(8081, ge=1, le=65535, description="gRPC port of the managed MLServer.")
+    model_server_metrics_port: int = Field(8082, ge=1, le=65535,
+                                           description="Prometheus metrics port of the managed MLServer.")
+    model_ref: str = Field("champion", min_length=1, description="Version (number) or alias the model server "
+                           "loads at start; promotions then swap it through the repository API.")
+    drift_detector: str = Field("TabularDrift", description="alibi-detect detector of the drift runtime: "
+                                "TabularDrift, KSDrift or ChiSquareDrift (numpy/scipy, no TensorFlow).")
+    drift_p_val: float = Field(0.05, gt=0, lt=1, description="Significance of the drift test (before the "
+                               "Bonferroni correction over features).")
+    seldon_namespace: str = Field("learning-machine", description="Kubernetes namespace of the SeldonDeployment.")
+    seldon_deployment_name: str | None = Field(
+        None, description="Name of the SeldonDeployment (default: the model name).")
+    serving_image: str = Field("ghcr.io/learning-machine/serving:latest",
+                               description="The project's serving image (MLServer with our runtimes) for Seldon.")
+    seldon_secret_name: str = Field("mlflow-s3-credentials", description="Secret with the MinIO/S3 credentials "
+                                    "(rclone-style envSecretRefName) for the Seldon containers.")
+    seldon_tracking_uri: str = Field("http://mlflow.learning-machine.svc:5000", description="MLflow URL as the "
+                                     "Seldon pods reach it (cluster-internal).")
+    monitor_url: str = Field("http://monitor.learning-machine.svc:8000/v1/request-log", description="Where "
+                             "Seldon's request logger posts every request and response (CloudEvents).")
 
     # -- pipelines (KFP) ---------------------------------------------------------------------------
+    pipeline_runner: str = Field("local", description="Where `lm pipelines run` and the monitor run pipelines: "
+                                 "local (kfp.local, this machine) or kubeflow (a KFP API server at `kfp_host`).")
+    kfp_host: str | None = Field(None, description="URL of the Kubeflow Pipelines API (runner `kubeflow`, "
+                                 "`lm pipelines submit/schedule`).")
+    pipeline_root: Path | None = Field(None, description="Where local pipeline runs keep their artifacts "
+                                       "(default: `home`/pipelines).")
+    gate_metric: str = Field("auc", description="Metric the champion/challenger gate compares on the same held-out "
+                             "data: auc, accuracy, f1 (higher wins) or brier, log_loss, ece (lower wins).")
+    gate_margin: float = Field(0.0, ge=-1, le=1, description="How much better than the champion a candidate must "
+                               "be to be promoted (in the gate metric's units).")
+    max_missing_fraction: float = Field(0.2, ge=0, le=1, description="Validation fails when more feature cells "
+                                        "than this are missing.")
+    max_invalid_fraction: float = Field(0.01, ge=0, le=1, description="Validation fails when more feature cells "
+                                        "than this break the spec (out of range, wrong type, unseen category).")
 
     # -- gateway and database ----------------------------------------------------------------------
     gateway_host: str = Field("127.0.0.1", description="Interface the gateway (public REST API) binds to.")
@@ -91,6 +130,11 @@ class Settings(BaseSettings):
         return self.mlflow_tracking_uri or f"http://{self.mlflow_host}:{self.mlflow_port}"
 
     @property
+    def model_server_managed(self) -> bool:
+        """True when `lm up` / `lm serve` run the model server (MLServer) themselves."""
+        return self.model_server_url is None
+
+    @property
     def run_dir(self) -> Path:
         """Pid files and logs of managed processes."""
         return self.home / "run"
@@ -104,6 +148,10 @@ class Settings(BaseSettings):
 
     def artifacts_destination(self) -> str:
         return self.mlflow_artifacts_destination or str((self.mlflow_dir / "artifacts").resolve())
+
+    def pipeline_root_dir(self) -> Path:
+        """Artifacts of local pipeline runs."""
+        return (self.pipeline_root or self.home / "pipelines").resolve()
 
     def database_uri(self) -> str:
         """The platform database: ``database_url`` or a SQLite file under ``home``."""

@@ -156,3 +156,22 @@ def test_evaluation_json_holds_calibration_and_subgroups(mlflow_sqlite: Settings
     assert len(evaluation["calibration"]) == 10
     assert set(evaluation["subgroups"]) == {"sex", "age_band"}
     assert set(evaluation["subgroups"]["sex"]) == {"female", "male"}
+
+
+def test_invalid_records_are_refused_before_anything_is_logged(mlflow_sqlite: Settings, tmp_path):
+    from learning_machine.errors import DataQualityError
+
+    settings = _settings(mlflow_sqlite)
+    tracker = Tracker(settings.tracking_uri)
+    frame = load_dataset("synthetic-cohort", n_rows=400, seed=9).frame
+    frame.loc[:59, "systolic_bp"] = 900.0  # 60 of 3,600 cells: above the default 1 % limit
+    frame.loc[10:12, "smoking"] = "vaping"
+    frame.to_csv(tmp_path / "bad.csv", index=False)
+    spec = Path(__file__).parent.parent / "learning_machine" / "data" / "specs" / "synthetic-cohort.yaml"
+    data = load_dataset(str(tmp_path / "bad.csv"), spec_path=spec)
+    experiment = tracker.experiment_id(settings.experiment_name)
+    runs_before = len(tracker.client.search_runs([experiment], max_results=1000))
+    with pytest.raises(DataQualityError, match=r"systolic_bp: 60 out of range; smoking: unknown categories vaping"):
+        train_and_register(settings, tracker, data)
+    assert len(tracker.client.search_runs([experiment], max_results=1000)) == runs_before
+    assert settings.model_name not in tracker.registered_models()

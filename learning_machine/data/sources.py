@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from learning_machine.data.spec import DatasetSpec, load_spec, parse_spec
+from learning_machine.data.spec import DataQualityReport, DatasetSpec, load_spec, parse_spec
 from learning_machine.errors import DatasetError, UnknownNameError
 
 
@@ -23,6 +23,8 @@ class LoadedDataset:
     frame: pd.DataFrame
     source_uri: str
     params: dict[str, Any] = field(default_factory=dict)
+    quality: DataQualityReport | None = None
+    """Quality of the rows as read, before coercion to the spec's types (None: generated, valid by design)."""
 
     @property
     def name(self) -> str:
@@ -112,8 +114,9 @@ def load_csv(path: str | Path, spec: DatasetSpec | str | Path) -> LoadedDataset:
         raise DatasetError(f"dataset file {str(path)!r} does not exist") from exc
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DatasetError(f"dataset file {str(path)!r} is not a readable CSV: {exc}") from exc
+    quality = spec.quality(raw)
     frame = spec.coerce_frame(raw)
-    return LoadedDataset(spec, frame, path.resolve().as_uri(), {"rows": len(frame), "path": str(path)})
+    return LoadedDataset(spec, frame, path.resolve().as_uri(), {"rows": len(frame), "path": str(path)}, quality)
 
 
 def load_dataset(name: str, *, spec_path: str | Path | None = None, n_rows: int | None = None, seed: int = 0,
