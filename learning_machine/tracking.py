@@ -237,6 +237,11 @@ class Tracker:
                 signature=infer_signature(example, proba), input_example=example, pip_requirements=requirements,
                 metadata={"dataset": dataset.name, "dataset_digest": dataset.digest, "kind": result.kind})
         (folder / SPEC_FILE).write_text(yaml.safe_dump(dataset.spec.model_dump(mode="json"), sort_keys=False))
+        # The training reference travels with the version: the drift detector and the anchors explainer
+        # of whatever serves this version are fitted on it.
+        from learning_machine.drift import write_reference
+
+        write_reference(dataset.spec, feature_frame(dataset.spec, result.train), folder)
 
     # -- registry ----------------------------------------------------------------------------------
     def register(self, model_name: str, run_id: str, *, metrics: dict[str, float] | None = None,

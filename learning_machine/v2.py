@@ -38,6 +38,8 @@ EXPLANATION_OUTPUT = "explanation"
 RECORD_IDS_PARAMETER = "record_ids"
 EXPLAIN_PARAMETERS = "explain_parameters"
 EXPLAIN_METHODS = ("exact", "anchors")
+# Drift outputs that are per feature (lists even when there is one feature); the others are scalars.
+LIST_OUTPUTS = frozenset({"p_val", "distance", "feature_names", "drifted_features"})
 
 
 class ModelServerError(LearningMachineError):
@@ -229,8 +231,7 @@ class ModelServerClient:
         result: dict[str, Any] = {}
         for out in response.get("outputs", []):
             data = out.get("data", [])
-            shape = out.get("shape", [])
-            scalar = len(shape) <= 1 and len(data) == 1 and out["name"] not in ("feature_names", "p_val", "distance")
+            scalar = len(data) == 1 and out["name"] not in LIST_OUTPUTS
             result[out["name"]] = data[0] if scalar else list(data)
         if "is_drift" in result:
             result["is_drift"] = bool(result["is_drift"])

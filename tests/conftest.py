@@ -10,11 +10,13 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
+from learning_machine.data.spec import DatasetSpec
 from learning_machine.embedded import mlflow_service
 from learning_machine.services import ProcessManager
 from learning_machine.settings import Settings
@@ -117,3 +119,44 @@ def s3_env(s3_server: str) -> dict[str, str]:
     """The environment an MLflow server and client need for an S3 artifact store (dummy credentials)."""
     return {"MLFLOW_S3_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@dataclass
+class ModelServer:
+    """A running MLServer with the project's three runtimes (model, explainer, drift detector)."""
+
+    url: str
+    model_name: str
+    version: str
+    tracking_uri: str
+    spec: DatasetSpec
+    settings: Settings
+    repository: Path
+    run_id: str
+
+
+@pytest.fixture(scope="session")
+def model_server(mlflow_sqlite: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServer]:
+    """A real `mlserver start` on free ports serving a small model (1,500 synthetic rows) trained into the
+    `mlflow_sqlite` server under a name of its own, with its explainer and drift detector."""
+    from learning_machine.data.sources import load_dataset
+    from learning_machine.lifecycle import train_and_register
+    from learning_machine.model_server import model_server_service, served_names, wait_models_ready
+    from learning_machine.tracking import Tracker
+
+    home = tmp_path_factory.mktemp("model-server")
+    settings = mlflow_sqlite.model_copy(update={
+        "home": home, "model_name": f"risk-serve-{uuid.uuid4().hex[:8]}", "train_rows": 1500,
+        "model_server_port": free_port(), "model_server_grpc_port": free_port(),
+        "model_server_metrics_port": free_port(), "model_ref": "champion"})
+    data = load_dataset("synthetic-cohort", n_rows=1500, seed=3)
+    outcome = train_and_register(settings, Tracker(settings.tracking_uri), data, promote="if-first")
+    service = model_server_service(settings)
+    manager = ProcessManager(settings.run_dir)
+    manager.start(service, timeout_s=300)
+    try:
+        wait_models_ready(service.url, served_names(settings.model_name), timeout_s=300)
+        yield ModelServer(service.url, settings.model_name, outcome.version.version, settings.tracking_uri,
+                          data.spec, settings, home / "model-server", outcome.run_id)
+    finally:
+        manager.stop("model-server")
