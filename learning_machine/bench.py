@@ -98,7 +98,7 @@ def run_benchmarks(out_dir: Path, *, quick: bool = False, only: list[str] | None
               f"Run {time.strftime('%Y-%m-%d %H:%M', time.localtime(started))}, "
               f"{time.time() - started:.0f} s, on {machine['platform']} with {machine['cpus']} CPU(s), "
               f"Python {machine['python']}. Command: `make bench{'-quick' if quick else ''}`.", ""]
-    (out_dir / "report.md").write_text("\n".join(header) + "\n".join(s.markdown() for s in sections))
+    (out_dir / "report.md").write_text("\n".join(header) + "\n" + "\n".join(s.markdown() for s in sections))
     (out_dir / "results.json").write_text(json.dumps(
         {"quick": quick, "started": started, "machine": machine,
          "sections": {s.title: {"columns": s.columns, "rows": s.rows, "raw": s.raw, "notes": s.notes}
