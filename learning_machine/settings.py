@@ -72,28 +72,6 @@ class Settings(BaseSettings):
                                      "Seldon pods reach it (cluster-internal).")
     monitor_url: str = Field("http://monitor.learning-machine.svc:8000/v1/request-log", description="Where "
                              "Seldon's request logger posts every request and response (CloudEvents).")
-    model_server_host: str = Field("127.0.0.1", description="Interface the managed MLServer binds to.")
-    model_server_port: int = Field(8080, ge=1, le=65535, description="HTTP port of the managed MLServer.")
-    model_server_grpc_port: int = Field(8081, ge=1, le=65535, description="gRPC port of the managed MLServer.")
-    model_server_metrics_port: int = Field(8082, ge=1, le=65535,
-                                           description="Prometheus metrics port of the managed MLServer.")
-    model_ref: str = Field("champion", min_length=1, description="Version (number) or alias the model server "
-                           "loads at start; promotions then swap it through the repository API.")
-    drift_detector: str = Field("TabularDrift", description="alibi-detect detector of the drift runtime: "
-                                "TabularDrift, KSDrift or ChiSquareDrift (numpy/scipy, no TensorFlow).")
-    drift_p_val: float = Field(0.05, gt=0, lt=1, description="Significance of the drift test (before the "
-                               "Bonferroni correction over features).")
-    seldon_namespace: str = Field("learning-machine", description="Kubernetes namespace of the SeldonDeployment.")
-    seldon_deployment_name: str | None = Field(
-        None, description="Name of the SeldonDeployment (default: the model name).")
-    serving_image: str = Field("ghcr.io/learning-machine/serving:latest",
-                               description="The project's serving image (MLServer with our runtimes) for Seldon.")
-    seldon_secret_name: str = Field("mlflow-s3-credentials", description="Secret with the MinIO/S3 credentials "
-                                    "(rclone-style envSecretRefName) for the Seldon containers.")
-    seldon_tracking_uri: str = Field("http://mlflow.learning-machine.svc:5000", description="MLflow URL as the "
-                                     "Seldon pods reach it (cluster-internal).")
-    monitor_url: str = Field("http://monitor.learning-machine.svc:8000/v1/request-log", description="Where "
-                             "Seldon's request logger posts every request and response (CloudEvents).")
 
     # -- pipelines (KFP) ---------------------------------------------------------------------------
     pipeline_runner: str = Field("local", description="Where `lm pipelines run` and the monitor run pipelines: "
