@@ -1,0 +1,105 @@
+"""The retraining policy: a small rule, documented and configurable, that decides from the monitor's
+recent windows whether to retrain, and says why.
+
+A retraining fires when any of these holds, unless the cooldown since the last retraining has not
+passed (then the decision records that it was suppressed and by how long):
+
+1. **drift confirmed**: the last ``drift_windows`` windows all show drift (one noisy window is not
+   enough, which bounds false alarms);
+2. **performance below the floor**: the latest window with at least ``min_outcomes`` outcomes has a
+   realised AUC below ``auc_floor``;
+3. **schedule**: ``schedule_s`` seconds have passed since the last retraining (off by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class WindowSummary:
+    """What the monitor concluded about one window of recent predictions."""
+
+    window_id: int
+    end_time: float
+    n_rows: int
+    drift: bool | None = None
+    drift_p_value: float | None = None
+    drifted_features: tuple[str, ...] = ()
+    missing_fraction: float | None = None
+    invalid_fraction: float | None = None
+    auc: float | None = None
+    n_outcomes: int = 0
+
+
+@dataclass(frozen=True)
+class RetrainPolicy:
+    """The knobs of the rule (settings ``LM_POLICY_*``)."""
+
+    drift_windows: int = 2
+    auc_floor: float | None = 0.70
+    min_outcomes: int = 100
+    schedule_s: float | None = None
+    cooldown_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.drift_windows < 1:
+            raise ValueError("drift_windows must be at least 1")
+        if self.min_outcomes < 10:
+            raise ValueError("min_outcomes must be at least 10: an AUC on fewer outcomes is noise")
+        if self.cooldown_s < 0:
+            raise ValueError("cooldown_s cannot be negative")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether to retrain now, every rule that fired, and what held it back."""
+
+    retrain: bool
+    reasons: tuple[str, ...] = ()
+    rules: tuple[str, ...] = ()
+    suppressed: str | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def decide(windows: Sequence[WindowSummary], policy: RetrainPolicy, *, now: float,
+           last_retrain_at: float | None) -> Decision:
+    """Apply the policy to the windows (oldest first) at time ``now``."""
+    reasons: list[str] = []
+    rules: list[str] = []
+    evidence: dict[str, Any] = {}
+
+    recent = list(windows)[-policy.drift_windows:]
+    if len(recent) == policy.drift_windows and all(w.drift for w in recent):
+        features = sorted({f for w in recent for f in w.drifted_features})
+        p_values = [w.drift_p_value for w in recent if w.drift_p_value is not None]
+        rules.append("drift")
+        reasons.append(f"drift confirmed in {policy.drift_windows} consecutive window(s)"
+                       + (f" (features: {', '.join(features)})" if features else "")
+                       + (f", largest p-value {max(p_values):.2g}" if p_values else ""))
+        evidence["drift_windows"] = [w.window_id for w in recent]
+
+    scored = [w for w in windows if w.auc is not None and w.n_outcomes >= policy.min_outcomes]
+    if policy.auc_floor is not None and scored and scored[-1].auc is not None and scored[-1].auc < policy.auc_floor:
+        latest = scored[-1]
+        rules.append("performance")
+        reasons.append(f"realised AUC {latest.auc:.3f} on {latest.n_outcomes} outcomes is below the floor "
+                       f"{policy.auc_floor:.2f}")
+        evidence["performance_window"] = latest.window_id
+
+    if policy.schedule_s is not None and (last_retrain_at is None or now - last_retrain_at >= policy.schedule_s):
+        rules.append("schedule")
+        reasons.append(f"scheduled: no retraining for {policy.schedule_s:.0f} s")
+
+    if not reasons:
+        return Decision(False, evidence=evidence)
+    if last_retrain_at is not None and now - last_retrain_at < policy.cooldown_s:
+        wait = policy.cooldown_s - (now - last_retrain_at)
+        return Decision(False, tuple(reasons), tuple(rules), f"cooldown: {wait:.0f} s left of {policy.cooldown_s:.0f} s",
+                        evidence)
+    return Decision(True, tuple(reasons), tuple(rules), None, evidence)

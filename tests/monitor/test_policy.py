@@ -1,0 +1,62 @@
+"""The retraining policy: when it fires, why, and when the cooldown holds it back."""
+
+from __future__ import annotations
+
+import pytest
+
+from learning_machine.policy import RetrainPolicy, WindowSummary, decide
+
+POLICY = RetrainPolicy(drift_windows=2, auc_floor=0.7, min_outcomes=50, cooldown_s=600)
+
+
+def w(i: int, *, drift: bool | None = False, auc: float | None = None, outcomes: int = 0, p: float = 0.5,
+      features: tuple[str, ...] = ()) -> WindowSummary:
+    return WindowSummary(i, 1000.0 + i, 200, drift=drift, drift_p_value=p, drifted_features=features, auc=auc,
+                         n_outcomes=outcomes)
+
+
+def test_quiet_windows_do_not_retrain():
+    decision = decide([w(1), w(2), w(3, auc=0.78, outcomes=200)], POLICY, now=2000, last_retrain_at=None)
+    assert not decision.retrain and decision.reasons == ()
+
+
+def test_one_drifted_window_is_not_enough_but_k_in_a_row_are():
+    assert not decide([w(1), w(2, drift=True)], POLICY, now=2000, last_retrain_at=None).retrain
+    assert not decide([w(1, drift=True), w(2), w(3, drift=True)], POLICY, now=2000, last_retrain_at=None).retrain
+    decision = decide([w(1), w(2, drift=True, p=0.001, features=("age",)), w(3, drift=True, p=0.004,
+                                                                          features=("age", "egfr"))],
+                      POLICY, now=2000, last_retrain_at=None)
+    assert decision.retrain and decision.rules == ("drift",)
+    assert decision.reasons[0] == ("drift confirmed in 2 consecutive window(s) (features: age, egfr), "
+                                   "largest p-value 0.004")
+    assert decision.evidence["drift_windows"] == [2, 3]
+
+
+def test_performance_below_the_floor_needs_enough_outcomes():
+    assert not decide([w(1, auc=0.55, outcomes=20)], POLICY, now=2000, last_retrain_at=None).retrain
+    decision = decide([w(1, auc=0.8, outcomes=300), w(2, auc=0.62, outcomes=80)], POLICY, now=2000,
+                      last_retrain_at=None)
+    assert decision.retrain and decision.rules == ("performance",)
+    assert "realised AUC 0.620 on 80 outcomes is below the floor 0.70" in decision.reasons[0]
+
+
+def test_cooldown_suppresses_and_says_how_long():
+    windows = [w(1, drift=True), w(2, drift=True)]
+    held = decide(windows, POLICY, now=2000, last_retrain_at=1800)
+    assert not held.retrain and held.rules == ("drift",)
+    assert held.suppressed == "cooldown: 400 s left of 600 s"
+    assert decide(windows, POLICY, now=2500, last_retrain_at=1800).retrain
+
+
+def test_schedule_fires_after_its_period():
+    policy = RetrainPolicy(schedule_s=3600, cooldown_s=0)
+    assert decide([], policy, now=10_000, last_retrain_at=None).rules == ("schedule",)
+    assert not decide([], policy, now=10_000, last_retrain_at=9_000).retrain
+    assert decide([], policy, now=13_000, last_retrain_at=9_000).retrain
+
+
+def test_invalid_policies_are_refused():
+    with pytest.raises(ValueError, match="drift_windows"):
+        RetrainPolicy(drift_windows=0)
+    with pytest.raises(ValueError, match="min_outcomes"):
+        RetrainPolicy(min_outcomes=3)
