@@ -4,13 +4,15 @@ HTTP requests validated by MLServer's own pydantic types."""
 
 from __future__ import annotations
 
+import httpx
 import numpy as np
 import pytest
 
 from learning_machine.data.sources import load_dataset
+from learning_machine.errors import ModelNotFoundError, ServiceUnavailableError
 from learning_machine.features import feature_frame
 from learning_machine.tracking import Tracker
-from learning_machine.v2 import ModelServerClient
+from learning_machine.v2 import ModelServerClient, drift_name, explainer_name
 
 
 @pytest.fixture(scope="module")
@@ -41,3 +43,111 @@ def test_predictions_match_the_registered_pipeline(model_server, client, records
     got = np.array([p.probability for p in predictions])
     assert np.allclose(got, expected, atol=1e-9)
     assert [p.label for p in predictions] == [int(p >= 0.5) for p in expected]
+
+
+def test_exact_attributions_sum_to_the_margin(model_server, client, records):
+    pipeline, _ = Tracker(model_server.tracking_uri).load_pipeline(model_server.model_name, model_server.version)
+    import pandas as pd
+
+    for record in records[:5]:
+        explanation = client.explain(model_server.model_name, model_server.spec, _clean(record), method="exact")
+        data = explanation["data"]
+        assert explanation["meta"]["name"] == "ExactAttributions"
+        assert data["model_version"] == model_server.version
+        assert set(data["attributions"]) == set(model_server.spec.feature_names)
+        assert abs(sum(data["attributions"].values()) + data["base_value"] - data["margin"]) < 1e-4
+        margin = pipeline.predict_proba(feature_frame(model_server.spec, pd.DataFrame([record])))[0, 1]
+        assert abs(data["probability"] - margin) < 1e-4  # the margin is the served model's own
+        booster_margin = pipeline.named_steps["model"].get_booster().predict(
+            __import__("xgboost").DMatrix(pipeline.named_steps["preprocess"].transform(
+                feature_frame(model_server.spec, pd.DataFrame([record])))), output_margin=True)[0]
+        assert abs(data["margin"] - float(booster_margin)) < 1e-4
+
+
+def test_anchors_give_a_rule_with_precision_and_coverage(model_server, client, records):
+    explanation = client.explain(model_server.model_name, model_server.spec, _clean(records[0]), method="anchors")
+    data = explanation["data"]
+    assert explanation["meta"]["name"] == "AnchorTabular"
+    assert data["anchor"] and all(isinstance(rule, str) for rule in data["anchor"])
+    assert 0.0 < data["precision"] <= 1.0 and 0.0 < data["coverage"] <= 1.0
+    assert data["prediction"] in (0, 1)
+
+
+def test_drift_flags_a_shifted_batch_and_not_a_clean_one(model_server, client):
+    clean = load_dataset("synthetic-cohort", n_rows=300, seed=21).frame.head(200)
+    shifted = load_dataset("synthetic-cohort", n_rows=300, seed=21, scenario="covariate-shift").frame.head(200)
+    result = client.drift(model_server.model_name, model_server.spec, [_clean(r) for r in clean.to_dict("records")])
+    assert result["is_drift"] is False and result["drifted_features"] == []
+    assert len(result["p_val"]) == len(result["feature_names"]) and result["threshold"] < 0.05
+    result = client.drift(model_server.model_name, model_server.spec, [_clean(r) for r in shifted.to_dict("records")])
+    assert result["is_drift"] is True
+    assert "age" in result["drifted_features"]
+    assert result["model_version"] == model_server.version
+
+
+def test_the_server_speaks_v2_to_a_plain_http_client(model_server):
+    """Hand-written V2 bodies over raw HTTP, as any Open Inference Protocol client sends them; the answers
+    are validated with MLServer's own protocol types."""
+    from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse
+
+    name = model_server.model_name
+    with httpx.Client(base_url=model_server.url, timeout=30) as http:
+        assert http.get("/v2/health/live").status_code == 200
+        assert http.get("/v2/health/ready").status_code == 200
+        for served in (name, explainer_name(name), drift_name(name)):
+            assert http.get(f"/v2/models/{served}/ready").status_code == 200
+        meta = MetadataModelResponse.model_validate(http.get(f"/v2/models/{name}").json())
+        assert meta.name == name and meta.versions == [model_server.version]
+        assert [t.name for t in meta.inputs or []] == model_server.spec.feature_names
+        assert {t.name for t in meta.outputs or []} == {"label", "probability"}
+
+        body = {"id": "req-1", "inputs": [
+            {"name": "age", "shape": [2], "datatype": "FP64", "data": [71, 45]},
+            {"name": "sex", "shape": [2], "datatype": "BYTES", "data": ["male", "female"]},
+            {"name": "bmi", "shape": [2], "datatype": "FP64", "data": [31.5, None]},
+            {"name": "systolic_bp", "shape": [2], "datatype": "FP64", "data": [165, 118]},
+            {"name": "total_cholesterol", "shape": [2], "datatype": "FP64", "data": [6.8, 4.9]},
+            {"name": "hdl_cholesterol", "shape": [2], "datatype": "FP64", "data": [0.9, 1.6]},
+            {"name": "hba1c", "shape": [2], "datatype": "FP64", "data": [7.9, 5.2]},
+            {"name": "smoking", "shape": [2], "datatype": "BYTES", "data": ["current", "never"]},
+            {"name": "egfr", "shape": [2], "datatype": "FP64", "data": [55, 98]},
+        ]}
+        InferenceRequest.model_validate(body)
+        answer = http.post(f"/v2/models/{name}/infer", json=body)
+        assert answer.status_code == 200, answer.text
+        response = InferenceResponse.model_validate(answer.json())
+        assert response.id == "req-1" and response.model_name == name
+        assert response.model_version == model_server.version
+        outputs = {o.name: o for o in response.outputs}
+        assert outputs["label"].datatype == "INT64" and outputs["probability"].datatype == "FP64"
+        probabilities = list(outputs["probability"].data)
+        assert len(probabilities) == 2 and all(0 <= p <= 1 for p in probabilities)
+        assert probabilities[0] > probabilities[1]  # the older, hypertensive, diabetic smoker
+
+        # The same rows encoded by MLServer's own pandas codec give the same answer.
+        import pandas as pd
+        from mlserver.codecs import PandasCodec
+
+        frame = pd.DataFrame({i["name"]: i["data"] for i in body["inputs"]})
+        coded = PandasCodec.encode_request(frame, use_bytes=False).model_dump(exclude_none=True)
+        again = http.post(f"/v2/models/{name}/infer", json=coded).json()
+        assert np.allclose(next(o for o in again["outputs"] if o["name"] == "probability")["data"], probabilities)
+
+        unknown = http.post("/v2/models/no-such-model/infer", json=body)
+        assert unknown.status_code == 404
+
+
+def test_client_errors_name_the_server(model_server, client):
+    with pytest.raises(ModelNotFoundError):
+        client.predict("no-such-model", model_server.spec, [{"record_id": "x", "age": 50}])
+    import socket
+
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with ModelServerClient(down, timeout_s=2) as nowhere:
+        with pytest.raises(ServiceUnavailableError) as info:
+            nowhere.predict(model_server.model_name, model_server.spec, [{"record_id": "x", "age": 50}])
+        assert down in str(info.value)
+        with pytest.raises(ServiceUnavailableError):
+            nowhere.ready()
