@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from learning_machine.cli_gateway import register as register_gateway_commands
+from learning_machine.cli_pipelines import pipelines_app
 from learning_machine.errors import LearningMachineError
 from learning_machine.settings import Settings, load_settings
 
@@ -25,6 +26,7 @@ data_app = typer.Typer(help="Datasets: generate, validate, list scenarios.", no_
 models_app = typer.Typer(help="Registered model versions: list, promote, roll back.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
+app.add_typer(pipelines_app, name="pipelines")
 register_gateway_commands(app)  # lm gateway, lm tokens, lm db
 
 console = Console(stderr=True)
@@ -226,29 +228,19 @@ def train(
     kind: Annotated[str | None, typer.Option(help="Model kind: xgboost, logistic-regression.")] = None,
     continue_from: Annotated[str | None, typer.Option(help="Continue training a version or alias (warm start).")]
     = None,
-    promote: Annotated[str, typer.Option(help="always | never | if-first (when no champion yet).")] = "if-first",
+    promote: Annotated[str, typer.Option(help="always | never | if-first (when no champion yet) | gate (when "
+                                          "better than the champion on the same held-out rows).")] = "if-first",
     scenario: Annotated[str, typer.Option(help="Drift scenario for generated data.")] = "none",
     drift_start: Annotated[int, typer.Option(min=0, help="First drifted row for generated data.")] = 0,
 ) -> None:
-    """Train (or continue training) a model, log it to MLflow and register it."""
-    from learning_machine.data.sources import load_dataset
-    from learning_machine.lifecycle import train_and_register
+    """Train (or continue training) a model: the training pipeline (retraining for --continue-from) run
+    locally with kfp.local; it logs to MLflow, registers the model, and promotes it as --promote says."""
+    from learning_machine.cli_pipelines import train_via_pipeline
 
-    settings = _settings(ctx)
-    name = dataset or settings.dataset
-    options: dict[str, Any] = {}
-    if name == "synthetic-cohort":
-        options = {"scenario": scenario, "drift_start": drift_start}
-    n_rows = rows or (settings.train_rows if name == "synthetic-cohort" else None)
-    data = load_dataset(name, spec_path=spec or settings.dataset_spec, n_rows=n_rows, seed=settings.seed, **options)
-    _say(f"loaded {data.name}: {len(data.frame):,} rows (digest {data.digest})")
-    outcome = train_and_register(settings, _tracker(settings), data, kind=kind, continue_from=continue_from,
-                                 promote=promote, progress=_say)
-    out.print(json.dumps({"run_id": outcome.run_id, "version": outcome.version.version,
-                          "aliases": outcome.version.aliases, "metrics": outcome.result.evaluation.metrics,
-                          "mlflow_run_url": f"{settings.tracking_uri}/#/experiments/"
-                                            f"{_tracker(settings).experiment_id(settings.experiment_name)}"
-                                            f"/runs/{outcome.run_id}"}, indent=2))
+    summary = train_via_pipeline(_settings(ctx), dataset=dataset, spec=spec, rows=rows, kind=kind,
+                                 continue_from=continue_from, promote=promote, scenario=scenario,
+                                 drift_start=drift_start)
+    out.print(json.dumps(summary, indent=2))
 
 
 @models_app.command("list")

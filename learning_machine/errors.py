@@ -148,6 +148,13 @@ class TrainingError(LearningMachineError):
     code = "training-error"
 
 
+class PipelineError(LearningMachineError):
+    """A pipeline run failed (a step raised) or could not be compiled, submitted or scheduled."""
+
+    status = 502
+    code = "pipeline-failed"
+
+
 class AuthenticationError(LearningMachineError):
     """No bearer token, or one that is unknown or revoked."""
 

@@ -86,8 +86,7 @@ class Settings(BaseSettings):
                                "be to be promoted (in the gate metric's units).")
     max_missing_fraction: float = Field(0.2, ge=0, le=1, description="Validation fails when more feature cells "
                                         "than this are missing.")
-    max_invalid_fraction: float = Field(0.01, ge=0, le=1, description="Validation fails when more feature cells "
-                                        "than this break the spec (out of range, wrong type, unseen category).")
+    # max_invalid_fraction (above) is also the validate step's limit for cells that break the spec.
 
     # -- gateway and database ----------------------------------------------------------------------
     gateway_host: str = Field("127.0.0.1", description="Interface the gateway (public REST API) binds to.")

@@ -1,0 +1,136 @@
+"""The ``local`` runner: the pipeline's own KFP graph run by ``kfp.local.SubprocessRunner(use_venv=False)``,
+each step a subprocess of this interpreter, artifacts under ``pipeline_root`` (``LM_HOME``/pipelines)."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, TextIO
+
+from learning_machine.runners.base import PipelineRun, PipelineRunner, Progress, build_pipeline, register_runner
+from learning_machine.settings import Settings
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_TASK = re.compile(r"(Executing task|Task) '([\w-]+)'(?: finished with status (\w+))?")
+# The last line of a step's traceback, e.g. "learning_machine.errors.DataQualityError: dataset ... failed".
+_ERROR = re.compile(r"^\s*((?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit)): (.+)$")
+
+
+class _Tap:
+    """Stands in for ``sys.stdout`` during a run: keeps every line in a log file, reports step starts and
+    ends as progress, and remembers error lines so a failure can be explained in one sentence."""
+
+    def __init__(self, log: TextIO, progress: Progress | None, echo: TextIO | None) -> None:
+        self.log, self.progress, self.echo = log, progress, echo
+        self.errors: list[str] = []
+        self.steps: dict[str, str] = {}
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        if self.echo is not None:
+            self.echo.write(text)
+        self._partial += text
+        *lines, self._partial = self._partial.split("\n")
+        for line in lines:
+            self._line(_ANSI.sub("", line))
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+
+    def _line(self, line: str) -> None:
+        found = _ERROR.match(line)
+        if found and not found.group(1).startswith(("RuntimeError", "subprocess")):
+            self.errors.append(f"{found.group(1).rsplit('.', 1)[-1]}: {found.group(2).strip()}")
+        task = _TASK.search(line)
+        if task and "INFO" in line:
+            name, status = task.group(2), task.group(3)
+            if task.group(1) == "Executing task":
+                self.steps[name] = "RUNNING"
+                if self.progress:
+                    self.progress(f"step {name} ...")
+            elif status:
+                self.steps[name] = "SUCCEEDED" if status == "SUCCESS" else "FAILED"
+                if self.progress:
+                    self.progress(f"step {name}: {status.lower()}")
+        elif "Skipping" in line and self.progress:
+            self.progress(line.split(" - ", 2)[-1].strip())
+
+
+class LocalRunner(PipelineRunner):
+    """Runs pipelines on this machine with kfp.local (the embedded default)."""
+
+    name = "local"
+
+    def __init__(self, settings: Settings, *, echo: bool = False) -> None:
+        super().__init__(settings)
+        self.echo = echo
+
+    def run(self, pipeline: str, params: dict[str, Any] | None = None, *,
+            progress: Progress | None = None) -> PipelineRun:
+        from kfp import local
+
+        from learning_machine.pipelines.cluster import LOCAL_OPTIONS
+        from learning_machine.runners.steps import find_pipeline_run, now_key, step_settings, tracker_for
+
+        args = self.parameters(pipeline, params)
+        args.setdefault("run_key", now_key())
+        graph = build_pipeline(pipeline, LOCAL_OPTIONS)
+        root = self.settings.pipeline_root_dir()
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "logs").mkdir(exist_ok=True)
+        log_path = root / "logs" / f"{graph.name}-{args['run_key']}.log"
+        step_settings()  # sets MLflow's fail-fast defaults for the steps (they inherit this environment)
+        before = set(root.iterdir())
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+        started = time.perf_counter()
+        state, error = "SUCCEEDED", None
+        if progress:
+            progress(f"running pipeline {graph.name} locally (kfp.local), log: {log_path}")
+        with open(log_path, "w") as log:
+            tap = _Tap(log, progress, sys.__stdout__ if self.echo else None)
+            try:
+                with contextlib.redirect_stdout(tap), warnings.catch_warnings():
+                    # kfp.local warns, per task, that cluster settings and the platform image are not used here.
+                    warnings.simplefilter("ignore", UserWarning)
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    graph(**args)
+            except RuntimeError as exc:
+                state = "FAILED"
+                error = tap.errors[-1] if tap.errors else _ANSI.sub("", str(exc))
+        seconds = time.perf_counter() - started
+        new = sorted(p for p in set(root.iterdir()) - before if p.is_dir() and p.name.startswith(f"{graph.name}-"))
+        result = PipelineRun(pipeline=graph.name, runner=self.name, run_key=args["run_key"], state=state,
+                             parameters=args, outputs_dir=str(new[-1]) if new else None, log_path=str(log_path),
+                             seconds=seconds, error=error, steps=dict(tap.steps))
+        settings = self.settings.model_copy(update={"experiment_name": args.get("experiment_name")
+                                                    or self.settings.experiment_name})
+        with contextlib.suppress(Exception):  # where to look is a courtesy: the run itself is what counts
+            tracker = tracker_for(settings)
+            parent = find_pipeline_run(tracker, settings.experiment_name, args["run_key"])
+            if parent:
+                exp = tracker.experiment_id(settings.experiment_name)
+                result.parent_run_id = parent
+                result.mlflow_url = f"{settings.tracking_uri}/#/experiments/{exp}/runs/{parent}"
+        if result.outputs_dir:
+            result.extra["artifacts"] = _artifacts(Path(result.outputs_dir))
+        return result
+
+
+def _artifacts(folder: Path) -> dict[str, list[str]]:
+    """Task -> the output files it wrote (relative to the run folder)."""
+    out: dict[str, list[str]] = {}
+    for task in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = [str(f.relative_to(folder)) for f in sorted(task.rglob("*"))
+                 if f.is_file() and f.name != "executor_output.json"]
+        if files:
+            out[task.name] = files
+    return out
+
+
+register_runner("local", LocalRunner)
