@@ -1,0 +1,67 @@
+"""Promotion swaps the served version through MLServer's repository API while requests keep flowing."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from learning_machine.data.sources import load_dataset
+from learning_machine.deployers import get_deployer
+from learning_machine.lifecycle import train_and_register
+from learning_machine.tracking import Tracker
+from learning_machine.v2 import ModelServerClient
+
+
+@pytest.mark.slow
+def test_promotion_swaps_versions_with_zero_failed_requests(model_server):
+    settings = model_server.settings.model_copy(update={"deployer": "local"})
+    tracker = Tracker(settings.tracking_uri)
+    data = load_dataset("synthetic-cohort", n_rows=1500, seed=4)
+    second = train_and_register(settings, tracker, data, kind="logistic-regression", promote="never").version.version
+    first = model_server.version
+    assert second != first
+
+    record = {k: v for k, v in data.frame.iloc[0].to_dict().items() if k != "outcome"}
+    record = {k: (None if isinstance(v, float) and v != v else v) for k, v in record.items()}
+    seen: dict[str, int] = {}
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with ModelServerClient(model_server.url, timeout_s=30) as client:
+            while not stop.is_set():
+                try:
+                    [p] = client.predict(model_server.model_name, model_server.spec, [record])
+                    seen[p.model_version] = seen.get(p.model_version, 0) + 1
+                except Exception as exc:  # count every failure, whatever it is
+                    failures.append(repr(exc))
+
+    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        tracker.promote(settings.model_name, second, reason="hot swap test")
+        result = get_deployer(settings).deploy(settings.model_name, second)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    total = sum(seen.values())
+    print(f"hot swap: {total} requests, {len(failures)} failures, by version {seen}")
+    assert failures == []
+    assert result.changed and result.version == second
+    assert seen.get(first, 0) > 0 and seen.get(second, 0) > 0
+    with ModelServerClient(model_server.url) as client:
+        assert client.metadata(model_server.model_name)["versions"] == [second]
+        explanation = client.explain(model_server.model_name, model_server.spec, record, "exact")
+        assert explanation["data"]["model_version"] == second  # the explainer moved too
+        # Deploying what already serves is a no-op.
+        assert not get_deployer(settings).deploy(settings.model_name, second).changed
+
+    # Put the session's server back on the first version for the tests that follow.
+    tracker.rollback(settings.model_name, first)
+    get_deployer(settings).deploy(settings.model_name, first)
