@@ -277,6 +277,74 @@ def models_rollback(ctx: typer.Context, to: Annotated[str | None, typer.Option(
     console.print(f"{settings.model_name}: champion rolled back from v{old.version} to v{new.version}")
 
 
+# -- the data source ---------------------------------------------------------------------------------
+def _token(settings: Settings, token: str | None, role: str = "data-scientist") -> str | None:
+    """An explicit token, else the one `lm up` wrote for ``role``."""
+    if token:
+        return token
+    try:
+        return str(json.loads(settings.tokens_path().read_text())[role])
+    except (FileNotFoundError, KeyError, ValueError):
+        return None
+
+
+@app.command()
+def stream(
+    ctx: typer.Context,
+    rows: Annotated[int, typer.Option(min=1, help="Records to send.")] = 100,
+    batch: Annotated[int, typer.Option(min=1, help="Records per request (N at once).")] = 1,
+    rate: Annotated[float | None, typer.Option(help="Rows per second (simulation); default: as fast as possible.")]
+    = None,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    scenario: Annotated[str, typer.Option(help="Drift scenario (see `lm data scenarios`).")] = "none",
+    drift_start: Annotated[int, typer.Option(min=0, help="Row from which the scenario applies.")] = 0,
+    seed: Annotated[int, typer.Option(help="Generator seed.")] = 1,
+    csv: Annotated[Path | None, typer.Option(help="Send the rows of a CSV (with the dataset's columns) instead.")]
+    = None,
+    outcome_delay_rows: Annotated[int | None, typer.Option(help="Send each outcome this many rows later.")] = None,
+    outcome_delay_s: Annotated[float | None, typer.Option(help="... or this many seconds later.")] = None,
+    outcomes: Annotated[bool, typer.Option(help="Send outcomes at all.")] = True,
+    gateway: Annotated[str | None, typer.Option(help="Gateway URL (default: the embedded one).")] = None,
+    token: Annotated[str | None, typer.Option(envvar="LM_TOKEN", help="API token (default: from lm up's tokens).")]
+    = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Send records to the gateway as they would arrive in a clinic, outcomes later. Ctrl-C stops cleanly."""
+    import uuid
+
+    import pandas as pd
+
+    from learning_machine.client import LearningMachineClient
+    from learning_machine.stream import StreamPlan, generated_records, records_from_frame, run_stream
+
+    settings = _settings(ctx)
+    if outcome_delay_rows is None and outcome_delay_s is None:
+        outcome_delay_rows = 50
+    plan = StreamPlan(rows=rows, batch_size=batch, rate=rate, duration_s=duration,
+                      outcome_delay_rows=outcome_delay_rows, outcome_delay_s=outcome_delay_s, send_outcomes=outcomes)
+    if csv is not None:
+        from learning_machine.data.sources import spec_for
+
+        spec = spec_for(settings.dataset, settings.dataset_spec)
+        source = records_from_frame(pd.read_csv(csv), spec.record_id.name, spec.target.name)
+    else:
+        # A fresh id prefix per stream, so a second stream adds patients instead of colliding with the first.
+        source = generated_records(rows, seed=seed, scenario=scenario, drift_start=drift_start,
+                                   id_prefix=f"S{uuid.uuid4().hex[:6]}-")
+    url = gateway or settings.gateway_url
+    _say(f"streaming {rows:,} rows to {url} (scenario {scenario} from row {drift_start}, "
+         f"{f'{rate:.1f} rows/s' if rate else 'as fast as possible'}, batches of {batch})")
+    with LearningMachineClient(url, _token(settings, token), timeout_s=settings.request_timeout_s * 3) as client:
+        report = run_stream(client, source, plan, progress=_say)
+    if as_json:
+        out.print_json(json.dumps(report.as_dict()))
+    console.print(report.summary())
+    if report.stopped_by_error:
+        raise typer.Exit(1)
+    if report.interrupted:
+        raise typer.Exit(130)
+
+
 # -- benchmarks --------------------------------------------------------------------------------------
 @app.command()
 def bench(quick: Annotated[bool, typer.Option(help="Smaller sizes, finishes in minutes.")] = False,

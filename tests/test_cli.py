@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import free_port
+from testsupport import free_port
 from typer.testing import CliRunner
 
 from learning_machine.cli import app

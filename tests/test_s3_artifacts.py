@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import boto3
 import pytest
-from conftest import free_port
+from testsupport import free_port
 
 from learning_machine.data.sources import load_dataset
 from learning_machine.embedded import mlflow_service

@@ -1,0 +1,87 @@
+"""A Python client of the Learning Machine REST API (the gateway). The data source (`lm stream`), the
+monitor and the dashboard use it; it turns problem details back into the platform's errors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from learning_machine.errors import LearningMachineError, ServiceUnavailableError
+
+
+class GatewayError(LearningMachineError):
+    """The gateway answered with a problem (its status and detail are kept)."""
+
+    code = "gateway-error"
+
+    def __init__(self, status: int, problem: Mapping[str, Any]) -> None:
+        super().__init__(str(problem.get("detail") or problem.get("title") or f"HTTP {status}"),
+                         detail=problem.get("errors"))
+        self.status = status
+        self.problem = dict(problem)
+
+
+class LearningMachineClient:
+    """Calls the gateway with a bearer token; one keep-alive connection pool."""
+
+    def __init__(self, base_url: str, token: str | None = None, *, timeout_s: float = 30.0) -> None:
+        self.url = base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> LearningMachineClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ServiceUnavailableError(f"the gateway at {self.url} is unreachable ({type(exc).__name__})") from exc
+        if response.status_code >= 400:
+            try:
+                problem = response.json()
+            except ValueError:
+                problem = {"detail": response.text[:300] or f"HTTP {response.status_code}"}
+            if not isinstance(problem, Mapping):
+                problem = {"detail": str(problem)[:300]}
+            raise GatewayError(response.status_code, problem)
+        return response.json() if response.content else None
+
+    # -- the API -----------------------------------------------------------------------------------
+    def predict(self, records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Predictions for one or more records (sent as one batch)."""
+        if len(records) == 1:
+            return [self._call("POST", "/v1/predictions", json=dict(records[0]))]
+        return list(self._call("POST", "/v1/predictions", json={"records": [dict(r) for r in records]})["predictions"])
+
+    def explain(self, record_id: str, method: str = "exact") -> dict[str, Any]:
+        return dict(self._call("POST", "/v1/explanations", json={"record_id": record_id, "method": method}))
+
+    def outcome(self, record_id: str, outcome: int, *, overwrite: bool = False) -> dict[str, Any]:
+        params = {"overwrite": "true"} if overwrite else None
+        return dict(self._call("POST", "/v1/outcomes", json={"record_id": record_id, "outcome": outcome},
+                               params=params))
+
+    def page(self, path: str, **params: Any) -> dict[str, Any]:
+        """One page of a listing (`/v1/patients`, `/v1/predictions`, `/v1/monitoring`, `/v1/events`)."""
+        return dict(self._call("GET", path, params={k: v for k, v in params.items() if v is not None}))
+
+    def patient(self, record_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/v1/patients/{record_id}"))
+
+    def models(self) -> Any:
+        return self._call("GET", "/v1/models")
+
+    def ready(self) -> bool:
+        try:
+            return self._http.get("/readyz").status_code == 200
+        except httpx.TransportError:
+            return False

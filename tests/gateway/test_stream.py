@@ -1,0 +1,76 @@
+"""The data source (`lm stream`) against a real gateway and a real model server: rows and delayed
+outcomes arrive, the rate is kept, Ctrl-C and a gateway outage stop cleanly with a count."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from learning_machine.client import LearningMachineClient
+from learning_machine.stream import StreamPlan, generated_records, run_stream
+
+from conftest import RunningGateway, _free_port, gateway_settings, start_gateway
+
+
+@pytest.fixture(scope="module")
+def stream_gateway(tmp_path_factory, model_server) -> Iterator[RunningGateway]:
+    home = tmp_path_factory.mktemp("stream-gateway")
+    running = start_gateway(gateway_settings(home, f"sqlite:///{home / 'lm.db'}", model_server),
+                            getattr(model_server, "spec", None))
+    yield running
+    running.stop()
+
+
+def _client(gw: RunningGateway) -> LearningMachineClient:
+    return LearningMachineClient(gw.url, gw.tokens["data-scientist"])
+
+
+def test_rows_and_delayed_outcomes_arrive(stream_gateway: RunningGateway):
+    before = stream_gateway.counts()
+    source = generated_records(60, seed=3, scenario="none", drift_start=0, id_prefix="st1-")
+    with _client(stream_gateway) as client:
+        report = run_stream(client, source, StreamPlan(rows=60, batch_size=10, outcome_delay_rows=20,
+                                                       drain_outcomes=False))
+    assert (report.sent, report.predicted, report.rejected) == (60, 60, 0)
+    # Outcomes come 20 rows after their record: the last 20 are not due yet when the stream ends.
+    assert report.outcomes_sent == 40 and report.outcomes_pending == 20
+    after = stream_gateway.counts()
+    assert after["predictions"] - before["predictions"] == 60
+    assert after["outcomes"] - before["outcomes"] == 40
+    assert sum(report.model_versions.values()) == 60
+
+
+def test_drained_outcomes_all_arrive_and_the_rate_is_kept(stream_gateway: RunningGateway):
+    before = stream_gateway.counts()
+    source = generated_records(20, seed=4, scenario="none", drift_start=0, id_prefix="st2-")
+    started = time.monotonic()
+    with _client(stream_gateway) as client:
+        report = run_stream(client, source, StreamPlan(rows=20, rate=40.0, outcome_delay_rows=5))
+    assert time.monotonic() - started >= 19 / 40  # 20 rows at 40 rows/s: the last leaves after 0.475 s
+    assert report.outcomes_sent == 20 and report.outcomes_pending == 0
+    assert stream_gateway.counts()["outcomes"] - before["outcomes"] == 20
+
+
+def test_ctrl_c_stops_cleanly_and_counts(stream_gateway: RunningGateway):
+    def interrupted_source() -> Iterator[tuple[dict[str, Any], int | None]]:
+        for i, item in enumerate(generated_records(50, seed=5, scenario="none", drift_start=0, id_prefix="st3-")):
+            if i == 15:
+                raise KeyboardInterrupt
+            yield item
+
+    with _client(stream_gateway) as client:
+        report = run_stream(client, interrupted_source(), StreamPlan(rows=50, batch_size=5))
+    assert report.interrupted and report.sent == 15
+    assert report.summary().startswith("interrupted: sent 15 rows")
+
+
+def test_a_gateway_that_is_down_stops_the_stream_with_a_clear_message():
+    url = f"http://127.0.0.1:{_free_port()}"
+    source = generated_records(10, seed=6, scenario="none", drift_start=0)
+    with LearningMachineClient(url, "token") as client:
+        report = run_stream(client, source, StreamPlan(rows=10), sleep=lambda _: None)
+    assert report.sent == 0
+    assert report.stopped_by_error == f"the gateway at {url} is unreachable (ConnectError)"
