@@ -161,7 +161,8 @@ class Settings(BaseSettings):
         return f"http://{self.gateway_host}:{self.gateway_port}"
 
     def model_server_base_url(self) -> str:
-        return (self.model_server_url or "http://127.0.0.1:8080").rstrip("/")
+        """The model server the gateway calls: ``model_server_url``, else the managed MLServer."""
+        return (self.model_server_url or f"http://{self.model_server_host}:{self.model_server_port}").rstrip("/")
 
     def tokens_path(self) -> Path:
         return self.tokens_file or self.home / "tokens.json"

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import httpx
-from conftest import _free_port, make_records
+from gateway_harness import free_port, make_records
 
 from learning_machine.embedded import gateway_service, statuses
 from learning_machine.services import ProcessManager
@@ -41,8 +41,8 @@ def test_lm_db_upgrade_and_tokens_create(tmp_path: Path) -> None:
 
 
 def test_embedded_gateway_process_with_its_tokens_and_status(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path / ".lm", gateway_port=_free_port(),
-                        model_server_url=f"http://127.0.0.1:{_free_port()}",  # nothing listens there
+    settings = Settings(home=tmp_path / ".lm", gateway_port=free_port(),
+                        model_server_url=f"http://127.0.0.1:{free_port()}",  # nothing listens there
                         mlflow_tracking_uri="http://127.0.0.1:9")
     said: list[str] = []
     assert prepare_for_gateway(settings, said.append) is True

@@ -1,11 +1,14 @@
 """The platform database on SQLite and PostgreSQL: migrations, all-or-nothing writes, idempotent
-outcomes, hashed tokens."""
+outcomes, hashed tokens. (Fixtures live here, not in a conftest.py: test modules elsewhere import
+``conftest`` by name, and a second one would shadow theirs.)"""
 
 from __future__ import annotations
 
 import json
+import os
 import stat
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,40 @@ from learning_machine.store import Database, repository
 from learning_machine.store.db import current_revision, normalise_url
 from learning_machine.store.models import ApiToken
 from learning_machine.store.tokens import ROLES, authenticate, create_token, ensure_default_tokens, revoke_token
+
+PG_ADMIN_URL = os.environ.get("LM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="module")
+def fresh_postgres_url() -> Iterator[str]:
+    """An empty database of its own (not the session one MLflow's tests share), dropped at the end."""
+    import psycopg
+
+    name = f"lm_store_{uuid.uuid4().hex[:10]}"
+    try:
+        conn = psycopg.connect(PG_ADMIN_URL, connect_timeout=5, autocommit=True)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    with conn.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    conn.close()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
+    """A migrated, empty platform database on each backend."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{Path(tmp_path_factory.mktemp('store')) / 'lm.db'}"
+    else:
+        url = request.getfixturevalue("fresh_postgres_url")
+    database = Database(url)
+    database.upgrade()
+    yield database
+    database.dispose()
+
 
 TABLES = {"records", "predictions", "explanations", "outcomes", "monitoring_results", "events", "api_tokens"}
 

@@ -1,0 +1,113 @@
+"""The gateway test harness: start the real gateway (uvicorn on a free port, in a thread of the test
+process so tests can count rows in its database) and make valid records. Import it as
+``from gateway_harness import ...`` (a unique module name; ``conftest`` is ambiguous across folders)."""
+
+from __future__ import annotations
+
+import math
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from learning_machine.data.spec import DatasetSpec
+from learning_machine.gateway.app import build_context, create_app
+from learning_machine.settings import Settings
+from learning_machine.store import Database, repository
+from learning_machine.store.tokens import ROLES, create_token
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningGateway:
+    url: str
+    settings: Settings
+    db: Database
+    spec: DatasetSpec
+    tokens: dict[str, str]
+    server: uvicorn.Server
+    thread: threading.Thread
+    clients: dict[str, httpx.Client] = field(default_factory=dict)
+
+    def client(self, role: str | None = "clinician") -> httpx.Client:
+        """An HTTP client holding a token of ``role`` (None: no token)."""
+        key = role or "-"
+        if key not in self.clients:
+            headers = {"Authorization": f"Bearer {self.tokens[role]}"} if role else {}
+            self.clients[key] = httpx.Client(base_url=self.url, headers=headers, timeout=60)
+        return self.clients[key]
+
+    def counts(self) -> dict[str, int]:
+        return repository.counts(self.db)
+
+    def stop(self) -> None:
+        for c in self.clients.values():
+            c.close()
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+        self.db.dispose()
+
+
+def start_gateway(settings: Settings, spec: DatasetSpec | None = None) -> RunningGateway:
+    """Start the gateway app under uvicorn on ``settings.gateway_port``; tokens for every role."""
+    ctx = build_context(settings)
+    if spec is not None:
+        ctx.spec = spec
+    app = create_app(settings, context=ctx)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.gateway_port, log_level="warning",
+                                           access_log=False))
+    thread = threading.Thread(target=server.run, name="gateway", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the gateway did not start (see the log above)")
+        time.sleep(0.05)
+    db = Database(settings.database_uri())
+    tokens = {role: create_token(db, role, f"test {role}")[0] for role in ROLES}
+    return RunningGateway(settings.gateway_url, settings, db, ctx.spec, tokens, server, thread)
+
+
+def gateway_settings(home: Path, database_url: str, model_server: Any, **overrides: Any) -> Settings:
+    return Settings(home=home, gateway_port=free_port(), database_url=database_url,
+                    model_server_url=model_server.url, model_name=model_server.model_name,
+                    mlflow_tracking_uri=model_server.tracking_uri, max_request_bytes=200_000, max_batch_rows=100,
+                    **overrides)
+
+
+@dataclass
+class Nowhere:
+    """A model server address where nothing listens."""
+
+    url: str
+    model_name: str = "clinical-risk"
+    tracking_uri: str = "http://127.0.0.1:9"
+
+
+def make_records(n: int, *, seed: int = 0, prefix: str | None = None, with_outcome: bool = False,
+                 ) -> list[dict[str, Any]]:
+    """``n`` valid synthetic-cohort records with fresh ids (missing values as null)."""
+    from learning_machine.data.synthetic import generate_cohort
+
+    frame = generate_cohort(n, seed=seed).frame
+    prefix = prefix or f"t-{uuid.uuid4().hex[:8]}"
+    out = []
+    for i, row in enumerate(frame.to_dict("records")):
+        record = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        record = {k: (v.item() if hasattr(v, "item") else v) for k, v in record.items()}
+        record["record_id"] = f"{prefix}-{i}"
+        if not with_outcome:
+            record.pop("outcome", None)
+        out.append(record)
+    return out
