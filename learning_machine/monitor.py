@@ -1,0 +1,227 @@
+"""The monitor: over windows of recent predictions it measures drift (through the drift detector the
+model server runs), data quality (against the dataset spec) and realised performance once outcomes have
+arrived (AUC, calibration, per subgroup), stores each result, and asks the policy whether to retrain.
+
+The computations are plain functions of frames; :class:`Monitor` wires them to its collaborators
+(where rows come from, the drift detector, where results go, the retraining trigger), each a small
+protocol, so the embedded loop and the tests plug in the real gateway, model server and runner."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from learning_machine.data.spec import DatasetSpec
+from learning_machine.evaluation import evaluate
+from learning_machine.policy import Decision, RetrainPolicy, WindowSummary, decide
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Window sizes and alert thresholds (settings ``LM_MONITOR_*``)."""
+
+    window_rows: int = 200
+    """Predictions per window; drift and data quality are measured on each full window."""
+    performance_rows: int = 400
+    """Realised performance is measured on the most recent outcomes, up to this many."""
+    max_missing_fraction: float = 0.10
+    """A window with more missing feature values than this raises a data-quality alert."""
+    max_invalid_fraction: float = 0.01
+    history: int = 50
+    """Windows kept in memory for the policy (state stays bounded however long the monitor runs)."""
+
+    def __post_init__(self) -> None:
+        if self.window_rows < 20:
+            raise ValueError("window_rows must be at least 20: drift tests on fewer rows are noise")
+
+
+@dataclass
+class WindowResult:
+    """The results of one window: rows for the monitoring table and the summary the policy reads."""
+
+    summary: WindowSummary
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+
+def quality_results(spec: DatasetSpec, window: pd.DataFrame, config: MonitorConfig) -> tuple[list[dict[str, Any]],
+                                                                                             float, float]:
+    """Missing and invalid fractions per feature and overall for one window."""
+    report = spec.quality(window)
+    rows: list[dict[str, Any]] = []
+    n = max(report.n_rows, 1)
+    for name in spec.feature_names:
+        missing = report.missing.get(name, 0) / n
+        rows.append({"kind": "quality", "metric": "missing_fraction", "feature": name, "value": missing,
+                     "threshold": config.max_missing_fraction, "alert": missing > config.max_missing_fraction})
+        invalid = (report.out_of_range.get(name, 0) + report.wrong_type.get(name, 0)
+                   + sum(report.unseen_categories.get(name, {}).values())) / n
+        if invalid:
+            rows.append({"kind": "quality", "metric": "invalid_fraction", "feature": name, "value": invalid,
+                         "threshold": config.max_invalid_fraction, "alert": invalid > config.max_invalid_fraction,
+                         "details": {"unseen": report.unseen_categories.get(name, {})}})
+    rows.append({"kind": "quality", "metric": "missing_fraction", "feature": None, "value": report.missing_fraction,
+                 "threshold": config.max_missing_fraction,
+                 "alert": report.missing_fraction > config.max_missing_fraction})
+    return rows, report.missing_fraction, report.invalid_fraction
+
+
+def drift_results(drift: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The drift detector's answer (alibi-detect's ``data`` keys) as monitoring rows: one per feature with
+    its p-value, and one for the window (drift when any feature's p-value is under the corrected threshold)."""
+    names = list(drift.get("feature_names") or [])
+    p_vals = np.atleast_1d(np.asarray(drift.get("p_val", []), dtype=float))
+    distances = np.atleast_1d(np.asarray(drift.get("distance", [np.nan] * len(p_vals)), dtype=float))
+    threshold = float(drift.get("threshold", 0.05))
+    rows = [{"kind": "drift", "metric": "p_value", "feature": name, "value": float(p), "threshold": threshold,
+             "alert": bool(p < threshold), "details": {"distance": float(d)}}
+            for name, p, d in zip(names, p_vals, distances, strict=False)]
+    rows.append({"kind": "drift", "metric": "is_drift", "feature": None, "value": float(bool(drift.get("is_drift"))),
+                 "threshold": threshold, "alert": bool(drift.get("is_drift")),
+                 "details": {"detector": drift.get("detector_type"),
+                             "drifted_features": list(drift.get("drifted_features") or [])}})
+    return rows
+
+
+def performance_results(spec: DatasetSpec, labelled: pd.DataFrame) -> tuple[list[dict[str, Any]], float | None]:
+    """Realised AUC, Brier score and calibration error on predictions whose outcome has arrived, overall
+    and per subgroup. ``labelled`` has the features, ``probability`` and ``outcome``."""
+    if labelled.empty or labelled["outcome"].nunique() < 2:
+        return [], None
+    evaluation = evaluate(labelled["outcome"].astype(int).to_numpy(), labelled["probability"].to_numpy(dtype=float),
+                          spec.subgroup_labels(labelled))
+    rows = [{"kind": "performance", "metric": name, "feature": None, "value": value,
+             "details": {"n": len(labelled)}}
+            for name, value in evaluation.metrics.items() if name in ("auc", "brier", "ece", "prevalence")]
+    for group, by_label in evaluation.subgroups.items():
+        for label, metrics in by_label.items():
+            if "auc" in metrics:
+                rows.append({"kind": "performance", "metric": "auc", "feature": f"{group}={label}",
+                             "value": metrics["auc"], "details": {"n": int(metrics["n"])}})
+    return rows, evaluation.metrics.get("auc")
+
+
+class DriftFn(Protocol):
+    def __call__(self, records: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]: ...
+
+
+class ResultSink(Protocol):
+    """Where results and events go (the gateway's API, which stores them in the database)."""
+
+    def results(self, rows: Sequence[Mapping[str, Any]]) -> None: ...
+
+    def event(self, kind: str, detail: Mapping[str, Any], model_version: str | None = None) -> None: ...
+
+
+class RetrainTrigger(Protocol):
+    """Starts a retraining (the `retraining` pipeline through the pipeline runner) and says how it ended."""
+
+    def __call__(self, decision: Decision) -> Mapping[str, Any]: ...
+
+
+@dataclass
+class Monitor:
+    """Turns a stream of predictions into windows, results and retraining decisions."""
+
+    spec: DatasetSpec
+    config: MonitorConfig
+    policy: RetrainPolicy
+    drift: DriftFn
+    sink: ResultSink
+    trigger: RetrainTrigger | None = None
+    metrics_logger: Callable[[dict[str, float], int], None] | None = None
+    clock: Callable[[], float] = time.time
+    progress: Progress | None = None
+    windows: deque[WindowSummary] = field(init=False)
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    last_retrain_at: float | None = None
+    next_window_id: int = 1
+
+    def __post_init__(self) -> None:
+        self.windows = deque(maxlen=self.config.history)
+
+    def add(self, rows: Sequence[Mapping[str, Any]]) -> list[WindowResult]:
+        """Add predicted rows (features, ``record_id``, ``probability``, ``model_version``); assess every full
+        window. Partial windows wait for more rows."""
+        self.pending.extend(dict(r) for r in rows)
+        done = []
+        while len(self.pending) >= self.config.window_rows:
+            window, self.pending = self.pending[:self.config.window_rows], self.pending[self.config.window_rows:]
+            done.append(self.assess(window))
+        return done
+
+    def assess(self, window: list[dict[str, Any]], labelled: pd.DataFrame | None = None) -> WindowResult:
+        """Drift and data quality of one window, realised performance on ``labelled`` (recent outcomes)."""
+        window_id = self.next_window_id
+        self.next_window_id += 1
+        frame = pd.DataFrame(window)
+        versions = frame["model_version"].astype(str).value_counts() if "model_version" in frame else pd.Series()
+        model_version = str(versions.index[0]) if len(versions) else None
+        rows, missing, invalid = quality_results(self.spec, frame, self.config)
+        records = [{k: r.get(k) for k in (self.spec.record_id.name, *self.spec.feature_names)} for r in window]
+        drift = self.drift(records)
+        rows += drift_results(drift)
+        auc = None
+        n_outcomes = 0
+        if labelled is not None and not labelled.empty:
+            perf, auc = performance_results(self.spec, labelled)
+            rows += perf
+            n_outcomes = len(labelled)
+        for row in rows:
+            row.setdefault("details", {})
+            row.update(window_rows=len(window), model_version=model_version)
+            row["details"] = {**row["details"], "window_id": window_id}
+        summary = WindowSummary(window_id, self.clock(), len(window), drift=bool(drift.get("is_drift")),
+                                drift_p_value=_min_p(drift), drifted_features=tuple(drift.get("drifted_features") or ()),
+                                missing_fraction=missing, invalid_fraction=invalid, auc=auc, n_outcomes=n_outcomes)
+        self.windows.append(summary)
+        self.sink.results(rows)
+        if self.metrics_logger is not None:
+            self.metrics_logger(_window_metrics(summary, rows), window_id)
+        if self.progress:
+            self.progress(f"window {window_id}: drift={'yes' if summary.drift else 'no'}"
+                          + (f" ({', '.join(summary.drifted_features)})" if summary.drifted_features else "")
+                          + f", missing {missing:.1%}" + (f", realised AUC {auc:.3f} on {n_outcomes}" if auc else ""))
+        return WindowResult(summary, rows)
+
+    def decide(self) -> Decision:
+        """Ask the policy; a firing decision is recorded, and retraining started when a trigger is set."""
+        decision = decide(list(self.windows), self.policy, now=self.clock(), last_retrain_at=self.last_retrain_at)
+        if decision.suppressed:
+            self.sink.event("retrain-suppressed", decision.as_dict())
+        if not decision.retrain:
+            return decision
+        self.sink.event("retrain-fired", decision.as_dict())
+        self.last_retrain_at = self.clock()
+        if self.trigger is not None:
+            outcome = self.trigger(decision)
+            if self.progress:
+                self.progress(f"retraining: {outcome.get('state', 'started')}")
+        return decision
+
+
+def _min_p(drift: Mapping[str, Any]) -> float | None:
+    p_vals = np.atleast_1d(np.asarray(drift.get("p_val", []), dtype=float))
+    return float(p_vals.min()) if p_vals.size else None
+
+
+def _window_metrics(summary: WindowSummary, rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """MLflow metrics of one window (step = window id), so the MLflow UI shows them over time."""
+    metrics: dict[str, float] = {"drift.is_drift": float(bool(summary.drift))}
+    if summary.drift_p_value is not None:
+        metrics["drift.min_p_value"] = summary.drift_p_value
+    if summary.missing_fraction is not None:
+        metrics["quality.missing_fraction"] = summary.missing_fraction
+    for row in rows:
+        if row["kind"] == "drift" and row["metric"] == "p_value" and row["feature"]:
+            metrics[f"drift.p_value.{row['feature']}"] = float(row["value"])
+        if row["kind"] == "performance" and row["feature"] is None:
+            metrics[f"performance.{row['metric']}"] = float(row["value"])
+    return metrics

@@ -1,0 +1,106 @@
+"""The monitor's windows, results and decisions, with the real drift detector (the function the model
+server's drift runtime calls) in process. Results go to an in-memory sink here; the end-to-end loop
+stores them through the gateway."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from learning_machine.data.sources import load_dataset
+from learning_machine.drift import detect, fit_detector
+from learning_machine.monitor import Monitor, MonitorConfig, performance_results
+from learning_machine.policy import RetrainPolicy
+from learning_machine.training import predict_proba, train_model
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.rows: list[Mapping[str, Any]] = []
+        self.events: list[tuple[str, Mapping[str, Any]]] = []
+
+    def results(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        self.rows.extend(rows)
+
+    def event(self, kind: str, detail: Mapping[str, Any], model_version: str | None = None) -> None:
+        self.events.append((kind, detail))
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return load_dataset("synthetic-cohort", n_rows=2000, seed=21)
+
+
+@pytest.fixture(scope="module")
+def detector(reference):
+    return fit_detector(reference.spec, reference.frame)
+
+
+def _rows(scenario: str, n: int, seed: int) -> list[dict[str, Any]]:
+    data = load_dataset("synthetic-cohort", n_rows=n, seed=seed, scenario=scenario, drift_start=0)
+    frame = data.frame.drop(columns=["outcome"]).astype(object).where(data.frame.notna(), None)
+    return [{**r, "probability": 0.2, "model_version": "1"} for r in frame.to_dict("records")]
+
+
+def _monitor(reference, detector, sink, clock, triggered=None) -> Monitor:
+    def drift(records):
+        return detect(detector, pd.DataFrame(list(records))[reference.spec.feature_names])
+
+    def trigger(decision):
+        triggered.append(decision)
+        return {"state": "SUCCEEDED"}
+
+    return Monitor(reference.spec, MonitorConfig(window_rows=200), RetrainPolicy(drift_windows=2, cooldown_s=600),
+                   drift, sink, trigger if triggered is not None else None, clock=lambda: clock[0])
+
+
+def test_clean_windows_raise_no_retraining(reference, detector):
+    sink, clock, fired = Sink(), [1000.0], []
+    monitor = _monitor(reference, detector, sink, clock, fired)
+    results = monitor.add(_rows("none", 650, seed=22))
+    assert len(results) == 3 and len(monitor.pending) == 50  # full windows only; the rest waits
+    assert not monitor.decide().retrain and fired == []
+    kinds = {(r["kind"], r["metric"]) for r in sink.rows}
+    assert {("drift", "p_value"), ("drift", "is_drift"), ("quality", "missing_fraction")} <= kinds
+    assert all(r["window_rows"] == 200 and r["model_version"] == "1" for r in sink.rows)
+
+
+def test_covariate_shift_is_detected_and_retraining_fires_once_per_cooldown(reference, detector):
+    sink, clock, fired = Sink(), [1000.0], []
+    monitor = _monitor(reference, detector, sink, clock, fired)
+    monitor.add(_rows("none", 200, seed=23))
+    assert not monitor.decide().retrain
+    results = monitor.add(_rows("covariate-shift", 400, seed=24))
+    assert all(r.summary.drift for r in results)
+    assert "age" in results[0].summary.drifted_features
+    decision = monitor.decide()
+    assert decision.retrain and decision.rules == ("drift",)
+    assert len(fired) == 1 and sink.events[-1][0] == "retrain-fired"
+    clock[0] += 60
+    monitor.add(_rows("covariate-shift", 400, seed=25))
+    held = monitor.decide()
+    assert not held.retrain and held.suppressed.startswith("cooldown")
+    assert len(fired) == 1 and sink.events[-1][0] == "retrain-suppressed"
+
+
+def test_a_missingness_spike_shows_in_data_quality(reference, detector):
+    sink, clock = Sink(), [0.0]
+    monitor = _monitor(reference, detector, sink, clock)
+    monitor.add(_rows("missingness-spike", 200, seed=26))
+    alerts = {r["feature"] for r in sink.rows if r["kind"] == "quality" and r["alert"]}
+    assert {"hdl_cholesterol", "hba1c", "egfr"} <= alerts and "age" not in alerts
+
+
+def test_realised_performance_drops_under_concept_drift(reference):
+    model = train_model(reference, seed=1).pipeline
+    before = load_dataset("synthetic-cohort", n_rows=1500, seed=27).frame
+    after = load_dataset("synthetic-cohort", n_rows=1500, seed=27, scenario="concept-drift").frame
+    aucs = {}
+    for name, frame in (("before", before), ("after", after)):
+        labelled = frame.assign(probability=predict_proba(model, reference.spec, frame))
+        rows, aucs[name] = performance_results(reference.spec, labelled)
+        assert any(r["feature"] == "sex=female" for r in rows)
+    assert aucs["after"] < aucs["before"] - 0.08
