@@ -1,0 +1,154 @@
+"""Seldon manifests and the `seldon` deployer. No Kubernetes API server can run here, so the deployer is
+tested against a FAKE in-memory CustomObjectsApi (get/create/patch with the real client's signatures and
+404 ApiException); what matters is checked for real: every resource it emits, and every rendered manifest,
+validates against the Seldon CRD schemas in ../shared/crds (or LM_CRD_DIR) with jsonschema. Unreachability
+is tested with the real kubernetes client pointed at a closed port."""
+
+from __future__ import annotations
+
+import copy
+import json
+import socket
+from pathlib import Path
+
+import kubernetes
+import pytest
+import yaml
+from kubernetes.client.exceptions import ApiException
+
+from learning_machine.deployers import get_deployer
+from learning_machine.deployers.seldon import SeldonDeployer
+from learning_machine.errors import ServiceUnavailableError
+from learning_machine.manifests import render_all, seldon_v2_model_settings, validate_resource, write_manifests
+from learning_machine.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class FakeCustomObjectsApi:
+    """An in-memory stand-in for kubernetes.client.CustomObjectsApi (namespaced custom objects only)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str, str, str], dict] = {}
+        self.calls: list[str] = []
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        self.calls.append(f"get {name}")
+        try:
+            return copy.deepcopy(self.objects[(group, version, namespace, plural, name)])
+        except KeyError:
+            raise ApiException(status=404, reason="Not Found") from None
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        self.calls.append(f"create {body['metadata']['name']}")
+        self.objects[(group, version, namespace, plural, body["metadata"]["name"])] = copy.deepcopy(body)
+        return body
+
+    def patch_namespaced_custom_object(self, group, version, namespace, plural, name, body):
+        self.calls.append(f"patch {name}")
+        current = self.objects[(group, version, namespace, plural, name)]
+        current["metadata"]["labels"] = body["metadata"]["labels"]  # merge patch: maps merge, lists replace
+        current["spec"] = copy.deepcopy(body["spec"])
+        return current
+
+
+def _settings(**overrides) -> Settings:
+    return Settings(deployer="seldon", model_name="clinical-risk", seldon_namespace="lm-test",
+                    serving_image="registry.example/lm-serving:1.2.3", **overrides)
+
+
+def test_rendered_resources_pass_the_crd_schemas():
+    for _file, resources in render_all(_settings(), version="7").items():
+        for resource in resources:
+            assert validate_resource(resource) == [], resource["kind"]
+
+
+def test_the_validator_catches_misspelled_and_mistyped_fields():
+    sdep = render_all(_settings())["seldon-v1/seldondeployment.yaml"][0]
+    sdep["spec"]["predictors"][0]["graph"]["loger"] = {"url": "http://x"}
+    sdep["spec"]["predictors"][0]["replicas"] = "two"
+    problems = validate_resource(sdep)
+    assert any("loger" in p for p in problems) and any("replicas" in p for p in problems)
+    model = next(r for r in render_all(_settings())["seldon-v2/serving.yaml"] if r["kind"] == "Model")
+    del model["spec"]["storageUri"]
+    assert any("storageUri" in p for p in validate_resource(model))
+
+
+def test_the_seldon_deployment_has_protocol_v2_image_secret_explainer_and_logger():
+    sdep = render_all(_settings(monitor_url="http://monitor.lm-test.svc:8000/log"), version="7")[
+        "seldon-v1/seldondeployment.yaml"][0]
+    assert sdep["spec"]["protocol"] == "v2"
+    predictor = sdep["spec"]["predictors"][0]
+    assert predictor["graph"]["logger"] == {"url": "http://monitor.lm-test.svc:8000/log", "mode": "all"}
+    assert predictor["graph"]["envSecretRefName"] == "mlflow-s3-credentials"
+    [container] = predictor["componentSpecs"][0]["spec"]["containers"]
+    assert container["name"] == predictor["graph"]["name"] == "clinical-risk"
+    assert container["image"] == "registry.example/lm-serving:1.2.3"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["MLSERVER_MODEL_URI"] == "models:/clinical-risk/7"
+    assert env["MLSERVER_MODEL_IMPLEMENTATION"].endswith("ModelRuntime")
+    explainer = predictor["explainer"]
+    extra = json.loads({e["name"]: e.get("value") for e in explainer["containerSpec"]["env"]}["MLSERVER_MODEL_EXTRA"])
+    assert extra["explainer_type"] == "anchor_tabular"
+    assert extra["infer_uri"] == "http://clinical-risk-default.lm-test:8000/v2/models/clinical-risk/infer"
+    assert explainer["envSecretRefName"] == "mlflow-s3-credentials"
+
+
+def test_seldon_v2_models_and_pipeline():
+    resources = render_all(_settings(), version="7")["seldon-v2/serving.yaml"]
+    kinds = [r["kind"] for r in resources]
+    assert kinds == ["Server", "Model", "Model", "Model", "Pipeline"]
+    names = {r["metadata"]["name"] for r in resources if r["kind"] == "Model"}
+    assert names == {"clinical-risk", "clinical-risk-explainer", "clinical-risk-drift"}
+    pipeline = resources[-1]
+    assert [s["name"] for s in pipeline["spec"]["steps"]] == ["clinical-risk", "clinical-risk-drift"]
+    docs = seldon_v2_model_settings(_settings(), "clinical-risk", "7")
+    assert {d["parameters"]["uri"] for d in docs.values()} == {"models:/clinical-risk/7"}
+
+
+def test_the_committed_manifests_are_current(tmp_path):
+    write_manifests(tmp_path, Settings())
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            committed = ROOT / "manifests" / path.relative_to(tmp_path)
+            assert committed.exists() and committed.read_text() == path.read_text(), (
+                f"{committed} is stale: regenerate with learning_machine.manifests.write_manifests")
+    for path in (ROOT / "manifests").rglob("*.yaml"):
+        for resource in yaml.safe_load_all(path.read_text()):
+            assert validate_resource(resource) == [], path
+
+
+def test_the_deployer_creates_then_patches_and_every_emitted_resource_validates():
+    api = FakeCustomObjectsApi()
+    deployer = get_deployer(_settings())
+    assert isinstance(deployer, SeldonDeployer)
+    deployer._api = api  # the fake stands in for the Kubernetes API server
+
+    first = deployer.deploy("clinical-risk", "3")
+    assert first.changed and api.calls == ["get clinical-risk", "create clinical-risk",
+                                           "get clinical-risk-drift", "create clinical-risk-drift"]
+    api.calls.clear()
+    assert not deployer.deploy("clinical-risk", "3").changed  # idempotent
+    assert api.calls == ["get clinical-risk", "get clinical-risk-drift"]
+
+    second = deployer.deploy("clinical-risk", "4")
+    assert second.changed and "patch clinical-risk" in api.calls
+    for obj in api.objects.values():
+        assert validate_resource(obj) == []
+        assert obj["metadata"]["labels"]["learning-machine/model-version"] == "4"
+    sdep = api.objects[("machinelearning.seldon.io", "v1", "lm-test", "seldondeployments", "clinical-risk")]
+    env = {e["name"]: e.get("value") for e in
+           sdep["spec"]["predictors"][0]["componentSpecs"][0]["spec"]["containers"][0]["env"]}
+    assert env["MLSERVER_MODEL_URI"] == "models:/clinical-risk/4"
+
+
+def test_an_unreachable_kubernetes_api_is_service_unavailable():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = kubernetes.client.Configuration(host=f"http://127.0.0.1:{port}")
+    config.retries = 0
+    api = kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(config))  # the real client
+    deployer = SeldonDeployer(_settings(), api=api)
+    with pytest.raises(ServiceUnavailableError, match="unreachable"):
+        deployer.deploy("clinical-risk", "3")
