@@ -34,21 +34,27 @@ def kfp_client(host: str | None) -> Any:
     """A ``kfp.Client`` for ``host`` (the KFP API URL)."""
     if not host:
         raise ConfigurationError("no Kubeflow Pipelines host: pass --host URL or set LM_KFP_HOST")
+    import warnings
+
     import kfp
 
-    with _kfp_errors(host, "connecting"):
+    with _kfp_errors(host, "connecting"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "only works with KFP v2.0.0-beta.2 and later"
         return kfp.Client(host=host)
 
 
 @contextmanager
 def _kfp_errors(host: str, what: str) -> Iterator[None]:
     """KFP client and network failures as the platform's errors, naming the host and what was done."""
+    from urllib3.exceptions import MaxRetryError, NewConnectionError
+
     try:
         yield
     except LearningMachineError:
         raise
-    except (OSError, ConnectionError) as exc:
-        raise ServiceUnavailableError(f"{what}: Kubeflow Pipelines at {host} is unreachable ({exc})") from exc
+    except (OSError, MaxRetryError, NewConnectionError) as exc:
+        raise ServiceUnavailableError(f"{what}: Kubeflow Pipelines at {host} is unreachable "
+                                      f"({type(exc).__name__})") from exc
     except Exception as exc:
         status = getattr(exc, "status", None)
         reason = getattr(exc, "reason", None) or str(exc).splitlines()[0][:300]

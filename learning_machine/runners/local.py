@@ -112,6 +112,7 @@ class LocalRunner(PipelineRunner):
                                                     or self.settings.experiment_name})
         with contextlib.suppress(Exception):  # where to look is a courtesy: the run itself is what counts
             tracker = tracker_for(settings)
+            tracker.health()
             parent = find_pipeline_run(tracker, settings.experiment_name, args["run_key"])
             if parent:
                 exp = tracker.experiment_id(settings.experiment_name)

@@ -1,0 +1,37 @@
+# syntax=docker/dockerfile:1.7
+# The platform image: the locked dependencies plus the learning_machine package, nothing else. Every KFP
+# component runs in it (PLATFORM_IMAGE in components/__init__.py), so nothing is pip-installed at run time.
+#   docker build -t ghcr.io/learning-machine/platform:0.1.0 .
+# It cannot be built on the development machines (no Docker there); see docs/pipelines.md.
+ARG PYTHON_VERSION=3.11
+ARG UV_VERSION=0.13.9
+
+FROM ghcr.io/astral-sh/uv:${UV_VERSION} AS uv
+
+FROM python:${PYTHON_VERSION}-slim-bookworm AS build
+COPY --from=uv /uv /usr/local/bin/uv
+ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never UV_PROJECT_ENVIRONMENT=/opt/venv
+WORKDIR /src
+# Dependencies first: this layer is rebuilt only when uv.lock changes.
+COPY pyproject.toml uv.lock ./
+RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --no-install-project
+# Then the package as a real wheel (not editable). learning_machine/{components,pipelines,serving,dashboard}
+# are symlinks to the top-level folders, so those are copied too.
+COPY README.md ./
+COPY learning_machine ./learning_machine
+COPY components ./components
+COPY pipelines ./pipelines
+COPY serving ./serving
+COPY dashboard ./dashboard
+RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --no-editable
+
+FROM python:${PYTHON_VERSION}-slim-bookworm
+# libgomp1: the OpenMP runtime xgboost's wheel expects from the system.
+RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 && rm -rf /var/lib/apt/lists/*
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin lm
+COPY --from=build /opt/venv /opt/venv
+# KFP starts lightweight components with `python3 -m kfp.dsl.executor_main`: the venv comes first on PATH.
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 HOME=/home/lm LM_HOME=/tmp/lm MPLCONFIGDIR=/tmp/matplotlib
+USER 10001
+WORKDIR /home/lm
+CMD ["lm", "--help"]
