@@ -80,6 +80,25 @@ class LearningMachineClient:
     def models(self) -> Any:
         return self._call("GET", "/v1/models")
 
+    # -- the monitor's side ------------------------------------------------------------------------
+    def feed(self, after_id: int = 0, limit: int = 1000) -> dict[str, Any]:
+        """Predictions after ``after_id`` in arrival order, with features and outcomes."""
+        return dict(self._call("GET", "/v1/feed/predictions", params={"after_id": after_id, "limit": limit}))
+
+    def labelled(self, limit: int = 500, model_version: str | None = None) -> list[dict[str, Any]]:
+        """The most recent predictions whose outcome has arrived, newest first."""
+        params: dict[str, Any] = {"limit": limit}
+        if model_version is not None:
+            params["model_version"] = model_version
+        return list(self._call("GET", "/v1/feed/labelled", params=params)["items"])
+
+    def post_results(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        return int(self._call("POST", "/v1/monitoring", json={"results": [dict(r) for r in rows]})["stored"])
+
+    def post_event(self, kind: str, detail: Mapping[str, Any], model_version: str | None = None) -> dict[str, Any]:
+        return dict(self._call("POST", "/v1/events", json={"kind": kind, "detail": dict(detail),
+                                                           "model_version": model_version}))
+
     def ready(self) -> bool:
         try:
             return self._http.get("/readyz").status_code == 200

@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from learning_machine.data.sources import spec_for
-from learning_machine.gateway import problems, service
+from learning_machine.gateway import monitor_routes, problems, service
 from learning_machine.gateway.edge import EdgeMiddleware, Metrics
 from learning_machine.gateway.routes import router
 from learning_machine.gateway.service import GatewayContext
@@ -53,6 +53,7 @@ def create_app(settings: Settings, *, context: GatewayContext | None = None) -> 
     app.state.ctx = ctx
     problems.install(app)
     app.include_router(router)
+    app.include_router(monitor_routes.router)
     app.add_middleware(EdgeMiddleware, metrics=ctx.metrics, max_body_bytes=settings.max_request_bytes)
 
     @app.get("/healthz", tags=["operations"], summary="The process is alive")

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from learning_machine.client import LearningMachineClient
+from learning_machine.client import GatewayError, LearningMachineClient
 from learning_machine.stream import StreamPlan, generated_records, run_stream
 
 from conftest import RunningGateway, _free_port, gateway_settings, start_gateway
@@ -74,3 +74,35 @@ def test_a_gateway_that_is_down_stops_the_stream_with_a_clear_message():
         report = run_stream(client, source, StreamPlan(rows=10), sleep=lambda _: None)
     assert report.sent == 0
     assert report.stopped_by_error == f"the gateway at {url} is unreachable (ConnectError)"
+
+
+def test_the_monitor_feeds_and_result_endpoints(stream_gateway: RunningGateway):
+    with _client(stream_gateway) as client:
+        start = client.feed(after_id=0, limit=5000)["next_after_id"]
+        report = run_stream(client, generated_records(30, seed=7, scenario="none", drift_start=0, id_prefix="st5-"),
+                            StreamPlan(rows=30, batch_size=10, outcome_delay_rows=10, drain_outcomes=False))
+        assert report.outcomes_sent == 20
+        feed = client.feed(after_id=start, limit=25)
+        assert len(feed["items"]) == 25 and feed["next_after_id"] == feed["items"][-1]["id"]
+        first = feed["items"][0]
+        assert first["record_id"] == "st5-0000000" and set(first["features"]) >= {"age", "sex", "egfr"}
+        assert first["outcome"] in (0, 1) and feed["items"][-1]["outcome"] is None  # not due yet
+        rest = client.feed(after_id=feed["next_after_id"])
+        assert len(rest["items"]) == 5
+        labelled = client.labelled(limit=1000)
+        assert all(item["outcome"] in (0, 1) for item in labelled)
+        assert labelled[0]["id"] > labelled[-1]["id"]  # newest first
+
+        assert client.post_results([{"kind": "drift", "metric": "p_value", "feature": "age", "value": 0.001,
+                                     "threshold": 0.005, "alert": True, "window_rows": 200}]) == 1
+        event = client.post_event("retrain-fired", {"reasons": ["drift confirmed"]}, model_version="1")
+        assert event["kind"] == "retrain-fired"
+        assert client.page("/v1/events", kind="retrain-fired")["items"][0]["detail"] == {"reasons": ["drift confirmed"]}
+        assert client.page("/v1/monitoring", kind="drift")["items"][0]["feature"] == "age"
+    with LearningMachineClient(stream_gateway.url, stream_gateway.tokens["clinician"]) as clinician:
+        with pytest.raises(GatewayError) as denied:
+            clinician.post_event("retrain-fired", {})
+        assert denied.value.status == 403
+    with _client(stream_gateway) as client, pytest.raises(GatewayError) as bad:
+        client.post_results([{"kind": "vibes", "metric": "x"}])
+    assert bad.value.status == 422

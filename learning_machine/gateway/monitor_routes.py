@@ -1,0 +1,68 @@
+"""The monitor's side of the API: feeds of predictions to assess, and where it writes its results and
+the learning loop's events. Data-scientist (or admin) tokens only."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from learning_machine.gateway.routes import Ctx, Science
+from learning_machine.store import feeds, repository
+
+router = APIRouter(prefix="/v1", tags=["monitoring"])
+
+
+class MonitoringResultIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["drift", "quality", "performance"]
+    metric: str = Field(max_length=100)
+    value: float | None = None
+    threshold: float | None = None
+    alert: bool = False
+    feature: str | None = Field(None, max_length=200)
+    window_rows: int | None = Field(None, ge=0)
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+    model_version: str | None = Field(None, max_length=64)
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class MonitoringBatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    results: list[MonitoringResultIn] = Field(min_length=1, max_length=2000)
+
+
+class EventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9-]*$")
+    detail: dict[str, Any] = Field(default_factory=dict)
+    model_version: str | None = Field(None, max_length=64)
+
+
+@router.get("/feed/predictions", summary="Predictions in arrival order with inputs and outcomes (for the monitor)")
+def feed_predictions(c: Ctx, _: Science, after_id: Annotated[int, Query(ge=0)] = 0,
+                     limit: Annotated[int, Query(ge=1, le=5000)] = 1000) -> Any:
+    return feeds.predictions_after(c.db, after_id, limit)
+
+
+@router.get("/feed/labelled", summary="The most recent predictions whose outcome has arrived")
+def feed_labelled(c: Ctx, _: Science, limit: Annotated[int, Query(ge=1, le=20000)] = 500,
+                  model_version: Annotated[str | None, Query()] = None) -> Any:
+    return feeds.labelled_predictions(c.db, limit, model_version)
+
+
+@router.post("/monitoring", status_code=201, summary="Store the monitor's results of one window")
+def post_monitoring(c: Ctx, _: Science, body: MonitoringBatchIn) -> Any:
+    stored = repository.add_monitoring_results(c.db, [r.model_dump() for r in body.results])
+    return {"stored": stored}
+
+
+@router.post("/events", status_code=201, summary="Record a learning-loop event (fired, started, promoted...)")
+def post_event(c: Ctx, _: Science, body: EventIn) -> Any:
+    return repository.add_event(c.db, body.kind, body.detail, body.model_version)
