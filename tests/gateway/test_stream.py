@@ -8,11 +8,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import RunningGateway, _free_port, gateway_settings, start_gateway
 
 from learning_machine.client import GatewayError, LearningMachineClient
 from learning_machine.stream import StreamPlan, generated_records, run_stream
-
-from conftest import RunningGateway, _free_port, gateway_settings, start_gateway
 
 
 @pytest.fixture(scope="module")
