@@ -17,6 +17,7 @@ from rich.table import Table
 
 from learning_machine.cli_gateway import register as register_gateway_commands
 from learning_machine.cli_pipelines import pipelines_app
+from learning_machine.cli_serving import register as register_serving_commands
 from learning_machine.errors import LearningMachineError
 from learning_machine.settings import Settings, load_settings
 
@@ -28,6 +29,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 app.add_typer(pipelines_app, name="pipelines")
 register_gateway_commands(app)  # lm gateway, lm tokens, lm db
+register_serving_commands(app)  # lm serve, lm deploy, lm manifests
 
 console = Console(stderr=True)
 out = Console()
@@ -72,12 +74,14 @@ def up(ctx: typer.Context,
        train: Annotated[bool, typer.Option(help="Train and register a first model when none is registered.")] = True,
        ) -> None:
     """Start every service in the background and make sure a champion model is registered."""
+    from learning_machine.cli_serving import ensure_serving
     from learning_machine.embedded import start_all
 
     settings = _settings(ctx)
     report = start_all(settings, progress=_say)
     if train:
         _ensure_champion(settings)
+        ensure_serving(settings)  # the model server could not load a model that did not exist yet
     _print_status(report.statuses)
     console.print(f"State and logs: {settings.home.resolve()}   Stop everything with: lm down")
 

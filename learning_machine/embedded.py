@@ -70,6 +70,10 @@ def embedded_services(settings: Settings) -> list[ServiceSpec]:
     services = []
     if settings.mlflow_managed:
         services.append(mlflow_service(settings))
+    if settings.model_server_managed:
+        from learning_machine.model_server import model_server_service
+
+        services.append(model_server_service(settings))
     # The gateway comes after the model server it calls.
     services.append(gateway_service(settings))
     return services

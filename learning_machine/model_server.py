@@ -146,13 +146,25 @@ def ports_of(settings: Settings) -> ServerPorts:
                        settings.model_server_metrics_port)
 
 
-def model_server_service(settings: Settings) -> ServiceSpec:
-    """The managed MLServer for `lm up` / `lm serve`: writes the repository, then runs ``mlserver start``."""
-    root = write_repository(repository_dir(settings), model_name=settings.model_name, ref=settings.model_ref,
+def write_repository_for(settings: Settings) -> Path:
+    """The repository of the managed model server, written from the settings."""
+    return write_repository(repository_dir(settings), model_name=settings.model_name, ref=settings.model_ref,
                             tracking_uri=settings.tracking_uri, ports=ports_of(settings),
                             drift_detector=settings.drift_detector, drift_p_val=settings.drift_p_val)
-    return ServiceSpec("model-server", mlserver_command(root), ports_of(settings).url, "/v2/health/ready",
-                       env=mlserver_env(settings.tracking_uri))
+
+
+def model_server_service(settings: Settings) -> ServiceSpec:
+    """The managed model server for `lm up` / `lm serve --background`: the process is `lm serve` (which writes
+    the repository, then runs ``mlserver start``), with the settings passed through the environment.
+    Health is *live*, not ready: before the first champion is registered the models cannot load yet
+    (`lm up` loads them after training; ``wait_models_ready`` waits for them)."""
+    from learning_machine.embedded import _tool
+
+    env = {f"LM_{name.upper()}": value if isinstance(value, str) else json.dumps(value)
+           for name, value in settings.model_dump(mode="json").items() if value is not None}
+    env.update({"LM_HOME": str(settings.home.resolve()), "LM_MLFLOW_TRACKING_URI": settings.tracking_uri})
+    command = [_tool("lm"), "serve", "--ref", settings.model_ref, "--port", str(settings.model_server_port)]
+    return ServiceSpec("model-server", command, ports_of(settings).url, "/v2/health/live", env=env)
 
 
 def mlserver_command(root: Path) -> list[str]:
