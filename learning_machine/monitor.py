@@ -137,6 +137,8 @@ class Monitor:
     sink: ResultSink
     trigger: RetrainTrigger | None = None
     metrics_logger: Callable[[dict[str, float], int], None] | None = None
+    labelled: Callable[[], pd.DataFrame] | None = None
+    """Recent predictions with their outcomes (features, ``probability``, ``outcome``) for realised performance."""
     clock: Callable[[], float] = time.time
     progress: Progress | None = None
     windows: deque[WindowSummary] = field(init=False)
@@ -170,6 +172,8 @@ class Monitor:
         rows += drift_results(drift)
         auc = None
         n_outcomes = 0
+        if labelled is None and self.labelled is not None:
+            labelled = self.labelled()
         if labelled is not None and not labelled.empty:
             perf, auc = performance_results(self.spec, labelled)
             rows += perf

@@ -88,6 +88,22 @@ class Settings(BaseSettings):
                                         "than this are missing.")
     # max_invalid_fraction (above) is also the validate step's limit for cells that break the spec.
 
+    # -- monitor, policy and the learning loop -------------------------------------------------------
+    monitor_host: str = Field("127.0.0.1", description="Interface of the monitor's /health endpoint.")
+    monitor_port: int = Field(8090, ge=1, le=65535, description="Port of the monitor's /health endpoint.")
+    monitor_interval_s: float = Field(5.0, gt=0, description="Seconds between two reads of the prediction feed.")
+    monitor_window_rows: int = Field(200, ge=20, description="Predictions per monitoring window.")
+    monitor_performance_rows: int = Field(400, ge=20, description="Recent outcomes used for realised performance.")
+    monitor_experiment: str = Field("learning-machine-monitoring",
+                                    description="MLflow experiment of the monitoring run (metrics per window).")
+    policy_drift_windows: int = Field(2, ge=1, description="Retrain when this many consecutive windows drift.")
+    policy_auc_floor: float | None = Field(0.70, ge=0, le=1, description="Retrain when realised AUC falls below.")
+    policy_min_outcomes: int = Field(100, ge=10, description="Outcomes needed before realised AUC counts.")
+    policy_schedule_s: float | None = Field(None, gt=0, description="Retrain at least this often (unset: never).")
+    policy_cooldown_s: float = Field(600.0, ge=0, description="Minimum seconds between two retrainings.")
+    loop_retrain_rows: int = Field(2000, ge=50, description="Recent labelled records a retraining uses.")
+    loop_min_retrain_rows: int = Field(200, ge=20, description="Retraining needs at least this many.")
+
     # -- gateway and database ----------------------------------------------------------------------
     gateway_host: str = Field("127.0.0.1", description="Interface the gateway (public REST API) binds to.")
     gateway_port: int = Field(8000, ge=1, le=65535, description="Port of the gateway.")
@@ -137,6 +153,11 @@ class Settings(BaseSettings):
     def run_dir(self) -> Path:
         """Pid files and logs of managed processes."""
         return self.home / "run"
+
+    @property
+    def monitor_health_url(self) -> str:
+        """The embedded monitor's address (its /health endpoint)."""
+        return f"http://{self.monitor_host}:{self.monitor_port}"
 
     @property
     def mlflow_dir(self) -> Path:

@@ -1,0 +1,245 @@
+"""The learning loop as a service: read new predictions from the gateway, let the monitor assess each
+window (drift through the model server's detector, data quality, realised performance), store the
+results through the gateway and in an MLflow monitoring run, and, when the policy fires, retrain through
+the `retraining` pipeline and record every event (fired, started, finished or failed, promoted or
+refused). It talks to the other blocks through their APIs only."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from learning_machine.client import LearningMachineClient
+from learning_machine.data.spec import DatasetSpec
+from learning_machine.errors import LearningMachineError
+from learning_machine.monitor import Monitor, MonitorConfig
+from learning_machine.policy import Decision, RetrainPolicy
+from learning_machine.settings import Settings
+from learning_machine.tracking import CHAMPION, Tracker
+
+Progress = Callable[[str], None]
+MONITOR_RUN = "monitor"
+
+
+class GatewaySink:
+    """Monitoring results and loop events, stored through the gateway's API."""
+
+    def __init__(self, client: LearningMachineClient) -> None:
+        self.client = client
+
+    def results(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        self.client.post_results([_jsonable_row(r) for r in rows])
+
+    def event(self, kind: str, detail: Mapping[str, Any], model_version: str | None = None) -> None:
+        self.client.post_event(kind, json.loads(json.dumps(detail, default=str)), model_version)
+
+
+def _jsonable_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    out = json.loads(json.dumps(dict(row), default=str))
+    value = out.get("value")
+    if isinstance(value, float) and value != value:  # NaN has no JSON form
+        out["value"] = None
+    return out
+
+
+def builtin_spec_path(name: str) -> Path:
+    return Path(str(resources.files("learning_machine.data").joinpath("specs", f"{name}.yaml")))
+
+
+@dataclass
+class RetrainViaPipeline:
+    """The retraining trigger: export recent labelled records, run the `retraining` pipeline (which gates,
+    registers, promotes and deploys), and record how it ended."""
+
+    settings: Settings
+    client: LearningMachineClient
+    sink: GatewaySink
+    tracker: Tracker
+    spec: DatasetSpec
+    runner: Any = None
+    progress: Progress | None = None
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    def __call__(self, decision: Decision) -> Mapping[str, Any]:
+        from learning_machine.runners.base import get_runner
+
+        model = self.settings.model_name
+        before = self.tracker.alias_version(model, CHAMPION)
+        self.sink.event("retrain-started", {"reasons": list(decision.reasons), "rules": list(decision.rules)},
+                        before.version if before else None)
+        data = self.export_recent()
+        if data is None:
+            detail = {"error": f"fewer than {self.settings.loop_min_retrain_rows} labelled records to retrain on"}
+            self.sink.event("retrain-failed", detail, before.version if before else None)
+            return {"state": "SKIPPED", **detail}
+        runner = self.runner or get_runner(self.settings)
+        params = {"source": str(data), "spec_path": str(self._spec_path()), "model_name": model,
+                  "tracking_uri": self.settings.tracking_uri, "deployer": self.settings.deployer}
+        try:
+            run = runner.run("retraining", params, progress=self.progress)
+        except LearningMachineError as exc:
+            self.sink.event("retrain-failed", {"error": exc.message}, before.version if before else None)
+            return {"state": "FAILED", "error": exc.message}
+        summary = {"state": run.state, "run_key": run.run_key, "mlflow_url": run.mlflow_url,
+                   "seconds": round(run.seconds, 1), "data": str(data)}
+        self.runs.append(summary)
+        if not run.succeeded:
+            self.sink.event("retrain-failed", {**summary, "error": run.error, "log": run.log_path},
+                            before.version if before else None)
+            return summary
+        after = self._champion_after_run()
+        self.sink.event("retrain-finished", summary, after.version if after else None)
+        if after is not None and (before is None or after.version != before.version):
+            self.sink.event("promoted", {"from": before.version if before else None, "to": after.version,
+                                         "metrics": after.metrics}, after.version)
+            summary["promoted"] = after.version
+        else:
+            challenger = self.tracker.alias_version(model, "challenger")
+            self.sink.event("refused", {"champion": before.version if before else None,
+                                        "challenger": challenger.version if challenger else None,
+                                        "challenger_metrics": challenger.metrics if challenger else {}},
+                            before.version if before else None)
+        return summary
+
+    def _champion_after_run(self) -> Any:
+        return self.tracker.alias_version(self.settings.model_name, CHAMPION)
+
+    def _spec_path(self) -> Path:
+        if self.settings.dataset_spec is not None:
+            return self.settings.dataset_spec
+        return builtin_spec_path(self.spec.name)
+
+    def export_recent(self) -> Path | None:
+        """The most recent labelled records as a CSV in the dataset's columns (None when too few)."""
+        items = self.client.labelled(limit=self.settings.loop_retrain_rows)
+        if len(items) < self.settings.loop_min_retrain_rows:
+            return None
+        rid, target = self.spec.record_id.name, self.spec.target.name
+        frame = pd.DataFrame([{rid: i["record_id"], **i["features"], target: i["outcome"]} for i in items])
+        frame = frame.drop_duplicates(subset=[rid], keep="first")[self.spec.columns]
+        folder = self.settings.home / "loop"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"retrain-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+        frame.to_csv(path, index=False)
+        return path.resolve()
+
+
+class LoopService:
+    """One monitor over the gateway's prediction feed; :meth:`step` does one pass, :meth:`run` loops."""
+
+    def __init__(self, settings: Settings, client: LearningMachineClient, *, model_server: Any = None,
+                 tracker: Tracker | None = None, runner: Any = None, progress: Progress | None = None) -> None:
+        from learning_machine.data.sources import spec_for
+        from learning_machine.v2 import ModelServerClient
+
+        self.settings = settings
+        self.client = client
+        self.model_server = model_server or ModelServerClient(settings.model_server_base_url(),
+                                                              timeout_s=settings.request_timeout_s * 3)
+        self.tracker = tracker or Tracker(settings.tracking_uri, timeout_s=settings.request_timeout_s)
+        self.spec = spec_for(settings.dataset, settings.dataset_spec)
+        self.sink = GatewaySink(client)
+        self.progress = progress
+        self.state_path = settings.home / "loop" / "state.json"
+        self.cursor, self.monitor_run_id = self._load_state()
+        self.trigger = RetrainViaPipeline(settings, client, self.sink, self.tracker, self.spec, runner, progress)
+        self.monitor = Monitor(
+            self.spec, MonitorConfig(window_rows=settings.monitor_window_rows,
+                                     performance_rows=settings.monitor_performance_rows),
+            RetrainPolicy(drift_windows=settings.policy_drift_windows, auc_floor=settings.policy_auc_floor,
+                          min_outcomes=settings.policy_min_outcomes, schedule_s=settings.policy_schedule_s,
+                          cooldown_s=settings.policy_cooldown_s),
+            drift=lambda records: self.model_server.drift(settings.model_name, self.spec, list(records)),
+            sink=self.sink, trigger=self.trigger, metrics_logger=self._log_metrics, labelled=self._labelled,
+            progress=progress)
+        self.steps = 0
+        self.last_error: str | None = None
+        self.last_step_at: float | None = None
+
+    # -- state that survives a restart: where the feed was read up to, and the MLflow run -------------
+    def _load_state(self) -> tuple[int, str | None]:
+        try:
+            state = json.loads(self.state_path.read_text())
+            return int(state.get("cursor", 0)), state.get("monitor_run_id")
+        except (FileNotFoundError, ValueError):
+            return 0, None
+
+    def _save_state(self) -> None:
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        self.state_path.write_text(json.dumps({"cursor": self.cursor, "monitor_run_id": self.monitor_run_id}))
+
+    def _log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self.monitor_run_id is None:
+            self.monitor_run_id = self.tracker.start_run(self.settings.monitor_experiment, MONITOR_RUN,
+                                                         tags={"lm.purpose": "monitoring"})
+        self.tracker.log_metrics(self.monitor_run_id, metrics, step=step)
+
+    def _labelled(self) -> pd.DataFrame:
+        """Realised performance of the model that serves now: its recent predictions with outcomes."""
+        champion = self.tracker.alias_version(self.settings.model_name, CHAMPION)
+        items = self.client.labelled(limit=self.settings.monitor_performance_rows,
+                                     model_version=champion.version if champion else None)
+        return pd.DataFrame([{**i["features"], "probability": i["probability"], "outcome": i["outcome"]}
+                             for i in items])
+
+    def step(self) -> Decision | None:
+        """Read the feed once, assess every full window, and apply the policy after new windows."""
+        feed = self.client.feed(after_id=self.cursor, limit=5000)
+        rows = [{self.spec.record_id.name: i["record_id"], **i["features"], "probability": i["probability"],
+                 "model_version": i["model_version"]} for i in feed["items"]]
+        windows = self.monitor.add(rows)
+        self.cursor = int(feed["next_after_id"])
+        self._save_state()
+        self.steps += 1
+        self.last_step_at = time.time()
+        return self.monitor.decide() if windows else None
+
+    def run(self, interval_s: float, stop: threading.Event) -> None:
+        """Step every ``interval_s`` until ``stop`` is set; a failing step is reported and retried."""
+        while not stop.is_set():
+            try:
+                self.step()
+                self.last_error = None
+            except LearningMachineError as exc:
+                self.last_error = exc.message
+                if self.progress:
+                    self.progress(f"monitor step failed: {exc.message} (retrying in {interval_s:.0f} s)")
+            stop.wait(interval_s)
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok" if self.last_error is None else "degraded", "steps": self.steps,
+                "cursor": self.cursor, "windows": self.monitor.next_window_id - 1,
+                "last_step_at": self.last_step_at, "last_error": self.last_error,
+                "pending_rows": len(self.monitor.pending)}
+
+
+def serve_health(service: LoopService, host: str, port: int) -> ThreadingHTTPServer:
+    """A tiny /health endpoint (for `lm status` and a Kubernetes probe), in a background thread."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.rstrip("/") not in ("/health", ""):
+                self.send_error(404)
+                return
+            body = json.dumps(service.health()).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="monitor-health", daemon=True).start()
+    return server
