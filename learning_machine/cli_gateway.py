@@ -4,6 +4,7 @@ Registered on the main app by :func:`register`; heavy imports stay inside the co
 from __future__ import annotations
 
 import json
+import logging
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -48,6 +49,8 @@ def gateway(ctx: typer.Context,
     settings = _settings(ctx)
     updates = {k: v for k, v in {"gateway_host": host, "gateway_port": port}.items() if v is not None}
     settings = settings.model_copy(update=updates)
+    # Our own log lines (one per refused or failed request, with its request id) beside uvicorn's.
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from learning_machine.store.db import safe_url
 
     console.print(f"gateway on {settings.gateway_url} (docs {settings.gateway_url}/docs), database "

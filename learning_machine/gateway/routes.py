@@ -32,7 +32,8 @@ Offset = Annotated[int, Query(ge=0, description="Rows to skip.")]
 Since = Annotated[datetime | None, Query(description="Only rows at or after this time (ISO 8601).")]
 
 
-def ctx(request: Request) -> GatewayContext:
+async def ctx(request: Request) -> GatewayContext:
+    # async: no I/O here, and a sync dependency would cost a thread-pool hop on every request.
     context: GatewayContext = request.app.state.ctx
     return context
 

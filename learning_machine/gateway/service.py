@@ -16,6 +16,7 @@ from typing import Any
 from learning_machine.data.spec import DatasetSpec, parse_label
 from learning_machine.errors import (
     BadRequestError,
+    ModelNotFoundError,
     PayloadTooLargeError,
     Problem,
     RecordValidationError,
@@ -107,6 +108,8 @@ def predict(ctx: GatewayContext, payload: Mapping[str, Any], request_id: str) ->
     started = time.perf_counter()
     try:
         answers = ctx.model_server.predict(ctx.model_name, ctx.spec, records)
+    except ModelNotFoundError as exc:
+        raise _not_served(ctx, exc) from exc
     finally:
         ctx.metrics.model_server_seconds.labels("predict").observe(time.perf_counter() - started)
     latency_ms = (time.perf_counter() - started) * 1000
@@ -127,6 +130,12 @@ def predict(ctx: GatewayContext, payload: Mapping[str, Any], request_id: str) ->
     return {"request_id": request_id, "predictions": out}
 
 
+def _not_served(ctx: GatewayContext, exc: ModelNotFoundError) -> ServiceUnavailableError:
+    # The client asked nothing wrong: the deployment is (still) missing the model, so 503, not 404.
+    return ServiceUnavailableError(f"the model server at {ctx.model_server.url} does not serve model "
+                                   f"{ctx.model_name!r} (yet): {exc.message}")
+
+
 # -- explanations ------------------------------------------------------------------------------------
 def explain(ctx: GatewayContext, *, record_id: str | int | None, record: Mapping[str, Any] | None, method: str,
             request_id: str) -> dict[str, Any]:
@@ -144,6 +153,8 @@ def explain(ctx: GatewayContext, *, record_id: str | int | None, record: Mapping
     started = time.perf_counter()
     try:
         explanation = ctx.model_server.explain(ctx.model_name, ctx.spec, full, method)
+    except ModelNotFoundError as exc:
+        raise _not_served(ctx, exc) from exc
     finally:
         ctx.metrics.model_server_seconds.labels("explain").observe(time.perf_counter() - started)
     version = explanation.get("model_version")

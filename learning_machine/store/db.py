@@ -57,8 +57,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
-    # WAL lets the dashboard read while the gateway writes.
+    # WAL lets the dashboard read while the gateway writes. With WAL, synchronous=NORMAL stays consistent
+    # and survives a crash of the process; only a power cut can lose the last commits. It saves an fsync
+    # (about half the cost of storing a prediction here); production uses PostgreSQL anyway.
     cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 
 

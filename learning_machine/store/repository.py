@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -59,29 +59,28 @@ def store_predictions(db: Database, items: Sequence[NewPrediction], *, model_nam
                       request_id: str, source: str = "api") -> list[dict[str, Any]]:
     """Store every record (new, or identical to the stored one) with its prediction, all in one transaction."""
     now = utcnow()
+    # Core inserts, not ORM objects: this is the gateway's hot path and the unit of work's bookkeeping
+    # cost more than the SQL here.
+    predictions = [{"record_id": i.record_id, "model_name": model_name, "model_version": i.model_version,
+                    "probability": float(i.probability), "label": int(i.label), "latency_ms": float(latency_ms),
+                    "request_id": request_id, "created_at": now} for i in items]
     try:
         with db.transaction() as session:
-            existing = _records_by_id(session, [i.record_id for i in items])
-            outcomes = _outcomes_by_id(session, [i.record_id for i in items if i.outcome is not None])
-            for item in items:
-                _ensure_record(session, existing, item.record_id, item.features, source, now)
-            # Records first: without ORM relationships the unit of work does not order inserts by the FKs.
-            session.flush()
-            rows = []
-            for item in items:
-                if item.outcome is not None:
-                    _add_outcome_if_new(session, outcomes, item.record_id, item.outcome, source, now)
-                row = Prediction(record_id=item.record_id, model_name=model_name, model_version=item.model_version,
-                                 probability=float(item.probability), label=int(item.label), latency_ms=float(latency_ms),
-                                 request_id=request_id, created_at=now)
-                session.add(row)
-                rows.append(row)
-            session.flush()
-            return [prediction_dict(r) for r in rows]
+            stored = _stored_features(session, [i.record_id for i in items])
+            new_records = _new_records(stored, [(i.record_id, i.features) for i in items], source, now)
+            if new_records:  # records first: the predictions reference them
+                session.execute(insert(Record), new_records)
+            labelled = [(i.record_id, i.outcome) for i in items if i.outcome is not None]
+            if labelled:
+                new_outcomes = _new_outcomes(session, labelled, source, now)
+                if new_outcomes:
+                    session.execute(insert(Outcome), new_outcomes)
+            session.execute(insert(Prediction), predictions)
     except IntegrityError as exc:
         # Another request stored one of these record ids between our read and our write.
         raise ConflictError("a record in this request was stored concurrently by another request; "
                             "send it again") from exc
+    return [{**p, "created_at": _iso(now)} for p in predictions]
 
 
 def store_explanation(db: Database, *, record_id: str, features: Mapping[str, Any] | None, model_name: str,
@@ -91,12 +90,13 @@ def store_explanation(db: Database, *, record_id: str, features: Mapping[str, An
     now = utcnow()
     try:
         with db.transaction() as session:
-            existing = _records_by_id(session, [record_id])
-            if features is None and record_id not in existing:
+            stored = _stored_features(session, [record_id])
+            if features is None and record_id not in stored:
                 raise NotFoundError(f"no stored record with id {record_id!r}")
             if features is not None:
-                _ensure_record(session, existing, record_id, features, source, now)
-                session.flush()
+                new_records = _new_records(stored, [(record_id, features)], source, now)
+                if new_records:
+                    session.execute(insert(Record), new_records)
             row = Explanation(record_id=record_id, model_name=model_name, model_version=model_version,
                               method=method, explanation=explanation, request_id=request_id, created_at=now)
             session.add(row)
@@ -151,11 +151,11 @@ def add_monitoring_results(db: Database, results: Sequence[Mapping[str, Any]]) -
     return len(results)
 
 
-def _records_by_id(session: Session, record_ids: Sequence[str]) -> dict[str, Record]:
+def _stored_features(session: Session, record_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     if not record_ids:
         return {}
-    rows = session.scalars(select(Record).where(Record.record_id.in_(set(record_ids))))
-    return {r.record_id: r for r in rows}
+    rows = session.execute(select(Record.record_id, Record.features).where(Record.record_id.in_(set(record_ids))))
+    return {rid: dict(features) for rid, features in rows}
 
 
 def _outcomes_by_id(session: Session, record_ids: Sequence[str]) -> dict[str, Outcome]:
@@ -165,33 +165,38 @@ def _outcomes_by_id(session: Session, record_ids: Sequence[str]) -> dict[str, Ou
     return {r.record_id: r for r in rows}
 
 
-def _ensure_record(session: Session, existing: dict[str, Record], record_id: str, features: Mapping[str, Any],
-                   source: str, now: datetime) -> None:
-    """A record id names one encounter: sending it again is fine, with other values it is a conflict."""
-    stored = existing.get(record_id)
-    if stored is None:
-        row = Record(record_id=record_id, features=dict(features), source=source, received_at=now)
-        session.add(row)
-        existing[record_id] = row
-        return
-    if not same_features(stored.features, features):
-        changed = sorted(k for k in {*stored.features, *features}
-                         if not _same_value(stored.features.get(k), features.get(k)))
-        raise ConflictError(f"record {record_id!r} is already stored with other values for "
-                            f"{', '.join(changed)}; use a new record id",
-                            detail={"record_id": record_id, "fields": changed})
+def _new_records(stored: dict[str, dict[str, Any]], records: Sequence[tuple[str, Mapping[str, Any]]], source: str,
+                 now: datetime) -> list[dict[str, Any]]:
+    """Rows to insert for records not stored yet. A record id names one encounter: sending it again is
+    fine, with other values it is a conflict (and the whole request is refused)."""
+    new = []
+    for record_id, features in records:
+        known = stored.get(record_id)
+        if known is None:
+            stored[record_id] = dict(features)
+            new.append({"record_id": record_id, "features": dict(features), "received_at": now, "source": source})
+        elif not same_features(known, features):
+            changed = sorted(k for k in {*known, *features} if not _same_value(known.get(k), features.get(k)))
+            raise ConflictError(f"record {record_id!r} is already stored with other values for "
+                                f"{', '.join(changed)}; use a new record id",
+                                detail={"record_id": record_id, "fields": changed})
+    return new
 
 
-def _add_outcome_if_new(session: Session, outcomes: dict[str, Outcome], record_id: str, outcome: int,
-                        source: str, now: datetime) -> None:
-    stored = outcomes.get(record_id)
-    if stored is None:
-        row = Outcome(record_id=record_id, outcome=outcome, source=source, received_at=now)
-        session.add(row)
-        outcomes[record_id] = row
-    elif stored.outcome != outcome:
-        raise ConflictError(f"record {record_id!r} already has outcome {stored.outcome}, not {outcome}",
-                            detail={"record_id": record_id, "stored": stored.outcome, "sent": outcome})
+def _new_outcomes(session: Session, labelled: Sequence[tuple[str, int]], source: str,
+                  now: datetime) -> list[dict[str, Any]]:
+    """Rows to insert for outcomes sent with their records; one that contradicts a stored outcome is a conflict."""
+    stored = dict(session.execute(select(Outcome.record_id, Outcome.outcome)
+                                  .where(Outcome.record_id.in_({rid for rid, _ in labelled}))).tuples().all())
+    new = []
+    for record_id, outcome in labelled:
+        if record_id not in stored:
+            stored[record_id] = outcome
+            new.append({"record_id": record_id, "outcome": outcome, "received_at": now, "source": source})
+        elif stored[record_id] != outcome:
+            raise ConflictError(f"record {record_id!r} already has outcome {stored[record_id]}, not {outcome}",
+                                detail={"record_id": record_id, "stored": stored[record_id], "sent": outcome})
+    return new
 
 
 def same_features(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:

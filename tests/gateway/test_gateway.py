@@ -4,11 +4,12 @@ Every rejected request is checked to have stored nothing (row counts before and 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from gateway_harness import RunningGateway, make_records
+from gateway_harness import RunningGateway, gateway_settings, make_records, start_gateway
 
 PROBLEM = "application/problem+json"
 
@@ -260,3 +261,16 @@ def test_model_server_down_is_503_and_stores_nothing(gateway_without_model_serve
     assert gw.counts() == before
     ready = problem(httpx.get(gw.url + "/readyz"), 503)
     assert gw.settings.model_server_base_url() in ready["detail"]
+
+
+def test_a_model_the_server_does_not_serve_is_503(model_server: Any, tmp_path: Path) -> None:
+    settings = gateway_settings(tmp_path, f"sqlite:///{tmp_path / 'lm.db'}", model_server).model_copy(
+        update={"model_name": "no-such-model"})
+    gw = start_gateway(settings, model_server.spec)
+    try:
+        body = problem(gw.client("clinician").post("/v1/predictions", json=make_records(1)[0]), 503)
+        assert "no-such-model" in body["detail"] and model_server.url.rstrip("/") in body["detail"]
+        assert problem(httpx.get(gw.url + "/readyz"), 503)["detail"].endswith("does not serve model 'no-such-model' (yet)")
+        assert gw.counts()["predictions"] == 0 and gw.counts()["records"] == 0
+    finally:
+        gw.stop()

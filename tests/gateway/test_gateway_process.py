@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from gateway_harness import free_port, make_records
 
 from learning_machine.embedded import gateway_service, statuses
@@ -21,6 +22,7 @@ from learning_machine.store.tokens import authenticate, prepare_for_gateway
 LM = str(Path(sys.executable).parent / "lm")
 
 
+@pytest.mark.slow  # four `lm` processes: mostly import time
 def test_lm_db_upgrade_and_tokens_create(tmp_path: Path) -> None:
     env = {**os.environ, "LM_HOME": str(tmp_path / ".lm")}
     upgrade = subprocess.run([LM, "db", "upgrade"], capture_output=True, text=True, env=env, timeout=120)
