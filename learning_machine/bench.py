@@ -147,8 +147,18 @@ def bench_pipelines(quick: bool, progress: Progress) -> Section:
     return section
 
 
+def bench_serving(quick: bool, progress: Progress) -> Section:
+    """Single-row latency and throughput of every way to serve the same model, and explanation latency
+    (learning_machine.bench_serving starts and stops every server on free ports)."""
+    from learning_machine import bench_serving as serving
+
+    section: Section = serving.to_section(serving.run(quick, progress), quick)
+    return section
+
+
 SECTIONS: dict[str, Callable[[bool, Progress], Section]] = {"training": bench_training,
-                                                             "pipelines": bench_pipelines}
+                                                             "pipelines": bench_pipelines,
+                                                             "serving": bench_serving}
 
 
 def run_benchmarks(out_dir: Path, *, quick: bool = False, only: list[str] | None = None,

@@ -205,7 +205,7 @@ class ModelServerClient:
         return dict(self._request("GET", f"/v2/models/{model}", model=model).json())
 
     # -- inference ----------------------------------------------------------------------------------
-    def predict(self, model: str, spec: DatasetSpec, records: list[Mapping[str, Any]]) -> list[Prediction]:
+    def predict(self, model: str, spec: DatasetSpec, records: Sequence[Mapping[str, Any]]) -> list[Prediction]:
         """Class and event probability for each record, with the model version that answered."""
         if not records:
             return []
@@ -225,7 +225,7 @@ class ModelServerClient:
         explanation.setdefault("model_version", response.get("model_version"))
         return explanation
 
-    def drift(self, model: str, spec: DatasetSpec, records: list[Mapping[str, Any]]) -> dict[str, Any]:
+    def drift(self, model: str, spec: DatasetSpec, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """Whether ``records`` (a batch) drifted from the model's training reference, per feature."""
         response = self._infer(drift_name(model), encode_request(spec, records))
         result: dict[str, Any] = {}
