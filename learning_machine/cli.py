@@ -349,6 +349,47 @@ def stream(
         raise typer.Exit(130)
 
 
+@app.command()
+def monitor(
+    ctx: typer.Context,
+    once: Annotated[bool, typer.Option(help="Read the feed once, assess, decide, and exit.")] = False,
+    interval: Annotated[float | None, typer.Option(help="Seconds between reads (default LM_MONITOR_INTERVAL_S).")]
+    = None,
+    gateway: Annotated[str | None, typer.Option(help="Gateway URL (default: the embedded one).")] = None,
+    token: Annotated[str | None, typer.Option(envvar="LM_TOKEN", help="Data-scientist API token.")] = None,
+) -> None:
+    """Run the learning loop's monitor: windows of predictions -> drift, quality, performance -> policy ->
+    retraining through the pipeline runner. Serves /health on LM_MONITOR_PORT. Stops on Ctrl-C or SIGTERM."""
+    import signal
+    import threading
+
+    from learning_machine.client import LearningMachineClient
+    from learning_machine.loop import LoopService, serve_health
+
+    settings = _settings(ctx)
+    client = LearningMachineClient(gateway or settings.gateway_url, _token(settings, token),
+                                   timeout_s=settings.request_timeout_s * 3)
+    service = LoopService(settings, client, progress=_say)
+    if once:
+        decision = service.step()
+        console.print(json.dumps({"health": service.health(), "decision": decision.as_dict() if decision else None},
+                                 default=str))
+        return
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    health = serve_health(service, settings.monitor_host, settings.monitor_port)
+    _say(f"monitor reading {client.url} every {interval or settings.monitor_interval_s:g} s; "
+         f"health at {settings.monitor_health_url}/health")
+    try:
+        service.run(interval or settings.monitor_interval_s, stop)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        health.shutdown()
+        client.close()
+    _say(f"monitor stopped after {service.steps} step(s), {service.monitor.next_window_id - 1} window(s)")
+
+
 # -- benchmarks --------------------------------------------------------------------------------------
 @app.command()
 def bench(quick: Annotated[bool, typer.Option(help="Smaller sizes, finishes in minutes.")] = False,

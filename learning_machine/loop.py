@@ -83,7 +83,11 @@ class RetrainViaPipeline:
             return {"state": "SKIPPED", **detail}
         runner = self.runner or get_runner(self.settings)
         params = {"source": str(data), "spec_path": str(self._spec_path()), "model_name": model,
-                  "tracking_uri": self.settings.tracking_uri, "deployer": self.settings.deployer}
+                  "tracking_uri": self.settings.tracking_uri, "deployer": self.settings.deployer,
+                  "gate_margin": self.settings.loop_gate_margin, "reference_rows": self.settings.loop_reference_rows,
+                  "reference_seed": self.settings.seed}
+        if self.settings.loop_reference_rows == 0 or self.spec.name != "synthetic-cohort":
+            params["reference_source"] = ""  # only the generator can regenerate the original training rows
         try:
             run = runner.run("retraining", params, progress=self.progress)
         except LearningMachineError as exc:

@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     policy_cooldown_s: float = Field(600.0, ge=0, description="Minimum seconds between two retrainings.")
     loop_retrain_rows: int = Field(2000, ge=50, description="Recent labelled records a retraining uses.")
     loop_min_retrain_rows: int = Field(200, ge=20, description="Retraining needs at least this many.")
+    loop_reference_rows: int = Field(1000, ge=0, description="Rows of the original training data (regenerated "
+                                     "by seed) a retraining adds to the recent records: old plus new data.")
+    loop_gate_margin: float = Field(0.0, ge=0, description="A retrained model is promoted only when its held-out "
+                                    "AUC beats the champion's by at least this much.")
 
     # -- gateway and database ----------------------------------------------------------------------
     gateway_host: str = Field("127.0.0.1", description="Interface the gateway (public REST API) binds to.")
