@@ -7,6 +7,7 @@ transaction."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Mapping
@@ -97,8 +98,13 @@ def validate_records(spec: DatasetSpec, records: list[Any], *, batch: bool) -> l
 
 
 def features_of(spec: DatasetSpec, record: Mapping[str, Any]) -> dict[str, Any]:
-    """What we store as the record's input: the features only (not the id, not the outcome)."""
-    return {name: record.get(name) for name in spec.feature_names}
+    """What we store as the record's input: the features only (not the id, not the outcome). A NaN
+    (Python's JSON parser accepts the literal) is a missing value: stored as null, valid JSON everywhere."""
+    return {name: None if _is_nan(record.get(name)) else record.get(name) for name in spec.feature_names}
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 def predict(ctx: GatewayContext, payload: Mapping[str, Any], request_id: str) -> dict[str, Any]:

@@ -3,6 +3,7 @@ Every rejected request is checked to have stored nothing (row counts before and 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,17 @@ def test_malformed_requests_are_422(gateway: RunningGateway, unchanged: None) ->
     problem(client.post("/v1/predictions", json={"records": "all"}), 422)
     problem(client.post("/v1/explanations", json={"method": "exact"}), 422)
     problem(client.post("/v1/explanations", json={"record_id": "x", "method": "shap"}), 422)
+
+
+def test_nan_is_a_missing_value(gateway: RunningGateway) -> None:
+    record = make_records(1, seed=23)[0]
+    body = json.dumps(dict(record, bmi=float("nan")))  # Python's json writes (and reads) the NaN literal
+    response = gateway.client("clinician").post("/v1/predictions", content=body,
+                                                headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+    assert gateway.client("clinician").get(f"/v1/patients/{record['record_id']}").json()["features"]["bmi"] is None
+    problem(gateway.client("clinician").post("/v1/predictions", content=json.dumps(dict(record, age=float("nan"))),
+                                             headers={"content-type": "application/json"}), 422)
 
 
 def test_huge_bodies_and_batches_are_413(gateway: RunningGateway, unchanged: None) -> None:
