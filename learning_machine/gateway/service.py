@@ -189,7 +189,10 @@ def models(ctx: GatewayContext) -> list[dict[str, Any]]:
     """The registry's versions of the served model, newest first, the champion marked."""
     from learning_machine.tracking import CHALLENGER, CHAMPION
 
-    versions = ctx.tracker().list_versions(ctx.model_name)
+    tracker = ctx.tracker()
+    # Tracker.list_versions reports an unreachable server as "no registered model" (404): ask first.
+    tracker.health()
+    versions = tracker.list_versions(ctx.model_name)
     return [{**v.as_dict(), "champion": CHAMPION in v.aliases, "challenger": CHALLENGER in v.aliases}
             for v in versions]
 

@@ -273,6 +273,9 @@ def test_model_server_down_is_503_and_stores_nothing(gateway_without_model_serve
     assert gw.counts() == before
     ready = problem(httpx.get(gw.url + "/readyz"), 503)
     assert gw.settings.model_server_base_url() in ready["detail"]
+    # The registry being down is a 503 too, naming the tracking server.
+    models = problem(gw.client("data-scientist").get("/v1/models"), 503)
+    assert gw.settings.tracking_uri in models["detail"]
 
 
 def test_a_model_the_server_does_not_serve_is_503(model_server: Any, tmp_path: Path) -> None:
