@@ -3,7 +3,6 @@ Later services (model server, gateway, monitor, dashboard) are added to :func:`e
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from collections.abc import Callable
@@ -13,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from learning_machine.services import ProcessManager, ServiceSpec, ServiceStatus, is_healthy
-from learning_machine.settings import Settings
+from learning_machine.settings import Settings, settings_env
 
 Progress = Callable[[str], None]
 
@@ -41,11 +40,8 @@ def mlflow_service(settings: Settings) -> ServiceSpec:
 def gateway_service(settings: Settings) -> ServiceSpec:
     """The gateway (`lm gateway`). It rebuilds its settings from the environment, so everything it must
     agree on with this process (database, model server, tracking server, home) is passed explicitly."""
-    env = {f"LM_{name.upper()}": value if isinstance(value, str) else json.dumps(value)
-           for name, value in settings.model_dump(mode="json").items() if value is not None}
-    env.update({"LM_HOME": str(settings.home.resolve()), "LM_DATABASE_URL": settings.database_uri(),
-                "LM_MODEL_SERVER_URL": settings.model_server_base_url(),
-                "LM_MLFLOW_TRACKING_URI": settings.tracking_uri})
+    env = settings_env(settings)
+    env.update({"LM_DATABASE_URL": settings.database_uri(), "LM_MODEL_SERVER_URL": settings.model_server_base_url()})
     command = [_tool("lm"), "gateway", "--host", settings.gateway_host, "--port", str(settings.gateway_port),
                "--log-level", "warning"]
     return ServiceSpec("gateway", command, settings.gateway_url, "/healthz", env=env)

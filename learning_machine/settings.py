@@ -193,6 +193,18 @@ class Settings(BaseSettings):
         return self.tokens_file or self.home / "tokens.json"
 
 
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as ``LM_*`` environment variables, for a child process that must agree with this one
+    (a managed service, or a kfp.local step, which builds its settings from the environment)."""
+    import json
+
+    env = {f"LM_{name.upper()}": value if isinstance(value, str) else json.dumps(value)
+           for name, value in settings.model_dump(mode="json").items() if value is not None}
+    env["LM_HOME"] = str(settings.home.resolve())
+    env["LM_MLFLOW_TRACKING_URI"] = settings.tracking_uri
+    return env
+
+
 def _is_cluster_local(url: str) -> bool:
     host = urlparse(url).hostname or ""
     return host.endswith(".svc") or host.endswith(".svc.cluster.local") or "." not in host

@@ -4,15 +4,17 @@ each step a subprocess of this interpreter, artifacts under ``pipeline_root`` (`
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 from learning_machine.runners.base import PipelineRun, PipelineRunner, Progress, build_pipeline, register_runner
-from learning_machine.settings import Settings
+from learning_machine.settings import Settings, settings_env
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _TASK = re.compile(r"(Executing task|Task) '([\w-]+)'(?: finished with status (\w+))?")
@@ -95,7 +97,7 @@ class LocalRunner(PipelineRunner):
         with open(log_path, "w") as log:
             tap = _Tap(log, progress, sys.__stdout__ if self.echo else None)
             try:
-                with contextlib.redirect_stdout(tap), warnings.catch_warnings():
+                with contextlib.redirect_stdout(tap), warnings.catch_warnings(), _environment(self.settings):
                     # kfp.local warns, per task, that cluster settings and the platform image are not used here.
                     warnings.simplefilter("ignore", UserWarning)
                     warnings.simplefilter("ignore", RuntimeWarning)
@@ -121,6 +123,19 @@ class LocalRunner(PipelineRunner):
         if result.outputs_dir:
             result.extra["artifacts"] = _artifacts(Path(result.outputs_dir))
         return result
+
+
+@contextlib.contextmanager
+def _environment(settings: Settings) -> Iterator[None]:
+    """kfp.local steps are subprocesses that build their settings from the environment (as pods do from
+    the ConfigMap): give them this runner's settings for the run, then restore the environment."""
+    saved = dict(os.environ)
+    os.environ.update(settings_env(settings))
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _artifacts(folder: Path) -> dict[str, list[str]]:

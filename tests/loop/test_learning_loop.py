@@ -1,0 +1,158 @@
+"""The learning loop end to end on real parts: MLflow, MLServer (swapped by the local deployer), the
+gateway as its own process, the retraining pipeline under kfp.local, and the monitor stepping over the
+gateway's feed. Small enough for CI: a few thousand rows."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+from testsupport import free_port
+
+from learning_machine.client import LearningMachineClient
+from learning_machine.data.sources import load_dataset
+from learning_machine.embedded import gateway_service
+from learning_machine.lifecycle import train_and_register
+from learning_machine.loop import LoopService, RetrainViaPipeline
+from learning_machine.model_server import model_server_service, served_names, wait_models_ready
+from learning_machine.policy import Decision
+from learning_machine.services import ProcessManager
+from learning_machine.settings import Settings
+from learning_machine.store.tokens import prepare_for_gateway
+from learning_machine.stream import StreamPlan, generated_records, run_stream
+from learning_machine.tracking import CHAMPION, Tracker
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    tracker: Tracker
+    client: LearningMachineClient
+    service: LoopService
+    first_version: str
+
+    def events(self) -> list[dict[str, Any]]:
+        return list(reversed(self.client.page("/v1/events", limit=500)["items"]))
+
+    def kinds(self) -> list[str]:
+        return [e["kind"] for e in self.events()]
+
+    def stream(self, rows: int, *, seed: int, scenario: str = "none", flip_outcomes: bool = False) -> None:
+        source = generated_records(rows, seed=seed, scenario=scenario, drift_start=0,
+                                   id_prefix=f"{scenario[:4]}{seed}-")
+        if flip_outcomes:
+            source = ((record, None if y is None else 1 - y) for record, y in source)
+        report = run_stream(self.client, source, StreamPlan(rows=rows, batch_size=25, outcome_delay_rows=50))
+        assert report.predicted == rows and report.stopped_by_error is None, report.summary()
+
+
+@pytest.fixture(scope="module")
+def stack(mlflow_sqlite: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    home = tmp_path_factory.mktemp("loop")
+    settings = mlflow_sqlite.model_copy(update={
+        "home": home, "model_name": f"risk-loop-{uuid.uuid4().hex[:8]}", "train_rows": 2000, "seed": 42,
+        "model_server_port": free_port(), "model_server_grpc_port": free_port(),
+        "model_server_metrics_port": free_port(), "model_ref": CHAMPION, "gateway_port": free_port(),
+        "database_url": f"sqlite:///{home / 'lm.db'}", "deployer": "local", "pipeline_runner": "local",
+        "monitor_window_rows": 200, "monitor_performance_rows": 300, "policy_drift_windows": 2,
+        "policy_auc_floor": 0.68, "policy_min_outcomes": 100, "policy_cooldown_s": 0.0,
+        "loop_retrain_rows": 600, "loop_min_retrain_rows": 200, "loop_reference_rows": 1000})
+    tracker = Tracker(settings.tracking_uri)
+    first = train_and_register(settings, tracker, load_dataset("synthetic-cohort", n_rows=2000, seed=42),
+                               promote="if-first")
+    manager = ProcessManager(settings.run_dir)
+    try:
+        server = model_server_service(settings)
+        manager.start(server, timeout_s=300)
+        wait_models_ready(server.url, served_names(settings.model_name), timeout_s=300)
+        prepare_for_gateway(settings)
+        manager.start(gateway_service(settings), timeout_s=120)
+        token = json.loads(settings.tokens_path().read_text())["data-scientist"]
+        client = LearningMachineClient(settings.gateway_url, token, timeout_s=120)
+        service = LoopService(settings, client, tracker=tracker)
+        yield Stack(settings, tracker, client, service, first.version.version)
+        client.close()
+    finally:
+        manager.stop("gateway")
+        manager.stop("model-server")
+
+
+def _auc_by_version(stack: Stack, prefix: str) -> dict[str, float]:
+    """Realised AUC of each model version on the records whose id starts with ``prefix``."""
+    items = [i for i in stack.client.labelled(limit=20000) if i["record_id"].startswith(prefix)]
+    out = {}
+    for version in {i["model_version"] for i in items}:
+        rows = [i for i in items if i["model_version"] == version]
+        y = np.array([i["outcome"] for i in rows])
+        if len(rows) >= 100 and len(set(y)) == 2:
+            out[version] = float(roc_auc_score(y, [i["probability"] for i in rows]))
+    return out
+
+
+def test_the_loop_stays_quiet_on_clean_data_then_heals_itself_after_drift(stack: Stack):
+    # 1. No drift: windows are assessed and stored, nothing fires.
+    stack.stream(400, seed=101)
+    assert stack.service.step() is not None
+    assert not any(k.startswith("retrain") for k in stack.kinds())
+    monitoring = stack.client.page("/v1/monitoring", limit=500)["items"]
+    assert {m["kind"] for m in monitoring} >= {"drift", "quality", "performance"}
+
+    # 2. Concept drift: the realised AUC falls below the floor, the policy fires, the retraining pipeline
+    # runs, gates, registers and promotes, and the model server swaps to the new version.
+    stack.stream(600, seed=102, scenario="concept-drift")
+    decision = stack.service.step()
+    assert decision is not None and decision.retrain, decision
+    assert "performance" in decision.rules
+    kinds = stack.kinds()
+    for kind in ("retrain-fired", "retrain-started", "retrain-finished", "promoted"):
+        assert kind in kinds, kinds
+    champion = stack.tracker.version(stack.settings.model_name, CHAMPION)
+    assert champion.version != stack.first_version
+    promoted = next(e for e in stack.events() if e["kind"] == "promoted")
+    assert promoted["detail"]["to"] == champion.version
+
+    # 3. After the swap, clinicians get the new version, and it predicts the post-drift outcomes better.
+    stack.stream(500, seed=103, scenario="concept-drift")
+    answers = stack.client.labelled(limit=50)
+    assert {a["model_version"] for a in answers} == {champion.version}
+    before = _auc_by_version(stack, "conc102-")[stack.first_version]
+    after = _auc_by_version(stack, "conc103-")[champion.version]
+    assert after > before + 0.03, (before, after)
+
+    # The monitoring run in MLflow holds the window metrics over time.
+    run_id = stack.service.monitor_run_id
+    history = stack.tracker.client.get_metric_history(run_id, "drift.min_p_value")
+    assert len(history) >= 4
+
+
+def test_a_failed_retraining_leaves_the_champion_serving_and_is_recorded(stack: Stack):
+    champion = stack.tracker.version(stack.settings.model_name, CHAMPION).version
+    # The pipeline's steps cannot reach MLflow: the run fails at its first step.
+    broken = stack.settings.model_copy(update={"mlflow_tracking_uri": f"http://127.0.0.1:{free_port()}"})
+    trigger = RetrainViaPipeline(broken, stack.client, stack.service.sink, stack.tracker, stack.service.spec)
+    result = trigger(Decision(True, ("test: tracking server down",), ("manual",)))
+    assert result["state"] in ("FAILED", "ERROR")
+    failed = [e for e in stack.events() if e["kind"] == "retrain-failed"]
+    assert failed and failed[-1]["detail"].get("error")
+    assert stack.tracker.version(stack.settings.model_name, CHAMPION).version == champion
+    stack.stream(30, seed=104)  # still serving
+    assert {a["model_version"] for a in stack.client.labelled(limit=5)} == {champion}
+
+
+def test_a_challenger_that_does_not_beat_the_champion_is_refused(stack: Stack):
+    champion = stack.tracker.version(stack.settings.model_name, CHAMPION).version
+    strict = stack.settings.model_copy(update={"loop_gate_margin": 0.5})  # no model beats another by 0.5 AUC
+    trigger = RetrainViaPipeline(strict, stack.client, stack.service.sink, stack.tracker, stack.service.spec)
+    result = trigger(Decision(True, ("test: strict gate",), ("manual",)))
+    assert result["state"] == "SUCCEEDED" and "promoted" not in result
+    refused = [e for e in stack.events() if e["kind"] == "refused"]
+    assert refused and refused[-1]["detail"]["challenger"] not in (None, champion)
+    assert stack.tracker.version(stack.settings.model_name, CHAMPION).version == champion
