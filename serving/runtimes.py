@@ -17,8 +17,8 @@ Responses carry ``model_version`` = the registered MLflow version that answered.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
+import threading
 from collections import deque
 from typing import Any
 
@@ -152,6 +152,8 @@ class ExplainerRuntime(_Base):
         init = dict(extra.get("init_parameters") or {})
         self._explainer = Explainer(self._served.pipeline, self._served.spec, self._served.reference,
                                     model_version=self._served.version, anchor_options=init)
+        # AnchorTabular keeps sampling state on the instance: one anchors search at a time.
+        self._anchor_lock = threading.Lock()
         # Fit the anchors explainer now (a few seconds), not on the first clinician's request.
         await asyncio.to_thread(self._explainer._anchor_explainer)
         return True
@@ -167,7 +169,7 @@ class ExplainerRuntime(_Base):
         try:
             if method == "anchors":
                 # Anchors takes ~0.1-1 s: off the event loop, so predictions keep flowing meanwhile.
-                explanation = await asyncio.to_thread(self._explainer.explain, columns, method, **options)
+                explanation = await asyncio.to_thread(self._anchors, columns, options)
             else:
                 explanation = self._explainer.explain(columns, method, **options)
         except LearningMachineError as exc:
@@ -177,6 +179,11 @@ class ExplainerRuntime(_Base):
         return self._response(payload, [ResponseOutput(
             name=EXPLANATION_OUTPUT, shape=[1, 1], datatype="BYTES", data=[to_json(explanation)],
             parameters=Parameters(content_type="str"))], {"content_type": "str"})
+
+
+    def _anchors(self, columns: Any, options: dict[str, Any]) -> dict[str, Any]:
+        with self._anchor_lock:
+            return self._explainer.explain(columns, "anchors", **options)
 
 
 class DriftRuntime(_Base):
@@ -230,7 +237,3 @@ def _tensor(name: str, value: Any) -> ResponseOutput:
     if array.dtype.kind in "biu":
         return ResponseOutput(name=name, shape=[len(values)], datatype="INT64", data=array.astype(np.int64).tolist())
     return ResponseOutput(name=name, shape=[len(values)], datatype="FP64", data=array.astype(float).tolist())
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value)
