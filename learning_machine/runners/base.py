@@ -86,7 +86,7 @@ class PipelineRunner(ABC):
             merged = {k: fn(self.settings) for k, fn in SETTINGS_PARAMS.items() if k in declared}
         for key, value in (params or {}).items():
             if key not in declared:
-                raise UnknownNameError(f"parameter of pipeline {pipeline!r}", key, list(declared))
+                raise UnknownNameError(f"{pipeline} parameter", key, list(declared))
             merged[key] = convert(key, value, declared[key])
         return merged
 

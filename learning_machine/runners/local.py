@@ -17,7 +17,8 @@ from learning_machine.runners.base import PipelineRun, PipelineRunner, Progress,
 from learning_machine.settings import Settings, settings_env
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_TASK = re.compile(r"(Executing task|Task) '([\w-]+)'(?: finished with status (\w+))?")
+# kfp.local's own log lines ("12:00:00.000 - INFO - Executing task 'x'"; failures are logged as ERROR).
+_TASK = re.compile(r" - (?:INFO|ERROR|WARNING) - (Executing task|Task) '([\w-]+)'(?: finished with status (\w+))?")
 # The last line of a step's traceback, e.g. "learning_machine.errors.DataQualityError: dataset ... failed".
 _ERROR = re.compile(r"^\s*((?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit)): (.+)$")
 
@@ -50,7 +51,7 @@ class _Tap:
         if found and not found.group(1).startswith(("RuntimeError", "subprocess")):
             self.errors.append(f"{found.group(1).rsplit('.', 1)[-1]}: {found.group(2).strip()}")
         task = _TASK.search(line)
-        if task and "INFO" in line:
+        if task:
             name, status = task.group(2), task.group(3)
             if task.group(1) == "Executing task":
                 self.steps[name] = "RUNNING"

@@ -143,9 +143,9 @@ def finish_pipeline_run(settings: Settings, run_key: str, state: str, error: str
             print(f"no pipeline run tagged {RUN_KEY_TAG}={run_key}: nothing to close")
             return None
         ok = state.upper() in ("SUCCEEDED", "SUCCESS", "FINISHED")
-        tracker.client.set_tag(run_id, "lm.pipeline_state", state)
+        tracker._call("tagging the pipeline run", lambda: tracker.client.set_tag(run_id, "lm.pipeline_state", state))
         if error and not ok:
-            tracker.client.set_tag(run_id, ERROR_TAG, error[:5000])
+            tracker._call("tagging the pipeline run", lambda: tracker.client.set_tag(run_id, ERROR_TAG, error[:5000]))
         tracker.end_run(run_id, "FINISHED" if ok else "FAILED")
         return run_id
     except LearningMachineError as exc:
@@ -190,7 +190,7 @@ def ingest(settings: Settings, source: str, out_dir: str | Path, *, parent_run_i
         tracker.log_params(run_id, {"source": source, "source_uri": uri, "dataset": spec.name, "digest": digest,
                                     **{f"data.{k}": v for k, v in params.items()}})
         tracker.log_metrics(run_id, {"rows": len(frame), "columns": frame.shape[1]})
-        tracker.client.set_tag(run_id, "lm.dataset_digest", digest)
+        tracker._call("tagging the run", lambda: tracker.client.set_tag(run_id, "lm.dataset_digest", digest))
     return IngestResult(digest, len(frame), uri)
 
 
@@ -427,7 +427,7 @@ def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, me
                                      **({f"champion.{k}": v for k, v in champ_eval.flat().items()} if champ_eval
                                         else {}), "candidate_better": float(decision[0])})
         tracker.log_text(run_id, json.dumps(summary, indent=2), "evaluation/comparison.json")
-        tracker.client.set_tag(run_id, "lm.gate", decision[1])
+        tracker._call("tagging the run", lambda: tracker.client.set_tag(run_id, "lm.gate", decision[1]))
     print(decision[1])
     return GateDecision(decision[0], champion_version, metric, cand_value, champ_value, decision[1])
 
@@ -526,8 +526,12 @@ def batch_infer(settings: Settings, data_dir: str | Path, out_path: str | Path, 
                                     "source_uri": data.source_uri})
         tracker.log_metrics(run_id, {"rows": summary["rows"], "positive_rate": summary["positive_rate"],
                                      "mean_probability": summary["mean_probability"]})
-        tracker._call("uploading the predictions", lambda: tracker.client.log_artifact(
-            run_id, str(out_path), "predictions"))
+        with tempfile.TemporaryDirectory() as tmp:
+            # KFP names the output file after the output ("predictions"); MLflow gets a self-describing name.
+            named = Path(tmp) / "predictions.jsonl"
+            named.write_bytes(Path(out_path).read_bytes())
+            tracker._call("uploading the predictions", lambda: tracker.client.log_artifact(
+                run_id, str(named), "predictions"))
     print(f"scored {len(ids):,} records with {settings.model_name} v{info.version}")
     return summary
 

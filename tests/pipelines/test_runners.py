@@ -44,7 +44,7 @@ def test_parameters_come_from_settings_then_the_caller_typed(tmp_path: Path):
     assert params["rows"] == 1500 and params["gate_margin"] == 0.02 and params["source"] == "x.csv"
     # batch inference has no training parameters: only the ones it declares are filled in
     assert "gate_metric" not in runner.parameters("batch_inference")
-    with pytest.raises(UnknownNameError, match="unknown parameter of pipeline 'training' 'row'; valid .*rows"):
+    with pytest.raises(UnknownNameError, match=r"unknown training parameter 'row'; valid training parameters are: .*rows"):
         runner.parameters("training", {"row": "5"})
     with pytest.raises(PipelineError, match="parameter 'rows' must be Integer, got 'many'"):
         runner.parameters("training", {"rows": "many"})
