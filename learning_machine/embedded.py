@@ -47,6 +47,16 @@ def gateway_service(settings: Settings) -> ServiceSpec:
     return ServiceSpec("gateway", command, settings.gateway_url, "/healthz", env=env)
 
 
+def monitor_service(settings: Settings) -> ServiceSpec:
+    """The learning loop's monitor (`lm monitor`). In the embedded setup a promotion is deployed to the
+    managed model server, so the monitor's retraining runs use the ``local`` deployer unless one is set."""
+    env = settings_env(settings)
+    env.update({"LM_DATABASE_URL": settings.database_uri(), "LM_MODEL_SERVER_URL": settings.model_server_base_url()})
+    if settings.deployer == "none" and settings.model_server_managed:
+        env["LM_DEPLOYER"] = "local"
+    return ServiceSpec("monitor", [_tool("lm"), "monitor"], settings.monitor_health_url, "/health", env=env)
+
+
 def gateway_readiness(url: str) -> str:
     """'ready', or why the gateway is alive but not ready (its database or model server), for `lm status`."""
     try:
@@ -70,8 +80,9 @@ def embedded_services(settings: Settings) -> list[ServiceSpec]:
         from learning_machine.model_server import model_server_service
 
         services.append(model_server_service(settings))
-    # The gateway comes after the model server it calls.
+    # The gateway comes after the model server it calls, the monitor after the gateway it reads.
     services.append(gateway_service(settings))
+    services.append(monitor_service(settings))
     return services
 
 

@@ -307,6 +307,8 @@ class Tracker:
             try:
                 model = self.client.get_registered_model(model_name)
             except MlflowException as exc:
+                if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+                    raise  # the server is down or refused: not the same as "no such model"
                 raise ModelNotFoundError(f"no registered model called {model_name!r}") from exc
             versions = self.client.search_model_versions(f"name='{model_name}'")
             return model, versions

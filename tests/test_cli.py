@@ -55,7 +55,9 @@ def test_bad_settings_fail_fast_naming_the_variable():
 @pytest.mark.slow
 def test_up_status_doctor_train_down(tmp_path: Path):
     env = {**os.environ, "LM_HOME": str(tmp_path / ".lm"), "LM_MLFLOW_PORT": str(free_port()),
-           "LM_TRAIN_ROWS": "1000", "LM_MLFLOW_WORKERS": "1"}
+           "LM_TRAIN_ROWS": "1000", "LM_MLFLOW_WORKERS": "1", "LM_GATEWAY_PORT": str(free_port()),
+           "LM_MODEL_SERVER_PORT": str(free_port()), "LM_MODEL_SERVER_GRPC_PORT": str(free_port()),
+           "LM_MODEL_SERVER_METRICS_PORT": str(free_port()), "LM_MONITOR_PORT": str(free_port())}
 
     def lm(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*LM, *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=timeout)
@@ -72,7 +74,15 @@ def test_up_status_doctor_train_down(tmp_path: Path):
         status = lm("status", "--json")
         assert status.returncode == 0, status.stderr
         services = {s["name"]: s for s in json.loads(status.stdout)}
-        assert services["mlflow"]["healthy"] and services["mlflow"]["pid"]
+        assert set(services) == {"mlflow", "model-server", "gateway", "monitor"}
+        assert all(s["healthy"] and s["pid"] for s in services.values()), services
+        assert services["gateway"]["detail"] == "ready"
+
+        # The whole loop runs: records go through the gateway to the served champion; the monitor reads them.
+        streamed = lm("stream", "--rows", "60", "--batch", "20", "--outcome-delay-rows", "20", "--json")
+        assert streamed.returncode == 0, streamed.stderr
+        report = json.loads(streamed.stdout)
+        assert report["predicted"] == 60 and report["model_versions"] == {"1": 60}
 
         doctor = lm("doctor", "--json")
         assert doctor.returncode == 0, doctor.stdout + doctor.stderr
@@ -90,8 +100,9 @@ def test_up_status_doctor_train_down(tmp_path: Path):
     finally:
         down = lm("down")
     assert down.returncode == 0 and "mlflow" in down.stderr
-    pid = services["mlflow"]["pid"]
-    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    for service in services.values():
+        pid = service["pid"]
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
     after = lm("status", "--json")
     assert after.returncode == 3
     assert not json.loads(after.stdout)[0]["healthy"]

@@ -137,6 +137,9 @@ def test_unreachable_server_fails_fast_with_a_clear_error(small_data):
     with pytest.raises(TrackingUnavailableError, match=r"127\.0\.0\.1:9 is unreachable"):
         train_and_register(settings, tracker, small_data)
     assert time.monotonic() - started < 10
+    # A server that is down is not the same as a model that does not exist.
+    with pytest.raises(TrackingUnavailableError):
+        tracker.list_versions("anything")
 
 
 def test_unknown_model_and_version_are_clear(mlflow_sqlite: Settings):

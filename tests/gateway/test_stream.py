@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import RunningGateway, _free_port, gateway_settings, start_gateway
+from gateway_harness import RunningGateway, gateway_settings, start_gateway
+from testsupport import free_port as _free_port
 
 from learning_machine.client import GatewayError, LearningMachineClient
 from learning_machine.stream import StreamPlan, generated_records, run_stream
