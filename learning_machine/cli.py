@@ -268,8 +268,12 @@ def models_promote(ctx: typer.Context, version: Annotated[str, typer.Argument(he
                    reason: Annotated[str, typer.Option(help="Why (recorded on the version).")] = "manual") -> None:
     """Make a version the champion (the one that serves)."""
     settings = _settings(ctx)
-    info = _tracker(settings).promote(settings.model_name, version, reason=reason)
+    tracker = _tracker(settings)
+    before = tracker.alias_version(settings.model_name, "champion")
+    info = tracker.promote(settings.model_name, version, reason=reason)
     console.print(f"{settings.model_name} v{info.version} is now the champion")
+    _serve_and_record(settings, info.version, "promoted", {"from": before.version if before else None,
+                                                            "to": info.version, "reason": reason, "by": "lm"})
 
 
 @models_app.command("rollback")
@@ -279,6 +283,30 @@ def models_rollback(ctx: typer.Context, to: Annotated[str | None, typer.Option(
     settings = _settings(ctx)
     old, new = _tracker(settings).rollback(settings.model_name, to)
     console.print(f"{settings.model_name}: champion rolled back from v{old.version} to v{new.version}")
+    _serve_and_record(settings, new.version, "rolled-back", {"from": old.version, "to": new.version, "by": "lm"})
+
+
+def _serve_and_record(settings: Settings, version: str, event: str, detail: dict[str, Any]) -> None:
+    """After the champion alias moved: serve that version (through the deployer) and record the event in
+    the gateway's event log. Either may be unavailable; the registry change stands and we say so."""
+    from learning_machine.client import LearningMachineClient
+    from learning_machine.deployers import get_deployer
+    from learning_machine.embedded import effective_deployer
+    from learning_machine.services import is_healthy
+
+    deployer_name = effective_deployer(settings)
+    if deployer_name == "local" and not is_healthy(f"{settings.model_server_base_url()}/v2/health/live"):
+        _say("the local model server is not running; it serves the champion when it next starts")
+    else:
+        result = get_deployer(settings, deployer_name).deploy(settings.model_name, version)
+        _say(result.detail)
+        detail = {**detail, "deployed": result.as_dict()}
+    token = _token(settings, None, role="admin") or _token(settings, None)
+    try:
+        with LearningMachineClient(settings.gateway_url, token, timeout_s=settings.request_timeout_s) as client:
+            client.post_event(event, detail, version)
+    except LearningMachineError as exc:
+        _say(f"[yellow]event not recorded[/yellow] ({exc.message})")
 
 
 # -- the data source ---------------------------------------------------------------------------------

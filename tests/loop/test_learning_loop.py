@@ -156,3 +156,26 @@ def test_a_challenger_that_does_not_beat_the_champion_is_refused(stack: Stack):
     refused = [e for e in stack.events() if e["kind"] == "refused"]
     assert refused and refused[-1]["detail"]["challenger"] not in (None, champion)
     assert stack.tracker.version(stack.settings.model_name, CHAMPION).version == champion
+
+
+def test_rollback_is_one_command_that_serves_the_previous_version_again(stack: Stack):
+    import os
+    import subprocess
+    import sys
+
+    from learning_machine.settings import settings_env
+
+    champion = stack.tracker.version(stack.settings.model_name, CHAMPION)
+    previous = champion.tags.get("lm.previous_champion")
+    assert previous, "the healing test promoted a version that replaced the first champion"
+    env = {**os.environ, **settings_env(stack.settings),
+           "LM_DATABASE_URL": stack.settings.database_uri(), "LM_MODEL_SERVER_URL": stack.settings.model_server_base_url()}
+    proc = subprocess.run([sys.executable, "-m", "learning_machine", "models", "rollback"], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert f"rolled back from v{champion.version} to v{previous}" in proc.stderr
+    assert stack.tracker.version(stack.settings.model_name, CHAMPION).version == previous
+    stack.stream(30, seed=105)
+    assert {a["model_version"] for a in stack.client.labelled(limit=5)} == {previous}  # served again at once
+    rolled = [e for e in stack.events() if e["kind"] == "rolled-back"]
+    assert rolled and rolled[-1]["detail"]["to"] == previous and rolled[-1]["detail"]["deployed"]["changed"]
