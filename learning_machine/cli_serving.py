@@ -35,6 +35,7 @@ def serve(ctx: typer.Context,
         model_server_service,
         ports_of,
         served_names,
+        version_exists,
         wait_models_ready,
         write_repository_for,
     )
@@ -51,10 +52,14 @@ def serve(ctx: typer.Context,
                                                progress=console.print)
         wait_models_ready(url, names, timeout_s=settings.startup_timeout_s, progress=console.print)
         return
-    root = write_repository_for(settings)
+    loadable = version_exists(settings)
+    root = write_repository_for(settings, load_at_startup=loadable)
     console.print(f"model server on {url} serving {', '.join(names)} "
                   f"(models:/{settings.model_name}@{settings.model_ref} from {settings.tracking_uri}); "
                   f"repository {root}")
+    if not loadable:
+        console.print(f"{settings.model_name}@{settings.model_ref} is not in the registry at {settings.tracking_uri} "
+                      "yet: starting with no models; `lm up` loads them once a champion exists (or `lm deploy`)")
     import os
 
     proc = subprocess.Popen(mlserver_command(root), env={**os.environ, **mlserver_env(settings.tracking_uri)})

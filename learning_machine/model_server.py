@@ -93,14 +93,17 @@ def model_settings(model_name: str, ref: str, tracking_uri: str, *, infer_uri: s
 
 
 def write_repository(root: Path, *, model_name: str, ref: str, tracking_uri: str, ports: ServerPorts,
-                     drift_detector: str = "TabularDrift", drift_p_val: float = 0.05) -> Path:
-    """Write an MLServer model repository: ``settings.json`` and one folder per served model."""
+                     drift_detector: str = "TabularDrift", drift_p_val: float = 0.05,
+                     load_at_startup: bool = True) -> Path:
+    """Write an MLServer model repository: ``settings.json`` and one folder per served model.
+    ``load_at_startup=False`` starts the server empty (MLServer 1.7 exits when a model fails to load at
+    startup, e.g. before the first champion exists); the models are then loaded through the repository API."""
     root.mkdir(parents=True, exist_ok=True)
     server = {
         "host": ports.host, "http_port": ports.http, "grpc_port": ports.grpc, "metrics_port": ports.metrics,
         # 0: inference in the main process. Workers (>= 1) crash with uvloop 0.23 (MLServer#2286), and the
         # runtimes are a millisecond per row: a worker pool would mostly add IPC.
-        "parallel_workers": 0, "load_models_at_startup": True, "debug": False,
+        "parallel_workers": 0, "load_models_at_startup": load_at_startup, "debug": False,
         "model_repository_root": str(root.resolve()),
     }
     (root / "settings.json").write_text(json.dumps(server, indent=2))
@@ -146,11 +149,25 @@ def ports_of(settings: Settings) -> ServerPorts:
                        settings.model_server_metrics_port)
 
 
-def write_repository_for(settings: Settings) -> Path:
+def write_repository_for(settings: Settings, *, load_at_startup: bool = True) -> Path:
     """The repository of the managed model server, written from the settings."""
     return write_repository(repository_dir(settings), model_name=settings.model_name, ref=settings.model_ref,
                             tracking_uri=settings.tracking_uri, ports=ports_of(settings),
-                            drift_detector=settings.drift_detector, drift_p_val=settings.drift_p_val)
+                            drift_detector=settings.drift_detector, drift_p_val=settings.drift_p_val,
+                            load_at_startup=load_at_startup)
+
+
+def version_exists(settings: Settings) -> bool:
+    """True when ``model_ref`` of ``model_name`` resolves in the registry now."""
+    from learning_machine.errors import LearningMachineError
+    from learning_machine.tracking import Tracker
+
+    try:
+        Tracker(settings.tracking_uri, timeout_s=settings.request_timeout_s).version(settings.model_name,
+                                                                                     settings.model_ref)
+    except LearningMachineError:
+        return False
+    return True
 
 
 def model_server_service(settings: Settings) -> ServiceSpec:

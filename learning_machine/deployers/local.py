@@ -69,7 +69,10 @@ class LocalDeployer(ModelDeployer):
 
 
 def _served_version(client: ModelServerClient, model_name: str) -> str | None:
-    versions = client.metadata(model_name).get("versions") or []
+    try:
+        versions = client.metadata(model_name).get("versions") or []
+    except ModelNotFoundError:
+        return None  # not loaded (a server started before the first champion existed)
     return str(versions[0]) if versions else None
 
 
