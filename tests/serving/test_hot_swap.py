@@ -65,3 +65,40 @@ def test_promotion_swaps_versions_with_zero_failed_requests(model_server):
     # Put the session's server back on the first version for the tests that follow.
     tracker.rollback(settings.model_name, first)
     get_deployer(settings).deploy(settings.model_name, first)
+
+
+@pytest.mark.slow
+def test_a_server_started_before_the_first_model_serves_it_once_deployed(model_server, tmp_path):
+    """`lm up` starts the model server before training the first champion: it must start empty (MLServer
+    exits when a model fails to load at startup) and load the models when the version is deployed."""
+    import socket
+    import uuid
+
+    from learning_machine.model_server import model_server_service, served_names
+    from learning_machine.services import ProcessManager
+
+    def port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    settings = model_server.settings.model_copy(update={
+        "home": tmp_path, "model_name": f"risk-late-{uuid.uuid4().hex[:6]}", "deployer": "local",
+        "model_server_port": port(), "model_server_grpc_port": port(), "model_server_metrics_port": port()})
+    service = model_server_service(settings)
+    manager = ProcessManager(settings.run_dir)
+    manager.start(service, timeout_s=300)
+    try:
+        with ModelServerClient(service.url) as client:
+            assert client.ready() and not client.model_ready(settings.model_name)
+            data = load_dataset("synthetic-cohort", n_rows=600, seed=8)
+            outcome = train_and_register(settings, Tracker(settings.tracking_uri), data,
+                                         kind="logistic-regression", promote="if-first")
+            result = get_deployer(settings).deploy(settings.model_name, outcome.version.version)
+            assert result.changed
+            assert all(client.model_ready(name) for name in served_names(settings.model_name))
+            record = {k: v for k, v in data.frame.dropna().iloc[0].to_dict().items() if k != "outcome"}
+            [prediction] = client.predict(settings.model_name, data.spec, [record])
+            assert prediction.model_version == outcome.version.version
+    finally:
+        manager.stop("model-server")
