@@ -156,9 +156,18 @@ def bench_serving(quick: bool, progress: Progress) -> Section:
     return section
 
 
+def bench_loop(quick: bool, progress: Progress) -> Section:
+    """Detection delay, false alarms, the CUSUM bound and recovery AUC per drift scenario."""
+    from learning_machine import bench_loop as loop
+
+    section: Section = loop.bench_loop(quick, progress)
+    return section
+
+
 SECTIONS: dict[str, Callable[[bool, Progress], Section]] = {"training": bench_training,
                                                              "pipelines": bench_pipelines,
-                                                             "serving": bench_serving}
+                                                             "serving": bench_serving,
+                                                             "loop": bench_loop}
 
 
 def run_benchmarks(out_dir: Path, *, quick: bool = False, only: list[str] | None = None,

@@ -421,11 +421,17 @@ def monitor(
 # -- benchmarks --------------------------------------------------------------------------------------
 @app.command()
 def bench(quick: Annotated[bool, typer.Option(help="Smaller sizes, finishes in minutes.")] = False,
-          out_dir: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("bench-results")) -> None:
+          out_dir: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("bench-results"),
+          section: Annotated[list[str] | None, typer.Option(help="Only these sections (repeatable): training, "
+                                                                 "pipelines, serving, loop.")] = None) -> None:
     """Run the benchmarks and write a Markdown report with the raw JSON."""
-    from learning_machine.bench import run_benchmarks
+    from learning_machine.bench import SECTIONS, run_benchmarks
+    from learning_machine.errors import UnknownNameError
 
-    report = run_benchmarks(out_dir, quick=quick, progress=_say)
+    for name in section or []:
+        if name not in SECTIONS:
+            raise UnknownNameError("benchmark section", name, list(SECTIONS))
+    report = run_benchmarks(out_dir, quick=quick, only=section, progress=_say)
     console.print(f"report: {report}")
 
 
