@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from testsupport import free_port, wait_http
+from testsupport import free_port, fresh_postgres_database, wait_http
 
 from learning_machine.data.spec import DatasetSpec
 from learning_machine.embedded import mlflow_service
@@ -20,7 +20,6 @@ from learning_machine.services import ProcessManager
 from learning_machine.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-PG_ADMIN_URL = os.environ.get("LM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 # Fail fast against a server that is down instead of MLflow's minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -48,20 +47,8 @@ def mlflow_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[str]:
     """A fresh database on the local PostgreSQL server, dropped at the end."""
-    import psycopg
-
-    name = f"lm_test_{uuid.uuid4().hex[:10]}"
-    try:
-        conn = psycopg.connect(PG_ADMIN_URL, connect_timeout=5, autocommit=True)
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} (start it; .ci/run does): {exc}")
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_URL.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
-    with conn.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    conn.close()
+    with fresh_postgres_database("lm_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

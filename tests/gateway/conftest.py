@@ -3,8 +3,6 @@ PostgreSQL, and one whose model server is down. The helpers live in ``gateway_ha
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,29 +15,18 @@ from gateway_harness import (  # re-exported for modules that import them from h
     make_records,
     start_gateway,
 )
+from testsupport import fresh_postgres_database
 
 _free_port = free_port
 __all__ = ["RunningGateway", "_free_port", "gateway_settings", "make_records", "start_gateway"]
 
-PG_ADMIN_URL = os.environ.get("LM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 @pytest.fixture(scope="session")
 def gateway_postgres_url() -> Iterator[str]:
     """An empty database of the gateway's own on the local PostgreSQL, dropped at the end."""
-    import psycopg
-
-    name = f"lm_gateway_{uuid.uuid4().hex[:10]}"
-    try:
-        conn = psycopg.connect(PG_ADMIN_URL, connect_timeout=5, autocommit=True)
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    with conn.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    conn.close()
+    with fresh_postgres_database("lm_gateway") as url:
+        yield url
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])

@@ -5,7 +5,6 @@ outcomes, hashed tokens. (Fixtures live here, not in a conftest.py: test modules
 from __future__ import annotations
 
 import json
-import os
 import stat
 import uuid
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect, select
+from testsupport import fresh_postgres_database
 
 from learning_machine.errors import AuthenticationError, ConflictError, NotFoundError, UnknownNameError
 from learning_machine.settings import Settings, load_settings
@@ -21,25 +21,12 @@ from learning_machine.store.db import current_revision, normalise_url
 from learning_machine.store.models import ApiToken
 from learning_machine.store.tokens import ROLES, authenticate, create_token, ensure_default_tokens, revoke_token
 
-PG_ADMIN_URL = os.environ.get("LM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-
 
 @pytest.fixture(scope="module")
 def fresh_postgres_url() -> Iterator[str]:
     """An empty database of its own (not the session one MLflow's tests share), dropped at the end."""
-    import psycopg
-
-    name = f"lm_store_{uuid.uuid4().hex[:10]}"
-    try:
-        conn = psycopg.connect(PG_ADMIN_URL, connect_timeout=5, autocommit=True)
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    with conn.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    conn.close()
+    with fresh_postgres_database("lm_store") as url:
+        yield url
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
