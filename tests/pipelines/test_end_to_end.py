@@ -1,0 +1,178 @@
+"""The pipelines end to end with kfp.local (each step a subprocess) against a real `mlflow server`.
+
+One model per module: training makes v1 the champion; retraining on drifted data is better and is promoted;
+retraining on shuffled labels with absurd parameters is worse and is refused; batch inference scores with a
+chosen version; bad data and a tracking server that is down fail the run and leave the champion alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from learning_machine.data.sources import load_dataset
+from learning_machine.errors import PipelineError
+from learning_machine.runners.base import PipelineRun
+from learning_machine.runners.local import LocalRunner
+from learning_machine.settings import Settings
+from learning_machine.tracking import CHALLENGER, CHAMPION, PREVIOUS_TAG, Tracker
+
+pytestmark = pytest.mark.slow
+
+SPEC = Path(__file__).resolve().parents[2] / "learning_machine" / "data" / "specs" / "synthetic-cohort.yaml"
+STEPS = ["open-pipeline-run", "ingest", "validate", "preprocess", "train", "evaluate", "register", "promote",
+         "deploy", "close-pipeline-run"]
+
+
+@pytest.fixture(scope="module")
+def settings(mlflow_sqlite: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return mlflow_sqlite.model_copy(update={"model_name": f"pipe-{uuid.uuid4().hex[:8]}",
+                                            "home": tmp_path_factory.mktemp("lm-home"), "train_rows": 1500})
+
+
+@pytest.fixture(scope="module")
+def tracker(settings: Settings) -> Tracker:
+    return Tracker(settings.tracking_uri)
+
+
+@pytest.fixture(scope="module")
+def trained(settings: Settings) -> PipelineRun:
+    """The training pipeline once, on 1,500 generated rows: the module's first model."""
+    return LocalRunner(settings).run("training", {"rows": 1500, "seed": 42})
+
+
+def _children(tracker: Tracker, settings: Settings, parent: str) -> dict[str, object]:
+    exp = tracker.experiment_id(settings.experiment_name)
+    runs = tracker.client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    return {r.data.tags["lm.step"]: r for r in runs}
+
+
+def test_training_pipeline_logs_nested_runs_registers_and_promotes_the_first_model(trained, settings, tracker):
+    assert trained.succeeded, trained.error
+    assert list(trained.steps) == STEPS and set(trained.steps.values()) == {"SUCCEEDED"}
+    versions = tracker.list_versions(settings.model_name)
+    assert [(v.version, v.aliases) for v in versions] == [("1", [CHAMPION])]
+    assert versions[0].tags["lm.pipeline_run"] == trained.parent_run_id
+    assert 0.6 < versions[0].metrics["auc"] <= 1.0
+
+    parent = tracker.client.get_run(trained.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["lm.pipeline"] == "training"
+    assert trained.mlflow_url.endswith(f"/runs/{trained.parent_run_id}")
+    children = _children(tracker, settings, trained.parent_run_id)
+    assert set(children) == {"ingest", "validate", "preprocess", "train", "evaluate", "register", "promote",
+                             "deploy"}
+    assert all(r.info.status == "FINISHED" for r in children.values())
+    assert children["train"].data.params["train_rows"] == "1125"
+    assert "candidate.auc.sex.female" in children["evaluate"].data.metrics  # subgroup metrics
+    assert children["deploy"].data.params["deployer"] == "none"
+
+    outputs = Path(trained.outputs_dir)
+    report = json.loads((outputs / "validate" / "report").read_text())
+    assert report["passed"] and report["n_rows"] == 1500
+    assert (outputs / "preprocess" / "clean" / "features.csv").read_text().count("\n") == 1501
+    comparison = json.loads((outputs / "evaluate" / "comparison").read_text())
+    assert comparison["gate"]["candidate_better"] and comparison["champion"] is None
+    assert set(comparison["candidate"]["subgroups"]) == {"sex", "age_band"}
+
+
+def test_retraining_promotes_a_better_candidate(trained, settings, tracker):
+    assert trained.succeeded
+    champion = tracker.version(settings.model_name, CHAMPION)
+    # New data from a new treatment era: the champion's risk function is out of date there.
+    run = LocalRunner(settings).run("retraining", {"rows": 1500, "seed": 43, "scenario": "concept-drift",
+                                                   "reference_source": ""}).raise_for_state()
+    comparison = json.loads((Path(run.outputs_dir) / "evaluate" / "comparison").read_text())
+    assert comparison["gate"]["candidate_better"], comparison["gate"]
+    assert comparison["candidate"]["metrics"]["auc"] > comparison["champion"]["metrics"]["auc"]
+    assert comparison["champion_version"] == champion.version
+    new = tracker.version(settings.model_name, CHAMPION)
+    assert int(new.version) > int(champion.version)
+    assert new.tags[PREVIOUS_TAG] == champion.version and new.tags["lm.continued_from"] == champion.version
+    assert "promote" in run.steps and "deploy" in run.steps
+
+
+def test_retraining_refuses_a_worse_candidate(trained, settings, tracker, tmp_path):
+    assert trained.succeeded
+    champion = tracker.version(settings.model_name, CHAMPION)
+    # Worse on purpose: old data with shuffled outcomes and absurd parameters (big steps, deep trees).
+    noise = load_dataset("synthetic-cohort", n_rows=3000, seed=44).frame
+    noise["outcome"] = np.random.default_rng(0).permutation(noise["outcome"].to_numpy())
+    noise.to_csv(tmp_path / "shuffled.csv", index=False)
+    # New data from the same era as the better test's, so the champion is strong on it whichever ran first.
+    run = LocalRunner(settings).run("retraining", {
+        "rows": 1500, "seed": 45, "scenario": "concept-drift", "reference_source": str(tmp_path / "shuffled.csv"), "spec_path": str(SPEC),
+        "model_params": json.dumps({"learning_rate": 1.0, "max_depth": 8, "continue_estimators": 100}),
+    }).raise_for_state()
+    comparison = json.loads((Path(run.outputs_dir) / "evaluate" / "comparison").read_text())
+    assert not comparison["gate"]["candidate_better"]
+    assert comparison["candidate"]["metrics"]["auc"] < comparison["champion"]["metrics"]["auc"]
+    assert "champion kept" in comparison["gate"]["reason"]
+    assert "promote" not in run.steps and "deploy" not in run.steps
+    assert tracker.version(settings.model_name, CHAMPION).version == champion.version
+    refused = tracker.version(settings.model_name, CHALLENGER)  # registered, waiting, not serving
+    assert int(refused.version) > int(champion.version) and "champion kept" in refused.tags["lm.gate"]
+
+
+def test_batch_inference_from_the_command_line_writes_json_lines(trained, settings, tracker, tmp_path):
+    assert trained.succeeded
+    records = load_dataset("synthetic-cohort", n_rows=300, seed=9).frame.drop(columns=["outcome"])
+    records.to_csv(tmp_path / "records.csv", index=False)
+    env = {**os.environ, "LM_HOME": str(settings.home), "LM_MLFLOW_TRACKING_URI": settings.tracking_uri,
+           "LM_MODEL_NAME": settings.model_name}
+    proc = subprocess.run([sys.executable, "-m", "learning_machine", "pipelines", "run", "batch_inference",
+                           "-p", f"source={tmp_path / 'records.csv'}", "-p", f"spec_path={SPEC}",
+                           "-p", "model_ref=1", "--json"], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step batch-infer: success" in proc.stderr and "MLflow parent run" in proc.stderr
+    run = json.loads(proc.stdout[proc.stdout.index("{"):])
+    lines = (Path(run["outputs_dir"]) / "batch-infer" / "predictions").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert len(rows) == 300
+    assert set(rows[0]) == {"time", "record_id", "prediction", "probability", "model_version"}
+    assert [r["record_id"] for r in rows] == records["record_id"].astype(str).tolist()
+    assert {r["model_version"] for r in rows} == {"1"}
+    assert all(0 <= r["probability"] <= 1 and r["prediction"] == int(r["probability"] >= 0.5) for r in rows)
+    children = _children(tracker, settings, run["parent_run_id"])
+    assert children["batch_infer"].data.metrics["rows"] == 300
+    logged = tracker.client.list_artifacts(children["batch_infer"].info.run_id, "predictions")
+    assert [f.path for f in logged] == ["predictions/predictions.jsonl"]
+
+
+def test_bad_data_fails_the_run_at_validation_and_leaves_the_champion(trained, settings, tracker, tmp_path):
+    assert trained.succeeded
+    before = tracker.list_versions(settings.model_name)
+    frame = load_dataset("synthetic-cohort", n_rows=500, seed=11).frame
+    frame.loc[:99, "age"] = 250  # 20 % of ages impossible: ~2 % of all feature cells
+    frame.to_csv(tmp_path / "bad.csv", index=False)
+    run = LocalRunner(settings).run("training", {"source": str(tmp_path / "bad.csv"), "spec_path": str(SPEC)})
+    assert run.state == "FAILED"
+    assert run.error.startswith("DataQualityError: dataset 'synthetic-cohort' failed validation")
+    assert "age (100)" in run.error
+    assert run.steps["validate"] == "FAILED" and "train" not in run.steps
+    with pytest.raises(PipelineError, match="pipeline 'training' failed: DataQualityError"):
+        run.raise_for_state()
+    assert [(v.version, v.aliases) for v in tracker.list_versions(settings.model_name)] == [
+        (v.version, v.aliases) for v in before]
+    assert tracker.client.get_run(run.parent_run_id).info.status == "FAILED"
+    validate = _children(tracker, settings, run.parent_run_id)["validate"]
+    assert validate.info.status == "FAILED" and "failed validation" in validate.data.tags["lm.error"]
+
+
+def test_tracking_server_down_fails_fast_with_a_clear_message(trained, settings, tracker):
+    assert trained.succeeded
+    champion = tracker.version(settings.model_name, CHAMPION)
+    down = settings.model_copy(update={"mlflow_tracking_uri": "http://127.0.0.1:9"})
+    started = time.monotonic()
+    run = LocalRunner(down).run("training", {"rows": 500})
+    assert run.state == "FAILED"
+    assert "MLflow tracking server at http://127.0.0.1:9 is unreachable" in run.error
+    assert run.steps["open-pipeline-run"] == "FAILED" and "ingest" not in run.steps
+    assert time.monotonic() - started < 120
+    assert tracker.version(settings.model_name, CHAMPION).version == champion.version
