@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -55,7 +56,10 @@ def _quiet_mlflow(settings: Settings) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # MLflow prints run links to stdout, which would break `--json` output; we print our own.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # read when mlflow is imported, later
     logging.getLogger("mlflow").setLevel(logging.ERROR)
+    # MLflow's hint about integer columns in a signature: ours are floats; the hint only confuses users.
+    warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
 
 
 def _say(message: str) -> None:
@@ -78,11 +82,13 @@ def up(ctx: typer.Context,
     from learning_machine.embedded import start_all
 
     settings = _settings(ctx)
-    report = start_all(settings, progress=_say)
+    start_all(settings, progress=_say)
     if train:
         _ensure_champion(settings)
         ensure_serving(settings)  # the model server could not load a model that did not exist yet
-    _print_status(report.statuses)
+    from learning_machine.embedded import statuses
+
+    _print_status(statuses(settings))  # after the models loaded: the gateway is ready now
     console.print(f"State and logs: {settings.home.resolve()}   Stop everything with: lm down")
 
 
