@@ -23,7 +23,7 @@ import httpx
 
 from learning_machine.errors import ModelNotFoundError, ServiceStartError, ServiceUnavailableError
 from learning_machine.services import ServiceSpec
-from learning_machine.settings import Settings
+from learning_machine.settings import Settings, settings_env
 from learning_machine.v2 import drift_name, explainer_name
 
 RUNTIMES = "learning_machine.serving.runtimes"
@@ -177,9 +177,7 @@ def model_server_service(settings: Settings) -> ServiceSpec:
     (`lm up` loads them after training; ``wait_models_ready`` waits for them)."""
     from learning_machine.embedded import _tool
 
-    env = {f"LM_{name.upper()}": value if isinstance(value, str) else json.dumps(value)
-           for name, value in settings.model_dump(mode="json").items() if value is not None}
-    env.update({"LM_HOME": str(settings.home.resolve()), "LM_MLFLOW_TRACKING_URI": settings.tracking_uri})
+    env = settings_env(settings)
     command = [_tool("lm"), "serve", "--ref", settings.model_ref, "--port", str(settings.model_server_port)]
     return ServiceSpec("model-server", command, ports_of(settings).url, "/v2/health/live", env=env)
 
