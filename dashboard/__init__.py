@@ -1,1 +1,2 @@
-"""dashboard."""
+"""The Streamlit dashboard: `app.py` (the pages) over `views.py` (the logic, plain functions of a gateway
+client). Installed as ``learning_machine.dashboard`` (a symlink)."""

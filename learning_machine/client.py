@@ -80,6 +80,24 @@ class LearningMachineClient:
     def models(self) -> Any:
         return self._call("GET", "/v1/models")
 
+    def whoami(self) -> dict[str, Any]:
+        """The token's name and role."""
+        return dict(self._call("GET", "/v1/whoami"))
+
+    def model_card(self, version: str = "champion") -> dict[str, Any]:
+        """Model facts of a version: training data, metrics overall and per subgroup, reference ranges."""
+        return dict(self._call("GET", "/v1/model-card", params={"version": version}))
+
+    # -- the admin's side --------------------------------------------------------------------------
+    def promote(self, version: str, reason: str = "manual") -> dict[str, Any]:
+        return dict(self._call("POST", "/v1/models/promote", json={"version": version, "reason": reason}))
+
+    def rollback(self, to_version: str | None = None) -> dict[str, Any]:
+        return dict(self._call("POST", "/v1/models/rollback", json={"to_version": to_version}))
+
+    def request_retraining(self, reason: str = "manual") -> dict[str, Any]:
+        return dict(self._call("POST", "/v1/retrain", json={"reason": reason}))
+
     # -- the monitor's side ------------------------------------------------------------------------
     def feed(self, after_id: int = 0, limit: int = 1000) -> dict[str, Any]:
         """Predictions after ``after_id`` in arrival order, with features and outcomes."""

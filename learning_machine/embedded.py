@@ -64,6 +64,19 @@ def monitor_service(settings: Settings) -> ServiceSpec:
     return ServiceSpec("monitor", [_tool("lm"), "monitor"], settings.monitor_health_url, "/health", env=env)
 
 
+def dashboard_service(settings: Settings) -> ServiceSpec:
+    """The Streamlit dashboard; it talks only to the gateway (at ``dashboard_gateway_url`` or the gateway's
+    address) and prefills the data-scientist token `lm up` wrote."""
+    app = Path(__file__).resolve().parent / "dashboard" / "app.py"
+    env = settings_env(settings)
+    env["LM_DASHBOARD_GATEWAY_URL"] = settings.dashboard_gateway_url or settings.gateway_url
+    env["LM_TOKENS_FILE"] = str(settings.tokens_path().resolve())
+    command = [_tool("streamlit"), "run", str(app), "--server.port", str(settings.dashboard_port),
+               "--server.headless", "true", "--server.address", settings.dashboard_host,
+               "--browser.gatherUsageStats", "false"]
+    return ServiceSpec("dashboard", command, settings.dashboard_url, "/_stcore/health", env=env)
+
+
 def gateway_readiness(url: str) -> str:
     """'ready', or why the gateway is alive but not ready (its database or model server), for `lm status`."""
     try:
@@ -90,6 +103,7 @@ def embedded_services(settings: Settings) -> list[ServiceSpec]:
     # The gateway comes after the model server it calls, the monitor after the gateway it reads.
     services.append(gateway_service(settings))
     services.append(monitor_service(settings))
+    services.append(dashboard_service(settings))
     return services
 
 

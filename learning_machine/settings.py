@@ -121,6 +121,15 @@ class Settings(BaseSettings):
     tokens_file: Path | None = Field(
         None, description="Where `lm up` writes the first API tokens, one per role (default: `home`/tokens.json).")
 
+    # -- dashboard ---------------------------------------------------------------------------------
+    dashboard_host: str = Field("127.0.0.1", description="Interface the dashboard (Streamlit) binds to.")
+    dashboard_port: int = Field(8501, ge=1, le=65535, description="Port of the dashboard.")
+    dashboard_gateway_url: str | None = Field(
+        None, description="Gateway URL the dashboard calls (default: the gateway's host and port; in Kubernetes "
+        "the gateway Service).")
+    dashboard_mlflow_url: str | None = Field(
+        None, description="MLflow UI URL the dashboard links to, as a browser reaches it (default: the tracking URI).")
+
     @model_validator(mode="after")
     def _fail_fast(self) -> Settings:
         if self.mlflow_tracking_uri is not None:
@@ -184,6 +193,10 @@ class Settings(BaseSettings):
     @property
     def gateway_url(self) -> str:
         return f"http://{self.gateway_host}:{self.gateway_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{self.dashboard_host}:{self.dashboard_port}"
 
     def model_server_base_url(self) -> str:
         """The model server the gateway calls: ``model_server_url``, else the managed MLServer."""

@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from learning_machine.data.sources import spec_for
-from learning_machine.gateway import monitor_routes, problems, service
+from learning_machine.gateway import admin_routes, monitor_routes, problems, service
 from learning_machine.gateway.edge import EdgeMiddleware, Metrics
 from learning_machine.gateway.routes import router
 from learning_machine.gateway.service import GatewayContext
@@ -54,6 +54,7 @@ def create_app(settings: Settings, *, context: GatewayContext | None = None) -> 
     problems.install(app)
     app.include_router(router)
     app.include_router(monitor_routes.router)
+    app.include_router(admin_routes.router)  # whoami, model card, promote / roll back / retrain
     app.add_middleware(EdgeMiddleware, metrics=ctx.metrics, max_body_bytes=settings.max_request_bytes)
 
     @app.get("/healthz", tags=["operations"], summary="The process is alive")

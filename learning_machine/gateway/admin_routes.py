@@ -1,0 +1,180 @@
+"""Routes the dashboard needs beyond the history: who am I (`GET /v1/whoami`), the serving version's
+model facts (`GET /v1/model-card`), and the admin's lifecycle actions (promote, roll back, request a
+retraining). Thin adapters: the registry work is :class:`learning_machine.tracking.Tracker`'s, serving
+is the deployer's, and every action is recorded as an event."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from learning_machine.errors import LearningMachineError, ServiceUnavailableError
+from learning_machine.gateway.auth import ADMINISTRATION, CLINICAL, require
+from learning_machine.gateway.routes import Ctx
+from learning_machine.gateway.service import GatewayContext
+from learning_machine.store import repository
+from learning_machine.store.tokens import Principal
+
+router = APIRouter(prefix="/v1")
+
+Clinical = Annotated[Principal, Depends(require(CLINICAL))]
+Admin = Annotated[Principal, Depends(require(ADMINISTRATION))]
+
+# Model facts per version: a registered version never changes, so its card is read from MLflow once.
+_cards: dict[tuple[str, str, str], dict[str, Any]] = {}
+_cards_lock = threading.Lock()
+
+
+class PromoteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(min_length=1, max_length=64, description="Version number or alias (challenger).")
+    reason: str = Field("manual (dashboard)", max_length=500)
+
+
+class RollbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    to_version: str | None = Field(None, max_length=64, description="Default: the version the champion replaced.")
+
+
+class RetrainIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field("manual (dashboard)", max_length=500)
+
+
+@router.get("/whoami", tags=["operations"], summary="The calling token's name and role")
+def whoami(request: Request, _: Clinical) -> Any:
+    principal: Principal = request.state.principal
+    return {"name": principal.name, "role": principal.role}
+
+
+@router.get("/model-card", tags=["models"], summary="Model facts of a version (default: the champion)")
+def model_card(c: Ctx, _: Clinical,
+               version: Annotated[str, Query(max_length=64, description="Number or alias.")] = "champion") -> Any:
+    tracker = c.tracker()
+    tracker.health()
+    info = tracker.version(c.model_name, version)
+    key = (c.settings.tracking_uri, c.model_name, info.version)
+    with _cards_lock:
+        cached = _cards.get(key)
+    if cached is None:
+        cached = _build_card(c, info)
+        with _cards_lock:
+            _cards[key] = cached
+    current = tracker.version(c.model_name, info.version)  # aliases move; the rest of the card does not
+    return {**cached, "aliases": current.aliases}
+
+
+def _build_card(c: GatewayContext, info: Any) -> dict[str, Any]:
+    """The facts of one version: its run's parameters and evaluation (overall and per subgroup), the
+    dataset spec (intended use, features) and the training reference's ranges per feature."""
+    import mlflow.artifacts
+    import pandas as pd
+
+    from learning_machine.drift import REFERENCE_FILE
+
+    client = c.tracker().client
+    run = client.get_run(info.run_id) if info.run_id else None
+    params = dict(run.data.params) if run else {}
+    evaluation: dict[str, Any] = {}
+    reference: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=info.run_id, artifact_path="evaluation/evaluation.json",
+                                                       dst_path=tmp, tracking_uri=c.settings.tracking_uri)
+            evaluation = json.loads(Path(path).read_text())
+        except Exception:  # noqa: BLE001 - a version logged without an evaluation still has a card
+            evaluation = {}
+        try:
+            path = mlflow.artifacts.download_artifacts(artifact_uri=f"{info.source}/{REFERENCE_FILE}", dst_path=tmp,
+                                                       tracking_uri=c.settings.tracking_uri)
+            frame = pd.read_parquet(path)
+            reference = _reference_ranges(c, frame)
+        except Exception:  # noqa: BLE001 - older versions have no reference: the card says so
+            reference = {}
+    spec = c.spec
+    return {
+        "model": c.model_name, "version": info.version, "run_id": info.run_id, "created_at": info.created_at,
+        "source": info.source, "tags": info.tags, "kind": params.get("model_kind", info.tags.get("lm.kind")),
+        "dataset": {"name": params.get("dataset", info.tags.get("lm.dataset")), "digest": params.get("dataset_digest"),
+                    "source": params.get("dataset_source"), "train_rows": params.get("train_rows"),
+                    "test_rows": params.get("test_rows"), "mode": params.get("training_mode")},
+        "metrics": evaluation.get("metrics") or info.metrics,
+        "subgroups": evaluation.get("subgroups", {}),
+        "calibration": evaluation.get("calibration", []),
+        "intended_use": spec.intended_use or spec.description,
+        "target": {"name": spec.target.name, "description": spec.target.description},
+        "features": [{"name": f.name, "description": f.description, "unit": f.unit, "type": str(f.type),
+                      "range": list(f.range) if f.range else None,
+                      "categories": list(f.categories) if f.categories else None,
+                      "reference": reference.get(f.name)} for f in spec.features],
+        "tracking_uri": c.settings.tracking_uri,
+    }
+
+
+def _reference_ranges(c: GatewayContext, frame: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in c.spec.feature_names:
+        if name not in frame:
+            continue
+        column = frame[name]
+        if name in c.spec.numeric_features:
+            q = column.astype(float).quantile([0.05, 0.25, 0.5, 0.75, 0.95])
+            out[name] = {"p5": float(q[0.05]), "p25": float(q[0.25]), "median": float(q[0.5]),
+                         "p75": float(q[0.75]), "p95": float(q[0.95]), "n": int(column.notna().sum())}
+        else:
+            shares = column.astype(str).value_counts(normalize=True)
+            out[name] = {"shares": {str(k): float(v) for k, v in shares.items()}, "n": int(column.notna().sum())}
+    return out
+
+
+def _serve(c: GatewayContext, version: str) -> dict[str, Any]:
+    """Serve ``version`` through the deployer the settings choose; the registry change stands either way."""
+    from learning_machine.deployers import get_deployer
+    from learning_machine.embedded import effective_deployer
+
+    try:
+        return get_deployer(c.settings, effective_deployer(c.settings)).deploy(c.model_name, version).as_dict()
+    except LearningMachineError as exc:
+        return {"deployed": False, "detail": f"not deployed: {exc.message}"}
+
+
+@router.post("/models/promote", tags=["models"], summary="Make a version the champion and serve it (admin)")
+def promote(request: Request, c: Ctx, _: Admin, body: PromoteIn) -> Any:
+    tracker = c.tracker()
+    tracker.health()
+    before = tracker.alias_version(c.model_name, "champion")
+    info = tracker.promote(c.model_name, body.version, reason=body.reason)
+    detail = {"from": before.version if before else None, "to": info.version, "reason": body.reason,
+              "by": request.state.principal.name, "deployed": _serve(c, info.version)}
+    return repository.add_event(c.db, "promoted", detail, info.version)
+
+
+@router.post("/models/rollback", tags=["models"], summary="Put the previous champion back and serve it (admin)")
+def rollback(request: Request, c: Ctx, _: Admin, body: RollbackIn) -> Any:
+    tracker = c.tracker()
+    tracker.health()
+    old, new = tracker.rollback(c.model_name, body.to_version)
+    detail = {"from": old.version, "to": new.version, "by": request.state.principal.name,
+              "deployed": _serve(c, new.version)}
+    return repository.add_event(c.db, "rolled-back", detail, new.version)
+
+
+@router.post("/retrain", tags=["models"], status_code=202, summary="Ask the learning loop for a retraining (admin)")
+def retrain(request: Request, c: Ctx, _: Admin, body: RetrainIn) -> Any:
+    """Records a `retrain-requested` event. The gateway does not train: the monitor owns retraining
+    (its policy, cooldown and pipeline runner) and acts on the request."""
+    try:
+        champion = c.tracker().alias_version(c.model_name, "champion")
+    except ServiceUnavailableError:
+        champion = None
+    return repository.add_event(c.db, "retrain-requested", {"reason": body.reason, "by": request.state.principal.name},
+                                champion.version if champion else None)
