@@ -250,7 +250,7 @@ def train(
     summary = train_via_pipeline(_settings(ctx), dataset=dataset, spec=spec, rows=rows, kind=kind,
                                  continue_from=continue_from, promote=promote, scenario=scenario,
                                  drift_start=drift_start)
-    out.print(json.dumps(summary, indent=2))
+    typer.echo(json.dumps(summary, indent=2))  # plain: rich would wrap long lines inside strings
 
 
 @models_app.command("list")

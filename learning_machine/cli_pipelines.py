@@ -104,7 +104,7 @@ def run_cmd(ctx: typer.Context, name: Annotated[str, typer.Argument(help="traini
     result = runner.run(name, parse_params(param), progress=say)
     print_run(result)
     if as_json:
-        out.print_json(json.dumps(result.as_dict()))
+        typer.echo(json.dumps(result.as_dict(), indent=2))
     result.raise_for_state()
 
 
@@ -116,7 +116,7 @@ def submit_cmd(ctx: typer.Context, name: Annotated[str, typer.Argument(help="tra
     from learning_machine.runners.kubeflow import KubeflowRunner
 
     result = KubeflowRunner(ctx.obj, host).run(name, parse_params(param), progress=say)
-    out.print_json(json.dumps(result.as_dict()))
+    typer.echo(json.dumps(result.as_dict(), indent=2))
 
 
 @pipelines_app.command("schedule")
@@ -132,7 +132,7 @@ def schedule_cmd(ctx: typer.Context,
 
     result = KubeflowRunner(ctx.obj, host).schedule(name, cron, parse_params(param), name=job_name)
     console.print(f"scheduled {name} on '{result['cron']}' as recurring run {result['recurring_run_id']}")
-    out.print_json(json.dumps(result))
+    typer.echo(json.dumps(result, indent=2))
 
 
 def train_via_pipeline(settings: Settings, *, dataset: str | None, spec: Path | None, rows: int | None,
@@ -173,7 +173,7 @@ def train_via_pipeline(settings: Settings, *, dataset: str | None, spec: Path | 
     result.raise_for_state()
     summary: dict[str, Any] = {"pipeline": result.pipeline, "state": result.state,
                                "parent_run_id": result.parent_run_id, "mlflow_run_url": result.mlflow_url,
-                               "outputs": result.outputs_dir}
+                               "outputs": result.outputs_dir, "steps": result.steps}
     tracker = tracker_for(settings)
     for version in tracker.list_versions(settings.model_name):
         if version.tags.get("lm.pipeline_run") == result.parent_run_id:

@@ -15,6 +15,7 @@ def train_inline(settings: Settings, *, source: str, spec_path: str = "", rows: 
                  model_kind: str = "", promote_policy: str = "gate") -> dict[str, Any]:
     """ingest -> validate -> preprocess -> train -> evaluate -> register -> (gate) promote -> deploy, nested
     under one parent MLflow run, without KFP. Returns the parent run id, the version and the gate verdict."""
+    steps.quiet_mlflow()
     key = steps.now_key()
     parent = steps.start_pipeline_run(settings, "training-inline", key, {"source": source})
     state = "FAILED"

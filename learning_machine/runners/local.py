@@ -79,7 +79,7 @@ class LocalRunner(PipelineRunner):
         from kfp import local
 
         from learning_machine.pipelines.cluster import LOCAL_OPTIONS
-        from learning_machine.runners.steps import find_pipeline_run, now_key, step_settings, tracker_for
+        from learning_machine.runners.steps import find_pipeline_run, now_key, quiet_mlflow, tracker_for
 
         args = self.parameters(pipeline, params)
         args.setdefault("run_key", now_key())
@@ -88,7 +88,7 @@ class LocalRunner(PipelineRunner):
         root.mkdir(parents=True, exist_ok=True)
         (root / "logs").mkdir(exist_ok=True)
         log_path = root / "logs" / f"{graph.name}-{args['run_key']}.log"
-        step_settings()  # sets MLflow's fail-fast defaults for the steps (they inherit this environment)
+        quiet_mlflow()  # the steps inherit this process's environment
         before = set(root.iterdir())
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
         started = time.perf_counter()

@@ -51,14 +51,19 @@ GATE_METRICS: dict[str, bool] = {"auc": True, "accuracy": True, "f1": True, "bri
 PROMOTE_POLICIES = ("gate", "always", "never", "if-first")
 
 
-def step_settings(**overrides: Any) -> Settings:
-    """The settings of one step: the environment (a ConfigMap/Secret on a cluster) plus the step's
-    explicit parameters; an empty parameter ("" or None) means "from the environment"."""
-    # A step must fail in seconds when MLflow is down, not after MLflow's minutes of retries.
+def quiet_mlflow() -> None:
+    """A step must fail in seconds when MLflow is down, not after MLflow's minutes of retries; and a
+    progress bar per download only clutters the step's log."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def step_settings(**overrides: Any) -> Settings:
+    """The settings of one step: the environment (a ConfigMap/Secret on a cluster) plus the step's
+    explicit parameters; an empty parameter ("" or None) means "from the environment"."""
+    quiet_mlflow()
     return load_settings(**{k: v for k, v in overrides.items() if v not in ("", None)})
 
 

@@ -1,6 +1,6 @@
 """The pipelines end to end with kfp.local (each step a subprocess) against a real `mlflow server`.
 
-One model per module: training makes v1 the champion; retraining on drifted data is better and is promoted;
+One model per module: `lm train` (the training pipeline) makes v1 the champion; retraining on drifted data is better and is promoted;
 retraining on shuffled labels with absurd parameters is worse and is refused; batch inference scores with a
 chosen version; bad data and a tracking server that is down fail the run and leave the champion alone."""
 
@@ -19,7 +19,6 @@ import pytest
 
 from learning_machine.data.sources import load_dataset
 from learning_machine.errors import PipelineError
-from learning_machine.runners.base import PipelineRun
 from learning_machine.runners.local import LocalRunner
 from learning_machine.settings import Settings
 from learning_machine.tracking import CHALLENGER, CHAMPION, PREVIOUS_TAG, Tracker
@@ -43,9 +42,16 @@ def tracker(settings: Settings) -> Tracker:
 
 
 @pytest.fixture(scope="module")
-def trained(settings: Settings) -> PipelineRun:
-    """The training pipeline once, on 1,500 generated rows: the module's first model."""
-    return LocalRunner(settings).run("training", {"rows": 1500, "seed": 42})
+def trained(settings: Settings) -> dict:
+    """`lm train` (the training pipeline run locally) once, on 1,500 generated rows: the module's first model."""
+    env = {**os.environ, "LM_HOME": str(settings.home), "LM_MLFLOW_TRACKING_URI": settings.tracking_uri,
+           "LM_MODEL_NAME": settings.model_name}
+    proc = subprocess.run([sys.executable, "-m", "learning_machine", "train", "--rows", "1500", "--promote", "gate"],
+                          capture_output=True, text=True, env=env, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    summary["stderr"] = proc.stderr
+    return summary
 
 
 def _children(tracker: Tracker, settings: Settings, parent: str) -> dict[str, object]:
@@ -55,17 +61,19 @@ def _children(tracker: Tracker, settings: Settings, parent: str) -> dict[str, ob
 
 
 def test_training_pipeline_logs_nested_runs_registers_and_promotes_the_first_model(trained, settings, tracker):
-    assert trained.succeeded, trained.error
-    assert list(trained.steps) == STEPS and set(trained.steps.values()) == {"SUCCEEDED"}
+    assert trained["state"] == "SUCCEEDED"
+    assert list(trained["steps"]) == STEPS and set(trained["steps"].values()) == {"SUCCEEDED"}
+    assert "step train: success" in trained["stderr"]  # progress lines while it runs
+    assert trained["version"] == "1" and trained["aliases"] == [CHAMPION]
     versions = tracker.list_versions(settings.model_name)
     assert [(v.version, v.aliases) for v in versions] == [("1", [CHAMPION])]
-    assert versions[0].tags["lm.pipeline_run"] == trained.parent_run_id
+    assert versions[0].tags["lm.pipeline_run"] == trained["parent_run_id"]
     assert 0.6 < versions[0].metrics["auc"] <= 1.0
 
-    parent = tracker.client.get_run(trained.parent_run_id)
+    parent = tracker.client.get_run(trained["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["lm.pipeline"] == "training"
-    assert trained.mlflow_url.endswith(f"/runs/{trained.parent_run_id}")
-    children = _children(tracker, settings, trained.parent_run_id)
+    assert trained["mlflow_run_url"].endswith(f"/runs/{trained['parent_run_id']}")
+    children = _children(tracker, settings, trained["parent_run_id"])
     assert set(children) == {"ingest", "validate", "preprocess", "train", "evaluate", "register", "promote",
                              "deploy"}
     assert all(r.info.status == "FINISHED" for r in children.values())
@@ -73,7 +81,7 @@ def test_training_pipeline_logs_nested_runs_registers_and_promotes_the_first_mod
     assert "candidate.auc.sex.female" in children["evaluate"].data.metrics  # subgroup metrics
     assert children["deploy"].data.params["deployer"] == "none"
 
-    outputs = Path(trained.outputs_dir)
+    outputs = Path(trained["outputs"])
     report = json.loads((outputs / "validate" / "report").read_text())
     assert report["passed"] and report["n_rows"] == 1500
     assert (outputs / "preprocess" / "clean" / "features.csv").read_text().count("\n") == 1501
@@ -83,7 +91,7 @@ def test_training_pipeline_logs_nested_runs_registers_and_promotes_the_first_mod
 
 
 def test_retraining_promotes_a_better_candidate(trained, settings, tracker):
-    assert trained.succeeded
+    assert trained["state"] == "SUCCEEDED"
     champion = tracker.version(settings.model_name, CHAMPION)
     # New data from a new treatment era: the champion's risk function is out of date there.
     run = LocalRunner(settings).run("retraining", {"rows": 1500, "seed": 43, "scenario": "concept-drift",
@@ -99,7 +107,7 @@ def test_retraining_promotes_a_better_candidate(trained, settings, tracker):
 
 
 def test_retraining_refuses_a_worse_candidate(trained, settings, tracker, tmp_path):
-    assert trained.succeeded
+    assert trained["state"] == "SUCCEEDED"
     champion = tracker.version(settings.model_name, CHAMPION)
     # Worse on purpose: old data with shuffled outcomes and absurd parameters (big steps, deep trees).
     noise = load_dataset("synthetic-cohort", n_rows=3000, seed=44).frame
@@ -121,7 +129,7 @@ def test_retraining_refuses_a_worse_candidate(trained, settings, tracker, tmp_pa
 
 
 def test_batch_inference_from_the_command_line_writes_json_lines(trained, settings, tracker, tmp_path):
-    assert trained.succeeded
+    assert trained["state"] == "SUCCEEDED"
     records = load_dataset("synthetic-cohort", n_rows=300, seed=9).frame.drop(columns=["outcome"])
     records.to_csv(tmp_path / "records.csv", index=False)
     env = {**os.environ, "LM_HOME": str(settings.home), "LM_MLFLOW_TRACKING_URI": settings.tracking_uri,
@@ -146,7 +154,7 @@ def test_batch_inference_from_the_command_line_writes_json_lines(trained, settin
 
 
 def test_bad_data_fails_the_run_at_validation_and_leaves_the_champion(trained, settings, tracker, tmp_path):
-    assert trained.succeeded
+    assert trained["state"] == "SUCCEEDED"
     before = tracker.list_versions(settings.model_name)
     frame = load_dataset("synthetic-cohort", n_rows=500, seed=11).frame
     frame.loc[:99, "age"] = 250  # 20 % of ages impossible: ~2 % of all feature cells
@@ -166,7 +174,7 @@ def test_bad_data_fails_the_run_at_validation_and_leaves_the_champion(trained, s
 
 
 def test_tracking_server_down_fails_fast_with_a_clear_message(trained, settings, tracker):
-    assert trained.succeeded
+    assert trained["state"] == "SUCCEEDED"
     champion = tracker.version(settings.model_name, CHAMPION)
     down = settings.model_copy(update={"mlflow_tracking_uri": "http://127.0.0.1:9"})
     started = time.monotonic()
