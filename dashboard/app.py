@@ -24,6 +24,12 @@ def _client(url: str, token: str) -> LearningMachineClient:
     return LearningMachineClient(url, token or None, timeout_s=60)
 
 
+@st.cache_data(ttl=30, show_spinner=False)
+def _model_card(url: str, token: str) -> dict[str, Any]:
+    """The serving version's facts change only with a promotion: read them at most every 30 s."""
+    return _client(url, token).model_card()
+
+
 def _guard(what: str, fn: Callable[[], Any]) -> Any:
     """Run ``fn``; on any error show what failed in words and return None (never raise into Streamlit)."""
     try:
@@ -142,7 +148,7 @@ def clinician_page(client: LearningMachineClient, conn: views.Connection, me: di
     view = _guard("read this patient", lambda: views.patient_view(client, record_id))
     if view is None:
         return
-    card = _guard("read the model facts", lambda: client.model_card())
+    card = _guard("read the model facts", lambda: _model_card(conn.gateway_url, conn.token))
     prediction = view["prediction"]
     if prediction is None:
         st.warning("This record has no prediction yet.")

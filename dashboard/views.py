@@ -232,11 +232,11 @@ def contributions_frame(exact: dict[str, Any]) -> pd.DataFrame:
 def contributions_chart(frame: pd.DataFrame) -> Any:
     return alt.Chart(frame).mark_bar().encode(
         x=alt.X("contribution:Q", title="contribution to the risk (log-odds)"),
-        y=alt.Y("feature:N", sort=list(frame["feature"]), title=None),
+        y=alt.Y("feature:N", sort=list(frame["feature"]), title=None, axis=alt.Axis(labelOverlap=False)),
         color=alt.Color("direction:N", scale=alt.Scale(domain=["raises risk", "lowers risk"],
                                                        range=["#d62728", "#1f77b4"]), legend=alt.Legend(title=None)),
         tooltip=["feature", "value", alt.Tooltip("contribution:Q", format=".3f")],
-    ).properties(height=28 * max(len(frame), 1))
+    ).properties(height=alt.Step(24))
 
 
 def anchor_sentence(anchors: dict[str, Any]) -> str:
@@ -276,7 +276,8 @@ def values_against_reference(card: dict[str, Any] | None, features: dict[str, An
             flag = "missing" if value is None else ("rare (<5%)" if share is None or share < 0.05 else "usual")
         else:
             typical, flag = "no reference saved with this model", ""
-        rows.append({"feature": f["name"], "value": value, "unit": f.get("unit") or "",
+        shown = "missing" if value is None else f"{value:g}" if isinstance(value, (int, float)) else str(value)
+        rows.append({"feature": f["name"], "value": shown, "unit": f.get("unit") or "",
                      "reference population (5th–95th pct)": typical, "": flag, "meaning": f.get("description", "")})
     return pd.DataFrame(rows)
 
@@ -369,7 +370,8 @@ def timeline_chart(frame: pd.DataFrame, events: pd.DataFrame, *, y_title: str, c
     """A metric over time, one line per ``color`` value, retraining events as labelled vertical rules."""
     y = alt.Y("value:Q", title=y_title, scale=alt.Scale(type="log") if log_y else alt.Undefined)
     layers: list[Any] = [alt.Chart(frame).mark_line(point=True).encode(
-        x=alt.X("created_at:T", title="time"), y=y, color=alt.Color(f"{color}:N", title=color),
+        x=alt.X("created_at:T", title="time (UTC)", axis=alt.Axis(format="%H:%M:%S", labelAngle=0)), y=y, color=alt.Color(f"{color}:N", title=color,
+                                                 legend=alt.Legend(orient="bottom", columns=6, symbolLimit=0)),
         tooltip=["created_at:T", f"{color}:N", alt.Tooltip("value:Q", format=".4f"), "model_version:N"])]
     if threshold is not None:
         layers.append(alt.Chart(pd.DataFrame({"threshold": [threshold]})).mark_rule(strokeDash=[6, 4], color="gray")

@@ -164,10 +164,19 @@ def bench_loop(quick: bool, progress: Progress) -> Section:
     return section
 
 
+def bench_dashboard(quick: bool, progress: Progress) -> Section:
+    """Page load of each dashboard page with 10,000 stored predictions (AppTest and headless Chromium)."""
+    from learning_machine import bench_dashboard as dashboard
+
+    section: Section = dashboard.to_section(dashboard.run(quick, progress), quick)
+    return section
+
+
 SECTIONS: dict[str, Callable[[bool, Progress], Section]] = {"training": bench_training,
                                                              "pipelines": bench_pipelines,
                                                              "serving": bench_serving,
-                                                             "loop": bench_loop}
+                                                             "loop": bench_loop,
+                                                             "dashboard": bench_dashboard}
 
 
 def run_benchmarks(out_dir: Path, *, quick: bool = False, only: list[str] | None = None,

@@ -73,7 +73,7 @@ def dashboard_service(settings: Settings) -> ServiceSpec:
     env["LM_TOKENS_FILE"] = str(settings.tokens_path().resolve())
     command = [_tool("streamlit"), "run", str(app), "--server.port", str(settings.dashboard_port),
                "--server.headless", "true", "--server.address", settings.dashboard_host,
-               "--browser.gatherUsageStats", "false"]
+               "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
     return ServiceSpec("dashboard", command, settings.dashboard_url, "/_stcore/health", env=env)
 
 

@@ -131,7 +131,7 @@ def _reference_ranges(c: GatewayContext, frame: Any) -> dict[str, Any]:
             out[name] = {"p5": float(q[0.05]), "p25": float(q[0.25]), "median": float(q[0.5]),
                          "p75": float(q[0.75]), "p95": float(q[0.95]), "n": int(column.notna().sum())}
         else:
-            shares = column.astype(str).value_counts(normalize=True)
+            shares = column.dropna().astype(str).value_counts(normalize=True)
             out[name] = {"shares": {str(k): float(v) for k, v in shares.items()}, "n": int(column.notna().sum())}
     return out
 

@@ -33,7 +33,7 @@ def dashboard_url(history_gateway: RunningGateway, tmp_path_factory: pytest.Temp
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port),
                                  "--server.headless", "true", "--server.address", "127.0.0.1",
-                                 "--browser.gatherUsageStats", "false"], stdout=out, stderr=subprocess.STDOUT, env=env)
+                                 "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"], stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + "/_stcore/health", 90)
@@ -56,7 +56,7 @@ def test_every_page_loads_in_a_browser(dashboard_url: str, tmp_path: Path):
     timings = {}
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = browser.new_page(viewport={"width": 1400, "height": 2600})
         for name, marker in PAGES.items():
             started = time.perf_counter()
             page.goto(f"{dashboard_url}/?page={name}", wait_until="domcontentloaded")
@@ -64,6 +64,7 @@ def test_every_page_loads_in_a_browser(dashboard_url: str, tmp_path: Path):
             # Streamlit shows a "running" indicator until the script has finished.
             page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=90_000)
             timings[name] = time.perf_counter() - started
+            page.wait_for_timeout(1500)  # tables and charts draw on canvases after the script has finished
             body = page.inner_text("body")
             assert "Traceback" not in body and "Could not" not in body, body[:2000]
             page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
