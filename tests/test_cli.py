@@ -57,7 +57,8 @@ def test_up_status_doctor_train_down(tmp_path: Path):
     env = {**os.environ, "LM_HOME": str(tmp_path / ".lm"), "LM_MLFLOW_PORT": str(free_port()),
            "LM_TRAIN_ROWS": "1000", "LM_MLFLOW_WORKERS": "1", "LM_GATEWAY_PORT": str(free_port()),
            "LM_MODEL_SERVER_PORT": str(free_port()), "LM_MODEL_SERVER_GRPC_PORT": str(free_port()),
-           "LM_MODEL_SERVER_METRICS_PORT": str(free_port()), "LM_MONITOR_PORT": str(free_port())}
+           "LM_MODEL_SERVER_METRICS_PORT": str(free_port()), "LM_MONITOR_PORT": str(free_port()),
+           "LM_DASHBOARD_PORT": str(free_port())}
 
     def lm(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*LM, *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=timeout)
@@ -74,7 +75,7 @@ def test_up_status_doctor_train_down(tmp_path: Path):
         status = lm("status", "--json")
         assert status.returncode == 0, status.stderr
         services = {s["name"]: s for s in json.loads(status.stdout)}
-        assert set(services) == {"mlflow", "model-server", "gateway", "monitor"}
+        assert set(services) == {"mlflow", "model-server", "gateway", "monitor", "dashboard"}
         assert all(s["healthy"] and s["pid"] for s in services.values()), services
         assert services["gateway"]["detail"] == "ready"
 
