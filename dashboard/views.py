@@ -371,7 +371,7 @@ def timeline_chart(frame: pd.DataFrame, events: pd.DataFrame, *, y_title: str, c
     y = alt.Y("value:Q", title=y_title, scale=alt.Scale(type="log") if log_y else alt.Undefined)
     layers: list[Any] = [alt.Chart(frame).mark_line(point=True).encode(
         x=alt.X("created_at:T", title="time (UTC)", axis=alt.Axis(format="%H:%M:%S", labelAngle=0)), y=y, color=alt.Color(f"{color}:N", title=color,
-                                                 legend=alt.Legend(orient="bottom", columns=6, symbolLimit=0)),
+                                                 legend=alt.Legend(columns=2, symbolLimit=0)),
         tooltip=["created_at:T", f"{color}:N", alt.Tooltip("value:Q", format=".4f"), "model_version:N"])]
     if threshold is not None:
         layers.append(alt.Chart(pd.DataFrame({"threshold": [threshold]})).mark_rule(strokeDash=[6, 4], color="gray")
