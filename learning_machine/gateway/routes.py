@@ -70,7 +70,7 @@ def post_explanations(request: Request, c: Ctx, _: Clinical, body: ExplanationIn
              responses={200: {"description": "The same outcome was already stored (nothing changed)"},
                         409: {"description": "Another outcome is stored; send ?overwrite=true to replace it"}},
              summary="Record the ground truth of a stored record")
-def post_outcomes(response: Response, c: Ctx, _: Science, body: OutcomeIn,
+def post_outcomes(response: Response, c: Ctx, _: Clinical, body: OutcomeIn,
                   overwrite: Annotated[bool, Query(description="Replace a different stored outcome.")] = False,
                   ) -> Any:
     stored, status = service.record_outcome(c, body.record_id, body.outcome, overwrite=overwrite)

@@ -227,7 +227,7 @@ def test_missing_or_bad_token_is_401(gateway: RunningGateway, unchanged: None, h
 
 
 @pytest.mark.parametrize(("role", "method", "path", "payload"), [
-    ("clinician", "POST", "/v1/outcomes", {"record_id": "x", "outcome": 1}),
+    ("clinician", "POST", "/v1/events", {"kind": "retrain-fired"}),
     ("clinician", "GET", "/v1/predictions", None),
     ("clinician", "GET", "/v1/monitoring", None),
     ("clinician", "GET", "/v1/models", None),
