@@ -154,7 +154,7 @@ class LoopService:
         self.sink = GatewaySink(client)
         self.progress = progress
         self.state_path = settings.home / "loop" / "state.json"
-        self.cursor, self.monitor_run_id = self._load_state()
+        self.cursor, self.monitor_run_id, self.last_request_id = self._load_state()
         self.trigger = RetrainViaPipeline(settings, client, self.sink, self.tracker, self.spec, runner, progress)
         self.monitor = Monitor(
             self.spec, MonitorConfig(window_rows=settings.monitor_window_rows,
@@ -170,16 +170,17 @@ class LoopService:
         self.last_step_at: float | None = None
 
     # -- state that survives a restart: where the feed was read up to, and the MLflow run -------------
-    def _load_state(self) -> tuple[int, str | None]:
+    def _load_state(self) -> tuple[int, str | None, int]:
         try:
             state = json.loads(self.state_path.read_text())
-            return int(state.get("cursor", 0)), state.get("monitor_run_id")
+            return int(state.get("cursor", 0)), state.get("monitor_run_id"), int(state.get("last_request_id", 0))
         except (FileNotFoundError, ValueError):
-            return 0, None
+            return 0, None, 0
 
     def _save_state(self) -> None:
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        self.state_path.write_text(json.dumps({"cursor": self.cursor, "monitor_run_id": self.monitor_run_id}))
+        self.state_path.write_text(json.dumps({"cursor": self.cursor, "monitor_run_id": self.monitor_run_id,
+                                               "last_request_id": self.last_request_id}))
 
     def _log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if self.monitor_run_id is None:
@@ -195,8 +196,30 @@ class LoopService:
         return pd.DataFrame([{**i["features"], "probability": i["probability"], "outcome": i["outcome"]}
                              for i in items])
 
+    def requested(self) -> Decision | None:
+        """A retraining someone asked for (`POST /v1/retrain`, the dashboard's button): fired once per request,
+        without waiting for the policy, and recorded like any other."""
+        items = self.client.page("/v1/events", kind="retrain-requested", limit=50)["items"]
+        new = sorted((e for e in items if int(e["id"]) > self.last_request_id), key=lambda e: int(e["id"]))
+        if not new:
+            return None
+        self.last_request_id = int(new[-1]["id"])
+        self._save_state()
+        detail = new[-1].get("detail") or {}
+        decision = Decision(True, (f"requested by {detail.get('by') or 'an admin'}: {detail.get('reason', '')}",),
+                            ("requested",))
+        self.sink.event("retrain-fired", decision.as_dict())
+        self.monitor.last_retrain_at = time.time()
+        if self.monitor.trigger is not None:
+            self.monitor.trigger(decision)
+        return decision
+
     def step(self) -> Decision | None:
-        """Read the feed once, assess every full window, and apply the policy after new windows."""
+        """Act on a requested retraining, read the feed once, assess every full window, and apply the policy
+        after new windows."""
+        requested = self.requested()
+        if requested is not None:
+            return requested
         feed = self.client.feed(after_id=self.cursor, limit=5000)
         rows = [{self.spec.record_id.name: i["record_id"], **i["features"], "probability": i["probability"],
                  "model_version": i["model_version"]} for i in feed["items"]]

@@ -179,3 +179,19 @@ def test_rollback_is_one_command_that_serves_the_previous_version_again(stack: S
     assert {a["model_version"] for a in stack.client.labelled(limit=5)} == {previous}  # served again at once
     rolled = [e for e in stack.events() if e["kind"] == "rolled-back"]
     assert rolled and rolled[-1]["detail"]["to"] == previous and rolled[-1]["detail"]["deployed"]["changed"]
+
+
+def test_a_requested_retraining_fires_once(stack: Stack, monkeypatch):
+    calls: list[Decision] = []
+    monkeypatch.setattr(stack.service.monitor, "trigger", lambda decision: calls.append(decision) or {})
+    token = json.loads(stack.settings.tokens_path().read_text())["admin"]
+    with LearningMachineClient(stack.settings.gateway_url, token) as admin:
+        admin.request_retraining("new guideline")  # what the dashboard's button does
+    decision = stack.service.step()
+    assert decision is not None and decision.rules == ("requested",)
+    assert "new guideline" in decision.reasons[0]
+    assert len(calls) == 1
+    fired = [e for e in stack.events() if e["kind"] == "retrain-fired"][-1]
+    assert fired["detail"]["rules"] == ["requested"]
+    stack.service.step()  # (the policy may fire on its own here: the rolled-back model serves drifted data)
+    assert [c.rules for c in calls].count(("requested",)) == 1  # a request is acted on once
