@@ -92,34 +92,34 @@ def seldon_deployment(settings: Settings, model_name: str, version: str) -> Reso
     model_env = runtime_env(settings, model_name, MODEL_RUNTIME, model_name, version, {})
     explainer_env = runtime_env(settings, explainer_name(model_name), EXPLAINER_RUNTIME, model_name, version,
                                 {"explainer_type": "anchor_tabular", "infer_uri": infer_uri(settings, model_name)})
+    return _seldon_deployment(settings, name, _labels(model_name, version, "model"), {
+        "name": PREDICTOR,
+        "replicas": 1,
+        "labels": {"learning-machine/model-version": str(version)},
+        "componentSpecs": [{"spec": {"containers": [_container(settings, model_name, model_env)]}}],
+        "graph": {
+            "name": model_name,
+            "type": "MODEL",
+            "envSecretRefName": settings.seldon_secret_name,
+            "logger": {"url": settings.monitor_url, "mode": "all"},
+            "children": [],
+        },
+        "explainer": {
+            "type": "AnchorTabular",
+            "replicas": 1,
+            "envSecretRefName": settings.seldon_secret_name,
+            "containerSpec": _container(settings, "explainer", explainer_env),
+        },
+    })
+
+
+def _seldon_deployment(settings: Settings, name: str, labels: dict[str, str], predictor: Resource) -> Resource:
+    """A protocol-v2 SeldonDeployment with one predictor."""
     return {
         "apiVersion": f"{SELDON_V1[0]}/{SELDON_V1[1]}",
         "kind": "SeldonDeployment",
-        "metadata": {"name": name, "namespace": settings.seldon_namespace,
-                     "labels": _labels(model_name, version, "model")},
-        "spec": {
-            "name": name,
-            "protocol": "v2",
-            "predictors": [{
-                "name": PREDICTOR,
-                "replicas": 1,
-                "labels": {"learning-machine/model-version": str(version)},
-                "componentSpecs": [{"spec": {"containers": [_container(settings, model_name, model_env)]}}],
-                "graph": {
-                    "name": model_name,
-                    "type": "MODEL",
-                    "envSecretRefName": settings.seldon_secret_name,
-                    "logger": {"url": settings.monitor_url, "mode": "all"},
-                    "children": [],
-                },
-                "explainer": {
-                    "type": "AnchorTabular",
-                    "replicas": 1,
-                    "envSecretRefName": settings.seldon_secret_name,
-                    "containerSpec": _container(settings, "explainer", explainer_env),
-                },
-            }],
-        },
+        "metadata": {"name": name, "namespace": settings.seldon_namespace, "labels": labels},
+        "spec": {"name": name, "protocol": "v2", "predictors": [predictor]},
     }
 
 
@@ -130,23 +130,12 @@ def drift_deployment(settings: Settings, model_name: str, version: str, *, batch
     env = runtime_env(settings, served, DRIFT_RUNTIME, model_name, version, {
         "detector_type": settings.drift_detector, "p_val": settings.drift_p_val, "batch_size": batch_size,
         "predict_parameters": {}})
-    return {
-        "apiVersion": f"{SELDON_V1[0]}/{SELDON_V1[1]}",
-        "kind": "SeldonDeployment",
-        "metadata": {"name": name, "namespace": settings.seldon_namespace,
-                     "labels": _labels(model_name, version, "drift-detector")},
-        "spec": {
-            "name": name,
-            "protocol": "v2",
-            "predictors": [{
-                "name": PREDICTOR,
-                "replicas": 1,
-                "componentSpecs": [{"spec": {"containers": [_container(settings, served, env)]}}],
-                "graph": {"name": served, "type": "MODEL", "envSecretRefName": settings.seldon_secret_name,
-                          "children": []},
-            }],
-        },
-    }
+    return _seldon_deployment(settings, name, _labels(model_name, version, "drift-detector"), {
+        "name": PREDICTOR,
+        "replicas": 1,
+        "componentSpecs": [{"spec": {"containers": [_container(settings, served, env)]}}],
+        "graph": {"name": served, "type": "MODEL", "envSecretRefName": settings.seldon_secret_name, "children": []},
+    })
 
 
 # -- Seldon Core v2 -----------------------------------------------------------------------------------
