@@ -98,6 +98,20 @@ def tokens_revoke(ctx: typer.Context, token_id: Annotated[int, typer.Argument(he
     console.print(f"token {token_id} revoked")
 
 
+@tokens_app.command("import")
+def tokens_import(ctx: typer.Context) -> None:
+    """Register the tokens in LM_TOKENS_FILE (JSON, role -> token) that the database does not know yet
+    (the Helm chart's monitor token); harmless to run again."""
+    import json
+
+    from learning_machine.store.tokens import register_tokens
+
+    settings = _settings(ctx)
+    tokens = json.loads(settings.tokens_path().read_text())
+    added = register_tokens(_database(settings), {str(k): str(v) for k, v in tokens.items()}, "imported")
+    console.print(f"registered tokens for {', '.join(added)}" if added else "every token was already registered")
+
+
 @db_app.command("upgrade")
 def db_upgrade(ctx: typer.Context) -> None:
     """Apply every migration to the database (LM_DATABASE_URL, default SQLite under LM_HOME)."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from learning_machine.errors import AuthenticationError, NotFoundError, UnknownNameError
+from learning_machine.errors import AuthenticationError, ConfigurationError, NotFoundError, UnknownNameError
 from learning_machine.settings import Settings
 from learning_machine.store.db import Database
 from learning_machine.store.models import ApiToken, utcnow
@@ -100,6 +100,24 @@ def ensure_default_tokens(db: Database, path: Path, progress: Callable[[str], No
     if progress:
         progress(f"created one API token per role ({', '.join(ROLES)}); they are in {path} (readable only by you)")
     return True
+
+
+def register_tokens(db: Database, tokens: dict[str, str], name_prefix: str = "imported") -> list[str]:
+    """Make the given role -> token pairs valid (only their hashes are stored); tokens the database already
+    knows are left alone, so running it again is harmless. Returns the roles newly registered. Used where
+    the token is made elsewhere, e.g. by the Helm chart for the monitor."""
+    added = []
+    with db.transaction() as session:
+        for role, token in tokens.items():
+            check_role(role)
+            if not token.startswith(TOKEN_PREFIX) or len(token) < len(TOKEN_PREFIX) + 32:
+                raise ConfigurationError(f"the {role} token must start with {TOKEN_PREFIX!r} and carry at least "
+                                          "32 random characters")
+            if session.scalar(select(ApiToken.id).where(ApiToken.token_hash == hash_token(token))) is None:
+                session.add(ApiToken(token_hash=hash_token(token), role=role, name=f"{name_prefix} {role}",
+                                     created_at=utcnow(), revoked=False))
+                added.append(role)
+    return added
 
 
 def write_secret_json(path: Path, data: dict[str, Any]) -> None:
