@@ -92,3 +92,4 @@ def write_chart_services(path: Path = CHART_SERVICES) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(chart_services_json())
     return path
+
