@@ -1,0 +1,130 @@
+"""The sequential test (CUSUM per feature and on the model's log-loss): calibrated to the false-alarm
+budget on clean data, fast on a shift, silent on features when only the risk relationship changes, and
+wired into the monitor and the policy (alarms stored as results, retraining fired once, evidence cleared
+when another version serves)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_monitor import Sink, _rows
+
+from learning_machine.data.sources import load_dataset
+from learning_machine.monitor import Monitor, MonitorConfig
+from learning_machine.policy import RetrainPolicy, decide
+from learning_machine.sequential import fit_sequential
+from learning_machine.training import predict_proba, train_model
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return load_dataset("synthetic-cohort", n_rows=3000, seed=42)
+
+
+@pytest.fixture(scope="module")
+def model(reference):
+    return train_model(reference, seed=1).pipeline
+
+
+@pytest.fixture(scope="module")
+def detector(reference):
+    return fit_sequential(reference.spec, reference.frame, false_alarms_per_10k=1.0, seed=1)
+
+
+def _stream(scenario: str, rows: int, seed: int, drift_start: int):
+    return load_dataset("synthetic-cohort", n_rows=rows, seed=seed, scenario=scenario, drift_start=drift_start)
+
+
+def _fresh(detector):
+    detector.reset()
+    detector.rows_seen = detector.outcomes_seen = 0
+    detector.outcome_threshold = None
+    return detector
+
+
+def test_clean_data_stays_within_the_false_alarm_budget(detector, model):
+    # 30,000 clean rows at 1 alarm per 10,000 on features and outcomes together: 3 expected; more than 9
+    # has a probability under 0.5 % if the calibration holds.
+    alarms = 0
+    for seed in (101, 102, 103):
+        data = _stream("none", 10_000, seed, 0)
+        d = _fresh(detector)
+        alarms += len(d.update(data.frame))
+        alarms += len(d.update_outcomes(data.frame["outcome"].to_numpy(), predict_proba(model, data.spec, data.frame)))
+    assert alarms <= 9
+
+
+@pytest.mark.parametrize(("scenario", "stream", "within"), [("covariate-shift", "age", 100),
+                                                           ("missingness-spike", "__missing", 60),
+                                                           ("measurement-shift", "hba1c", 100)])
+def test_a_shift_in_the_features_is_found_within_tens_of_rows(detector, scenario, stream, within):
+    data = _stream(scenario, 1500, 7, 1000)
+    alarms = _fresh(detector).update(data.frame)
+    first = alarms[0]
+    assert 1000 < first.row <= 1000 + within, first
+    assert any(stream in s for s in first.streams) and first.ratio > 1
+    assert "sequential test (CUSUM)" in first.reason() and "features" in first.reason()
+
+
+def test_concept_drift_is_invisible_in_the_features_but_found_in_the_outcomes(detector, model):
+    data = _stream("concept-drift", 4000, 8, 1000)
+    d = _fresh(detector)
+    assert not [a for a in d.update(data.frame) if a.row > 1000]  # features do not change
+    alarms = d.update_outcomes(data.frame["outcome"].to_numpy(), predict_proba(model, data.spec, data.frame))
+    after = [a for a in alarms if a.row > 1000]
+    assert after and after[0].stream == "outcomes" and after[0].row < 2500
+    assert d.outcome_threshold is not None  # the first outcomes calibrated the stream
+
+
+def test_thresholds_follow_the_budget(reference):
+    strict = fit_sequential(reference.spec, reference.frame, false_alarms_per_10k=0.1, seed=1)
+    loose = fit_sequential(reference.spec, reference.frame, false_alarms_per_10k=10, seed=1)
+    assert np.all(strict.threshold > loose.threshold)
+    with pytest.raises(ValueError, match="positive"):
+        fit_sequential(reference.spec, reference.frame, false_alarms_per_10k=0)
+    with pytest.raises(ValueError, match="at least 50 rows"):
+        fit_sequential(reference.spec, reference.frame.head(10))
+
+
+def test_the_monitor_stores_alarms_and_the_policy_fires_once(reference, detector):
+    sink = Sink()
+    clock = [1000.0]
+    fired = []
+    loaded: dict[str, object] = {}
+
+    def sequential(version):  # what LoopService does: one detector per serving version, fitted once
+        if version not in loaded:
+            loaded[version] = _fresh(detector)
+        return loaded[version]
+
+    monitor = Monitor(reference.spec, MonitorConfig(window_rows=200), RetrainPolicy(cooldown_s=600),
+                      drift=lambda records: {"is_drift": False, "p_val": [], "feature_names": []}, sink=sink,
+                      trigger=lambda decision: fired.append(decision) or {"state": "SUCCEEDED"},
+                      sequential=sequential, clock=lambda: clock[0])
+    monitor.add(_rows("none", 150, 31))
+    assert not monitor.alarms and not monitor.decide().retrain
+    monitor.add(_rows("covariate-shift", 150, 32))  # drift from the first of these rows
+    assert monitor.alarms, "a shifted age distribution raises a sequential alarm before a window closes"
+    stored = [r for r in sink.rows if r["metric"] == "cusum"]
+    assert stored and stored[0]["alert"] and stored[0]["feature"] == "features" and stored[0]["model_version"] == "1"
+    decision = monitor.decide()
+    assert decision.retrain and "sequential" in decision.rules and "CUSUM" in decision.reasons[0]
+    assert fired and not monitor.alarms
+    clock[0] += 10
+    monitor.add(_rows("covariate-shift", 200, 33))
+    again = monitor.decide()
+    assert not again.retrain and again.suppressed and again.suppressed.startswith("cooldown")
+    # Another version serves: the old version's evidence is dropped.
+    rows = _rows("none", 10, 34)
+    for r in rows:
+        r["model_version"] = "2"
+    monitor.add(rows)
+    assert monitor.serving_version == "2" and not monitor.alarms and set(loaded) == {"1", "2"}
+
+
+def test_the_policy_names_the_sequential_rule(detector):
+    data = _stream("missingness-spike", 1200, 9, 1000)
+    alarms = _fresh(detector).update(data.frame)
+    decision = decide([], RetrainPolicy(), now=0.0, last_retrain_at=None, alarms=alarms)
+    assert decision.retrain and decision.rules == ("sequential",)
+    assert decision.evidence["sequential_alarms"][0]["stream"] == "features"
