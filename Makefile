@@ -7,7 +7,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 UV_VERSION := 0.13.9
 RUN := $(UV) run --frozen
 
-.PHONY: help install browsers up down status test test-fast lint format bench bench-quick clean
+.PHONY: help install browsers checkov up down status test test-fast lint format bench bench-quick clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -22,6 +22,11 @@ browsers: ## Debian's Chromium and ChromeDriver for the browser tests (Playwrigh
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
 		else echo "install Debian's chromium and chromium-driver (as root: apt-get install chromium chromium-driver)"; exit 1; fi; }
+
+checkov: ## checkov in its own locked environment (tools/checkov/.venv), for the chart tests
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
+		$(PYTHON) -m pip install --quiet --user "uv==$(UV_VERSION)"
+	cd tools/checkov && $(UV) sync --frozen
 
 up: install ## Start MLflow (and every other service) in the background; train a first model if none
 	$(RUN) lm up
@@ -39,7 +44,7 @@ lint: install ## Ruff and mypy on the package
 format: install ## Apply ruff's fixes
 	$(RUN) ruff check --fix .
 
-test: install browsers lint ## Lint, then every test (real MLflow, PostgreSQL, S3 servers started by fixtures)
+test: install browsers checkov lint ## Lint, then every test (real MLflow, PostgreSQL, S3 servers started by fixtures)
 	$(RUN) pytest
 
 test-fast: install ## Tests without the slow end-to-end ones

@@ -20,7 +20,7 @@ from learning_machine.settings import Settings
 
 # The platform image (top-level Dockerfile): the venv's console scripts are on PATH and the package is
 # installed as a wheel under this site-packages folder.
-IMAGE_HOME = "/tmp/lm"  # LM_HOME in the image: /tmp is the writable emptyDir of the read-only root
+IMAGE_HOME = "/tmp/lm"  # noqa: S108 - LM_HOME in the image: /tmp is the pod's own emptyDir (read-only root)
 IMAGE_PACKAGE = "/opt/venv/lib/python3.11/site-packages/learning_machine"
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - a pod's port is reached through its Service
 # Secrets reach the MLflow command as Kubernetes $(VAR) references, never as literal values.

@@ -19,7 +19,13 @@ from kubernetes.client.exceptions import ApiException
 from learning_machine.deployers import get_deployer
 from learning_machine.deployers.seldon import SeldonDeployer
 from learning_machine.errors import ServiceUnavailableError
-from learning_machine.manifests import CRD_FILES, render_all, seldon_v2_model_settings, validate_resource, write_manifests
+from learning_machine.manifests import (
+    CRD_FILES,
+    render_all,
+    seldon_v2_model_settings,
+    validate_resource,
+    write_manifests,
+)
 from learning_machine.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

