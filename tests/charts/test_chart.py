@@ -185,6 +185,22 @@ def test_checkov_reports_no_failed_check_and_every_skip_has_a_reason(renders, ku
             assert len(skipped.get("suppress_comment", "")) > 20, skipped["check_id"]
 
 
+def test_both_dockerfiles_pass_checkov_and_run_as_non_root():
+    """Static checks only: no Docker engine exists here to build them."""
+    exe = checkov()
+    assert exe, "checkov is not installed: run `make checkov`"
+    files = [ROOT / "Dockerfile", ROOT / "serving" / "Dockerfile"]
+    args = [exe, "--framework", "dockerfile", "--quiet", "--compact", "--skip-download", "-o", "json"]
+    for file in files:
+        args += ["-f", str(file)]
+    reports = json.loads(subprocess.run(args, capture_output=True, text=True, timeout=300).stdout)
+    reports = reports if isinstance(reports, list) else [reports]
+    assert [c["check_id"] for r in reports for c in r["results"]["failed_checks"]] == []
+    for file in files:
+        text = file.read_text()
+        assert text.count("FROM ") >= 3 and "USER 10001" in text and "uv sync --frozen --no-dev" in text, file
+
+
 # -- values: schema and contradictions ---------------------------------------------------------------
 def test_a_misspelled_key_fails_at_every_level():
     for item in ["gatway.replicas=2", "gateway.replcas=2", "gateway.autoscaling.maxReplica=3",
