@@ -92,13 +92,23 @@ def ensure_serving(settings: Settings) -> None:
 
 def deploy(ctx: typer.Context, version: Annotated[str, typer.Argument(help="Version number or alias.")],
            backend: Annotated[str | None, typer.Option(help="none, local or seldon (default: LM_DEPLOYER).")] = None,
+           skip_missing: Annotated[bool, typer.Option(help="Exit 0 when the version or alias does not exist yet "
+                                                      "(the Helm chart's install hook, before a first champion).")]
+           = False,
            ) -> None:
     """Serve a registered version with the configured deployer (local MLServer swap or Seldon)."""
     from learning_machine.deployers import get_deployer
+    from learning_machine.errors import ModelNotFoundError
     from learning_machine.tracking import Tracker
 
     settings = _settings(ctx)
-    info = Tracker(settings.tracking_uri, timeout_s=settings.request_timeout_s).version(settings.model_name, version)
+    try:
+        info = Tracker(settings.tracking_uri, timeout_s=settings.request_timeout_s).version(settings.model_name, version)
+    except ModelNotFoundError as exc:
+        if not skip_missing:
+            raise
+        console.print(f"nothing to deploy: {exc}")
+        return
     result = get_deployer(settings, backend).deploy(settings.model_name, info.version)
     out.print_json(json.dumps(result.as_dict()))
 

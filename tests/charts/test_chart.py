@@ -530,5 +530,6 @@ def test_hooks_migrate_create_the_bucket_and_deploy_through_the_seldon_deployer(
     bucket = _one(default, "Job", "-minio-bucket")
     assert "mb" in _containers(bucket)[0]["command"]
     deploy = _one(default, "Job", "-deploy-model")
-    assert _containers(deploy)[0]["command"] == ["lm", "deploy", "champion", "--backend", "seldon"]
+    assert _containers(deploy)[0]["command"] == ["lm", "deploy", "champion", "--backend", "seldon",
+                                                   "--skip-missing"]
     assert _env(_containers(deploy)[0])["LM_SELDON_NAMESPACE"] == NAMESPACE
