@@ -1,36 +1,68 @@
-"""`lm bench` / `make bench`: the project's benchmark harness. Each section measures something side by
-side in one run and returns rows for a Markdown table; the report folder gets `report.md` and the raw
-`results.json`. Medians and min-max over repetitions: these machines are noisy, so compare within a run."""
+"""`lm bench` / `make bench`: the project's benchmark harness. Each section starts what it measures on free
+ports, warms up, measures the alternatives side by side in one run and returns a :class:`Section` (tables,
+notes, raw numbers). The report folder gets ``report.md`` (tables and PNG plots), ``summary.md`` (the
+headline table the README shows), ``results.json`` (everything, raw) and the plots. Medians, p99 and
+min-max over repetitions, with ratios against an anchor: these machines are noisy, so compare within a run."""
 
 from __future__ import annotations
 
 import json
+import math
 import platform
 import statistics
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from learning_machine.errors import BenchmarkError, UnknownNameError
+
 Progress = Callable[[str], None]
 
 
 @dataclass
+class Table:
+    """A further table of a section, under its own heading."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[Any]] = field(default_factory=list)
+
+    def markdown(self, level: str = "###") -> str:
+        lines = [f"{level} {self.title}", ""] if self.title else []
+        lines += ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
+        lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in self.rows]
+        return "\n".join(lines) + "\n"
+
+
+@dataclass
 class Section:
-    """One benchmark section: a title, a table and notes."""
+    """One benchmark section: a title, a table and notes; ``raw`` holds the numbers behind them (and what
+    the plots are drawn from). The harness fills ``figures``, ``seconds`` and ``error``."""
 
     title: str
     columns: list[str]
     rows: list[list[Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
+    tables: list[Table] = field(default_factory=list)
+    figures: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float | None = None
+    error: str | None = None
 
     def markdown(self) -> str:
-        lines = [f"## {self.title}", "", "| " + " | ".join(self.columns) + " |",
-                 "|" + "---|" * len(self.columns)]
-        lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in self.rows]
-        lines += [""] + [f"- {n}" for n in self.notes]
+        lines = [f"## {self.title}", ""]
+        if self.error:
+            lines += [f"**This section failed:** `{self.error}`", ""]
+        if self.columns:
+            lines.append(Table("", self.columns, self.rows).markdown())
+        lines += [t.markdown() for t in self.tables]
+        lines += [f"![{caption}]({name})\n" for name, caption in self.figures]
+        lines += [f"- {n}" for n in self.notes]
+        if self.seconds is not None:
+            lines += [f"- Section wall time: {self.seconds:.0f} s."]
         return "\n".join(lines) + "\n"
 
 
@@ -50,18 +82,37 @@ def timed(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
     return {"median": statistics.median(times), "min": min(times), "max": max(times), "n": float(len(times))}
 
 
-def bench_training(quick: bool, progress: Progress) -> Section:
-    """Time to train each model kind on 10k and 100k generated rows (how cost grows with rows)."""
+def loglog_slope(xs: list[float], ys: list[float]) -> float | None:
+    """Least-squares slope of log(y) on log(x): cost grows as x to this power (1 = linear)."""
+    points = [(math.log(x), math.log(y)) for x, y in zip(xs, ys, strict=True) if x > 0 and y > 0]
+    if len(points) < 2:
+        return None
+    mx = statistics.fmean(p[0] for p in points)
+    my = statistics.fmean(p[1] for p in points)
+    sxx = sum((p[0] - mx) ** 2 for p in points)
+    return sum((p[0] - mx) * (p[1] - my) for p in points) / sxx if sxx else None
+
+
+def bench_training(quick: bool, progress: Progress, *, sizes: list[int] | None = None,
+                   kinds: tuple[str, ...] = ("xgboost", "logistic-regression")) -> Section:
+    """Time to train each model kind on 10k, 100k (and in full mode 1M) generated rows: how cost grows
+    with rows (rows/s and the log-log slope of time on rows)."""
     from learning_machine.data.sources import load_dataset
     from learning_machine.training import train_model
 
-    sizes = [10_000, 100_000]
-    repeats = 1 if quick else 3
+    sizes = sizes or ([10_000, 100_000] if quick else [10_000, 100_000, 1_000_000])
+
+    def repeats_for(rows: int) -> int:
+        # The largest size is measured once: 1M rows take tens of seconds per fit here.
+        return 1 if quick or rows >= 1_000_000 else 3
+
     section = Section("Training time versus rows", ["model kind", "rows", "median s", "min s", "max s",
-                                                     "rows/s", "held-out AUC"])
-    for kind in ("xgboost", "logistic-regression"):
-        for rows in sizes:
-            data = load_dataset("synthetic-cohort", n_rows=rows, seed=1)
+                                                     "runs", "rows/s", "x time of smallest", "held-out AUC"])
+    for rows in sizes:
+        progress(f"training: generating {rows:,} rows")
+        data = load_dataset("synthetic-cohort", n_rows=rows, seed=1)
+        for kind in kinds:
+            repeats = repeats_for(rows)
             progress(f"training {kind} on {rows:,} rows x{repeats}")
             results: list[Any] = []
 
@@ -70,11 +121,25 @@ def bench_training(quick: bool, progress: Progress) -> Section:
 
             stats = timed(fit, repeats)
             auc = results[-1].evaluation.metrics["auc"]
-            section.rows.append([kind, f"{rows:,}", stats["median"], stats["min"], stats["max"],
-                                 rows / stats["median"], auc])
-            section.raw[f"{kind}/{rows}"] = {**stats, "auc": auc}
-    section.notes.append(f"Fit plus held-out evaluation of the whole pipeline (impute, scale, encode, model); "
-                         f"{repeats} repetition(s) each; 75 % of the rows are used for fitting.")
+            section.raw[f"{kind}/{rows}"] = {**stats, "auc": auc, "kind": kind, "rows": rows}
+        del data
+    slopes: dict[str, float | None] = {}
+    for kind in kinds:
+        points = [(v["rows"], v["median"]) for v in section.raw.values() if v["kind"] == kind]
+        base = points[0][1]
+        for rows, med in points:
+            stats = section.raw[f"{kind}/{rows}"]
+            section.rows.append([kind, f"{rows:,}", med, stats["min"], stats["max"], int(stats["n"]), rows / med,
+                                 med / base, stats["auc"]])
+        slopes[kind] = loglog_slope([float(p[0]) for p in points], [p[1] for p in points])
+    section.raw = {"runs": section.raw, "loglog_slope": slopes, "sizes": sizes}
+    growth = "; ".join(f"{k}: time ~ rows^{v:.2f}" for k, v in slopes.items() if v is not None)
+    section.notes += [
+        "Fit plus held-out evaluation of the whole pipeline (impute, scale, encode, model) on the synthetic "
+        "cohort; 75 % of the rows are used for fitting, 25 % for the held-out AUC. Sizes under 1M: median of "
+        f"{repeats_for(sizes[0])} run(s); 1M rows: one run.",
+        f"Log-log slope of wall time on rows (1 = linear, below 1 = fixed costs still show): {growth or 'n/a'}.",
+    ]
     return section
 
 
@@ -179,29 +244,115 @@ SECTIONS: dict[str, Callable[[bool, Progress], Section]] = {"training": bench_tr
                                                              "dashboard": bench_dashboard}
 
 
+# Sections whose own start-up and measurement take minutes whatever the size (each kfp.local task is a fresh
+# Python process; the dashboard needs every service and thousands of stored predictions): `--quick` leaves
+# them out unless they are named with --section, so that the quick run stays under five minutes here.
+FULL_ONLY = ("pipelines", "dashboard")
+
+
+def check_sections(only: list[str] | None, *, quick: bool = False) -> list[str]:
+    """The sections to run, in registry order; an unknown name fails with the list of valid ones."""
+    for name in only or []:
+        if name not in SECTIONS:
+            raise UnknownNameError("benchmark section", name, list(SECTIONS))
+    if only:
+        return [name for name in SECTIONS if name in only]
+    return [name for name in SECTIONS if not (quick and name in FULL_ONLY)]
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    return {"python": platform.python_version(), "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(), "cpus": _cpus()}
+
+
 def run_benchmarks(out_dir: Path, *, quick: bool = False, only: list[str] | None = None,
                    progress: Progress = print) -> Path:
-    """Run the sections and write ``report.md`` and ``results.json`` to ``out_dir``."""
+    """Run the sections and write the report to ``out_dir`` (again after each section, so a failure or an
+    interruption keeps what was measured). A section that fails is reported and the others still run;
+    then :class:`BenchmarkError` names the failed ones."""
+    names = check_sections(only, quick=quick)
+    skipped = [name for name in SECTIONS if name not in names]
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    sections = []
-    for name, fn in SECTIONS.items():
-        if only and name not in only:
-            continue
-        progress(f"benchmark section: {name}")
-        sections.append(fn(quick, progress))
-    machine = {"python": platform.python_version(), "platform": platform.platform(),
-               "processor": platform.processor() or platform.machine(), "cpus": _cpus()}
-    header = [f"# Learning Machine benchmarks ({'quick' if quick else 'full'})", "",
-              f"Run {time.strftime('%Y-%m-%d %H:%M', time.localtime(started))}, "
-              f"{time.time() - started:.0f} s, on {machine['platform']} with {machine['cpus']} CPU(s), "
-              f"Python {machine['python']}. Command: `make bench{'-quick' if quick else ''}`.", ""]
-    (out_dir / "report.md").write_text("\n".join(header) + "\n" + "\n".join(s.markdown() for s in sections))
+    clock = time.perf_counter()
+    done: dict[str, Section] = {}
+    for i, name in enumerate(names, 1):
+        progress(f"benchmark section {i}/{len(names)}: {name} ({time.perf_counter() - clock:.0f} s so far)")
+        section_started = time.perf_counter()
+        try:
+            section = SECTIONS[name](quick, progress)
+        except Exception as exc:  # noqa: BLE001 - one failed section must not lose the others' results
+            section = Section(name, [], error=f"{type(exc).__name__}: {exc}",
+                              notes=["Traceback (last lines): " + " | ".join(
+                                  traceback.format_exc().strip().splitlines()[-6:])])
+            progress(f"section {name} FAILED: {type(exc).__name__}: {exc}")
+        section.seconds = time.perf_counter() - section_started
+        add_figures(name, section, out_dir, progress)
+        done[name] = section
+        progress(f"section {name} done in {section.seconds:.0f} s")
+        report = write_report(out_dir, done, quick=quick, started=started,
+                              elapsed=time.perf_counter() - clock, skipped=skipped)
+    elapsed = time.perf_counter() - clock
+    progress(f"benchmarks finished in {elapsed:.0f} s ({elapsed / 60:.1f} min): {report}")
+    failed = [name for name, section in done.items() if section.error]
+    if failed:
+        raise BenchmarkError(f"benchmark section(s) failed: {', '.join(failed)}; the others are in {report}",
+                             detail={"failed": failed, "report": str(report)})
+    return report
+
+
+def add_figures(name: str, section: Section, out_dir: Path, progress: Progress = print) -> None:
+    """Draw the section's plots into ``out_dir`` (PNG) and list them on the section; a plot that fails is
+    a note, not a lost report."""
+    from learning_machine import bench_plots
+
+    try:
+        section.figures = bench_plots.figures(name, section, out_dir)
+    except Exception as exc:  # noqa: BLE001 - plotting is best effort; the numbers are in the tables
+        section.notes.append(f"Plots failed: {type(exc).__name__}: {exc}")
+        progress(f"plots of {name} failed: {exc}")
+
+
+def write_report(out_dir: Path, sections: dict[str, Section], *, quick: bool, started: float,
+                 elapsed: float, skipped: list[str] | None = None) -> Path:
+    """Write ``report.md``, ``summary.md`` and ``results.json`` for ``sections`` (name -> section);
+    ``skipped`` names the sections this run left out."""
+    from learning_machine.bench_summary import headlines
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    machine = machine_info()
+    command = f"make bench{'-quick' if quick else ''}"
+    when = time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(started))
+    provenance = (f"Measured {when} by `{command}` (`lm bench{' --quick' if quick else ''}`) in {elapsed / 60:.1f} min "
+                  f"on {machine['platform']}, {machine['cpus']} CPU(s) ({machine['processor']}), "
+                  f"Python {machine['python']}.")
+    summary = Table("", ["measurement", "result", "versus the anchor"])
+    for name, section in sections.items():
+        try:
+            summary.rows += headlines(name, section)
+        except Exception as exc:  # noqa: BLE001 - a summary row is best effort; the section's table stands
+            summary.rows.append([f"{name}: summary failed", f"{type(exc).__name__}: {exc}", "-"])
+    sections_run = ", ".join(f"{n} ({s.seconds or 0:.0f} s{', FAILED' if s.error else ''})"
+                             for n, s in sections.items())
+    not_run = (f" Not run: {', '.join(skipped)} (" + ("`make bench` runs every section; `lm bench --quick --section "
+               "NAME` runs one at quick size)" if quick else "not asked for") + ").") if skipped else ""
+    header = [f"# Learning Machine benchmarks ({'quick' if quick else 'full'})", "", provenance, "",
+              f"Sections: {sections_run}.{not_run} Raw numbers: `results.json`. Ratios are within this run "
+              "(the machine is shared and noisy: compare ratios, not absolute numbers across runs).", "",
+              "## Summary", "", summary.markdown(), ""]
+    report = out_dir / "report.md"
+    report.write_text("\n".join(header) + "\n" + "\n".join(s.markdown() for s in sections.values()))
+    (out_dir / "summary.md").write_text(provenance + "\n\n" + summary.markdown())
     (out_dir / "results.json").write_text(json.dumps(
-        {"quick": quick, "started": started, "machine": machine,
-         "sections": {s.title: {"columns": s.columns, "rows": s.rows, "raw": s.raw, "notes": s.notes}
-                      for s in sections}}, indent=2, default=str))
-    return out_dir / "report.md"
+        {"quick": quick, "started": started, "elapsed_s": elapsed, "command": command, "machine": machine,
+         "skipped": skipped or [],
+         "summary": summary.rows,
+         "sections": {name: {"title": s.title, "columns": s.columns, "rows": s.rows, "tables": [
+             {"title": t.title, "columns": t.columns, "rows": t.rows} for t in s.tables], "raw": s.raw,
+             "notes": s.notes, "figures": [f for f, _ in s.figures], "seconds": s.seconds, "error": s.error}
+             for name, s in sections.items()}}, indent=2, default=str))
+    return report
 
 
 def _cpus() -> int:

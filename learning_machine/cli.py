@@ -426,17 +426,16 @@ def monitor(
 
 # -- benchmarks --------------------------------------------------------------------------------------
 @app.command()
-def bench(quick: Annotated[bool, typer.Option(help="Smaller sizes, finishes in minutes.")] = False,
+def bench(quick: Annotated[bool, typer.Option(help="Smaller sizes and no pipelines/dashboard sections unless "
+                                                     "named: under 5 minutes.")] = False,
           out_dir: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("bench-results"),
           section: Annotated[list[str] | None, typer.Option(help="Only these sections (repeatable): training, "
-                                                                 "pipelines, serving, loop.")] = None) -> None:
-    """Run the benchmarks and write a Markdown report with the raw JSON."""
-    from learning_machine.bench import SECTIONS, run_benchmarks
-    from learning_machine.errors import UnknownNameError
+                                                                 "pipelines, serving, loop, dashboard.")] = None
+          ) -> None:
+    """Run the benchmarks: report.md (tables, PNG plots), summary.md and the raw results.json."""
+    from learning_machine.bench import check_sections, run_benchmarks
 
-    for name in section or []:
-        if name not in SECTIONS:
-            raise UnknownNameError("benchmark section", name, list(SECTIONS))
+    check_sections(section, quick=quick)
     report = run_benchmarks(out_dir, quick=quick, only=section, progress=_say)
     console.print(f"report: {report}")
 

@@ -58,6 +58,13 @@ class UnknownNameError(LearningMachineError):
         self.valid = sorted(valid)
 
 
+class BenchmarkError(LearningMachineError):
+    """One or more benchmark sections failed (the report still holds the others)."""
+
+    status = 500
+    code = "benchmark-failed"
+
+
 class DatasetError(LearningMachineError):
     """A dataset or its spec cannot be read or does not match its spec."""
 

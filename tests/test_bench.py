@@ -1,0 +1,99 @@
+"""The benchmark harness (`lm bench`): the report writer with a real, cheap section (training at tiny
+sizes), failure isolation, the plots of the loop section from its raw numbers, and unknown section names.
+The real benchmarks are `make bench` / `make bench-quick`, not part of the test suite."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from learning_machine import bench
+from learning_machine.bench import Section, add_figures, bench_training, check_sections, run_benchmarks, write_report
+from learning_machine.errors import BenchmarkError, UnknownNameError
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def tiny_training(quick: bool, progress: Any) -> Section:
+    return bench_training(quick, progress, sizes=[400, 1_200])
+
+
+def _referenced_pngs(report: str) -> list[str]:
+    return re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", report)
+
+
+def test_report_from_a_real_training_section(tmp_path: Path) -> None:
+    messages: list[str] = []
+    section = tiny_training(True, messages.append)
+    add_figures("training", section, tmp_path, messages.append)
+    report = write_report(tmp_path, {"training": section}, quick=True, started=time.time(), elapsed=3.0)
+
+    text = report.read_text()
+    assert "## Training time versus rows" in text and "## Summary" in text
+    pngs = _referenced_pngs(text)
+    assert pngs == ["training_time_vs_rows.png"]
+    assert (tmp_path / pngs[0]).read_bytes().startswith(PNG)
+    assert "1,200" in text and "make bench-quick" in text
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    raw = results["sections"]["training"]["raw"]
+    assert set(raw["loglog_slope"]) == {"xgboost", "logistic-regression"}
+    assert raw["runs"]["xgboost/1200"]["median"] > 0
+    assert results["machine"]["cpus"] >= 1 and results["sections"]["training"]["figures"] == pngs
+
+    summary = (tmp_path / "summary.md").read_text()
+    assert "Training xgboost, 1,200 rows" in summary and "rows^" in summary
+    assert any("training xgboost on 1,200 rows" in m for m in messages)
+
+
+def test_a_failed_section_is_reported_and_the_others_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(quick: bool, progress: Any) -> Section:
+        raise RuntimeError("server did not start")
+
+    def tinier_training(quick: bool, progress: Any) -> Section:
+        return bench_training(quick, progress, sizes=[300, 600], kinds=("logistic-regression",))
+
+    monkeypatch.setattr(bench, "SECTIONS", {"training": tinier_training, "serving": broken})
+    messages: list[str] = []
+    with pytest.raises(BenchmarkError, match="serving"):
+        run_benchmarks(tmp_path, quick=True, progress=messages.append)
+    text = (tmp_path / "report.md").read_text()
+    assert "## Training time versus rows" in text
+    assert "RuntimeError: server did not start" in text
+    assert (tmp_path / "training_time_vs_rows.png").exists()
+    assert any(m.startswith("benchmarks finished in") for m in messages)
+
+
+def test_loop_plots_and_summary_read_the_keys_present(tmp_path: Path) -> None:
+    raw = {"false_alarms_per_10k": {"runs": [0], "per_10k": 0.0},
+           "covariate-shift": {"delays": [200, 400, None], "bound_rows": 150.0, "auc_before": [0.70, 0.72],
+                               "auc_retrained": [0.80], "auc_oracle": [0.82], "rules": ["drift"], "new_key": 1},
+           "concept-drift": {"delays": [None], "bound_rows": 90.0},
+           "missingness-spike": {"auc_before": [0.75], "auc_extra": [0.9]}}
+    section = Section("Learning loop", ["scenario"], raw=raw)
+    add_figures("loop", section, tmp_path)
+    assert [name for name, _ in section.figures] == ["loop_delay_vs_bound.png", "loop_auc.png"]
+    assert all((tmp_path / name).read_bytes().startswith(PNG) for name, _ in section.figures)
+
+    write_report(tmp_path, {"loop": section}, quick=False, started=time.time(), elapsed=60.0)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "delay 300 rows (2/3 seeds)" in summary and "2.0x CUSUM bound" in summary
+    assert "not detected (0/1 seeds)" in summary and "make bench`" in summary
+
+
+def test_an_unknown_section_names_the_valid_ones(tmp_path: Path) -> None:
+    with pytest.raises(UnknownNameError) as caught:
+        run_benchmarks(tmp_path / "out", only=["training", "servng"])
+    for name in bench.SECTIONS:
+        assert name in caught.value.message
+    assert "servng" in caught.value.message
+    assert not (tmp_path / "out").exists()
+    assert check_sections(["loop", "training"]) == ["training", "loop"]
+    assert check_sections(None) == list(bench.SECTIONS)
+    assert set(check_sections(None, quick=True)) == set(bench.SECTIONS) - set(bench.FULL_ONLY)
+    assert check_sections(["pipelines"], quick=True) == ["pipelines"]
