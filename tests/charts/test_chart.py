@@ -231,7 +231,8 @@ def test_every_object_of_the_schema_rejects_unknown_keys_and_every_value_is_docu
         assert node["description"] == comments[path], f"values.schema.json: {'.'.join(path)} differs from values.yaml"
 
 
-FREE_FORM = {("ingress", "annotations"), ("networkPolicy", "ingressNamespaceSelector")}
+FREE_FORM = {("ingress", "annotations"), ("networkPolicy", "ingressNamespaceSelector"),
+             ("networkPolicy", "pipelinePodLabels")}
 
 
 def _leaves(value: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -441,7 +442,9 @@ def _peers(rules: list[Resource]) -> set[str]:
             elif "podSelector" in peer and peer["podSelector"].get("matchExpressions"):
                 out.add("seldon")
             elif "namespaceSelector" in peer:
-                out.add("ns:" + ",".join(peer["namespaceSelector"]["matchLabels"].values()))
+                # Pods of another namespace; "+pods" when only some of its pods (by label) are allowed.
+                suffix = "+pods" if "podSelector" in peer else ""
+                out.add("ns:" + ",".join(peer["namespaceSelector"]["matchLabels"].values()) + suffix)
             elif "ipBlock" in peer:
                 out.add("ip")
     return out
@@ -454,9 +457,9 @@ def test_network_policies_deny_by_default_and_allow_only_the_designed_flows(defa
     # Who may reach whom (the arrows of DESIGN.md's diagram, plus the hook Jobs).
     assert _peers(_policy(default, "postgresql")["spec"]["ingress"]) == {"mlflow", "gateway", "monitor", "migrate"}
     assert _policy(default, "postgresql")["spec"]["egress"] == []
-    assert _peers(_policy(default, "minio")["spec"]["ingress"]) == {"mlflow", "bucket", "seldon", f"ns:{NAMESPACE}"}
+    assert _peers(_policy(default, "minio")["spec"]["ingress"]) == {"mlflow", "bucket", "seldon", f"ns:{NAMESPACE}+pods"}
     assert _peers(_policy(default, "mlflow")["spec"]["ingress"]) == {"gateway", "monitor", "deploy", "seldon",
-                                                                     f"ns:{NAMESPACE}"}
+                                                                     f"ns:{NAMESPACE}+pods"}
     assert _peers(_policy(default, "mlflow")["spec"]["egress"]) == {"postgresql", "minio"}
     assert _peers(_policy(default, "gateway")["spec"]["egress"]) == {"postgresql", "mlflow", "seldon"}
     assert _peers(_policy(default, "dashboard")["spec"]["egress"]) == {"gateway"}

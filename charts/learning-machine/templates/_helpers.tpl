@@ -391,6 +391,9 @@ matchLabels:
 - namespaceSelector:
     matchLabels:
       kubernetes.io/metadata.name: {{ default $.Release.Namespace $.Values.kfp.pipelinesNamespace }}
+  podSelector:
+    matchLabels:
+      {{- toYaml $.Values.networkPolicy.pipelinePodLabels | nindent 6 }}
 {{- else if eq $name "@kfp" -}}
 - namespaceSelector:
     matchLabels:
