@@ -498,7 +498,15 @@ def test_auth_on_gives_every_mlflow_client_the_admin_credentials(renders):
     pipeline = next(r for r in resources if r["metadata"]["name"] == "learning-machine-pipeline-credentials")
     assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= set(pipeline["stringData"])
     allowed = _env(mlflow["containers"][0])["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
-    assert "mlflow.lm.example.org" in allowed and f"lm-learning-machine-mlflow.{NAMESPACE}.svc.cluster.local" in allowed
+    assert "mlflow.lm.example.org" in allowed
+    # Every client's tracking URL passes MLflow's Host check (the header carries the port).
+    from urllib.parse import urlparse
+
+    for resource in resources:
+        for container in _containers(resource) if resource["kind"] in WORKLOADS else []:
+            for key in ("LM_MLFLOW_TRACKING_URI", "LM_SELDON_TRACKING_URI"):
+                if isinstance(_env(container).get(key), str):
+                    assert urlparse(_env(container)[key]).netloc in allowed, (resource["metadata"]["name"], key)
 
 
 def test_external_services_replace_the_bundled_ones(renders):
