@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -164,7 +165,10 @@ class LoopService:
                           cooldown_s=settings.policy_cooldown_s),
             drift=lambda records: self.model_server.drift(settings.model_name, self.spec, list(records)),
             sink=self.sink, trigger=self.trigger, metrics_logger=self._log_metrics, labelled=self._labelled,
-            progress=progress)
+            sequential=self._sequential_detector if settings.monitor_sequential else None, progress=progress)
+        self._detectors: dict[str, Any] = {}
+        self._outcomes_seen: deque[tuple[str, str]] = deque(maxlen=20_000)
+        self._outcomes_seen_set: set[tuple[str, str]] = set()
         self.steps = 0
         self.last_error: str | None = None
         self.last_step_at: float | None = None
@@ -196,6 +200,43 @@ class LoopService:
         return pd.DataFrame([{**i["features"], "probability": i["probability"], "outcome": i["outcome"]}
                              for i in items])
 
+    def _sequential_detector(self, version: str) -> Any:
+        """The sequential detector of ``version``, fitted once on the training reference saved with it (read
+        through MLflow's API) and calibrated to the configured false-alarm budget."""
+        if version not in self._detectors:
+            from learning_machine.inference import load_version
+            from learning_machine.model_server import model_uri
+            from learning_machine.sequential import fit_sequential
+
+            served = load_version(self.settings.tracking_uri, model_uri(self.settings.model_name, version),
+                                  timeout_s=self.settings.request_timeout_s)
+            self._detectors[version] = None if served.reference is None else fit_sequential(
+                served.spec, served.reference, false_alarms_per_10k=self.settings.monitor_false_alarms_per_10k)
+            if self.progress:
+                self.progress(f"sequential test for v{version}: "
+                              + ("no training reference saved, off" if served.reference is None else
+                                 f"calibrated to {self.settings.monitor_false_alarms_per_10k:g} false alarm(s) "
+                                 "per 10,000 predictions"))
+            while len(self._detectors) > 3:  # bounded: the serving version and the last few
+                self._detectors.pop(next(iter(self._detectors)))
+        return self._detectors[version]
+
+    def new_outcomes(self) -> pd.DataFrame:
+        """Outcomes that arrived since the last step (oldest first), for the sequential test's outcome stream."""
+        items = self.client.labelled(limit=5000)
+        fresh = []
+        for item in reversed(items):  # the feed is newest first
+            key = (str(item["record_id"]), str(item["model_version"]))
+            if key in self._outcomes_seen_set:
+                continue
+            if len(self._outcomes_seen) == self._outcomes_seen.maxlen:
+                self._outcomes_seen_set.discard(self._outcomes_seen[0])
+            self._outcomes_seen.append(key)
+            self._outcomes_seen_set.add(key)
+            fresh.append({"outcome": item["outcome"], "probability": item["probability"],
+                          "model_version": item["model_version"]})
+        return pd.DataFrame(fresh, columns=["outcome", "probability", "model_version"])
+
     def requested(self) -> Decision | None:
         """A retraining someone asked for (`POST /v1/retrain`, the dashboard's button): fired once per request,
         without waiting for the policy, and recorded like any other."""
@@ -224,11 +265,13 @@ class LoopService:
         rows = [{self.spec.record_id.name: i["record_id"], **i["features"], "probability": i["probability"],
                  "model_version": i["model_version"]} for i in feed["items"]]
         windows = self.monitor.add(rows)
+        if self.monitor.sequential is not None:
+            self.monitor.add_outcomes(self.new_outcomes())
         self.cursor = int(feed["next_after_id"])
         self._save_state()
         self.steps += 1
         self.last_step_at = time.time()
-        return self.monitor.decide() if windows else None
+        return self.monitor.decide() if windows or self.monitor.alarms else None
 
     def run(self, interval_s: float, stop: threading.Event) -> None:
         """Step every ``interval_s`` until ``stop`` is set; a failing step is reported and retried."""

@@ -20,6 +20,7 @@ import pandas as pd
 from learning_machine.data.spec import DatasetSpec
 from learning_machine.evaluation import evaluate
 from learning_machine.policy import Decision, RetrainPolicy, WindowSummary, decide
+from learning_machine.sequential import Alarm, SequentialDetector
 
 Progress = Callable[[str], None]
 
@@ -139,9 +140,14 @@ class Monitor:
     metrics_logger: Callable[[dict[str, float], int], None] | None = None
     labelled: Callable[[], pd.DataFrame] | None = None
     """Recent predictions with their outcomes (features, ``probability``, ``outcome``) for realised performance."""
+    sequential: Callable[[str], SequentialDetector | None] | None = None
+    """The sequential detector of a model version (fitted on its training reference), or None to skip it."""
     clock: Callable[[], float] = time.time
     progress: Progress | None = None
     windows: deque[WindowSummary] = field(init=False)
+    alarms: list[Alarm] = field(default_factory=list)
+    """Sequential alarms not yet acted on (cleared when a retraining fires or another version serves)."""
+    serving_version: str | None = None
     pending: list[dict[str, Any]] = field(default_factory=list)
     last_retrain_at: float | None = None
     next_window_id: int = 1
@@ -153,11 +159,54 @@ class Monitor:
         """Add predicted rows (features, ``record_id``, ``probability``, ``model_version``); assess every full
         window. Partial windows wait for more rows."""
         self.pending.extend(dict(r) for r in rows)
+        self._sequential(rows)
         done = []
         while len(self.pending) >= self.config.window_rows:
             window, self.pending = self.pending[:self.config.window_rows], self.pending[self.config.window_rows:]
             done.append(self.assess(window))
         return done
+
+    def _detector(self, version: str | None) -> SequentialDetector | None:
+        if self.sequential is None or version is None:
+            return None
+        if version != self.serving_version:  # a new version serves: its own reference, fresh evidence
+            self.serving_version = version
+            self.alarms.clear()
+        return self.sequential(version)
+
+    def _sequential(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Feed predictions to the sequential test of the version that made them, in arrival order."""
+        if self.sequential is None or not rows:
+            return
+        frame = pd.DataFrame([dict(r) for r in rows])
+        versions = frame["model_version"].astype(str) if "model_version" in frame else pd.Series([None] * len(frame))
+        start = 0
+        for end in [*np.flatnonzero(versions.to_numpy()[1:] != versions.to_numpy()[:-1]) + 1, len(frame)]:
+            detector = self._detector(versions.iloc[start])
+            if detector is not None:
+                self._record(detector.update(frame.iloc[start:end]), versions.iloc[start])
+            start = end
+
+    def add_outcomes(self, labelled: pd.DataFrame) -> None:
+        """Feed newly arrived outcomes (``outcome``, ``probability``, ``model_version``) to the outcome stream."""
+        if self.sequential is None or labelled.empty:
+            return
+        for version, group in labelled.groupby(labelled["model_version"].astype(str), sort=False):
+            detector = self._detector(str(version))
+            if detector is not None:
+                self._record(detector.update_outcomes(group["outcome"].to_numpy(dtype=float),
+                                                      group["probability"].to_numpy(dtype=float)), str(version))
+
+    def _record(self, alarms: list[Alarm], version: str | None) -> None:
+        if not alarms:
+            return
+        self.alarms.extend(alarms)
+        del self.alarms[:-20]  # bounded: the policy needs the first few
+        self.sink.results([{"kind": "drift", "metric": "cusum", "feature": a.stream, "value": a.ratio,
+                            "threshold": 1.0, "alert": True, "model_version": version,
+                            "details": {"row": a.row, "streams": a.streams[:10]}} for a in alarms])
+        if self.progress:
+            self.progress(alarms[0].reason())
 
     def assess(self, window: list[dict[str, Any]], labelled: pd.DataFrame | None = None) -> WindowResult:
         """Drift and data quality of one window, realised performance on ``labelled`` (recent outcomes)."""
@@ -197,13 +246,15 @@ class Monitor:
 
     def decide(self) -> Decision:
         """Ask the policy; a firing decision is recorded, and retraining started when a trigger is set."""
-        decision = decide(list(self.windows), self.policy, now=self.clock(), last_retrain_at=self.last_retrain_at)
+        decision = decide(list(self.windows), self.policy, now=self.clock(), last_retrain_at=self.last_retrain_at,
+                          alarms=self.alarms)
         if decision.suppressed:
             self.sink.event("retrain-suppressed", decision.as_dict())
         if not decision.retrain:
             return decision
         self.sink.event("retrain-fired", decision.as_dict())
         self.last_retrain_at = self.clock()
+        self.alarms.clear()
         if self.trigger is not None:
             outcome = self.trigger(decision)
             if self.progress:

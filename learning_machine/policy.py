@@ -8,14 +8,21 @@ passed (then the decision records that it was suppressed and by how long):
    enough, which bounds false alarms);
 2. **performance below the floor**: the latest window with at least ``min_outcomes`` outcomes has a
    realised AUC below ``auc_floor``;
-3. **schedule**: ``schedule_s`` seconds have passed since the last retraining (off by default).
+3. **schedule**: ``schedule_s`` seconds have passed since the last retraining (off by default);
+4. **sequential**: the monitor's sequential test (CUSUM on every feature, and on the model's log-loss once
+   outcomes arrive; :mod:`learning_machine.sequential`) crossed its threshold, which is calibrated to a
+   configured false-alarm budget (``LM_MONITOR_FALSE_ALARMS_PER_10K``). It reacts within tens of rows to
+   a shift a windowed test sees only at the end of its windows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from learning_machine.sequential import Alarm
 
 
 @dataclass(frozen=True)
@@ -68,11 +75,16 @@ class Decision:
 
 
 def decide(windows: Sequence[WindowSummary], policy: RetrainPolicy, *, now: float,
-           last_retrain_at: float | None) -> Decision:
-    """Apply the policy to the windows (oldest first) at time ``now``."""
+           last_retrain_at: float | None, alarms: Sequence[Alarm] = ()) -> Decision:
+    """Apply the policy to the windows (oldest first) and the sequential test's alarms at time ``now``."""
     reasons: list[str] = []
     rules: list[str] = []
     evidence: dict[str, Any] = {}
+
+    if alarms:
+        rules.append("sequential")
+        reasons.append(alarms[0].reason())
+        evidence["sequential_alarms"] = [asdict(a) for a in alarms[:5]]
 
     recent = list(windows)[-policy.drift_windows:]
     if len(recent) == policy.drift_windows and all(w.drift for w in recent):

@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     monitor_performance_rows: int = Field(400, ge=20, description="Recent outcomes used for realised performance.")
     monitor_experiment: str = Field("learning-machine-monitoring",
                                     description="MLflow experiment of the monitoring run (metrics per window).")
+    monitor_sequential: bool = Field(True, description="Run the sequential test (CUSUM per feature and on the "
+                                     "model's log-loss) beside the windowed one; its alarms trigger retraining.")
+    monitor_false_alarms_per_10k: float = Field(1.0, gt=0, le=100, description="False-alarm budget of the sequential "
+                                                "test: alarms per 10,000 predictions on unchanged data.")
     policy_drift_windows: int = Field(2, ge=1, description="Retrain when this many consecutive windows drift.")
     policy_auc_floor: float | None = Field(0.70, ge=0, le=1, description="Retrain when realised AUC falls below.")
     policy_min_outcomes: int = Field(100, ge=10, description="Outcomes needed before realised AUC counts.")
