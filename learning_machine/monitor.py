@@ -221,19 +221,22 @@ class Monitor:
         rows += drift_results(drift)
         auc = None
         n_outcomes = 0
+        n_events = None
         if labelled is None and self.labelled is not None:
             labelled = self.labelled()
         if labelled is not None and not labelled.empty:
             perf, auc = performance_results(self.spec, labelled)
             rows += perf
             n_outcomes = len(labelled)
+            n_events = int(pd.to_numeric(labelled["outcome"], errors="coerce").fillna(0).sum())
         for row in rows:
             row.setdefault("details", {})
             row.update(window_rows=len(window), model_version=model_version)
             row["details"] = {**row["details"], "window_id": window_id}
         summary = WindowSummary(window_id, self.clock(), len(window), drift=bool(drift.get("is_drift")),
                                 drift_p_value=_min_p(drift), drifted_features=tuple(drift.get("drifted_features") or ()),
-                                missing_fraction=missing, invalid_fraction=invalid, auc=auc, n_outcomes=n_outcomes)
+                                missing_fraction=missing, invalid_fraction=invalid, auc=auc, n_outcomes=n_outcomes,
+                                n_events=n_events)
         self.windows.append(summary)
         self.sink.results(rows)
         if self.metrics_logger is not None:

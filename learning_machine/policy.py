@@ -7,7 +7,9 @@ passed (then the decision records that it was suppressed and by how long):
 1. **drift confirmed**: the last ``drift_windows`` windows all show drift (one noisy window is not
    enough, which bounds false alarms);
 2. **performance below the floor**: the latest window with at least ``min_outcomes`` outcomes has a
-   realised AUC below ``auc_floor``;
+   realised AUC below ``auc_floor`` with 95 % confidence (its one-sided upper bound, from the Hanley-McNeil
+   standard error, is under the floor): an AUC on a few hundred outcomes varies by several points, and a
+   plain comparison fired on clean data;
 3. **schedule**: ``schedule_s`` seconds have passed since the last retraining (off by default);
 4. **sequential**: the monitor's sequential test (CUSUM on every feature, and on the model's log-loss once
    outcomes arrive; :mod:`learning_machine.sequential`) crossed its threshold, which is calibrated to a
@@ -39,6 +41,8 @@ class WindowSummary:
     invalid_fraction: float | None = None
     auc: float | None = None
     n_outcomes: int = 0
+    n_events: int | None = None
+    """Outcomes that were events (1), for the AUC's standard error; None: compare the AUC itself."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,17 @@ class Decision:
         return asdict(self)
 
 
+def auc_standard_error(auc: float, n_events: int | None, n_outcomes: int) -> float:
+    """Hanley & McNeil's (1982) standard error of an AUC on ``n_events`` events among ``n_outcomes``;
+    0 when the counts are unknown."""
+    if n_events is None or n_events < 1 or n_outcomes - n_events < 1:
+        return 0.0
+    n1, n0 = n_events, n_outcomes - n_events
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    variance = (auc * (1 - auc) + (n1 - 1) * (q1 - auc * auc) + (n0 - 1) * (q2 - auc * auc)) / (n1 * n0)
+    return float(max(variance, 0.0) ** 0.5)
+
+
 def decide(windows: Sequence[WindowSummary], policy: RetrainPolicy, *, now: float,
            last_retrain_at: float | None, alarms: Sequence[Alarm] = ()) -> Decision:
     """Apply the policy to the windows (oldest first) and the sequential test's alarms at time ``now``."""
@@ -97,12 +112,14 @@ def decide(windows: Sequence[WindowSummary], policy: RetrainPolicy, *, now: floa
         evidence["drift_windows"] = [w.window_id for w in recent]
 
     scored = [w for w in windows if w.auc is not None and w.n_outcomes >= policy.min_outcomes]
-    if policy.auc_floor is not None and scored and scored[-1].auc is not None and scored[-1].auc < policy.auc_floor:
-        latest = scored[-1]
-        rules.append("performance")
-        reasons.append(f"realised AUC {latest.auc:.3f} on {latest.n_outcomes} outcomes is below the floor "
-                       f"{policy.auc_floor:.2f}")
-        evidence["performance_window"] = latest.window_id
+    latest = scored[-1] if scored else None
+    if policy.auc_floor is not None and latest is not None and latest.auc is not None:
+        upper = latest.auc + 1.645 * auc_standard_error(latest.auc, latest.n_events, latest.n_outcomes)
+        if upper < policy.auc_floor:
+            rules.append("performance")
+            reasons.append(f"realised AUC {latest.auc:.3f} on {latest.n_outcomes} outcomes is below the floor "
+                           f"{policy.auc_floor:.2f}" + (f" (95 % upper bound {upper:.3f})" if upper > latest.auc else ""))
+            evidence["performance_window"] = latest.window_id
 
     if policy.schedule_s is not None and (last_retrain_at is None or now - last_retrain_at >= policy.schedule_s):
         rules.append("schedule")

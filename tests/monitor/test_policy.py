@@ -40,6 +40,16 @@ def test_performance_below_the_floor_needs_enough_outcomes():
     assert "realised AUC 0.620 on 80 outcomes is below the floor 0.70" in decision.reasons[0]
 
 
+def test_a_noisy_dip_under_the_floor_is_not_enough_with_the_event_count_known():
+    # 0.68 on 119 outcomes (24 events): its 95 % upper bound is well above 0.70 (seen firing on clean data).
+    noisy = WindowSummary(1, 1000.0, 200, auc=0.68, n_outcomes=119, n_events=24)
+    assert not decide([noisy], POLICY, now=2000, last_retrain_at=None).retrain
+    # A real fall: 0.58 on 300 outcomes (60 events) is under the floor with confidence.
+    fallen = WindowSummary(2, 1001.0, 200, auc=0.58, n_outcomes=300, n_events=60)
+    decision = decide([noisy, fallen], POLICY, now=2000, last_retrain_at=None)
+    assert decision.retrain and decision.rules == ("performance",) and "95 % upper bound" in decision.reasons[0]
+
+
 def test_cooldown_suppresses_and_says_how_long():
     windows = [w(1, drift=True), w(2, drift=True)]
     held = decide(windows, POLICY, now=2000, last_retrain_at=1800)
