@@ -201,6 +201,33 @@ def test_both_dockerfiles_pass_checkov_and_run_as_non_root():
         assert text.count("FROM ") >= 3 and "USER 10001" in text and "uv sync --frozen --no-dev" in text, file
 
 
+@pytest.mark.parametrize("sets", [
+    ("networkPolicy.enabled=false",),
+    ("dashboard.enabled=false", "monitor.enabled=false"),
+    ("rbac.create=false", "serving.deployOnInstall.enabled=false"),
+    ("kfp.host=", "kfp.pipelinesNamespace=kubeflow", "kfp.serviceAccount="),
+    ("gateway.autoscaling.enabled=false", "gateway.pdb.enabled=false"),
+])
+def test_optional_parts_switch_off_cleanly(sets):
+    resources = render(sets=sets)
+    for resource in resources:
+        kubernetes_validate.validate(resource, "1.33", strict=True)
+        _assert_restricted(resource)
+    names = {r["metadata"]["name"].removeprefix("lm-learning-machine-") for r in resources}
+    if "networkPolicy.enabled=false" in sets:
+        assert not [r for r in resources if r["kind"] == "NetworkPolicy"]
+    if "monitor.enabled=false" in sets:
+        assert "monitor" not in names and "dashboard" not in names
+    if "rbac.create=false" in sets:
+        assert not [r for r in resources if r["kind"] in {"Role", "RoleBinding", "ServiceAccount"}]
+        assert all("serviceAccountName" not in _pod_spec(r) for r in resources if r["kind"] in WORKLOADS)
+    if "kfp.pipelinesNamespace=kubeflow" in sets:
+        config = next(r for r in resources if r["metadata"]["name"] == "learning-machine-pipeline-config")
+        assert config["metadata"]["namespace"] == "kubeflow"
+        monitor = _env(_pod_spec(_one(resources, "Deployment", "-monitor"))["containers"][0])
+        assert "LM_KFP_HOST" not in monitor
+
+
 # -- values: schema and contradictions ---------------------------------------------------------------
 def test_a_misspelled_key_fails_at_every_level():
     for item in ["gatway.replicas=2", "gateway.replcas=2", "gateway.autoscaling.maxReplica=3",
