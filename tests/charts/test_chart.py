@@ -229,6 +229,17 @@ def test_optional_parts_switch_off_cleanly(sets):
         assert "LM_KFP_HOST" not in monitor
 
 
+def test_notes_tell_what_to_do_next():
+    """NOTES.txt as `helm install` prints it (client-side dry run: no cluster is contacted)."""
+    for extra in [(), ("-f", str(CHART / "examples" / "auth-on.yaml"))]:
+        out = _helm("install", "lm", str(CHART), "-n", NAMESPACE, "--dry-run=client", *extra).stdout
+        notes = out[out.index("NOTES:"):]
+        for expected in ["helm test lm", "lm tokens create", "pipelines/compiled/training.yaml",
+                         "lm deploy champion --backend seldon", "/v1/models", "docs/kubernetes.md"]:
+            assert expected in notes, (extra, expected)
+        assert ("mlflow-admin-password" in notes) == bool(extra)
+
+
 # -- values: schema and contradictions ---------------------------------------------------------------
 def test_a_misspelled_key_fails_at_every_level():
     for item in ["gatway.replicas=2", "gateway.replcas=2", "gateway.autoscaling.maxReplica=3",
