@@ -135,8 +135,14 @@ so every template of one render sees the same value). */}}
 {{- if not (hasKey $cache $key) -}}
 {{- $existing := lookup "v1" "Secret" $.Release.Namespace (printf "%s-generated" (include "lm.fullname" $)) -}}
 {{- $value := "" -}}
-{{- if and $existing (hasKey ($existing.data | default dict) $key) -}}
-{{- $value = index $existing.data $key | b64dec -}}
+{{- $data := ($existing.data | default dict) -}}
+{{- if and (eq $key "monitor-token") (hasKey $data "tokens.json") -}}
+{{- /* Stored inside tokens.json, not under its own key. */ -}}
+{{- $value = get (index $data "tokens.json" | b64dec | fromJson) "data-scientist" | default "" -}}
+{{- else if hasKey $data $key -}}
+{{- $value = index $data $key | b64dec -}}
+{{- end -}}
+{{- if $value -}}
 {{- else if eq $key "minio-root-user" -}}
 {{- $value = printf "lm%s" (randAlphaNum 12 | lower) -}}
 {{- else if eq $key "monitor-token" -}}
