@@ -16,7 +16,7 @@ from pathlib import Path
 
 from learning_machine.embedded import dashboard_service, gateway_service, mlflow_service, monitor_service
 from learning_machine.services import ServiceSpec
-from learning_machine.settings import Settings
+from learning_machine.settings import Settings, settings_env
 
 # The platform image (top-level Dockerfile): the venv's console scripts are on PATH and the package is
 # installed as a wheel under this site-packages folder.
@@ -39,6 +39,9 @@ class ClusterService:
     port: int
     health_path: str
     env: dict[str, str] = field(default_factory=dict)
+    # Settings the embedded builder passes explicitly (beyond the shared ones): the chart must set them
+    # too, with the cluster's values (e.g. the database and model-server URLs).
+    required_env: list[str] = field(default_factory=list)
 
 
 def cluster_settings() -> Settings:
@@ -61,8 +64,16 @@ def _in_image(command: list[str]) -> list[str]:
     return out
 
 
-def _service(spec: ServiceSpec, port: int, env: dict[str, str]) -> ClusterService:
-    return ClusterService(spec.name, _in_image(spec.command), port, spec.health_path, env)
+# The dashboard's token file is the embedded setup's convenience (one user, one machine): in a cluster
+# each user pastes their own token, so it is not carried over.
+NOT_IN_CLUSTER = {"dashboard": {"LM_TOKENS_FILE"}}
+
+
+def _service(spec: ServiceSpec, settings: Settings, port: int, env: dict[str, str]) -> ClusterService:
+    shared = settings_env(settings)
+    explicit = sorted(k for k, v in spec.env.items() if k.startswith("LM_") and shared.get(k) != v
+                      and k not in NOT_IN_CLUSTER.get(spec.name, set()))
+    return ClusterService(spec.name, _in_image(spec.command), port, spec.health_path, env, explicit)
 
 
 def cluster_services(settings: Settings | None = None) -> dict[str, ClusterService]:
@@ -73,11 +84,11 @@ def cluster_services(settings: Settings | None = None) -> dict[str, ClusterServi
         # MLflow's fixed env (MLFLOW_SERVER_ENABLE_JOB_EXECUTION) is not a setting of ours; it goes as is.
         "mlflow": ClusterService("mlflow", _in_image(mlflow.command), s.mlflow_port, mlflow.health_path,
                                  dict(mlflow.env or {})),
-        "gateway": _service(gateway_service(s), s.gateway_port, {}),
+        "gateway": _service(gateway_service(s), s, s.gateway_port, {}),
         # The monitor takes its bind address and port from settings, not flags.
-        "monitor": _service(monitor_service(s), s.monitor_port,
+        "monitor": _service(monitor_service(s), s, s.monitor_port,
                             {"LM_MONITOR_HOST": s.monitor_host, "LM_MONITOR_PORT": str(s.monitor_port)}),
-        "dashboard": _service(dashboard_service(s), s.dashboard_port, {}),
+        "dashboard": _service(dashboard_service(s), s, s.dashboard_port, {}),
     }
 
 

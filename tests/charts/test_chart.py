@@ -340,6 +340,8 @@ def test_containers_run_the_commands_ports_and_health_paths_of_the_embedded_serv
             env = _env(container)
             for key, value in service.env.items():
                 assert env.get(key) == value, f"{name}: {service.name} {key}"
+            for key in service.required_env:  # what `lm up` passes explicitly, the cluster sets too
+                assert key in env, f"{name}: {service.name} lacks {key}"
             # Every $(VAR) in the command is defined in the container's environment.
             for arg in command:
                 if arg.startswith("$("):
