@@ -21,7 +21,8 @@ from learning_machine.client import GatewayError, LearningMachineClient
 from learning_machine.errors import LearningMachineError
 
 ADMIN, DATA_SCIENTIST, CLINICIAN = "admin", "data-scientist", "clinician"
-RETRAIN_KINDS = ("retrain-fired", "retrain-requested", "retrain-started", "retrain-finished", "retrain-failed",
+RETRAIN_KINDS = ("retrain-fired", "retrain-requested", "retrain-deferred", "retrain-started", "retrain-finished",
+                 "retrain-failed",
                  "promoted", "refused", "rolled-back")
 MAX_HISTORY_ROWS = 2000  # monitoring rows read per kind: 500 a page, newest first
 

@@ -52,6 +52,16 @@ def _jsonable_row(row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def change_point(decision: Decision) -> str | None:
+    """When the change began, for a decision fired by the sequential test (None for the other rules: they
+    retrain on the most recent outcomes, as before)."""
+    if decision.rules[:1] != ("sequential",) and "sequential" not in decision.rules:
+        return None
+    alarms = decision.evidence.get("sequential_alarms") or []
+    found = [a.get("since") for a in alarms if a.get("since")]
+    return min(found) if found else None
+
+
 def builtin_spec_path(name: str) -> Path:
     return Path(str(resources.files("learning_machine.data").joinpath("specs", f"{name}.yaml")))
 
@@ -69,15 +79,27 @@ class RetrainViaPipeline:
     runner: Any = None
     progress: Progress | None = None
     runs: list[dict[str, Any]] = field(default_factory=list)
+    _deferred: int | None = None
 
     def __call__(self, decision: Decision) -> Mapping[str, Any]:
         from learning_machine.runners.base import get_runner
 
         model = self.settings.model_name
+        since = change_point(decision)
+        data = self.export_recent(since)
+        if data is None and since is not None:
+            # Fast detection is no use if the new model learns from rows before the change: wait for
+            # enough outcomes of predictions made since the change point (and say so once).
+            detail = {"error": f"waiting for {self.settings.loop_min_retrain_rows} outcomes of predictions made "
+                               f"since the change at {since}", "since": since, "reasons": list(decision.reasons)}
+            if self._deferred != id(decision):
+                self._deferred = id(decision)
+                self.sink.event("retrain-deferred", detail)
+            return {"state": "DEFERRED", **detail}
         before = self.tracker.alias_version(model, CHAMPION)
-        self.sink.event("retrain-started", {"reasons": list(decision.reasons), "rules": list(decision.rules)},
+        self.sink.event("retrain-started", {"reasons": list(decision.reasons), "rules": list(decision.rules),
+                                            **({"since": since} if since else {})},
                         before.version if before else None)
-        data = self.export_recent()
         if data is None:
             detail = {"error": f"fewer than {self.settings.loop_min_retrain_rows} labelled records to retrain on"}
             self.sink.event("retrain-failed", detail, before.version if before else None)
@@ -123,9 +145,13 @@ class RetrainViaPipeline:
             return self.settings.dataset_spec
         return builtin_spec_path(self.spec.name)
 
-    def export_recent(self) -> Path | None:
-        """The most recent labelled records as a CSV in the dataset's columns (None when too few)."""
+    def export_recent(self, since: str | None = None) -> Path | None:
+        """The most recent labelled records (predicted at or after ``since``, when given) as a CSV in the
+        dataset's columns; None when there are too few."""
         items = self.client.labelled(limit=self.settings.loop_retrain_rows)
+        if since is not None:
+            start = pd.Timestamp(since)
+            items = [i for i in items if pd.Timestamp(i["created_at"]) >= start]
         if len(items) < self.settings.loop_min_retrain_rows:
             return None
         rid, target = self.spec.record_id.name, self.spec.target.name
@@ -234,8 +260,8 @@ class LoopService:
             self._outcomes_seen.append(key)
             self._outcomes_seen_set.add(key)
             fresh.append({"outcome": item["outcome"], "probability": item["probability"],
-                          "model_version": item["model_version"]})
-        return pd.DataFrame(fresh, columns=["outcome", "probability", "model_version"])
+                          "model_version": item["model_version"], "created_at": item["created_at"]})
+        return pd.DataFrame(fresh, columns=["outcome", "probability", "model_version", "created_at"])
 
     def requested(self) -> Decision | None:
         """A retraining someone asked for (`POST /v1/retrain`, the dashboard's button): fired once per request,
@@ -263,7 +289,7 @@ class LoopService:
             return requested
         feed = self.client.feed(after_id=self.cursor, limit=5000)
         rows = [{self.spec.record_id.name: i["record_id"], **i["features"], "probability": i["probability"],
-                 "model_version": i["model_version"]} for i in feed["items"]]
+                 "model_version": i["model_version"], "created_at": i["created_at"]} for i in feed["items"]]
         windows = self.monitor.add(rows)
         if self.monitor.sequential is not None:
             self.monitor.add_outcomes(self.new_outcomes())
@@ -271,7 +297,7 @@ class LoopService:
         self._save_state()
         self.steps += 1
         self.last_step_at = time.time()
-        return self.monitor.decide() if windows or self.monitor.alarms else None
+        return self.monitor.decide() if windows or self.monitor.alarms or self.monitor.waiting else None
 
     def run(self, interval_s: float, stop: threading.Event) -> None:
         """Step every ``interval_s`` until ``stop`` is set; a failing step is reported and retried."""

@@ -148,6 +148,11 @@ class Monitor:
     alarms: list[Alarm] = field(default_factory=list)
     """Sequential alarms not yet acted on (cleared when a retraining fires or another version serves)."""
     serving_version: str | None = None
+    waiting: Decision | None = None
+    """A fired decision whose retraining waits for enough outcomes after the change (the trigger said
+    ``DEFERRED``); tried again at every step."""
+    _times: deque[Any] = field(default_factory=lambda: deque(maxlen=20_000))
+    _outcome_times: deque[Any] = field(default_factory=lambda: deque(maxlen=20_000))
     pending: list[dict[str, Any]] = field(default_factory=list)
     last_retrain_at: float | None = None
     next_window_id: int = 1
@@ -172,6 +177,8 @@ class Monitor:
         if version != self.serving_version:  # a new version serves: its own reference, fresh evidence
             self.serving_version = version
             self.alarms.clear()
+            self._times.clear()
+            self._outcome_times.clear()
         return self.sequential(version)
 
     def _sequential(self, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -184,7 +191,9 @@ class Monitor:
         for end in [*np.flatnonzero(versions.to_numpy()[1:] != versions.to_numpy()[:-1]) + 1, len(frame)]:
             detector = self._detector(versions.iloc[start])
             if detector is not None:
-                self._record(detector.update(frame.iloc[start:end]), versions.iloc[start])
+                part = frame.iloc[start:end]
+                self._times.extend(part["created_at"] if "created_at" in part else [None] * len(part))
+                self._record(detector.update(part), versions.iloc[start], self._times, detector.rows_seen)
             start = end
 
     def add_outcomes(self, labelled: pd.DataFrame) -> None:
@@ -194,17 +203,24 @@ class Monitor:
         for version, group in labelled.groupby(labelled["model_version"].astype(str), sort=False):
             detector = self._detector(str(version))
             if detector is not None:
+                self._outcome_times.extend(group["created_at"] if "created_at" in group else [None] * len(group))
                 self._record(detector.update_outcomes(group["outcome"].to_numpy(dtype=float),
-                                                      group["probability"].to_numpy(dtype=float)), str(version))
+                                                      group["probability"].to_numpy(dtype=float)), str(version),
+                             self._outcome_times, detector.outcomes_seen)
 
-    def _record(self, alarms: list[Alarm], version: str | None) -> None:
+    def _record(self, alarms: list[Alarm], version: str | None, times: deque[Any], last_row: int) -> None:
         if not alarms:
             return
+        for alarm in alarms:  # the arrival time of the change-point row, if it is still remembered
+            back = last_row - alarm.change_row
+            if 0 <= back < len(times) and times[len(times) - 1 - back] is not None:
+                alarm.since = str(times[len(times) - 1 - back])
         self.alarms.extend(alarms)
         del self.alarms[:-20]  # bounded: the policy needs the first few
         self.sink.results([{"kind": "drift", "metric": "cusum", "feature": a.stream, "value": a.ratio,
                             "threshold": 1.0, "alert": True, "model_version": version,
-                            "details": {"row": a.row, "streams": a.streams[:10]}} for a in alarms])
+                            "details": {"row": a.row, "change_row": a.change_row, "since": a.since,
+                                        "streams": a.streams[:10]}} for a in alarms])
         if self.progress:
             self.progress(alarms[0].reason())
 
@@ -248,7 +264,13 @@ class Monitor:
         return WindowResult(summary, rows)
 
     def decide(self) -> Decision:
-        """Ask the policy; a firing decision is recorded, and retraining started when a trigger is set."""
+        """Ask the policy; a firing decision is recorded, and retraining started when a trigger is set. A
+        retraining that waits for outcomes after the change is tried again first."""
+        if self.waiting is not None:
+            waiting = self.waiting
+            if self.trigger is None or self._start(waiting):
+                self.waiting = None
+            return waiting
         decision = decide(list(self.windows), self.policy, now=self.clock(), last_retrain_at=self.last_retrain_at,
                           alarms=self.alarms)
         if decision.suppressed:
@@ -258,11 +280,18 @@ class Monitor:
         self.sink.event("retrain-fired", decision.as_dict())
         self.last_retrain_at = self.clock()
         self.alarms.clear()
-        if self.trigger is not None:
-            outcome = self.trigger(decision)
-            if self.progress:
-                self.progress(f"retraining: {outcome.get('state', 'started')}")
+        if self.trigger is not None and not self._start(decision):
+            self.waiting = decision
         return decision
+
+    def _start(self, decision: Decision) -> bool:
+        """Start the retraining; False when it must wait for more outcomes after the change."""
+        assert self.trigger is not None
+        outcome = self.trigger(decision)
+        if self.progress:
+            self.progress(f"retraining: {outcome.get('state', 'started')}"
+                          + (f" ({outcome['error']})" if outcome.get("error") else ""))
+        return outcome.get("state") != "DEFERRED"
 
 
 def _min_p(drift: Mapping[str, Any]) -> float | None:

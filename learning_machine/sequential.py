@@ -111,6 +111,10 @@ class Alarm:
     ratio: float
     """The largest statistic as a multiple of its threshold (above 1 at an alarm)."""
     streams: list[str]
+    change_row: int = 0
+    """CUSUM's estimate of where the change began: the first row of the excursion that crossed."""
+    since: str | None = None
+    """When the row at ``change_row`` arrived (set by the monitor): retraining waits for outcomes after it."""
 
     def reason(self) -> str:
         what = "the model's log-loss on outcomes" if self.stream == "outcomes" else "the features"
@@ -159,6 +163,10 @@ class SequentialDetector:
         self.up = np.zeros((len(self.k), len(self.names)))
         self.down = np.zeros((len(self.k), len(self.names)))
         self.outcome_stat = np.zeros(len(self.k))
+        # Where each excursion began (the row after the statistic was last 0): the change-point estimate.
+        self.up_from = np.zeros((len(self.k), len(self.names)), dtype=np.int64)
+        self.down_from = np.zeros((len(self.k), len(self.names)), dtype=np.int64)
+        self.outcome_from = np.zeros(len(self.k), dtype=np.int64)
 
     def _standardise(self, frame: pd.DataFrame) -> np.ndarray:
         matrix, _ = _expand(self.encoding, self.encoding.transform(frame))
@@ -170,13 +178,19 @@ class SequentialDetector:
         k = np.asarray(self.k)[:, None]
         for z in self._standardise(frame):
             self.rows_seen += 1
+            self.up_from[self.up == 0] = self.rows_seen
+            self.down_from[self.down == 0] = self.rows_seen
             self.up = np.maximum(0.0, self.up + z - k)
             self.down = np.maximum(0.0, self.down - z - k)
-            ratio = (np.maximum(self.up, self.down) / self.threshold[:, None]).max(axis=0)
+            ratios = np.maximum(self.up, self.down) / self.threshold[:, None]
+            ratio = ratios.max(axis=0)
             if ratio.max() > 1.0:
                 crossed = [f"{self.names[i]} {'up' if self.up[:, i].max() >= self.down[:, i].max() else 'down'}"
                            for i in np.argsort(-ratio) if ratio[i] > 1.0]
-                alarms.append(Alarm("features", self.rows_seen, float(ratio.max()), crossed))
+                chart, stream = np.unravel_index(int(np.argmax(ratios)), ratios.shape)
+                began = (self.up_from if self.up[chart, stream] >= self.down[chart, stream] else self.down_from)
+                alarms.append(Alarm("features", self.rows_seen, float(ratio.max()), crossed,
+                                    int(began[chart, stream])))
                 self.reset()
         return alarms
 
@@ -216,10 +230,12 @@ class SequentialDetector:
         k = np.asarray(self.k)
         for value in z:
             self.outcomes_seen += 1
+            self.outcome_from[self.outcome_stat == 0] = self.outcomes_seen
             self.outcome_stat = np.maximum(0.0, self.outcome_stat + float(value) - k)
-            if (self.outcome_stat / self.outcome_threshold).max() > 1.0:
-                ratio = float((self.outcome_stat / self.outcome_threshold).max())
-                alarms.append(Alarm("outcomes", self.outcomes_seen, ratio, ["log-loss up"]))
+            ratios = self.outcome_stat / self.outcome_threshold
+            if ratios.max() > 1.0:
+                alarms.append(Alarm("outcomes", self.outcomes_seen, float(ratios.max()), ["log-loss up"],
+                                    int(self.outcome_from[int(np.argmax(ratios))])))
                 self.outcome_stat = np.zeros(len(self.k))
         return alarms
 

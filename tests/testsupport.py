@@ -3,12 +3,15 @@ folder's conftest module is called `conftest` and they would shadow each other).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
 
@@ -53,3 +56,68 @@ def fresh_postgres_database(prefix: str) -> Iterator[str]:
         with conn.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.close()
+
+
+class CuttableProxy:
+    """A TCP forwarder in front of a real server that can go down on cue: after ``cut_after`` client
+    requests containing ``pattern`` have passed, the next one is dropped and every later connection is
+    refused, as when the server dies mid-run. (The server behind it keeps running for the other tests.)"""
+
+    def __init__(self, upstream_host: str, upstream_port: int, *, pattern: bytes, cut_after: int) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.pattern, self.cut_after, self.seen = pattern, cut_after, 0
+        self.down = threading.Event()
+        self._lock = threading.RLock()
+        self._sockets: list[Any] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self._accept, name="cuttable-proxy", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.down.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self.down.is_set():
+                client.close()
+                return
+            try:
+                server = socket.create_connection(self.upstream, timeout=30)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets += [client, server]
+            threading.Thread(target=self._pipe, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
+
+    def _pipe(self, source: Any, target: Any, from_client: bool) -> None:
+        try:
+            while not self.down.is_set():
+                data = source.recv(65536)
+                if not data:
+                    break
+                if from_client and self.pattern in data:
+                    with self._lock:
+                        self.seen += 1
+                        if self.seen > self.cut_after:
+                            self.cut()
+                            return
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def cut(self) -> None:
+        """The server 'goes down': no more connections, open ones closed."""
+        self.down.set()
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        for sock in list(self._sockets):
+            with contextlib.suppress(OSError):
+                sock.close()

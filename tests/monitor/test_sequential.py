@@ -42,6 +42,19 @@ def _fresh(detector):
     return detector
 
 
+def _per_version(detector):
+    """What LoopService does: one detector per serving version, fitted once (here: the same one, reset)."""
+    loaded: dict[str, object] = {}
+
+    def sequential(version):
+        if version not in loaded:
+            loaded[version] = _fresh(detector)
+        return loaded[version]
+
+    sequential.loaded = loaded  # type: ignore[attr-defined]
+    return sequential
+
+
 def test_clean_data_stays_within_the_false_alarm_budget(detector, model):
     # 30,000 clean rows at 1 alarm per 10,000 on features and outcomes together: 3 expected; more than 9
     # has a probability under 0.5 % if the calibration holds.
@@ -90,13 +103,7 @@ def test_the_monitor_stores_alarms_and_the_policy_fires_once(reference, detector
     sink = Sink()
     clock = [1000.0]
     fired = []
-    loaded: dict[str, object] = {}
-
-    def sequential(version):  # what LoopService does: one detector per serving version, fitted once
-        if version not in loaded:
-            loaded[version] = _fresh(detector)
-        return loaded[version]
-
+    sequential = _per_version(detector)
     monitor = Monitor(reference.spec, MonitorConfig(window_rows=200), RetrainPolicy(cooldown_s=600),
                       drift=lambda records: {"is_drift": False, "p_val": [], "feature_names": []}, sink=sink,
                       trigger=lambda decision: fired.append(decision) or {"state": "SUCCEEDED"},
@@ -119,7 +126,7 @@ def test_the_monitor_stores_alarms_and_the_policy_fires_once(reference, detector
     for r in rows:
         r["model_version"] = "2"
     monitor.add(rows)
-    assert monitor.serving_version == "2" and not monitor.alarms and set(loaded) == {"1", "2"}
+    assert monitor.serving_version == "2" and not monitor.alarms and set(sequential.loaded) == {"1", "2"}
 
 
 def test_the_policy_names_the_sequential_rule(detector):
@@ -128,3 +135,36 @@ def test_the_policy_names_the_sequential_rule(detector):
     decision = decide([], RetrainPolicy(), now=0.0, last_retrain_at=None, alarms=alarms)
     assert decision.retrain and decision.rules == ("sequential",)
     assert decision.evidence["sequential_alarms"][0]["stream"] == "features"
+
+
+def test_an_alarm_estimates_where_the_change_began(detector, model):
+    data = _stream("covariate-shift", 1400, 10, 1000)
+    first = _fresh(detector).update(data.frame)[0]
+    assert 950 <= first.change_row <= 1010 < first.row, first
+
+
+def test_a_retraining_waits_for_outcomes_after_the_change_then_starts(reference, detector):
+    # The trigger answers DEFERRED while too few outcomes of post-change predictions exist (what
+    # RetrainViaPipeline does); the monitor keeps the fired decision and tries again at each step.
+    sink = Sink()
+    answers = iter([{"state": "DEFERRED", "error": "waiting"}, {"state": "DEFERRED"}, {"state": "SUCCEEDED"}])
+    calls = []
+
+    def trigger(decision):
+        calls.append(decision)
+        return next(answers)
+
+    rows = _rows("covariate-shift", 300, 35)
+    for i, r in enumerate(rows):
+        r["created_at"] = f"2026-11-22T10:{i // 60:02d}:{i % 60:02d}"
+    monitor = Monitor(reference.spec, MonitorConfig(window_rows=200), RetrainPolicy(cooldown_s=600),
+                      drift=lambda records: {"is_drift": False}, sink=sink, trigger=trigger,
+                      sequential=_per_version(detector))
+    monitor.add(rows)
+    fired = monitor.decide()
+    assert fired.retrain and monitor.waiting is fired and len(calls) == 1
+    since = fired.evidence["sequential_alarms"][0]["since"]
+    assert since is not None and since <= rows[60]["created_at"], "the change point is near the first shifted rows"
+    assert monitor.decide() is fired and monitor.waiting is fired  # still waiting
+    assert monitor.decide() is fired and monitor.waiting is None and len(calls) == 3
+    assert [kind for kind, _ in sink.events] == ["retrain-fired"]  # fired once, however long it waited
