@@ -51,6 +51,7 @@ class Section:
     figures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float | None = None
     error: str | None = None
+    load: float | None = None
 
     def markdown(self) -> str:
         lines = [f"## {self.title}", ""]
@@ -62,7 +63,9 @@ class Section:
         lines += [f"![{caption}]({name})\n" for name, caption in self.figures]
         lines += [f"- {n}" for n in self.notes]
         if self.seconds is not None:
-            lines += [f"- Section wall time: {self.seconds:.0f} s."]
+            lines += [f"- Section wall time: {self.seconds:.0f} s" + (
+                f"; load average (1 min) at its end: {self.load:.1f} on {_cpus()} CPU(s)." if self.load is not None
+                else ".")]
         return "\n".join(lines) + "\n"
 
 
@@ -108,6 +111,12 @@ def bench_training(quick: bool, progress: Progress, *, sizes: list[int] | None =
 
     section = Section("Training time versus rows", ["model kind", "rows", "median s", "min s", "max s",
                                                      "runs", "rows/s", "x time of smallest", "held-out AUC"])
+    # Warm-up, not timed: the first fit of a kind pays imports and thread-pool start-up, which would make
+    # a single timed run of the smallest size look slow and flatten the slope.
+    progress("training: warm-up fit of each kind on 2,000 rows")
+    warm = load_dataset("synthetic-cohort", n_rows=2_000, seed=2)
+    for kind in kinds:
+        train_model(warm, kind=kind, seed=1)
     for rows in sizes:
         progress(f"training: generating {rows:,} rows")
         data = load_dataset("synthetic-cohort", n_rows=rows, seed=1)
@@ -136,8 +145,8 @@ def bench_training(quick: bool, progress: Progress, *, sizes: list[int] | None =
     growth = "; ".join(f"{k}: time ~ rows^{v:.2f}" for k, v in slopes.items() if v is not None)
     section.notes += [
         "Fit plus held-out evaluation of the whole pipeline (impute, scale, encode, model) on the synthetic "
-        "cohort; 75 % of the rows are used for fitting, 25 % for the held-out AUC. Sizes under 1M: median of "
-        f"{repeats_for(sizes[0])} run(s); 1M rows: one run.",
+        "cohort; 75 % of the rows are used for fitting, 25 % for the held-out AUC. After one untimed warm-up fit "
+        f"per kind; sizes under 1M: median of {repeats_for(sizes[0])} run(s); 1M rows: one run.",
         f"Log-log slope of wall time on rows (1 = linear, below 1 = fixed costs still show): {growth or 'n/a'}.",
     ]
     return section
@@ -288,6 +297,7 @@ def run_benchmarks(out_dir: Path, *, quick: bool = False, only: list[str] | None
                                   traceback.format_exc().strip().splitlines()[-6:])])
             progress(f"section {name} FAILED: {type(exc).__name__}: {exc}")
         section.seconds = time.perf_counter() - section_started
+        section.load = _load()
         add_figures(name, section, out_dir, progress)
         done[name] = section
         progress(f"section {name} done in {section.seconds:.0f} s")
@@ -335,6 +345,10 @@ def write_report(out_dir: Path, sections: dict[str, Section], *, quick: bool, st
             summary.rows.append([f"{name}: summary failed", f"{type(exc).__name__}: {exc}", "-"])
     sections_run = ", ".join(f"{n} ({s.seconds or 0:.0f} s{', FAILED' if s.error else ''})"
                              for n, s in sections.items())
+    loads = [s.load for s in sections.values() if s.load is not None]
+    if loads:
+        provenance += (f" Load average (1 min) at the end of each section: {', '.join(f'{v:.1f}' for v in loads)} "
+                       f"on {machine['cpus']} CPU(s) (above the CPU count, other work was competing).")
     not_run = (f" Not run: {', '.join(skipped)} (" + ("`make bench` runs every section; `lm bench --quick --section "
                "NAME` runs one at quick size)" if quick else "not asked for") + ").") if skipped else ""
     header = [f"# Learning Machine benchmarks ({'quick' if quick else 'full'})", "", provenance, "",
@@ -350,9 +364,17 @@ def write_report(out_dir: Path, sections: dict[str, Section], *, quick: bool, st
          "summary": summary.rows,
          "sections": {name: {"title": s.title, "columns": s.columns, "rows": s.rows, "tables": [
              {"title": t.title, "columns": t.columns, "rows": t.rows} for t in s.tables], "raw": s.raw,
-             "notes": s.notes, "figures": [f for f, _ in s.figures], "seconds": s.seconds, "error": s.error}
+             "notes": s.notes, "figures": [f for f, _ in s.figures], "seconds": s.seconds, "load": s.load,
+             "error": s.error}
              for name, s in sections.items()}}, indent=2, default=str))
     return report
+
+
+def _load() -> float | None:
+    """The 1-minute load average: other work on a shared machine shows in every number."""
+    import os
+
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
 def _cpus() -> int:
