@@ -75,3 +75,17 @@ def test_too_little_data_is_a_training_error(cohort):
     tiny.frame = tiny.frame.head(10)
     with pytest.raises(TrainingError, match="at least 20 labelled rows"):
         train_model(tiny)
+
+
+def test_retraining_keeps_the_better_of_continued_and_fresh_on_unseen_new_rows(cohort):
+    from learning_machine.data.sources import LoadedDataset, load_dataset
+    from learning_machine.training import retrain_best
+
+    base = train_model(cohort, seed=1).pipeline
+    new = load_dataset("synthetic-cohort", n_rows=2500, seed=9, scenario="concept-drift", drift_start=0)
+    result, scores = retrain_best(base, new, cohort.frame.head(500), seed=1)
+    assert set(scores) == {"warm-start", "scratch"} and all(0.5 < a < 1 for a in scores.values())
+    assert result.mode == max(scores, key=lambda m: (scores[m], m == "warm-start"))
+    # With no reference rows the continued candidate learns from the new rows alone.
+    again, _ = retrain_best(base, LoadedDataset(new.spec, new.frame, "x", {}), None, seed=1)
+    assert again.mode in ("warm-start", "scratch")

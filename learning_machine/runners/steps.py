@@ -330,10 +330,12 @@ def train(settings: Settings, data_dir: str | Path, test_dir: str | Path, *, par
 
 def retrain(settings: Settings, new_dir: str | Path, test_dir: str | Path, *, reference_dir: str | Path | None = None,
             parent_run_id: str = "", base_ref: str = CHAMPION, params_json: str = "") -> tuple[str, dict[str, float]]:
-    """Continue the registered ``base_ref`` model (warm start) on the reference (old) data plus the
-    training part of the new data. The held-out rows come from the new data only: the gate asks which
-    model is better on the data the platform sees now."""
-    from learning_machine.training import retrain_model, split
+    """Two candidates from the training part of the new data: the registered ``base_ref`` model continued
+    (warm start) on the reference (old) data plus the new rows, and a model trained from scratch on the new
+    rows; the better one on unseen new rows goes on (:func:`learning_machine.training.retrain_best`). The
+    held-out rows come from the new data only: the gate asks which model is better on the data the
+    platform sees now."""
+    from learning_machine.training import retrain_best, split
 
     tracker = tracker_for(settings)
     tracker.health()
@@ -344,17 +346,24 @@ def retrain(settings: Settings, new_dir: str | Path, test_dir: str | Path, *, re
         raise ModelNotFoundError(f"retraining continues from {settings.model_name}@{base_ref}, which does not "
                                  "exist: run the training pipeline first") from exc
     new_train, new_test = split(new, settings.test_fraction, settings.seed)
-    frames = [new_train]
+    reference = None
     if reference_dir and (Path(reference_dir) / DATA_FILE).exists():
-        frames.insert(0, read_dataset(reference_dir).frame)
-    combined = LoadedDataset(new.spec, pd.concat(frames, ignore_index=True), new.source_uri,
-                             {**new.params, "reference_rows": len(frames[0]) if len(frames) > 1 else 0})
-    print(f"continuing {settings.model_name} v{base_info.version} on {len(combined.frame):,} rows")
-    result = retrain_model(base, combined, params=_params(params_json), seed=settings.seed,
-                           test_fraction=settings.test_fraction, progress=print)
-    run_id = tracker.log_training(result, combined, experiment=settings.experiment_name, run_name="retrain",
-                                  tags={STEP_TAG: "retrain", "lm.continued_from": base_info.version},
-                                  parent_run_id=parent_run_id or None, progress=print)
+        reference = read_dataset(reference_dir).frame
+    fresh = LoadedDataset(new.spec, new_train, new.source_uri, new.params)
+    print(f"retraining {settings.model_name} v{base_info.version}: {len(new_train):,} new rows"
+          + (f" plus {len(reference):,} reference rows for the continued candidate" if reference is not None else ""))
+    result, scores = retrain_best(base, fresh, reference, params=_params(params_json), seed=settings.seed,
+                                  test_fraction=settings.test_fraction, progress=print)
+    used = LoadedDataset(new.spec, pd.concat([reference, new_train], ignore_index=True)
+                         if reference is not None and result.mode == "warm-start" else new_train, new.source_uri,
+                         {**new.params, "reference_rows": len(reference) if reference is not None
+                          and result.mode == "warm-start" else 0})
+    tags = {STEP_TAG: "retrain", "lm.retrain_mode": result.mode,
+            "lm.candidates": json.dumps({m: round(a, 4) for m, a in scores.items()})}
+    if result.mode == "warm-start":
+        tags["lm.continued_from"] = base_info.version
+    run_id = tracker.log_training(result, used, experiment=settings.experiment_name, run_name="retrain",
+                                  tags=tags, parent_run_id=parent_run_id or None, progress=print)
     write_dataset(test_dir, new_test, new.spec, {"source_uri": new.source_uri, "params": new.params,
                                                  "rows": len(new_test), "role": "held-out (new data)"})
     return run_id, result.evaluation.metrics
@@ -467,7 +476,7 @@ def register(settings: Settings, candidate_run_id: str, metrics_path: str | Path
         if gate:
             tags["lm.gate"] = str(gate.get("reason", ""))[:500]
         run = tracker._call("reading the candidate run", lambda: tracker.client.get_run(candidate_run_id))
-        for key in ("lm.dataset", "lm.kind", "lm.mode", "lm.continued_from"):
+        for key in ("lm.dataset", "lm.kind", "lm.mode", "lm.continued_from", "lm.retrain_mode", "lm.candidates"):
             if key in run.data.tags:
                 tags[key] = run.data.tags[key]
         if "dataset_digest" in run.data.params:

@@ -102,7 +102,12 @@ def test_retraining_promotes_a_better_candidate(trained, settings, tracker):
     assert comparison["champion_version"] == champion.version
     new = tracker.version(settings.model_name, CHAMPION)
     assert int(new.version) > int(champion.version)
-    assert new.tags[PREVIOUS_TAG] == champion.version and new.tags["lm.continued_from"] == champion.version
+    assert new.tags[PREVIOUS_TAG] == champion.version
+    # Two candidates, the continued champion and a fresh model; the version says which won and by what.
+    assert set(json.loads(new.tags["lm.candidates"])) == {"warm-start", "scratch"}
+    assert new.tags["lm.retrain_mode"] in ("warm-start", "scratch")
+    if new.tags["lm.retrain_mode"] == "warm-start":
+        assert new.tags["lm.continued_from"] == champion.version
     assert "promote" in run.steps and "deploy" in run.steps
 
 
