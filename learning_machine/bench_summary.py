@@ -125,6 +125,19 @@ def loop(raw: dict[str, Any]) -> list[Row]:
         if oracle is not None and retrained is not None:
             versus.append(f"retrained AUC {oracle - retrained:.3f} below the oracle's")
         rows.append([f"Loop, {scenario}", "; ".join(parts) or "-", "; ".join(versus) or "-"])
+    # The whole loop on real services (full mode): {scenario: {"rows_to_...": n, "seconds_to_...": s, ...}}.
+    recovery = raw.get("recovery")
+    for scenario, values in (recovery.items() if isinstance(recovery, dict) else []):
+        if not isinstance(values, dict):
+            continue
+        parts = [f"{key.removeprefix('rows_to_').replace('_', ' ')} after {values[key]:,.0f} rows"
+                 for key in values if key.startswith("rows_to_") and finite(values[key]) is not None]
+        parts += [f"{key.removeprefix('seconds_to_').replace('_', ' ')} after {values[key]:,.0f} s"
+                  for key in values if key.startswith("seconds_to_") and finite(values[key]) is not None]
+        if parts:
+            rate = finite(values.get("rate"))
+            rows.append([f"Loop end to end on the services, {scenario}"
+                         + (f" ({rate:g} rows/s)" if rate else ""), "; ".join(parts), "-"])
     return rows
 
 

@@ -74,7 +74,8 @@ def test_loop_plots_and_summary_read_the_keys_present(tmp_path: Path) -> None:
            "covariate-shift": {"delays": [200, 400, None], "bound_rows": 150.0, "auc_before": [0.70, 0.72],
                                "auc_retrained": [0.80], "auc_oracle": [0.82], "rules": ["drift"], "new_key": 1},
            "concept-drift": {"delays": [None], "bound_rows": 90.0},
-           "missingness-spike": {"auc_before": [0.75], "auc_extra": [0.9]}}
+           "missingness-spike": {"auc_before": [0.75], "auc_extra": [0.9]},
+           "recovery": {"concept-drift": {"rate": 20.0, "rows_to_fire": 35, "seconds_to_serving": 382.6}}}
     section = Section("Learning loop", ["scenario"], raw=raw)
     add_figures("loop", section, tmp_path)
     assert [name for name, _ in section.figures] == ["loop_delay_vs_bound.png", "loop_auc.png"]
@@ -84,6 +85,7 @@ def test_loop_plots_and_summary_read_the_keys_present(tmp_path: Path) -> None:
     summary = (tmp_path / "summary.md").read_text()
     assert "delay 300 rows (2/3 seeds)" in summary and "2.0x CUSUM bound" in summary
     assert "not detected (0/1 seeds)" in summary and "make bench`" in summary
+    assert "concept-drift (20 rows/s) | fire after 35 rows; serving after 383 s" in summary
 
 
 def test_an_unknown_section_names_the_valid_ones(tmp_path: Path) -> None:
