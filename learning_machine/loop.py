@@ -135,6 +135,9 @@ class RetrainViaPipeline:
                                         "challenger": challenger.version if challenger else None,
                                         "challenger_metrics": challenger.metrics if challenger else {}},
                             before.version if before else None)
+            summary["refused"] = challenger.version if challenger else None
+            if before is not None:
+                summary["champion"] = before.version
         return summary
 
     def _champion_after_run(self) -> Any:
@@ -192,6 +195,7 @@ class LoopService:
             drift=lambda records: self.model_server.drift(settings.model_name, self.spec, list(records)),
             sink=self.sink, trigger=self.trigger, metrics_logger=self._log_metrics, labelled=self._labelled,
             sequential=self._sequential_detector if settings.monitor_sequential else None, progress=progress)
+        self.monitor.trigger = self._retrain
         self._detectors: dict[str, Any] = {}
         self._outcomes_seen: deque[tuple[str, str]] = deque(maxlen=20_000)
         self._outcomes_seen_set: set[tuple[str, str]] = set()
@@ -246,6 +250,25 @@ class LoopService:
             while len(self._detectors) > 3:  # bounded: the serving version and the last few
                 self._detectors.pop(next(iter(self._detectors)))
         return self._detectors[version]
+
+    def _retrain(self, decision: Decision) -> Mapping[str, Any]:
+        """Retrain; when the challenger is refused, the champion stays and the changed population is its
+        new normal: the sequential test is refitted on the rows it was retrained on, or it would alarm on
+        the same change again and again."""
+        outcome = self.trigger(decision)
+        champion, data = outcome.get("champion"), outcome.get("data")
+        if "refused" in outcome and champion and data and self.settings.monitor_sequential:
+            from learning_machine.sequential import fit_sequential
+
+            frame = pd.read_csv(data)
+            if len(frame) >= 50:
+                self._detectors[str(champion)] = fit_sequential(
+                    self.spec, frame[self.spec.feature_names],
+                    false_alarms_per_10k=self.settings.monitor_false_alarms_per_10k)
+                self.sink.event("monitor-rebaselined", {"rows": len(frame), "reason": "challenger refused: the "
+                                                        "champion stays and the recent population is its new normal"},
+                                str(champion))
+        return outcome
 
     def new_outcomes(self) -> pd.DataFrame:
         """Outcomes that arrived since the last step (oldest first), for the sequential test's outcome stream."""

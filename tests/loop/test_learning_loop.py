@@ -136,7 +136,7 @@ def test_the_loop_stays_quiet_on_clean_data_then_heals_itself_after_drift(stack:
 
 def test_mlflow_going_down_mid_run_leaves_the_champion_serving_and_the_failure_recorded(stack: Stack):
     champion = stack.tracker.version(stack.settings.model_name, CHAMPION).version
-    stack.stream(250, seed=105)  # enough labelled records to retrain on, whichever tests ran before
+    stack.stream(250, seed=107)  # enough labelled records to retrain on, whichever tests ran before
     # The retraining pipeline and the trigger reach MLflow through a proxy that goes down after the
     # pipeline's parent run and its first two steps (ingest, validate) have opened their MLflow runs:
     # the next step finds the tracking server gone, as when it dies mid-run.
@@ -167,12 +167,21 @@ def test_mlflow_going_down_mid_run_leaves_the_champion_serving_and_the_failure_r
 def test_a_challenger_that_does_not_beat_the_champion_is_refused(stack: Stack):
     champion = stack.tracker.version(stack.settings.model_name, CHAMPION).version
     strict = stack.settings.model_copy(update={"loop_gate_margin": 0.5})  # no model beats another by 0.5 AUC
-    trigger = RetrainViaPipeline(strict, stack.client, stack.service.sink, stack.tracker, stack.service.spec)
-    result = trigger(Decision(True, ("test: strict gate",), ("manual",)))
+    default_trigger = stack.service.trigger
+    stack.service.trigger = RetrainViaPipeline(strict, stack.client, stack.service.sink, stack.tracker,
+                                               stack.service.spec)
+    try:
+        result = stack.service._retrain(Decision(True, ("test: strict gate",), ("manual",)))
+    finally:
+        stack.service.trigger = default_trigger
     assert result["state"] == "SUCCEEDED" and "promoted" not in result
     refused = [e for e in stack.events() if e["kind"] == "refused"]
     assert refused and refused[-1]["detail"]["challenger"] not in (None, champion)
     assert stack.tracker.version(stack.settings.model_name, CHAMPION).version == champion
+    # The champion stays, and the population it was retrained on becomes the sequential test's new normal.
+    rebaselined = [e for e in stack.events() if e["kind"] == "monitor-rebaselined"]
+    assert rebaselined and rebaselined[-1]["model_version"] == champion and rebaselined[-1]["detail"]["rows"] >= 50
+    assert stack.service._detectors[champion] is not None
 
 
 def test_rollback_is_one_command_that_serves_the_previous_version_again(stack: Stack):
