@@ -273,8 +273,9 @@ def plot_pipelines(raw: dict[str, Any], out_dir: Path) -> list[Plot]:
     med = [raw[m]["median"] for m in modes]
     err = [[raw[m]["median"] - raw[m]["min"] for m in modes], [raw[m]["max"] - raw[m]["median"] for m in modes]]
     ax.barh(modes, med, xerr=err, capsize=4, color=["tab:blue", "tab:orange"][:len(modes)])
-    for i, v in enumerate(med):
-        ax.text(v, i, f"  {v:.1f} s", va="center", fontsize=9)
+    for i, (v, mode) in enumerate(zip(med, modes, strict=True)):
+        ax.text(raw[mode]["max"], i, f"  {v:.1f} s", va="center", fontsize=9)  # right of the min-max bar
+    ax.set_xlim(right=max(raw[m]["max"] for m in modes) * 1.2)
     ax.set_xlabel("wall time of the training pipeline (s)")
     ax.set_title("Training pipeline: steps called directly versus kfp.local")
     _save(fig, out_dir, "pipelines_overhead.png", "Training pipeline wall time: direct versus kfp.local", plots)
@@ -293,9 +294,10 @@ def plot_dashboard(raw: dict[str, Any], out_dir: Path) -> list[Plot]:
     pages = list(raw[kinds[0]])
     fig, ax = _figure(7, 4)
     x = np.arange(len(pages))
+    width = 0.8 / len(kinds)
     for j, kind in enumerate(kinds):
         values = [statistics.median(raw[kind][p]) if raw[kind].get(p) else 0 for p in pages]
-        ax.bar(x - 0.2 + 0.4 * j, values, width=0.4,
+        ax.bar(x - 0.4 + width * (j + 0.5), values, width=width,
                label={"apptest": "script run (AppTest)", "browser": "browser page load"}[kind])
     ax.set_xticks(x, pages)
     ax.set_ylabel("seconds (median)")
