@@ -158,7 +158,7 @@ def bench_loop(quick: bool, progress: Progress, *, budget: float = FALSE_ALARM_B
                                                                   "per_10k": fa["CUSUM (sequential)"]},
                                            "windowed TabularDrift": {"runs": windowed_alarms,
                                                                      "per_10k": fa["windowed TabularDrift"]}}
-    section.raw["sequential_detector"] = {"k": sequential.k, "threshold": sequential.threshold,
+    section.raw["sequential_detector"] = {"k": list(sequential.k), "threshold": sequential.threshold.tolist(),
                                           "streams": len(sequential.names) + 1}
     recoveries: dict[str, dict[str, Any]] = {}
     if not quick:  # the whole loop on real services: minutes per scenario, so the full run only
@@ -216,14 +216,16 @@ def bench_loop(quick: bool, progress: Progress, *, budget: float = FALSE_ALARM_B
                                  "bound_labels_late_rows": late,
                                  "auc_before": before, "auc_retrained": after, "auc_oracle": oracle,
                                  "retrain_mode": modes}
+    ks = " and ".join(f"{k:g}" for k in sequential.k)
+    hs = " and ".join(f"{h:.1f}" for h in sequential.threshold)
     section.notes += [
         f"False-alarm budget {budget:g} per 10,000 rows (LM_MONITOR_FALSE_ALARMS_PER_10K). Measured on "
         f"{CLEAN_ROWS:,} clean rows x{len(seeds)}: CUSUM {fa['CUSUM (sequential)']:.2f} per 10,000 "
         f"(runs: {sequential_alarms}), windowed {fa['windowed TabularDrift']:.2f} (runs: {windowed_alarms}; it has no "
         "budget setting: its rate follows from p < 0.05 and 2 windows).",
         f"CUSUM (sequential): the monitor's learning_machine.sequential detector: a CUSUM per encoded feature "
-        f"(k = {sequential.k} sd, threshold {sequential.threshold:.1f}, calibrated by bootstrap to the budget) and "
-        f"one on the model's excess log-loss once outcomes arrive ({OUTCOME_DELAY} rows late; the first 200 "
+        f"(two charts per stream, k = {ks} sd, thresholds {hs}, calibrated by bootstrap to the budget) and "
+        f"one on the model's excess log-loss once outcomes arrive ({OUTCOME_DELAY} rows late; the first 300 "
         "calibrate it). Windowed: TabularDrift (KS / chi-squared, Bonferroni, p < 0.05) on windows of "
         f"{WINDOW} rows, drift in 2 consecutive windows or realised AUC < 0.70. Drift starts at row {drift_start}; "
         f"seeds {seeds}.",
