@@ -426,8 +426,8 @@ def monitor(
 
 # -- benchmarks --------------------------------------------------------------------------------------
 @app.command()
-def bench(quick: Annotated[bool, typer.Option(help="Smaller sizes and no pipelines/dashboard sections unless "
-                                                     "named: under 5 minutes.")] = False,
+def bench(quick: Annotated[bool, typer.Option(help="Smaller sizes, and the pipelines and dashboard sections "
+                                                     "only when named: minutes instead of most of an hour.")] = False,
           out_dir: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("bench-results"),
           section: Annotated[list[str] | None, typer.Option(help="Only these sections (repeatable): training, "
                                                                  "pipelines, serving, loop, dashboard.")] = None
