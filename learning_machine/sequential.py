@@ -140,7 +140,7 @@ class SequentialDetector:
     outcome_threshold: np.ndarray | None = None
     outcome_center: float = 0.0
     outcome_scale: float = 1.0
-    burn_in: int = 300
+    burn_in: int = 500
     """Outcomes that calibrate the outcome stream before it tests (bounded: kept only until then)."""
     rows_seen: int = 0
     outcomes_seen: int = 0
@@ -203,8 +203,10 @@ class SequentialDetector:
         rng = np.random.default_rng(seed)
         runs = SIM_RUNS // 2
         # As for the features: each simulated run is centred on its own bootstrap of the burn-in.
-        centers = np.array([z[rng.integers(0, len(z), size=len(z))].mean() for _ in range(runs)])[:, None]
-        sample = (z[rng.integers(0, len(z), size=(runs, SIM_ROWS))] - centers) / self.outcome_scale
+        boots = [z[rng.integers(0, len(z), size=len(z))] for _ in range(runs)]
+        centers = np.array([b.mean() for b in boots])[:, None]
+        scales = np.array([max(float(b.std()), 0.05) for b in boots])[:, None]
+        sample = (z[rng.integers(0, len(z), size=(runs, SIM_ROWS))] - centers) / scales
         self.outcome_threshold = calibrate_thresholds(np.clip(sample, -CLIP, CLIP)[:, :, None], self.k,
                                                       2 * self.arl_rows, two_sided=False)
         return self.outcome_threshold
@@ -248,7 +250,7 @@ class SequentialDetector:
 
 
 def fit_sequential(spec: DatasetSpec, reference: pd.DataFrame, *, false_alarms_per_10k: float = 1.0,
-                   k: tuple[float, ...] = (0.25, 1.0), burn_in: int = 300, seed: int = 0) -> SequentialDetector:
+                   k: tuple[float, ...] = (0.25, 1.0), burn_in: int = 500, seed: int = 0) -> SequentialDetector:
     """Standardise on ``reference`` and calibrate the thresholds to ``false_alarms_per_10k`` (features and
     outcomes share it). Each ``k`` is half the shift, in standard deviations, that one chart is tuned for."""
     if false_alarms_per_10k <= 0:
@@ -263,12 +265,13 @@ def fit_sequential(spec: DatasetSpec, reference: pd.DataFrame, *, false_alarms_p
     scale = np.maximum(matrix.std(axis=0), floor)
     rng = np.random.default_rng(seed)
     sample = matrix[rng.integers(0, len(matrix), size=(SIM_RUNS, SIM_ROWS))].astype(np.float32)
-    # Each simulated run standardises with the mean of its own bootstrap of the reference: the centre is
-    # itself estimated, and a small error in it adds up in a CUSUM (without this, false alarms came out
-    # about twice the budget on fresh data).
-    centers = np.stack([matrix[rng.integers(0, len(matrix), size=len(matrix))].mean(axis=0)
-                        for _ in range(SIM_RUNS)])[:, None, :]
-    increments = np.clip((sample - centers) / scale, -CLIP, CLIP)
+    # Each simulated run standardises with the mean and sd of its own bootstrap of the reference: both are
+    # estimated, and a small error in them adds up in a CUSUM (without this, false alarms came out two to
+    # five times the budget on fresh data).
+    boots = [matrix[rng.integers(0, len(matrix), size=len(matrix))] for _ in range(SIM_RUNS)]
+    centers = np.stack([b.mean(axis=0) for b in boots])[:, None, :]
+    scales = np.stack([np.maximum(b.std(axis=0), floor) for b in boots])[:, None, :]
+    increments = np.clip((sample - centers) / scales, -CLIP, CLIP)
     arl = 10_000 / false_alarms_per_10k
     threshold = calibrate_thresholds(increments, k, 2 * arl, two_sided=True)
     return SequentialDetector(encoding, names, center, scale, k, threshold, false_alarms_per_10k, burn_in=burn_in)

@@ -228,8 +228,16 @@ def retrain_best(base: Pipeline, new: LoadedDataset, reference: pd.DataFrame | N
         scores[mode] = float(evaluate(y, proba, {}).metrics.get("auc", float("nan")))
     chosen = "scratch" if scores["scratch"] > scores["warm-start"] else "warm-start"  # a tie keeps the history
     _say(progress, f"candidates on {len(valid):,} unseen new rows: "
-         + ", ".join(f"{m} AUC {a:.3f}" for m, a in scores.items()) + f"; chose {chosen}")
-    return candidates[chosen], scores
+         + ", ".join(f"{m} AUC {a:.3f}" for m, a in scores.items()) + f"; chose {chosen}, refitting it on all of them")
+    # The choice made, the chosen one learns from every new row (the rows held out for the choice too).
+    everything = pd.concat([old, new.frame], ignore_index=True) if old is not None else new.frame
+    if chosen == "warm-start":
+        final = retrain_model(base, LoadedDataset(new.spec, everything, new.source_uri, combined.params),
+                              params=params, seed=seed, test_fraction=0.1, progress=progress)
+    else:
+        final = train_model(new, kind=kind_of(base).name, params=params, seed=seed, test_fraction=0.1,
+                            progress=progress)
+    return final, scores
 
 
 def _finish(spec: DatasetSpec, pipeline: Pipeline, model: ModelKind, params: dict[str, Any], train: pd.DataFrame,
