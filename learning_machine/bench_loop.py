@@ -372,7 +372,9 @@ def recovery(scenario: str, progress: Progress, *, rate: float = 20.0, drift_sta
     result: dict[str, Any] = {"scenario": scenario, "rate": rate, "drift_start": drift_start, "promoted": promoted,
                               "rows_to_fire": rows_by("retrain-fired"), "rows_to_promoted": rows_by("promoted"),
                               "fired_by": next((e["detail"].get("rules") for e in events
-                                                if e["kind"] == "retrain-fired"), None)}
+                                                if e["kind"] == "retrain-fired"), None),
+                              # what happened, oldest first: (kind, model version)
+                              "events": [(e["kind"], e.get("model_version")) for e in reversed(events)]}
     if onset is not None and serving is not None:
         result["rows_to_serving"] = row_of(serving) - drift_start
         result["seconds_to_serving"] = when(serving) - when(onset)
