@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     train_rows: int = Field(5000, ge=100, description="Rows the first model is trained on (generated datasets).")
     seed: int = Field(42, description="Seed for data generation and training.")
     test_fraction: float = Field(0.25, gt=0.05, lt=0.9, description="Held-out fraction for evaluation.")
+    retrain_candidates: Literal["best", "warm-start", "scratch"] = Field(
+        "best", description="What retraining trains: the better on unseen new rows of the champion continued and "
+                            "a fresh model (best), or only one of them.")
     max_invalid_fraction: float = Field(
         0.01, ge=0, le=1, description="Training refuses data with more feature cells than this that break the "
         "spec (out of range, wrong type, unseen category).")

@@ -353,13 +353,15 @@ def retrain(settings: Settings, new_dir: str | Path, test_dir: str | Path, *, re
     print(f"retraining {settings.model_name} v{base_info.version}: {len(new_train):,} new rows"
           + (f" plus {len(reference):,} reference rows for the continued candidate" if reference is not None else ""))
     result, scores = retrain_best(base, fresh, reference, params=_params(params_json), seed=settings.seed,
-                                  test_fraction=settings.test_fraction, progress=print)
+                                  test_fraction=settings.test_fraction, candidates=settings.retrain_candidates,
+                                  progress=print)
     used = LoadedDataset(new.spec, pd.concat([reference, new_train], ignore_index=True)
                          if reference is not None and result.mode == "warm-start" else new_train, new.source_uri,
                          {**new.params, "reference_rows": len(reference) if reference is not None
                           and result.mode == "warm-start" else 0})
-    tags = {STEP_TAG: "retrain", "lm.retrain_mode": result.mode,
-            "lm.candidates": json.dumps({m: round(a, 4) for m, a in scores.items()})}
+    tags = {STEP_TAG: "retrain", "lm.retrain_mode": result.mode}
+    if scores:
+        tags["lm.candidates"] = json.dumps({m: round(a, 4) for m, a in scores.items()})
     if result.mode == "warm-start":
         tags["lm.continued_from"] = base_info.version
     run_id = tracker.log_training(result, used, experiment=settings.experiment_name, run_name="retrain",

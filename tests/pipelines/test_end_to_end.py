@@ -113,13 +113,16 @@ def test_retraining_promotes_a_better_candidate(trained, settings, tracker):
 
 def test_retraining_refuses_a_worse_candidate(trained, settings, tracker, tmp_path):
     assert trained["state"] == "SUCCEEDED"
+    # Only the continued candidate (LM_RETRAIN_CANDIDATES): a fresh model on the new rows could be good
+    # whatever the parameters, and this test needs a worse one.
+    only_continued = settings.model_copy(update={"retrain_candidates": "warm-start"})
     champion = tracker.version(settings.model_name, CHAMPION)
     # Worse on purpose: old data with shuffled outcomes and absurd parameters (big steps, deep trees).
     noise = load_dataset("synthetic-cohort", n_rows=3000, seed=44).frame
     noise["outcome"] = np.random.default_rng(0).permutation(noise["outcome"].to_numpy())
     noise.to_csv(tmp_path / "shuffled.csv", index=False)
     # New data from the same era as the better test's, so the champion is strong on it whichever ran first.
-    run = LocalRunner(settings).run("retraining", {
+    run = LocalRunner(only_continued).run("retraining", {
         "rows": 1500, "seed": 45, "scenario": "concept-drift", "reference_source": str(tmp_path / "shuffled.csv"), "spec_path": str(SPEC),
         "model_params": json.dumps({"learning_rate": 1.0, "max_depth": 8, "continue_estimators": 100}),
     }).raise_for_state()
