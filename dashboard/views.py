@@ -22,8 +22,7 @@ from learning_machine.errors import LearningMachineError
 
 ADMIN, DATA_SCIENTIST, CLINICIAN = "admin", "data-scientist", "clinician"
 RETRAIN_KINDS = ("retrain-fired", "retrain-requested", "retrain-deferred", "retrain-started", "retrain-finished",
-                 "retrain-failed",
-                 "promoted", "refused", "rolled-back")
+                 "retrain-failed", "promoted", "refused", "monitor-rebaselined", "rolled-back")
 MAX_HISTORY_ROWS = 2000  # monitoring rows read per kind: 500 a page, newest first
 
 
