@@ -225,7 +225,7 @@ def bench_loop(quick: bool, progress: Progress, *, budget: float = FALSE_ALARM_B
         "budget setting: its rate follows from p < 0.05 and 2 windows).",
         f"CUSUM (sequential): the monitor's learning_machine.sequential detector: a CUSUM per encoded feature "
         f"(two charts per stream, k = {ks} sd, thresholds {hs}, calibrated by bootstrap to the budget) and "
-        f"one on the model's excess log-loss once outcomes arrive ({OUTCOME_DELAY} rows late; the first 300 "
+        f"one on the model's excess log-loss once outcomes arrive ({OUTCOME_DELAY} rows late; the first 500 "
         "calibrate it). Windowed: TabularDrift (KS / chi-squared, Bonferroni, p < 0.05) on windows of "
         f"{WINDOW} rows, drift in 2 consecutive windows or realised AUC < 0.70. Drift starts at row {drift_start}; "
         f"seeds {seeds}.",
@@ -238,7 +238,7 @@ def bench_loop(quick: bool, progress: Progress, *, budget: float = FALSE_ALARM_B
         "on real services (MLflow, MLServer, the gateway as processes; the monitor stepping every second; the "
         "retraining pipeline under kfp.local; the local deployer's hot swap), records streamed at 20 rows/s with "
         "outcomes 100 rows late; rows and seconds from the first drifted record to the first prediction answered by "
-        "the promoted version. It includes waiting for 200 outcomes after the change point before retraining."
+        "the promoted version. After a sequential alarm that includes waiting for 200 outcomes after the change point."
         + (" Not measured in this run." if not recoveries else
            " Details: " + "; ".join(f"{k}: fired by {v.get('fired_by')}, {v.get('rows_to_fire')} rows to firing, "
                                     f"promoted v{v.get('promoted')}" for k, v in recoveries.items())),

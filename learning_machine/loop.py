@@ -55,7 +55,7 @@ def _jsonable_row(row: Mapping[str, Any]) -> dict[str, Any]:
 def change_point(decision: Decision) -> str | None:
     """When the change began, for a decision fired by the sequential test (None for the other rules: they
     retrain on the most recent outcomes, as before)."""
-    if decision.rules[:1] != ("sequential",) and "sequential" not in decision.rules:
+    if "sequential" not in decision.rules:
         return None
     alarms = decision.evidence.get("sequential_alarms") or []
     found = [a.get("since") for a in alarms if a.get("since")]

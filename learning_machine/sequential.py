@@ -202,7 +202,7 @@ class SequentialDetector:
         self.outcome_center, self.outcome_scale = float(z.mean()), max(float(z.std()), 0.05)
         rng = np.random.default_rng(seed)
         runs = SIM_RUNS // 2
-        # As for the features: each simulated run is centred on its own bootstrap of the burn-in.
+        # As for the features: each simulated run is standardised on its own bootstrap of the burn-in.
         boots = [z[rng.integers(0, len(z), size=len(z))] for _ in range(runs)]
         centers = np.array([b.mean() for b in boots])[:, None]
         scales = np.array([max(float(b.std()), 0.05) for b in boots])[:, None]

@@ -168,6 +168,7 @@ def test_a_challenger_that_does_not_beat_the_champion_is_refused(stack: Stack):
     champion = stack.tracker.version(stack.settings.model_name, CHAMPION).version
     strict = stack.settings.model_copy(update={"loop_gate_margin": 0.5})  # no model beats another by 0.5 AUC
     default_trigger = stack.service.trigger
+    detector_before = stack.service._detectors.get(champion)
     stack.service.trigger = RetrainViaPipeline(strict, stack.client, stack.service.sink, stack.tracker,
                                                stack.service.spec)
     try:
@@ -181,7 +182,7 @@ def test_a_challenger_that_does_not_beat_the_champion_is_refused(stack: Stack):
     # The champion stays, and the population it was retrained on becomes the sequential test's new normal.
     rebaselined = [e for e in stack.events() if e["kind"] == "monitor-rebaselined"]
     assert rebaselined and rebaselined[-1]["model_version"] == champion and rebaselined[-1]["detail"]["rows"] >= 50
-    assert stack.service._detectors[champion] is not None
+    assert stack.service._detectors[champion] is not None and stack.service._detectors[champion] is not detector_before
 
 
 def test_rollback_is_one_command_that_serves_the_previous_version_again(stack: Stack):
