@@ -47,7 +47,7 @@ format: install ## Apply ruff's fixes
 test: install browsers checkov lint ## Lint, then every test (real MLflow, PostgreSQL, S3 servers started by fixtures)
 	$(RUN) pytest
 
-test-fast: install ## Tests without the slow end-to-end ones
+test-fast: install checkov ## Tests without the slow end-to-end ones
 	$(RUN) pytest -m "not slow"
 
 bench: install ## Full benchmarks: report in bench-results/
