@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1.7
 # checkov:skip=CKV_DOCKER_2: one image runs many processes (gateway, monitor, dashboard, MLflow, KFP steps); Kubernetes probes each by its own path
 # The platform image: the locked dependencies plus the learning_machine package, nothing else. Every KFP
-# component runs in it (PLATFORM_IMAGE in components/__init__.py), so nothing is pip-installed at run time.
+# component runs in it (PLATFORM_IMAGE in learning_machine/components/__init__.py), so nothing is pip-installed at run time.
 #   docker build -t ghcr.io/learning-machine/platform:0.1.0 .
 # It cannot be built on the development machines (no Docker there); see docs/pipelines.md.
 ARG PYTHON_VERSION=3.11
@@ -16,14 +16,10 @@ WORKDIR /src
 # Dependencies first: this layer is rebuilt only when uv.lock changes.
 COPY pyproject.toml uv.lock ./
 RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --no-install-project
-# Then the package as a real wheel (not editable). learning_machine/{components,pipelines,serving,dashboard}
-# are symlinks to the top-level folders, so those are copied too.
+# Then the package as a real wheel (not editable). The top-level components/, pipelines/, serving/ and
+# dashboard/ are links into learning_machine/, which holds them: copying the package copies them all.
 COPY README.md ./
 COPY learning_machine ./learning_machine
-COPY components ./components
-COPY pipelines ./pipelines
-COPY serving ./serving
-COPY dashboard ./dashboard
 RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --no-editable
 
 FROM python:${PYTHON_VERSION}-slim-bookworm

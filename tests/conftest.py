@@ -15,8 +15,8 @@ import pytest
 from testsupport import free_port, fresh_postgres_database, wait_http
 
 from learning_machine.data.spec import DatasetSpec
-from learning_machine.embedded import mlflow_service
-from learning_machine.services import ProcessManager
+from learning_machine.embedded.processes import ProcessManager
+from learning_machine.embedded.stack import mlflow_service
 from learning_machine.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,9 +109,9 @@ def model_server(mlflow_sqlite: Settings, tmp_path_factory: pytest.TempPathFacto
     """A real `mlserver start` on free ports serving a small model (1,500 synthetic rows) trained into the
     `mlflow_sqlite` server under a name of its own, with its explainer and drift detector."""
     from learning_machine.data.sources import load_dataset
-    from learning_machine.lifecycle import train_and_register
-    from learning_machine.model_server import model_server_service, served_names, wait_models_ready
-    from learning_machine.tracking import Tracker
+    from learning_machine.embedded.model_server import model_server_service, served_names, wait_models_ready
+    from learning_machine.lifecycle.service import train_and_register
+    from learning_machine.registry.tracker import Tracker
 
     home = tmp_path_factory.mktemp("model-server")
     settings = mlflow_sqlite.model_copy(update={

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from learning_machine import bench
-from learning_machine.bench import Section, add_figures, bench_training, check_sections, run_benchmarks, write_report
+from learning_machine.bench import harness as bench
+from learning_machine.bench.harness import add_figures, bench_training, check_sections, run_benchmarks, write_report
+from learning_machine.bench.report import Section
 from learning_machine.errors import BenchmarkError, UnknownNameError
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -13,7 +13,7 @@ import pytest
 from testsupport import free_port
 from typer.testing import CliRunner
 
-from learning_machine.cli import app
+from learning_machine.cli.app import app
 
 LM = [sys.executable, "-m", "learning_machine"]
 

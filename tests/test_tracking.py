@@ -12,10 +12,11 @@ import pytest
 
 from learning_machine.data.sources import load_dataset
 from learning_machine.errors import ModelNotFoundError, RegistryError, TrackingUnavailableError
-from learning_machine.lifecycle import train_and_register
+from learning_machine.lifecycle.service import train_and_register
+from learning_machine.model.training import predict_proba
+from learning_machine.registry.names import CHALLENGER, CHAMPION, PREVIOUS_TAG
+from learning_machine.registry.tracker import Tracker
 from learning_machine.settings import Settings
-from learning_machine.tracking import CHALLENGER, CHAMPION, PREVIOUS_TAG, Tracker
-from learning_machine.training import predict_proba
 
 
 def _settings(server: Settings, **overrides: object) -> Settings:

@@ -7,8 +7,8 @@ import pytest
 
 from learning_machine.data.sources import load_dataset
 from learning_machine.errors import TrainingError, UnknownNameError
-from learning_machine.evaluation import evaluate
-from learning_machine.training import predict_proba, retrain_model, train_model
+from learning_machine.model.evaluation import evaluate
+from learning_machine.model.training import predict_proba, retrain_model, train_model
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_too_little_data_is_a_training_error(cohort):
 
 def test_retraining_keeps_the_better_of_continued_and_fresh_on_unseen_new_rows(cohort):
     from learning_machine.data.sources import LoadedDataset, load_dataset
-    from learning_machine.training import retrain_best
+    from learning_machine.model.training import retrain_best
 
     base = train_model(cohort, seed=1).pipeline
     new = load_dataset("synthetic-cohort", n_rows=2500, seed=9, scenario="concept-drift", drift_start=0)

@@ -8,19 +8,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from learning_machine.deployers import DeployResult, ModelDeployer, register_deployer
-from learning_machine.errors import ModelNotFoundError, ServiceUnavailableError
-from learning_machine.model_server import (
+from learning_machine.clients.v2 import ModelServerClient
+from learning_machine.deployers.base import DeployResult, ModelDeployer
+from learning_machine.embedded.model_server import (
     SETTINGS_FILE,
-    parse_model_uri,
     ports_of,
     reload_models,
     repository_dir,
     set_model_ref,
     wait_models_ready,
 )
+from learning_machine.errors import ModelNotFoundError, ServiceUnavailableError
+from learning_machine.registry.names import parse_model_uri
 from learning_machine.settings import Settings
-from learning_machine.v2 import ModelServerClient
 
 
 class LocalDeployer(ModelDeployer):
@@ -74,6 +74,3 @@ def _served_version(client: ModelServerClient, model_name: str) -> str | None:
     except ModelNotFoundError:
         return None  # not loaded (a server started before the first champion existed)
     return str(versions[0]) if versions else None
-
-
-register_deployer("local", LocalDeployer)

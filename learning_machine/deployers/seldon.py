@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from learning_machine.deployers import DeployResult, ModelDeployer, register_deployer
+from learning_machine.deployers.base import DeployResult, ModelDeployer
 from learning_machine.errors import LearningMachineError, ServiceUnavailableError
-from learning_machine.manifests import SELDON_V1, Resource, drift_deployment, seldon_deployment
+from learning_machine.k8s.manifests import SELDON_V1, Resource, drift_deployment, seldon_deployment
 from learning_machine.settings import Settings
 
 
@@ -96,6 +96,3 @@ class SeldonDeployer(ModelDeployer):
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "namespace": self.settings.seldon_namespace,
                 "image": self.settings.serving_image}
-
-
-register_deployer("seldon", SeldonDeployer)

@@ -1,6 +1,6 @@
 """Routes the dashboard needs beyond the history: who am I (`GET /v1/whoami`), the serving version's
 model facts (`GET /v1/model-card`), and the admin's lifecycle actions (promote, roll back, request a
-retraining). Thin adapters: the registry work is :class:`learning_machine.tracking.Tracker`'s, serving
+retraining). Thin adapters: the registry work is :class:`learning_machine.registry.tracker.Tracker`'s, serving
 is the deployer's, and every action is recorded as an event."""
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def _build_card(c: GatewayContext, info: Any) -> dict[str, Any]:
     import mlflow.artifacts
     import pandas as pd
 
-    from learning_machine.drift import REFERENCE_FILE
+    from learning_machine.model.drift import REFERENCE_FILE
 
     client = c.tracker().client
     run = client.get_run(info.run_id) if info.run_id else None
@@ -139,7 +139,7 @@ def _reference_ranges(c: GatewayContext, frame: Any) -> dict[str, Any]:
 def _serve(c: GatewayContext, version: str) -> dict[str, Any]:
     """Serve ``version`` through the deployer the settings choose; the registry change stands either way."""
     from learning_machine.deployers import get_deployer
-    from learning_machine.embedded import effective_deployer
+    from learning_machine.embedded.stack import effective_deployer
 
     try:
         return get_deployer(c.settings, effective_deployer(c.settings)).deploy(c.model_name, version).as_dict()

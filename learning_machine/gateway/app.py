@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from learning_machine.clients.v2 import ModelServerClient
 from learning_machine.data.sources import spec_for
 from learning_machine.gateway import admin_routes, monitor_routes, problems, service
 from learning_machine.gateway.edge import EdgeMiddleware, Metrics
@@ -17,7 +18,6 @@ from learning_machine.gateway.routes import router
 from learning_machine.gateway.service import GatewayContext
 from learning_machine.settings import Settings
 from learning_machine.store.db import Database
-from learning_machine.v2 import ModelServerClient
 
 DESCRIPTION = """The public API of the Learning Machine: predictions with explanations on patient records,
 outcomes that arrive later, and the history the monitor and the dashboard read.

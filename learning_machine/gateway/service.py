@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from learning_machine.clients.v2 import ModelServerClient
 from learning_machine.data.spec import DatasetSpec, parse_label
 from learning_machine.errors import (
     BadRequestError,
@@ -27,7 +28,6 @@ from learning_machine.gateway.edge import Metrics
 from learning_machine.settings import Settings
 from learning_machine.store import repository
 from learning_machine.store.db import Database
-from learning_machine.v2 import ModelServerClient
 
 
 @dataclass
@@ -50,7 +50,7 @@ class GatewayContext:
         """The MLflow registry client, made on first use (importing MLflow costs seconds)."""
         with self._lock:
             if self._tracker is None:
-                from learning_machine.tracking import Tracker
+                from learning_machine.registry.tracker import Tracker
 
                 self._tracker = Tracker(self.settings.tracking_uri, timeout_s=self.settings.request_timeout_s)
             return self._tracker
@@ -187,7 +187,7 @@ def record_outcome(ctx: GatewayContext, record_id: str | int, outcome: Any, *, o
 # -- models and readiness ------------------------------------------------------------------------------
 def models(ctx: GatewayContext) -> list[dict[str, Any]]:
     """The registry's versions of the served model, newest first, the champion marked."""
-    from learning_machine.tracking import CHALLENGER, CHAMPION
+    from learning_machine.registry.names import CHALLENGER, CHAMPION
 
     tracker = ctx.tracker()
     # Tracker.list_versions reports an unreachable server as "no registered model" (404): ask first.

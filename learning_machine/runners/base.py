@@ -1,4 +1,4 @@
-"""The pipeline runner interface, its result, and the registry of backends."""
+"""The pipeline runner interface, its result, and pipelines by name."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from learning_machine import backends
 from learning_machine.errors import PipelineError, UnknownNameError
 from learning_machine.settings import Settings
 
@@ -64,7 +65,7 @@ class PipelineRun:
 
 
 class PipelineRunner(ABC):
-    """Runs a named pipeline with parameters. Subclasses register in :data:`RUNNERS`."""
+    """Runs a named pipeline with parameters. Backends are listed in :data:`learning_machine.backends.PIPELINE_RUNNERS`."""
 
     name: str
 
@@ -91,25 +92,12 @@ class PipelineRunner(ABC):
         return merged
 
 
-RUNNERS: dict[str, Callable[[Settings], PipelineRunner]] = {}
-
-
-def register_runner(name: str, factory: Callable[[Settings], PipelineRunner]) -> None:
-    """Add a backend to the registry (the built-in ones register on import)."""
-    RUNNERS[name] = factory
-
-
 def get_runner(settings: Settings, name: str | None = None) -> PipelineRunner:
-    """The runner the settings (``LM_PIPELINE_RUNNER``) or ``name`` choose."""
-    import learning_machine.runners.kubeflow
-    import learning_machine.runners.local  # noqa: F401 - each registers itself
-
-    chosen = name or settings.pipeline_runner
-    try:
-        factory = RUNNERS[chosen]
-    except KeyError:
-        raise UnknownNameError("pipeline runner", chosen, list(RUNNERS)) from None
-    return factory(settings)
+    """The runner the settings (``LM_PIPELINE_RUNNER``) or ``name`` choose, from
+    :data:`learning_machine.backends.PIPELINE_RUNNERS`."""
+    factory = backends.load("pipeline runner", backends.PIPELINE_RUNNERS, name or settings.pipeline_runner)
+    runner: PipelineRunner = factory(settings)
+    return runner
 
 
 # -- pipelines by name -----------------------------------------------------------------------------

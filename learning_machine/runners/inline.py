@@ -7,7 +7,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from learning_machine.runners import steps
+from learning_machine.components import steps
+from learning_machine.registry.config import quiet_mlflow
+from learning_machine.registry.runs import finish_pipeline_run, now_key, start_pipeline_run
 from learning_machine.settings import Settings
 
 
@@ -15,9 +17,9 @@ def train_inline(settings: Settings, *, source: str, spec_path: str = "", rows: 
                  model_kind: str = "", promote_policy: str = "gate") -> dict[str, Any]:
     """ingest -> validate -> preprocess -> train -> evaluate -> register -> (gate) promote -> deploy, nested
     under one parent MLflow run, without KFP. Returns the parent run id, the version and the gate verdict."""
-    steps.quiet_mlflow()
-    key = steps.now_key()
-    parent = steps.start_pipeline_run(settings, "training-inline", key, {"source": source})
+    quiet_mlflow()
+    key = now_key()
+    parent = start_pipeline_run(settings, "training-inline", key, {"source": source})
     state = "FAILED"
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -35,5 +37,5 @@ def train_inline(settings: Settings, *, source: str, spec_path: str = "", rows: 
                 steps.deploy(settings, version, parent_run_id=parent)
         state = "SUCCEEDED"
     finally:
-        steps.finish_pipeline_run(settings, key, state)
+        finish_pipeline_run(settings, key, state)
     return {"parent_run_id": parent, "version": version, "promoted": decision.candidate_better}

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from learning_machine.errors import ConfigurationError, LearningMachineError, PipelineError, ServiceUnavailableError
-from learning_machine.runners.base import PipelineRun, PipelineRunner, Progress, compile_pipeline, register_runner
+from learning_machine.runners.base import PipelineRun, PipelineRunner, Progress, compile_pipeline
 from learning_machine.settings import Settings
 
 PIPELINE_PREFIX = "learning-machine-"
@@ -138,6 +138,3 @@ class KubeflowRunner(PipelineRunner):
         return {"recurring_run_id": job.recurring_run_id, "name": job_name, "cron": expression,
                 "pipeline_id": uploaded.pipeline_id, "version_id": uploaded.version_id,
                 "version_name": uploaded.version_name, "host": self.host, "parameters": args}
-
-
-register_runner("kubeflow", KubeflowRunner)

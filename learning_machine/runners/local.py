@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from learning_machine.runners.base import PipelineRun, PipelineRunner, Progress, build_pipeline, register_runner
+from learning_machine.runners.base import PipelineRun, PipelineRunner, Progress, build_pipeline
 from learning_machine.settings import Settings, settings_env
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -79,7 +79,9 @@ class LocalRunner(PipelineRunner):
         from kfp import local
 
         from learning_machine.pipelines.cluster import LOCAL_OPTIONS
-        from learning_machine.runners.steps import find_pipeline_run, now_key, quiet_mlflow, tracker_for
+        from learning_machine.registry.config import quiet_mlflow
+        from learning_machine.registry.runs import find_pipeline_run, now_key
+        from learning_machine.registry.tracker import tracker_for
 
         args = self.parameters(pipeline, params)
         args.setdefault("run_key", now_key())
@@ -148,6 +150,3 @@ def _artifacts(folder: Path) -> dict[str, list[str]]:
         if files:
             out[task.name] = files
     return out
-
-
-register_runner("local", LocalRunner)

@@ -1,7 +1,7 @@
 """The Helm chart, checked offline with real tools (no cluster here): `helm lint --strict`, `helm template`
 with every example values file, kubernetes-validate (1.33, strict) on every built-in object, the CRD schemas
 of ../shared/crds on every custom resource, checkov on everything rendered, and assertions on the objects.
-The containers' commands, ports and settings are compared with learning_machine.k8s, which derives them
+The containers' commands, ports and settings are compared with learning_machine.k8s.chart, which derives them
 from the service builders `lm up` runs."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pytest
 import yaml
 from chart_tools import checkov, extract, helm
 
-from learning_machine.k8s import chart_services_json, cluster_services
-from learning_machine.manifests import CRD_FILES, seldon_deployment, validate_resource
+from learning_machine.k8s.chart import chart_services_json, cluster_services
+from learning_machine.k8s.manifests import CRD_FILES, seldon_deployment, validate_resource
 from learning_machine.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -321,7 +321,7 @@ def test_contradictory_values_fail_with_a_message(sets, message):
 def test_the_chart_services_file_is_current():
     committed = (CHART / "files" / "services.json").read_text()
     assert committed == chart_services_json(), (
-        "charts/learning-machine/files/services.json is stale: regenerate with learning_machine.k8s.write_chart_services")
+        "charts/learning-machine/files/services.json is stale: regenerate with learning_machine.k8s.chart.write_chart_services")
 
 
 def test_containers_run_the_commands_ports_and_health_paths_of_the_embedded_services(renders):

@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gateway"))  # g
 
 from gateway_harness import RunningGateway, gateway_settings, start_gateway
 
-from learning_machine.client import LearningMachineClient
-from learning_machine.stream import StreamPlan, generated_records, run_stream
+from learning_machine.clients.gateway import LearningMachineClient
+from learning_machine.loop.stream import StreamPlan, generated_records, run_stream
 
 
 def _stream(client: LearningMachineClient, rows: int, *, seed: int, scenario: str, prefix: str) -> None:
@@ -28,7 +28,7 @@ def _stream(client: LearningMachineClient, rows: int, *, seed: int, scenario: st
 def history_gateway(tmp_path_factory: pytest.TempPathFactory, model_server: Any) -> Iterator[RunningGateway]:
     """A gateway with 500 predictions (outcomes for most), monitoring results of five windows written by
     the real monitor (drift through the model server's detector), and the events the policy recorded."""
-    from learning_machine.loop import LoopService
+    from learning_machine.loop.service import LoopService
 
     home = tmp_path_factory.mktemp("dashboard-gateway")
     settings = gateway_settings(home, f"sqlite:///{home / 'lm.db'}", model_server, monitor_window_rows=100,

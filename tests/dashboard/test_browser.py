@@ -15,7 +15,7 @@ import pytest
 from gateway_harness import RunningGateway
 from testsupport import free_port, wait_http
 
-from learning_machine.services import is_healthy
+from learning_machine.embedded.processes import is_healthy
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 CHROMIUM = "/usr/bin/chromium"

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from gateway_harness import free_port, make_records
 
-from learning_machine.embedded import gateway_service, statuses
-from learning_machine.services import ProcessManager
+from learning_machine.embedded.processes import ProcessManager
+from learning_machine.embedded.stack import gateway_service, statuses
 from learning_machine.settings import Settings
 from learning_machine.store import Database, repository
 from learning_machine.store.db import current_revision

@@ -11,8 +11,8 @@ import pytest
 from gateway_harness import RunningGateway, gateway_settings, start_gateway
 from testsupport import free_port as _free_port
 
-from learning_machine.client import GatewayError, LearningMachineClient
-from learning_machine.stream import StreamPlan, generated_records, run_stream
+from learning_machine.clients.gateway import GatewayError, LearningMachineClient
+from learning_machine.loop.stream import StreamPlan, generated_records, run_stream
 
 
 @pytest.fixture(scope="module")

@@ -16,18 +16,19 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from testsupport import CuttableProxy, free_port
 
-from learning_machine.client import LearningMachineClient
+from learning_machine.clients.gateway import LearningMachineClient
 from learning_machine.data.sources import load_dataset
-from learning_machine.embedded import gateway_service
-from learning_machine.lifecycle import train_and_register
-from learning_machine.loop import LoopService, RetrainViaPipeline
-from learning_machine.model_server import model_server_service, served_names, wait_models_ready
-from learning_machine.policy import Decision
-from learning_machine.services import ProcessManager
+from learning_machine.embedded.model_server import model_server_service, served_names, wait_models_ready
+from learning_machine.embedded.processes import ProcessManager
+from learning_machine.embedded.stack import gateway_service
+from learning_machine.lifecycle.service import train_and_register
+from learning_machine.loop.policy import Decision
+from learning_machine.loop.service import LoopService, RetrainViaPipeline
+from learning_machine.loop.stream import StreamPlan, generated_records, run_stream
+from learning_machine.registry.names import CHAMPION
+from learning_machine.registry.tracker import Tracker
 from learning_machine.settings import Settings
 from learning_machine.store.tokens import prepare_for_gateway
-from learning_machine.stream import StreamPlan, generated_records, run_stream
-from learning_machine.tracking import CHAMPION, Tracker
 
 pytestmark = pytest.mark.slow
 

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from learning_machine.data.sources import load_dataset
-from learning_machine.drift import detect, fit_detector
-from learning_machine.monitor import Monitor, MonitorConfig, performance_results
-from learning_machine.policy import RetrainPolicy
-from learning_machine.training import predict_proba, train_model
+from learning_machine.loop.monitor import Monitor, MonitorConfig, performance_results
+from learning_machine.loop.policy import RetrainPolicy
+from learning_machine.model.drift import detect, fit_detector
+from learning_machine.model.training import predict_proba, train_model
 
 
 class Sink:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from learning_machine.policy import RetrainPolicy, WindowSummary, decide
+from learning_machine.loop.policy import RetrainPolicy, WindowSummary, decide
 
 POLICY = RetrainPolicy(drift_windows=2, auc_floor=0.7, min_outcomes=50, cooldown_s=600)
 

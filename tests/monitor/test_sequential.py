@@ -10,10 +10,10 @@ import pytest
 from test_monitor import Sink, _rows
 
 from learning_machine.data.sources import load_dataset
-from learning_machine.monitor import Monitor, MonitorConfig
-from learning_machine.policy import RetrainPolicy, decide
-from learning_machine.sequential import fit_sequential
-from learning_machine.training import predict_proba, train_model
+from learning_machine.loop.monitor import Monitor, MonitorConfig
+from learning_machine.loop.policy import RetrainPolicy, decide
+from learning_machine.model.sequential import fit_sequential
+from learning_machine.model.training import predict_proba, train_model
 
 
 @pytest.fixture(scope="module")

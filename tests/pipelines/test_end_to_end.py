@@ -19,9 +19,10 @@ import pytest
 
 from learning_machine.data.sources import load_dataset
 from learning_machine.errors import PipelineError
+from learning_machine.registry.names import CHALLENGER, CHAMPION, PREVIOUS_TAG
+from learning_machine.registry.tracker import Tracker
 from learning_machine.runners.local import LocalRunner
 from learning_machine.settings import Settings
-from learning_machine.tracking import CHALLENGER, CHAMPION, PREVIOUS_TAG, Tracker
 
 pytestmark = pytest.mark.slow
 

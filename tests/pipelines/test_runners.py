@@ -14,7 +14,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from learning_machine.cli_pipelines import parse_params
+from learning_machine.cli.pipelines import parse_params
 from learning_machine.errors import (
     ConfigurationError,
     PipelineError,
@@ -136,7 +136,7 @@ def test_submit_uploads_the_cluster_pipeline_and_starts_an_uncached_run(kfp_api,
 
 def test_schedule_creates_a_recurring_run_one_at_a_time(kfp_api, tmp_path: Path):
     cli = CliRunner()
-    from learning_machine.cli import app
+    from learning_machine.cli.app import app
 
     result = cli.invoke(app, ["pipelines", "schedule", "training", "--cron", "0 3 * * *", "--host",
                               "http://kfp.example", "--param", "rows=2000"], env={"LM_HOME": str(tmp_path)})
@@ -157,7 +157,7 @@ def test_submit_needs_a_host_and_names_an_unreachable_one(tmp_path: Path):
 
 
 def test_compile_command_writes_the_three_pipelines(tmp_path: Path):
-    from learning_machine.cli import app
+    from learning_machine.cli.app import app
 
     result = CliRunner().invoke(app, ["pipelines", "compile", "--out", str(tmp_path), "--gpu"],
                                 env={"LM_HOME": str(tmp_path)})

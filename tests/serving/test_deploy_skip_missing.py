@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from learning_machine.cli import app
+from learning_machine.cli.app import app
 from learning_machine.settings import Settings
 
 

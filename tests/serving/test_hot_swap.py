@@ -7,11 +7,11 @@ import time
 
 import pytest
 
+from learning_machine.clients.v2 import ModelServerClient
 from learning_machine.data.sources import load_dataset
 from learning_machine.deployers import get_deployer
-from learning_machine.lifecycle import train_and_register
-from learning_machine.tracking import Tracker
-from learning_machine.v2 import ModelServerClient
+from learning_machine.lifecycle.service import train_and_register
+from learning_machine.registry.tracker import Tracker
 
 
 @pytest.mark.slow
@@ -74,8 +74,8 @@ def test_a_server_started_before_the_first_model_serves_it_once_deployed(model_s
     import socket
     import uuid
 
-    from learning_machine.model_server import model_server_service, served_names
-    from learning_machine.services import ProcessManager
+    from learning_machine.embedded.model_server import model_server_service, served_names
+    from learning_machine.embedded.processes import ProcessManager
 
     def port() -> int:
         with socket.socket() as s:

@@ -8,11 +8,11 @@ import httpx
 import numpy as np
 import pytest
 
+from learning_machine.clients.v2 import ModelServerClient, drift_name, explainer_name
 from learning_machine.data.sources import load_dataset
 from learning_machine.errors import ModelNotFoundError, ServiceUnavailableError
-from learning_machine.features import feature_frame
-from learning_machine.tracking import Tracker
-from learning_machine.v2 import ModelServerClient, drift_name, explainer_name
+from learning_machine.model.features import feature_frame
+from learning_machine.registry.tracker import Tracker
 
 
 @pytest.fixture(scope="module")

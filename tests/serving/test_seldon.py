@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from learning_machine.deployers import get_deployer
 from learning_machine.deployers.seldon import SeldonDeployer
 from learning_machine.errors import ServiceUnavailableError
-from learning_machine.manifests import (
+from learning_machine.k8s.manifests import (
     CRD_FILES,
     render_all,
     seldon_v2_model_settings,
@@ -118,7 +118,7 @@ def test_the_committed_manifests_are_current(tmp_path):
         if path.is_file():
             committed = ROOT / "manifests" / path.relative_to(tmp_path)
             assert committed.exists() and committed.read_text() == path.read_text(), (
-                f"{committed} is stale: regenerate with learning_machine.manifests.write_manifests")
+                f"{committed} is stale: regenerate with learning_machine.k8s.manifests.write_manifests")
     custom_kinds = {kind for _group, kind in CRD_FILES}
     for path in (ROOT / "manifests").rglob("*.yaml"):
         for resource in yaml.safe_load_all(path.read_text()):

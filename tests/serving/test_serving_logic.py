@@ -7,13 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from learning_machine.clients.v2 import encode_request
 from learning_machine.data.sources import load_dataset
-from learning_machine.drift import DriftEncoding, detect, fit_detector
-from learning_machine.explain import Explainer, source_features
-from learning_machine.features import feature_frame
-from learning_machine.inference import Predictor, request_columns
-from learning_machine.training import train_model
-from learning_machine.v2 import encode_request
+from learning_machine.model.drift import DriftEncoding, detect, fit_detector
+from learning_machine.model.explain import Explainer, source_features
+from learning_machine.model.features import feature_frame
+from learning_machine.model.inference import Predictor, request_columns
+from learning_machine.model.training import train_model
 
 
 @pytest.fixture(scope="module")

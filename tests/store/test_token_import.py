@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from learning_machine.cli import app
+from learning_machine.cli.app import app
 from learning_machine.errors import ConfigurationError
 from learning_machine.store.db import Database
 from learning_machine.store.tokens import authenticate, register_tokens

@@ -1,5 +1,5 @@
 {{/* Small helpers shared by the templates. Commands and ports come from files/services.json, written by
-learning_machine.k8s from the same service builders `lm up` runs (a test checks it is current). */}}
+learning_machine.k8s.chart from the same service builders `lm up` runs (a test checks it is current). */}}
 
 {{- define "lm.name" -}}
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}

@@ -1,2 +1,0 @@
-"""The Streamlit dashboard: `app.py` (the pages) over `views.py` (the logic, plain functions of a gateway
-client). Installed as ``learning_machine.dashboard`` (a symlink)."""

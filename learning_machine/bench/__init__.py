@@ -1,0 +1,1 @@
+"""The benchmark harness (`lm bench`, `make bench`): sections that measure the platform on real services, the report and its plots. Needs the dev dependencies for some comparisons; never imported by the runtime."""

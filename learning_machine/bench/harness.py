@@ -1,0 +1,302 @@
+"""`lm bench` / `make bench`: the project's benchmark harness. Each section starts what it measures on free
+ports, warms up, measures the alternatives side by side in one run and returns a :class:`Section` (tables,
+notes, raw numbers). The report folder gets ``report.md`` (tables and PNG plots), ``summary.md`` (the
+headline table the README shows), ``results.json`` (everything, raw) and the plots. Medians, p99 and
+min-max over repetitions, with ratios against an anchor: these machines are noisy, so compare within a run."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from learning_machine.bench.report import Section, Table, cpu_count, loglog_slope, timed
+from learning_machine.errors import BenchmarkError, UnknownNameError
+
+Progress = Callable[[str], None]
+
+
+def bench_training(quick: bool, progress: Progress, *, sizes: list[int] | None = None,
+                   kinds: tuple[str, ...] = ("xgboost", "logistic-regression")) -> Section:
+    """Time to train each model kind on 10k, 100k (and in full mode 1M) generated rows: how cost grows
+    with rows (rows/s and the log-log slope of time on rows)."""
+    from learning_machine.data.sources import load_dataset
+    from learning_machine.model.training import train_model
+
+    sizes = sizes or ([10_000, 100_000] if quick else [10_000, 100_000, 1_000_000])
+
+    def repeats_for(rows: int) -> int:
+        # The largest size is measured once: 1M rows take tens of seconds per fit here.
+        return 1 if quick or rows >= 1_000_000 else 3
+
+    section = Section("Training time versus rows", ["model kind", "rows", "median s", "min s", "max s",
+                                                     "runs", "rows/s", "x time of smallest", "held-out AUC"])
+    # Warm-up, not timed: the first fit of a kind pays imports and thread-pool start-up, which would make
+    # a single timed run of the smallest size look slow and flatten the slope.
+    progress("training: warm-up fit of each kind on 2,000 rows")
+    warm = load_dataset("synthetic-cohort", n_rows=2_000, seed=2)
+    for kind in kinds:
+        train_model(warm, kind=kind, seed=1)
+    for rows in sizes:
+        progress(f"training: generating {rows:,} rows")
+        data = load_dataset("synthetic-cohort", n_rows=rows, seed=1)
+        for kind in kinds:
+            repeats = repeats_for(rows)
+            progress(f"training {kind} on {rows:,} rows x{repeats}")
+            results: list[Any] = []
+
+            def fit(data: Any = data, kind: str = kind, results: list[Any] = results) -> None:
+                results.append(train_model(data, kind=kind, seed=1))
+
+            stats = timed(fit, repeats)
+            auc = results[-1].evaluation.metrics["auc"]
+            section.raw[f"{kind}/{rows}"] = {**stats, "auc": auc, "kind": kind, "rows": rows}
+        del data
+    slopes: dict[str, float | None] = {}
+    for kind in kinds:
+        points = [(v["rows"], v["median"]) for v in section.raw.values() if v["kind"] == kind]
+        base = points[0][1]
+        for rows, med in points:
+            stats = section.raw[f"{kind}/{rows}"]
+            section.rows.append([kind, f"{rows:,}", med, stats["min"], stats["max"], int(stats["n"]), rows / med,
+                                 med / base, stats["auc"]])
+        slopes[kind] = loglog_slope([float(p[0]) for p in points], [p[1] for p in points])
+    section.raw = {"runs": section.raw, "loglog_slope": slopes, "sizes": sizes}
+    growth = "; ".join(f"{k}: time ~ rows^{v:.2f}" for k, v in slopes.items() if v is not None)
+    section.notes += [
+        "Fit plus held-out evaluation of the whole pipeline (impute, scale, encode, model) on the synthetic "
+        "cohort; 75 % of the rows are used for fitting, 25 % for the held-out AUC. After one untimed warm-up fit "
+        f"per kind; sizes under 1M: median of {repeats_for(sizes[0])} run(s); 1M rows: one run.",
+        f"Log-log slope of wall time on rows (1 = linear, below 1 = fixed costs still show): {growth or 'n/a'}.",
+    ]
+    return section
+
+
+def bench_pipelines(quick: bool, progress: Progress) -> Section:
+    """Wall time of the training pipeline under kfp.local (each step a subprocess, artifacts on disk)
+    against the same step functions called directly in one process, on the same data and MLflow server."""
+    import contextlib
+    import io
+    import tempfile
+    import uuid
+
+    from learning_machine.data.sources import builtin_spec, load_dataset
+    from learning_machine.embedded.processes import ProcessManager
+    from learning_machine.embedded.stack import mlflow_service
+    from learning_machine.runners.inline import train_inline
+    from learning_machine.runners.local import LocalRunner
+    from learning_machine.settings import Settings
+
+    def free_port() -> int:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+
+    rows, repeats = (1_500, 1) if quick else (5_000, 2)
+    section = Section("Training pipeline: kfp.local versus direct calls",
+                      ["mode", "rows", "median s", "min s", "max s", "overhead ratio"])
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        settings = Settings(home=home, mlflow_port=free_port(), mlflow_workers=1)
+        manager = ProcessManager(settings.run_dir)
+        progress(f"starting an MLflow server on port {settings.mlflow_port}")
+        manager.start(mlflow_service(settings), timeout_s=settings.startup_timeout_s, progress=progress)
+        try:
+            data = home / "cohort.csv"
+            load_dataset("synthetic-cohort", n_rows=rows, seed=1).frame.to_csv(data, index=False)
+            spec = home / "spec.yaml"
+            spec.write_text(builtin_spec("synthetic-cohort").model_dump_json())
+            params = {"source": str(data), "spec_path": str(spec), "seed": 1}
+            times: dict[str, list[float]] = {"direct": [], "kfp.local": []}
+            for i in range(repeats):
+                # A fresh model name per measurement: both paths register a first model and promote it.
+                direct = settings.model_copy(update={"model_name": f"bench-direct-{uuid.uuid4().hex[:6]}"})
+                progress(f"training steps called directly ({rows:,} rows, {i + 1}/{repeats})")
+                started = time.perf_counter()
+                with contextlib.redirect_stdout(io.StringIO()):
+                    train_inline(direct, source=str(data), spec_path=str(spec), seed=1)
+                times["direct"].append(time.perf_counter() - started)
+                local = settings.model_copy(update={"model_name": f"bench-kfp-{uuid.uuid4().hex[:6]}"})
+                progress(f"training pipeline under kfp.local ({rows:,} rows, {i + 1}/{repeats})")
+                run = LocalRunner(local).run("training", params).raise_for_state()
+                times["kfp.local"].append(run.seconds)
+                section.raw.setdefault("steps", run.steps)
+        finally:
+            manager.stop("mlflow")
+    base = statistics.median(times["direct"])
+    for mode, values in times.items():
+        med = statistics.median(values)
+        section.rows.append([mode, f"{rows:,}", med, min(values), max(values), med / base])
+        section.raw[mode] = {"median": med, "min": min(values), "max": max(values), "n": len(values)}
+    steps = len(section.raw.get("steps", {})) or 1
+    section.raw["overhead_ratio"] = statistics.median(times["kfp.local"]) / base
+    section.notes.append(
+        f"Same CSV, same MLflow server, same step functions (ingest, validate, preprocess, train, evaluate, "
+        f"register, promote, deploy; parent run opened and closed). kfp.local runs each of the {steps} tasks "
+        f"as a fresh subprocess of this interpreter, so each pays Python + MLflow + scikit-learn imports and "
+        f"reads/writes its artifacts on disk: about "
+        f"{(statistics.median(times['kfp.local']) - base) / steps:.1f} s per task here. {repeats} repetition(s).")
+    return section
+
+
+def bench_serving(quick: bool, progress: Progress) -> Section:
+    """Single-row latency and throughput of every way to serve the same model, and explanation latency
+    (learning_machine.bench.serving starts and stops every server on free ports)."""
+    from learning_machine.bench import serving
+
+    section: Section = serving.to_section(serving.run(quick, progress), quick)
+    return section
+
+
+def bench_loop(quick: bool, progress: Progress) -> Section:
+    """Detection delay, false alarms, the CUSUM bound and recovery AUC per drift scenario."""
+    from learning_machine.bench import loop
+
+    section: Section = loop.bench_loop(quick, progress)
+    return section
+
+
+def bench_dashboard(quick: bool, progress: Progress) -> Section:
+    """Page load of each dashboard page with 10,000 stored predictions (AppTest and headless Chromium)."""
+    from learning_machine.bench import dashboard
+
+    section: Section = dashboard.to_section(dashboard.run(quick, progress), quick)
+    return section
+
+
+SECTIONS: dict[str, Callable[[bool, Progress], Section]] = {"training": bench_training,
+                                                             "pipelines": bench_pipelines,
+                                                             "serving": bench_serving,
+                                                             "loop": bench_loop,
+                                                             "dashboard": bench_dashboard}
+
+
+# Sections whose own start-up and measurement take minutes whatever the size (each kfp.local task is a fresh
+# Python process; the dashboard needs every service and thousands of stored predictions): `--quick` leaves
+# them out unless they are named with --section, so that the quick run stays under five minutes here.
+FULL_ONLY = ("pipelines", "dashboard")
+
+
+def check_sections(only: list[str] | None, *, quick: bool = False) -> list[str]:
+    """The sections to run, in registry order; an unknown name fails with the list of valid ones."""
+    for name in only or []:
+        if name not in SECTIONS:
+            raise UnknownNameError("benchmark section", name, list(SECTIONS))
+    if only:
+        return [name for name in SECTIONS if name in only]
+    return [name for name in SECTIONS if not (quick and name in FULL_ONLY)]
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    return {"python": platform.python_version(), "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(), "cpus": cpu_count()}
+
+
+def run_benchmarks(out_dir: Path, *, quick: bool = False, only: list[str] | None = None,
+                   progress: Progress = print) -> Path:
+    """Run the sections and write the report to ``out_dir`` (again after each section, so a failure or an
+    interruption keeps what was measured). A section that fails is reported and the others still run;
+    then :class:`BenchmarkError` names the failed ones."""
+    names = check_sections(only, quick=quick)
+    skipped = [name for name in SECTIONS if name not in names]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    clock = time.perf_counter()
+    done: dict[str, Section] = {}
+    for i, name in enumerate(names, 1):
+        progress(f"benchmark section {i}/{len(names)}: {name} ({time.perf_counter() - clock:.0f} s so far)")
+        section_started = time.perf_counter()
+        try:
+            section = SECTIONS[name](quick, progress)
+        except Exception as exc:  # noqa: BLE001 - one failed section must not lose the others' results
+            section = Section(name, [], error=f"{type(exc).__name__}: {exc}",
+                              notes=["Traceback (last lines): " + " | ".join(
+                                  traceback.format_exc().strip().splitlines()[-6:])])
+            progress(f"section {name} FAILED: {type(exc).__name__}: {exc}")
+        section.seconds = time.perf_counter() - section_started
+        section.load = _load()
+        add_figures(name, section, out_dir, progress)
+        done[name] = section
+        progress(f"section {name} done in {section.seconds:.0f} s")
+        report = write_report(out_dir, done, quick=quick, started=started,
+                              elapsed=time.perf_counter() - clock, skipped=skipped)
+    elapsed = time.perf_counter() - clock
+    progress(f"benchmarks finished in {elapsed:.0f} s ({elapsed / 60:.1f} min): {report}")
+    failed = [name for name, section in done.items() if section.error]
+    if failed:
+        raise BenchmarkError(f"benchmark section(s) failed: {', '.join(failed)}; the others are in {report}",
+                             detail={"failed": failed, "report": str(report)})
+    return report
+
+
+def add_figures(name: str, section: Section, out_dir: Path, progress: Progress = print) -> None:
+    """Draw the section's plots into ``out_dir`` (PNG) and list them on the section; a plot that fails is
+    a note, not a lost report."""
+    from learning_machine.bench import plots as bench_plots
+
+    try:
+        section.figures = bench_plots.figures(name, section, out_dir)
+    except Exception as exc:  # noqa: BLE001 - plotting is best effort; the numbers are in the tables
+        section.notes.append(f"Plots failed: {type(exc).__name__}: {exc}")
+        progress(f"plots of {name} failed: {exc}")
+
+
+def write_report(out_dir: Path, sections: dict[str, Section], *, quick: bool, started: float,
+                 elapsed: float, skipped: list[str] | None = None) -> Path:
+    """Write ``report.md``, ``summary.md`` and ``results.json`` for ``sections`` (name -> section);
+    ``skipped`` names the sections this run left out."""
+    from learning_machine.bench.summary import headlines
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    machine = machine_info()
+    command = f"make bench{'-quick' if quick else ''}"
+    when = time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(started))
+    provenance = (f"Measured {when} by `{command}` (`lm bench{' --quick' if quick else ''}`) in {elapsed / 60:.1f} min "
+                  f"on {machine['platform']}, {machine['cpus']} CPU(s) ({machine['processor']}), "
+                  f"Python {machine['python']}.")
+    summary = Table("", ["measurement", "result", "versus the anchor"])
+    for name, section in sections.items():
+        try:
+            summary.rows += headlines(name, section)
+        except Exception as exc:  # noqa: BLE001 - a summary row is best effort; the section's table stands
+            summary.rows.append([f"{name}: summary failed", f"{type(exc).__name__}: {exc}", "-"])
+    sections_run = ", ".join(f"{n} ({s.seconds or 0:.0f} s{', FAILED' if s.error else ''})"
+                             for n, s in sections.items())
+    loads = [s.load for s in sections.values() if s.load is not None]
+    if loads:
+        provenance += (f" Load average (1 min) at the end of each section: {', '.join(f'{v:.1f}' for v in loads)} "
+                       f"on {machine['cpus']} CPU(s) (above the CPU count, other work was competing).")
+    not_run = (f" Not run: {', '.join(skipped)} (" + ("`make bench` runs every section; `lm bench --quick --section "
+               "NAME` runs one at quick size)" if quick else "not asked for") + ").") if skipped else ""
+    header = [f"# Learning Machine benchmarks ({'quick' if quick else 'full'})", "", provenance, "",
+              f"Sections: {sections_run}.{not_run} Raw numbers: `results.json`. Ratios are within this run "
+              "(the machine is shared and noisy: compare ratios, not absolute numbers across runs).", "",
+              "## Summary", "", summary.markdown(), ""]
+    report = out_dir / "report.md"
+    report.write_text("\n".join(header) + "\n" + "\n".join(s.markdown() for s in sections.values()))
+    (out_dir / "summary.md").write_text(provenance + "\n\n" + summary.markdown())
+    (out_dir / "results.json").write_text(json.dumps(
+        {"quick": quick, "started": started, "elapsed_s": elapsed, "command": command, "machine": machine,
+         "skipped": skipped or [],
+         "summary": summary.rows,
+         "sections": {name: {"title": s.title, "columns": s.columns, "rows": s.rows, "tables": [
+             {"title": t.title, "columns": t.columns, "rows": t.rows} for t in s.tables], "raw": s.raw,
+             "notes": s.notes, "figures": [f for f, _ in s.figures], "seconds": s.seconds, "load": s.load,
+             "error": s.error}
+             for name, s in sections.items()}}, indent=2, default=str))
+    return report
+
+
+def _load() -> float | None:
+    """The 1-minute load average: other work on a shared machine shows in every number."""
+    import os
+
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None

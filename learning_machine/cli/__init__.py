@@ -1,0 +1,1 @@
+"""The `lm` command: one module per command group over one shared console and settings helper (:mod:`.common`)."""

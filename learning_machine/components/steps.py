@@ -1,0 +1,471 @@
+"""The pipeline steps as plain functions of settings, folders and MLflow: what each KFP component calls.
+
+A dataset travels between steps as a folder (a KFP ``Dataset`` artifact: a local folder under kfp.local's
+pipeline root, an object-store prefix on a cluster) holding ``data.csv``, its spec (``spec.yaml``) and where
+it came from (``source.json``), so every step can read it without knowing the step before it.
+
+Every step records one MLflow run nested under the pipeline run's parent run (tag ``mlflow.parentRunId``);
+a step that raises marks its run FAILED with the message in the ``lm.error`` tag.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from learning_machine.data.sources import SOURCES, LoadedDataset, load_dataset
+from learning_machine.data.spec import DatasetSpec, load_spec, parse_spec
+from learning_machine.errors import (
+    DataQualityError,
+    DatasetError,
+    ModelNotFoundError,
+    TrainingError,
+)
+from learning_machine.registry.config import quiet_mlflow
+from learning_machine.registry.names import CHAMPION, MODEL_ARTIFACT
+from learning_machine.registry.runs import STEP_TAG, step_run
+from learning_machine.registry.tracker import tracker_for
+from learning_machine.settings import Settings, load_settings
+
+DATA_FILE = "data.csv"
+SPEC_FILE = "spec.yaml"
+SOURCE_FILE = "source.json"
+FEATURES_FILE = "features.csv"
+
+# Metrics the gate may compare, and whether higher is better.
+GATE_METRICS: dict[str, bool] = {"auc": True, "accuracy": True, "f1": True, "brier": False, "log_loss": False,
+                                 "ece": False}
+PROMOTE_POLICIES = ("gate", "always", "never", "if-first")
+
+
+def step_settings(**overrides: Any) -> Settings:
+    """The settings of one step: the environment (a ConfigMap/Secret on a cluster) plus the step's
+    explicit parameters; an empty parameter ("" or None) means "from the environment"."""
+    quiet_mlflow()
+    return load_settings(**{k: v for k, v in overrides.items() if v not in ("", None)})
+
+
+# -- dataset folders -------------------------------------------------------------------------------
+def write_dataset(folder: str | Path, frame: pd.DataFrame, spec: DatasetSpec, source: dict[str, Any]) -> Path:
+    """Write a dataset folder (data, spec, provenance)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(folder / DATA_FILE, index=False)
+    (folder / SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    (folder / SOURCE_FILE).write_text(json.dumps(source, indent=2, default=str))
+    return folder
+
+
+def read_dataset(folder: str | Path, *, coerce: bool = True, require_target: bool = True) -> LoadedDataset:
+    """A dataset folder as a :class:`LoadedDataset`; raw (as ingested) unless ``coerce``."""
+    folder = Path(folder)
+    try:
+        spec = parse_spec(yaml.safe_load((folder / SPEC_FILE).read_text()), source=str(folder / SPEC_FILE))
+        source = json.loads((folder / SOURCE_FILE).read_text())
+        frame = pd.read_csv(folder / DATA_FILE, dtype={spec.record_id.name: str})
+    except FileNotFoundError as exc:
+        raise DatasetError(f"{folder} is not a dataset folder written by a pipeline step: {exc}") from exc
+    if coerce:
+        frame = spec.coerce_frame(frame, require_target=require_target)
+    return LoadedDataset(spec, frame, str(source.get("source_uri", folder)), dict(source.get("params", {})))
+
+
+# -- ingest, validate, preprocess ------------------------------------------------------------------
+@dataclass
+class IngestResult:
+    digest: str
+    rows: int
+    source_uri: str
+
+
+def ingest(settings: Settings, source: str, out_dir: str | Path, *, parent_run_id: str = "", spec_path: str = "",
+           rows: int = 0, seed: int | None = None, scenario: str = "none", drift_start: int = 0) -> IngestResult:
+    """Read the raw data (a built-in dataset or generator call, one CSV, or a folder of CSVs) into a
+    dataset folder, unchanged, and record its digest."""
+    tracker = tracker_for(settings)
+    with step_run(settings, tracker, "ingest", parent_run_id) as run_id:
+        seed = settings.seed if seed is None else seed
+        if not source:
+            # No data (e.g. retraining without reference data): an empty folder the next step can recognise.
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            (Path(out_dir) / SOURCE_FILE).write_text(json.dumps({"rows": 0, "empty": True}))
+            tracker.log_metrics(run_id, {"rows": 0})
+            return IngestResult("", 0, "")
+        if source in SOURCES:
+            # A built-in dataset has its own spec; a spec path given for the pipeline's other inputs is ignored.
+            options: dict[str, Any] = ({"scenario": scenario, "drift_start": drift_start}
+                                       if source == "synthetic-cohort" else {})
+            n_rows = (rows or settings.train_rows) if source == "synthetic-cohort" else (rows or None)
+            loaded = load_dataset(source, n_rows=n_rows, seed=seed, **options)
+            spec, frame, uri, params = loaded.spec, loaded.frame, loaded.source_uri, loaded.params
+        else:
+            spec, frame, uri, params = _read_files(source, spec_path or settings.dataset_spec)
+        dataset = LoadedDataset(spec, frame, uri, params)
+        digest = dataset.digest
+        write_dataset(out_dir, frame, spec, {"source_uri": uri, "params": params, "digest": digest,
+                                             "rows": len(frame), "dataset": spec.name})
+        tracker.log_params(run_id, {"source": source, "source_uri": uri, "dataset": spec.name, "digest": digest,
+                                    **{f"data.{k}": v for k, v in params.items()}})
+        tracker.log_metrics(run_id, {"rows": len(frame), "columns": frame.shape[1]})
+        tracker._call("tagging the run", lambda: tracker.client.set_tag(run_id, "lm.dataset_digest", digest))
+    return IngestResult(digest, len(frame), uri)
+
+
+def _read_files(source: str, spec_path: str | Path | None) -> tuple[DatasetSpec, pd.DataFrame, str, dict[str, Any]]:
+    from learning_machine.errors import UnknownNameError
+
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(path.glob("*.csv"))
+        if not files:
+            raise DatasetError(f"folder {source!r} holds no .csv files")
+    elif path.is_file() or source.endswith(".csv"):
+        files = [path]
+    else:
+        raise UnknownNameError("dataset", source, list(SOURCES))
+    if not spec_path:
+        raise DatasetError(f"dataset {source!r} is a file or folder: give its spec (spec_path / LM_DATASET_SPEC)")
+    spec = load_spec(spec_path)
+    frames = []
+    for file in files:
+        try:
+            frames.append(pd.read_csv(file, dtype={spec.record_id.name: str}))
+        except FileNotFoundError as exc:
+            raise DatasetError(f"dataset file {str(file)!r} does not exist") from exc
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise DatasetError(f"dataset file {str(file)!r} is not a readable CSV: {exc}") from exc
+    frame = pd.concat(frames, ignore_index=True)
+    return spec, frame, path.resolve().as_uri(), {"rows": len(frame), "files": len(files)}
+
+
+def validate(settings: Settings, data_dir: str | Path, report_path: str | Path, *, parent_run_id: str = "",
+             max_missing_fraction: float | None = None, max_invalid_fraction: float | None = None) -> dict[str, Any]:
+    """The data-quality report of the raw data against its spec; raises :class:`DataQualityError` (after
+    writing and logging the report) when columns are missing or a fraction is above its threshold."""
+    max_missing = settings.max_missing_fraction if max_missing_fraction is None else max_missing_fraction
+    max_invalid = settings.max_invalid_fraction if max_invalid_fraction is None else max_invalid_fraction
+    tracker = tracker_for(settings)
+    with step_run(settings, tracker, "validate", parent_run_id) as run_id:
+        raw = read_dataset(data_dir, coerce=False)
+        report = raw.spec.quality(raw.frame)
+        problems = []
+        if report.missing_columns:
+            problems.append(f"missing column(s) {', '.join(report.missing_columns)}")
+        if report.invalid_fraction > max_invalid:
+            problems.append(f"{report.invalid_fraction:.1%} of feature cells break the spec "
+                            f"(limit {max_invalid:.1%}): {_worst(report.as_dict())}")
+        if report.missing_fraction > max_missing:
+            problems.append(f"{report.missing_fraction:.1%} of feature cells are missing (limit {max_missing:.1%})")
+        result = {**report.as_dict(), "passed": not problems, "problems": problems,
+                  "thresholds": {"max_missing_fraction": max_missing, "max_invalid_fraction": max_invalid}}
+        Path(report_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(report_path).write_text(json.dumps(result, indent=2))
+        tracker.log_params(run_id, {"max_missing_fraction": max_missing, "max_invalid_fraction": max_invalid})
+        tracker.log_metrics(run_id, {"rows": report.n_rows, "missing_fraction": report.missing_fraction,
+                                     "invalid_fraction": report.invalid_fraction,
+                                     "duplicate_ids": report.duplicate_ids, "missing_target": report.missing_target})
+        tracker.log_text(run_id, json.dumps(result, indent=2), "validation/report.json")
+        if problems:
+            raise DataQualityError(f"dataset {raw.name!r} failed validation: {'; '.join(problems)}", detail=result)
+    return result
+
+
+def _worst(report: dict[str, Any]) -> str:
+    counts: dict[str, int] = {}
+    for key in ("out_of_range", "wrong_type"):
+        for name, n in report[key].items():
+            counts[name] = counts.get(name, 0) + n
+    for name, by_value in report["unseen_categories"].items():
+        counts[name] = counts.get(name, 0) + sum(by_value.values())
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:3]
+    return ", ".join(f"{name} ({n})" for name, n in top) or "-"
+
+
+def preprocess(settings: Settings, data_dir: str | Path, out_dir: str | Path, *, parent_run_id: str = "") -> int:
+    """Coerce the raw data to the spec's types and fit the preprocessor on it. Writes the clean dataset
+    (what training reads: the saved model keeps its own preprocessing, so it stays one artifact) and the
+    transformed feature matrix (``features.csv``, for inspection and batch reuse). Returns the width."""
+    from learning_machine.model.features import build_preprocessor, feature_frame
+
+    tracker = tracker_for(settings)
+    with step_run(settings, tracker, "preprocess", parent_run_id) as run_id:
+        data = read_dataset(data_dir, coerce=True)
+        spec = data.spec
+        labelled = data.frame[data.frame[spec.target.name].notna()]
+        preprocessor = build_preprocessor(spec).fit(feature_frame(spec, labelled))
+        matrix = preprocessor.transform(feature_frame(spec, data.frame))
+        features = pd.DataFrame(matrix, columns=list(preprocessor.get_feature_names_out()))
+        features.insert(0, spec.record_id.name, data.frame[spec.record_id.name].to_numpy())
+        features[spec.target.name] = data.frame[spec.target.name].to_numpy()
+        write_dataset(out_dir, data.frame, spec, {"source_uri": data.source_uri, "params": data.params,
+                                                  "digest": data.digest, "rows": len(data.frame),
+                                                  "dataset": spec.name})
+        features.to_csv(Path(out_dir) / FEATURES_FILE, index=False)
+        tracker.log_params(run_id, {"dataset": spec.name, "digest": data.digest})
+        tracker.log_metrics(run_id, {"rows": len(data.frame), "labelled_rows": len(labelled),
+                                     "features_in": len(spec.feature_names), "features_out": matrix.shape[1]})
+    return int(matrix.shape[1])
+
+
+# -- train, retrain, evaluate ----------------------------------------------------------------------
+def _params(params_json: str | dict[str, Any] | None) -> dict[str, Any] | None:
+    if not params_json:
+        return None
+    if isinstance(params_json, dict):
+        return params_json
+    try:
+        parsed = json.loads(params_json)
+    except json.JSONDecodeError as exc:
+        raise TrainingError(f"model parameters must be a JSON object, got {params_json!r}") from exc
+    if not isinstance(parsed, dict):
+        raise TrainingError(f"model parameters must be a JSON object, got {params_json!r}")
+    return parsed or None
+
+
+def train(settings: Settings, data_dir: str | Path, test_dir: str | Path, *, parent_run_id: str = "",
+          kind: str = "", params_json: str = "") -> tuple[str, dict[str, float]]:
+    """Train preprocessing + classifier from scratch and log the run (not registered yet). Writes the
+    held-out rows to ``test_dir`` so evaluation scores candidate and champion on the same rows."""
+    from learning_machine.model.training import train_model
+
+    tracker = tracker_for(settings)
+    tracker.health()
+    data = read_dataset(data_dir)
+    result = train_model(data, kind=kind or settings.model_kind, params=_params(params_json), seed=settings.seed,
+                         test_fraction=settings.test_fraction, progress=print)
+    run_id = tracker.log_training(result, data, experiment=settings.experiment_name, run_name="train",
+                                  tags={STEP_TAG: "train"}, parent_run_id=parent_run_id or None, progress=print)
+    write_dataset(test_dir, result.test, data.spec, {"source_uri": data.source_uri, "params": data.params,
+                                                     "rows": len(result.test), "role": "held-out"})
+    return run_id, result.evaluation.metrics
+
+
+def retrain(settings: Settings, new_dir: str | Path, test_dir: str | Path, *, reference_dir: str | Path | None = None,
+            parent_run_id: str = "", base_ref: str = CHAMPION, params_json: str = "") -> tuple[str, dict[str, float]]:
+    """Two candidates from the training part of the new data: the registered ``base_ref`` model continued
+    (warm start) on the reference (old) data plus the new rows, and a model trained from scratch on the new
+    rows; the better one on unseen new rows goes on (:func:`learning_machine.model.training.retrain_best`). The
+    held-out rows come from the new data only: the gate asks which model is better on the data the
+    platform sees now."""
+    from learning_machine.model.training import retrain_best, split
+
+    tracker = tracker_for(settings)
+    tracker.health()
+    new = read_dataset(new_dir)
+    try:
+        base, base_info = tracker.load_pipeline(settings.model_name, base_ref)
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"retraining continues from {settings.model_name}@{base_ref}, which does not "
+                                 "exist: run the training pipeline first") from exc
+    new_train, new_test = split(new, settings.test_fraction, settings.seed)
+    reference = None
+    if reference_dir and (Path(reference_dir) / DATA_FILE).exists():
+        reference = read_dataset(reference_dir).frame
+    fresh = LoadedDataset(new.spec, new_train, new.source_uri, new.params)
+    print(f"retraining {settings.model_name} v{base_info.version}: {len(new_train):,} new rows"
+          + (f" plus {len(reference):,} reference rows for the continued candidate" if reference is not None else ""))
+    result, scores = retrain_best(base, fresh, reference, params=_params(params_json), seed=settings.seed,
+                                  test_fraction=settings.test_fraction, candidates=settings.retrain_candidates,
+                                  progress=print)
+    used = LoadedDataset(new.spec, pd.concat([reference, new_train], ignore_index=True)
+                         if reference is not None and result.mode == "warm-start" else new_train, new.source_uri,
+                         {**new.params, "reference_rows": len(reference) if reference is not None
+                          and result.mode == "warm-start" else 0})
+    tags = {STEP_TAG: "retrain", "lm.retrain_mode": result.mode}
+    if scores:
+        tags["lm.candidates"] = json.dumps({m: round(a, 4) for m, a in scores.items()})
+    if result.mode == "warm-start":
+        tags["lm.continued_from"] = base_info.version
+    run_id = tracker.log_training(result, used, experiment=settings.experiment_name, run_name="retrain",
+                                  tags=tags, parent_run_id=parent_run_id or None, progress=print)
+    write_dataset(test_dir, new_test, new.spec, {"source_uri": new.source_uri, "params": new.params,
+                                                 "rows": len(new_test), "role": "held-out (new data)"})
+    return run_id, result.evaluation.metrics
+
+
+@dataclass
+class GateDecision:
+    """The evaluation's verdict: promote the candidate or not, and why."""
+
+    candidate_better: bool
+    champion_version: str
+    metric: str
+    candidate_value: float
+    champion_value: float | None
+    reason: str
+
+
+def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, metrics_path: str | Path, *,
+             parent_run_id: str = "", gate_metric: str = "", gate_margin: float | None = None,
+             policy: str = "gate") -> GateDecision:
+    """Score the candidate and the current champion on the same held-out rows (overall and per subgroup)
+    and decide whether the candidate should become champion. ``policy``: ``gate`` (compare on the gate
+    metric with a margin), ``always``, ``never`` or ``if-first`` (only when there is no champion)."""
+    import mlflow.sklearn
+
+    from learning_machine.model.evaluation import evaluate as score
+    from learning_machine.model.training import predict_proba
+
+    metric = gate_metric or settings.gate_metric
+    margin = settings.gate_margin if gate_margin is None else gate_margin
+    if metric not in GATE_METRICS:
+        from learning_machine.errors import UnknownNameError
+
+        raise UnknownNameError("gate metric", metric, list(GATE_METRICS))
+    if policy not in PROMOTE_POLICIES:
+        from learning_machine.errors import UnknownNameError
+
+        raise UnknownNameError("promotion policy", policy, list(PROMOTE_POLICIES))
+    tracker = tracker_for(settings)
+    with step_run(settings, tracker, "evaluate", parent_run_id) as run_id:
+        test = read_dataset(test_dir)
+        spec = test.spec
+        labels = test.frame[spec.target.name].astype(int).to_numpy()
+        groups = spec.subgroup_labels(test.frame)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = tracker._call("downloading the candidate", lambda: tracker.client.download_artifacts(
+                candidate_run_id, MODEL_ARTIFACT, tmp))
+            candidate = mlflow.sklearn.load_model(path)
+        cand_eval = score(labels, predict_proba(candidate, spec, test.frame), groups)
+        champion_info = tracker.alias_version(settings.model_name, CHAMPION)
+        champ_eval = None
+        if champion_info is not None:
+            champion, _ = tracker.load_pipeline(settings.model_name, champion_info.version)
+            champ_eval = score(labels, predict_proba(champion, spec, test.frame), groups)
+        if metric not in cand_eval.metrics:
+            raise TrainingError(f"gate metric {metric!r} is undefined on the held-out data "
+                                f"({len(labels)} rows, {len(set(labels))} outcome value(s))")
+        cand_value = cand_eval.metrics[metric]
+        champ_value = champ_eval.metrics.get(metric) if champ_eval else None
+        decision = _decide(policy, metric, margin, cand_value, champ_value)
+        champion_version = champion_info.version if champion_info else ""
+        summary: dict[str, Any] = {
+            "gate": {"policy": policy, "metric": metric, "margin": margin, "higher_is_better": GATE_METRICS[metric],
+                     "candidate_better": decision[0], "reason": decision[1]},
+            "candidate_run_id": candidate_run_id, "champion_version": champion_version,
+            "held_out_rows": len(labels), "candidate": cand_eval.as_dict(),
+            "champion": champ_eval.as_dict() if champ_eval else None,
+        }
+        Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(metrics_path).write_text(json.dumps(summary, indent=2))
+        tracker.log_params(run_id, {"gate_metric": metric, "gate_margin": margin, "policy": policy,
+                                    "candidate_run_id": candidate_run_id,
+                                    "champion_version": summary["champion_version"]})
+        tracker.log_metrics(run_id, {**{f"candidate.{k}": v for k, v in cand_eval.flat().items()},
+                                     **({f"champion.{k}": v for k, v in champ_eval.flat().items()} if champ_eval
+                                        else {}), "candidate_better": float(decision[0])})
+        tracker.log_text(run_id, json.dumps(summary, indent=2), "evaluation/comparison.json")
+        tracker._call("tagging the run", lambda: tracker.client.set_tag(run_id, "lm.gate", decision[1]))
+    print(decision[1])
+    return GateDecision(decision[0], champion_version, metric, cand_value, champ_value, decision[1])
+
+
+def _decide(policy: str, metric: str, margin: float, candidate: float, champion: float | None) -> tuple[bool, str]:
+    if policy == "always":
+        return True, "promotion policy 'always'"
+    if policy == "never":
+        return False, "promotion policy 'never'"
+    if champion is None:
+        return True, f"no champion yet: the candidate ({metric} {candidate:.4f}) becomes the first"
+    if policy == "if-first":
+        return False, "promotion policy 'if-first' and a champion exists"
+    gain = (candidate - champion) if GATE_METRICS[metric] else (champion - candidate)
+    verdict = gain > margin
+    return verdict, (f"candidate {metric} {candidate:.4f} vs champion {champion:.4f}: "
+                     f"{'better' if verdict else 'not better'} by more than {margin:g}"
+                     + ("" if verdict else " - champion kept"))
+
+
+# -- register, promote, deploy ---------------------------------------------------------------------
+def register(settings: Settings, candidate_run_id: str, metrics_path: str | Path | None = None, *,
+             parent_run_id: str = "") -> str:
+    """Register the candidate's model as a new version (alias ``challenger``) tagged with its held-out
+    metrics and the gate's verdict; returns the version number."""
+    tracker = tracker_for(settings)
+    with step_run(settings, tracker, "register", parent_run_id) as run_id:
+        summary = json.loads(Path(metrics_path).read_text()) if metrics_path else {}
+        metrics = (summary.get("candidate") or {}).get("metrics") or {}
+        gate = summary.get("gate") or {}
+        tags = {"lm.pipeline_run": parent_run_id} if parent_run_id else {}
+        if gate:
+            tags["lm.gate"] = str(gate.get("reason", ""))[:500]
+        run = tracker._call("reading the candidate run", lambda: tracker.client.get_run(candidate_run_id))
+        for key in ("lm.dataset", "lm.kind", "lm.mode", "lm.continued_from", "lm.retrain_mode", "lm.candidates"):
+            if key in run.data.tags:
+                tags[key] = run.data.tags[key]
+        if "dataset_digest" in run.data.params:
+            tags["lm.dataset_digest"] = run.data.params["dataset_digest"]
+        info = tracker.register(settings.model_name, candidate_run_id, metrics=metrics, tags=tags)
+        tracker.log_params(run_id, {"model_name": settings.model_name, "version": info.version,
+                                    "candidate_run_id": candidate_run_id})
+    print(f"registered {settings.model_name} v{info.version} as challenger")
+    return info.version
+
+
+def promote(settings: Settings, version: str, *, parent_run_id: str = "", reason: str = "") -> str:
+    """Make ``version`` the champion (the gate passed)."""
+    tracker = tracker_for(settings)
+    with step_run(settings, tracker, "promote", parent_run_id) as run_id:
+        info = tracker.promote(settings.model_name, version, reason=reason or "passed the pipeline gate")
+        tracker.log_params(run_id, {"model_name": settings.model_name, "version": info.version,
+                                    "previous_champion": info.tags.get("lm.previous_champion", "")})
+    print(f"promoted {settings.model_name} v{info.version} to champion")
+    return info.version
+
+
+def deploy(settings: Settings, version: str, *, parent_run_id: str = "") -> dict[str, Any]:
+    """Serve ``version`` with the configured deployer (``LM_DEPLOYER``; ``none`` logs and does nothing)."""
+    from learning_machine.deployers import get_deployer
+
+    tracker = tracker_for(settings)
+    with step_run(settings, tracker, "deploy", parent_run_id) as run_id:
+        result = get_deployer(settings).deploy(settings.model_name, version)
+        tracker.log_params(run_id, {"deployer": result.backend, "model_name": result.model_name,
+                                    "version": result.version, "changed": result.changed,
+                                    "detail": result.detail[:500]})
+    print(f"deploy ({result.backend}): {result.detail or 'done'}")
+    return result.as_dict()
+
+
+# -- batch inference -------------------------------------------------------------------------------
+def batch_infer(settings: Settings, data_dir: str | Path, out_path: str | Path, *, model_ref: str = CHAMPION,
+                parent_run_id: str = "", threshold: float = 0.5) -> dict[str, Any]:
+    """Score every record with ``model_ref`` (an alias or a version number) and write JSON Lines:
+    ``time``, ``record_id``, ``prediction``, ``probability``, ``model_version``."""
+    from learning_machine.model.training import predict_proba
+
+    tracker = tracker_for(settings)
+    with step_run(settings, tracker, "batch_infer", parent_run_id) as run_id:
+        data = read_dataset(data_dir, require_target=False)
+        pipeline, info = tracker.load_pipeline(settings.model_name, model_ref or CHAMPION)
+        proba = predict_proba(pipeline, data.spec, data.frame)
+        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        ids = data.frame[data.spec.record_id.name].astype(str).tolist()
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+        with open(out_path, "w") as out:
+            for rid, p in zip(ids, proba, strict=True):
+                out.write(json.dumps({"time": now, "record_id": rid, "prediction": int(p >= threshold),
+                                      "probability": round(float(p), 6), "model_version": info.version}) + "\n")
+        summary: dict[str, Any] = {"rows": len(ids), "model_name": settings.model_name, "model_version": info.version,
+                   "model_ref": model_ref, "positive_rate": float((proba >= threshold).mean()) if len(ids) else 0.0,
+                   "mean_probability": float(proba.mean()) if len(ids) else 0.0}
+        tracker.log_params(run_id, {"model_name": settings.model_name, "model_ref": model_ref,
+                                    "model_version": info.version, "threshold": threshold,
+                                    "source_uri": data.source_uri})
+        tracker.log_metrics(run_id, {"rows": summary["rows"], "positive_rate": summary["positive_rate"],
+                                     "mean_probability": summary["mean_probability"]})
+        with tempfile.TemporaryDirectory() as tmp:
+            # KFP names the output file after the output ("predictions"); MLflow gets a self-describing name.
+            named = Path(tmp) / "predictions.jsonl"
+            named.write_bytes(Path(out_path).read_bytes())
+            tracker._call("uploading the predictions", lambda: tracker.client.log_artifact(
+                run_id, str(named), "predictions"))
+    print(f"scored {len(ids):,} records with {settings.model_name} v{info.version}")
+    return summary

@@ -1,0 +1,1 @@
+"""The Streamlit dashboard: ``app.py`` (the pages) over ``views.py`` (the logic, plain functions of a gateway client)."""

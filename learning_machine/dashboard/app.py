@@ -1,0 +1,322 @@
+"""The Learning Machine dashboard (Streamlit): `streamlit run dashboard/app.py` (what `lm up` runs).
+
+Three views over the gateway's REST API: patients (the incoming records and the data source),
+clinician (one patient's risk, explanation and the model's facts) and data scientist (performance,
+drift, quality, retraining and model versions). The logic is in :mod:`dashboard.views`; this file only
+lays it out and turns every error into a message."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from learning_machine.clients.gateway import LearningMachineClient
+from learning_machine.dashboard import views  # the installed name of this folder (a symlink)
+
+PAGES = {"patients": "Patients", "clinician": "Clinician", "data-scientist": "Data scientist"}
+
+
+@st.cache_resource(show_spinner=False)
+def _client(url: str, token: str) -> LearningMachineClient:
+    return LearningMachineClient(url, token or None, timeout_s=60)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _model_card(url: str, token: str) -> dict[str, Any]:
+    """The serving version's facts change only with a promotion: read them at most every 30 s."""
+    return _client(url, token).model_card()
+
+
+def _guard(what: str, fn: Callable[[], Any]) -> Any:
+    """Run ``fn``; on any error show what failed in words and return None (never raise into Streamlit)."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - every error is shown, not raised
+        st.error(f"Could not {what}. {views.explain_error(exc)}")
+        return None
+
+
+def sidebar() -> tuple[LearningMachineClient, views.Connection, dict[str, Any] | None, str]:
+    conn = views.default_connection()
+    st.sidebar.title("Learning Machine")
+    default_page = st.query_params.get("page", "patients")
+    keys = list(PAGES)
+    page = st.sidebar.radio("View", keys, index=keys.index(default_page) if default_page in keys else 0,
+                            format_func=PAGES.__getitem__, key="page")
+    url = st.sidebar.text_input("Gateway URL", conn.gateway_url, key="gateway_url")
+    token = st.sidebar.text_input("API token", conn.token, type="password", key="token",
+                                  help="A gateway token (`lm tokens create --role ROLE`). Prefilled from LM_TOKEN "
+                                       "or the data-scientist token `lm up` wrote.")
+    client = _client(url.strip(), token.strip())
+    me = None
+    if not token.strip():
+        st.sidebar.warning("No token: paste one above (`lm tokens create --role clinician`).")
+    else:
+        try:
+            me = views.whoami(client)
+            st.sidebar.success(f"Signed in as **{me['role']}** ({me['name']})")
+        except Exception as exc:  # noqa: BLE001
+            st.sidebar.error(views.explain_error(exc))
+    st.sidebar.caption(f"MLflow UI: {conn.mlflow_url}")
+    return client, views.Connection(url.strip(), token.strip(), conn.mlflow_url, conn.token_source), me, page
+
+
+# -- patients --------------------------------------------------------------------------------------
+def patients_page(client: LearningMachineClient, conn: views.Connection, me: dict[str, Any] | None) -> None:
+    st.header("Patients")
+    st.caption("Records as they arrive at the gateway, the model's prediction, and the outcome once it is known.")
+    role = (me or {}).get("role")
+
+    with st.expander("Send records (the data source)", expanded=True):
+        c1, c2, c3 = st.columns([1, 1, 2])
+        if c1.button("Send one patient", key="send_one"):
+            answers = _guard("send a record", lambda: views.send_records(client, 1))
+            if answers:
+                a = answers[0]
+                st.success(f"{a['record_id']}: risk {a['probability']:.1%} (model v{a['model_version']})")
+        n = c2.number_input("N", min_value=1, max_value=5000, value=20, step=10, key="send_n_rows")
+        if c2.button(f"Send {int(n)} patients", key="send_n"):
+            with st.spinner(f"sending {int(n)} records…"):
+                answers = _guard("send records", lambda: views.send_records(client, int(n)))
+            if answers:
+                st.success(f"{len(answers)} records predicted (model v{answers[-1]['model_version']}).")
+        sim: views.Simulation | None = st.session_state.get("simulation")
+        with c3:
+            from learning_machine.data.synthetic import SCENARIOS
+
+            scenario = st.selectbox("Scenario", SCENARIOS, key="sim_scenario",
+                                    help="`lm data scenarios` says what each shifts.")
+            rate = st.slider("Rate (rows/s)", 1, 100, 10, key="sim_rate")
+            rows = st.number_input("Rows", 10, 100_000, 1000, step=100, key="sim_rows")
+            start, stop = st.columns(2)
+            if start.button("Start simulation", key="sim_start", disabled=bool(sim and sim.running)):
+                sim = views.Simulation(scenario, float(rate), int(rows), send_outcomes=role is not None)
+                sim.start(conn.gateway_url, conn.token)
+                st.session_state["simulation"] = sim
+            if stop.button("Stop simulation", key="sim_stop", disabled=not (sim and sim.running)):
+                assert sim is not None
+                sim.stop()
+            if sim is not None:
+                st.info(f"Simulation {sim.status()}")
+                if not sim.send_outcomes:
+                    st.caption("Outcomes are not sent with this token (they need a data-scientist token).")
+
+    search = st.text_input("Search record ids", key="patient_search", placeholder="e.g. sim- or dash-")
+    size = 100
+    got = _guard("read the patients", lambda: views.patients_table(client, search, limit=size,
+                                                                   offset=st.session_state.get("patients_offset", 0)))
+    if got is None:
+        return
+    frame, total = got
+    if total == 0:
+        st.info("No patients yet. Send one with the buttons above, or run `lm stream`." if not search
+                else f"No record id contains {search!r}.")
+        return
+    offset = st.session_state.get("patients_offset", 0)
+    st.write(f"{total:,} records{' matching' if search else ''}; showing {offset + 1:,}–{offset + len(frame):,}, "
+             "newest first.")
+    st.dataframe(frame, hide_index=True, width="stretch", column_config={
+        "risk": st.column_config.ProgressColumn("risk", format="%.2f", min_value=0.0, max_value=1.0),
+        "arrived": st.column_config.DatetimeColumn("arrived", format="YYYY-MM-DD HH:mm:ss")})
+    prev, nxt = st.columns(2)
+    if prev.button("Newer", disabled=offset == 0, key="patients_prev"):
+        st.session_state["patients_offset"] = max(0, offset - size)
+        st.rerun()
+    if nxt.button("Older", disabled=offset + size >= total, key="patients_next"):
+        st.session_state["patients_offset"] = offset + size
+        st.rerun()
+
+
+# -- clinician -------------------------------------------------------------------------------------
+def clinician_page(client: LearningMachineClient, conn: views.Connection, me: dict[str, Any] | None) -> None:
+    st.header("Clinician")
+    search = st.text_input("Find a patient (part of the record id)", key="clin_search")
+    got = _guard("read the patients", lambda: views.patients_table(client, search, limit=200))
+    if got is None:
+        return
+    frame, total = got
+    if total == 0:
+        st.info("No patients yet: records appear here once they have been sent for a prediction "
+                "(Patients view, or `lm stream`).")
+        return
+    ids = list(frame["record_id"])
+    record_id = st.selectbox("Patient", ids, key="clin_patient", help=f"The {len(ids)} most recent of {total:,}.")
+    view = _guard("read this patient", lambda: views.patient_view(client, record_id))
+    if view is None:
+        return
+    card = _guard("read the model facts", lambda: _model_card(conn.gateway_url, conn.token))
+    prediction = view["prediction"]
+    if prediction is None:
+        st.warning("This record has no prediction yet.")
+        return
+    p = float(prediction["probability"])
+    band = views.risk_band(card, p)
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Predicted risk", f"{p:.0%}", help="Probability of the outcome within the model's horizon.")
+    if band:
+        c2.metric("Observed in similar patients", f"{band['observed']:.0%}",
+                  help=f"Among {band['n']} held-out test patients with a predicted risk near {band['band_mean']:.0%}, "
+                       f"{band['observed']:.0%} had the outcome (95% interval {band['low']:.0%}–{band['high']:.0%}).")
+        c2.caption(f"95% interval {band['low']:.0%}–{band['high']:.0%} (n = {band['n']})")
+    else:
+        c2.metric("Observed in similar patients", "n/a")
+    c3.metric("Model version", f"v{prediction['model_version']}")
+    outcome = view["outcome"]
+    st.caption(f"Record {record_id}, arrived {view['received_at']}; outcome: "
+               + ("not known yet" if outcome is None else ("yes (1)" if outcome == 1 else "no (0)")))
+
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Why: what drives this risk")
+        exact = _guard("explain the prediction", lambda: views.explanation(client, view, "exact"))
+        if exact:
+            contrib = views.contributions_frame(exact)
+            st.altair_chart(views.contributions_chart(contrib), width="stretch")
+            st.caption("Each bar is a feature's share of the model's log-odds (exact TreeSHAP); red raises the risk.")
+    with right:
+        st.subheader("A rule that holds the prediction")
+        if "anchors" in view["explanations"] or st.button("Find the rule (a few seconds)", key="clin_anchor"):
+            with st.spinner("searching for an anchor rule…"):
+                anchors = _guard("find an anchor rule", lambda: views.explanation(client, view, "anchors"))
+            if anchors:
+                st.write(views.anchor_sentence(anchors))
+                st.caption(f"Precision {anchors.get('precision', 0):.0%} · coverage {anchors.get('coverage', 0):.0%}")
+
+    st.subheader("The patient's values against the reference population")
+    if card:
+        st.dataframe(views.values_against_reference(card, view["features"]), hide_index=True,
+                     width="stretch")
+    else:
+        st.json(view["features"])
+
+    if card:
+        with st.expander(f"Model facts: {card.get('model')} v{card.get('version')}", expanded=False):
+            facts = views.model_facts(card)
+            for k, v in facts["summary"].items():
+                st.markdown(f"**{k}**: {v}")
+            a, b = st.columns(2)
+            a.markdown("**Overall (held-out test data)**")
+            a.dataframe(facts["overall"], hide_index=True)
+            b.markdown("**Per subgroup**")
+            b.dataframe(facts["subgroups"], hide_index=True)
+            st.markdown("**When not to use it**")
+            for line in facts["cautions"]:
+                st.markdown(f"- {line}")
+
+    st.subheader("Enter the real outcome")
+    role = (me or {}).get("role")
+    may = role is not None  # clinicians know the real outcome: every role may record it
+    if not may:
+        st.caption("Recording an outcome needs a valid token.")
+    choice = st.radio("Outcome", [1, 0], format_func=lambda v: "yes: the outcome happened (1)" if v else "no (0)",
+                      horizontal=True, key="clin_outcome", disabled=not may)
+    overwrite = st.checkbox("Replace a different stored outcome", key="clin_overwrite", disabled=not may)
+    if st.button("Record outcome", key="clin_record", disabled=not may):
+        answer = _guard("record the outcome", lambda: client.outcome(record_id, int(choice), overwrite=overwrite))
+        if answer:
+            st.success(f"Outcome {answer['outcome']} for {record_id}: {answer['status']}.")
+
+
+# -- data scientist ----------------------------------------------------------------------------------
+def data_scientist_page(client: LearningMachineClient, conn: views.Connection, me: dict[str, Any] | None) -> None:
+    st.header("Data scientist")
+    role = (me or {}).get("role")
+    if role not in (views.DATA_SCIENTIST, views.ADMIN):
+        st.warning("This view needs a data-scientist or admin token" + (f"; yours is {role}." if role else ".")
+                   + " Paste one in the sidebar.")
+        return
+    events = _guard("read the events", lambda: views.events_frame(client))
+    events = events if events is not None else pd.DataFrame(columns=["created_at", "kind", "reason"])
+
+    st.subheader("Realised performance over time")
+    perf = _guard("read the performance results", lambda: views.performance_view(views.monitoring_frame(client, "performance")))
+    if perf is not None:
+        if perf.empty:
+            st.info("No outcomes yet: realised performance appears once outcomes have arrived for a full monitoring "
+                    "window (the monitor needs both classes). Outcomes come from the clinician view or `lm stream`.")
+        else:
+            groups = sorted(perf["subgroup"].unique())
+            chosen = st.multiselect("Subgroups", groups, default=[g for g in groups if g == "overall"] or groups[:1],
+                                    key="ds_subgroups")
+            st.altair_chart(views.timeline_chart(perf[perf["subgroup"].isin(chosen)], events, y_title="realised AUC",
+                                                 color="subgroup"), width="stretch")
+
+    st.subheader("Drift per feature over time")
+    drift = _guard("read the drift results", lambda: views.drift_view(views.monitoring_frame(client, "drift")))
+    if drift is not None:
+        if drift.empty:
+            st.info("No drift results yet: the monitor assesses each window of new predictions (`lm up` runs it).")
+        else:
+            threshold = float(drift["threshold"].dropna().iloc[-1]) if drift["threshold"].notna().any() else None
+            st.altair_chart(views.timeline_chart(drift, events, y_title="p-value (log scale; below the line: drift)",
+                                                 threshold=threshold, log_y=True), width="stretch")
+
+    st.subheader("Data quality")
+    quality = _guard("read the data-quality results", lambda: views.quality_view(views.monitoring_frame(client, "quality")))
+    if quality is not None:
+        over_time, latest = quality
+        if over_time.empty:
+            st.info("No data-quality results yet.")
+        else:
+            st.altair_chart(views.timeline_chart(over_time, events, y_title="missing fraction"),
+                            width="stretch")
+            st.caption("Latest window")
+            st.dataframe(latest, hide_index=True, width="stretch")
+
+    st.subheader("Retraining and lifecycle events")
+    if events.empty:
+        st.info("No events yet: retraining, promotions and rollbacks are listed here as they happen.")
+    else:
+        st.dataframe(events[["created_at", "kind", "model_version", "reason"]], hide_index=True,
+                     width="stretch")
+
+    st.subheader("Model versions")
+    got = _guard("list the model versions", lambda: views.models_frame(client, conn.mlflow_url))
+    if got is None:
+        return
+    models, name = got
+    if models.empty:
+        st.info(f"No model yet: {name!r} has no registered version. Train one with `lm train`.")
+        return
+    st.dataframe(models, hide_index=True, width="stretch", column_config={
+        "MLflow version": st.column_config.LinkColumn("MLflow version", display_text="open"),
+        "MLflow run": st.column_config.LinkColumn("MLflow run", display_text="open")})
+    pair = views.champion_vs_challenger(models)
+    st.markdown("**Champion versus challenger**")
+    if pair is None:
+        st.caption("No challenger at the moment: the last candidate was promoted or refused.")
+    else:
+        st.dataframe(pair.astype(str), width="stretch")
+
+    st.subheader("Actions")
+    if role != views.ADMIN:
+        st.caption("Retraining, promotion and rollback need an admin token.")
+        return
+    a, b, c = st.columns(3)
+    reason = a.text_input("Reason", "manual (dashboard)", key="admin_reason")
+    if a.button("Request retraining", key="admin_retrain"):
+        event = _guard("request a retraining", lambda: client.request_retraining(reason))
+        if event:
+            st.success(f"Retraining requested (event {event['id']}); the monitor's policy decides when it runs.")
+    version = b.selectbox("Version", list(models["version"]), key="admin_version")
+    if b.button("Promote to champion", key="admin_promote"):
+        event = _guard("promote", lambda: client.promote(str(version), reason))
+        if event:
+            st.success(f"v{event['detail']['to']} is the champion ({event['detail']['deployed'].get('detail', '')}).")
+    if c.button("Roll back the champion", key="admin_rollback"):
+        event = _guard("roll back", lambda: client.rollback())
+        if event:
+            st.success(f"Rolled back from v{event['detail']['from']} to v{event['detail']['to']}.")
+
+
+def main() -> None:
+    st.set_page_config(page_title="Learning Machine", layout="wide")
+    client, conn, me, page = sidebar()
+    {"patients": patients_page, "clinician": clinician_page, "data-scientist": data_scientist_page}[page](
+        client, conn, me)
+
+
+main()

@@ -1,0 +1,441 @@
+"""The dashboard's logic as plain functions of a gateway client: each returns data frames, charts or
+plain values, and raises the platform's errors. The Streamlit pages (`dashboard/app.py`) only lay them
+out and turn errors into messages. Everything comes from the gateway's REST API."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import altair as alt
+import pandas as pd
+
+from learning_machine.clients.gateway import GatewayError, LearningMachineClient
+from learning_machine.errors import LearningMachineError
+
+ADMIN, DATA_SCIENTIST, CLINICIAN = "admin", "data-scientist", "clinician"
+RETRAIN_KINDS = ("retrain-fired", "retrain-requested", "retrain-deferred", "retrain-started", "retrain-finished",
+                 "retrain-failed", "promoted", "refused", "monitor-rebaselined", "rolled-back")
+MAX_HISTORY_ROWS = 2000  # monitoring rows read per kind: 500 a page, newest first
+
+
+# -- connection ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Connection:
+    """Where the dashboard finds the gateway and MLflow's UI, and the token it starts with."""
+
+    gateway_url: str
+    token: str
+    mlflow_url: str
+    token_source: str
+
+
+def default_connection() -> Connection:
+    """From the environment: ``LM_DASHBOARD_GATEWAY_URL`` (else the gateway's host and port), the token in
+    ``LM_TOKEN``, else the data-scientist token `lm up` wrote to its tokens file."""
+    from learning_machine.settings import load_settings
+
+    settings = load_settings()
+    url = settings.dashboard_gateway_url or settings.gateway_url
+    mlflow = settings.dashboard_mlflow_url or settings.tracking_uri
+    token, source = os.environ.get("LM_TOKEN", ""), "LM_TOKEN"
+    if not token:
+        token, source = _token_from_file(settings.tokens_path(), DATA_SCIENTIST), str(settings.tokens_path())
+    return Connection(url, token, mlflow.rstrip("/"), source if token else "none")
+
+
+def _token_from_file(path: Path, role: str) -> str:
+    try:
+        return str(json.loads(path.read_text())[role])
+    except (OSError, KeyError, ValueError, TypeError):
+        return ""
+
+
+def explain_error(exc: Exception) -> str:
+    """A message a first-time user understands, for any error the gateway client raises."""
+    if isinstance(exc, GatewayError):
+        if exc.status == 401:
+            return "The gateway does not accept this token (missing, unknown or revoked). Paste a valid token in the sidebar."
+        if exc.status == 403:
+            return f"Your token's role may not do this: {exc.message}"
+        if exc.status == 404 and "model" in exc.message.lower():
+            return f"No model yet: {exc.message}. Train one with `lm train` (or `make up`)."
+        if exc.status == 503:
+            return f"A service behind the gateway is unavailable: {exc.message}"
+        return f"The gateway answered {exc.status}: {exc.message}"
+    if isinstance(exc, LearningMachineError):
+        return f"{exc.message}. Is the gateway running? Start everything with `make up`."
+    return f"{type(exc).__name__}: {exc}"
+
+
+def whoami(client: LearningMachineClient) -> dict[str, Any]:
+    return client.whoami()
+
+
+# -- patients --------------------------------------------------------------------------------------
+def patients_table(client: LearningMachineClient, search: str | None = None, limit: int = 100,
+                   offset: int = 0) -> tuple[pd.DataFrame, int]:
+    """The stored records, newest first: arrival time, latest prediction, outcome; and how many match."""
+    page = client.page("/v1/patients", search=search or None, limit=limit, offset=offset)
+    rows = []
+    for item in page["items"]:
+        p = item.get("latest_prediction") or {}
+        o = item.get("outcome") or {}
+        rows.append({"record_id": item["record_id"], "arrived": pd.to_datetime(item.get("received_at"), utc=True),
+                     "risk": p.get("probability"), "predicted": p.get("label"), "model_version": p.get("model_version"),
+                     "outcome": o.get("outcome")})
+    columns = ["record_id", "arrived", "risk", "predicted", "model_version", "outcome"]
+    return pd.DataFrame(rows, columns=columns), int(page["total"])
+
+
+def send_records(client: LearningMachineClient, n: int, *, scenario: str = "none", batch_size: int = 100) -> list[dict[str, Any]]:
+    """Send ``n`` new synthetic patients for prediction (no outcomes: those arrive later)."""
+    from learning_machine.loop.stream import generated_records
+
+    prefix = f"dash-{uuid.uuid4().hex[:6]}-"
+    records = [r for r, _ in generated_records(n, seed=uuid.uuid4().int % 2**31, scenario=scenario, drift_start=0,
+                                               id_prefix=prefix)]
+    answers: list[dict[str, Any]] = []
+    for i in range(0, len(records), batch_size):
+        answers.extend(client.predict(records[i:i + batch_size]))
+    return answers
+
+
+@dataclass
+class Simulation:
+    """A simulated clinic in a background thread: `run_stream` over generated records until stopped."""
+
+    scenario: str
+    rate: float
+    rows: int
+    send_outcomes: bool
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    report: Any = None
+    error: str | None = None
+    sent: int = 0
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def start(self, gateway_url: str, token: str) -> None:
+        self.thread = threading.Thread(target=self._run, args=(gateway_url, token), name="lm-simulation", daemon=True)
+        self.thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self.stop_event.set()
+        if self.thread is not None:
+            self.thread.join(timeout=timeout_s)
+
+    def _source(self) -> Iterator[tuple[dict[str, Any], int | None]]:
+        from learning_machine.loop.stream import generated_records
+
+        prefix = f"sim-{uuid.uuid4().hex[:6]}-"
+        for item in generated_records(self.rows, seed=uuid.uuid4().int % 2**31, scenario=self.scenario,
+                                      drift_start=0, id_prefix=prefix):
+            if self.stop_event.is_set():
+                return  # run_stream sees the source end and stops cleanly
+            self.sent += 1
+            yield item
+
+    def _run(self, gateway_url: str, token: str) -> None:
+        from learning_machine.loop.stream import StreamPlan, run_stream
+
+        try:
+            with LearningMachineClient(gateway_url, token) as client:
+                plan = StreamPlan(rows=self.rows, batch_size=max(1, int(self.rate // 5)), rate=self.rate,
+                                  outcome_delay_rows=50, send_outcomes=self.send_outcomes, drain_outcomes=False)
+                self.report = run_stream(client, self._source(), plan)
+        except Exception as exc:  # noqa: BLE001 - shown on the page; a thread must not die silently
+            self.error = explain_error(exc)
+
+    def status(self) -> str:
+        if self.error:
+            return f"stopped with an error: {self.error}"
+        if self.running:
+            return f"running: {self.sent:,} of {self.rows:,} records sent ({self.scenario}, {self.rate:g} rows/s)"
+        if self.report is not None:
+            return "finished: " + self.report.summary()
+        return "not started"
+
+
+# -- clinician -------------------------------------------------------------------------------------
+def patient_view(client: LearningMachineClient, record_id: str) -> dict[str, Any]:
+    """One patient: features, latest prediction, outcome and the stored explanations (by method, for the
+    version that made the latest prediction)."""
+    patient = client.patient(record_id)
+    latest = patient["predictions"][0] if patient["predictions"] else None
+    version = latest["model_version"] if latest else None
+    explanations: dict[str, dict[str, Any]] = {}
+    for e in patient["explanations"]:  # newest first
+        if e["method"] not in explanations and (version is None or e["model_version"] == version):
+            explanations[e["method"]] = e["explanation"]
+    return {"record_id": record_id, "features": patient["features"], "prediction": latest,
+            "outcome": (patient.get("outcome") or {}).get("outcome"), "explanations": explanations,
+            "received_at": patient.get("received_at")}
+
+
+def explanation(client: LearningMachineClient, view: dict[str, Any], method: str) -> dict[str, Any]:
+    """The stored explanation of ``method``, else a new one from the gateway (stored there too)."""
+    if method not in view["explanations"]:
+        view["explanations"][method] = client.explain(view["record_id"], method)["explanation"]
+    return _unwrap(view["explanations"][method])
+
+
+def _unwrap(explanation: dict[str, Any]) -> dict[str, Any]:
+    """The explainer answers in alibi's shape (``{"meta": ..., "data": {...}}``): the content is in ``data``."""
+    data = explanation.get("data")
+    return dict(data) if isinstance(data, dict) else dict(explanation)
+
+
+def risk_band(card: dict[str, Any] | None, probability: float) -> dict[str, Any] | None:
+    """The uncertainty of a predicted risk, from the serving version's calibration on held-out patients:
+    among test patients in the same risk band, the observed event rate with a 95% Wilson interval."""
+    table = (card or {}).get("calibration") or []
+    if not table:
+        return None
+    row = min(table, key=lambda r: abs(r["mean_predicted"] - probability))
+    n, rate = int(row["n"]), float(row["observed"])
+    low, high = wilson(rate, n)
+    return {"observed": rate, "low": low, "high": high, "n": n, "band_mean": float(row["mean_predicted"])}
+
+
+def wilson(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n <= 0:
+        return 0.0, 1.0
+    denom = 1 + z * z / n
+    centre = (rate + z * z / (2 * n)) / denom
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def contributions_frame(exact: dict[str, Any]) -> pd.DataFrame:
+    """Per-feature contributions (log-odds), largest effect first, with the patient's value."""
+    values = exact.get("values", {})
+    frame = pd.DataFrame([{"feature": f, "contribution": float(v), "value": values.get(f)}
+                          for f, v in exact.get("attributions", {}).items()])
+    if frame.empty:
+        return frame
+    frame["direction"] = frame["contribution"].map(lambda v: "raises risk" if v > 0 else "lowers risk")
+    frame["value"] = frame["value"].map(lambda v: "missing" if v is None else str(v))
+    return frame.reindex(frame["contribution"].abs().sort_values(ascending=False).index).reset_index(drop=True)
+
+
+def contributions_chart(frame: pd.DataFrame) -> Any:
+    return alt.Chart(frame).mark_bar().encode(
+        x=alt.X("contribution:Q", title="contribution to the risk (log-odds)"),
+        y=alt.Y("feature:N", sort=list(frame["feature"]), title=None, axis=alt.Axis(labelOverlap=False)),
+        color=alt.Color("direction:N", scale=alt.Scale(domain=["raises risk", "lowers risk"],
+                                                       range=["#d62728", "#1f77b4"]), legend=alt.Legend(title=None)),
+        tooltip=["feature", "value", alt.Tooltip("contribution:Q", format=".3f")],
+    ).properties(height=alt.Step(24))
+
+
+def anchor_sentence(anchors: dict[str, Any]) -> str:
+    """The anchor rule in plain words, with its precision and coverage."""
+    rule = list(anchors.get("anchor") or [])
+    outcome = "a high risk (the outcome is expected)" if anchors.get("prediction") == 1 else "a low risk (no outcome expected)"
+    precision, coverage = float(anchors.get("precision", float("nan"))), float(anchors.get("coverage", float("nan")))
+    if not rule:
+        return (f"The model predicts {outcome} for almost every patient, whatever their values: no condition was "
+                f"needed (precision {precision:.0%}).")
+    conditions = " and ".join(rule)
+    return (f"As long as {conditions}, the model predicts {outcome}: it did so for {precision:.0%} of similar "
+            f"patients (precision), and {coverage:.0%} of the reference population meet these conditions "
+            f"(coverage).")
+
+
+def values_against_reference(card: dict[str, Any] | None, features: dict[str, Any]) -> pd.DataFrame:
+    """Each of the patient's values next to the reference population's range (5th–95th percentile of the
+    serving version's training data), flagged when outside it or outside the valid range."""
+    rows = []
+    for f in (card or {}).get("features", []):
+        value = features.get(f["name"])
+        ref = f.get("reference") or {}
+        if "p5" in ref:
+            typical = f"{ref['p5']:.4g} – {ref['p95']:.4g} (median {ref['median']:.4g})"
+            if value is None:
+                flag = "missing"
+            elif float(value) < ref["p5"]:
+                flag = "below the usual range"
+            elif float(value) > ref["p95"]:
+                flag = "above the usual range"
+            else:
+                flag = "usual"
+        elif "shares" in ref:
+            typical = ", ".join(f"{k} {v:.0%}" for k, v in ref["shares"].items())
+            share = ref["shares"].get(str(value))
+            flag = "missing" if value is None else ("rare (<5%)" if share is None or share < 0.05 else "usual")
+        else:
+            typical, flag = "no reference saved with this model", ""
+        shown = "missing" if value is None else f"{value:g}" if isinstance(value, (int, float)) else str(value)
+        rows.append({"feature": f["name"], "value": shown, "unit": f.get("unit") or "",
+                     "reference population (5th–95th pct)": typical, "": flag, "meaning": f.get("description", "")})
+    return pd.DataFrame(rows)
+
+
+def model_facts(card: dict[str, Any]) -> dict[str, Any]:
+    """The one-page model facts: summary lines, overall metrics, per-subgroup metrics, cautions."""
+    metrics = card.get("metrics") or {}
+    overall = pd.DataFrame([{"metric": k, "value": v} for k, v in metrics.items()
+                            if k in ("auc", "brier", "ece", "accuracy", "f1", "log_loss", "prevalence", "n")])
+    sub_rows = []
+    for group, by_label in (card.get("subgroups") or {}).items():
+        for label, m in by_label.items():
+            sub_rows.append({"subgroup": group, "group": label, "n": int(m.get("n", 0)),
+                             "auc": m.get("auc"), "brier": m.get("brier"), "prevalence": m.get("prevalence")})
+    subgroups = pd.DataFrame(sub_rows, columns=["subgroup", "group", "n", "auc", "brier", "prevalence"])
+    data = card.get("dataset") or {}
+    cautions = ["Do not use for patients whose values fall outside the valid ranges of the features below, or "
+                "for populations unlike the training data (see the reference ranges).",
+                "It supports, not replaces, clinical judgement: it predicts a risk, not a diagnosis."]
+    auc = metrics.get("auc")
+    weak = subgroups[subgroups["auc"].notna() & (subgroups["auc"] < auc - 0.05)] if auc is not None else subgroups[:0]
+    for _, row in weak.iterrows():
+        cautions.append(f"Less accurate for {row['subgroup']} = {row['group']} (AUC {row['auc']:.2f} vs "
+                        f"{auc:.2f} overall, n = {row['n']}).")
+    small = subgroups[subgroups["n"] < 50]
+    for _, row in small.iterrows():
+        cautions.append(f"Little evidence for {row['subgroup']} = {row['group']} (only {row['n']} test patients).")
+    summary = {
+        "model": f"{card.get('model')} v{card.get('version')} ({card.get('kind') or 'unknown kind'})",
+        "aliases": ", ".join(card.get("aliases") or []) or "none",
+        "intended use": card.get("intended_use") or "not stated",
+        "predicts": f"{card.get('target', {}).get('name')}: {card.get('target', {}).get('description')}",
+        "training data": (f"{data.get('name')} ({data.get('train_rows')} training rows, {data.get('test_rows')} "
+                          f"held out; digest {str(data.get('digest') or '')[:12]})"),
+        "training run": card.get("run_id"),
+    }
+    return {"summary": summary, "overall": overall, "subgroups": subgroups, "cautions": cautions}
+
+
+# -- data scientist --------------------------------------------------------------------------------
+def _all(client: LearningMachineClient, path: str, max_rows: int = MAX_HISTORY_ROWS, **params: Any) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    while len(items) < max_rows:
+        page = client.page(path, limit=min(500, max_rows - len(items)), offset=len(items), **params)
+        items.extend(page["items"])
+        if len(items) >= int(page["total"]) or not page["items"]:
+            break
+    return items
+
+
+def monitoring_frame(client: LearningMachineClient, kind: str, max_rows: int = MAX_HISTORY_ROWS) -> pd.DataFrame:
+    """The monitor's results of one kind (drift, quality, performance), oldest first."""
+    items = _all(client, "/v1/monitoring", max_rows, kind=kind)
+    columns = ["created_at", "metric", "feature", "value", "threshold", "alert", "model_version", "window_rows"]
+    frame = pd.DataFrame(items, columns=[*columns, "details"])
+    if frame.empty:
+        return frame
+    frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
+    frame["window"] = frame["details"].map(lambda d: (d or {}).get("window_id"))
+    frame["n"] = frame["details"].map(lambda d: (d or {}).get("n"))
+    frame["feature"] = frame["feature"].fillna("overall")
+    return frame.sort_values("created_at").reset_index(drop=True)
+
+
+def events_frame(client: LearningMachineClient, max_rows: int = 500) -> pd.DataFrame:
+    """Pipeline and lifecycle events, newest first, with a one-line reason."""
+    items = _all(client, "/v1/events", max_rows)
+    frame = pd.DataFrame(items, columns=["created_at", "kind", "model_version", "detail"])
+    if frame.empty:
+        return frame
+    frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
+    frame["reason"] = frame["detail"].map(_reason)
+    return frame
+
+
+def _reason(detail: Any) -> str:
+    d = detail or {}
+    if d.get("reasons"):
+        return "; ".join(str(r) for r in d["reasons"])
+    for key in ("reason", "error"):
+        if d.get(key):
+            return str(d[key])
+    if "from" in d or "to" in d:
+        return f"v{d.get('from')} → v{d.get('to')}"
+    return json.dumps(d, default=str)[:160]
+
+
+def timeline_chart(frame: pd.DataFrame, events: pd.DataFrame, *, y_title: str, color: str = "feature",
+                   threshold: float | None = None, log_y: bool = False) -> Any:
+    """A metric over time, one line per ``color`` value, retraining events as labelled vertical rules."""
+    y = alt.Y("value:Q", title=y_title, scale=alt.Scale(type="log") if log_y else alt.Undefined)
+    layers: list[Any] = [alt.Chart(frame).mark_line(point=True).encode(
+        x=alt.X("created_at:T", title="time (UTC)", axis=alt.Axis(format="%H:%M:%S", labelAngle=0)), y=y, color=alt.Color(f"{color}:N", title=color,
+                                                 legend=alt.Legend(columns=2, symbolLimit=0)),
+        tooltip=["created_at:T", f"{color}:N", alt.Tooltip("value:Q", format=".4f"), "model_version:N"])]
+    if threshold is not None:
+        layers.append(alt.Chart(pd.DataFrame({"threshold": [threshold]})).mark_rule(strokeDash=[6, 4], color="gray")
+                      .encode(y="threshold:Q"))
+    marks = events[events["kind"].isin(RETRAIN_KINDS)] if not events.empty else events
+    if not marks.empty:
+        marks = marks[["created_at", "kind", "reason", "model_version"]]
+        layers.append(alt.Chart(marks).mark_rule(color="orange", strokeWidth=2).encode(
+            x="created_at:T", tooltip=["created_at:T", "kind:N", "reason:N", "model_version:N"]))
+        layers.append(alt.Chart(marks).mark_text(angle=270, align="left", dx=4, dy=-4, color="orange").encode(
+            x="created_at:T", y=alt.value(4), text="kind:N"))
+    return alt.layer(*layers).properties(height=280)
+
+
+def performance_view(frame: pd.DataFrame) -> pd.DataFrame:
+    """Realised AUC per subgroup (``overall`` included) over time."""
+    if frame.empty:
+        return frame
+    return frame[frame["metric"] == "auc"].rename(columns={"feature": "subgroup"})
+
+
+def drift_view(frame: pd.DataFrame) -> pd.DataFrame:
+    """Drift p-values per feature over time (alerts when under the corrected threshold)."""
+    if frame.empty:
+        return frame
+    out = frame[frame["metric"] == "p_value"].copy()
+    out["value"] = out["value"].clip(lower=1e-12)
+    return out
+
+
+def quality_view(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Missing fraction per feature over time, and the latest window's quality table."""
+    if frame.empty:
+        return frame, frame
+    over_time = frame[frame["metric"] == "missing_fraction"]
+    latest_window = frame["window"].iloc[-1]
+    latest = frame[frame["window"] == latest_window][["metric", "feature", "value", "threshold", "alert"]]
+    return over_time, latest.reset_index(drop=True)
+
+
+def models_frame(client: LearningMachineClient, mlflow_url: str) -> tuple[pd.DataFrame, str]:
+    """The registered versions with metrics and lineage, and links into the MLflow UI."""
+    answer = client.models()
+    name = answer["model"]
+    rows = []
+    for v in answer["versions"]:
+        tags = v.get("tags") or {}
+        rows.append({
+            "version": v["version"], "role": "champion" if v.get("champion") else
+            ("challenger" if v.get("challenger") else ""),
+            "auc": v["metrics"].get("auc"), "brier": v["metrics"].get("brier"), "ece": v["metrics"].get("ece"),
+            "created": pd.to_datetime(v.get("created_at"), unit="s", utc=True),
+            "dataset": tags.get("lm.dataset"), "dataset digest": (tags.get("lm.dataset_digest") or "")[:12],
+            "mode": tags.get("lm.mode"), "previous champion": tags.get("lm.previous_champion"),
+            "training run": v.get("run_id"),
+            "MLflow version": f"{mlflow_url}/#/models/{name}/versions/{v['version']}",
+            "MLflow run": f"{mlflow_url}/#/runs/{v.get('run_id')}" if v.get("run_id") else None,
+        })
+    return pd.DataFrame(rows), name
+
+
+def champion_vs_challenger(models: pd.DataFrame) -> pd.DataFrame | None:
+    """Side by side metrics of the champion and the challenger; None when there is no challenger."""
+    if models.empty or "challenger" not in set(models["role"]):
+        return None
+    pair = models[models["role"].isin(["champion", "challenger"])].set_index("role")
+    return pair[["version", "auc", "brier", "ece", "dataset digest", "created"]].T

@@ -1,0 +1,290 @@
+"""Kubernetes manifests for serving on Seldon, rendered by plain functions (no templating language), and
+their offline validation against the custom resource definitions in ``../shared/crds``.
+
+* Seldon Core v1 (``machinelearning.seldon.io/v1``): a ``SeldonDeployment`` with protocol v2 running the
+  project's serving image (our MLServer runtimes) as a custom model, the explainer beside it, request
+  logging to the monitor, and MinIO/S3 credentials from one rclone-style secret (``envSecretRefName``);
+  plus a second ``SeldonDeployment`` for the drift detector (Seldon v1 has no drift slot in a predictor).
+* Seldon Core v2 (``mlops.seldon.io/v1alpha1``): a ``Server`` running the serving image, three ``Model``
+  resources (model, explainer, drift detector) and a ``Pipeline`` that feeds every request to the model
+  and, batched, to the drift detector.
+
+``manifests/`` in the repository holds these rendered with the default settings (`lm` regenerates them
+with :func:`write_manifests`; a test checks they are current).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from learning_machine.clients.v2 import drift_name, explainer_name
+from learning_machine.embedded.model_server import DRIFT_RUNTIME, EXPLAINER_RUNTIME, MODEL_RUNTIME
+from learning_machine.errors import ConfigurationError
+from learning_machine.registry.names import model_uri
+from learning_machine.settings import Settings
+
+SELDON_V1 = ("machinelearning.seldon.io", "v1", "seldondeployments")
+SELDON_V2 = "mlops.seldon.io/v1alpha1"
+HTTP_PORT = 9000  # what Seldon v1's executor calls for a protocol-v2 custom model
+GRPC_PORT = 9500
+PREDICTOR = "default"
+SERVER_CAPABILITY = "learning-machine"
+
+Resource = dict[str, Any]
+
+
+def deployment_name(settings: Settings, model_name: str | None = None) -> str:
+    return settings.seldon_deployment_name or (model_name or settings.model_name)
+
+
+def _labels(model_name: str, version: str, component: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": model_name, "app.kubernetes.io/part-of": "learning-machine",
+            "app.kubernetes.io/component": component, "learning-machine/model-version": str(version)}
+
+
+def _credentials(settings: Settings) -> list[dict[str, Any]]:
+    """S3 credentials for MLflow's client, read from the same rclone-style secret the storage
+    initializer uses (``RCLONE_CONFIG_S3_*`` keys), so there is one secret to manage."""
+    keys = {"AWS_ACCESS_KEY_ID": "RCLONE_CONFIG_S3_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY": "RCLONE_CONFIG_S3_SECRET_ACCESS_KEY",
+            "MLFLOW_S3_ENDPOINT_URL": "RCLONE_CONFIG_S3_ENDPOINT"}
+    return [{"name": env, "valueFrom": {"secretKeyRef": {"name": settings.seldon_secret_name, "key": key}}}
+            for env, key in keys.items()]
+
+
+def runtime_env(settings: Settings, served_name: str, implementation: str, model_name: str, version: str,
+                extra: dict[str, Any]) -> list[dict[str, Any]]:
+    """The environment that makes the serving image run one of our runtimes (MLServer reads
+    ``MLSERVER_MODEL_*`` as the model's settings)."""
+    env = [
+        {"name": "MLSERVER_MODEL_NAME", "value": served_name},
+        {"name": "MLSERVER_MODEL_IMPLEMENTATION", "value": implementation},
+        {"name": "MLSERVER_MODEL_URI", "value": model_uri(model_name, version)},
+        {"name": "MLSERVER_MODEL_EXTRA", "value": json.dumps({"tracking_uri": settings.seldon_tracking_uri, **extra})},
+        {"name": "MLSERVER_HTTP_PORT", "value": str(HTTP_PORT)},
+        {"name": "MLSERVER_GRPC_PORT", "value": str(GRPC_PORT)},
+        # parallel_workers >= 1 crashes with uvloop 0.23 (MLServer#2286).
+        {"name": "MLSERVER_PARALLEL_WORKERS", "value": "0"},
+        {"name": "MLFLOW_TRACKING_URI", "value": settings.seldon_tracking_uri},
+    ]
+    return env + _credentials(settings)
+
+
+def _container(settings: Settings, name: str, env: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"name": name, "image": settings.serving_image, "imagePullPolicy": "IfNotPresent", "env": env,
+            "resources": {"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}}
+
+
+def infer_uri(settings: Settings, model_name: str) -> str:
+    """The model's V2 infer URL inside the cluster (the predictor's service), for the black-box explainer."""
+    name = deployment_name(settings, model_name)
+    return f"http://{name}-{PREDICTOR}.{settings.seldon_namespace}:8000/v2/models/{model_name}/infer"
+
+
+# -- Seldon Core v1 -----------------------------------------------------------------------------------
+def seldon_deployment(settings: Settings, model_name: str, version: str) -> Resource:
+    """The SeldonDeployment serving ``version`` with its explainer and request logging."""
+    name = deployment_name(settings, model_name)
+    model_env = runtime_env(settings, model_name, MODEL_RUNTIME, model_name, version, {})
+    explainer_env = runtime_env(settings, explainer_name(model_name), EXPLAINER_RUNTIME, model_name, version,
+                                {"explainer_type": "anchor_tabular", "infer_uri": infer_uri(settings, model_name)})
+    return _seldon_deployment(settings, name, _labels(model_name, version, "model"), {
+        "name": PREDICTOR,
+        "replicas": 1,
+        "labels": {"learning-machine/model-version": str(version)},
+        "componentSpecs": [{"spec": {"containers": [_container(settings, model_name, model_env)]}}],
+        "graph": {
+            "name": model_name,
+            "type": "MODEL",
+            "envSecretRefName": settings.seldon_secret_name,
+            "logger": {"url": settings.monitor_url, "mode": "all"},
+            "children": [],
+        },
+        "explainer": {
+            "type": "AnchorTabular",
+            "replicas": 1,
+            "envSecretRefName": settings.seldon_secret_name,
+            "containerSpec": _container(settings, "explainer", explainer_env),
+        },
+    })
+
+
+def _seldon_deployment(settings: Settings, name: str, labels: dict[str, str], predictor: Resource) -> Resource:
+    """A protocol-v2 SeldonDeployment with one predictor."""
+    return {
+        "apiVersion": f"{SELDON_V1[0]}/{SELDON_V1[1]}",
+        "kind": "SeldonDeployment",
+        "metadata": {"name": name, "namespace": settings.seldon_namespace, "labels": labels},
+        "spec": {"name": name, "protocol": "v2", "predictors": [predictor]},
+    }
+
+
+def drift_deployment(settings: Settings, model_name: str, version: str, *, batch_size: int | None = None) -> Resource:
+    """A SeldonDeployment for the drift detector of ``version`` (the monitor posts batches to it)."""
+    name = f"{deployment_name(settings, model_name)}-drift"
+    served = drift_name(model_name)
+    env = runtime_env(settings, served, DRIFT_RUNTIME, model_name, version, {
+        "detector_type": settings.drift_detector, "p_val": settings.drift_p_val, "batch_size": batch_size,
+        "predict_parameters": {}})
+    return _seldon_deployment(settings, name, _labels(model_name, version, "drift-detector"), {
+        "name": PREDICTOR,
+        "replicas": 1,
+        "componentSpecs": [{"spec": {"containers": [_container(settings, served, env)]}}],
+        "graph": {"name": served, "type": "MODEL", "envSecretRefName": settings.seldon_secret_name, "children": []},
+    })
+
+
+# -- Seldon Core v2 -----------------------------------------------------------------------------------
+def seldon_v2_resources(settings: Settings, model_name: str, version: str, *, storage_prefix: str = "s3://mlflow/serving",
+                        drift_batch: int = 100) -> list[Resource]:
+    """Server, Model (x3) and Pipeline for Seldon Core v2. Each Model's ``storageUri`` is a folder holding
+    the ``model-settings.json`` from :func:`seldon_v2_model_settings` (upload them there); the runtimes then
+    load the version from MLflow as everywhere else."""
+    ns = settings.seldon_namespace
+    base = f"{storage_prefix.rstrip('/')}/{model_name}/{version}"
+    server = f"{SERVER_CAPABILITY}-mlserver"
+    meta = lambda name, component: {"name": name, "namespace": ns,  # noqa: E731 - a local shorthand
+                                    "labels": _labels(model_name, version, component)}
+    resources: list[Resource] = [
+        {"apiVersion": SELDON_V2, "kind": "Server", "metadata": meta(server, "model-server"),
+         "spec": {"serverConfig": "mlserver", "replicas": 1, "extraCapabilities": [SERVER_CAPABILITY],
+                  "podSpec": {"containers": [{"name": "mlserver", "image": settings.serving_image,
+                                              "env": [{"name": "MLFLOW_TRACKING_URI",
+                                                       "value": settings.seldon_tracking_uri},
+                                                      *_credentials(settings)]}]}}},
+        {"apiVersion": SELDON_V2, "kind": "Model", "metadata": meta(model_name, "model"),
+         "spec": {"storageUri": f"{base}/{model_name}", "requirements": [SERVER_CAPABILITY],
+                  "secretName": settings.seldon_secret_name, "server": server, "logger": {"percent": 100}}},
+        {"apiVersion": SELDON_V2, "kind": "Model", "metadata": meta(explainer_name(model_name), "explainer"),
+         "spec": {"storageUri": f"{base}/{explainer_name(model_name)}", "requirements": [SERVER_CAPABILITY],
+                  "secretName": settings.seldon_secret_name, "server": server,
+                  "explainer": {"type": "anchor_tabular", "modelRef": model_name}}},
+        {"apiVersion": SELDON_V2, "kind": "Model", "metadata": meta(drift_name(model_name), "drift-detector"),
+         "spec": {"storageUri": f"{base}/{drift_name(model_name)}", "requirements": [SERVER_CAPABILITY],
+                  "secretName": settings.seldon_secret_name, "server": server}},
+        {"apiVersion": SELDON_V2, "kind": "Pipeline", "metadata": meta(f"{model_name}-pipeline", "pipeline"),
+         "spec": {"steps": [
+             {"name": model_name},
+             {"name": drift_name(model_name), "inputs": [f"{model_name}.inputs"],
+              "batch": {"size": drift_batch, "rolling": True}},
+         ], "output": {"steps": [model_name]}}},
+    ]
+    return resources
+
+
+def seldon_v2_model_settings(settings: Settings, model_name: str, version: str) -> dict[str, dict[str, Any]]:
+    """The ``model-settings.json`` for each Seldon v2 Model's storage folder."""
+    from learning_machine.embedded.model_server import model_settings
+
+    docs = model_settings(model_name, version, settings.seldon_tracking_uri,
+                          infer_uri=f"http://seldon-mesh.{settings.seldon_namespace}/v2/models/{model_name}/infer",
+                          drift_detector=settings.drift_detector, drift_p_val=settings.drift_p_val)
+    return docs
+
+
+def render_all(settings: Settings, model_name: str | None = None, version: str = "1") -> dict[str, list[Resource]]:
+    """Every serving manifest, by file name."""
+    name = model_name or settings.model_name
+    return {
+        "seldon-v1/seldondeployment.yaml": [seldon_deployment(settings, name, version)],
+        "seldon-v1/drift-detector.yaml": [drift_deployment(settings, name, version)],
+        "seldon-v2/serving.yaml": seldon_v2_resources(settings, name, version),
+    }
+
+
+def to_yaml(resources: list[Resource]) -> str:
+    return yaml.safe_dump_all(resources, sort_keys=False, width=120)
+
+
+def write_manifests(out_dir: Path, settings: Settings, model_name: str | None = None, version: str = "1") -> list[Path]:
+    """Write :func:`render_all` into ``out_dir`` (the repository's ``manifests/`` holds the defaults)."""
+    header = ("# Rendered by learning_machine.k8s.manifests.write_manifests with the default settings; do not edit by\n"
+              "# hand: the `seldon` deployer renders the same resources for the version it deploys.\n")
+    written = []
+    for rel, resources in render_all(settings, model_name, version).items():
+        path = out_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(header + to_yaml(resources))
+        written.append(path)
+    name = model_name or settings.model_name
+    for served, document in seldon_v2_model_settings(settings, name, version).items():
+        path = out_dir / "seldon-v2" / "storage" / served / "model-settings.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(document, indent=2) + "\n")
+        written.append(path)
+    return written
+
+
+# -- validation against the CRDs ----------------------------------------------------------------------
+CRD_FILES = {
+    ("machinelearning.seldon.io", "SeldonDeployment"): "seldon-core-v1.17.1-seldondeployments.yaml",
+    ("mlops.seldon.io", "Model"): "seldon-core-v2.6.0-models.yaml",
+    ("mlops.seldon.io", "Pipeline"): "seldon-core-v2.6.0-pipelines.yaml",
+    ("mlops.seldon.io", "Server"): "seldon-core-v2.6.0-servers.yaml",
+    ("mlops.seldon.io", "Experiment"): "seldon-core-v2.6.0-experiments.yaml",
+    ("kubeflow.org", "ScheduledWorkflow"): "kfp-2.17.0-scheduledworkflow.yaml",
+}
+_SCHEMAS: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+
+def crd_dir() -> Path:
+    """``LM_CRD_DIR``, else ``../shared/crds`` next to the project root."""
+    env = os.environ.get("LM_CRD_DIR")
+    path = Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "crds"
+    if not path.is_dir():
+        raise ConfigurationError(f"CRD folder {path} does not exist; set LM_CRD_DIR")
+    return path
+
+
+def crd_schema(group: str, kind: str, version: str, folder: Path | None = None) -> dict[str, Any]:
+    """The JSON schema of ``kind`` at ``version`` from its CRD (OpenAPI v3 made strict JSON schema)."""
+    key = (group, kind, version)
+    if key not in _SCHEMAS:
+        try:
+            file = CRD_FILES[(group, kind)]
+        except KeyError:
+            raise ConfigurationError(f"no CRD known for {kind} ({group})") from None
+        with open((folder or crd_dir()) / file) as fh:
+            # CSafeLoader: the SeldonDeployment CRD is 2.4 MB, 0.4 s instead of ~10 s.
+            crd = yaml.load(fh, Loader=yaml.CSafeLoader)
+        versions = {v["name"]: v for v in crd["spec"]["versions"]}
+        if version not in versions:
+            raise ConfigurationError(f"{kind} has no version {version}; the CRD has {', '.join(versions)}")
+        _SCHEMAS[key] = _strict(versions[version]["schema"]["openAPIV3Schema"])
+    return _SCHEMAS[key]
+
+
+def _strict(node: Any) -> Any:
+    """OpenAPI v3 (Kubernetes flavour) to JSON schema: ``nullable`` allows null, ``int-or-string`` allows
+    both, ``preserve-unknown-fields`` keeps an object open, and every other object with declared
+    properties rejects unknown keys (what `kubectl apply`'s strict field validation does)."""
+    if isinstance(node, list):
+        return [_strict(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _strict(v) for k, v in node.items() if not k.startswith("x-kubernetes-") and k != "nullable"}
+    if node.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    if node.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"] if isinstance(out["type"], str) else [*out["type"], "null"]
+    if (node.get("type") == "object" and "properties" in node and "additionalProperties" not in node
+            and not node.get("x-kubernetes-preserve-unknown-fields")):
+        out["additionalProperties"] = False
+    return out
+
+
+def validate_resource(resource: Resource, folder: Path | None = None) -> list[str]:
+    """Every problem of ``resource`` against its CRD schema (empty when valid)."""
+    import jsonschema
+
+    group, _, version = str(resource.get("apiVersion", "")).rpartition("/")
+    schema = crd_schema(group, str(resource.get("kind")), version, folder)
+    validator = jsonschema.Draft7Validator(schema)
+    return [f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}"
+            for e in sorted(validator.iter_errors(resource), key=lambda e: list(e.absolute_path))]

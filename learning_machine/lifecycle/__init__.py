@@ -1,0 +1,1 @@
+"""The model lifecycle, in one place: train and register, the promotion rule, promote-deploy-record."""

@@ -1,0 +1,90 @@
+"""The model lifecycle as plain functions: train (or retrain) a model, log it, register it, and decide
+what serves. The CLI, the KFP components and the monitor all call these."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from learning_machine.data.sources import LoadedDataset, load_dataset
+from learning_machine.errors import DataQualityError
+from learning_machine.model.training import TrainingResult, retrain_model, train_model
+from learning_machine.registry.names import CHAMPION
+from learning_machine.registry.tracker import Tracker, VersionInfo
+from learning_machine.settings import Settings
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class TrainOutcome:
+    """What a training produced: the run, the registered version, and whether it now serves."""
+
+    run_id: str
+    version: VersionInfo
+    result: TrainingResult
+    promoted: bool
+
+
+def dataset_from_settings(settings: Settings, **options: Any) -> LoadedDataset:
+    """The dataset the settings name (built-in, generated, or a CSV with its spec)."""
+    return load_dataset(settings.dataset, spec_path=settings.dataset_spec, n_rows=options.pop("n_rows", None)
+                        or settings.train_rows, seed=settings.seed, **options)
+
+
+def check_quality(dataset: LoadedDataset, max_invalid_fraction: float) -> None:
+    """Refuse data that breaks its spec in more than ``max_invalid_fraction`` of the feature cells,
+    naming each feature and how many values are wrong."""
+    report = dataset.quality
+    if report is None or report.invalid_fraction <= max_invalid_fraction:
+        return
+    parts = [f"{name}: {count} out of range" for name, count in report.out_of_range.items()]
+    parts += [f"{name}: {count} not a number" for name, count in report.wrong_type.items()]
+    parts += [f"{name}: unknown categories {', '.join(sorted(values))}"
+              for name, values in report.unseen_categories.items()]
+    raise DataQualityError(
+        f"dataset {dataset.name!r} has {report.invalid_cells} invalid value(s) ({report.invalid_fraction:.1%} of "
+        f"cells, limit {max_invalid_fraction:.1%}): {'; '.join(parts)}", detail=report.as_dict())
+
+
+def train_and_register(settings: Settings, tracker: Tracker, dataset: LoadedDataset, *, kind: str | None = None,
+                       params: dict[str, Any] | None = None, continue_from: str | None = None,
+                       promote: str = "if-first", progress: Progress | None = None,
+                       parent_run_id: str | None = None) -> TrainOutcome:
+    """Train from scratch (or continue from the version ``continue_from``, e.g. ``champion``), log the run,
+    register the model as ``challenger``, and promote it to ``champion`` when ``promote`` says so:
+    ``always``, ``never`` or ``if-first`` (only when the model has no champion yet).
+
+    The server is checked before any work, and nothing is registered unless the run finished."""
+    if promote not in ("always", "never", "if-first"):
+        raise ValueError(f"promote must be always, never or if-first, not {promote!r}")
+    check_quality(dataset, settings.max_invalid_fraction)
+    tracker.health()
+    if continue_from:
+        base, base_info = tracker.load_pipeline(settings.model_name, continue_from)
+        if progress:
+            progress(f"continuing from {settings.model_name} v{base_info.version}")
+        result = retrain_model(base, dataset, params=params, seed=settings.seed,
+                               test_fraction=settings.test_fraction, progress=progress)
+        tags = {"lm.continued_from": base_info.version}
+    else:
+        result = train_model(dataset, kind=kind or settings.model_kind, params=params, seed=settings.seed,
+                             test_fraction=settings.test_fraction, progress=progress)
+        tags = {}
+    run_id = tracker.log_training(result, dataset, experiment=settings.experiment_name,
+                                  run_name=f"train-{result.kind}-{dataset.name}", tags=tags,
+                                  parent_run_id=parent_run_id, progress=progress)
+    version = tracker.register(settings.model_name, run_id, metrics=result.evaluation.metrics,
+                               tags={"lm.dataset": dataset.name, "lm.dataset_digest": dataset.digest,
+                                     "lm.kind": result.kind, "lm.mode": result.mode, **tags})
+    if progress:
+        progress(f"registered {settings.model_name} v{version.version} as challenger")
+    should = promote == "always" or (promote == "if-first" and tracker.alias_version(settings.model_name,
+                                                                                      CHAMPION) is None)
+    if should:
+        version = tracker.promote(settings.model_name, version.version,
+                                  reason="first model" if promote == "if-first" else "promoted at training")
+        if progress:
+            progress(f"promoted {settings.model_name} v{version.version} to champion")
+    return TrainOutcome(run_id, version, result, should)

@@ -1,0 +1,314 @@
+"""The monitor: over windows of recent predictions it measures drift (through the drift detector the
+model server runs), data quality (against the dataset spec) and realised performance once outcomes have
+arrived (AUC, calibration, per subgroup), stores each result, and asks the policy whether to retrain.
+
+The computations are plain functions of frames; :class:`Monitor` wires them to its collaborators
+(where rows come from, the drift detector, where results go, the retraining trigger), each a small
+protocol, so the embedded loop and the tests plug in the real gateway, model server and runner."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from learning_machine.data.spec import DatasetSpec
+from learning_machine.loop.policy import Decision, RetrainPolicy, WindowSummary, decide
+from learning_machine.model.evaluation import evaluate
+from learning_machine.model.sequential import Alarm, SequentialDetector
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Window sizes and alert thresholds (settings ``LM_MONITOR_*``)."""
+
+    window_rows: int = 200
+    """Predictions per window; drift and data quality are measured on each full window."""
+    performance_rows: int = 400
+    """Realised performance is measured on the most recent outcomes, up to this many."""
+    max_missing_fraction: float = 0.10
+    """A window with more missing feature values than this raises a data-quality alert."""
+    max_invalid_fraction: float = 0.01
+    history: int = 50
+    """Windows kept in memory for the policy (state stays bounded however long the monitor runs)."""
+
+    def __post_init__(self) -> None:
+        if self.window_rows < 20:
+            raise ValueError("window_rows must be at least 20: drift tests on fewer rows are noise")
+
+
+@dataclass
+class WindowResult:
+    """The results of one window: rows for the monitoring table and the summary the policy reads."""
+
+    summary: WindowSummary
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+
+def quality_results(spec: DatasetSpec, window: pd.DataFrame, config: MonitorConfig) -> tuple[list[dict[str, Any]],
+                                                                                             float, float]:
+    """Missing and invalid fractions per feature and overall for one window."""
+    report = spec.quality(window)
+    rows: list[dict[str, Any]] = []
+    n = max(report.n_rows, 1)
+    for name in spec.feature_names:
+        missing = report.missing.get(name, 0) / n
+        rows.append({"kind": "quality", "metric": "missing_fraction", "feature": name, "value": missing,
+                     "threshold": config.max_missing_fraction, "alert": missing > config.max_missing_fraction})
+        invalid = (report.out_of_range.get(name, 0) + report.wrong_type.get(name, 0)
+                   + sum(report.unseen_categories.get(name, {}).values())) / n
+        if invalid:
+            rows.append({"kind": "quality", "metric": "invalid_fraction", "feature": name, "value": invalid,
+                         "threshold": config.max_invalid_fraction, "alert": invalid > config.max_invalid_fraction,
+                         "details": {"unseen": report.unseen_categories.get(name, {})}})
+    rows.append({"kind": "quality", "metric": "missing_fraction", "feature": None, "value": report.missing_fraction,
+                 "threshold": config.max_missing_fraction,
+                 "alert": report.missing_fraction > config.max_missing_fraction})
+    return rows, report.missing_fraction, report.invalid_fraction
+
+
+def drift_results(drift: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The drift detector's answer (alibi-detect's ``data`` keys) as monitoring rows: one per feature with
+    its p-value, and one for the window (drift when any feature's p-value is under the corrected threshold)."""
+    names = list(drift.get("feature_names") or [])
+    p_vals = np.atleast_1d(np.asarray(drift.get("p_val", []), dtype=float))
+    distances = np.atleast_1d(np.asarray(drift.get("distance", [np.nan] * len(p_vals)), dtype=float))
+    threshold = float(drift.get("threshold", 0.05))
+    rows = [{"kind": "drift", "metric": "p_value", "feature": name, "value": float(p), "threshold": threshold,
+             "alert": bool(p < threshold), "details": {"distance": float(d)}}
+            for name, p, d in zip(names, p_vals, distances, strict=False)]
+    rows.append({"kind": "drift", "metric": "is_drift", "feature": None, "value": float(bool(drift.get("is_drift"))),
+                 "threshold": threshold, "alert": bool(drift.get("is_drift")),
+                 "details": {"detector": drift.get("detector_type"),
+                             "drifted_features": list(drift.get("drifted_features") or [])}})
+    return rows
+
+
+def performance_results(spec: DatasetSpec, labelled: pd.DataFrame) -> tuple[list[dict[str, Any]], float | None]:
+    """Realised AUC, Brier score and calibration error on predictions whose outcome has arrived, overall
+    and per subgroup. ``labelled`` has the features, ``probability`` and ``outcome``."""
+    if labelled.empty or labelled["outcome"].nunique() < 2:
+        return [], None
+    evaluation = evaluate(labelled["outcome"].astype(int).to_numpy(), labelled["probability"].to_numpy(dtype=float),
+                          spec.subgroup_labels(labelled))
+    rows = [{"kind": "performance", "metric": name, "feature": None, "value": value,
+             "details": {"n": len(labelled)}}
+            for name, value in evaluation.metrics.items() if name in ("auc", "brier", "ece", "prevalence")]
+    for group, by_label in evaluation.subgroups.items():
+        for label, metrics in by_label.items():
+            if "auc" in metrics:
+                rows.append({"kind": "performance", "metric": "auc", "feature": f"{group}={label}",
+                             "value": metrics["auc"], "details": {"n": int(metrics["n"])}})
+    return rows, evaluation.metrics.get("auc")
+
+
+class DriftFn(Protocol):
+    def __call__(self, records: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]: ...
+
+
+class ResultSink(Protocol):
+    """Where results and events go (the gateway's API, which stores them in the database)."""
+
+    def results(self, rows: Sequence[Mapping[str, Any]]) -> None: ...
+
+    def event(self, kind: str, detail: Mapping[str, Any], model_version: str | None = None) -> None: ...
+
+
+class RetrainTrigger(Protocol):
+    """Starts a retraining (the `retraining` pipeline through the pipeline runner) and says how it ended."""
+
+    def __call__(self, decision: Decision) -> Mapping[str, Any]: ...
+
+
+@dataclass
+class Monitor:
+    """Turns a stream of predictions into windows, results and retraining decisions."""
+
+    spec: DatasetSpec
+    config: MonitorConfig
+    policy: RetrainPolicy
+    drift: DriftFn
+    sink: ResultSink
+    trigger: RetrainTrigger | None = None
+    metrics_logger: Callable[[dict[str, float], int], None] | None = None
+    labelled: Callable[[], pd.DataFrame] | None = None
+    """Recent predictions with their outcomes (features, ``probability``, ``outcome``) for realised performance."""
+    sequential: Callable[[str], SequentialDetector | None] | None = None
+    """The sequential detector of a model version (fitted on its training reference), or None to skip it."""
+    clock: Callable[[], float] = time.time
+    progress: Progress | None = None
+    windows: deque[WindowSummary] = field(init=False)
+    alarms: list[Alarm] = field(default_factory=list)
+    """Sequential alarms not yet acted on (cleared when a retraining fires or another version serves)."""
+    serving_version: str | None = None
+    waiting: Decision | None = None
+    """A fired decision whose retraining waits for enough outcomes after the change (the trigger said
+    ``DEFERRED``); tried again at every step."""
+    _times: deque[Any] = field(default_factory=lambda: deque(maxlen=20_000))
+    _outcome_times: deque[Any] = field(default_factory=lambda: deque(maxlen=20_000))
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    last_retrain_at: float | None = None
+    next_window_id: int = 1
+
+    def __post_init__(self) -> None:
+        self.windows = deque(maxlen=self.config.history)
+
+    def add(self, rows: Sequence[Mapping[str, Any]]) -> list[WindowResult]:
+        """Add predicted rows (features, ``record_id``, ``probability``, ``model_version``); assess every full
+        window. Partial windows wait for more rows."""
+        self.pending.extend(dict(r) for r in rows)
+        self._sequential(rows)
+        done = []
+        while len(self.pending) >= self.config.window_rows:
+            window, self.pending = self.pending[:self.config.window_rows], self.pending[self.config.window_rows:]
+            done.append(self.assess(window))
+        return done
+
+    def _detector(self, version: str | None) -> SequentialDetector | None:
+        if self.sequential is None or version is None:
+            return None
+        if version != self.serving_version:  # a new version serves: its own reference, fresh evidence
+            self.serving_version = version
+            self.alarms.clear()
+            self._times.clear()
+            self._outcome_times.clear()
+        return self.sequential(version)
+
+    def _sequential(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Feed predictions to the sequential test of the version that made them, in arrival order."""
+        if self.sequential is None or not rows:
+            return
+        frame = pd.DataFrame([dict(r) for r in rows])
+        versions = frame["model_version"].astype(str) if "model_version" in frame else pd.Series([None] * len(frame))
+        start = 0
+        for end in [*np.flatnonzero(versions.to_numpy()[1:] != versions.to_numpy()[:-1]) + 1, len(frame)]:
+            detector = self._detector(versions.iloc[start])
+            if detector is not None:
+                part = frame.iloc[start:end]
+                self._times.extend(part["created_at"] if "created_at" in part else [None] * len(part))
+                self._record(detector.update(part), versions.iloc[start], self._times, detector.rows_seen)
+            start = end
+
+    def add_outcomes(self, labelled: pd.DataFrame) -> None:
+        """Feed newly arrived outcomes (``outcome``, ``probability``, ``model_version``) to the outcome stream."""
+        if self.sequential is None or labelled.empty:
+            return
+        for version, group in labelled.groupby(labelled["model_version"].astype(str), sort=False):
+            detector = self._detector(str(version))
+            if detector is not None:
+                self._outcome_times.extend(group["created_at"] if "created_at" in group else [None] * len(group))
+                self._record(detector.update_outcomes(group["outcome"].to_numpy(dtype=float),
+                                                      group["probability"].to_numpy(dtype=float)), str(version),
+                             self._outcome_times, detector.outcomes_seen)
+
+    def _record(self, alarms: list[Alarm], version: str | None, times: deque[Any], last_row: int) -> None:
+        if not alarms:
+            return
+        for alarm in alarms:  # the arrival time of the change-point row, if it is still remembered
+            back = last_row - alarm.change_row
+            if 0 <= back < len(times) and times[len(times) - 1 - back] is not None:
+                alarm.since = str(times[len(times) - 1 - back])
+        self.alarms.extend(alarms)
+        del self.alarms[:-20]  # bounded: the policy needs the first few
+        self.sink.results([{"kind": "drift", "metric": "cusum", "feature": a.stream, "value": a.ratio,
+                            "threshold": 1.0, "alert": True, "model_version": version,
+                            "details": {"row": a.row, "change_row": a.change_row, "since": a.since,
+                                        "streams": a.streams[:10]}} for a in alarms])
+        if self.progress:
+            self.progress(alarms[0].reason())
+
+    def assess(self, window: list[dict[str, Any]], labelled: pd.DataFrame | None = None) -> WindowResult:
+        """Drift and data quality of one window, realised performance on ``labelled`` (recent outcomes)."""
+        window_id = self.next_window_id
+        self.next_window_id += 1
+        frame = pd.DataFrame(window)
+        versions = frame["model_version"].astype(str).value_counts() if "model_version" in frame else pd.Series()
+        model_version = str(versions.index[0]) if len(versions) else None
+        rows, missing, invalid = quality_results(self.spec, frame, self.config)
+        records = [{k: r.get(k) for k in (self.spec.record_id.name, *self.spec.feature_names)} for r in window]
+        drift = self.drift(records)
+        rows += drift_results(drift)
+        auc = None
+        n_outcomes = 0
+        n_events = None
+        if labelled is None and self.labelled is not None:
+            labelled = self.labelled()
+        if labelled is not None and not labelled.empty:
+            perf, auc = performance_results(self.spec, labelled)
+            rows += perf
+            n_outcomes = len(labelled)
+            n_events = int(pd.to_numeric(labelled["outcome"], errors="coerce").fillna(0).sum())
+        for row in rows:
+            row.setdefault("details", {})
+            row.update(window_rows=len(window), model_version=model_version)
+            row["details"] = {**row["details"], "window_id": window_id}
+        summary = WindowSummary(window_id, self.clock(), len(window), drift=bool(drift.get("is_drift")),
+                                drift_p_value=_min_p(drift), drifted_features=tuple(drift.get("drifted_features") or ()),
+                                missing_fraction=missing, invalid_fraction=invalid, auc=auc, n_outcomes=n_outcomes,
+                                n_events=n_events)
+        self.windows.append(summary)
+        self.sink.results(rows)
+        if self.metrics_logger is not None:
+            self.metrics_logger(_window_metrics(summary, rows), window_id)
+        if self.progress:
+            self.progress(f"window {window_id}: drift={'yes' if summary.drift else 'no'}"
+                          + (f" ({', '.join(summary.drifted_features)})" if summary.drifted_features else "")
+                          + f", missing {missing:.1%}" + (f", realised AUC {auc:.3f} on {n_outcomes}" if auc else ""))
+        return WindowResult(summary, rows)
+
+    def decide(self) -> Decision:
+        """Ask the policy; a firing decision is recorded, and retraining started when a trigger is set. A
+        retraining that waits for outcomes after the change is tried again first."""
+        if self.waiting is not None:
+            waiting = self.waiting
+            if self.trigger is None or self._start(waiting):
+                self.waiting = None
+            return waiting
+        decision = decide(list(self.windows), self.policy, now=self.clock(), last_retrain_at=self.last_retrain_at,
+                          alarms=self.alarms)
+        if decision.suppressed:
+            self.sink.event("retrain-suppressed", decision.as_dict())
+        if not decision.retrain:
+            return decision
+        self.sink.event("retrain-fired", decision.as_dict())
+        self.last_retrain_at = self.clock()
+        self.alarms.clear()
+        if self.trigger is not None and not self._start(decision):
+            self.waiting = decision
+        return decision
+
+    def _start(self, decision: Decision) -> bool:
+        """Start the retraining; False when it must wait for more outcomes after the change."""
+        assert self.trigger is not None
+        outcome = self.trigger(decision)
+        if self.progress:
+            self.progress(f"retraining: {outcome.get('state', 'started')}"
+                          + (f" ({outcome['error']})" if outcome.get("error") else ""))
+        return outcome.get("state") != "DEFERRED"
+
+
+def _min_p(drift: Mapping[str, Any]) -> float | None:
+    p_vals = np.atleast_1d(np.asarray(drift.get("p_val", []), dtype=float))
+    return float(p_vals.min()) if p_vals.size else None
+
+
+def _window_metrics(summary: WindowSummary, rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """MLflow metrics of one window (step = window id), so the MLflow UI shows them over time."""
+    metrics: dict[str, float] = {"drift.is_drift": float(bool(summary.drift))}
+    if summary.drift_p_value is not None:
+        metrics["drift.min_p_value"] = summary.drift_p_value
+    if summary.missing_fraction is not None:
+        metrics["quality.missing_fraction"] = summary.missing_fraction
+    for row in rows:
+        if row["kind"] == "drift" and row["metric"] == "p_value" and row["feature"]:
+            metrics[f"drift.p_value.{row['feature']}"] = float(row["value"])
+        if row["kind"] == "performance" and row["feature"] is None:
+            metrics[f"performance.{row['metric']}"] = float(row["value"])
+    return metrics

@@ -1,0 +1,134 @@
+"""The retraining policy: a small rule, documented and configurable, that decides from the monitor's
+recent windows whether to retrain, and says why.
+
+A retraining fires when any of these holds, unless the cooldown since the last retraining has not
+passed (then the decision records that it was suppressed and by how long):
+
+1. **drift confirmed**: the last ``drift_windows`` windows all show drift (one noisy window is not
+   enough, which bounds false alarms);
+2. **performance below the floor**: the latest window with at least ``min_outcomes`` outcomes has a
+   realised AUC below ``auc_floor`` with 95 % confidence (its one-sided upper bound, from the Hanley-McNeil
+   standard error, is under the floor): an AUC on a few hundred outcomes varies by several points, and a
+   plain comparison fired on clean data;
+3. **schedule**: ``schedule_s`` seconds have passed since the last retraining (off by default);
+4. **sequential**: the monitor's sequential test (CUSUM on every feature, and on the model's log-loss once
+   outcomes arrive; :mod:`learning_machine.model.sequential`) crossed its threshold, which is calibrated to a
+   configured false-alarm budget (``LM_MONITOR_FALSE_ALARMS_PER_10K``). It reacts within tens of rows to
+   a shift a windowed test sees only at the end of its windows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from learning_machine.model.sequential import Alarm
+
+
+@dataclass(frozen=True)
+class WindowSummary:
+    """What the monitor concluded about one window of recent predictions."""
+
+    window_id: int
+    end_time: float
+    n_rows: int
+    drift: bool | None = None
+    drift_p_value: float | None = None
+    drifted_features: tuple[str, ...] = ()
+    missing_fraction: float | None = None
+    invalid_fraction: float | None = None
+    auc: float | None = None
+    n_outcomes: int = 0
+    n_events: int | None = None
+    """Outcomes that were events (1), for the AUC's standard error; None: compare the AUC itself."""
+
+
+@dataclass(frozen=True)
+class RetrainPolicy:
+    """The knobs of the rule (settings ``LM_POLICY_*``)."""
+
+    drift_windows: int = 2
+    auc_floor: float | None = 0.70
+    min_outcomes: int = 100
+    schedule_s: float | None = None
+    cooldown_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.drift_windows < 1:
+            raise ValueError("drift_windows must be at least 1")
+        if self.min_outcomes < 10:
+            raise ValueError("min_outcomes must be at least 10: an AUC on fewer outcomes is noise")
+        if self.cooldown_s < 0:
+            raise ValueError("cooldown_s cannot be negative")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether to retrain now, every rule that fired, and what held it back."""
+
+    retrain: bool
+    reasons: tuple[str, ...] = ()
+    rules: tuple[str, ...] = ()
+    suppressed: str | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def auc_standard_error(auc: float, n_events: int | None, n_outcomes: int) -> float:
+    """Hanley & McNeil's (1982) standard error of an AUC on ``n_events`` events among ``n_outcomes``;
+    0 when the counts are unknown."""
+    if n_events is None or n_events < 1 or n_outcomes - n_events < 1:
+        return 0.0
+    n1, n0 = n_events, n_outcomes - n_events
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    variance = (auc * (1 - auc) + (n1 - 1) * (q1 - auc * auc) + (n0 - 1) * (q2 - auc * auc)) / (n1 * n0)
+    return float(max(variance, 0.0) ** 0.5)
+
+
+def decide(windows: Sequence[WindowSummary], policy: RetrainPolicy, *, now: float,
+           last_retrain_at: float | None, alarms: Sequence[Alarm] = ()) -> Decision:
+    """Apply the policy to the windows (oldest first) and the sequential test's alarms at time ``now``."""
+    reasons: list[str] = []
+    rules: list[str] = []
+    evidence: dict[str, Any] = {}
+
+    if alarms:
+        rules.append("sequential")
+        reasons.append(alarms[0].reason())
+        evidence["sequential_alarms"] = [asdict(a) for a in alarms[:5]]
+
+    recent = list(windows)[-policy.drift_windows:]
+    if len(recent) == policy.drift_windows and all(w.drift for w in recent):
+        features = sorted({f for w in recent for f in w.drifted_features})
+        p_values = [w.drift_p_value for w in recent if w.drift_p_value is not None]
+        rules.append("drift")
+        reasons.append(f"drift confirmed in {policy.drift_windows} consecutive window(s)"
+                       + (f" (features: {', '.join(features)})" if features else "")
+                       + (f", largest p-value {max(p_values):.2g}" if p_values else ""))
+        evidence["drift_windows"] = [w.window_id for w in recent]
+
+    scored = [w for w in windows if w.auc is not None and w.n_outcomes >= policy.min_outcomes]
+    latest = scored[-1] if scored else None
+    if policy.auc_floor is not None and latest is not None and latest.auc is not None:
+        upper = latest.auc + 1.645 * auc_standard_error(latest.auc, latest.n_events, latest.n_outcomes)
+        if upper < policy.auc_floor:
+            rules.append("performance")
+            reasons.append(f"realised AUC {latest.auc:.3f} on {latest.n_outcomes} outcomes is below the floor "
+                           f"{policy.auc_floor:.2f}" + (f" (95 % upper bound {upper:.3f})" if upper > latest.auc else ""))
+            evidence["performance_window"] = latest.window_id
+
+    if policy.schedule_s is not None and (last_retrain_at is None or now - last_retrain_at >= policy.schedule_s):
+        rules.append("schedule")
+        reasons.append(f"scheduled: no retraining for {policy.schedule_s:.0f} s")
+
+    if not reasons:
+        return Decision(False, evidence=evidence)
+    if last_retrain_at is not None and now - last_retrain_at < policy.cooldown_s:
+        wait = policy.cooldown_s - (now - last_retrain_at)
+        return Decision(False, tuple(reasons), tuple(rules), f"cooldown: {wait:.0f} s left of {policy.cooldown_s:.0f} s",
+                        evidence)
+    return Decision(True, tuple(reasons), tuple(rules), None, evidence)

@@ -1,0 +1,34 @@
+"""The registry's names: the aliases, the artifact names inside a logged model, and MLflow's
+``models:/`` URIs. Dependency-free, so the serving hot path can import it without MLflow."""
+
+from __future__ import annotations
+
+from learning_machine.errors import ModelNotFoundError
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PREVIOUS_TAG = "lm.previous_champion"
+PROMOTED_AT_TAG = "lm.promoted_at"
+PROMOTION_REASON_TAG = "lm.promotion_reason"
+MODEL_ARTIFACT = "model"
+SPEC_FILE = "dataset_spec.yaml"
+
+
+def model_uri(model_name: str, ref: str) -> str:
+    """``models:/<name>/<version>`` or ``models:/<name>@<alias>`` (MLflow's own URI forms)."""
+    return f"models:/{model_name}/{ref}" if ref.isdigit() else f"models:/{model_name}@{ref}"
+
+
+def parse_model_uri(uri: str) -> tuple[str, str]:
+    """(name, version or alias) of a ``models:/`` URI."""
+    if not uri.startswith("models:/"):
+        raise ModelNotFoundError(f"not a registry model URI: {uri!r} (expected models:/<name>/<version> or "
+                                 "models:/<name>@<alias>)")
+    rest = uri[len("models:/"):].strip("/")
+    if "@" in rest:
+        name, _, ref = rest.partition("@")
+    else:
+        name, _, ref = rest.rpartition("/")
+    if not name or not ref:
+        raise ModelNotFoundError(f"model URI {uri!r} names no version or alias")
+    return name, ref
