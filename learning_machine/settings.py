@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from learning_machine import backends
 from learning_machine.errors import ConfigurationError
 
 
@@ -137,6 +138,26 @@ class Settings(BaseSettings):
     dashboard_mlflow_url: str | None = Field(
         None, description="MLflow UI URL the dashboard links to, as a browser reaches it (default: the tracking URI).")
 
+    @field_validator("deployer")
+    @classmethod
+    def _known_deployer(cls, name: str) -> str:
+        return _known("deployer", name, backends.DEPLOYERS)
+
+    @field_validator("pipeline_runner")
+    @classmethod
+    def _known_runner(cls, name: str) -> str:
+        return _known("pipeline runner", name, backends.PIPELINE_RUNNERS)
+
+    @field_validator("model_kind")
+    @classmethod
+    def _known_kind(cls, name: str) -> str:
+        return _known("model kind", name, backends.MODEL_KINDS)
+
+    @field_validator("drift_detector")
+    @classmethod
+    def _known_detector(cls, name: str) -> str:
+        return _known("drift detector", name, backends.DRIFT_DETECTORS)
+
     @model_validator(mode="after")
     def _fail_fast(self) -> Settings:
         if self.mlflow_tracking_uri is not None:
@@ -168,6 +189,11 @@ class Settings(BaseSettings):
     def model_server_managed(self) -> bool:
         """True when `lm up` / `lm serve` run the model server (MLServer) themselves."""
         return self.model_server_url is None
+
+    def serving_deployer(self) -> str:
+        """The deployer a promotion uses: ``deployer``, or ``local`` when none is configured and `lm up`
+        manages the model server (the embedded default serves what is promoted)."""
+        return "local" if self.deployer == "none" and self.model_server_managed else self.deployer
 
     @property
     def run_dir(self) -> Path:
@@ -242,3 +268,13 @@ def load_settings(**overrides: object) -> Settings:
             name = "LM_" + "_".join(str(p) for p in err["loc"]).upper() if err["loc"] else "settings"
             lines.append(f"{name}: {err['msg']}")
         raise ConfigurationError("invalid settings: " + "; ".join(lines)) from exc
+
+
+def _known(what: str, name: str, valid: dict[str, str] | tuple[str, ...]) -> str:
+    """A backend name from :mod:`learning_machine.backends`, or a validation error listing the valid ones."""
+    from learning_machine.errors import UnknownNameError
+
+    try:
+        return backends.check_name(what, name, valid)
+    except UnknownNameError as exc:
+        raise ValueError(exc.message) from exc

@@ -110,7 +110,7 @@ def model_server(mlflow_sqlite: Settings, tmp_path_factory: pytest.TempPathFacto
     `mlflow_sqlite` server under a name of its own, with its explainer and drift detector."""
     from learning_machine.data.sources import load_dataset
     from learning_machine.embedded.model_server import model_server_service, served_names, wait_models_ready
-    from learning_machine.lifecycle.service import train_and_register
+    from learning_machine.lifecycle.training import train_and_register
     from learning_machine.registry.tracker import Tracker
 
     home = tmp_path_factory.mktemp("model-server")

@@ -13,7 +13,7 @@ from testsupport import free_port
 from learning_machine.data.sources import load_dataset
 from learning_machine.embedded.processes import ProcessManager
 from learning_machine.embedded.stack import mlflow_service
-from learning_machine.lifecycle.service import train_and_register
+from learning_machine.lifecycle.training import train_and_register
 from learning_machine.registry.names import CHAMPION
 from learning_machine.registry.tracker import Tracker
 from learning_machine.settings import Settings

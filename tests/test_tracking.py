@@ -12,7 +12,7 @@ import pytest
 
 from learning_machine.data.sources import load_dataset
 from learning_machine.errors import ModelNotFoundError, RegistryError, TrackingUnavailableError
-from learning_machine.lifecycle.service import train_and_register
+from learning_machine.lifecycle.training import train_and_register
 from learning_machine.model.training import predict_proba
 from learning_machine.registry.names import CHALLENGER, CHAMPION, PREVIOUS_TAG
 from learning_machine.registry.tracker import Tracker

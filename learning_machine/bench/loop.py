@@ -275,7 +275,7 @@ def recovery(scenario: str, progress: Progress, *, rate: float = 20.0, drift_sta
     from learning_machine.embedded.model_server import model_server_service, served_names, wait_models_ready
     from learning_machine.embedded.processes import ProcessManager
     from learning_machine.embedded.stack import gateway_service, mlflow_service
-    from learning_machine.lifecycle.service import train_and_register
+    from learning_machine.lifecycle.training import train_and_register
     from learning_machine.loop.service import LoopService
     from learning_machine.loop.stream import StreamPlan, generated_records, run_stream
     from learning_machine.registry.names import CHAMPION

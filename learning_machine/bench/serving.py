@@ -168,7 +168,7 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
     )
     from learning_machine.embedded.processes import ProcessManager, venv_tool
     from learning_machine.embedded.stack import gateway_service, mlflow_service
-    from learning_machine.lifecycle.service import train_and_register
+    from learning_machine.lifecycle.training import train_and_register
     from learning_machine.model.features import feature_frame
     from learning_machine.model.inference import Predictor, request_columns
     from learning_machine.registry.tracker import Tracker

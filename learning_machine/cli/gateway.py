@@ -8,9 +8,9 @@ import logging
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from learning_machine.cli.common import console, out, settings_of
 from learning_machine.settings import Settings
 
 if TYPE_CHECKING:
@@ -19,13 +19,6 @@ if TYPE_CHECKING:
 tokens_app = typer.Typer(help="API tokens of the gateway: create, list, revoke.", no_args_is_help=True)
 db_app = typer.Typer(help="The platform database: apply migrations, show the schema version.",
                      no_args_is_help=True)
-console = Console(stderr=True)
-out = Console()
-
-
-def _settings(ctx: typer.Context) -> Settings:
-    settings: Settings = ctx.obj
-    return settings
 
 
 def _database(settings: Settings, *, migrate: bool = True) -> Database:
@@ -46,7 +39,7 @@ def gateway(ctx: typer.Context,
 
     from learning_machine.gateway import create_app
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     updates = {k: v for k, v in {"gateway_host": host, "gateway_port": port}.items() if v is not None}
     settings = settings.model_copy(update=updates)
     # Our own log lines (one per refused or failed request, with its request id) beside uvicorn's.
@@ -68,7 +61,7 @@ def tokens_create(ctx: typer.Context,
     from learning_machine.store.tokens import check_role, create_token
 
     check_role(role)
-    token, principal = create_token(_database(_settings(ctx)), role, name)
+    token, principal = create_token(_database(settings_of(ctx)), role, name)
     console.print(f"token {principal.token_id} ({principal.role}, {principal.name!r}); it is shown only now:")
     out.print(token, soft_wrap=True, highlight=False)
 
@@ -78,7 +71,7 @@ def tokens_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--jso
     """Every token's id, name, role and whether it is revoked (never the token)."""
     from learning_machine.store.tokens import list_tokens
 
-    rows = list_tokens(_database(_settings(ctx)))
+    rows = list_tokens(_database(settings_of(ctx)))
     if as_json:
         out.print_json(json.dumps(rows))
         return
@@ -94,7 +87,7 @@ def tokens_revoke(ctx: typer.Context, token_id: Annotated[int, typer.Argument(he
     """Revoke a token: the gateway refuses it from the next request on."""
     from learning_machine.store.tokens import revoke_token
 
-    revoke_token(_database(_settings(ctx)), token_id)
+    revoke_token(_database(settings_of(ctx)), token_id)
     console.print(f"token {token_id} revoked")
 
 
@@ -106,7 +99,7 @@ def tokens_import(ctx: typer.Context) -> None:
 
     from learning_machine.store.tokens import register_tokens
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     tokens = json.loads(settings.tokens_path().read_text())
     added = register_tokens(_database(settings), {str(k): str(v) for k, v in tokens.items()}, "imported")
     console.print(f"registered tokens for {', '.join(added)}" if added else "every token was already registered")
@@ -117,7 +110,7 @@ def db_upgrade(ctx: typer.Context) -> None:
     """Apply every migration to the database (LM_DATABASE_URL, default SQLite under LM_HOME)."""
     from learning_machine.store.db import current_revision, safe_url
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     db = _database(settings)
     console.print(f"{safe_url(settings.database_uri())} is at revision {current_revision(db.engine)}")
 
@@ -127,7 +120,7 @@ def db_current(ctx: typer.Context) -> None:
     """The database's schema revision (none when it was never migrated)."""
     from learning_machine.store.db import current_revision
 
-    out.print(str(current_revision(_database(_settings(ctx), migrate=False).engine)))
+    out.print(str(current_revision(_database(settings_of(ctx), migrate=False).engine)))
 
 
 def register(app: typer.Typer) -> None:

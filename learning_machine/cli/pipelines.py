@@ -4,28 +4,21 @@ Kubeflow Pipelines server. A thin edge over ``learning_machine.runners``."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from learning_machine.cli.common import console, out, say
 from learning_machine.errors import ConfigurationError
 from learning_machine.settings import Settings
 
 pipelines_app = typer.Typer(help="KFP pipelines: compile, run locally, submit or schedule on Kubeflow.",
                             no_args_is_help=True)
-console = Console(stderr=True)
-out = Console()
 
 ParamOption = Annotated[list[str] | None, typer.Option(
     "--param", "-p", help="A pipeline parameter as NAME=VALUE (repeatable); see `lm pipelines list`.")]
-
-
-def say(message: str) -> None:
-    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}", highlight=False)
 
 
 def parse_params(items: list[str] | None) -> dict[str, str]:
@@ -140,9 +133,9 @@ def train_via_pipeline(settings: Settings, *, dataset: str | None, spec: Path | 
                        drift_start: int) -> dict[str, Any]:
     """`lm train`: the training pipeline run locally (the retraining pipeline, without reference data,
     for ``--continue-from``). Returns what it registered and where to look."""
-    from learning_machine.components.steps import PROMOTE_POLICIES
     from learning_machine.data.sources import SOURCES
     from learning_machine.errors import UnknownNameError
+    from learning_machine.lifecycle.promotion import PROMOTE_POLICIES
     from learning_machine.registry.tracker import tracker_for
     from learning_machine.runners.local import LocalRunner
 
@@ -182,3 +175,8 @@ def train_via_pipeline(settings: Settings, *, dataset: str | None, spec: Path | 
                            metrics=version.metrics)
             break
     return summary
+
+
+def register(app: typer.Typer) -> None:
+    """Add `lm pipelines` to the `lm` app."""
+    app.add_typer(pipelines_app, name="pipelines")

@@ -10,17 +10,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from learning_machine.cli.common import console, out, settings_of
 from learning_machine.settings import Settings
-
-console = Console(stderr=True)
-out = Console()
-
-
-def _settings(ctx: typer.Context) -> Settings:
-    settings: Settings = ctx.obj
-    return settings
 
 
 def serve(ctx: typer.Context,
@@ -41,7 +33,7 @@ def serve(ctx: typer.Context,
     )
     from learning_machine.embedded.processes import ProcessManager
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     updates = {k: v for k, v in {"model_ref": ref, "model_server_port": port}.items() if v is not None}
     settings = settings.model_copy(update=updates)
     url = ports_of(settings).url
@@ -101,7 +93,7 @@ def deploy(ctx: typer.Context, version: Annotated[str, typer.Argument(help="Vers
     from learning_machine.errors import ModelNotFoundError
     from learning_machine.registry.tracker import Tracker
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     try:
         info = Tracker(settings.tracking_uri, timeout_s=settings.request_timeout_s).version(settings.model_name, version)
     except ModelNotFoundError as exc:
@@ -119,7 +111,7 @@ def manifests(ctx: typer.Context,
     """Render the Seldon manifests (v1 SeldonDeployment, v2 Server/Model/Pipeline) with the current settings."""
     from learning_machine.k8s.manifests import write_manifests
 
-    for path in write_manifests(out_dir, _settings(ctx), version=version):
+    for path in write_manifests(out_dir, settings_of(ctx), version=version):
         out.print(str(path))
 
 

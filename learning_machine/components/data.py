@@ -1,4 +1,5 @@
-"""Data components: ingest, validate, preprocess."""
+"""Data components: ingest, validate, preprocess (numbers are passed by the pipelines, whose defaults
+come from the settings)."""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Output
@@ -7,9 +8,8 @@ from learning_machine.components import PLATFORM_IMAGE
 
 
 @dsl.component(base_image=PLATFORM_IMAGE, install_kfp_package=False)
-def ingest(source: str, raw: Output[Dataset], parent_run_id: str, spec_path: str = "", rows: int = 0,
-           seed: int = 42, scenario: str = "none", drift_start: int = 0, tracking_uri: str = "",
-           experiment_name: str = "") -> str:
+def ingest(source: str, raw: Output[Dataset], parent_run_id: str, seed: int, spec_path: str = "", rows: int = 0,
+           scenario: str = "none", drift_start: int = 0, tracking_uri: str = "", experiment_name: str = "") -> str:
     """A built-in dataset or generator call, one CSV or a folder of CSVs -> raw dataset; returns its digest."""
     from learning_machine.components.steps import ingest as run
     from learning_machine.components.steps import step_settings
@@ -22,8 +22,8 @@ def ingest(source: str, raw: Output[Dataset], parent_run_id: str, spec_path: str
 
 
 @dsl.component(base_image=PLATFORM_IMAGE, install_kfp_package=False)
-def validate(raw: Input[Dataset], report: Output[Artifact], parent_run_id: str, max_missing_fraction: float = 0.2,
-             max_invalid_fraction: float = 0.01, tracking_uri: str = "", experiment_name: str = "") -> bool:
+def validate(raw: Input[Dataset], report: Output[Artifact], parent_run_id: str, max_missing_fraction: float,
+             max_invalid_fraction: float, tracking_uri: str = "", experiment_name: str = "") -> bool:
     """Data-quality report against the spec; fails the pipeline above the thresholds."""
     from learning_machine.components.steps import step_settings
     from learning_machine.components.steps import validate as run

@@ -1,4 +1,7 @@
-"""Model components: train, retrain, evaluate, register, promote, deploy, batch_infer."""
+"""Model components: train, retrain, evaluate, register, promote, deploy, batch_infer.
+
+An empty string parameter means "from the settings" (the step's environment); numbers have no default
+here: the pipelines pass them, and the pipelines' defaults come from the settings."""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Output
@@ -7,9 +10,8 @@ from learning_machine.components import PLATFORM_IMAGE
 
 
 @dsl.component(base_image=PLATFORM_IMAGE, install_kfp_package=False)
-def train(data: Input[Dataset], test: Output[Dataset], parent_run_id: str, model_kind: str = "xgboost",
-          model_params: str = "{}", seed: int = 42, test_fraction: float = 0.25, tracking_uri: str = "",
-          experiment_name: str = "") -> str:
+def train(data: Input[Dataset], test: Output[Dataset], parent_run_id: str, seed: int, test_fraction: float,
+          model_kind: str = "", model_params: str = "{}", tracking_uri: str = "", experiment_name: str = "") -> str:
     """Fit preprocessing + model from scratch, log the run; returns its id. Writes the held-out rows."""
     from learning_machine.components.steps import step_settings
     from learning_machine.components.steps import train as run
@@ -23,9 +25,9 @@ def train(data: Input[Dataset], test: Output[Dataset], parent_run_id: str, model
 
 
 @dsl.component(base_image=PLATFORM_IMAGE, install_kfp_package=False)
-def retrain(data: Input[Dataset], reference: Input[Dataset], test: Output[Dataset], parent_run_id: str,
-            base_ref: str = "champion", model_params: str = "{}", model_name: str = "clinical-risk", seed: int = 42,
-            test_fraction: float = 0.25, tracking_uri: str = "", experiment_name: str = "") -> str:
+def retrain(data: Input[Dataset], reference: Input[Dataset], test: Output[Dataset], parent_run_id: str, seed: int,
+            test_fraction: float, base_ref: str = "champion", model_params: str = "{}", model_name: str = "",
+            tracking_uri: str = "", experiment_name: str = "") -> str:
     """Continue the champion on old (``reference``, may be empty) plus new data, log the run; returns its id."""
     from learning_machine.components.steps import retrain as run
     from learning_machine.components.steps import step_settings
@@ -40,8 +42,8 @@ def retrain(data: Input[Dataset], reference: Input[Dataset], test: Output[Datase
 
 @dsl.component(base_image=PLATFORM_IMAGE, install_kfp_package=False)
 def evaluate(candidate_run_id: str, test: Input[Dataset], comparison: Output[Artifact], parent_run_id: str,
-             model_name: str = "clinical-risk", gate_metric: str = "auc", gate_margin: float = 0.0,
-             promote_policy: str = "gate", tracking_uri: str = "", experiment_name: str = "") -> bool:
+             gate_margin: float, model_name: str = "", gate_metric: str = "", promote_policy: str = "gate",
+             tracking_uri: str = "", experiment_name: str = "") -> bool:
     """Candidate versus champion on the same held-out rows (with subgroups); returns the gate's verdict
     (one boolean output: kfp.local 2.17 resolves a dsl.If on a task's single output only)."""
     from learning_machine.components.steps import evaluate as run
@@ -51,15 +53,15 @@ def evaluate(candidate_run_id: str, test: Input[Dataset], comparison: Output[Art
                              model_name=model_name)
     decision = run(settings, candidate_run_id, test.path, comparison.path, parent_run_id=parent_run_id,
                    gate_metric=gate_metric, gate_margin=gate_margin, policy=promote_policy)
-    comparison.metadata.update({"metric": decision.metric, "candidate": decision.candidate_value,
-                                "champion": decision.champion_value, "champion_version": decision.champion_version,
-                                "candidate_better": decision.candidate_better, "reason": decision.reason})
-    return decision.candidate_better
+    comparison.metadata.update({"metric": decision.decision.metric, "candidate": decision.decision.candidate_value,
+                                "champion": decision.decision.champion_value, "champion_version": decision.champion_version,
+                                "promote": decision.promote, "reason": decision.reason})
+    return decision.promote
 
 
 @dsl.component(base_image=PLATFORM_IMAGE, install_kfp_package=False)
 def register(candidate_run_id: str, comparison: Input[Artifact], parent_run_id: str,
-             model_name: str = "clinical-risk", tracking_uri: str = "", experiment_name: str = "") -> str:
+             model_name: str = "", tracking_uri: str = "", experiment_name: str = "") -> str:
     """Register the candidate as a new version (alias challenger) with its metrics; returns the version."""
     from learning_machine.components.steps import register as run
     from learning_machine.components.steps import step_settings
@@ -70,7 +72,7 @@ def register(candidate_run_id: str, comparison: Input[Artifact], parent_run_id: 
 
 
 @dsl.component(base_image=PLATFORM_IMAGE, install_kfp_package=False)
-def promote(version: str, comparison: Input[Artifact], parent_run_id: str, model_name: str = "clinical-risk",
+def promote(version: str, comparison: Input[Artifact], parent_run_id: str, model_name: str = "",
             tracking_uri: str = "", experiment_name: str = "") -> str:
     """Point the champion alias at ``version`` (only reached when the gate passed)."""
     import json
@@ -86,7 +88,7 @@ def promote(version: str, comparison: Input[Artifact], parent_run_id: str, model
 
 
 @dsl.component(base_image=PLATFORM_IMAGE, install_kfp_package=False)
-def deploy(version: str, parent_run_id: str, model_name: str = "clinical-risk", deployer: str = "",
+def deploy(version: str, parent_run_id: str, model_name: str = "", deployer: str = "",
            tracking_uri: str = "", experiment_name: str = "") -> str:
     """Serve ``version`` with the configured deployer (LM_DEPLOYER); returns what it did."""
     import json
@@ -100,8 +102,8 @@ def deploy(version: str, parent_run_id: str, model_name: str = "clinical-risk", 
 
 
 @dsl.component(base_image=PLATFORM_IMAGE, install_kfp_package=False)
-def batch_infer(data: Input[Dataset], predictions: Output[Dataset], parent_run_id: str, model_ref: str = "champion",
-                model_name: str = "clinical-risk", threshold: float = 0.5, tracking_uri: str = "",
+def batch_infer(data: Input[Dataset], predictions: Output[Dataset], parent_run_id: str, threshold: float,
+                model_ref: str = "champion", model_name: str = "", tracking_uri: str = "",
                 experiment_name: str = "") -> str:
     """Score the records with a chosen version (alias or number) into JSON Lines; returns the version used."""
     from learning_machine.components.steps import batch_infer as run

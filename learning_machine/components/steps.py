@@ -28,8 +28,10 @@ from learning_machine.errors import (
     ModelNotFoundError,
     TrainingError,
 )
+from learning_machine.lifecycle.promotion import GATE_METRICS, PromotionDecision, check_policy, decide, serve
+from learning_machine.lifecycle.training import log_candidate, register_candidate
 from learning_machine.registry.config import quiet_mlflow
-from learning_machine.registry.names import CHAMPION, MODEL_ARTIFACT
+from learning_machine.registry.names import CHAMPION, MODEL_ARTIFACT, PREVIOUS_TAG
 from learning_machine.registry.runs import STEP_TAG, step_run
 from learning_machine.registry.tracker import tracker_for
 from learning_machine.settings import Settings, load_settings
@@ -39,10 +41,6 @@ SPEC_FILE = "spec.yaml"
 SOURCE_FILE = "source.json"
 FEATURES_FILE = "features.csv"
 
-# Metrics the gate may compare, and whether higher is better.
-GATE_METRICS: dict[str, bool] = {"auc": True, "accuracy": True, "f1": True, "brier": False, "log_loss": False,
-                                 "ece": False}
-PROMOTE_POLICIES = ("gate", "always", "never", "if-first")
 
 
 def step_settings(**overrides: Any) -> Settings:
@@ -240,8 +238,8 @@ def train(settings: Settings, data_dir: str | Path, test_dir: str | Path, *, par
     data = read_dataset(data_dir)
     result = train_model(data, kind=kind or settings.model_kind, params=_params(params_json), seed=settings.seed,
                          test_fraction=settings.test_fraction, progress=print)
-    run_id = tracker.log_training(result, data, experiment=settings.experiment_name, run_name="train",
-                                  tags={STEP_TAG: "train"}, parent_run_id=parent_run_id or None, progress=print)
+    run_id = log_candidate(settings, tracker, result, data, run_name="train", tags={STEP_TAG: "train"},
+                           parent_run_id=parent_run_id, progress=print)
     write_dataset(test_dir, result.test, data.spec, {"source_uri": data.source_uri, "params": data.params,
                                                      "rows": len(result.test), "role": "held-out"})
     return run_id, result.evaluation.metrics
@@ -283,8 +281,8 @@ def retrain(settings: Settings, new_dir: str | Path, test_dir: str | Path, *, re
         tags["lm.candidates"] = json.dumps({m: round(a, 4) for m, a in scores.items()})
     if result.mode == "warm-start":
         tags["lm.continued_from"] = base_info.version
-    run_id = tracker.log_training(result, used, experiment=settings.experiment_name, run_name="retrain",
-                                  tags=tags, parent_run_id=parent_run_id or None, progress=print)
+    run_id = log_candidate(settings, tracker, result, used, run_name="retrain", tags=tags,
+                           parent_run_id=parent_run_id, progress=print)
     write_dataset(test_dir, new_test, new.spec, {"source_uri": new.source_uri, "params": new.params,
                                                  "rows": len(new_test), "role": "held-out (new data)"})
     return run_id, result.evaluation.metrics
@@ -292,14 +290,18 @@ def retrain(settings: Settings, new_dir: str | Path, test_dir: str | Path, *, re
 
 @dataclass
 class GateDecision:
-    """The evaluation's verdict: promote the candidate or not, and why."""
+    """The evaluation's result: the promotion rule's verdict and the champion it was compared with."""
 
-    candidate_better: bool
+    decision: PromotionDecision
     champion_version: str
-    metric: str
-    candidate_value: float
-    champion_value: float | None
-    reason: str
+
+    @property
+    def promote(self) -> bool:
+        return self.decision.promote
+
+    @property
+    def reason(self) -> str:
+        return self.decision.reason
 
 
 def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, metrics_path: str | Path, *,
@@ -315,14 +317,7 @@ def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, me
 
     metric = gate_metric or settings.gate_metric
     margin = settings.gate_margin if gate_margin is None else gate_margin
-    if metric not in GATE_METRICS:
-        from learning_machine.errors import UnknownNameError
-
-        raise UnknownNameError("gate metric", metric, list(GATE_METRICS))
-    if policy not in PROMOTE_POLICIES:
-        from learning_machine.errors import UnknownNameError
-
-        raise UnknownNameError("promotion policy", policy, list(PROMOTE_POLICIES))
+    check_policy(policy, metric)
     tracker = tracker_for(settings)
     with step_run(settings, tracker, "evaluate", parent_run_id) as run_id:
         test = read_dataset(test_dir)
@@ -344,11 +339,12 @@ def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, me
                                 f"({len(labels)} rows, {len(set(labels))} outcome value(s))")
         cand_value = cand_eval.metrics[metric]
         champ_value = champ_eval.metrics.get(metric) if champ_eval else None
-        decision = _decide(policy, metric, margin, cand_value, champ_value)
+        decision = decide(policy, has_champion=champion_info is not None, metric=metric, margin=margin,
+                          candidate=cand_value, champion=champ_value)
         champion_version = champion_info.version if champion_info else ""
         summary: dict[str, Any] = {
             "gate": {"policy": policy, "metric": metric, "margin": margin, "higher_is_better": GATE_METRICS[metric],
-                     "candidate_better": decision[0], "reason": decision[1]},
+                     "promote": decision.promote, "reason": decision.reason},
             "candidate_run_id": candidate_run_id, "champion_version": champion_version,
             "held_out_rows": len(labels), "candidate": cand_eval.as_dict(),
             "champion": champ_eval.as_dict() if champ_eval else None,
@@ -360,27 +356,11 @@ def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, me
                                     "champion_version": summary["champion_version"]})
         tracker.log_metrics(run_id, {**{f"candidate.{k}": v for k, v in cand_eval.flat().items()},
                                      **({f"champion.{k}": v for k, v in champ_eval.flat().items()} if champ_eval
-                                        else {}), "candidate_better": float(decision[0])})
+                                        else {}), "promote": float(decision.promote)})
         tracker.log_text(run_id, json.dumps(summary, indent=2), "evaluation/comparison.json")
-        tracker._call("tagging the run", lambda: tracker.client.set_tag(run_id, "lm.gate", decision[1]))
-    print(decision[1])
-    return GateDecision(decision[0], champion_version, metric, cand_value, champ_value, decision[1])
-
-
-def _decide(policy: str, metric: str, margin: float, candidate: float, champion: float | None) -> tuple[bool, str]:
-    if policy == "always":
-        return True, "promotion policy 'always'"
-    if policy == "never":
-        return False, "promotion policy 'never'"
-    if champion is None:
-        return True, f"no champion yet: the candidate ({metric} {candidate:.4f}) becomes the first"
-    if policy == "if-first":
-        return False, "promotion policy 'if-first' and a champion exists"
-    gain = (candidate - champion) if GATE_METRICS[metric] else (champion - candidate)
-    verdict = gain > margin
-    return verdict, (f"candidate {metric} {candidate:.4f} vs champion {champion:.4f}: "
-                     f"{'better' if verdict else 'not better'} by more than {margin:g}"
-                     + ("" if verdict else " - champion kept"))
+        tracker._call("tagging the run", lambda: tracker.client.set_tag(run_id, "lm.gate", decision.reason))
+    print(decision.reason)
+    return GateDecision(decision, champion_version)
 
 
 # -- register, promote, deploy ---------------------------------------------------------------------
@@ -402,7 +382,7 @@ def register(settings: Settings, candidate_run_id: str, metrics_path: str | Path
                 tags[key] = run.data.tags[key]
         if "dataset_digest" in run.data.params:
             tags["lm.dataset_digest"] = run.data.params["dataset_digest"]
-        info = tracker.register(settings.model_name, candidate_run_id, metrics=metrics, tags=tags)
+        info = register_candidate(settings, tracker, candidate_run_id, metrics, tags)
         tracker.log_params(run_id, {"model_name": settings.model_name, "version": info.version,
                                     "candidate_run_id": candidate_run_id})
     print(f"registered {settings.model_name} v{info.version} as challenger")
@@ -410,28 +390,27 @@ def register(settings: Settings, candidate_run_id: str, metrics_path: str | Path
 
 
 def promote(settings: Settings, version: str, *, parent_run_id: str = "", reason: str = "") -> str:
-    """Make ``version`` the champion (the gate passed)."""
+    """Make ``version`` the champion (the gate passed); the pipeline's deploy step serves it next."""
     tracker = tracker_for(settings)
     with step_run(settings, tracker, "promote", parent_run_id) as run_id:
         info = tracker.promote(settings.model_name, version, reason=reason or "passed the pipeline gate")
         tracker.log_params(run_id, {"model_name": settings.model_name, "version": info.version,
-                                    "previous_champion": info.tags.get("lm.previous_champion", "")})
+                                    "previous_champion": info.tags.get(PREVIOUS_TAG, "")})
     print(f"promoted {settings.model_name} v{info.version} to champion")
     return info.version
 
 
 def deploy(settings: Settings, version: str, *, parent_run_id: str = "") -> dict[str, Any]:
-    """Serve ``version`` with the configured deployer (``LM_DEPLOYER``; ``none`` logs and does nothing)."""
-    from learning_machine.deployers import get_deployer
-
+    """Serve ``version`` with the configured deployer (``LM_DEPLOYER``; ``none`` logs and does nothing);
+    a failed deployment fails the step."""
     tracker = tracker_for(settings)
     with step_run(settings, tracker, "deploy", parent_run_id) as run_id:
-        result = get_deployer(settings).deploy(settings.model_name, version)
-        tracker.log_params(run_id, {"deployer": result.backend, "model_name": result.model_name,
-                                    "version": result.version, "changed": result.changed,
-                                    "detail": result.detail[:500]})
-    print(f"deploy ({result.backend}): {result.detail or 'done'}")
-    return result.as_dict()
+        result = serve(settings, version, deployer=settings.deployer, strict=True)
+        tracker.log_params(run_id, {"deployer": result["backend"], "model_name": result["model_name"],
+                                    "version": result["version"], "changed": result["changed"],
+                                    "detail": str(result["detail"])[:500]})
+    print(f"deploy ({result['backend']}): {result['detail'] or 'done'}")
+    return result
 
 
 # -- batch inference -------------------------------------------------------------------------------

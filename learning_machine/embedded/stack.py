@@ -39,20 +39,12 @@ def gateway_service(settings: Settings) -> ServiceSpec:
     return ServiceSpec("gateway", command, settings.gateway_url, "/healthz", env=env)
 
 
-def effective_deployer(settings: Settings) -> str:
-    """The deployer a promotion uses: the configured one, or ``local`` when none is configured and `lm up`
-    manages the model server (the embedded default serves what is promoted)."""
-    if settings.deployer == "none" and settings.model_server_managed:
-        return "local"
-    return settings.deployer
-
-
 def monitor_service(settings: Settings) -> ServiceSpec:
     """The learning loop's monitor (`lm monitor`). In the embedded setup a promotion is deployed to the
     managed model server, so the monitor's retraining runs use the ``local`` deployer unless one is set."""
     env = settings_env(settings)
     env.update({"LM_DATABASE_URL": settings.database_uri(), "LM_MODEL_SERVER_URL": settings.model_server_base_url()})
-    env["LM_DEPLOYER"] = effective_deployer(settings)
+    env["LM_DEPLOYER"] = settings.serving_deployer()
     return ServiceSpec("monitor", [venv_tool("lm"), "monitor"], settings.monitor_health_url, "/health", env=env)
 
 

@@ -1,7 +1,7 @@
 """Routes the dashboard needs beyond the history: who am I (`GET /v1/whoami`), the serving version's
 model facts (`GET /v1/model-card`), and the admin's lifecycle actions (promote, roll back, request a
-retraining). Thin adapters: the registry work is :class:`learning_machine.registry.tracker.Tracker`'s, serving
-is the deployer's, and every action is recorded as an event."""
+retraining). Thin adapters: a change of champion is :func:`learning_machine.lifecycle.promotion.change_champion`
+(move the alias, serve, record the event), the same function `lm models promote/rollback` calls."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from learning_machine.errors import LearningMachineError, ServiceUnavailableError
+from learning_machine.errors import ServiceUnavailableError
 from learning_machine.gateway.auth import ADMINISTRATION, CLINICAL, require
 from learning_machine.gateway.routes import Ctx
 from learning_machine.gateway.service import GatewayContext
+from learning_machine.lifecycle.promotion import change_champion
 from learning_machine.store import repository
 from learning_machine.store.tokens import Principal
 
@@ -136,36 +137,20 @@ def _reference_ranges(c: GatewayContext, frame: Any) -> dict[str, Any]:
     return out
 
 
-def _serve(c: GatewayContext, version: str) -> dict[str, Any]:
-    """Serve ``version`` through the deployer the settings choose; the registry change stands either way."""
-    from learning_machine.deployers import get_deployer
-    from learning_machine.embedded.stack import effective_deployer
-
-    try:
-        return get_deployer(c.settings, effective_deployer(c.settings)).deploy(c.model_name, version).as_dict()
-    except LearningMachineError as exc:
-        return {"deployed": False, "detail": f"not deployed: {exc.message}"}
+def _recorder(c: GatewayContext) -> Any:
+    return lambda kind, detail, version: repository.add_event(c.db, kind, detail, version)
 
 
 @router.post("/models/promote", tags=["models"], summary="Make a version the champion and serve it (admin)")
 def promote(request: Request, c: Ctx, _: Admin, body: PromoteIn) -> Any:
-    tracker = c.tracker()
-    tracker.health()
-    before = tracker.alias_version(c.model_name, "champion")
-    info = tracker.promote(c.model_name, body.version, reason=body.reason)
-    detail = {"from": before.version if before else None, "to": info.version, "reason": body.reason,
-              "by": request.state.principal.name, "deployed": _serve(c, info.version)}
-    return repository.add_event(c.db, "promoted", detail, info.version)
+    return change_champion(c.settings, c.tracker(), action="promote", version=body.version, reason=body.reason,
+                           by=request.state.principal.name, record=_recorder(c))
 
 
 @router.post("/models/rollback", tags=["models"], summary="Put the previous champion back and serve it (admin)")
 def rollback(request: Request, c: Ctx, _: Admin, body: RollbackIn) -> Any:
-    tracker = c.tracker()
-    tracker.health()
-    old, new = tracker.rollback(c.model_name, body.to_version)
-    detail = {"from": old.version, "to": new.version, "by": request.state.principal.name,
-              "deployed": _serve(c, new.version)}
-    return repository.add_event(c.db, "rolled-back", detail, new.version)
+    return change_champion(c.settings, c.tracker(), action="rollback", version=body.to_version,
+                           reason="rollback", by=request.state.principal.name, record=_recorder(c))
 
 
 @router.post("/retrain", tags=["models"], status_code=202, summary="Ask the learning loop for a retraining (admin)")

@@ -22,6 +22,7 @@ import pandas as pd
 from learning_machine.clients.gateway import LearningMachineClient
 from learning_machine.data.spec import DatasetSpec
 from learning_machine.errors import LearningMachineError
+from learning_machine.lifecycle.promotion import champion_event
 from learning_machine.loop.monitor import Monitor, MonitorConfig
 from learning_machine.loop.policy import Decision, RetrainPolicy
 from learning_machine.registry.names import CHAMPION
@@ -127,8 +128,8 @@ class RetrainViaPipeline:
         after = self._champion_after_run()
         self.sink.event("retrain-finished", summary, after.version if after else None)
         if after is not None and (before is None or after.version != before.version):
-            self.sink.event("promoted", {"from": before.version if before else None, "to": after.version,
-                                         "metrics": after.metrics}, after.version)
+            self.sink.event("promoted", champion_event(before, after, metrics=after.metrics, by="learning loop",
+                                                       reason="retraining passed the gate"), after.version)
             summary["promoted"] = after.version
         else:
             challenger = self.tracker.alias_version(model, "challenger")

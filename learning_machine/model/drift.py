@@ -26,12 +26,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from learning_machine.backends import DRIFT_DETECTORS
 from learning_machine.data.spec import DatasetSpec
 from learning_machine.errors import DatasetError, UnknownNameError
 
 REFERENCE_FILE = "reference.parquet"
 REFERENCE_ROWS = 2000
-DETECTOR_TYPES = ("TabularDrift", "ChiSquareDrift", "KSDrift")
+DETECTOR_TYPES = DRIFT_DETECTORS
 
 
 def write_reference(spec: DatasetSpec, frame: pd.DataFrame, folder: Path, *, max_rows: int = REFERENCE_ROWS,

@@ -1,35 +1,36 @@
-"""The retraining pipeline: the training pipeline with `retrain` (continue the champion on old plus new
-data) and the champion/challenger gate: the candidate is promoted and deployed only when it beats the
-champion on the same held-out rows of the new data."""
+"""The retraining pipeline: the training pipeline with `retrain` (the champion continued on old plus new
+data, and a model trained from scratch on the new rows; the better one goes on) and the
+champion/challenger gate: the candidate is promoted and deployed only when it beats the champion on the
+same held-out rows of the new data."""
 
 from kfp import dsl
 from kfp.dsl.graph_component import GraphComponent
 
 from learning_machine.components.data import ingest, preprocess, validate
-from learning_machine.components.model import deploy, evaluate, promote, register, retrain
-from learning_machine.components.tracking import close_pipeline_run, open_pipeline_run
+from learning_machine.components.model import retrain
 from learning_machine.pipelines.cluster import DEFAULT_OPTIONS, ClusterOptions
+from learning_machine.pipelines.common import DEFAULTS as D
+from learning_machine.pipelines.common import gate_and_serve, parent_run
 
 
 def build(options: ClusterOptions = DEFAULT_OPTIONS) -> GraphComponent:
     """The retraining pipeline with ``options`` applied to every task."""
 
+    # New rows are generated with the next seed, so they are not the reference rows again.
     @dsl.pipeline(name="retraining", description="Continue the champion on old plus new data; promote and "
                   "deploy the candidate only if it beats the champion on the same held-out new data.")
-    def retraining(source: str = "synthetic-cohort", spec_path: str = "", rows: int = 2000, seed: int = 43,
-                   scenario: str = "none", drift_start: int = 0, reference_source: str = "synthetic-cohort",
-                   reference_rows: int = 5000, reference_seed: int = 42, base_ref: str = "champion",
-                   model_params: str = "{}", test_fraction: float = 0.25, max_missing_fraction: float = 0.2,
-                   max_invalid_fraction: float = 0.01, gate_metric: str = "auc", gate_margin: float = 0.0,
-                   promote_policy: str = "gate", model_name: str = "clinical-risk", deployer: str = "",
-                   tracking_uri: str = "", experiment_name: str = "learning-machine", run_key: str = "") -> str:
+    def retraining(source: str = D.dataset, spec_path: str = "", rows: int = D.loop_retrain_rows,
+                   seed: int = D.seed + 1, scenario: str = "none", drift_start: int = 0,
+                   reference_source: str = D.dataset, reference_rows: int = D.loop_reference_rows,
+                   reference_seed: int = D.seed, base_ref: str = "champion", model_params: str = "{}",
+                   test_fraction: float = D.test_fraction, max_missing_fraction: float = D.max_missing_fraction,
+                   max_invalid_fraction: float = D.max_invalid_fraction, gate_metric: str = D.gate_metric,
+                   gate_margin: float = D.gate_margin, promote_policy: str = "gate", model_name: str = D.model_name,
+                   deployer: str = "", tracking_uri: str = "", experiment_name: str = D.experiment_name,
+                   run_key: str = "") -> str:
         mlflow = {"tracking_uri": tracking_uri, "experiment_name": experiment_name}
-        opened = options.apply(open_pipeline_run(pipeline="retraining", run_key=run_key,
-                                                 job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, model_name=model_name,
-                                                 source=source, **mlflow).set_display_name("open-mlflow-run"))
-        parent = opened.output
-        closing = options.apply(close_pipeline_run(run_key=run_key, job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                                                   **mlflow).set_display_name("close-mlflow-run"))
+        parent, closing = parent_run(options, "retraining", run_key=run_key, model_name=model_name,
+                                     source=source, mlflow=mlflow)
         with dsl.ExitHandler(closing, name="retraining-steps"):
             raw = options.apply(ingest(source=source, parent_run_id=parent, spec_path=spec_path, rows=rows,
                                        seed=seed, scenario=scenario, drift_start=drift_start, **mlflow))
@@ -44,17 +45,9 @@ def build(options: ClusterOptions = DEFAULT_OPTIONS) -> GraphComponent:
                                             parent_run_id=parent, base_ref=base_ref, model_params=model_params,
                                             model_name=model_name, seed=seed, test_fraction=test_fraction,
                                             **mlflow), train=True)
-            judged = options.apply(evaluate(candidate_run_id=trained.outputs["Output"], test=trained.outputs["test"],
-                                            parent_run_id=parent, model_name=model_name, gate_metric=gate_metric,
-                                            gate_margin=gate_margin, promote_policy=promote_policy, **mlflow))
-            registered = options.apply(register(candidate_run_id=trained.outputs["Output"],
-                                                comparison=judged.outputs["comparison"], parent_run_id=parent,
-                                                model_name=model_name, **mlflow))
-            with dsl.If(judged.outputs["Output"] == True, name="champion-challenger-gate"):  # noqa: E712
-                promoted = options.apply(promote(version=registered.output, comparison=judged.outputs["comparison"],
-                                                 parent_run_id=parent, model_name=model_name, **mlflow))
-                options.apply(deploy(version=promoted.output, parent_run_id=parent, model_name=model_name,
-                                     deployer=deployer, **mlflow))
+            gate_and_serve(options, trained, parent=parent, model_name=model_name, gate_metric=gate_metric,
+                           gate_margin=gate_margin, promote_policy=promote_policy, deployer=deployer,
+                           mlflow=mlflow, gate_name="champion-challenger-gate")
         return parent
 
     return retraining

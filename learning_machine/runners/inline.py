@@ -32,10 +32,10 @@ def train_inline(settings: Settings, *, source: str, spec_path: str = "", rows: 
             decision = steps.evaluate(settings, run_id, root / "test", root / "comparison.json",
                                       parent_run_id=parent, policy=promote_policy)
             version = steps.register(settings, run_id, root / "comparison.json", parent_run_id=parent)
-            if decision.candidate_better:
+            if decision.promote:
                 steps.promote(settings, version, parent_run_id=parent, reason=decision.reason)
                 steps.deploy(settings, version, parent_run_id=parent)
         state = "SUCCEEDED"
     finally:
         finish_pipeline_run(settings, key, state)
-    return {"parent_run_id": parent, "version": version, "promoted": decision.candidate_better}
+    return {"parent_run_id": parent, "version": version, "promoted": decision.promote}

@@ -21,7 +21,7 @@ from learning_machine.data.sources import load_dataset
 from learning_machine.embedded.model_server import model_server_service, served_names, wait_models_ready
 from learning_machine.embedded.processes import ProcessManager
 from learning_machine.embedded.stack import gateway_service
-from learning_machine.lifecycle.service import train_and_register
+from learning_machine.lifecycle.training import train_and_register
 from learning_machine.loop.policy import Decision
 from learning_machine.loop.service import LoopService, RetrainViaPipeline
 from learning_machine.loop.stream import StreamPlan, generated_records, run_stream

@@ -87,7 +87,7 @@ def test_training_pipeline_logs_nested_runs_registers_and_promotes_the_first_mod
     assert report["passed"] and report["n_rows"] == 1500
     assert (outputs / "preprocess" / "clean" / "features.csv").read_text().count("\n") == 1501
     comparison = json.loads((outputs / "evaluate" / "comparison").read_text())
-    assert comparison["gate"]["candidate_better"] and comparison["champion"] is None
+    assert comparison["gate"]["promote"] and comparison["champion"] is None
     assert set(comparison["candidate"]["subgroups"]) == {"sex", "age_band"}
 
 
@@ -98,7 +98,7 @@ def test_retraining_promotes_a_better_candidate(trained, settings, tracker):
     run = LocalRunner(settings).run("retraining", {"rows": 1500, "seed": 43, "scenario": "concept-drift",
                                                    "reference_source": ""}).raise_for_state()
     comparison = json.loads((Path(run.outputs_dir) / "evaluate" / "comparison").read_text())
-    assert comparison["gate"]["candidate_better"], comparison["gate"]
+    assert comparison["gate"]["promote"], comparison["gate"]
     assert comparison["candidate"]["metrics"]["auc"] > comparison["champion"]["metrics"]["auc"]
     assert comparison["champion_version"] == champion.version
     new = tracker.version(settings.model_name, CHAMPION)
@@ -128,7 +128,7 @@ def test_retraining_refuses_a_worse_candidate(trained, settings, tracker, tmp_pa
         "model_params": json.dumps({"learning_rate": 1.0, "max_depth": 8, "continue_estimators": 100}),
     }).raise_for_state()
     comparison = json.loads((Path(run.outputs_dir) / "evaluate" / "comparison").read_text())
-    assert not comparison["gate"]["candidate_better"]
+    assert not comparison["gate"]["promote"]
     assert comparison["candidate"]["metrics"]["auc"] < comparison["champion"]["metrics"]["auc"]
     assert "champion kept" in comparison["gate"]["reason"]
     assert "promote" not in run.steps and "deploy" not in run.steps

@@ -25,15 +25,19 @@ from learning_machine.pipelines.cluster import CREDENTIALS_SECRET
 from learning_machine.runners.base import get_runner
 from learning_machine.runners.kubeflow import KubeflowRunner, kfp_cron
 from learning_machine.runners.local import LocalRunner
-from learning_machine.settings import Settings
+from learning_machine.settings import Settings, load_settings
 
 
 def test_runner_is_chosen_by_setting_and_unknown_names_list_the_valid_ones(tmp_path: Path):
     assert isinstance(get_runner(Settings(home=tmp_path)), LocalRunner)
     assert isinstance(get_runner(Settings(home=tmp_path, pipeline_runner="kubeflow")), KubeflowRunner)
+    # A misspelt runner fails when the settings load, not at the first retraining.
+    with pytest.raises(ConfigurationError, match=r"LM_PIPELINE_RUNNER: .*unknown pipeline runner 'argo'; valid "
+                                                 r"pipeline runners are: kubeflow, local"):
+        load_settings(home=tmp_path, pipeline_runner="argo")
     with pytest.raises(UnknownNameError, match="unknown pipeline runner 'argo'; valid pipeline runners are: "
                                                "kubeflow, local"):
-        get_runner(Settings(home=tmp_path, pipeline_runner="argo"))
+        get_runner(Settings(home=tmp_path), "argo")
 
 
 def test_parameters_come_from_settings_then_the_caller_typed(tmp_path: Path):

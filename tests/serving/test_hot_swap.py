@@ -10,7 +10,7 @@ import pytest
 from learning_machine.clients.v2 import ModelServerClient
 from learning_machine.data.sources import load_dataset
 from learning_machine.deployers import get_deployer
-from learning_machine.lifecycle.service import train_and_register
+from learning_machine.lifecycle.training import train_and_register
 from learning_machine.registry.tracker import Tracker
 
 

@@ -1,5 +1,7 @@
-"""The model lifecycle as plain functions: train (or retrain) a model, log it, register it, and decide
-what serves. The CLI, the KFP components and the monitor all call these."""
+"""Training in the lifecycle: load and check the data, train (or continue) a model, log the run and
+register the version; whether it serves is :func:`learning_machine.lifecycle.promotion.decide`'s call.
+`lm up` (the first model), the benchmarks and the tests use :func:`train_and_register`; the pipelines'
+train, retrain and register steps use the same :func:`log_candidate` and :func:`register_candidate`."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import Any
 
 from learning_machine.data.sources import LoadedDataset, load_dataset
 from learning_machine.errors import DataQualityError
+from learning_machine.lifecycle.promotion import decide
 from learning_machine.model.training import TrainingResult, retrain_model, train_model
 from learning_machine.registry.names import CHAMPION
 from learning_machine.registry.tracker import Tracker, VersionInfo
@@ -72,19 +75,31 @@ def train_and_register(settings: Settings, tracker: Tracker, dataset: LoadedData
         result = train_model(dataset, kind=kind or settings.model_kind, params=params, seed=settings.seed,
                              test_fraction=settings.test_fraction, progress=progress)
         tags = {}
-    run_id = tracker.log_training(result, dataset, experiment=settings.experiment_name,
-                                  run_name=f"train-{result.kind}-{dataset.name}", tags=tags,
-                                  parent_run_id=parent_run_id, progress=progress)
-    version = tracker.register(settings.model_name, run_id, metrics=result.evaluation.metrics,
-                               tags={"lm.dataset": dataset.name, "lm.dataset_digest": dataset.digest,
-                                     "lm.kind": result.kind, "lm.mode": result.mode, **tags})
+    run_id = log_candidate(settings, tracker, result, dataset, run_name=f"train-{result.kind}-{dataset.name}",
+                           tags=tags, parent_run_id=parent_run_id, progress=progress)
+    version = register_candidate(settings, tracker, run_id, result.evaluation.metrics,
+                                 {"lm.dataset": dataset.name, "lm.dataset_digest": dataset.digest,
+                                  "lm.kind": result.kind, "lm.mode": result.mode, **tags})
     if progress:
         progress(f"registered {settings.model_name} v{version.version} as challenger")
-    should = promote == "always" or (promote == "if-first" and tracker.alias_version(settings.model_name,
-                                                                                      CHAMPION) is None)
-    if should:
+    decision = decide(promote, has_champion=tracker.alias_version(settings.model_name, CHAMPION) is not None)
+    if decision.promote:
         version = tracker.promote(settings.model_name, version.version,
                                   reason="first model" if promote == "if-first" else "promoted at training")
         if progress:
             progress(f"promoted {settings.model_name} v{version.version} to champion")
-    return TrainOutcome(run_id, version, result, should)
+    return TrainOutcome(run_id, version, result, decision.promote)
+
+
+def log_candidate(settings: Settings, tracker: Tracker, result: TrainingResult, dataset: LoadedDataset, *,
+                  run_name: str, tags: dict[str, str] | None = None, parent_run_id: str | None = None,
+                  progress: Progress | None = None) -> str:
+    """Log a trained candidate as a run of the settings' experiment (nested under ``parent_run_id``)."""
+    return tracker.log_training(result, dataset, experiment=settings.experiment_name, run_name=run_name,
+                                tags=tags or {}, parent_run_id=parent_run_id or None, progress=progress)
+
+
+def register_candidate(settings: Settings, tracker: Tracker, run_id: str, metrics: dict[str, float],
+                       tags: dict[str, str]) -> VersionInfo:
+    """Register the run's model as a new version of the settings' model (alias ``challenger``)."""
+    return tracker.register(settings.model_name, run_id, metrics=metrics, tags=tags)

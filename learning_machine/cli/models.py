@@ -1,0 +1,102 @@
+"""`lm train` and `lm models ...`: train through the pipeline, list versions, promote, roll back."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from rich.table import Table
+
+from learning_machine.cli.common import console, out, say, settings_of, token_for, tracker_of
+from learning_machine.errors import LearningMachineError
+from learning_machine.settings import Settings
+
+models_app = typer.Typer(help="Registered model versions: list, promote, roll back.", no_args_is_help=True)
+
+def train(
+    ctx: typer.Context,
+    dataset: Annotated[str | None, typer.Option(help="Built-in dataset or CSV path (default: LM_DATASET).")] = None,
+    spec: Annotated[Path | None, typer.Option(help="Spec file for a CSV dataset.")] = None,
+    rows: Annotated[int | None, typer.Option(min=100, help="Rows to generate (synthetic data).")] = None,
+    kind: Annotated[str | None, typer.Option(help="Model kind: xgboost, logistic-regression.")] = None,
+    continue_from: Annotated[str | None, typer.Option(help="Continue training a version or alias (warm start).")]
+    = None,
+    promote: Annotated[str, typer.Option(help="always | never | if-first (when no champion yet) | gate (when "
+                                          "better than the champion on the same held-out rows).")] = "if-first",
+    scenario: Annotated[str, typer.Option(help="Drift scenario for generated data.")] = "none",
+    drift_start: Annotated[int, typer.Option(min=0, help="First drifted row for generated data.")] = 0,
+) -> None:
+    """Train (or continue training) a model: the training pipeline (retraining for --continue-from) run
+    locally with kfp.local; it logs to MLflow, registers the model, and promotes it as --promote says."""
+    from learning_machine.cli.pipelines import train_via_pipeline
+
+    summary = train_via_pipeline(settings_of(ctx), dataset=dataset, spec=spec, rows=rows, kind=kind,
+                                 continue_from=continue_from, promote=promote, scenario=scenario,
+                                 drift_start=drift_start)
+    typer.echo(json.dumps(summary, indent=2))  # plain: rich would wrap long lines inside strings
+
+
+@models_app.command("list")
+def models_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every version of the model with its aliases and metrics."""
+    settings = settings_of(ctx)
+    versions = tracker_of(settings).list_versions(settings.model_name)
+    if as_json:
+        out.print_json(json.dumps([v.as_dict() for v in versions]))
+        return
+    table = Table("version", "aliases", "auc", "brier", "dataset", "created")
+    for v in versions:
+        table.add_row(v.version, ", ".join(v.aliases), f"{v.metrics.get('auc', float('nan')):.3f}",
+                      f"{v.metrics.get('brier', float('nan')):.4f}", v.tags.get("lm.dataset", ""),
+                      time.strftime("%Y-%m-%d %H:%M", time.localtime(v.created_at)))
+    out.print(table)
+
+
+@models_app.command("promote")
+def models_promote(ctx: typer.Context, version: Annotated[str, typer.Argument(help="Version number or alias.")],
+                   reason: Annotated[str, typer.Option(help="Why (recorded on the version).")] = "manual") -> None:
+    """Make a version the champion (the one that serves), serve it, and record the event."""
+    _change(settings_of(ctx), "promote", version, reason)
+
+
+@models_app.command("rollback")
+def models_rollback(ctx: typer.Context, to: Annotated[str | None, typer.Option(
+        "--to", help="Version to roll back to (default: the champion's predecessor).")] = None) -> None:
+    """Undo a promotion: the champion goes back to the version it replaced (or to --to), and serves."""
+    _change(settings_of(ctx), "rollback", to, "rollback")
+
+
+def _change(settings: Settings, action: Literal["promote", "rollback"], version: str | None, reason: str) -> None:
+    """The lifecycle's change of champion, recorded in the gateway's event log when the gateway is up (the
+    registry change stands either way, and we say so)."""
+    from learning_machine.lifecycle.promotion import change_champion
+
+    detail = change_champion(settings, tracker_of(settings), action=action, version=version, reason=reason,
+                             by="lm", record=lambda kind, event, at: _record(settings, kind, event, at))
+    verb = "is now the champion" if action == "promote" else f"is the champion again (was v{detail['from']})"
+    console.print(f"{settings.model_name} v{detail['to']} {verb}")
+    deployed = detail["deployed"]
+    say(deployed.get("detail") or f"served by {deployed.get('backend')}")
+    if not deployed.get("deployed") and "not running" not in str(deployed.get("detail")):
+        raise typer.Exit(1)
+
+
+def _record(settings: Settings, kind: str, detail: dict[str, Any], version: str | None) -> dict[str, Any]:
+    from learning_machine.clients.gateway import LearningMachineClient
+
+    token = token_for(settings, None, role="admin") or token_for(settings, None)
+    try:
+        with LearningMachineClient(settings.gateway_url, token, timeout_s=settings.request_timeout_s) as client:
+            client.post_event(kind, detail, version)
+    except LearningMachineError as exc:
+        say(f"[yellow]event not recorded[/yellow] ({exc.message})")
+    return detail
+
+
+def register(app: typer.Typer) -> None:
+    """Add `lm train` and `lm models` to the `lm` app."""
+    app.command()(train)
+    app.add_typer(models_app, name="models")
