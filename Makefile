@@ -37,8 +37,9 @@ down: ## Stop every process `make up` started
 status: ## Each service, its URL and health
 	$(RUN) lm status
 
-lint: install ## Ruff and mypy on the package
+lint: install ## Ruff, the import contracts (pyproject.toml) and mypy on the package
 	$(RUN) ruff check .
+	$(RUN) lint-imports
 	$(RUN) mypy
 
 format: install ## Apply ruff's fixes
@@ -57,4 +58,4 @@ bench-quick: install ## Quick benchmarks (minutes): report in bench-results/quic
 	$(RUN) lm bench --quick --out bench-results/quick
 
 clean: down ## Remove local state (.lm), caches and reports
-	rm -rf .lm bench-results .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .lm bench-results .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .grimp_cache
