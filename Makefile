@@ -23,7 +23,7 @@ browsers: ## Debian's Chromium and ChromeDriver for the browser tests (Playwrigh
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
 		else echo "install Debian's chromium and chromium-driver (as root: apt-get install chromium chromium-driver)"; exit 1; fi; }
 
-checkov: ## checkov in its own locked environment (tools/checkov/.venv), for the chart tests
+checkov: ## checkov and kubernetes-validate in their own locked environment (tools/checkov/.venv), for the chart tests
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
 		$(PYTHON) -m pip install --quiet --user "uv==$(UV_VERSION)"
 	cd tools/checkov && $(UV) sync --frozen
