@@ -23,7 +23,7 @@ browsers: ## Debian's Chromium and ChromeDriver for the browser tests (Playwrigh
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
 		else echo "install Debian's chromium and chromium-driver (as root: apt-get install chromium chromium-driver)"; exit 1; fi; }
 
-checkov: ## checkov in its own locked environment (tools/checkov/.venv), for the chart tests
+checkov: ## checkov and kubernetes-validate in their own locked environment (tools/checkov/.venv), for the chart tests
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
 		$(PYTHON) -m pip install --quiet --user "uv==$(UV_VERSION)"
 	cd tools/checkov && $(UV) sync --frozen
@@ -37,8 +37,9 @@ down: ## Stop every process `make up` started
 status: ## Each service, its URL and health
 	$(RUN) lm status
 
-lint: install ## Ruff and mypy on the package
+lint: install ## Ruff, the import contracts (pyproject.toml) and mypy on the package
 	$(RUN) ruff check .
+	$(RUN) lint-imports
 	$(RUN) mypy
 
 format: install ## Apply ruff's fixes
@@ -57,4 +58,4 @@ bench-quick: install ## Quick benchmarks (minutes): report in bench-results/quic
 	$(RUN) lm bench --quick --out bench-results/quick
 
 clean: down ## Remove local state (.lm), caches and reports
-	rm -rf .lm bench-results .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .lm bench-results .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .grimp_cache

