@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from learning_machine import backends
@@ -25,6 +25,10 @@ class Settings(BaseSettings):
 
     mlflow_tracking_uri: str | None = Field(
         None, description="URL of an MLflow tracking server. Unset: `lm up` runs a managed local server.")
+    s3_endpoint_url: str | None = Field(
+        None, validation_alias=AliasChoices("LM_S3_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL"),
+        description="S3 (MinIO) endpoint of the artifact store; MLflow's own MLFLOW_S3_ENDPOINT_URL is read too. "
+        "`lm doctor` checks it when set.")
     mlflow_host: str = Field("127.0.0.1", description="Interface the managed MLflow server binds to.")
     mlflow_port: int = Field(5000, ge=1, le=65535, description="Port of the managed MLflow server.")
     mlflow_backend_store_uri: str | None = Field(
@@ -126,6 +130,10 @@ class Settings(BaseSettings):
         None, description="Base URL of the V2 model server the gateway calls (default: the embedded MLServer).")
     max_request_bytes: int = Field(1_000_000, ge=1024, description="Largest request body the gateway accepts.")
     max_batch_rows: int = Field(1000, ge=1, description="Most records one prediction request may carry.")
+    token: SecretStr | None = Field(
+        None, exclude=True, description="API token `lm stream`, `lm monitor` and the dashboard present to the "
+        "gateway (default: the one `lm up` wrote for their role in `tokens_file`). Never exported to child "
+        "processes or printed.")
     tokens_file: Path | None = Field(
         None, description="Where `lm up` writes the first API tokens, one per role (default: `home`/tokens.json).")
 

@@ -90,3 +90,34 @@ def test_the_forbidden_contracts_cover_every_top_level_module():
     assert set(contracts["dev-only"]["source_modules"]) == top - {"learning_machine.bench"}
     assert set(contracts["dev-only"]["forbidden_modules"]) == set(FORBIDDEN)
     assert set(contracts["mlflow"]["source_modules"]) == top - {"learning_machine.registry"}
+
+
+def test_describing_the_services_creates_nothing_on_disk(tmp_path):
+    """The chart renderer builds the same service descriptions `lm up` starts: describing must not write."""
+    from learning_machine.embedded.model_server import model_server_service
+    from learning_machine.embedded.stack import embedded_services
+    from learning_machine.k8s.chart import chart_services_json
+    from learning_machine.settings import Settings
+
+    home = tmp_path / "home"
+    settings = Settings(home=home)
+    assert [s.name for s in embedded_services(settings)]
+    model_server_service(settings)
+    chart_services_json(settings)
+    assert not home.exists()
+
+
+def test_backend_names_are_checked_when_the_settings_load(tmp_path):
+    from learning_machine.backends import DRIFT_DETECTORS, MODEL_KINDS
+    from learning_machine.errors import ConfigurationError
+    from learning_machine.model.drift import DETECTOR_TYPES
+    from learning_machine.model.training import MODEL_KINDS as KINDS
+    from learning_machine.settings import load_settings
+
+    assert set(KINDS) == set(MODEL_KINDS) and set(DETECTOR_TYPES) == set(DRIFT_DETECTORS)
+    for field, value, listed in (("deployer", "sldon", "local, none, seldon"),
+                                 ("pipeline_runner", "argo", "kubeflow, local"),
+                                 ("model_kind", "forest", "logistic-regression, xgboost"),
+                                 ("drift_detector", "MMD", "ChiSquareDrift, KSDrift, TabularDrift")):
+        with pytest.raises(ConfigurationError, match=f"LM_{field.upper()}: .*{value!r}.* are: {listed}"):
+            load_settings(home=tmp_path, **{field: value})

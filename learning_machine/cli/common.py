@@ -38,9 +38,11 @@ def tracker_of(settings: Settings) -> Tracker:
 
 
 def token_for(settings: Settings, token: str | None, role: str = "data-scientist") -> str | None:
-    """An explicit token, else the one `lm up` wrote for ``role``."""
+    """An explicit token (``--token``), else ``LM_TOKEN``, else the one `lm up` wrote for ``role``."""
     if token:
         return token
+    if settings.token is not None:
+        return settings.token.get_secret_value()
     try:
         return str(json.loads(settings.tokens_path().read_text())[role])
     except (FileNotFoundError, KeyError, ValueError):

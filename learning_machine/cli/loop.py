@@ -27,7 +27,7 @@ def stream(
     outcome_delay_s: Annotated[float | None, typer.Option(help="... or this many seconds later.")] = None,
     outcomes: Annotated[bool, typer.Option(help="Send outcomes at all.")] = True,
     gateway: Annotated[str | None, typer.Option(help="Gateway URL (default: the embedded one).")] = None,
-    token: Annotated[str | None, typer.Option(envvar="LM_TOKEN", help="API token (default: from lm up's tokens).")]
+    token: Annotated[str | None, typer.Option(help="API token (default: LM_TOKEN, else lm up's tokens).")]
     = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -73,7 +73,7 @@ def monitor(
     interval: Annotated[float | None, typer.Option(help="Seconds between reads (default LM_MONITOR_INTERVAL_S).")]
     = None,
     gateway: Annotated[str | None, typer.Option(help="Gateway URL (default: the embedded one).")] = None,
-    token: Annotated[str | None, typer.Option(envvar="LM_TOKEN", help="Data-scientist API token.")] = None,
+    token: Annotated[str | None, typer.Option(help="Data-scientist API token (default: LM_TOKEN, else lm up's).")] = None,
 ) -> None:
     """Run the learning loop's monitor: windows of predictions -> drift, quality, performance -> policy ->
     retraining through the pipeline runner. Serves /health on LM_MONITOR_PORT. Stops on Ctrl-C or SIGTERM."""

@@ -31,7 +31,7 @@ from learning_machine.errors import (
 from learning_machine.lifecycle.promotion import GATE_METRICS, PromotionDecision, check_policy, decide, serve
 from learning_machine.lifecycle.training import log_candidate, register_candidate
 from learning_machine.registry.config import quiet_mlflow
-from learning_machine.registry.names import CHAMPION, MODEL_ARTIFACT, PREVIOUS_TAG
+from learning_machine.registry.names import CHAMPION, PREVIOUS_TAG
 from learning_machine.registry.runs import STEP_TAG, step_run
 from learning_machine.registry.tracker import tracker_for
 from learning_machine.settings import Settings, load_settings
@@ -112,7 +112,7 @@ def ingest(settings: Settings, source: str, out_dir: str | Path, *, parent_run_i
         tracker.log_params(run_id, {"source": source, "source_uri": uri, "dataset": spec.name, "digest": digest,
                                     **{f"data.{k}": v for k, v in params.items()}})
         tracker.log_metrics(run_id, {"rows": len(frame), "columns": frame.shape[1]})
-        tracker._call("tagging the run", lambda: tracker.client.set_tag(run_id, "lm.dataset_digest", digest))
+        tracker.set_tag(run_id, "lm.dataset_digest", digest)
     return IngestResult(digest, len(frame), uri)
 
 
@@ -310,8 +310,6 @@ def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, me
     """Score the candidate and the current champion on the same held-out rows (overall and per subgroup)
     and decide whether the candidate should become champion. ``policy``: ``gate`` (compare on the gate
     metric with a margin), ``always``, ``never`` or ``if-first`` (only when there is no champion)."""
-    import mlflow.sklearn
-
     from learning_machine.model.evaluation import evaluate as score
     from learning_machine.model.training import predict_proba
 
@@ -324,10 +322,7 @@ def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, me
         spec = test.spec
         labels = test.frame[spec.target.name].astype(int).to_numpy()
         groups = spec.subgroup_labels(test.frame)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = tracker._call("downloading the candidate", lambda: tracker.client.download_artifacts(
-                candidate_run_id, MODEL_ARTIFACT, tmp))
-            candidate = mlflow.sklearn.load_model(path)
+        candidate = tracker.load_run_model(candidate_run_id)
         cand_eval = score(labels, predict_proba(candidate, spec, test.frame), groups)
         champion_info = tracker.alias_version(settings.model_name, CHAMPION)
         champ_eval = None
@@ -358,7 +353,7 @@ def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, me
                                      **({f"champion.{k}": v for k, v in champ_eval.flat().items()} if champ_eval
                                         else {}), "promote": float(decision.promote)})
         tracker.log_text(run_id, json.dumps(summary, indent=2), "evaluation/comparison.json")
-        tracker._call("tagging the run", lambda: tracker.client.set_tag(run_id, "lm.gate", decision.reason))
+        tracker.set_tag(run_id, "lm.gate", decision.reason)
     print(decision.reason)
     return GateDecision(decision, champion_version)
 
@@ -376,12 +371,12 @@ def register(settings: Settings, candidate_run_id: str, metrics_path: str | Path
         tags = {"lm.pipeline_run": parent_run_id} if parent_run_id else {}
         if gate:
             tags["lm.gate"] = str(gate.get("reason", ""))[:500]
-        run = tracker._call("reading the candidate run", lambda: tracker.client.get_run(candidate_run_id))
+        run_tags, run_params = tracker.run_tags_and_params(candidate_run_id)
         for key in ("lm.dataset", "lm.kind", "lm.mode", "lm.continued_from", "lm.retrain_mode", "lm.candidates"):
-            if key in run.data.tags:
-                tags[key] = run.data.tags[key]
-        if "dataset_digest" in run.data.params:
-            tags["lm.dataset_digest"] = run.data.params["dataset_digest"]
+            if key in run_tags:
+                tags[key] = run_tags[key]
+        if "dataset_digest" in run_params:
+            tags["lm.dataset_digest"] = run_params["dataset_digest"]
         info = register_candidate(settings, tracker, candidate_run_id, metrics, tags)
         tracker.log_params(run_id, {"model_name": settings.model_name, "version": info.version,
                                     "candidate_run_id": candidate_run_id})
@@ -444,7 +439,6 @@ def batch_infer(settings: Settings, data_dir: str | Path, out_path: str | Path, 
             # KFP names the output file after the output ("predictions"); MLflow gets a self-describing name.
             named = Path(tmp) / "predictions.jsonl"
             named.write_bytes(Path(out_path).read_bytes())
-            tracker._call("uploading the predictions", lambda: tracker.client.log_artifact(
-                run_id, str(named), "predictions"))
+            tracker.log_file(run_id, named, "predictions")
     print(f"scored {len(ids):,} records with {settings.model_name} v{info.version}")
     return summary

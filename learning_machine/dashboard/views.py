@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import threading
 import uuid
 from collections.abc import Iterator
@@ -45,7 +44,7 @@ def default_connection() -> Connection:
     settings = load_settings()
     url = settings.dashboard_gateway_url or settings.gateway_url
     mlflow = settings.dashboard_mlflow_url or settings.tracking_uri
-    token, source = os.environ.get("LM_TOKEN", ""), "LM_TOKEN"
+    token, source = (settings.token.get_secret_value() if settings.token else ""), "LM_TOKEN"
     if not token:
         token, source = _token_from_file(settings.tokens_path(), DATA_SCIENTIST), str(settings.tokens_path())
     return Connection(url, token, mlflow.rstrip("/"), source if token else "none")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,8 +39,8 @@ def smoke_run(tracker: Tracker) -> str:
         tracker.end_run(run_id, "FAILED")
         raise
     tracker.end_run(run_id)
-    history = tracker._call("reading metrics back", lambda: tracker.client.get_metric_history(run_id, "loss"))
-    artifacts = tracker._call("listing artifacts", lambda: tracker.client.list_artifacts(run_id, "doctor"))
+    history = tracker.metric_history(run_id, "loss")
+    artifacts = tracker.artifact_names(run_id, "doctor")
     if len(history) != 5 or not artifacts:
         raise LearningMachineError(f"smoke run {run_id} did not read back (metrics {len(history)}/5, "
                                    f"artifacts {len(artifacts)})")
@@ -69,16 +68,16 @@ def run_checks(settings: Settings) -> list[Check]:
         return f"{settings.model_name} v{champion.version} is the champion"
 
     checks.append(_check("model registry", registry))
-    if os.environ.get("MLFLOW_S3_ENDPOINT_URL"):
-        checks.append(_check("s3 endpoint", _s3_check))
+    if settings.s3_endpoint_url:
+        endpoint = settings.s3_endpoint_url
+        checks.append(_check("s3 endpoint", lambda: _s3_check(endpoint)))
     return checks
 
 
-def _s3_check() -> str:
+def _s3_check(endpoint: str) -> str:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
-    endpoint = os.environ["MLFLOW_S3_ENDPOINT_URL"]
     try:
         buckets = boto3.client("s3", endpoint_url=endpoint).list_buckets().get("Buckets", [])
     except (BotoCoreError, ClientError) as exc:

@@ -29,6 +29,9 @@ class ServiceSpec:
     health_path: str = "/health"
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
+    # Folders the process needs, created when it starts (never when the description is built: the chart
+    # renderer builds the same descriptions).
+    folders: tuple[Path, ...] = ()
 
     @property
     def health_url(self) -> str:
@@ -103,6 +106,8 @@ class ProcessManager:
                 f"something else already answers at {spec.url}; stop it or choose another port for {spec.name}")
         self.stop(spec.name)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        for folder in spec.folders:
+            folder.mkdir(parents=True, exist_ok=True)
         log = self.log_path(spec.name)
         with open(log, "ab") as out:
             out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {spec.name}\n".encode())

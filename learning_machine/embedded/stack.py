@@ -17,7 +17,6 @@ Progress = Callable[[str], None]
 
 def mlflow_service(settings: Settings) -> ServiceSpec:
     """The managed MLflow tracking server: SQLite backend, proxied artifacts on disk (or S3)."""
-    settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
     command = [
         venv_tool("mlflow"), "server", "--host", settings.mlflow_host, "--port", str(settings.mlflow_port),
         "--backend-store-uri", settings.backend_store_uri(),
@@ -26,7 +25,7 @@ def mlflow_service(settings: Settings) -> ServiceSpec:
     ]
     # The job runner is for GenAI jobs we do not use; without it a cold start is much faster.
     return ServiceSpec("mlflow", command, settings.tracking_uri, "/health",
-                       env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+                       env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, folders=(settings.mlflow_dir,))
 
 
 def gateway_service(settings: Settings) -> ServiceSpec:

@@ -5,10 +5,7 @@ retraining). Thin adapters: a change of champion is :func:`learning_machine.life
 
 from __future__ import annotations
 
-import json
-import tempfile
 import threading
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -77,30 +74,14 @@ def model_card(c: Ctx, _: Clinical,
 def _build_card(c: GatewayContext, info: Any) -> dict[str, Any]:
     """The facts of one version: its run's parameters and evaluation (overall and per subgroup), the
     dataset spec (intended use, features) and the training reference's ranges per feature."""
-    import mlflow.artifacts
-    import pandas as pd
-
     from learning_machine.model.drift import REFERENCE_FILE
 
-    client = c.tracker().client
-    run = client.get_run(info.run_id) if info.run_id else None
-    params = dict(run.data.params) if run else {}
-    evaluation: dict[str, Any] = {}
-    reference: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(run_id=info.run_id, artifact_path="evaluation/evaluation.json",
-                                                       dst_path=tmp, tracking_uri=c.settings.tracking_uri)
-            evaluation = json.loads(Path(path).read_text())
-        except Exception:  # noqa: BLE001 - a version logged without an evaluation still has a card
-            evaluation = {}
-        try:
-            path = mlflow.artifacts.download_artifacts(artifact_uri=f"{info.source}/{REFERENCE_FILE}", dst_path=tmp,
-                                                       tracking_uri=c.settings.tracking_uri)
-            frame = pd.read_parquet(path)
-            reference = _reference_ranges(c, frame)
-        except Exception:  # noqa: BLE001 - older versions have no reference: the card says so
-            reference = {}
+    tracker = c.tracker()
+    params = tracker.run_tags_and_params(info.run_id)[1] if info.run_id else {}
+    evaluation: dict[str, Any] = (tracker.run_json(info.run_id, "evaluation/evaluation.json") or {}
+                                  if info.run_id else {})  # a version logged without an evaluation still has a card
+    frame = tracker.version_frame(info, REFERENCE_FILE)  # older versions have no reference: the card says so
+    reference = _reference_ranges(c, frame) if frame is not None else {}
     spec = c.spec
     return {
         "model": c.model_name, "version": info.version, "run_id": info.run_id, "created_at": info.created_at,

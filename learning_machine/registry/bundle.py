@@ -27,6 +27,14 @@ class ServedVersion:
         return type(self.pipeline.named_steps["model"]).__name__
 
 
+def env_tracking_uri() -> str | None:
+    """MLflow's own ``MLFLOW_TRACKING_URI`` (how Seldon's containers name the server), read as MLflow reads it."""
+    from mlflow.environment_variables import MLFLOW_TRACKING_URI
+
+    value = MLFLOW_TRACKING_URI.get()
+    return str(value) if value else None
+
+
 def load_version(tracking_uri: str, uri: str, *, timeout_s: float = 30.0) -> ServedVersion:
     """Download ``models:/<name>/<version|@alias>`` from the MLflow registry and load its native pipeline
     (``mlflow.sklearn``, not pyfunc: pyfunc's schema enforcement costs ~7 ms per call), its dataset spec

@@ -165,6 +165,59 @@ class Tracker:
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self._call(f"logging {artifact_file}", lambda: self.client.log_text(run_id, text, artifact_file))
 
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        self._call("tagging the run", lambda: self.client.set_tag(run_id, key, value))
+
+    def run_tags_and_params(self, run_id: str) -> tuple[dict[str, str], dict[str, str]]:
+        """(tags, parameters) of a run."""
+        run = self._call("reading the run", lambda: self.client.get_run(run_id))
+        return dict(run.data.tags), dict(run.data.params)
+
+    def metric_history(self, run_id: str, key: str) -> list[float]:
+        history = self._call("reading metrics back", lambda: self.client.get_metric_history(run_id, key))
+        return [float(m.value) for m in history]
+
+    def artifact_names(self, run_id: str, path: str | None = None) -> list[str]:
+        return [a.path for a in self._call("listing artifacts", lambda: self.client.list_artifacts(run_id, path))]
+
+    def log_file(self, run_id: str, local_file: Path, artifact_path: str | None = None) -> None:
+        self._call("uploading an artifact", lambda: self.client.log_artifact(run_id, str(local_file), artifact_path))
+
+    def run_json(self, run_id: str, artifact_file: str) -> Any:
+        """A JSON artifact of a run, parsed; None when the run has no such artifact."""
+        import mlflow.artifacts
+
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_file, dst_path=tmp,
+                                                           tracking_uri=self.uri)
+            except Exception:  # noqa: BLE001 - MLflow raises several kinds for "not there"
+                return None
+            return json.loads(Path(path).read_text())
+
+    def version_frame(self, info: VersionInfo, artifact_file: str) -> Any:
+        """A parquet artifact stored beside a version's model (e.g. its training reference) as a
+        DataFrame; None when the version has none (older versions)."""
+        import mlflow.artifacts
+        import pandas as pd
+
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = mlflow.artifacts.download_artifacts(artifact_uri=f"{info.source}/{artifact_file}",
+                                                           dst_path=tmp, tracking_uri=self.uri)
+            except Exception:  # noqa: BLE001 - older versions have no such artifact
+                return None
+            return pd.read_parquet(path)
+
+    def load_run_model(self, run_id: str) -> Any:
+        """The fitted pipeline a run logged (a candidate, before it is registered)."""
+        import mlflow.sklearn
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self._call("downloading the candidate", lambda: self.client.download_artifacts(
+                run_id, MODEL_ARTIFACT, tmp))
+            return mlflow.sklearn.load_model(path)
+
     def log_dir(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
         self._call("uploading artifacts", lambda: self.client.log_artifacts(run_id, str(local_dir), artifact_path))
 

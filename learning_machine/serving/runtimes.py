@@ -17,7 +17,6 @@ Responses carry ``model_version`` = the registered MLflow version that answered.
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from collections import deque
 from typing import Any
@@ -43,7 +42,7 @@ from learning_machine.clients.v2 import (
 )
 from learning_machine.errors import LearningMachineError
 from learning_machine.model.inference import Columns, Predictor, request_columns
-from learning_machine.registry.bundle import ServedVersion, load_version
+from learning_machine.registry.bundle import ServedVersion, env_tracking_uri, load_version
 
 
 class _BadRequest(MLServerError):
@@ -66,7 +65,7 @@ class _Base(MLModel):
         uri = params.uri if params is not None else None
         if not uri:
             raise MLServerError(f"model {self.name}: parameters.uri (models:/<name>/<version>) is not set")
-        tracking_uri = self._extra().get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+        tracking_uri = self._extra().get("tracking_uri") or env_tracking_uri()
         if not tracking_uri:
             raise MLServerError(f"model {self.name}: no MLflow server (extra.tracking_uri or MLFLOW_TRACKING_URI)")
         return load_version(str(tracking_uri), str(uri))

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 import yaml
 from chart_tools import checkov, extract, helm, validate_strictly
+from crds import CRD_FILES, validate_resource
 
 from learning_machine.k8s.chart import chart_services_json, cluster_services
-from learning_machine.k8s.manifests import CRD_FILES, seldon_deployment, validate_resource
+from learning_machine.k8s.manifests import seldon_deployment
 from learning_machine.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

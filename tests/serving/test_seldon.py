@@ -14,18 +14,13 @@ from pathlib import Path
 import kubernetes
 import pytest
 import yaml
+from crds import CRD_FILES, validate_resource
 from kubernetes.client.exceptions import ApiException
 
 from learning_machine.deployers import get_deployer
 from learning_machine.deployers.seldon import SeldonDeployer
 from learning_machine.errors import ServiceUnavailableError
-from learning_machine.k8s.manifests import (
-    CRD_FILES,
-    render_all,
-    seldon_v2_model_settings,
-    validate_resource,
-    write_manifests,
-)
+from learning_machine.k8s.manifests import render_all, seldon_v2_model_settings, write_manifests
 from learning_machine.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
