@@ -15,7 +15,7 @@ help: ## Show the targets
 install: ## Install uv (if missing) and the locked dependencies into .venv
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
 		$(PYTHON) -m pip install --quiet --user "uv==$(UV_VERSION)"
-	$(UV) sync --frozen
+	$(UV) sync --frozen --extra bench
 
 browsers: ## Debian's Chromium and ChromeDriver for the browser tests (Playwright drives them; no download)
 	@command -v chromium >/dev/null 2>&1 || { \

@@ -24,21 +24,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from learning_machine.bench.report import free_port, require_extra
+
 Progress = Callable[[str], None]
 PAGES = {"patients": "records", "clinician": "Predicted risk", "data-scientist": "Model versions"}
 CHROMIUM = "/usr/bin/chromium"
 APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run(quick: bool, progress: Progress) -> dict[str, Any]:
+    require_extra("playwright")
     from learning_machine.clients.gateway import LearningMachineClient
     from learning_machine.data.sources import load_dataset
     from learning_machine.embedded.model_server import model_server_service, served_names, wait_models_ready
@@ -55,9 +50,9 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="lm-bench-dashboard-") as tmp:
         home = Path(tmp)
         settings = Settings(
-            home=home, mlflow_port=_free_port(), mlflow_workers=1, model_name=f"bench-dash-{uuid.uuid4().hex[:6]}",
-            train_rows=1500, model_server_port=_free_port(), model_server_grpc_port=_free_port(),
-            model_server_metrics_port=_free_port(), gateway_port=_free_port(),
+            home=home, mlflow_port=free_port(), mlflow_workers=1, model_name=f"bench-dash-{uuid.uuid4().hex[:6]}",
+            train_rows=1500, model_server_port=free_port(), model_server_grpc_port=free_port(),
+            model_server_metrics_port=free_port(), gateway_port=free_port(),
             database_url=f"sqlite:///{home / 'lm.db'}", monitor_window_rows=200, monitor_performance_rows=400,
             policy_cooldown_s=0.0)
         settings = settings.model_copy(update={"mlflow_tracking_uri": settings.tracking_uri})
@@ -130,7 +125,7 @@ def _browser_times(env: dict[str, str], repeats: int) -> dict[str, list[float]]:
 
     from learning_machine.embedded.processes import is_healthy
 
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port),
                              "--server.headless", "true", "--server.address", "127.0.0.1",
                              "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"], env={**os.environ, **env},

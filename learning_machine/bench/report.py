@@ -89,3 +89,23 @@ def cpu_count() -> int:
     import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def require_extra(module: str) -> None:
+    """Fail with the install command when a package of the ``bench`` extra is missing."""
+    import importlib.util
+
+    from learning_machine.errors import BenchmarkError
+
+    if importlib.util.find_spec(module) is None:
+        raise BenchmarkError(f"{module} is not installed: `lm bench` needs the bench extra "
+                             "(`make install`, or `uv sync --extra bench`)")

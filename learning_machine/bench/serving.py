@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -33,6 +32,8 @@ from typing import Any
 import httpx
 import pandas as pd
 
+from learning_machine.bench.report import free_port, require_extra
+
 Progress = Callable[[str], None]
 OURS = "MLServer, our runtime (V2)"
 BUILTIN = "MLServer, built-in sklearn runtime (V2)"
@@ -40,12 +41,6 @@ PYFUNC = "mlflow models serve (pyfunc)"
 GATEWAY = "gateway (REST -> MLServer, stored)"
 FAST = "in-process, our fast path"
 SKLEARN = "in-process, sklearn pipeline.predict_proba"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -154,6 +149,7 @@ class _Processes:
 
 def run(quick: bool, progress: Progress) -> dict[str, Any]:
     """Start everything, measure, stop everything; the raw numbers."""
+    require_extra("mlserver_sklearn")
     import joblib
 
     from learning_machine.clients.v2 import ModelServerClient, encode_request
@@ -184,7 +180,7 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
                                             "batches": list(BATCHES), "concurrency": list(CONCURRENCY)}}
     with tempfile.TemporaryDirectory(prefix="lm-bench-serving-") as tmp:
         home = Path(tmp)
-        settings = Settings(home=home, mlflow_port=_free_port(), mlflow_workers=1, model_name="bench-risk",
+        settings = Settings(home=home, mlflow_port=free_port(), mlflow_workers=1, model_name="bench-risk",
                             train_rows=rows)
         manager = ProcessManager(settings.run_dir)
         procs = _Processes(home)
@@ -199,7 +195,7 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
             pipeline = outcome.result.pipeline
 
             # One MLServer: our three runtimes + the built-in sklearn runtime on the same pipeline.
-            ports = ServerPorts("127.0.0.1", _free_port(), _free_port(), _free_port())
+            ports = ServerPorts("127.0.0.1", free_port(), free_port(), free_port())
             root = write_repository(home / "repo", model_name=settings.model_name, ref=version,
                                     tracking_uri=settings.tracking_uri, ports=ports)
             builtin = root / "builtin-sklearn"
@@ -213,7 +209,7 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
                      "and the gateway")
             procs.start("mlserver", mlserver_command(root), mlserver_env(settings.tracking_uri),
                         f"{ports.url}/v2/health/live", wait=False)
-            pyfunc_port = _free_port()
+            pyfunc_port = free_port()
             procs.start("mlflow-serve", [venv_tool("mlflow"), "models", "serve", "-m",
                                          f"models:/{settings.model_name}/{version}", "--env-manager", "local",
                                          "-h", "127.0.0.1", "-p", str(pyfunc_port), "-w", "1"],
@@ -225,7 +221,7 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
                 from learning_machine.store import Database
                 from learning_machine.store.tokens import CLINICIAN, create_token
 
-                gw = settings.model_copy(update={"gateway_port": _free_port(), "model_server_url": ports.url,
+                gw = settings.model_copy(update={"gateway_port": free_port(), "model_server_url": ports.url,
                                                  "database_url": f"sqlite:///{home / 'lm.db'}"})
                 db = Database(gw.database_uri())
                 db.upgrade()
