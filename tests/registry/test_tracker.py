@@ -171,7 +171,7 @@ def test_invalid_records_are_refused_before_anything_is_logged(mlflow_sqlite: Se
     frame.loc[:59, "systolic_bp"] = 900.0  # 60 of 3,600 cells: above the default 1 % limit
     frame.loc[10:12, "smoking"] = "vaping"
     frame.to_csv(tmp_path / "bad.csv", index=False)
-    spec = Path(__file__).parent.parent / "learning_machine" / "data" / "specs" / "synthetic-cohort.yaml"
+    spec = Path(__file__).resolve().parents[2] / "learning_machine" / "data" / "specs" / "synthetic-cohort.yaml"
     data = load_dataset(str(tmp_path / "bad.csv"), spec_path=spec)
     experiment = tracker.experiment_id(settings.experiment_name)
     runs_before = len(tracker.client.search_runs([experiment], max_results=1000))
