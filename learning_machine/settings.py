@@ -7,11 +7,19 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from learning_machine import backends
 from learning_machine.errors import ConfigurationError
+
+# Settings that name a backend: what the name is called in messages, and the valid names.
+_BACKEND_FIELDS: dict[str, tuple[str, dict[str, str] | tuple[str, ...]]] = {
+    "deployer": ("deployer", backends.DEPLOYERS),
+    "pipeline_runner": ("pipeline runner", backends.PIPELINE_RUNNERS),
+    "model_kind": ("model kind", backends.MODEL_KINDS),
+    "drift_detector": ("drift detector", backends.DRIFT_DETECTORS),
+}
 
 
 class Settings(BaseSettings):
@@ -146,25 +154,17 @@ class Settings(BaseSettings):
     dashboard_mlflow_url: str | None = Field(
         None, description="MLflow UI URL the dashboard links to, as a browser reaches it (default: the tracking URI).")
 
-    @field_validator("deployer")
+    @field_validator("deployer", "pipeline_runner", "model_kind", "drift_detector")
     @classmethod
-    def _known_deployer(cls, name: str) -> str:
-        return _known("deployer", name, backends.DEPLOYERS)
+    def _known_backend(cls, name: str, info: ValidationInfo) -> str:
+        """A backend named in :mod:`learning_machine.backends`, or an error listing the valid names."""
+        from learning_machine.errors import UnknownNameError
 
-    @field_validator("pipeline_runner")
-    @classmethod
-    def _known_runner(cls, name: str) -> str:
-        return _known("pipeline runner", name, backends.PIPELINE_RUNNERS)
-
-    @field_validator("model_kind")
-    @classmethod
-    def _known_kind(cls, name: str) -> str:
-        return _known("model kind", name, backends.MODEL_KINDS)
-
-    @field_validator("drift_detector")
-    @classmethod
-    def _known_detector(cls, name: str) -> str:
-        return _known("drift detector", name, backends.DRIFT_DETECTORS)
+        what, valid = _BACKEND_FIELDS[str(info.field_name)]
+        try:
+            return backends.check_name(what, name, valid)
+        except UnknownNameError as exc:
+            raise ValueError(exc.message) from exc
 
     @model_validator(mode="after")
     def _fail_fast(self) -> Settings:
@@ -276,13 +276,3 @@ def load_settings(**overrides: object) -> Settings:
             name = "LM_" + "_".join(str(p) for p in err["loc"]).upper() if err["loc"] else "settings"
             lines.append(f"{name}: {err['msg']}")
         raise ConfigurationError("invalid settings: " + "; ".join(lines)) from exc
-
-
-def _known(what: str, name: str, valid: dict[str, str] | tuple[str, ...]) -> str:
-    """A backend name from :mod:`learning_machine.backends`, or a validation error listing the valid ones."""
-    from learning_machine.errors import UnknownNameError
-
-    try:
-        return backends.check_name(what, name, valid)
-    except UnknownNameError as exc:
-        raise ValueError(exc.message) from exc

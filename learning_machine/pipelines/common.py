@@ -9,6 +9,7 @@ from typing import Any
 
 from kfp import dsl
 
+from learning_machine.components.data import ingest, preprocess, validate
 from learning_machine.components.model import deploy, evaluate, promote, register
 from learning_machine.components.tracking import close_pipeline_run, open_pipeline_run
 from learning_machine.pipelines.cluster import ClusterOptions
@@ -28,6 +29,19 @@ def parent_run(options: ClusterOptions, pipeline: str, *, run_key: str, model_na
     closing = options.apply(close_pipeline_run(run_key=run_key, job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                                                **mlflow).set_display_name("close-mlflow-run"))
     return opened.output, closing
+
+
+def clean_data(options: ClusterOptions, *, source: str, spec_path: str, rows: int, seed: int, scenario: str,
+               drift_start: int, max_missing_fraction: float, max_invalid_fraction: float, parent: Any,
+               mlflow: dict[str, Any]) -> Any:
+    """Ingest the raw rows, check them against the spec (the run fails above the limits), and
+    preprocess them; returns the preprocess task (its ``clean`` output is the training data)."""
+    raw = options.apply(ingest(source=source, parent_run_id=parent, spec_path=spec_path, rows=rows, seed=seed,
+                               scenario=scenario, drift_start=drift_start, **mlflow))
+    checked = options.apply(validate(raw=raw.outputs["raw"], parent_run_id=parent,
+                                     max_missing_fraction=max_missing_fraction,
+                                     max_invalid_fraction=max_invalid_fraction, **mlflow))
+    return options.apply(preprocess(raw=raw.outputs["raw"], parent_run_id=parent, **mlflow).after(checked))
 
 
 def gate_and_serve(options: ClusterOptions, trained: Any, *, parent: Any, model_name: str, gate_metric: str,

@@ -6,11 +6,11 @@ same held-out rows of the new data."""
 from kfp import dsl
 from kfp.dsl.graph_component import GraphComponent
 
-from learning_machine.components.data import ingest, preprocess, validate
+from learning_machine.components.data import ingest
 from learning_machine.components.model import retrain
 from learning_machine.pipelines.cluster import DEFAULT_OPTIONS, ClusterOptions
 from learning_machine.pipelines.common import DEFAULTS as D
-from learning_machine.pipelines.common import gate_and_serve, parent_run
+from learning_machine.pipelines.common import clean_data, gate_and_serve, parent_run
 
 
 def build(options: ClusterOptions = DEFAULT_OPTIONS) -> GraphComponent:
@@ -32,15 +32,12 @@ def build(options: ClusterOptions = DEFAULT_OPTIONS) -> GraphComponent:
         parent, closing = parent_run(options, "retraining", run_key=run_key, model_name=model_name,
                                      source=source, mlflow=mlflow)
         with dsl.ExitHandler(closing, name="retraining-steps"):
-            raw = options.apply(ingest(source=source, parent_run_id=parent, spec_path=spec_path, rows=rows,
-                                       seed=seed, scenario=scenario, drift_start=drift_start, **mlflow))
+            clean = clean_data(options, source=source, spec_path=spec_path, rows=rows, seed=seed, scenario=scenario,
+                               drift_start=drift_start, max_missing_fraction=max_missing_fraction,
+                               max_invalid_fraction=max_invalid_fraction, parent=parent, mlflow=mlflow)
             reference = options.apply(ingest(source=reference_source, parent_run_id=parent, spec_path=spec_path,
                                              rows=reference_rows, seed=reference_seed, **mlflow)
                                       .set_display_name("ingest-reference"))
-            checked = options.apply(validate(raw=raw.outputs["raw"], parent_run_id=parent,
-                                             max_missing_fraction=max_missing_fraction,
-                                             max_invalid_fraction=max_invalid_fraction, **mlflow))
-            clean = options.apply(preprocess(raw=raw.outputs["raw"], parent_run_id=parent, **mlflow).after(checked))
             trained = options.apply(retrain(data=clean.outputs["clean"], reference=reference.outputs["raw"],
                                             parent_run_id=parent, base_ref=base_ref, model_params=model_params,
                                             model_name=model_name, seed=seed, test_fraction=test_fraction,

@@ -4,11 +4,10 @@ promote -> deploy, every step nested under one parent MLflow run that the exit h
 from kfp import dsl
 from kfp.dsl.graph_component import GraphComponent
 
-from learning_machine.components.data import ingest, preprocess, validate
 from learning_machine.components.model import train
 from learning_machine.pipelines.cluster import DEFAULT_OPTIONS, ClusterOptions
 from learning_machine.pipelines.common import DEFAULTS as D
-from learning_machine.pipelines.common import gate_and_serve, parent_run
+from learning_machine.pipelines.common import clean_data, gate_and_serve, parent_run
 
 
 def build(options: ClusterOptions = DEFAULT_OPTIONS) -> GraphComponent:
@@ -28,12 +27,9 @@ def build(options: ClusterOptions = DEFAULT_OPTIONS) -> GraphComponent:
         parent, closing = parent_run(options, "training", run_key=run_key, model_name=model_name, source=source,
                                      mlflow=mlflow)
         with dsl.ExitHandler(closing, name="training-steps"):
-            raw = options.apply(ingest(source=source, parent_run_id=parent, spec_path=spec_path, rows=rows,
-                                       seed=seed, scenario=scenario, drift_start=drift_start, **mlflow))
-            checked = options.apply(validate(raw=raw.outputs["raw"], parent_run_id=parent,
-                                             max_missing_fraction=max_missing_fraction,
-                                             max_invalid_fraction=max_invalid_fraction, **mlflow))
-            clean = options.apply(preprocess(raw=raw.outputs["raw"], parent_run_id=parent, **mlflow).after(checked))
+            clean = clean_data(options, source=source, spec_path=spec_path, rows=rows, seed=seed, scenario=scenario,
+                               drift_start=drift_start, max_missing_fraction=max_missing_fraction,
+                               max_invalid_fraction=max_invalid_fraction, parent=parent, mlflow=mlflow)
             trained = options.apply(train(data=clean.outputs["clean"], parent_run_id=parent, model_kind=model_kind,
                                           model_params=model_params, seed=seed, test_fraction=test_fraction,
                                           **mlflow), train=True)
