@@ -7,15 +7,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from learning_machine.data.sources import LoadedDataset, load_dataset
 from learning_machine.errors import DataQualityError
 from learning_machine.lifecycle.promotion import decide
-from learning_machine.model.training import TrainingResult, retrain_model, train_model
 from learning_machine.registry.names import CHAMPION
 from learning_machine.registry.tracker import Tracker, VersionInfo
 from learning_machine.settings import Settings
+
+if TYPE_CHECKING:  # scikit-learn and XGBoost load only where a model is trained (pipeline steps stay light)
+    from learning_machine.model.training import TrainingResult
 
 Progress = Callable[[str], None]
 
@@ -60,6 +62,8 @@ def train_and_register(settings: Settings, tracker: Tracker, dataset: LoadedData
     ``always``, ``never`` or ``if-first`` (only when the model has no champion yet).
 
     The server is checked before any work, and nothing is registered unless the run finished."""
+    from learning_machine.model.training import retrain_model, train_model
+
     if promote not in ("always", "never", "if-first"):
         raise ValueError(f"promote must be always, never or if-first, not {promote!r}")
     check_quality(dataset, settings.max_invalid_fraction)

@@ -17,19 +17,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import yaml
 
-from learning_machine.data.sources import LoadedDataset
 from learning_machine.errors import (
     LearningMachineError,
     ModelNotFoundError,
     RegistryError,
     TrackingUnavailableError,
 )
-from learning_machine.model.training import TrainingResult
 from learning_machine.registry.names import (
     CHALLENGER,
     CHAMPION,
@@ -40,6 +38,10 @@ from learning_machine.registry.names import (
     SPEC_FILE,
 )
 from learning_machine.settings import Settings
+
+if TYPE_CHECKING:  # a pipeline step imports this module in a fresh interpreter: keep it light
+    from learning_machine.data.sources import LoadedDataset
+    from learning_machine.model.training import TrainingResult
 
 T = TypeVar("T")
 
