@@ -76,8 +76,8 @@ def _change(settings: Settings, action: Literal["promote", "rollback"], version:
 
     detail = change_champion(settings, tracker_of(settings), action=action, version=version, reason=reason,
                              by="lm", record=lambda kind, event, at: _record(settings, kind, event, at))
-    verb = "is now the champion" if action == "promote" else f"is the champion again (was v{detail['from']})"
-    console.print(f"{settings.model_name} v{detail['to']} {verb}")
+    console.print(f"{settings.model_name} v{detail['to']} is now the champion" if action == "promote" else
+                  f"{settings.model_name}: champion rolled back from v{detail['from']} to v{detail['to']}")
     deployed = detail["deployed"]
     say(deployed.get("detail") or f"served by {deployed.get('backend')}")
     if not deployed.get("deployed") and "not running" not in str(deployed.get("detail")):
