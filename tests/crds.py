@@ -1,13 +1,17 @@
-"""Custom resources checked offline against their CRD schemas (the copies in ``../shared/crds``, or
-``LM_CRD_DIR``), as `kubectl apply` with strict field validation would. Test tooling: it needs
-jsonschema and the team's CRD copies, neither of which the platform needs at run time."""
+"""Custom resources checked offline against their CRD schemas, as `kubectl apply` with strict field
+validation would. Test tooling: it needs jsonschema and the CRD YAML of Seldon Core and KFP, which the
+project does not ship. They are read from ``LM_CRD_DIR``, else from ``../shared/crds`` beside the checkout
+(this team's CI provides it). Without them the dedicated checks are skipped and the others warn, saying
+how to provide them; nothing passes silently."""
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from learning_machine.errors import ConfigurationError
@@ -30,8 +34,38 @@ def crd_dir() -> Path:
     env = os.environ.get("LM_CRD_DIR")
     path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "crds"
     if not path.is_dir():
-        raise ConfigurationError(f"CRD folder {path} does not exist; set LM_CRD_DIR")
+        raise ConfigurationError(f"CRD folder {path} does not exist; {HOW_TO_PROVIDE}")
     return path
+
+
+HOW_TO_PROVIDE = ("set LM_CRD_DIR to a folder holding " + ", ".join(sorted(set(CRD_FILES.values())))
+                  + " (for example `kubectl get crd seldondeployments.machinelearning.seldon.io -o yaml` on a "
+                  "cluster with Seldon Core 1.17 installed)")
+
+
+def crds_available() -> bool:
+    try:
+        crd_dir()
+    except ConfigurationError:
+        return False
+    return True
+
+
+requires_crds = pytest.mark.skipif(not crds_available(), reason=f"no CRD schemas to check against: {HOW_TO_PROVIDE}")
+
+
+class CRDSchemasMissing(UserWarning):
+    """A CRD-schema check inside a broader test was not made (no CRD schemas here)."""
+
+
+def crd_problems(resource: Resource) -> list[str]:
+    """:func:`validate_resource` where the CRD schemas are available; else no problems, with a warning
+    (shown in pytest's summary) that the check was skipped and how to provide the schemas."""
+    if not crds_available():
+        warnings.warn(f"CRD-schema check of {resource.get('kind')} skipped: {HOW_TO_PROVIDE}", CRDSchemasMissing,
+                      stacklevel=2)
+        return []
+    return validate_resource(resource)
 
 
 def crd_schema(group: str, kind: str, version: str, folder: Path | None = None) -> dict[str, Any]:

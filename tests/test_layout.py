@@ -24,10 +24,7 @@ SKIP = ("learning_machine.__main__", "learning_machine.dashboard.app")
 # A forbidden package a module may pull in all the same, because a runtime dependency needs it, with the one
 # module allowed to. Those modules are imported last, so that any other module pulling the package in first
 # is the one named.
-RUNTIME_NEEDS = {
-    # The dashboard's charts: altair (streamlit's dependency) imports jsonschema when it is imported.
-    "jsonschema": "learning_machine.dashboard.views",
-}
+RUNTIME_NEEDS: dict[str, str] = {}
 
 PROBE = """
 import importlib, json, pkgutil, sys

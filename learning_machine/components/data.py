@@ -11,8 +11,8 @@ from learning_machine.components import PLATFORM_IMAGE
 def ingest(source: str, raw: Output[Dataset], parent_run_id: str, seed: int, spec_path: str = "", rows: int = 0,
            scenario: str = "none", drift_start: int = 0, tracking_uri: str = "", experiment_name: str = "") -> str:
     """A built-in dataset or generator call, one CSV or a folder of CSVs -> raw dataset; returns its digest."""
+    from learning_machine.components import step_settings
     from learning_machine.components.steps import ingest as run
-    from learning_machine.components.steps import step_settings
 
     settings = step_settings(mlflow_tracking_uri=tracking_uri, experiment_name=experiment_name)
     result = run(settings, source, raw.path, parent_run_id=parent_run_id, spec_path=spec_path, rows=rows,
@@ -25,7 +25,7 @@ def ingest(source: str, raw: Output[Dataset], parent_run_id: str, seed: int, spe
 def validate(raw: Input[Dataset], report: Output[Artifact], parent_run_id: str, max_missing_fraction: float,
              max_invalid_fraction: float, tracking_uri: str = "", experiment_name: str = "") -> bool:
     """Data-quality report against the spec; fails the pipeline above the thresholds."""
-    from learning_machine.components.steps import step_settings
+    from learning_machine.components import step_settings
     from learning_machine.components.steps import validate as run
 
     settings = step_settings(mlflow_tracking_uri=tracking_uri, experiment_name=experiment_name)
@@ -40,8 +40,8 @@ def validate(raw: Input[Dataset], report: Output[Artifact], parent_run_id: str, 
 def preprocess(raw: Input[Dataset], clean: Output[Dataset], parent_run_id: str, tracking_uri: str = "",
                experiment_name: str = "") -> int:
     """Typed, clean dataset plus the transformed feature matrix; returns the number of model inputs."""
+    from learning_machine.components import step_settings
     from learning_machine.components.steps import preprocess as run
-    from learning_machine.components.steps import step_settings
 
     settings = step_settings(mlflow_tracking_uri=tracking_uri, experiment_name=experiment_name)
     return run(settings, raw.path, clean.path, parent_run_id=parent_run_id)

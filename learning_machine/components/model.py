@@ -13,7 +13,7 @@ from learning_machine.components import PLATFORM_IMAGE
 def train(data: Input[Dataset], test: Output[Dataset], parent_run_id: str, seed: int, test_fraction: float,
           model_kind: str = "", model_params: str = "{}", tracking_uri: str = "", experiment_name: str = "") -> str:
     """Fit preprocessing + model from scratch, log the run; returns its id. Writes the held-out rows."""
-    from learning_machine.components.steps import step_settings
+    from learning_machine.components import step_settings
     from learning_machine.components.steps import train as run
 
     settings = step_settings(mlflow_tracking_uri=tracking_uri, experiment_name=experiment_name, seed=seed,
@@ -29,8 +29,8 @@ def retrain(data: Input[Dataset], reference: Input[Dataset], test: Output[Datase
             test_fraction: float, base_ref: str = "champion", model_params: str = "{}", model_name: str = "",
             tracking_uri: str = "", experiment_name: str = "") -> str:
     """Continue the champion on old (``reference``, may be empty) plus new data, log the run; returns its id."""
+    from learning_machine.components import step_settings
     from learning_machine.components.steps import retrain as run
-    from learning_machine.components.steps import step_settings
 
     settings = step_settings(mlflow_tracking_uri=tracking_uri, experiment_name=experiment_name, seed=seed,
                              test_fraction=test_fraction, model_name=model_name)
@@ -46,8 +46,8 @@ def evaluate(candidate_run_id: str, test: Input[Dataset], comparison: Output[Art
              tracking_uri: str = "", experiment_name: str = "") -> bool:
     """Candidate versus champion on the same held-out rows (with subgroups); returns the gate's verdict
     (one boolean output: kfp.local 2.17 resolves a dsl.If on a task's single output only)."""
+    from learning_machine.components import step_settings
     from learning_machine.components.steps import evaluate as run
-    from learning_machine.components.steps import step_settings
 
     settings = step_settings(mlflow_tracking_uri=tracking_uri, experiment_name=experiment_name,
                              model_name=model_name)
@@ -63,8 +63,8 @@ def evaluate(candidate_run_id: str, test: Input[Dataset], comparison: Output[Art
 def register(candidate_run_id: str, comparison: Input[Artifact], parent_run_id: str,
              model_name: str = "", tracking_uri: str = "", experiment_name: str = "") -> str:
     """Register the candidate as a new version (alias challenger) with its metrics; returns the version."""
-    from learning_machine.components.steps import register as run
-    from learning_machine.components.steps import step_settings
+    from learning_machine.components import step_settings
+    from learning_machine.components.release import register as run
 
     settings = step_settings(mlflow_tracking_uri=tracking_uri, experiment_name=experiment_name,
                              model_name=model_name)
@@ -77,8 +77,8 @@ def promote(version: str, comparison: Input[Artifact], parent_run_id: str, model
     """Point the champion alias at ``version`` (only reached when the gate passed)."""
     import json
 
-    from learning_machine.components.steps import promote as run
-    from learning_machine.components.steps import step_settings
+    from learning_machine.components import step_settings
+    from learning_machine.components.release import promote as run
 
     with open(comparison.path) as f:
         reason = json.load(f)["gate"]["reason"]
@@ -93,8 +93,8 @@ def deploy(version: str, parent_run_id: str, model_name: str = "", deployer: str
     """Serve ``version`` with the configured deployer (LM_DEPLOYER); returns what it did."""
     import json
 
-    from learning_machine.components.steps import deploy as run
-    from learning_machine.components.steps import step_settings
+    from learning_machine.components import step_settings
+    from learning_machine.components.release import deploy as run
 
     settings = step_settings(mlflow_tracking_uri=tracking_uri, experiment_name=experiment_name,
                              model_name=model_name, deployer=deployer)
@@ -106,8 +106,8 @@ def batch_infer(data: Input[Dataset], predictions: Output[Dataset], parent_run_i
                 model_ref: str = "champion", model_name: str = "", tracking_uri: str = "",
                 experiment_name: str = "") -> str:
     """Score the records with a chosen version (alias or number) into JSON Lines; returns the version used."""
+    from learning_machine.components import step_settings
     from learning_machine.components.steps import batch_infer as run
-    from learning_machine.components.steps import step_settings
 
     settings = step_settings(mlflow_tracking_uri=tracking_uri, experiment_name=experiment_name,
                              model_name=model_name)

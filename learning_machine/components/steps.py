@@ -28,26 +28,23 @@ from learning_machine.errors import (
     ModelNotFoundError,
     TrainingError,
 )
-from learning_machine.lifecycle.promotion import GATE_METRICS, PromotionDecision, check_policy, decide, serve
-from learning_machine.lifecycle.training import log_candidate, register_candidate
-from learning_machine.registry.config import quiet_mlflow
-from learning_machine.registry.names import CHAMPION, PREVIOUS_TAG
+from learning_machine.lifecycle.promotion import (
+    GATE_METRICS,
+    PromotionDecision,
+    check_policy,
+    decide,
+)
+from learning_machine.lifecycle.training import log_candidate
+from learning_machine.registry.names import CHAMPION
 from learning_machine.registry.runs import STEP_TAG, step_run
 from learning_machine.registry.tracker import tracker_for
-from learning_machine.settings import Settings, load_settings
+from learning_machine.settings import Settings
 
 DATA_FILE = "data.csv"
 SPEC_FILE = "spec.yaml"
 SOURCE_FILE = "source.json"
 FEATURES_FILE = "features.csv"
 
-
-
-def step_settings(**overrides: Any) -> Settings:
-    """The settings of one step: the environment (a ConfigMap/Secret on a cluster) plus the step's
-    explicit parameters; an empty parameter ("" or None) means "from the environment"."""
-    quiet_mlflow()
-    return load_settings(**{k: v for k, v in overrides.items() if v not in ("", None)})
 
 
 # -- dataset folders -------------------------------------------------------------------------------
@@ -356,56 +353,6 @@ def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, me
         tracker.set_tag(run_id, "lm.gate", decision.reason)
     print(decision.reason)
     return GateDecision(decision, champion_version)
-
-
-# -- register, promote, deploy ---------------------------------------------------------------------
-def register(settings: Settings, candidate_run_id: str, metrics_path: str | Path | None = None, *,
-             parent_run_id: str = "") -> str:
-    """Register the candidate's model as a new version (alias ``challenger``) tagged with its held-out
-    metrics and the gate's verdict; returns the version number."""
-    tracker = tracker_for(settings)
-    with step_run(settings, tracker, "register", parent_run_id) as run_id:
-        summary = json.loads(Path(metrics_path).read_text()) if metrics_path else {}
-        metrics = (summary.get("candidate") or {}).get("metrics") or {}
-        gate = summary.get("gate") or {}
-        tags = {"lm.pipeline_run": parent_run_id} if parent_run_id else {}
-        if gate:
-            tags["lm.gate"] = str(gate.get("reason", ""))[:500]
-        run_tags, run_params = tracker.run_tags_and_params(candidate_run_id)
-        for key in ("lm.dataset", "lm.kind", "lm.mode", "lm.continued_from", "lm.retrain_mode", "lm.candidates"):
-            if key in run_tags:
-                tags[key] = run_tags[key]
-        if "dataset_digest" in run_params:
-            tags["lm.dataset_digest"] = run_params["dataset_digest"]
-        info = register_candidate(settings, tracker, candidate_run_id, metrics, tags)
-        tracker.log_params(run_id, {"model_name": settings.model_name, "version": info.version,
-                                    "candidate_run_id": candidate_run_id})
-    print(f"registered {settings.model_name} v{info.version} as challenger")
-    return info.version
-
-
-def promote(settings: Settings, version: str, *, parent_run_id: str = "", reason: str = "") -> str:
-    """Make ``version`` the champion (the gate passed); the pipeline's deploy step serves it next."""
-    tracker = tracker_for(settings)
-    with step_run(settings, tracker, "promote", parent_run_id) as run_id:
-        info = tracker.promote(settings.model_name, version, reason=reason or "passed the pipeline gate")
-        tracker.log_params(run_id, {"model_name": settings.model_name, "version": info.version,
-                                    "previous_champion": info.tags.get(PREVIOUS_TAG, "")})
-    print(f"promoted {settings.model_name} v{info.version} to champion")
-    return info.version
-
-
-def deploy(settings: Settings, version: str, *, parent_run_id: str = "") -> dict[str, Any]:
-    """Serve ``version`` with the configured deployer (``LM_DEPLOYER``; ``none`` logs and does nothing);
-    a failed deployment fails the step."""
-    tracker = tracker_for(settings)
-    with step_run(settings, tracker, "deploy", parent_run_id) as run_id:
-        result = serve(settings, version, deployer=settings.deployer, strict=True)
-        tracker.log_params(run_id, {"deployer": result["backend"], "model_name": result["model_name"],
-                                    "version": result["version"], "changed": result["changed"],
-                                    "detail": str(result["detail"])[:500]})
-    print(f"deploy ({result['backend']}): {result['detail'] or 'done'}")
-    return result
 
 
 # -- batch inference -------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from learning_machine.components import PLATFORM_IMAGE
 def open_pipeline_run(pipeline: str, run_key: str, job_id: str, model_name: str = "", source: str = "",
                       tracking_uri: str = "", experiment_name: str = "") -> str:
     """Create the parent run every step nests under; returns its id. Fails fast if MLflow is down."""
-    from learning_machine.components.steps import step_settings
+    from learning_machine.components import step_settings
     from learning_machine.registry.runs import start_pipeline_run
 
     settings = step_settings(mlflow_tracking_uri=tracking_uri, experiment_name=experiment_name)
@@ -22,7 +22,7 @@ def close_pipeline_run(run_key: str, job_id: str, status: dsl.PipelineTaskFinalS
                        experiment_name: str = "") -> None:
     """Exit handler: mark the parent run FINISHED or FAILED (an exit task cannot take another task's
     output, so the run is found by its key)."""
-    from learning_machine.components.steps import step_settings
+    from learning_machine.components import step_settings
     from learning_machine.registry.runs import finish_pipeline_run
 
     settings = step_settings(mlflow_tracking_uri=tracking_uri, experiment_name=experiment_name)

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import altair as alt
 import pandas as pd
 
 from learning_machine.clients.gateway import GatewayError, LearningMachineClient
@@ -229,6 +228,8 @@ def contributions_frame(exact: dict[str, Any]) -> pd.DataFrame:
 
 
 def contributions_chart(frame: pd.DataFrame) -> Any:
+    import altair as alt  # here, not at import: altair loads jsonschema, which the views need not
+
     return alt.Chart(frame).mark_bar().encode(
         x=alt.X("contribution:Q", title="contribution to the risk (log-odds)"),
         y=alt.Y("feature:N", sort=list(frame["feature"]), title=None, axis=alt.Axis(labelOverlap=False)),
@@ -367,6 +368,8 @@ def _reason(detail: Any) -> str:
 def timeline_chart(frame: pd.DataFrame, events: pd.DataFrame, *, y_title: str, color: str = "feature",
                    threshold: float | None = None, log_y: bool = False) -> Any:
     """A metric over time, one line per ``color`` value, retraining events as labelled vertical rules."""
+    import altair as alt  # here, not at import: altair loads jsonschema, which the views need not
+
     y = alt.Y("value:Q", title=y_title, scale=alt.Scale(type="log") if log_y else alt.Undefined)
     layers: list[Any] = [alt.Chart(frame).mark_line(point=True).encode(
         x=alt.X("created_at:T", title="time (UTC)", axis=alt.Axis(format="%H:%M:%S", labelAngle=0)), y=y, color=alt.Color(f"{color}:N", title=color,

@@ -1,5 +1,5 @@
 """Kubernetes manifests for serving on Seldon, rendered by plain functions (no templating language), and
-their offline validation against the custom resource definitions in ``../shared/crds``.
+their offline validation lives with the tests (tests/crds.py: the CRD schemas are not shipped).
 
 * Seldon Core v1 (``machinelearning.seldon.io/v1``): a ``SeldonDeployment`` with protocol v2 running the
   project's serving image (our MLServer runtimes) as a custom model, the explainer beside it, request

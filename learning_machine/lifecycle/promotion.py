@@ -100,7 +100,7 @@ def champion_event(before: VersionInfo | None, after: VersionInfo, **detail: Any
 
 def change_champion(settings: Settings, tracker: Tracker, *, action: Literal["promote", "rollback"],
                     version: str | None, reason: str, by: str, record: Recorder | None = None,
-                    deployer: str | None = None) -> Any:
+                    deployer: str | None = None, deploy: bool = True) -> Any:
     """Promote ``version`` (a number or an alias) to champion, or roll the champion back (to ``version``
     or to the one it replaced); then serve the new champion and record the event (``promoted`` or
     ``rolled-back``, with who, why and what serving did). Returns what ``record`` returned (the stored
@@ -116,6 +116,7 @@ def change_champion(settings: Settings, tracker: Tracker, *, action: Literal["pr
     else:
         before, after = tracker.rollback(model, version)
         kind = "rolled-back"
-    detail = champion_event(before, after, reason=reason, by=by,
-                            deployed=serve(settings, after.version, deployer=deployer))
+    detail = champion_event(before, after, reason=reason, by=by)
+    if deploy:  # a pipeline serves in its own deploy step, so that a failed deployment fails that step
+        detail["deployed"] = serve(settings, after.version, deployer=deployer)
     return record(kind, detail, after.version) if record is not None else detail

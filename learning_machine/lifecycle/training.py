@@ -9,14 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from learning_machine.data.sources import LoadedDataset, load_dataset
 from learning_machine.errors import DataQualityError
 from learning_machine.lifecycle.promotion import decide
 from learning_machine.registry.names import CHAMPION
 from learning_machine.registry.tracker import Tracker, VersionInfo
 from learning_machine.settings import Settings
 
-if TYPE_CHECKING:  # scikit-learn and XGBoost load only where a model is trained (pipeline steps stay light)
+if TYPE_CHECKING:  # pandas, scikit-learn and XGBoost load only where data or a model is handled
+    from learning_machine.data.sources import LoadedDataset
     from learning_machine.model.training import TrainingResult
 
 Progress = Callable[[str], None]
@@ -34,6 +34,8 @@ class TrainOutcome:
 
 def dataset_from_settings(settings: Settings, **options: Any) -> LoadedDataset:
     """The dataset the settings name (built-in, generated, or a CSV with its spec)."""
+    from learning_machine.data.sources import load_dataset
+
     return load_dataset(settings.dataset, spec_path=settings.dataset_spec, n_rows=options.pop("n_rows", None)
                         or settings.train_rows, seed=settings.seed, **options)
 

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from learning_machine.components import steps
+from learning_machine.components import release, steps
 from learning_machine.registry.config import quiet_mlflow
 from learning_machine.registry.runs import finish_pipeline_run, now_key, start_pipeline_run
 from learning_machine.settings import Settings
@@ -31,10 +31,10 @@ def train_inline(settings: Settings, *, source: str, spec_path: str = "", rows: 
             run_id, _ = steps.train(settings, root / "clean", root / "test", parent_run_id=parent, kind=model_kind)
             decision = steps.evaluate(settings, run_id, root / "test", root / "comparison.json",
                                       parent_run_id=parent, policy=promote_policy)
-            version = steps.register(settings, run_id, root / "comparison.json", parent_run_id=parent)
+            version = release.register(settings, run_id, root / "comparison.json", parent_run_id=parent)
             if decision.promote:
-                steps.promote(settings, version, parent_run_id=parent, reason=decision.reason)
-                steps.deploy(settings, version, parent_run_id=parent)
+                release.promote(settings, version, parent_run_id=parent, reason=decision.reason)
+                release.deploy(settings, version, parent_run_id=parent)
         state = "SUCCEEDED"
     finally:
         finish_pipeline_run(settings, key, state)

@@ -1,0 +1,71 @@
+"""The release steps of the training pipelines as plain functions: register the candidate, promote it
+(through the lifecycle's change of champion) and deploy it. Kept apart from the data and model steps
+(:mod:`.steps`) so that their tasks start without pandas, scikit-learn or XGBoost: each pipeline task
+is a fresh interpreter, and imports are most of its cost."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from learning_machine.lifecycle.promotion import change_champion, serve
+from learning_machine.lifecycle.training import register_candidate
+from learning_machine.registry.runs import step_run
+from learning_machine.registry.tracker import tracker_for
+from learning_machine.settings import Settings
+
+
+def register(settings: Settings, candidate_run_id: str, metrics_path: str | Path | None = None, *,
+             parent_run_id: str = "") -> str:
+    """Register the candidate's model as a new version (alias ``challenger``) tagged with its held-out
+    metrics and the gate's verdict; returns the version number."""
+    tracker = tracker_for(settings)
+    with step_run(settings, tracker, "register", parent_run_id) as run_id:
+        summary = json.loads(Path(metrics_path).read_text()) if metrics_path else {}
+        metrics = (summary.get("candidate") or {}).get("metrics") or {}
+        gate = summary.get("gate") or {}
+        tags = {"lm.pipeline_run": parent_run_id} if parent_run_id else {}
+        if gate:
+            tags["lm.gate"] = str(gate.get("reason", ""))[:500]
+        run_tags, run_params = tracker.run_tags_and_params(candidate_run_id)
+        for key in ("lm.dataset", "lm.kind", "lm.mode", "lm.continued_from", "lm.retrain_mode", "lm.candidates"):
+            if key in run_tags:
+                tags[key] = run_tags[key]
+        if "dataset_digest" in run_params:
+            tags["lm.dataset_digest"] = run_params["dataset_digest"]
+        info = register_candidate(settings, tracker, candidate_run_id, metrics, tags)
+        tracker.log_params(run_id, {"model_name": settings.model_name, "version": info.version,
+                                    "candidate_run_id": candidate_run_id})
+    print(f"registered {settings.model_name} v{info.version} as challenger")
+    return info.version
+
+
+def promote(settings: Settings, version: str, *, parent_run_id: str = "", reason: str = "") -> str:
+    """Make ``version`` the champion (the gate passed), through the lifecycle's change of champion; the
+    event is recorded on the step's run (``promotion/event.json``) and the pipeline's deploy step serves it."""
+    tracker = tracker_for(settings)
+    with step_run(settings, tracker, "promote", parent_run_id) as run_id:
+        def record(kind: str, detail: dict[str, Any], at: str | None) -> dict[str, Any]:
+            tracker.log_params(run_id, {"model_name": settings.model_name, "version": at,
+                                        "previous_champion": detail["from"] or ""})
+            tracker.log_text(run_id, json.dumps({"kind": kind, **detail}, indent=2), "promotion/event.json")
+            return detail
+
+        detail = change_champion(settings, tracker, action="promote", version=version, deploy=False,
+                                 reason=reason or "passed the pipeline gate", by="pipeline", record=record)
+    print(f"promoted {settings.model_name} v{detail['to']} to champion")
+    return str(detail["to"])
+
+
+def deploy(settings: Settings, version: str, *, parent_run_id: str = "") -> dict[str, Any]:
+    """Serve ``version`` with the configured deployer (``LM_DEPLOYER``; ``none`` logs and does nothing);
+    a failed deployment fails the step."""
+    tracker = tracker_for(settings)
+    with step_run(settings, tracker, "deploy", parent_run_id) as run_id:
+        result = serve(settings, version, deployer=settings.deployer, strict=True)
+        tracker.log_params(run_id, {"deployer": result["backend"], "model_name": result["model_name"],
+                                    "version": result["version"], "changed": result["changed"],
+                                    "detail": str(result["detail"])[:500]})
+    print(f"deploy ({result['backend']}): {result['detail'] or 'done'}")
+    return result
