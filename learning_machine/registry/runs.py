@@ -34,7 +34,7 @@ def step_run(settings: Settings, tracker: Tracker, step: str, parent_run_id: str
 
 def _mark_failed(tracker: Tracker, run_id: str, exc: BaseException) -> None:
     try:
-        tracker.client.set_tag(run_id, ERROR_TAG, f"{type(exc).__name__}: {exc}"[:5000])
+        tracker.set_tag(run_id, ERROR_TAG, f"{type(exc).__name__}: {exc}"[:5000])
         tracker.end_run(run_id, "FAILED")
     except Exception:  # noqa: BLE001 - the server may be the thing that failed; the step's error matters
         pass
@@ -53,10 +53,8 @@ def start_pipeline_run(settings: Settings, pipeline: str, run_key: str, params: 
 
 def find_pipeline_run(tracker: Tracker, experiment: str, run_key: str) -> str | None:
     """The parent run tagged with ``run_key``, or None."""
-    exp = tracker.experiment_id(experiment)
-    runs = tracker._call("finding the pipeline run", lambda: tracker.client.search_runs(
-        [exp], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", max_results=1))
-    return str(runs[0].info.run_id) if runs else None
+    runs = tracker.search_runs(experiment, f"tags.`{RUN_KEY_TAG}` = '{run_key}'", max_results=1)
+    return runs[0] if runs else None
 
 
 def finish_pipeline_run(settings: Settings, run_key: str, state: str, error: str = "") -> str | None:
@@ -70,9 +68,9 @@ def finish_pipeline_run(settings: Settings, run_key: str, state: str, error: str
             print(f"no pipeline run tagged {RUN_KEY_TAG}={run_key}: nothing to close")
             return None
         ok = state.upper() in ("SUCCEEDED", "SUCCESS", "FINISHED")
-        tracker._call("tagging the pipeline run", lambda: tracker.client.set_tag(run_id, "lm.pipeline_state", state))
+        tracker.set_tag(run_id, "lm.pipeline_state", state)
         if error and not ok:
-            tracker._call("tagging the pipeline run", lambda: tracker.client.set_tag(run_id, ERROR_TAG, error[:5000]))
+            tracker.set_tag(run_id, ERROR_TAG, error[:5000])
         tracker.end_run(run_id, "FINISHED" if ok else "FAILED")
         return run_id
     except LearningMachineError as exc:

@@ -8,6 +8,7 @@ serves and what waits. Each promotion records the champion it replaced, so a rol
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 import time
@@ -15,7 +16,6 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -37,6 +37,7 @@ from learning_machine.registry.names import (
     PROMOTION_REASON_TAG,
     SPEC_FILE,
 )
+from learning_machine.registry.rest import ARTIFACTS_API, MlflowRest, tags_dict, tags_list
 from learning_machine.settings import Settings
 
 if TYPE_CHECKING:  # a pipeline step imports this module in a fresh interpreter: keep it light
@@ -71,11 +72,18 @@ class Tracker:
     """The platform's view of one MLflow tracking server and its model registry."""
 
     def __init__(self, tracking_uri: str, *, timeout_s: float = 10.0) -> None:
-        from mlflow import MlflowClient
-
         self.uri = tracking_uri.rstrip("/")
         self.timeout_s = timeout_s
-        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        # Runs, tags and the registry go over MLflow's REST API (:mod:`.rest`); MlflowClient, whose import
+        # alone costs seconds, only where MLflow's own code is needed (models, datasets, downloads).
+        self.rest = MlflowRest(self.uri, timeout_s=timeout_s)
+
+    @functools.cached_property
+    def client(self) -> Any:
+        """MLflow's client of the same server, created on first use."""
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
 
     # -- reachability ------------------------------------------------------------------------------
     def health(self) -> None:
@@ -118,10 +126,17 @@ class Tracker:
     # -- runs --------------------------------------------------------------------------------------
     def experiment_id(self, name: str) -> str:
         """The id of the experiment called ``name``, created when missing."""
-        def get() -> str:
-            found = self.client.get_experiment_by_name(name)
-            return found.experiment_id if found else self.client.create_experiment(name)
-        return self._call(f"opening experiment {name!r}", get)
+        what = f"opening experiment {name!r}"
+        try:
+            found = self.rest.call(what, "GET", "experiments/get-by-name", params={"experiment_name": name})
+            return str(found["experiment"]["experiment_id"])
+        except ModelNotFoundError:
+            pass
+        try:
+            return str(self.rest.call(what, "POST", "experiments/create", json={"name": name})["experiment_id"])
+        except RegistryError:  # created meanwhile by another step or service
+            found = self.rest.call(what, "GET", "experiments/get-by-name", params={"experiment_name": name})
+            return str(found["experiment"]["experiment_id"])
 
     def start_run(self, experiment: str, run_name: str, *, tags: dict[str, str] | None = None,
                   parent_run_id: str | None = None) -> str:
@@ -130,26 +145,28 @@ class Tracker:
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         exp = self.experiment_id(experiment)
-        run = self._call("starting a run", lambda: self.client.create_run(exp, run_name=run_name, tags=all_tags))
-        return str(run.info.run_id)
+        run = self.rest.call("starting a run", "POST", "runs/create", json={
+            "experiment_id": exp, "run_name": run_name, "start_time": int(time.time() * 1000),
+            "tags": tags_list(all_tags)})
+        return str(run["run"]["info"]["run_id"])
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
-        self._call("ending a run", lambda: self.client.set_terminated(run_id, status=status))
+        self.rest.call("ending a run", "POST", "runs/update",
+                       json={"run_id": run_id, "status": status, "end_time": int(time.time() * 1000)})
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        items = [{"key": k, "value": str(v)[:6000]} for k, v in params.items()]
         for i in range(0, len(items), 100):
-            self._call("logging parameters", partial(self.client.log_batch, run_id, params=items[i:i + 100]))
+            self.rest.call("logging parameters", "POST", "runs/log-batch",
+                           json={"run_id": run_id, "params": items[i:i + 100]})
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v == v]  # drop NaN
+        items = [{"key": k, "value": float(v), "timestamp": now, "step": step}
+                 for k, v in metrics.items() if v == v and abs(float(v)) != float("inf")]  # JSON has no NaN or inf
         for i in range(0, len(items), 1000):
-            self._call("logging metrics", partial(self.client.log_batch, run_id, metrics=items[i:i + 1000]))
+            self.rest.call("logging metrics", "POST", "runs/log-batch",
+                           json={"run_id": run_id, "metrics": items[i:i + 1000]})
 
     def log_dataset(self, run_id: str, dataset: LoadedDataset, context: str = "training") -> str:
         """Record ``dataset`` as an MLflow input of the run; returns its digest."""
@@ -165,25 +182,53 @@ class Tracker:
         return dataset.digest
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-        self._call(f"logging {artifact_file}", lambda: self.client.log_text(run_id, text, artifact_file))
+        if not self._upload(run_id, artifact_file, text.encode()):
+            self._call(f"logging {artifact_file}", lambda: self.client.log_text(run_id, text, artifact_file))
+
+    def _upload(self, run_id: str, artifact_file: str, data: bytes) -> bool:
+        """PUT a small artifact through the server's artifact proxy (``--serve-artifacts``, how `lm up` and
+        the chart run MLflow); False when the run's artifacts live elsewhere (then MlflowClient uploads)."""
+        root = str(self._run(run_id)["info"].get("artifact_uri", ""))
+        if not root.startswith("mlflow-artifacts:/") or root.startswith("mlflow-artifacts://"):
+            return False
+        path = f"{root[len('mlflow-artifacts:/'):].strip('/')}/{artifact_file.strip('/')}"
+        self.rest.call(f"uploading {artifact_file}", "PUT", path, content=data, api=ARTIFACTS_API)
+        return True
 
     def set_tag(self, run_id: str, key: str, value: str) -> None:
-        self._call("tagging the run", lambda: self.client.set_tag(run_id, key, value))
+        self.rest.call("tagging the run", "POST", "runs/set-tag", json={"run_id": run_id, "key": key, "value": value})
+
+    def _run(self, run_id: str) -> dict[str, Any]:
+        return dict(self.rest.call("reading the run", "GET", "runs/get", params={"run_id": run_id})["run"])
+
+    def run_status(self, run_id: str) -> str:
+        return str(self._run(run_id)["info"]["status"])
 
     def run_tags_and_params(self, run_id: str) -> tuple[dict[str, str], dict[str, str]]:
         """(tags, parameters) of a run."""
-        run = self._call("reading the run", lambda: self.client.get_run(run_id))
-        return dict(run.data.tags), dict(run.data.params)
+        data = self._run(run_id).get("data", {})
+        return tags_dict(data.get("tags")), tags_dict(data.get("params"))
+
+    def search_runs(self, experiment: str, filter_string: str, max_results: int = 100) -> list[str]:
+        """Ids of the runs of ``experiment`` that match ``filter_string`` (MLflow's search syntax), newest first."""
+        found = self.rest.call("searching runs", "POST", "runs/search", json={
+            "experiment_ids": [self.experiment_id(experiment)], "filter": filter_string,
+            "max_results": max_results, "order_by": ["attributes.start_time DESC"]})
+        return [str(r["info"]["run_id"]) for r in found.get("runs", [])]
 
     def metric_history(self, run_id: str, key: str) -> list[float]:
-        history = self._call("reading metrics back", lambda: self.client.get_metric_history(run_id, key))
-        return [float(m.value) for m in history]
+        history = self.rest.call("reading metrics back", "GET", "metrics/get-history",
+                                 params={"run_id": run_id, "metric_key": key})
+        return [float(m["value"]) for m in history.get("metrics", [])]
 
     def artifact_names(self, run_id: str, path: str | None = None) -> list[str]:
         return [a.path for a in self._call("listing artifacts", lambda: self.client.list_artifacts(run_id, path))]
 
     def log_file(self, run_id: str, local_file: Path, artifact_path: str | None = None) -> None:
-        self._call("uploading an artifact", lambda: self.client.log_artifact(run_id, str(local_file), artifact_path))
+        name = f"{artifact_path.strip('/')}/{local_file.name}" if artifact_path else local_file.name
+        if not self._upload(run_id, name, local_file.read_bytes()):
+            self._call("uploading an artifact", lambda: self.client.log_artifact(run_id, str(local_file),
+                                                                                 artifact_path))
 
     def run_json(self, run_id: str, artifact_file: str) -> Any:
         """A JSON artifact of a run, parsed; None when the run has no such artifact."""
@@ -305,46 +350,70 @@ class Tracker:
                  tags: dict[str, str] | None = None, alias: str | None = CHALLENGER) -> VersionInfo:
         """Register the run's model as a new version tagged with its metrics, and give it ``alias``.
         On any failure the half-made version is deleted, so the registry never shows it."""
-        from mlflow.exceptions import MlflowException
-
-        def ensure_model() -> None:
-            try:
-                self.client.get_registered_model(model_name)
-            except MlflowException:
-                self.client.create_registered_model(model_name, description="Learning Machine risk model")
-
-        self._call(f"creating registered model {model_name!r}", ensure_model)
-        run = self._call("reading the run", lambda: self.client.get_run(run_id))
-        if run.info.status != "FINISHED":
-            raise RegistryError(f"run {run_id} is {run.info.status}; only finished runs are registered")
-        source = f"{run.info.artifact_uri}/{MODEL_ARTIFACT}"
-        version = self._call("registering a version", lambda: self.client.create_model_version(
-            model_name, source=source, run_id=run_id, tags={"lm.run_id": run_id}))
         try:
+            self.rest.call(f"reading registered model {model_name!r}", "GET", "registered-models/get",
+                           params={"name": model_name})
+        except ModelNotFoundError:
+            try:
+                self.rest.call(f"creating registered model {model_name!r}", "POST", "registered-models/create",
+                               json={"name": model_name, "description": "Learning Machine risk model"})
+            except RegistryError:
+                pass  # created meanwhile: the version below will say if it really is not there
+        info = self._run(run_id)["info"]
+        if info["status"] != "FINISHED":
+            raise RegistryError(f"run {run_id} is {info['status']}; only finished runs are registered")
+        source = f"{info['artifact_uri']}/{MODEL_ARTIFACT}"
+        created = self.rest.call("registering a version", "POST", "model-versions/create", json={
+            "name": model_name, "source": source, "run_id": run_id, "tags": tags_list({"lm.run_id": run_id})})
+        number = str(created["model_version"]["version"])
+        try:
+            self._wait_ready(model_name, number)
             all_tags = {**{f"metric.{k}": f"{v:.6g}" for k, v in (metrics or {}).items() if "." not in k},
                         **(tags or {})}
             for key, value in all_tags.items():
-                self._call("tagging the version", partial(self.client.set_model_version_tag,
-                                                          model_name, version.version, key, value))
+                self._version_tag(model_name, number, key, value)
             if alias:
-                self._call("setting the alias", lambda: self.client.set_registered_model_alias(
-                    model_name, alias, version.version))
+                self._set_alias(model_name, alias, number)
         except BaseException:
             try:
-                self.client.delete_model_version(model_name, version.version)
-            except Exception:  # noqa: BLE001 - best effort cleanup, the original error is what matters
-                pass
+                self.rest.call("removing the half-registered version", "DELETE", "model-versions/delete",
+                               json={"name": model_name, "version": number})
+            except LearningMachineError:
+                pass  # best effort cleanup, the original error is what matters
             raise
-        return self.version(model_name, str(version.version))
+        return self.version(model_name, number)
+
+    def _wait_ready(self, model_name: str, number: str, timeout_s: float = 300.0) -> None:
+        """A new version is READY at once on the stores we use; others copy the files first."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = self._model_version(model_name, number).get("status", "READY")
+            if status == "READY":
+                return
+            if status == "FAILED_REGISTRATION" or time.monotonic() > deadline:
+                raise RegistryError(f"{model_name} v{number} did not become ready ({status})")
+            time.sleep(0.5)
+
+    def _model_version(self, model_name: str, number: str) -> dict[str, Any]:
+        return dict(self.rest.call(f"looking up {model_name} v{number}", "GET", "model-versions/get",
+                                   params={"name": model_name, "version": number})["model_version"])
+
+    def _version_tag(self, model_name: str, number: str, key: str, value: str) -> None:
+        self.rest.call("tagging the version", "POST", "model-versions/set-tag",
+                       json={"name": model_name, "version": number, "key": key, "value": value})
+
+    def _set_alias(self, model_name: str, alias: str, number: str) -> None:
+        self.rest.call(f"setting {alias}", "POST", "registered-models/alias",
+                       json={"name": model_name, "alias": alias, "version": number})
 
     def version(self, model_name: str, ref: str) -> VersionInfo:
         """A version by number or alias (``champion``, ``challenger``)."""
-        def get() -> Any:
-            if ref.isdigit():
-                return self.client.get_model_version(model_name, ref)
-            return self.client.get_model_version_by_alias(model_name, ref)
         try:
-            mv = self._call(f"looking up {model_name}@{ref}", get)
+            if ref.isdigit():
+                mv = self._model_version(model_name, ref)
+            else:
+                mv = self.rest.call(f"looking up {model_name}@{ref}", "GET", "registered-models/alias",
+                                    params={"name": model_name, "alias": ref})["model_version"]
         except (ModelNotFoundError, RegistryError) as exc:
             raise ModelNotFoundError(f"model {model_name!r} has no version {ref!r}") from exc
         return _info(mv)
@@ -358,26 +427,29 @@ class Tracker:
 
     def list_versions(self, model_name: str) -> list[VersionInfo]:
         """All versions of a model, newest first, with their aliases."""
-        from mlflow.exceptions import MlflowException
-
-        def get() -> Any:
-            try:
-                model = self.client.get_registered_model(model_name)
-            except MlflowException as exc:
-                if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
-                    raise  # the server is down or refused: not the same as "no such model"
-                raise ModelNotFoundError(f"no registered model called {model_name!r}") from exc
-            versions = self.client.search_model_versions(f"name='{model_name}'")
-            return model, versions
-        model, versions = self._call(f"listing versions of {model_name!r}", get)
+        what = f"listing versions of {model_name!r}"
+        try:
+            model = self.rest.call(what, "GET", "registered-models/get", params={"name": model_name})
+        except ModelNotFoundError as exc:
+            raise ModelNotFoundError(f"no registered model called {model_name!r}") from exc
         aliases: dict[str, list[str]] = {}
-        for alias, number in (model.aliases or {}).items():
-            aliases.setdefault(str(number), []).append(alias)
-        infos = [_info(v, aliases.get(str(v.version), [])) for v in versions]
+        for item in model["registered_model"].get("aliases", []):
+            aliases.setdefault(str(item["version"]), []).append(str(item["alias"]))
+        versions: list[dict[str, Any]] = []
+        token = None
+        while True:
+            page = self.rest.call(what, "GET", "model-versions/search", params={
+                "filter": f"name='{model_name}'", "max_results": 1000, **({"page_token": token} if token else {})})
+            versions += page.get("model_versions", [])
+            token = page.get("next_page_token")
+            if not token:
+                break
+        infos = [_info(v, aliases.get(str(v["version"]), [])) for v in versions]
         return sorted(infos, key=lambda i: int(i.version), reverse=True)
 
     def registered_models(self) -> list[str]:
-        return [m.name for m in self._call("listing models", lambda: self.client.search_registered_models())]
+        found = self.rest.call("listing models", "GET", "registered-models/search", params={"max_results": 1000})
+        return [str(m["name"]) for m in found.get("registered_models", [])]
 
     def promote(self, model_name: str, version: str, *, reason: str = "manual") -> VersionInfo:
         """Point ``champion`` at ``version``; remember the champion it replaces for rollback."""
@@ -386,17 +458,13 @@ class Tracker:
         if current is not None and current.version == target.version:
             return target
         if current is not None:
-            self._call("recording the previous champion", lambda: self.client.set_model_version_tag(
-                model_name, target.version, PREVIOUS_TAG, current.version))
-        self._call("recording the promotion", lambda: self.client.set_model_version_tag(
-            model_name, target.version, PROMOTED_AT_TAG, f"{time.time():.0f}"))
-        self._call("recording the reason", lambda: self.client.set_model_version_tag(
-            model_name, target.version, PROMOTION_REASON_TAG, reason[:500]))
-        self._call("setting champion", lambda: self.client.set_registered_model_alias(
-            model_name, CHAMPION, target.version))
+            self._version_tag(model_name, target.version, PREVIOUS_TAG, current.version)
+        self._version_tag(model_name, target.version, PROMOTED_AT_TAG, f"{time.time():.0f}")
+        self._version_tag(model_name, target.version, PROMOTION_REASON_TAG, reason[:500])
+        self._set_alias(model_name, CHAMPION, target.version)
         if CHALLENGER in target.aliases:
-            self._call("clearing challenger", lambda: self.client.delete_registered_model_alias(
-                model_name, CHALLENGER))
+            self.rest.call("clearing challenger", "DELETE", "registered-models/alias",
+                           json={"name": model_name, "alias": CHALLENGER})
         return self.version(model_name, target.version)
 
     def rollback(self, model_name: str, to_version: str | None = None) -> tuple[VersionInfo, VersionInfo]:
@@ -414,9 +482,8 @@ class Tracker:
         self.version(model_name, target)  # exists?
         # A rollback is not a promotion: the version keeps the predecessor it had, so rolling back
         # repeatedly walks further back through the history.
-        self._call("setting champion", lambda: self.client.set_registered_model_alias(model_name, CHAMPION, target))
-        self._call("recording the rollback", lambda: self.client.set_model_version_tag(
-            model_name, current.version, "lm.rolled_back_at", f"{time.time():.0f}"))
+        self._set_alias(model_name, CHAMPION, target)
+        self._version_tag(model_name, current.version, "lm.rolled_back_at", f"{time.time():.0f}")
         return current, self.version(model_name, target)
 
     def download_model(self, model_name: str, ref: str, dst: Path) -> tuple[Path, VersionInfo]:
@@ -438,14 +505,16 @@ class Tracker:
             return mlflow.sklearn.load_model(str(path)), info
 
 
-def _info(mv: Any, aliases: list[str] | None = None) -> VersionInfo:
-    tags = dict(mv.tags or {})
+def _info(mv: dict[str, Any], aliases: list[str] | None = None) -> VersionInfo:
+    """A model version as MLflow's REST API returns it."""
+    tags = tags_dict(mv.get("tags"))
     metrics = {k[len("metric."):]: float(v) for k, v in tags.items() if k.startswith("metric.")}
     return VersionInfo(
-        name=mv.name, version=str(mv.version), run_id=mv.run_id,
-        aliases=sorted(aliases if aliases is not None else list(getattr(mv, "aliases", []) or [])),
+        name=str(mv["name"]), version=str(mv["version"]), run_id=mv.get("run_id") or None,
+        aliases=sorted(aliases if aliases is not None else [str(a) for a in mv.get("aliases", []) or []]),
         metrics=metrics, tags={k: v for k, v in tags.items() if not k.startswith("metric.")},
-        created_at=(mv.creation_timestamp or 0) / 1000, source=mv.source, status=str(mv.status))
+        created_at=int(mv.get("creation_timestamp") or 0) / 1000, source=str(mv.get("source", "")),
+        status=str(mv.get("status", "READY")))
 
 
 def tracker_for(settings: Settings) -> Tracker:
