@@ -21,6 +21,7 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -213,7 +214,10 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
             procs.start("mlflow-serve", [venv_tool("mlflow"), "models", "serve", "-m",
                                          f"models:/{settings.model_name}/{version}", "--env-manager", "local",
                                          "-h", "127.0.0.1", "-p", str(pyfunc_port), "-w", "1"],
-                        {"MLFLOW_TRACKING_URI": settings.tracking_uri}, f"http://127.0.0.1:{pyfunc_port}/ping",
+                        # `mlflow models serve` execs `uvicorn` by name: this environment's bin first on PATH.
+                        {"MLFLOW_TRACKING_URI": settings.tracking_uri,
+                         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
+                        f"http://127.0.0.1:{pyfunc_port}/ping",
                         wait=False)
 
             gateway_url = token = None
