@@ -10,8 +10,9 @@ from typing import Annotated, Any, Literal
 import typer
 from rich.table import Table
 
-from learning_machine.cli.common import console, out, say, settings_of, token_for, tracker_of
+from learning_machine.cli.common import console, out, say, settings_of, token_for
 from learning_machine.errors import LearningMachineError
+from learning_machine.registry.tracker import tracker_for
 from learning_machine.settings import Settings
 
 models_app = typer.Typer(help="Registered model versions: list, promote, roll back.", no_args_is_help=True)
@@ -43,7 +44,7 @@ def train(
 def models_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Every version of the model with its aliases and metrics."""
     settings = settings_of(ctx)
-    versions = tracker_of(settings).list_versions(settings.model_name)
+    versions = tracker_for(settings).list_versions(settings.model_name)
     if as_json:
         out.print_json(json.dumps([v.as_dict() for v in versions]))
         return
@@ -74,14 +75,14 @@ def _change(settings: Settings, action: Literal["promote", "rollback"], version:
     registry change stands either way, and we say so)."""
     from learning_machine.lifecycle.promotion import change_champion
 
-    detail = change_champion(settings, tracker_of(settings), action=action, version=version, reason=reason,
+    detail = change_champion(settings, tracker_for(settings), action=action, version=version, reason=reason,
                              by="lm", record=lambda kind, event, at: _record(settings, kind, event, at))
     console.print(f"{settings.model_name} v{detail['to']} is now the champion" if action == "promote" else
                   f"{settings.model_name}: champion rolled back from v{detail['from']} to v{detail['to']}")
     deployed = detail["deployed"]
     say(deployed.get("detail") or f"served by {deployed.get('backend')}")
-    if not deployed.get("deployed") and "not running" not in str(deployed.get("detail")):
-        raise typer.Exit(1)
+    if not (deployed.get("deployed") or deployed.get("deferred")):
+        raise typer.Exit(1)  # the alias moved, but what serves did not change: say so in the exit code
 
 
 def _record(settings: Settings, kind: str, detail: dict[str, Any], version: str | None) -> dict[str, Any]:

@@ -53,8 +53,8 @@ def evaluate(candidate_run_id: str, test: Input[Dataset], comparison: Output[Art
                              model_name=model_name)
     decision = run(settings, candidate_run_id, test.path, comparison.path, parent_run_id=parent_run_id,
                    gate_metric=gate_metric, gate_margin=gate_margin, policy=promote_policy)
-    comparison.metadata.update({"metric": decision.decision.metric, "candidate": decision.decision.candidate_value,
-                                "champion": decision.decision.champion_value, "champion_version": decision.champion_version,
+    comparison.metadata.update({"metric": decision.metric, "candidate": decision.candidate_value,
+                                "champion": decision.champion_value, "champion_version": decision.champion_version,
                                 "promote": decision.promote, "reason": decision.reason})
     return decision.promote
 

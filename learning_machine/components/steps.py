@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,6 @@ DATA_FILE = "data.csv"
 SPEC_FILE = "spec.yaml"
 SOURCE_FILE = "source.json"
 FEATURES_FILE = "features.csv"
-
 
 
 # -- dataset folders -------------------------------------------------------------------------------
@@ -285,20 +284,11 @@ def retrain(settings: Settings, new_dir: str | Path, test_dir: str | Path, *, re
     return run_id, result.evaluation.metrics
 
 
-@dataclass
-class GateDecision:
-    """The evaluation's result: the promotion rule's verdict and the champion it was compared with."""
+@dataclass(frozen=True)
+class GateDecision(PromotionDecision):
+    """The promotion rule's verdict on the held-out rows, and the champion it was compared with."""
 
-    decision: PromotionDecision
-    champion_version: str
-
-    @property
-    def promote(self) -> bool:
-        return self.decision.promote
-
-    @property
-    def reason(self) -> str:
-        return self.decision.reason
+    champion_version: str = ""
 
 
 def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, metrics_path: str | Path, *,
@@ -352,7 +342,7 @@ def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, me
         tracker.log_text(run_id, json.dumps(summary, indent=2), "evaluation/comparison.json")
         tracker.set_tag(run_id, "lm.gate", decision.reason)
     print(decision.reason)
-    return GateDecision(decision, champion_version)
+    return GateDecision(**asdict(decision), champion_version=champion_version)
 
 
 # -- batch inference -------------------------------------------------------------------------------

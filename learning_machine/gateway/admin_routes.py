@@ -6,6 +6,7 @@ retraining). Thin adapters: a change of champion is :func:`learning_machine.life
 from __future__ import annotations
 
 import threading
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -118,20 +119,16 @@ def _reference_ranges(c: GatewayContext, frame: Any) -> dict[str, Any]:
     return out
 
 
-def _recorder(c: GatewayContext) -> Any:
-    return lambda kind, detail, version: repository.add_event(c.db, kind, detail, version)
-
-
 @router.post("/models/promote", tags=["models"], summary="Make a version the champion and serve it (admin)")
 def promote(request: Request, c: Ctx, _: Admin, body: PromoteIn) -> Any:
     return change_champion(c.settings, c.tracker(), action="promote", version=body.version, reason=body.reason,
-                           by=request.state.principal.name, record=_recorder(c))
+                           by=request.state.principal.name, record=partial(repository.add_event, c.db))
 
 
 @router.post("/models/rollback", tags=["models"], summary="Put the previous champion back and serve it (admin)")
 def rollback(request: Request, c: Ctx, _: Admin, body: RollbackIn) -> Any:
     return change_champion(c.settings, c.tracker(), action="rollback", version=body.to_version,
-                           reason="rollback", by=request.state.principal.name, record=_recorder(c))
+                           reason="rollback", by=request.state.principal.name, record=partial(repository.add_event, c.db))
 
 
 @router.post("/retrain", tags=["models"], status_code=202, summary="Ask the learning loop for a retraining (admin)")

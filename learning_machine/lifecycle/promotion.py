@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from learning_machine.deployers import get_deployer
+from learning_machine.embedded.processes import is_healthy
 from learning_machine.errors import LearningMachineError, UnknownNameError
 from learning_machine.registry.names import CHAMPION
 from learning_machine.registry.tracker import Tracker, VersionInfo
@@ -73,16 +74,13 @@ def decide(policy: str, *, has_champion: bool, metric: str = "auc", margin: floa
 
 def serve(settings: Settings, version: str, *, deployer: str | None = None, strict: bool = False) -> dict[str, Any]:
     """Serve ``version`` with ``deployer`` (default: the settings' ``serving_deployer()``). A local model server that
-    is not running serves the champion when it next starts, so that is not an error. Other failures
+    is not running serves the champion when it next starts, so that is not an error (``deferred``). Other failures
     raise when ``strict`` (a pipeline's deploy step must fail), else come back as ``deployed: false``
     (the registry change stands and the caller says so)."""
     name = deployer or settings.serving_deployer()
-    if name == "local" and not strict:
-        from learning_machine.embedded.processes import is_healthy
-
-        if not is_healthy(f"{settings.model_server_base_url()}/v2/health/live"):
-            return {"backend": name, "version": version, "deployed": False, "changed": False,
-                    "detail": "the local model server is not running; it serves the champion when it next starts"}
+    if name == "local" and not strict and not is_healthy(f"{settings.model_server_base_url()}/v2/health/live"):
+        return {"backend": name, "version": version, "deployed": False, "deferred": True, "changed": False,
+                "detail": "the local model server is not running; it serves the champion when it next starts"}
     try:
         result = get_deployer(settings, name).deploy(settings.model_name, version)
     except LearningMachineError as exc:

@@ -116,3 +116,38 @@ def test_doctor_names_an_unreachable_server():
     checks = {c["check"]: c for c in json.loads(proc.stdout)}
     assert not checks["mlflow server"]["ok"]
     assert "http://127.0.0.1:9 is unreachable" in checks["mlflow server"]["detail"]
+
+
+def test_a_promotion_whose_deployment_fails_says_so_and_exits_non_zero(mlflow_sqlite, monkeypatch, tmp_path):
+    """The alias moves, the deployer (Seldon, with no cluster here) fails: `lm models promote` prints why
+    and exits 1, so a script notices; a rollback with nothing to deploy to exits 0."""
+    import uuid
+
+    from typer.testing import CliRunner
+
+    from learning_machine.cli.app import app
+    from learning_machine.data.sources import load_dataset
+    from learning_machine.lifecycle.training import train_and_register
+    from learning_machine.registry.names import CHAMPION
+    from learning_machine.registry.tracker import Tracker
+
+    settings = mlflow_sqlite.model_copy(update={"model_name": f"cli-{uuid.uuid4().hex[:8]}", "home": tmp_path})
+    tracker = Tracker(settings.tracking_uri)
+    data = load_dataset("synthetic-cohort", n_rows=600, seed=5)
+    first = train_and_register(settings, tracker, data, kind="logistic-regression", promote="if-first")
+    second = train_and_register(settings, tracker, data, kind="logistic-regression", promote="never")
+    for key, value in {"LM_MLFLOW_TRACKING_URI": settings.tracking_uri, "LM_MODEL_NAME": settings.model_name,
+                       "LM_HOME": str(tmp_path), "LM_DEPLOYER": "seldon", "LM_GATEWAY_PORT": str(free_port()),
+                       "KUBECONFIG": str(tmp_path / "no-kubeconfig")}.items():
+        monkeypatch.setenv(key, value)
+
+    promoted = CliRunner().invoke(app, ["models", "promote", second.version.version])
+    assert promoted.exit_code == 1, promoted.output
+    assert f"v{second.version.version} is now the champion" in promoted.output
+    assert "not deployed" in promoted.output and "event not recorded" in promoted.output
+    assert tracker.alias_version(settings.model_name, CHAMPION).version == second.version.version
+
+    monkeypatch.setenv("LM_DEPLOYER", "none")
+    rolled = CliRunner().invoke(app, ["models", "rollback"])
+    assert rolled.exit_code == 0, rolled.output
+    assert f"rolled back from v{second.version.version} to v{first.version.version}" in rolled.output

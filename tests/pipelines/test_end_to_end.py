@@ -110,6 +110,12 @@ def test_retraining_promotes_a_better_candidate(trained, settings, tracker):
     if new.tags["lm.retrain_mode"] == "warm-start":
         assert new.tags["lm.continued_from"] == champion.version
     assert "promote" in run.steps and "deploy" in run.steps
+    # The promote step went through the lifecycle's change of champion: its event is on the step's run.
+    promote_run = _children(tracker, settings, run.parent_run_id)["promote"]
+    event = tracker.run_json(promote_run.info.run_id, "promotion/event.json")
+    assert event["kind"] == "promoted" and event["by"] == "pipeline"
+    assert (event["from"], event["to"]) == (champion.version, new.version)
+    assert promote_run.data.params["previous_champion"] == champion.version
 
 
 def test_retraining_refuses_a_worse_candidate(trained, settings, tracker, tmp_path):
