@@ -1,19 +1,15 @@
 """What every `lm` command group shares: the consoles, the settings the app callback built, progress
-lines, the tracker, and the API tokens `lm up` wrote."""
+lines, and the API tokens `lm up` wrote."""
 
 from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
 from learning_machine.settings import Settings
-
-if TYPE_CHECKING:
-    from learning_machine.registry.tracker import Tracker
 
 console = Console(stderr=True)  # progress and messages
 out = Console()  # results (tables, JSON)
@@ -28,13 +24,6 @@ def settings_of(ctx: typer.Context) -> Settings:
 def say(message: str) -> None:
     """One progress line, with the time."""
     console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}", highlight=False)
-
-
-def tracker_of(settings: Settings) -> Tracker:
-    """The tracker of the settings' MLflow server (imported here, so `lm --help` stays fast)."""
-    from learning_machine.registry.tracker import tracker_for
-
-    return tracker_for(settings)
 
 
 def token_for(settings: Settings, token: str | None, role: str = "data-scientist") -> str | None:

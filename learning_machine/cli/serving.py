@@ -91,11 +91,11 @@ def deploy(ctx: typer.Context, version: Annotated[str, typer.Argument(help="Vers
     """Serve a registered version with the configured deployer (local MLServer swap or Seldon)."""
     from learning_machine.deployers import get_deployer
     from learning_machine.errors import ModelNotFoundError
-    from learning_machine.registry.tracker import Tracker
+    from learning_machine.registry.tracker import tracker_for
 
     settings = settings_of(ctx)
     try:
-        info = Tracker(settings.tracking_uri, timeout_s=settings.request_timeout_s).version(settings.model_name, version)
+        info = tracker_for(settings).version(settings.model_name, version)
     except ModelNotFoundError as exc:
         if not skip_missing:
             raise

@@ -8,7 +8,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from learning_machine.cli.common import console, out, say, settings_of, tracker_of
+from learning_machine.cli.common import console, out, say, settings_of
+from learning_machine.registry.tracker import tracker_for
 from learning_machine.settings import Settings
 
 
@@ -34,7 +35,7 @@ def _ensure_champion(settings: Settings) -> None:
     from learning_machine.lifecycle.training import dataset_from_settings, train_and_register
     from learning_machine.registry.names import CHAMPION
 
-    tracker = tracker_of(settings)
+    tracker = tracker_for(settings)
     tracker.health()
     current = tracker.alias_version(settings.model_name, CHAMPION)
     if current is not None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from learning_machine.errors import LearningMachineError
 from learning_machine.registry.names import CHAMPION
-from learning_machine.registry.tracker import Tracker
+from learning_machine.registry.tracker import Tracker, tracker_for
 from learning_machine.settings import Settings
 
 SMOKE_EXPERIMENT = "lm-doctor"
@@ -49,7 +49,7 @@ def smoke_run(tracker: Tracker) -> str:
 
 def run_checks(settings: Settings) -> list[Check]:
     """Every check, in order; a failed check does not stop the others."""
-    tracker = Tracker(settings.tracking_uri, timeout_s=settings.request_timeout_s)
+    tracker = tracker_for(settings)
     checks = [Check("settings", True, f"environment={settings.environment}, home={settings.home}")]
 
     def health() -> str:

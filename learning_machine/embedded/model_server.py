@@ -141,10 +141,10 @@ def write_repository_for(settings: Settings, *, load_at_startup: bool = True) ->
 def version_exists(settings: Settings) -> bool:
     """True when ``model_ref`` of ``model_name`` resolves in the registry now."""
     from learning_machine.errors import LearningMachineError
-    from learning_machine.registry.tracker import Tracker
+    from learning_machine.registry.tracker import tracker_for
 
     try:
-        Tracker(settings.tracking_uri, timeout_s=settings.request_timeout_s).version(settings.model_name,
+        tracker_for(settings).version(settings.model_name,
                                                                                      settings.model_ref)
     except LearningMachineError:
         return False

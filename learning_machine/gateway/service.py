@@ -47,12 +47,12 @@ class GatewayContext:
         return self.settings.model_name
 
     def tracker(self) -> Any:
-        """The MLflow registry client, made on first use (importing MLflow costs seconds)."""
+        """The registry client, made on first use."""
         with self._lock:
             if self._tracker is None:
-                from learning_machine.registry.tracker import Tracker
+                from learning_machine.registry.tracker import tracker_for
 
-                self._tracker = Tracker(self.settings.tracking_uri, timeout_s=self.settings.request_timeout_s)
+                self._tracker = tracker_for(self.settings)
             return self._tracker
 
 

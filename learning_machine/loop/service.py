@@ -26,7 +26,7 @@ from learning_machine.lifecycle.promotion import champion_event
 from learning_machine.loop.monitor import Monitor, MonitorConfig
 from learning_machine.loop.policy import Decision, RetrainPolicy
 from learning_machine.registry.names import CHAMPION
-from learning_machine.registry.tracker import Tracker
+from learning_machine.registry.tracker import Tracker, tracker_for
 from learning_machine.settings import Settings
 
 Progress = Callable[[str], None]
@@ -181,7 +181,7 @@ class LoopService:
         self.client = client
         self.model_server = model_server or ModelServerClient(settings.model_server_base_url(),
                                                               timeout_s=settings.request_timeout_s * 3)
-        self.tracker = tracker or Tracker(settings.tracking_uri, timeout_s=settings.request_timeout_s)
+        self.tracker = tracker or tracker_for(settings)
         self.spec = spec_for(settings.dataset, settings.dataset_spec)
         self.sink = GatewaySink(client)
         self.progress = progress

@@ -17,12 +17,13 @@ from typing import Any
 import httpx
 
 from learning_machine.errors import ModelNotFoundError, RegistryError, TrackingUnavailableError
+from learning_machine.registry.config import HTTP_RETRIES, http_timeout_s
 
 API = "/api/2.0/mlflow"
 ARTIFACTS_API = "/api/2.0/mlflow-artifacts/artifacts"
 # Transient answers worth another try (as MLflow's client retries them), with the pause before each retry.
 RETRY_STATUS = {429, 502, 503, 504}
-RETRY_PAUSES_S = (0.5, 1.0)
+RETRY_PAUSES_S = tuple(0.5 * 2**i for i in range(HTTP_RETRIES))
 
 
 def _auth() -> tuple[str, str] | None:
@@ -42,7 +43,7 @@ class MlflowRest:
 
     def __init__(self, uri: str, *, timeout_s: float) -> None:
         self.uri = uri.rstrip("/")
-        self.http = httpx.Client(base_url=self.uri, timeout=max(timeout_s * 6, 30.0), auth=_auth(),
+        self.http = httpx.Client(base_url=self.uri, timeout=http_timeout_s(timeout_s), auth=_auth(),
                                  headers=_bearer())
 
     def call(self, what: str, method: str, endpoint: str, *, json: dict[str, Any] | None = None,

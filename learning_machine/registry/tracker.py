@@ -201,9 +201,6 @@ class Tracker:
     def _run(self, run_id: str) -> dict[str, Any]:
         return dict(self.rest.call("reading the run", "GET", "runs/get", params={"run_id": run_id})["run"])
 
-    def run_status(self, run_id: str) -> str:
-        return str(self._run(run_id)["info"]["status"])
-
     def run_tags_and_params(self, run_id: str) -> tuple[dict[str, str], dict[str, str]]:
         """(tags, parameters) of a run."""
         data = self._run(run_id).get("data", {})

@@ -179,3 +179,18 @@ def test_invalid_records_are_refused_before_anything_is_logged(mlflow_sqlite: Se
         train_and_register(settings, tracker, data)
     assert len(tracker.client.search_runs([experiment], max_results=1000)) == runs_before
     assert settings.model_name not in tracker.registered_models()
+
+
+def test_the_servers_refusals_come_back_as_the_platforms_errors(mlflow_sqlite: Settings):
+    """Through the REST transport: a refused call names what was being done and the server's reason."""
+    tracker = Tracker(mlflow_sqlite.tracking_uri)
+    run_id = tracker.start_run(mlflow_sqlite.experiment_name, "refusals")
+    tracker.log_params(run_id, {"rows": 10})
+    with pytest.raises(RegistryError, match=r"logging parameters: .*rows"):
+        tracker.log_params(run_id, {"rows": 20})  # MLflow keeps a parameter's first value
+    with pytest.raises(ModelNotFoundError, match="reading the run"):
+        tracker.run_tags_and_params("0" * 32)
+    tracker.log_text(run_id, '{"ok": true}', "checks/ok.json")  # through the server's artifact proxy
+    assert tracker.run_json(run_id, "checks/ok.json") == {"ok": True}
+    tracker.end_run(run_id)
+    assert tracker.client.get_run(run_id).info.status == "FINISHED"
