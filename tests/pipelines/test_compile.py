@@ -44,6 +44,13 @@ def test_compiled_yaml_loads_back_and_recompiles_to_the_same_spec(name: str, tmp
 
 
 @pytest.mark.parametrize("name", PIPELINE_NAMES)
+def test_the_committed_yaml_is_what_the_source_compiles_to(name: str, tmp_path: Path):
+    """The compiled YAML carries each component's source: a stale file would run old steps on a cluster."""
+    fresh = compile_pipeline(name, tmp_path / f"{name}.yaml")
+    assert _docs(fresh) == _docs(COMPILED_DIR / f"{name}.yaml"), f"{name}.yaml is stale: run `lm pipelines compile`"
+
+
+@pytest.mark.parametrize("name", PIPELINE_NAMES)
 def test_every_task_gets_credentials_config_requests_and_retries(name: str):
     spec, platform = _docs(COMPILED_DIR / f"{name}.yaml")
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
