@@ -76,6 +76,8 @@ class Outcome(Base):
     outcome: Mapped[int] = mapped_column(Integer)
     received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     source: Mapped[str] = mapped_column(String(64), default="api")
+    recorded_by: Mapped[str | None] = mapped_column(Text)
+    """The name of the token that recorded (or last corrected) the outcome."""
 
 
 class MonitoringResult(Base):
@@ -121,3 +123,17 @@ class ApiToken(Base):
     name: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    expires_at: Mapped[datetime | None]
+    """After this the token is refused; None for service tokens registered by a deployment."""
+
+
+class MonitorState(Base):
+    """The learning loop's own state (feed cursor, handled requests, detector state), one row per monitor,
+    written with a version number so two writers cannot overwrite each other unnoticed."""
+
+    __tablename__ = "monitor_state"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[dict[str, Any]]
+    version: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

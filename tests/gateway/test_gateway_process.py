@@ -27,7 +27,7 @@ def test_lm_db_upgrade_and_tokens_create(tmp_path: Path) -> None:
     env = {**os.environ, "LM_HOME": str(tmp_path / ".lm")}
     upgrade = subprocess.run([LM, "db", "upgrade"], capture_output=True, text=True, env=env, timeout=120)
     assert upgrade.returncode == 0, upgrade.stderr
-    assert "revision 0001" in upgrade.stderr
+    assert "revision 0002" in upgrade.stderr
     created = subprocess.run([LM, "tokens", "create", "--role", "data-scientist", "--name", "notebook"],
                              capture_output=True, text=True, env=env, timeout=120)
     assert created.returncode == 0, created.stderr
@@ -62,7 +62,7 @@ def test_embedded_gateway_process_with_its_tokens_and_status(tmp_path: Path) -> 
                               headers={"Authorization": f"Bearer {tokens['clinician']}"}, timeout=30)
         assert response.status_code == 503 and "unreachable" in response.json()["detail"]
         db = Database(settings.database_uri())
-        assert current_revision(db.engine) == "0001"
+        assert current_revision(db.engine) == "0002"
         assert repository.counts(db)["predictions"] == 0
     finally:
         assert manager.stop("gateway")
