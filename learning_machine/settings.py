@@ -138,6 +138,9 @@ class Settings(BaseSettings):
         None, description="Base URL of the V2 model server the gateway calls (default: the embedded MLServer).")
     max_request_bytes: int = Field(1_000_000, ge=1024, description="Largest request body the gateway accepts.")
     max_batch_rows: int = Field(1000, ge=1, description="Most records one prediction request may carry.")
+    token_ttl_days: float = Field(90, ge=0, description="Days a new API token stays valid (`lm tokens create` and "
+                                  "the tokens `lm up` makes); 0: it never expires. Tokens a deployment registers "
+                                  "from its Secret (`lm tokens import`) are rotated with the Secret instead.")
     token: SecretStr | None = Field(
         None, exclude=True, description="API token `lm stream`, `lm monitor` and the dashboard present to the "
         "gateway (default: the one `lm up` wrote for their role in `tokens_file`). Never exported to child "
@@ -252,8 +255,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     (a managed service, or a kfp.local step, which builds its settings from the environment)."""
     import json
 
+    # Never the caller's API token: a child picks its own role's token (and a SecretStr dumps as stars).
     env = {f"LM_{name.upper()}": value if isinstance(value, str) else json.dumps(value)
-           for name, value in settings.model_dump(mode="json").items() if value is not None}
+           for name, value in settings.model_dump(mode="json", exclude={"token"}).items() if value is not None}
     env["LM_HOME"] = str(settings.home.resolve())
     env["LM_MLFLOW_TRACKING_URI"] = settings.tracking_uri
     return env

@@ -54,15 +54,20 @@ def gateway(ctx: typer.Context,
 
 @tokens_app.command("create")
 def tokens_create(ctx: typer.Context,
-                  role: Annotated[str, typer.Option(help="clinician, data-scientist or admin.")],
+                  role: Annotated[str, typer.Option(help="clinician, data-scientist, admin or monitor.")],
                   name: Annotated[str, typer.Option(help="Who or what uses it (shown in `lm tokens list`).")] = "",
+                  ttl_days: Annotated[float | None, typer.Option(
+                      help="Days until it expires (default LM_TOKEN_TTL_DAYS, 90); 0: never.")] = None,
                   ) -> None:
     """Create a token and print it once (only its hash is stored)."""
     from learning_machine.store.tokens import check_role, create_token
 
     check_role(role)
-    token, principal = create_token(_database(settings_of(ctx)), role, name)
-    console.print(f"token {principal.token_id} ({principal.role}, {principal.name!r}); it is shown only now:")
+    settings = settings_of(ctx)
+    days = settings.token_ttl_days if ttl_days is None else ttl_days
+    token, principal = create_token(_database(settings), role, name, days)
+    console.print(f"token {principal.token_id} ({principal.role}, {principal.name!r}, "
+                  f"{f'valid for {days:g} days' if days else 'no expiry'}); it is shown only now:")
     out.print(token, soft_wrap=True, highlight=False)
 
 
@@ -75,9 +80,10 @@ def tokens_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--jso
     if as_json:
         out.print_json(json.dumps(rows))
         return
-    table = Table("id", "name", "role", "created", "revoked")
+    table = Table("id", "name", "role", "created", "expires", "revoked")
     for r in rows:
-        table.add_row(str(r["id"]), r["name"], r["role"], r["created_at"][:19], "yes" if r["revoked"] else "")
+        table.add_row(str(r["id"]), r["name"], r["role"], r["created_at"][:19], (r["expires_at"] or "never")[:19],
+                      "yes" if r["revoked"] else "")
     out.print(table)
 
 

@@ -73,7 +73,7 @@ def monitor(
     interval: Annotated[float | None, typer.Option(help="Seconds between reads (default LM_MONITOR_INTERVAL_S).")]
     = None,
     gateway: Annotated[str | None, typer.Option(help="Gateway URL (default: the embedded one).")] = None,
-    token: Annotated[str | None, typer.Option(help="Data-scientist API token (default: LM_TOKEN, else lm up's).")] = None,
+    token: Annotated[str | None, typer.Option(help="Monitor API token (default: LM_TOKEN, else lm up's).")] = None,
 ) -> None:
     """Run the learning loop's monitor: windows of predictions -> drift, quality, performance -> policy ->
     retraining through the pipeline runner. Serves /health on LM_MONITOR_PORT. Stops on Ctrl-C or SIGTERM."""
@@ -84,7 +84,7 @@ def monitor(
     from learning_machine.loop.service import LoopService, serve_health
 
     settings = settings_of(ctx)
-    client = LearningMachineClient(gateway or settings.gateway_url, token_for(settings, token),
+    client = LearningMachineClient(gateway or settings.gateway_url, token_for(settings, token, role="monitor"),
                                    timeout_s=settings.request_timeout_s * 3)
     service = LoopService(settings, client, progress=say)
     if once:

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from learning_machine.cli.common import console, out, say, settings_of
+from learning_machine.errors import ConfigurationError
 from learning_machine.registry.tracker import tracker_for
 from learning_machine.settings import Settings
 
@@ -28,7 +29,23 @@ def up(ctx: typer.Context,
     from learning_machine.embedded.stack import statuses
 
     _print_status(statuses(settings))  # after the models loaded: the gateway is ready now
+    console.print(f"Dashboard sign-in link: lm dashboard-link   API tokens: {settings.tokens_path().resolve()}")
     console.print(f"State and logs: {settings.home.resolve()}   Stop everything with: lm down")
+
+
+def dashboard_link(ctx: typer.Context,
+                   role: Annotated[str, typer.Option(help="Whose token `lm up` wrote to sign in with.")]
+                   = "data-scientist") -> None:
+    """Print the dashboard's sign-in link with a token `lm up` wrote (readable only by you). The dashboard
+    takes the token from the link into the browser session and drops it from the address bar."""
+    settings = settings_of(ctx)
+    path = settings.tokens_path()
+    try:
+        token = json.loads(path.read_text())[role]
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        raise ConfigurationError(f"no {role} token in {path}: run `lm up` first, or create one with "
+                                 f"`lm tokens create --role {role}` and paste it in the dashboard") from exc
+    out.print(f"{settings.dashboard_url}/?token={token}", soft_wrap=True, highlight=False)
 
 
 def _ensure_champion(settings: Settings) -> None:
@@ -102,3 +119,4 @@ def register(app: typer.Typer) -> None:
     """Add the stack commands to the `lm` app."""
     for command in (up, down, status, doctor):
         app.command()(command)
+    app.command("dashboard-link")(dashboard_link)

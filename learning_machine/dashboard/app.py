@@ -47,9 +47,13 @@ def sidebar() -> tuple[LearningMachineClient, views.Connection, dict[str, Any] |
     page = st.sidebar.radio("View", keys, index=keys.index(default_page) if default_page in keys else 0,
                             format_func=PAGES.__getitem__, key="page")
     url = st.sidebar.text_input("Gateway URL", conn.gateway_url, key="gateway_url")
+    link_token = st.query_params.get("token")
+    if link_token:  # a sign-in link (`lm dashboard-link`): keep the token in the session, drop it from the URL
+        st.session_state["token"] = link_token
+        del st.query_params["token"]
     token = st.sidebar.text_input("API token", conn.token, type="password", key="token",
-                                  help="A gateway token (`lm tokens create --role ROLE`). Prefilled from LM_TOKEN "
-                                       "or the data-scientist token `lm up` wrote.")
+                                  help="Your gateway token (`lm tokens create --role ROLE`; on the machine that "
+                                       "ran `lm up`, `lm dashboard-link` prints a sign-in link).")
     client = _client(url.strip(), token.strip())
     me = None
     if not token.strip():

@@ -10,7 +10,6 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -36,24 +35,27 @@ class Connection:
 
 
 def default_connection() -> Connection:
-    """From the environment: ``LM_DASHBOARD_GATEWAY_URL`` (else the gateway's host and port), the token in
-    ``LM_TOKEN``, else the data-scientist token `lm up` wrote to its tokens file."""
+    """From the environment: ``LM_DASHBOARD_GATEWAY_URL`` (else the gateway's host and port). No token is
+    handed to whoever opens the page: users sign in with their own (pasted, or the ``?token=`` link of
+    `lm dashboard-link`). ``LM_TOKEN`` prefills it only on a dashboard bound to loopback (one user's laptop)."""
     from learning_machine.settings import load_settings
 
     settings = load_settings()
     url = settings.dashboard_gateway_url or settings.gateway_url
     mlflow = settings.dashboard_mlflow_url or settings.tracking_uri
-    token, source = (settings.token.get_secret_value() if settings.token else ""), "LM_TOKEN"
-    if not token:
-        token, source = _token_from_file(settings.tokens_path(), DATA_SCIENTIST), str(settings.tokens_path())
-    return Connection(url, token, mlflow.rstrip("/"), source if token else "none")
+    token = settings.token.get_secret_value() if settings.token and is_loopback(settings.dashboard_host) else ""
+    return Connection(url, token, mlflow.rstrip("/"), "LM_TOKEN" if token else "none")
 
 
-def _token_from_file(path: Path, role: str) -> str:
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
     try:
-        return str(json.loads(path.read_text())[role])
-    except (OSError, KeyError, ValueError, TypeError):
-        return ""
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def explain_error(exc: Exception) -> str:

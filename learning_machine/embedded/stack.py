@@ -49,11 +49,11 @@ def monitor_service(settings: Settings) -> ServiceSpec:
 
 def dashboard_service(settings: Settings) -> ServiceSpec:
     """The Streamlit dashboard; it talks only to the gateway (at ``dashboard_gateway_url`` or the gateway's
-    address) and prefills the data-scientist token `lm up` wrote."""
+    address). It holds no token: users sign in with their own (`lm dashboard-link` prints a sign-in link)."""
     app = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
     env = settings_env(settings)
     env["LM_DASHBOARD_GATEWAY_URL"] = settings.dashboard_gateway_url or settings.gateway_url
-    env["LM_TOKENS_FILE"] = str(settings.tokens_path().resolve())
+    env.pop("LM_TOKENS_FILE", None)
     command = [venv_tool("streamlit"), "run", str(app), "--server.port", str(settings.dashboard_port),
                "--server.headless", "true", "--server.address", settings.dashboard_host,
                "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]

@@ -8,11 +8,14 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from learning_machine.errors import PermissionDeniedError
-from learning_machine.store.tokens import ADMIN, CLINICIAN, DATA_SCIENTIST, Principal, authenticate
+from learning_machine.store.tokens import ADMIN, CLINICIAN, DATA_SCIENTIST, MONITOR, Principal, authenticate
 
-# Who may do what. Admin can do everything, including the promote/rollback routes that come later.
-CLINICAL = frozenset({CLINICIAN, DATA_SCIENTIST, ADMIN})  # predict, explain, read patients
-SCIENCE = frozenset({DATA_SCIENTIST, ADMIN})  # outcomes, monitoring, models, events, prediction history
+# Who may do what. Admin can do everything; the monitor (the learning loop's service account) only what the
+# loop needs, and nobody but an admin (or the loop acting on its policy) causes a retraining or a promotion.
+CLINICAL = frozenset({CLINICIAN, DATA_SCIENTIST, ADMIN})  # predict, explain, read patients, record outcomes
+SCIENCE = frozenset({DATA_SCIENTIST, ADMIN})  # correct outcomes, monitoring, models, events, prediction history
+FEEDS = frozenset({DATA_SCIENTIST, ADMIN, MONITOR})  # the prediction feeds and the event log, read-only
+LOOP = frozenset({MONITOR, ADMIN})  # write monitoring results, learning-loop events and the monitor's state
 ADMINISTRATION = frozenset({ADMIN})
 
 _bearer = HTTPBearer(auto_error=False, description="An API token: `lm tokens create --role ROLE`.")

@@ -9,7 +9,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from learning_machine.gateway.routes import Ctx, Science
+from learning_machine.errors import PermissionDeniedError
+from learning_machine.gateway.routes import Ctx, Feeds, Loop
 from learning_machine.store import feeds, repository
 
 router = APIRouter(prefix="/v1", tags=["monitoring"])
@@ -46,23 +47,32 @@ class EventIn(BaseModel):
 
 
 @router.get("/feed/predictions", summary="Predictions in arrival order with inputs and outcomes (for the monitor)")
-def feed_predictions(c: Ctx, _: Science, after_id: Annotated[int, Query(ge=0)] = 0,
+def feed_predictions(c: Ctx, _: Feeds, after_id: Annotated[int, Query(ge=0)] = 0,
                      limit: Annotated[int, Query(ge=1, le=5000)] = 1000) -> Any:
     return feeds.predictions_after(c.db, after_id, limit)
 
 
 @router.get("/feed/labelled", summary="The most recent predictions whose outcome has arrived")
-def feed_labelled(c: Ctx, _: Science, limit: Annotated[int, Query(ge=1, le=20000)] = 500,
+def feed_labelled(c: Ctx, _: Feeds, limit: Annotated[int, Query(ge=1, le=20000)] = 500,
                   model_version: Annotated[str | None, Query()] = None) -> Any:
     return feeds.labelled_predictions(c.db, limit, model_version)
 
 
 @router.post("/monitoring", status_code=201, summary="Store the monitor's results of one window")
-def post_monitoring(c: Ctx, _: Science, body: MonitoringBatchIn) -> Any:
+def post_monitoring(c: Ctx, _: Loop, body: MonitoringBatchIn) -> Any:
     stored = repository.add_monitoring_results(c.db, [r.model_dump() for r in body.results])
     return {"stored": stored}
 
 
+# Events only their own routes create, with the caller recorded: a retraining request (POST /v1/retrain,
+# admin) and an outcome correction (POST /v1/outcomes?overwrite=true). Nobody may forge them here.
+ROUTE_ONLY_EVENTS = {"retrain-requested": "POST /v1/retrain", "outcome-corrected": "POST /v1/outcomes?overwrite=true"}
+
+
 @router.post("/events", status_code=201, summary="Record a learning-loop event (fired, started, promoted...)")
-def post_event(c: Ctx, _: Science, body: EventIn) -> Any:
-    return repository.add_event(c.db, body.kind, body.detail, body.model_version)
+def post_event(c: Ctx, who: Loop, body: EventIn) -> Any:
+    """The learning loop's (and `lm models`') record of what it did. Monitor or admin tokens only."""
+    if body.kind in ROUTE_ONLY_EVENTS:
+        raise PermissionDeniedError(f"a {body.kind!r} event is made only by {ROUTE_ONLY_EVENTS[body.kind]}, "
+                                    "which records who asked", detail={"kind": body.kind, "role": who.role})
+    return repository.add_event(c.db, body.kind, {**body.detail, "recorded_by": who.name}, body.model_version)

@@ -7,8 +7,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 
+from learning_machine.errors import PermissionDeniedError
 from learning_machine.gateway import service
-from learning_machine.gateway.auth import CLINICAL, SCIENCE, require
+from learning_machine.gateway.auth import CLINICAL, FEEDS, LOOP, SCIENCE, require
 from learning_machine.gateway.schemas import (
     PREDICTION_EXAMPLES,
     BatchPredictionOut,
@@ -27,6 +28,8 @@ router = APIRouter(prefix="/v1")
 
 Clinical = Annotated[Principal, Depends(require(CLINICAL))]
 Science = Annotated[Principal, Depends(require(SCIENCE))]
+Feeds = Annotated[Principal, Depends(require(FEEDS))]
+Loop = Annotated[Principal, Depends(require(LOOP))]
 Limit = Annotated[int, Query(ge=1, le=500, description="Page size.")]
 Offset = Annotated[int, Query(ge=0, description="Rows to skip.")]
 Since = Annotated[datetime | None, Query(description="Only rows at or after this time (ISO 8601).")]
@@ -70,10 +73,18 @@ def post_explanations(request: Request, c: Ctx, _: Clinical, body: ExplanationIn
              responses={200: {"description": "The same outcome was already stored (nothing changed)"},
                         409: {"description": "Another outcome is stored; send ?overwrite=true to replace it"}},
              summary="Record the ground truth of a stored record")
-def post_outcomes(response: Response, c: Ctx, _: Clinical, body: OutcomeIn,
-                  overwrite: Annotated[bool, Query(description="Replace a different stored outcome.")] = False,
+def post_outcomes(request: Request, response: Response, c: Ctx, who: Clinical, body: OutcomeIn,
+                  overwrite: Annotated[bool, Query(description="Replace a different stored outcome (a correction: "
+                                                   "data-scientist or admin tokens only, recorded with who and "
+                                                   "the previous value).")] = False,
                   ) -> Any:
-    stored, status = service.record_outcome(c, body.record_id, body.outcome, overwrite=overwrite)
+    """Anyone who may predict may record an outcome once; correcting a stored one is a data scientist's or
+    an admin's right, and every correction is kept as an `outcome-corrected` event."""
+    if overwrite and who.role not in SCIENCE:
+        raise PermissionDeniedError(f"role {who.role!r} may record an outcome but not correct one; correcting needs "
+                                    f"one of: {', '.join(sorted(SCIENCE))}",
+                                    detail={"role": who.role, "allowed": sorted(SCIENCE)})
+    stored, status = service.record_outcome(c, body.record_id, body.outcome, overwrite=overwrite, by=who.name)
     if status != "created":
         response.status_code = 200
     return {**stored, "status": status}
@@ -93,18 +104,18 @@ def get_patient(c: Ctx, _: Clinical, record_id: str) -> Any:
 
 
 @router.get("/monitoring", response_model=PageOut, tags=["monitoring"], summary="Monitoring results")
-def get_monitoring(c: Ctx, _: Science, limit: Limit = 50, offset: Offset = 0, since: Since = None,
+def get_monitoring(c: Ctx, _: Feeds, limit: Limit = 50, offset: Offset = 0, since: Since = None,
                    kind: Annotated[str | None, Query(description="drift, quality or performance.")] = None,
                    ) -> Any:
     return repository.list_monitoring(c.db, repository.Page(limit, offset), since=since, kind=kind)
 
 
 @router.get("/events", response_model=PageOut, tags=["monitoring"], summary="Pipeline and lifecycle events")
-def get_events(c: Ctx, _: Science, limit: Limit = 50, offset: Offset = 0, since: Since = None,
+def get_events(c: Ctx, _: Feeds, limit: Limit = 50, offset: Offset = 0, since: Since = None,
                kind: Annotated[str | None, Query(description="Only events of this kind.")] = None) -> Any:
     return repository.list_events(c.db, repository.Page(limit, offset), since=since, kind=kind)
 
 
 @router.get("/models", tags=["models"], summary="Registered versions of the served model")
-def get_models(c: Ctx, _: Science) -> Any:
+def get_models(c: Ctx, _: Feeds) -> Any:
     return {"model": c.model_name, "versions": service.models(c)}

@@ -54,6 +54,7 @@ class OutcomeOut(_Out):
     record_id: str
     outcome: int
     received_at: str | None
+    recorded_by: str | None = Field(None, description="Name of the token that recorded (or corrected) it.")
     status: Literal["created", "unchanged", "overwritten"]
 
 

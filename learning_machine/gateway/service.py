@@ -173,7 +173,8 @@ def explain(ctx: GatewayContext, *, record_id: str | int | None, record: Mapping
 
 
 # -- outcomes ----------------------------------------------------------------------------------------
-def record_outcome(ctx: GatewayContext, record_id: str | int, outcome: Any, *, overwrite: bool) -> tuple[dict[str, Any], str]:
+def record_outcome(ctx: GatewayContext, record_id: str | int, outcome: Any, *, overwrite: bool,
+                   by: str | None = None) -> tuple[dict[str, Any], str]:
     label = parse_label(outcome)
     if label is None:
         target = ctx.spec.target
@@ -181,7 +182,7 @@ def record_outcome(ctx: GatewayContext, record_id: str | int, outcome: Any, *, o
                                              else repr(outcome)[:200], "category",
                                              f"the outcome must be 0 or 1 ({target.negative_label} or "
                                              f"{target.positive_label})", str(record_id))])
-    return repository.store_outcome(ctx.db, str(record_id), label, overwrite=overwrite)
+    return repository.store_outcome(ctx.db, str(record_id), label, overwrite=overwrite, by=by)
 
 
 # -- models and readiness ------------------------------------------------------------------------------

@@ -107,31 +107,49 @@ def store_explanation(db: Database, *, record_id: str, features: Mapping[str, An
                             "send it again") from exc
 
 
-def store_outcome(db: Database, record_id: str, outcome: int, *, overwrite: bool = False,
-                  source: str = "api") -> tuple[dict[str, Any], str]:
-    """Record the ground truth of a stored record. Idempotent: the same outcome again changes nothing.
-    Returns the outcome and what happened: ``created``, ``unchanged`` or ``overwritten``."""
-    try:
-        with db.transaction() as session:
-            if session.scalar(select(Record.id).where(Record.record_id == record_id)) is None:
-                raise NotFoundError(f"no stored record with id {record_id!r}: predict on it first")
-            row = session.scalar(select(Outcome).where(Outcome.record_id == record_id))
-            if row is None:
-                row = Outcome(record_id=record_id, outcome=outcome, source=source, received_at=utcnow())
-                session.add(row)
-                session.flush()
-                return outcome_dict(row), "created"
-            if row.outcome == outcome:
-                return outcome_dict(row), "unchanged"
-            if not overwrite:
-                raise ConflictError(
-                    f"record {record_id!r} already has outcome {row.outcome}; send ?overwrite=true to replace it",
-                    detail={"record_id": record_id, "stored": row.outcome, "sent": outcome})
-            row.outcome, row.received_at, row.source = outcome, utcnow(), source
+def store_outcome(db: Database, record_id: str, outcome: int, *, overwrite: bool = False, source: str = "api",
+                  by: str | None = None) -> tuple[dict[str, Any], str]:
+    """Record the ground truth of a stored record, with who recorded it. Idempotent: the same outcome again
+    changes nothing, also when several clients send it at once (the loser of the race reads the winner's
+    row instead of failing). A different outcome needs ``overwrite`` and is kept as an ``outcome-corrected``
+    event (who, when, the previous value) in the same transaction. Returns the outcome and what happened:
+    ``created``, ``unchanged`` or ``overwritten``."""
+    for attempt in range(3):
+        try:
+            return _store_outcome_once(db, record_id, outcome, overwrite=overwrite, source=source, by=by)
+        except IntegrityError as exc:
+            # Another request inserted this record's outcome between our read and our insert: read it again.
+            if attempt == 2:
+                raise ConflictError(f"an outcome for {record_id!r} was stored concurrently; send it again") from exc
+    raise AssertionError("unreachable")
+
+
+def _store_outcome_once(db: Database, record_id: str, outcome: int, *, overwrite: bool, source: str,
+                        by: str | None) -> tuple[dict[str, Any], str]:
+    with db.transaction() as session:
+        if session.scalar(select(Record.id).where(Record.record_id == record_id)) is None:
+            raise NotFoundError(f"no stored record with id {record_id!r}: predict on it first")
+        row = session.scalar(select(Outcome).where(Outcome.record_id == record_id))
+        now = utcnow()
+        if row is None:
+            row = Outcome(record_id=record_id, outcome=outcome, source=source, received_at=now, recorded_by=by)
+            session.add(row)
             session.flush()
-            return outcome_dict(row), "overwritten"
-    except IntegrityError as exc:
-        raise ConflictError(f"an outcome for {record_id!r} was stored concurrently; send it again") from exc
+            return outcome_dict(row), "created"
+        if row.outcome == outcome:
+            return outcome_dict(row), "unchanged"
+        if not overwrite:
+            raise ConflictError(
+                f"record {record_id!r} already has outcome {row.outcome}; send ?overwrite=true to replace it",
+                detail={"record_id": record_id, "stored": row.outcome, "sent": outcome})
+        previous = outcome_dict(row)
+        row.outcome, row.received_at, row.source, row.recorded_by = outcome, now, source, by
+        session.add(Event(kind="outcome-corrected", created_at=now, model_version=None,
+                          detail={"record_id": record_id, "previous": previous["outcome"],
+                                  "previous_recorded_by": previous["recorded_by"],
+                                  "previous_received_at": previous["received_at"], "outcome": outcome, "by": by}))
+        session.flush()
+        return outcome_dict(row), "overwritten"
 
 
 def add_event(db: Database, kind: str, detail: dict[str, Any] | None = None,
@@ -339,7 +357,8 @@ def explanation_dict(e: Explanation) -> dict[str, Any]:
 
 
 def outcome_dict(o: Outcome) -> dict[str, Any]:
-    return {"record_id": o.record_id, "outcome": o.outcome, "received_at": _iso(o.received_at), "source": o.source}
+    return {"record_id": o.record_id, "outcome": o.outcome, "received_at": _iso(o.received_at), "source": o.source,
+            "recorded_by": o.recorded_by}
 
 
 def monitoring_dict(m: MonitoringResult) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ from learning_machine.store.models import ApiToken, utcnow
 CLINICIAN = "clinician"
 DATA_SCIENTIST = "data-scientist"
 ADMIN = "admin"
-ROLES = (CLINICIAN, DATA_SCIENTIST, ADMIN)
+MONITOR = "monitor"  # the learning loop's service account: reads the feeds, writes results, loop events, state
+ROLES = (CLINICIAN, DATA_SCIENTIST, ADMIN, MONITOR)
 TOKEN_PREFIX = "lm_"  # noqa: S105 - a visible prefix, so leaked tokens are easy to spot
 
 
@@ -46,13 +48,15 @@ def check_role(role: str) -> str:
     return role
 
 
-def create_token(db: Database, role: str, name: str = "") -> tuple[str, Principal]:
-    """A new token with ``role``; returns the token (show it once) and its principal."""
+def create_token(db: Database, role: str, name: str = "", ttl_days: float | None = 90) -> tuple[str, Principal]:
+    """A new token with ``role``, valid for ``ttl_days`` (None or 0: no expiry); returns the token (show it
+    once) and its principal."""
     check_role(role)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    now = utcnow()
     with db.transaction() as session:
-        row = ApiToken(token_hash=hash_token(token), role=role, name=name or role, created_at=utcnow(),
-                       revoked=False)
+        row = ApiToken(token_hash=hash_token(token), role=role, name=name or role, created_at=now,
+                       revoked=False, expires_at=now + timedelta(days=ttl_days) if ttl_days else None)
         session.add(row)
         session.flush()
         return token, Principal(row.id, row.name, row.role)
@@ -67,13 +71,22 @@ def authenticate(db: Database, token: str | None) -> Principal:
         row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
     if row is None or row.revoked:
         raise AuthenticationError("the bearer token is unknown or revoked")
+    if row.expires_at is not None and _aware(row.expires_at) <= utcnow():
+        raise AuthenticationError(f"the bearer token {row.name!r} expired at {_aware(row.expires_at).isoformat()}; "
+                                  "ask an admin for a new one (`lm tokens create --role ROLE`)")
     return Principal(row.id, row.name, row.role)
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands timezone-aware columns back naive (in UTC, as they were written).
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def list_tokens(db: Database) -> list[dict[str, Any]]:
     with db.read() as session:
         rows = session.scalars(select(ApiToken).order_by(ApiToken.id))
         return [{"id": r.id, "name": r.name, "role": r.role, "created_at": r.created_at.isoformat(),
+                 "expires_at": _aware(r.expires_at).isoformat() if r.expires_at else None,
                  "revoked": r.revoked} for r in rows]
 
 
@@ -85,17 +98,30 @@ def revoke_token(db: Database, token_id: int) -> None:
         row.revoked = True
 
 
-def ensure_default_tokens(db: Database, path: Path, progress: Callable[[str], None] | None = None) -> bool:
+def ensure_default_tokens(db: Database, path: Path, progress: Callable[[str], None] | None = None,
+                          ttl_days: float | None = 90) -> bool:
     """On a database with no live tokens, create one per role and write them to ``path`` (mode 0600).
-    Returns True when tokens were created."""
+    A tokens file of an older release that lacks a role (the monitor's) gets one added. Returns True
+    when tokens were created."""
     with db.read() as session:
         live = session.scalar(select(ApiToken.id).where(ApiToken.revoked.is_(False)).limit(1))
     if live is not None:
+        known = _read_tokens(path)
+        missing = [role for role in ROLES if known is not None and role not in known]
+        if known is not None and missing:
+            for role in missing:
+                known[role] = create_token(db, role, f"default {role}", None if role == MONITOR else ttl_days)[0]
+            write_secret_json(path, known)
+            if progress:
+                progress(f"added a token for {', '.join(missing)} to {path}")
+            return True
         if progress:
             progress(f"API tokens exist; the first ones were written to {path}" if path.exists()
                      else "API tokens exist; create more with `lm tokens create --role ROLE`")
         return False
-    tokens = {role: create_token(db, role, f"default {role}")[0] for role in ROLES}
+    # The monitor's token is a service account's: it does not expire (revoke it to rotate it).
+    tokens = {role: create_token(db, role, f"default {role}", None if role == MONITOR else ttl_days)[0]
+              for role in ROLES}
     write_secret_json(path, tokens)
     if progress:
         progress(f"created one API token per role ({', '.join(ROLES)}); they are in {path} (readable only by you)")
@@ -120,6 +146,14 @@ def register_tokens(db: Database, tokens: dict[str, str], name_prefix: str = "im
     return added
 
 
+def _read_tokens(path: Path) -> dict[str, str] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else None
+
+
 def write_secret_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` so that no other user can read it at any moment (0600 from creation, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,6 +174,6 @@ def prepare_for_gateway(settings: Settings, progress: Callable[[str], None] | No
         db.upgrade()
         if progress:
             progress(f"database {safe_url(db.url)} is migrated")
-        return ensure_default_tokens(db, settings.tokens_path().resolve(), progress)
+        return ensure_default_tokens(db, settings.tokens_path().resolve(), progress, settings.token_ttl_days)
     finally:
         db.dispose()
