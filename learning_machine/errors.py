@@ -7,8 +7,68 @@ and never contains a secret. Errors from libraries are wrapped ``from exc`` at t
 
 from __future__ import annotations
 
+import math
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
+
+MAX_ECHO_CHARS = 200
+"""An offending value is echoed back in an error at most this long (the rest is cut, and said so)."""
+
+
+def encodable(value: Any, *, depth: int = 0) -> Any:
+    """``value`` as something strict JSON (RFC 8259, UTF-8) can always carry, for error documents and logs:
+    non-finite numbers become their spelling (``"Infinity"``), integers beyond 15 digits and long strings
+    are cut, characters JSON or UTF-8 cannot carry (lone surrogates, NUL and other control characters) are
+    escaped, containers are walked (bounded). The reader sees what was sent; the encoder never fails."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if abs(value) < 10**15:
+            return value
+        digits = str(abs(value)) if value.bit_length() < 4000 else "many"
+        return f"{'-' if value < 0 else ''}{digits[:15]}... ({len(digits)} digits)" if digits != "many" else \
+            "an integer of more than 1,000 digits"
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, str):
+        return safe_text(value)
+    if depth < 3 and isinstance(value, dict):
+        return {safe_text(str(k), 100): encodable(v, depth=depth + 1) for k, v in list(value.items())[:50]}
+    if depth < 3 and isinstance(value, (list, tuple)):
+        return [encodable(v, depth=depth + 1) for v in value[:50]]
+    item = getattr(value, "item", None)  # numpy scalars
+    if callable(item) and not isinstance(value, (dict, list, tuple)):
+        try:
+            return encodable(item(), depth=depth + 1)
+        except (TypeError, ValueError):
+            pass
+    return safe_text(repr(value))
+
+
+def safe_text(text: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, with control characters and lone surrogates escaped."""
+    cut = text[:limit]
+    if not cut.isprintable():
+        cut = "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape", "backslashreplace")
+                      .decode("ascii") for c in cut)
+    return cut + (f"... ({len(text):,} characters)" if len(text) > limit else "")
+
+
+def bad_text(text: str) -> str | None:
+    """Why ``text`` cannot be stored or echoed as sent (a NUL or other control character, an unpaired
+    surrogate, a non-character), or None when it can."""
+    for char in text:
+        category = unicodedata.category(char)
+        if category == "Cs":
+            return "contains an unpaired UTF-16 surrogate (not valid Unicode text)"
+        if category == "Cc" and char not in "\t\n\r":
+            return f"contains the control character U+{ord(char):04X}"
+        if category == "Cn":
+            return f"contains U+{ord(char):04X}, which is not a Unicode character"
+    return None
 
 
 class LearningMachineError(Exception):
@@ -31,8 +91,16 @@ class LearningMachineError(Exception):
             "detail": self.message,
         }
         if self.detail is not None:
-            problem["errors"] = self.detail
+            problem["errors"] = encodable_detail(self.detail)
         return problem
+
+
+def encodable_detail(detail: Any) -> Any:
+    """A problem's detail made encodable (see :func:`encodable`), lists of any length kept whole: a batch
+    with 1,000 bad records lists 1,000 problems."""
+    if isinstance(detail, list):
+        return [encodable(d) for d in detail]
+    return encodable(detail)
 
 
 class ConfigurationError(LearningMachineError):
@@ -89,9 +157,10 @@ class Problem:
     record_id: Any = None
 
     def as_dict(self) -> dict[str, Any]:
-        out = {"field": self.field, "value": self.value, "rule": self.rule, "message": self.message}
+        out = {"field": safe_text(str(self.field), 100), "value": encodable(self.value), "rule": self.rule,
+               "message": self.message}
         if self.record_id is not None:
-            out["record_id"] = self.record_id
+            out["record_id"] = encodable(self.record_id)
         return out
 
 

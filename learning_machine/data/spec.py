@@ -15,9 +15,14 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from learning_machine.errors import DatasetError, Problem, SpecError
+from learning_machine.errors import DatasetError, Problem, SpecError, bad_text, encodable
 
 FeatureType = Literal["numeric", "integer", "categorical"]
+
+RECORD_ID_MAX_CHARS = 128
+"""A record id is a string of 1 to 128 printable characters without surrounding spaces, or an integer."""
+MAX_INTEGER_ID = 10**15 - 1
+"""Integer record ids beyond 15 digits are refused (they do not survive a trip through a float)."""
 
 
 class _Strict(BaseModel):
@@ -136,6 +141,32 @@ class DatasetSpec(_Strict):
                 return f
         raise KeyError(name)
 
+    def record_id_schema(self) -> dict[str, Any]:
+        """JSON Schema of a record id (the rule :func:`check_record_id` applies)."""
+        return {"description": self.record_id.description, "oneOf": [
+            {"type": "string", "minLength": 1, "maxLength": RECORD_ID_MAX_CHARS, "pattern": r"^\S(.*\S)?$"},
+            {"type": "integer", "minimum": -MAX_INTEGER_ID, "maximum": MAX_INTEGER_ID}]}
+
+    def record_schema(self) -> dict[str, Any]:
+        """JSON Schema (OpenAPI 3.1) of one input record: the id, every feature with its type, unit, range
+        or categories, and the optional outcome. The gateway publishes it in its OpenAPI document; the
+        records themselves are checked by :meth:`validate_record`, which lists every problem at once."""
+        properties: dict[str, Any] = {self.record_id.name: self.record_id_schema()}
+        for f in self.features:
+            doc = f.description + (f" ({f.unit})" if f.unit else "")
+            if f.type == "categorical":
+                value: dict[str, Any] = {"type": "string", "enum": list(f.categories or ())}
+            else:
+                assert f.range is not None
+                value = {"type": "integer" if f.type == "integer" else "number",
+                         "minimum": f.range[0], "maximum": f.range[1]}
+            properties[f.name] = ({"description": doc, "anyOf": [value, {"type": "null"}]} if f.nullable
+                                  else {"description": doc, **value})
+        properties[self.target.name] = {"description": f"Optional: the outcome, when already known "
+                                        f"({self.target.description})", "enum": [0, 1, True, False, "0", "1"]}
+        return {"type": "object", "title": f"{self.name} record", "properties": properties,
+                "required": [self.record_id.name, *self.feature_names], "additionalProperties": False}
+
     # ----------------------------------------------------------------------------------------------
     def validate_record(
         self, record: Mapping[str, Any], *, require_target: bool = False, require_id: bool = True
@@ -154,9 +185,11 @@ class DatasetSpec(_Strict):
             if require_id:
                 problems.append(Problem(self.record_id.name, None, "required",
                                         f"the record id {self.record_id.name!r} is required", None))
-        elif not isinstance(rid, (str, int)) or isinstance(rid, bool):
-            problems.append(Problem(self.record_id.name, _jsonable(rid), "type",
-                                    "the record id must be a string or an integer", None))
+        else:
+            problem = check_record_id(self.record_id.name, rid)
+            if problem is not None:
+                problems.append(problem)
+                rid = None  # not echoed as the record's id: the problem names it already
         for feat in self.features:
             if feat.name not in record:
                 problems.append(Problem(feat.name, None, "required", f"{feat.name!r} is missing "
@@ -301,11 +334,30 @@ def _is_missing(value: Any) -> bool:
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, np.generic):
-        return value.item()
-    return repr(value)[:200]
+    return encodable(value)
+
+
+def check_record_id(field_name: str, value: Any) -> Problem | None:
+    """The one rule for record ids, wherever one arrives (a record, an outcome, an explanation request):
+    a string of 1 to 128 printable characters without surrounding spaces, or an integer of at most 15
+    digits. Every table stores ids as text, so 7 and "7" name the same record."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return Problem(field_name, _jsonable(value), "type", "the record id must be a string or an integer")
+    if isinstance(value, int):
+        if abs(value) > MAX_INTEGER_ID:
+            return Problem(field_name, _jsonable(value), "range",
+                           "an integer record id may have at most 15 digits; send longer ids as strings")
+        return None
+    if not value or len(value) > RECORD_ID_MAX_CHARS:
+        return Problem(field_name, _jsonable(value), "length",
+                       f"the record id must have 1 to {RECORD_ID_MAX_CHARS} characters (it has {len(value):,})")
+    why = bad_text(value)
+    if why is not None or not value.isprintable():
+        return Problem(field_name, _jsonable(value), "characters",
+                       f"the record id {why or 'contains a character that is not printable'}")
+    if value != value.strip():
+        return Problem(field_name, _jsonable(value), "characters", "the record id may not start or end with a space")
+    return None
 
 
 def parse_label(value: Any) -> int | None:
@@ -336,6 +388,10 @@ def _check_value(feat: FeatureSpec, value: Any, rid: Any) -> list[Problem]:
         return []
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         return [Problem(feat.name, _jsonable(value), "type", f"{feat.name!r} must be a number", rid)]
+    if isinstance(value, int) and abs(value) > 10**15:  # float() of a 400-digit integer overflows
+        return [Problem(feat.name, _jsonable(value), "range", f"{feat.name!r} must be between "
+                        f"{feat.range[0]:g} and {feat.range[1]:g}" if feat.range else f"{feat.name!r} is too large",
+                        rid)]
     number = float(value)
     if not math.isfinite(number):
         return [Problem(feat.name, _jsonable(value), "type", f"{feat.name!r} must be a finite number", rid)]

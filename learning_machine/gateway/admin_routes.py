@@ -10,17 +10,20 @@ from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from learning_machine.errors import ServiceUnavailableError
 from learning_machine.gateway.auth import ADMINISTRATION, CLINICAL, require
 from learning_machine.gateway.routes import Ctx
+from learning_machine.gateway.schemas import In
 from learning_machine.gateway.service import GatewayContext
 from learning_machine.lifecycle.promotion import change_champion
 from learning_machine.store import repository
 from learning_machine.store.tokens import Principal
 
 router = APIRouter(prefix="/v1")
+VERSION = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # a version number or an alias (MLflow's own rule for aliases)
+TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$"  # free text: any printable text, no control characters
 
 Clinical = Annotated[Principal, Depends(require(CLINICAL))]
 Admin = Annotated[Principal, Depends(require(ADMINISTRATION))]
@@ -30,23 +33,19 @@ _cards: dict[tuple[str, str, str], dict[str, Any]] = {}
 _cards_lock = threading.Lock()
 
 
-class PromoteIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    version: str = Field(min_length=1, max_length=64, description="Version number or alias (challenger).")
-    reason: str = Field("manual (dashboard)", max_length=500)
-
-
-class RollbackIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    to_version: str | None = Field(None, max_length=64, description="Default: the version the champion replaced.")
+class PromoteIn(In):
+    version: str = Field(min_length=1, max_length=64, pattern=VERSION,
+                         description="Version number or alias (challenger).")
+    reason: str = Field("manual (dashboard)", max_length=500, pattern=TEXT)
 
 
-class RetrainIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class RollbackIn(In):
+    to_version: str | None = Field(None, max_length=64, pattern=VERSION,
+                                   description="Default: the version the champion replaced.")
 
-    reason: str = Field("manual (dashboard)", max_length=500)
+
+class RetrainIn(In):
+    reason: str = Field("manual (dashboard)", max_length=500, pattern=TEXT)
 
 
 @router.get("/whoami", tags=["operations"], summary="The calling token's name and role")
@@ -57,7 +56,8 @@ def whoami(request: Request, _: Clinical) -> Any:
 
 @router.get("/model-card", tags=["models"], summary="Model facts of a version (default: the champion)")
 def model_card(c: Ctx, _: Clinical,
-               version: Annotated[str, Query(max_length=64, description="Number or alias.")] = "champion") -> Any:
+               version: Annotated[str, Query(max_length=64, pattern=VERSION, description="Number or alias.")]
+               = "champion") -> Any:
     tracker = c.tracker()
     tracker.health()
     info = tracker.version(c.model_name, version)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -69,4 +70,46 @@ def create_app(settings: Settings, *, context: GatewayContext | None = None) -> 
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.openapi = partial(typed_openapi, app, ctx)  # type: ignore[method-assign]
     return app
+
+
+def typed_openapi(app: FastAPI, ctx: GatewayContext) -> dict[str, Any]:
+    """The OpenAPI document with the records typed by the dataset spec this gateway serves (every feature's
+    type, range or categories, the id rule), not a bare object: what client generators and fuzzers read.
+    The routes still check records against the spec themselves, listing every problem at once."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    from learning_machine.gateway.schemas import ExplanationIn, OutcomeIn
+
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    spec = ctx.spec
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components["Record"] = spec.record_schema()
+    record = {"$ref": "#/components/schemas/Record"}
+    batch = {"type": "object", "title": "A batch of records", "additionalProperties": False, "required": ["records"],
+             "properties": {"records": {"type": "array", "items": record, "minItems": 1,
+                                        "maxItems": ctx.settings.max_batch_rows}}}
+    paths = schema["paths"]
+    content = paths["/v1/predictions"]["post"]["requestBody"]["content"]["application/json"]
+    content["schema"] = {"oneOf": [record, batch]}
+    rid = spec.record_id.name
+    for path, model in (("/v1/explanations", ExplanationIn), ("/v1/outcomes", OutcomeIn)):
+        body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(body.pop("$defs", {}))
+        if "record" in body["properties"]:
+            body["properties"]["record"] = {"anyOf": [record, {"type": "null"}],
+                                            "description": "A full record to explain (it is stored too)."}
+        if "outcome" in body["properties"]:
+            body["properties"]["outcome"] = {"enum": [0, 1, True, False, "0", "1"],
+                                             "description": "The ground truth: 0 or 1 (also true/false, \"0\"/\"1\")."}
+        if rid != "record_id":  # the dataset's own id field, accepted for record_id (one of the two)
+            body["properties"][rid] = {**body["properties"]["record_id"]}
+            body.pop("required", None)
+        components[model.__name__] = body
+        paths[path]["post"]["requestBody"] = {"required": True, "content": {"application/json": {
+            "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+    app.openapi_schema = schema
+    return schema

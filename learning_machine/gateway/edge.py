@@ -1,5 +1,6 @@
-"""What every request passes through before a route: a request id, the body-size limit and the Prometheus
-metrics. One plain ASGI middleware (no BaseHTTPMiddleware), so the hot path stays cheap."""
+"""What every request passes through before a route: a request id, the body-size limit, text no store can
+hold (NUL characters, unpaired surrogates: refused before any route runs) and the Prometheus metrics. One
+plain ASGI middleware (no BaseHTTPMiddleware), so the hot path stays cheap."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import uuid
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from learning_machine.errors import PayloadTooLargeError
+from learning_machine.errors import BadRequestError, PayloadTooLargeError
 from learning_machine.gateway.problems import problem_response
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -66,6 +67,16 @@ class EdgeMiddleware:
                     await problem_response(too_big, request_id, scope.get("path"))(scope, receive, send_with_id)
                     return
                 receive = _replay(body, receive)
+                why = unstorable_text(body)
+                if why is not None:
+                    bad = BadRequestError(f"the request body {why}; no record or field may carry it", detail=[
+                        {"field": "<body>", "rule": "characters", "message": why}])
+                    await problem_response(bad, request_id, scope.get("path"))(scope, receive, send_with_id)
+                    return
+            if b"%00" in scope.get("query_string", b"") or "\x00" in scope.get("path", ""):
+                bad = BadRequestError("the URL contains a NUL character (%00), which no id or filter may carry")
+                await problem_response(bad, request_id, scope.get("path"))(scope, receive, send_with_id)
+                return
             await self.app(scope, receive, send_with_id)
         finally:
             route = scope.get("route")
@@ -98,6 +109,31 @@ class EdgeMiddleware:
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_RAW_SURROGATE = re.compile(rb"\xed[\xa0-\xbf]")
+
+
+def unstorable_text(body: bytes) -> str | None:
+    """Why a JSON body carries text that neither database can store nor UTF-8 encode (a NUL character, an
+    unpaired UTF-16 surrogate), or None. Two byte scans on the common path; the body is parsed only when
+    it holds a surrogate escape at all (emoji are written as pairs)."""
+    if b"\\u0000" in body:
+        return "contains a NUL character (\\u0000)"
+    if _RAW_SURROGATE.search(body) is not None:  # Python's JSON parser would let these through
+        return "contains an unpaired UTF-16 surrogate encoded as UTF-8 (not valid UTF-8)"
+    if _SURROGATE_ESCAPE.search(body) is None:
+        return None
+    import json
+
+    try:
+        json.dumps(json.loads(body), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains an unpaired UTF-16 surrogate (text that is not valid Unicode)"
+    except ValueError:
+        return None  # not JSON: the route's parser says so
+    return None
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

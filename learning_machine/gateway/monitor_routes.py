@@ -7,54 +7,50 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from learning_machine.errors import PermissionDeniedError
 from learning_machine.gateway.routes import Ctx, Feeds, Loop
+from learning_machine.gateway.schemas import In, JsonObject
 from learning_machine.store import feeds, repository
 
 router = APIRouter(prefix="/v1", tags=["monitoring"])
 
 
-class MonitoringResultIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class MonitoringResultIn(In):
     kind: Literal["drift", "quality", "performance"]
-    metric: str = Field(max_length=100)
+    metric: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
     value: float | None = None
     threshold: float | None = None
     alert: bool = False
-    feature: str | None = Field(None, max_length=200)
-    window_rows: int | None = Field(None, ge=0)
+    feature: str | None = Field(None, max_length=200, pattern=r"^[^\x00-\x1f]*$")
+    window_rows: int | None = Field(None, ge=0, le=10**9)
     window_start: datetime | None = None
     window_end: datetime | None = None
-    model_version: str | None = Field(None, max_length=64)
-    details: dict[str, Any] = Field(default_factory=dict)
+    model_version: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")
+    details: JsonObject = Field(default_factory=dict)
 
 
-class MonitoringBatchIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class MonitoringBatchIn(In):
     results: list[MonitoringResultIn] = Field(min_length=1, max_length=2000)
 
 
-class EventIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class EventIn(In):
     kind: str = Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9-]*$")
-    detail: dict[str, Any] = Field(default_factory=dict)
-    model_version: str | None = Field(None, max_length=64)
+    detail: JsonObject = Field(default_factory=dict)
+    model_version: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")
 
 
 @router.get("/feed/predictions", summary="Predictions in arrival order with inputs and outcomes (for the monitor)")
-def feed_predictions(c: Ctx, _: Feeds, after_id: Annotated[int, Query(ge=0)] = 0,
+def feed_predictions(c: Ctx, _: Feeds, after_id: Annotated[int, Query(ge=0, le=2**62)] = 0,
                      limit: Annotated[int, Query(ge=1, le=5000)] = 1000) -> Any:
     return feeds.predictions_after(c.db, after_id, limit)
 
 
 @router.get("/feed/labelled", summary="The most recent predictions whose outcome has arrived")
 def feed_labelled(c: Ctx, _: Feeds, limit: Annotated[int, Query(ge=1, le=20000)] = 500,
-                  model_version: Annotated[str | None, Query()] = None) -> Any:
+                  model_version: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")] = None,
+                  ) -> Any:
     return feeds.labelled_predictions(c.db, limit, model_version)
 
 

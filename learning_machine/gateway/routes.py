@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Body, Depends, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 
-from learning_machine.errors import PermissionDeniedError
+from learning_machine.errors import BadRequestError, PermissionDeniedError
 from learning_machine.gateway import service
 from learning_machine.gateway.auth import CLINICAL, FEEDS, LOOP, SCIENCE, require
 from learning_machine.gateway.schemas import (
@@ -19,6 +21,7 @@ from learning_machine.gateway.schemas import (
     OutcomeOut,
     PageOut,
     PredictionOut,
+    with_record_id,
 )
 from learning_machine.gateway.service import GatewayContext
 from learning_machine.store import repository
@@ -31,8 +34,22 @@ Science = Annotated[Principal, Depends(require(SCIENCE))]
 Feeds = Annotated[Principal, Depends(require(FEEDS))]
 Loop = Annotated[Principal, Depends(require(LOOP))]
 Limit = Annotated[int, Query(ge=1, le=500, description="Page size.")]
-Offset = Annotated[int, Query(ge=0, description="Rows to skip.")]
+Offset = Annotated[int, Query(ge=0, le=1_000_000_000, description="Rows to skip.")]
 Since = Annotated[datetime | None, Query(description="Only rows at or after this time (ISO 8601).")]
+Name = Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+StoredId = Annotated[str, Path(min_length=1, max_length=200, description="A stored record's id.")]
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_body(model: type[M], payload: Any, c: GatewayContext) -> M:
+    """A JSON body as ``model``, the dataset's own id field accepted for ``record_id``; a body that does not
+    fit is a 422 listing every problem, like any other."""
+    try:
+        return model.model_validate(with_record_id(payload, c.spec.record_id.name))
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from exc
+    except ValueError as exc:
+        raise BadRequestError(str(exc)) from exc
 
 
 async def ctx(request: Request) -> GatewayContext:
@@ -56,7 +73,7 @@ def post_predictions(request: Request, c: Ctx, _: Clinical,
 
 @router.get("/predictions", response_model=PageOut, tags=["predictions"], summary="Prediction history")
 def get_predictions(c: Ctx, _: Science, limit: Limit = 50, offset: Offset = 0, since: Since = None,
-                    model_version: Annotated[str | None, Query(description="Only this model version.")] = None,
+                    model_version: Annotated[Name, Query(description="Only this model version.")] = None,
                     ) -> Any:
     return repository.list_predictions(c.db, repository.Page(limit, offset), since=since,
                                        model_version=model_version)
@@ -64,7 +81,8 @@ def get_predictions(c: Ctx, _: Science, limit: Limit = 50, offset: Offset = 0, s
 
 @router.post("/explanations", response_model=ExplanationOut, tags=["predictions"],
              summary="Explain a stored record's prediction, or a full record")
-def post_explanations(request: Request, c: Ctx, _: Clinical, body: ExplanationIn) -> Any:
+def post_explanations(request: Request, c: Ctx, _: Clinical, payload: Annotated[dict[str, Any], Body()]) -> Any:
+    body = parse_body(ExplanationIn, payload, c)
     return service.explain(c, record_id=body.record_id, record=body.record, method=body.method,
                            request_id=request.state.request_id)
 
@@ -73,13 +91,15 @@ def post_explanations(request: Request, c: Ctx, _: Clinical, body: ExplanationIn
              responses={200: {"description": "The same outcome was already stored (nothing changed)"},
                         409: {"description": "Another outcome is stored; send ?overwrite=true to replace it"}},
              summary="Record the ground truth of a stored record")
-def post_outcomes(request: Request, response: Response, c: Ctx, who: Clinical, body: OutcomeIn,
+def post_outcomes(response: Response, c: Ctx, who: Clinical,
+                  payload: Annotated[dict[str, Any], Body()],
                   overwrite: Annotated[bool, Query(description="Replace a different stored outcome (a correction: "
                                                    "data-scientist or admin tokens only, recorded with who and "
                                                    "the previous value).")] = False,
                   ) -> Any:
     """Anyone who may predict may record an outcome once; correcting a stored one is a data scientist's or
     an admin's right, and every correction is kept as an `outcome-corrected` event."""
+    body = parse_body(OutcomeIn, payload, c)
     if overwrite and who.role not in SCIENCE:
         raise PermissionDeniedError(f"role {who.role!r} may record an outcome but not correct one; correcting needs "
                                     f"one of: {', '.join(sorted(SCIENCE))}",
@@ -99,20 +119,20 @@ def get_patients(c: Ctx, _: Clinical, limit: Limit = 50, offset: Offset = 0,
 
 
 @router.get("/patients/{record_id}", tags=["patients"], summary="One record with its history")
-def get_patient(c: Ctx, _: Clinical, record_id: str) -> Any:
+def get_patient(c: Ctx, _: Clinical, record_id: StoredId) -> Any:
     return repository.patient(c.db, record_id)
 
 
 @router.get("/monitoring", response_model=PageOut, tags=["monitoring"], summary="Monitoring results")
 def get_monitoring(c: Ctx, _: Feeds, limit: Limit = 50, offset: Offset = 0, since: Since = None,
-                   kind: Annotated[str | None, Query(description="drift, quality or performance.")] = None,
+                   kind: Annotated[Name, Query(description="drift, quality or performance.")] = None,
                    ) -> Any:
     return repository.list_monitoring(c.db, repository.Page(limit, offset), since=since, kind=kind)
 
 
 @router.get("/events", response_model=PageOut, tags=["monitoring"], summary="Pipeline and lifecycle events")
 def get_events(c: Ctx, _: Feeds, limit: Limit = 50, offset: Offset = 0, since: Since = None,
-               kind: Annotated[str | None, Query(description="Only events of this kind.")] = None) -> Any:
+               kind: Annotated[Name, Query(description="Only events of this kind.")] = None) -> Any:
     return repository.list_events(c.db, repository.Page(limit, offset), since=since, kind=kind)
 
 

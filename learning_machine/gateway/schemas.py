@@ -3,9 +3,76 @@ Records themselves are checked against the dataset spec (every problem listed), 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import math
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from learning_machine.data.spec import MAX_INTEGER_ID, RECORD_ID_MAX_CHARS, check_record_id
+from learning_machine.errors import bad_text
+
+
+class In(BaseModel):
+    """Every request body: no unknown fields, no NaN or infinite numbers (strict JSON has none)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _record_id(value: str | int) -> str | int:
+    problem = check_record_id("record_id", value)
+    if problem is not None:
+        raise ValueError(problem.message)
+    return value
+
+
+RecordId = Annotated[Annotated[str, StringConstraints(min_length=1, max_length=RECORD_ID_MAX_CHARS)]
+                     | Annotated[int, Field(ge=-MAX_INTEGER_ID, le=MAX_INTEGER_ID)],
+                     Field(description="A record id: 1 to 128 printable characters, or an integer of up to 15 digits."),
+                     AfterValidator(_record_id)]
+
+
+def with_record_id(payload: Any, id_field: str) -> Any:
+    """A body that names the record by the dataset's own id field (``patient_id``) as one that says
+    ``record_id``, so every route takes the id the same way `POST /v1/predictions` does."""
+    if id_field != "record_id" and isinstance(payload, dict) and id_field in payload:
+        if "record_id" in payload:
+            raise ValueError(f"send the record id once, as 'record_id' or as {id_field!r}, not both")
+        payload = {("record_id" if k == id_field else k): v for k, v in payload.items()}
+    return payload
+
+
+def _json_object(value: dict[str, Any]) -> dict[str, Any]:
+    """A free-form JSON object we store and serve back (an event's detail, a result's details): bounded in
+    size and depth, finite numbers, integers that fit 64 bits, text that every database can hold."""
+    budget = [5000]
+
+    def walk(item: Any, depth: int, where: str) -> None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise ValueError("the object is too large (more than 5,000 values)")
+        if depth > 8:
+            raise ValueError(f"{where}: nested more than 8 levels deep")
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"{where}: numbers must be finite")
+        if isinstance(item, int) and not isinstance(item, bool) and abs(item) >= 2**63:
+            raise ValueError(f"{where}: integers must fit in 64 bits")
+        if isinstance(item, str):
+            why = bad_text(item)
+            if why:
+                raise ValueError(f"{where}: the text {why}")
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                walk(str(key), depth + 1, where)
+                walk(inner, depth + 1, f"{where}.{str(key)[:40]}")
+        elif isinstance(item, list):
+            for index, inner in enumerate(item):
+                walk(inner, depth + 1, f"{where}[{index}]")
+
+    walk(value, 0, "")
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_json_object)]
 
 
 class _Out(BaseModel):
@@ -25,10 +92,9 @@ class BatchPredictionOut(_Out):
     predictions: list[PredictionOut]
 
 
-class ExplanationIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    record_id: str | int | None = Field(None, description="Id of a stored record to explain.")
+class ExplanationIn(In):
+    record_id: RecordId | None = Field(None, description="Id of a stored record to explain (the dataset's own "
+                                        "id field, e.g. `patient_id`, is accepted too).")
     record: dict[str, Any] | None = Field(None, description="A full record to explain (it is stored too).")
     method: Literal["exact", "anchors"] = Field("exact", description="exact: per-feature contributions; "
                                                 "anchors: a rule that locally fixes the prediction.")
@@ -43,10 +109,9 @@ class ExplanationOut(_Out):
     created_at: str | None
 
 
-class OutcomeIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    record_id: str | int = Field(description="Id of a record the gateway has stored.")
+class OutcomeIn(In):
+    record_id: RecordId = Field(description="Id of a record the gateway has stored (the dataset's own id field, "
+                                "e.g. `patient_id`, is accepted too).")
     outcome: Any = Field(description="The ground truth: 0 or 1 (also true/false, \"0\"/\"1\").")
 
 

@@ -9,10 +9,10 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DisconnectionError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from learning_machine.errors import ConfigurationError, ServiceUnavailableError
+from learning_machine.errors import BadRequestError, ConfigurationError, ServiceUnavailableError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Not Alembic's default `alembic_version`: MLflow keeps its own history there when both share a database.
@@ -79,6 +79,8 @@ class Database:
         try:
             with self.sessions.begin() as session:
                 yield session
+        except DataError as exc:
+            raise _refused(exc) from exc
         except (OperationalError, DisconnectionError) as exc:
             raise _unavailable(exc, self.url) from exc
 
@@ -87,6 +89,8 @@ class Database:
         try:
             with self.sessions() as session:
                 yield session
+        except DataError as exc:
+            raise _refused(exc) from exc
         except (OperationalError, DisconnectionError) as exc:
             raise _unavailable(exc, self.url) from exc
 
@@ -105,6 +109,14 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _refused(exc: SQLAlchemyError) -> BadRequestError:
+    # The validation layer should have refused the value first; this is the backstop, and it names the
+    # database's rule, never the value (which may be a patient's).
+    orig = getattr(exc, "orig", None)
+    reason = str(orig or exc).splitlines()[0][:200] if orig is not None else type(exc).__name__
+    return BadRequestError(f"the database refused a value in this request ({type(orig or exc).__name__}: {reason})")
 
 
 def _unavailable(exc: SQLAlchemyError, url: str) -> ServiceUnavailableError:

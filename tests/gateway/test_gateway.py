@@ -108,9 +108,16 @@ def test_outcomes_are_idempotent(gateway: RunningGateway) -> None:
     conflict = problem(science.post("/v1/outcomes", json={"record_id": rid, "outcome": 0}), 409)
     assert "overwrite" in conflict["detail"]
     assert gateway.counts() == before
+    # A clinician may record an outcome but not correct one; a data scientist may, and it is recorded.
+    problem(gateway.client("clinician").post("/v1/outcomes", params={"overwrite": "true"},
+                                             json={"record_id": rid, "outcome": 0}), 403)
     replaced = science.post("/v1/outcomes", params={"overwrite": "true"}, json={"record_id": rid, "outcome": 0})
     assert replaced.status_code == 200 and replaced.json()["status"] == "overwritten"
-    assert gateway.counts() == before
+    assert replaced.json()["recorded_by"] == "test data-scientist"
+    assert gateway.counts() == {**before, "events": before["events"] + 1}
+    corrected = science.get("/v1/events", params={"kind": "outcome-corrected"}).json()["items"]
+    assert [(e["detail"]["record_id"], e["detail"]["previous"], e["detail"]["outcome"], e["detail"]["by"])
+            for e in corrected if e["detail"]["record_id"] == rid] == [(rid, 1, 0, "test data-scientist")]
     assert gateway.client("clinician").get(f"/v1/patients/{rid}").json()["outcome"]["outcome"] == 0
     problem(science.post("/v1/outcomes", json={"record_id": "never-seen", "outcome": 1}), 404)
     bad = problem(science.post("/v1/outcomes", json={"record_id": rid, "outcome": "maybe"}), 422)
@@ -131,7 +138,7 @@ def test_history_patients_predictions_models(gateway: RunningGateway, model_serv
     assert predictions.status_code == 200 and len(predictions.json()["items"]) == 3
     assert science.get("/v1/predictions", params={"since": "2999-01-01T00:00:00Z"}).json()["total"] == 0
     assert science.get("/v1/monitoring").json() == {"items": [], "total": 0, "limit": 50, "offset": 0}
-    assert science.get("/v1/events").json()["total"] == 0
+    assert [e["kind"] for e in science.get("/v1/events").json()["items"]] in ([], ["outcome-corrected"])
     models = science.get("/v1/models")
     assert models.status_code == 200, models.text
     champions = [v for v in models.json()["versions"] if v["champion"]]
@@ -226,17 +233,37 @@ def test_missing_or_bad_token_is_401(gateway: RunningGateway, unchanged: None, h
     assert "lm_wrong" not in str(body)
 
 
-@pytest.mark.parametrize(("role", "method", "path", "payload"), [
-    ("clinician", "POST", "/v1/events", {"kind": "retrain-fired"}),
-    ("clinician", "GET", "/v1/predictions", None),
-    ("clinician", "GET", "/v1/monitoring", None),
-    ("clinician", "GET", "/v1/models", None),
-    ("clinician", "GET", "/v1/events", None),
+@pytest.mark.parametrize(("role", "method", "path", "payload", "needed"), [
+    ("clinician", "POST", "/v1/events", {"kind": "retrain-fired"}, "monitor"),
+    ("clinician", "GET", "/v1/predictions", None, "data-scientist"),
+    ("clinician", "GET", "/v1/monitoring", None, "data-scientist"),
+    ("clinician", "GET", "/v1/models", None, "data-scientist"),
+    ("clinician", "GET", "/v1/events", None, "data-scientist"),
+    # A data scientist reads the loop's record but cannot write it, nor ask for a retraining.
+    ("data-scientist", "POST", "/v1/events", {"kind": "retrain-fired"}, "monitor"),
+    ("data-scientist", "POST", "/v1/events", {"kind": "promoted", "detail": {"to": "99"}}, "monitor"),
+    ("data-scientist", "POST", "/v1/retrain", {"reason": "because"}, "admin"),
+    ("data-scientist", "POST", "/v1/models/promote", {"version": "1"}, "admin"),
+    ("data-scientist", "POST", "/v1/monitoring", {"results": [{"kind": "drift", "metric": "p", "alert": True}]},
+     "monitor"),
+    # The monitor's service token reads feeds and writes results, but predicts on nobody and promotes nothing.
+    ("monitor", "POST", "/v1/predictions", {"records": []}, "clinician"),
+    ("monitor", "POST", "/v1/retrain", {"reason": "because"}, "admin"),
+    ("monitor", "GET", "/v1/patients", None, "clinician"),
 ])
 def test_wrong_role_is_403(gateway: RunningGateway, unchanged: None, role: str, method: str, path: str,
-                           payload: Any) -> None:
+                           payload: Any, needed: str) -> None:
     body = problem(gateway.client(role).request(method, path, json=payload), 403)
-    assert "data-scientist" in body["detail"]
+    assert needed in body["detail"]
+
+
+@pytest.mark.parametrize("role", ["monitor", "admin"])
+def test_nobody_forges_a_retraining_request_through_the_event_log(gateway: RunningGateway, unchanged: None,
+                                                                 role: str) -> None:
+    """Only POST /v1/retrain (admin) makes a retrain-requested event, which the monitor acts on at once."""
+    for kind in ("retrain-requested", "outcome-corrected"):
+        body = problem(gateway.client(role).post("/v1/events", json={"kind": kind, "detail": {"by": "x"}}), 403)
+        assert kind in body["detail"]
 
 
 def test_admin_may_do_everything(gateway: RunningGateway) -> None:
