@@ -71,8 +71,8 @@ def models_rollback(ctx: typer.Context, to: Annotated[str | None, typer.Option(
 
 
 def _change(settings: Settings, action: Literal["promote", "rollback"], version: str | None, reason: str) -> None:
-    """The lifecycle's change of champion, recorded in the gateway's event log when the gateway is up (the
-    registry change stands either way, and we say so)."""
+    """The lifecycle's change of champion (served first, then the alias moves; a failed deployment leaves the
+    champion where it was and exits non-zero), recorded in the gateway's event log when the gateway is up."""
     from learning_machine.lifecycle.promotion import change_champion
 
     detail = change_champion(settings, tracker_for(settings), action=action, version=version, reason=reason,
@@ -81,8 +81,6 @@ def _change(settings: Settings, action: Literal["promote", "rollback"], version:
                   f"{settings.model_name}: champion rolled back from v{detail['from']} to v{detail['to']}")
     deployed = detail["deployed"]
     say(deployed.get("detail") or f"served by {deployed.get('backend')}")
-    if not (deployed.get("deployed") or deployed.get("deferred")):
-        raise typer.Exit(1)  # the alias moved, but what serves did not change: say so in the exit code
 
 
 def _record(settings: Settings, kind: str, detail: dict[str, Any], version: str | None) -> dict[str, Any]:

@@ -9,8 +9,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from learning_machine.errors import LearningMachineError
 from learning_machine.lifecycle.promotion import change_champion, serve
 from learning_machine.lifecycle.training import register_candidate
+from learning_machine.registry.names import CHAMPION, PREVIOUS_TAG
 from learning_machine.registry.runs import step_run
 from learning_machine.registry.tracker import tracker_for
 from learning_machine.settings import Settings
@@ -59,11 +61,19 @@ def promote(settings: Settings, version: str, *, parent_run_id: str = "", reason
 
 
 def deploy(settings: Settings, version: str, *, parent_run_id: str = "") -> dict[str, Any]:
-    """Serve ``version`` with the configured deployer (``LM_DEPLOYER``; ``none`` logs and does nothing);
-    a failed deployment fails the step."""
+    """Serve ``version`` with the serving deployer (``LM_DEPLOYER``, or the local model server `lm up` manages;
+    ``none`` logs and does nothing). A failed deployment fails the step and, when the promote step had made
+    ``version`` the champion, moves the alias back: what the registry calls the champion is what serves."""
     tracker = tracker_for(settings)
     with step_run(settings, tracker, "deploy", parent_run_id) as run_id:
-        result = serve(settings, version, deployer=settings.deployer, strict=True)
+        try:
+            result = serve(settings, version, strict=True)
+        except LearningMachineError:
+            champion = tracker.alias_version(settings.model_name, CHAMPION)
+            if champion is not None and champion.version == version and champion.tags.get(PREVIOUS_TAG):
+                tracker.rollback(settings.model_name)
+                print(f"deploy failed: champion moved back to v{champion.tags[PREVIOUS_TAG]}")
+            raise
         tracker.log_params(run_id, {"deployer": result["backend"], "model_name": result["model_name"],
                                     "version": result["version"], "changed": result["changed"],
                                     "detail": str(result["detail"])[:500]})

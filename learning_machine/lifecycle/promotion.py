@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from learning_machine.deployers import get_deployer
 from learning_machine.embedded.processes import is_healthy
-from learning_machine.errors import LearningMachineError, UnknownNameError
+from learning_machine.errors import LearningMachineError, ServiceUnavailableError, UnknownNameError
 from learning_machine.registry.names import CHAMPION
 from learning_machine.registry.tracker import Tracker, VersionInfo
 from learning_machine.settings import Settings
@@ -75,10 +75,9 @@ def decide(policy: str, *, has_champion: bool, metric: str = "auc", margin: floa
 def serve(settings: Settings, version: str, *, deployer: str | None = None, strict: bool = False) -> dict[str, Any]:
     """Serve ``version`` with ``deployer`` (default: the settings' ``serving_deployer()``). A local model server that
     is not running serves the champion when it next starts, so that is not an error (``deferred``). Other failures
-    raise when ``strict`` (a pipeline's deploy step must fail), else come back as ``deployed: false``
-    (the registry change stands and the caller says so)."""
+    raise when ``strict`` (a change of champion, a pipeline's deploy step), else come back as ``deployed: false``."""
     name = deployer or settings.serving_deployer()
-    if name == "local" and not strict and not is_healthy(f"{settings.model_server_base_url()}/v2/health/live"):
+    if name == "local" and not is_healthy(f"{settings.model_server_base_url()}/v2/health/live"):
         return {"backend": name, "version": version, "deployed": False, "deferred": True, "changed": False,
                 "detail": "the local model server is not running; it serves the champion when it next starts"}
     try:
@@ -100,21 +99,42 @@ def change_champion(settings: Settings, tracker: Tracker, *, action: Literal["pr
                     version: str | None, reason: str, by: str, record: Recorder | None = None,
                     deployer: str | None = None, deploy: bool = True) -> Any:
     """Promote ``version`` (a number or an alias) to champion, or roll the champion back (to ``version``
-    or to the one it replaced); then serve the new champion and record the event (``promoted`` or
-    ``rolled-back``, with who, why and what serving did). Returns what ``record`` returned (the stored
-    event), else the event's detail."""
+    or to the one it replaced), atomically: the new champion is served first and the alias moves only
+    once it serves; if serving fails the alias stays where it was (a ``promotion-failed`` event records
+    why, and the error is raised); if moving the alias fails, the previous champion is served again.
+    Records the event (``promoted`` or ``rolled-back``, with who, why and what serving did) and returns
+    what ``record`` returned (the stored event), else the event's detail. ``deploy=False``: the caller
+    serves it itself (a pipeline's deploy step, which moves the alias back when it cannot)."""
     tracker.health()
     model = settings.model_name
     if action == "promote":
         if not version:
             raise ValueError("a promotion names the version to promote")
         before = tracker.alias_version(model, CHAMPION)
-        after = tracker.promote(model, version, reason=reason)
-        kind = "promoted"
+        target = tracker.version(model, version)
     else:
-        before, after = tracker.rollback(model, version)
-        kind = "rolled-back"
+        before, target = tracker.rollback_target(model, version)
+    kind = "promoted" if action == "promote" else "rolled-back"
+    served: dict[str, Any] | None = None
+    if deploy:
+        try:
+            served = serve(settings, target.version, deployer=deployer, strict=True)
+        except LearningMachineError as exc:
+            failed = {**champion_event(before, target, reason=reason, by=by), "action": action,
+                      "error": exc.message, "champion_kept": before.version if before else None}
+            if record is not None:
+                record("promotion-failed", failed, target.version)
+            raise ServiceUnavailableError(
+                f"v{target.version} of {model} could not be served ({exc.message}); the champion stays "
+                f"{'v' + before.version if before else 'unset'}", detail=failed) from exc
+    try:
+        after = (tracker.promote(model, target.version, reason=reason) if action == "promote"
+                 else tracker.rollback(model, target.version)[1])
+    except LearningMachineError:
+        if served is not None and served.get("changed") and before is not None:
+            serve(settings, before.version, deployer=deployer)  # what serves goes back with the alias
+        raise
     detail = champion_event(before, after, reason=reason, by=by)
-    if deploy:  # a pipeline serves in its own deploy step, so that a failed deployment fails that step
-        detail["deployed"] = serve(settings, after.version, deployer=deployer)
+    if served is not None:
+        detail["deployed"] = served
     return record(kind, detail, after.version) if record is not None else detail

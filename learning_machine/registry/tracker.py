@@ -464,9 +464,8 @@ class Tracker:
                            json={"name": model_name, "alias": CHALLENGER})
         return self.version(model_name, target.version)
 
-    def rollback(self, model_name: str, to_version: str | None = None) -> tuple[VersionInfo, VersionInfo]:
-        """Point ``champion`` back at the version it replaced (or at ``to_version``).
-        Returns (old champion, new champion)."""
+    def rollback_target(self, model_name: str, to_version: str | None = None) -> tuple[VersionInfo, VersionInfo]:
+        """What a rollback would do, without doing it: (the champion, the version it would go back to)."""
         current = self.alias_version(model_name, CHAMPION)
         if current is None:
             raise RegistryError(f"model {model_name!r} has no champion to roll back")
@@ -476,7 +475,13 @@ class Tracker:
                                 "name one with --to VERSION")
         if target == current.version:
             raise RegistryError(f"v{target} is already the champion")
-        self.version(model_name, target)  # exists?
+        return current, self.version(model_name, target)
+
+    def rollback(self, model_name: str, to_version: str | None = None) -> tuple[VersionInfo, VersionInfo]:
+        """Point ``champion`` back at the version it replaced (or at ``to_version``).
+        Returns (old champion, new champion)."""
+        current, target_info = self.rollback_target(model_name, to_version)
+        target = target_info.version
         # A rollback is not a promotion: the version keeps the predecessor it had, so rolling back
         # repeatedly walks further back through the history.
         self._set_alias(model_name, CHAMPION, target)

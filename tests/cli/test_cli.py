@@ -119,8 +119,9 @@ def test_doctor_names_an_unreachable_server():
 
 
 def test_a_promotion_whose_deployment_fails_says_so_and_exits_non_zero(mlflow_sqlite, monkeypatch, tmp_path):
-    """The alias moves, the deployer (Seldon, with no cluster here) fails: `lm models promote` prints why
-    and exits 1, so a script notices; a rollback with nothing to deploy to exits 0."""
+    """The deployer (Seldon, with no cluster here) fails: `lm models promote` prints why and exits 1, so a
+    script notices, and the champion stays where it was (the alias moves only once the version serves); a
+    rollback with nothing to deploy to exits 0."""
     import uuid
 
     from typer.testing import CliRunner
@@ -143,11 +144,14 @@ def test_a_promotion_whose_deployment_fails_says_so_and_exits_non_zero(mlflow_sq
 
     promoted = CliRunner().invoke(app, ["models", "promote", second.version.version])
     assert promoted.exit_code == 1, promoted.output
-    assert f"v{second.version.version} is now the champion" in promoted.output
-    assert "not deployed" in promoted.output and "event not recorded" in promoted.output
-    assert tracker.alias_version(settings.model_name, CHAMPION).version == second.version.version
+    # (the CLI's entry point prints this error; CliRunner hands it back as the exception)
+    message = str(promoted.exception)
+    assert "could not be served" in message and f"champion stays v{first.version.version}" in message
+    assert "event not recorded" in promoted.output  # the promotion-failed event: no gateway runs here
+    assert tracker.alias_version(settings.model_name, CHAMPION).version == first.version.version
 
     monkeypatch.setenv("LM_DEPLOYER", "none")
+    assert CliRunner().invoke(app, ["models", "promote", second.version.version]).exit_code == 0
     rolled = CliRunner().invoke(app, ["models", "rollback"])
     assert rolled.exit_code == 0, rolled.output
     assert f"rolled back from v{second.version.version} to v{first.version.version}" in rolled.output
