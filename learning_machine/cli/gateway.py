@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from learning_machine.cli.common import console, out, settings_of
+from learning_machine.errors import ConfigurationError
 from learning_machine.settings import Settings
 
 if TYPE_CHECKING:
@@ -68,6 +69,24 @@ def tokens_create(ctx: typer.Context,
     token, principal = create_token(_database(settings), role, name, days)
     console.print(f"token {principal.token_id} ({principal.role}, {principal.name!r}, "
                   f"{f'valid for {days:g} days' if days else 'no expiry'}); it is shown only now:")
+    out.print(token, soft_wrap=True, highlight=False)
+
+
+@tokens_app.command("show")
+def tokens_show(ctx: typer.Context,
+                role: Annotated[str, typer.Option(help="Whose token `lm up` wrote.")] = "data-scientist") -> None:
+    """Print the token `lm up` wrote for ROLE (from its tokens file, readable only by you), e.g. for curl:
+    `curl -H "Authorization: Bearer $(lm tokens show)" ...`."""
+    from learning_machine.store.tokens import check_role
+
+    check_role(role)
+    settings = settings_of(ctx)
+    path = settings.tokens_path()
+    try:
+        token = str(json.loads(path.read_text())[role])
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        raise ConfigurationError(f"no {role} token in {path}: run `lm up` first, or create one with "
+                                 f"`lm tokens create --role {role}`") from exc
     out.print(token, soft_wrap=True, highlight=False)
 
 
