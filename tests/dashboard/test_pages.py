@@ -164,3 +164,37 @@ def test_a_bad_token_is_shown_not_raised(monkeypatch, history_gateway: RunningGa
     at = _app(monkeypatch, history_gateway.url, "lm_not-a-real-token")
     assert "does not accept this token" in _texts(at)
     assert any("Could not read the patients" in e.value for e in at.error)
+
+
+# -- signing in ------------------------------------------------------------------------------------------
+def test_the_dashboard_hands_no_token_to_whoever_opens_it(monkeypatch, history_gateway: RunningGateway, tmp_path):
+    """`lm up`'s tokens file is beside it, yet a visitor is not signed in: the page asks for a token."""
+    import json
+
+    (tmp_path / "tokens.json").write_text(json.dumps({"data-scientist": history_gateway.tokens["data-scientist"]}))
+    monkeypatch.setenv("LM_HOME", str(tmp_path))
+    monkeypatch.setenv("LM_TOKENS_FILE", str(tmp_path / "tokens.json"))
+    monkeypatch.setenv("LM_DASHBOARD_GATEWAY_URL", history_gateway.url)
+    monkeypatch.delenv("LM_TOKEN", raising=False)
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.sidebar.text_input(key="token").value == ""
+    assert "No token" in "\n".join(str(w.value) for w in at.sidebar.warning)
+    # LM_TOKEN prefills only a dashboard bound to loopback; on another interface it is ignored.
+    monkeypatch.setenv("LM_TOKEN", history_gateway.tokens["admin"])
+    monkeypatch.setenv("LM_DASHBOARD_HOST", "0.0.0.0")  # noqa: S104 - the case under test
+    exposed = AppTest.from_file(str(APP), default_timeout=120)
+    exposed.run()
+    assert exposed.sidebar.text_input(key="token").value == ""
+
+
+def test_a_sign_in_link_signs_in_and_leaves_the_address_bar(monkeypatch, history_gateway: RunningGateway):
+    monkeypatch.setenv("LM_DASHBOARD_GATEWAY_URL", history_gateway.url)
+    monkeypatch.delenv("LM_TOKEN", raising=False)
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.query_params["token"] = history_gateway.tokens["clinician"]
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Signed in as **clinician**" in _texts(at)
+    assert "token" not in at.query_params
