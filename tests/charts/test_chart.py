@@ -134,6 +134,14 @@ def test_every_custom_resource_passes_its_crd_schema(renders):
     keys = {e["valueFrom"]["secretKeyRef"]["key"] for c in sdep["spec"]["predictors"][0]["componentSpecs"][0]
             ["spec"]["containers"] for e in c["env"] if "valueFrom" in e}
     assert keys <= set(seldon_secret["stringData"])
+    # What the Job deploys runs restricted and without a token, and logs no request anywhere.
+    pod = sdep["spec"]["predictors"][0]["componentSpecs"][0]["spec"]
+    assert pod["automountServiceAccountToken"] is False and pod["securityContext"]["runAsNonRoot"] is True
+    for container in [*pod["containers"], sdep["spec"]["predictors"][0]["explainer"]["containerSpec"]]:
+        ctx = container["securityContext"]
+        assert ctx["allowPrivilegeEscalation"] is False and ctx["capabilities"] == {"drop": ["ALL"]}
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    assert "logger" not in json.dumps(sdep)
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,11 @@
 """Seldon manifests and the `seldon` deployer. No Kubernetes API server can run here, so the deployer is
-tested against a FAKE in-memory CustomObjectsApi (get/create/patch with the real client's signatures and
-404 ApiException); what matters is checked for real: every resource it emits, and every rendered manifest,
+tested against a FAKE in-memory CustomObjectsApi (tests/fake_kube.py: get/create/patch with the real client's
+signatures and 404 ApiException); what matters is checked for real: every resource it emits, and every rendered manifest,
 validates against the Seldon CRD schemas in ../shared/crds (or LM_CRD_DIR) with jsonschema. Unreachability
 is tested with the real kubernetes client pointed at a closed port."""
 
 from __future__ import annotations
 
-import copy
 import json
 import socket
 from pathlib import Path
@@ -15,7 +14,7 @@ import kubernetes
 import pytest
 import yaml
 from crds import CRD_FILES, crd_problems, requires_crds, validate_resource
-from kubernetes.client.exceptions import ApiException
+from fake_kube import FakeCustomObjectsApi
 
 from learning_machine.deployers import get_deployer
 from learning_machine.deployers.seldon import SeldonDeployer
@@ -24,33 +23,6 @@ from learning_machine.k8s.manifests import render_all, seldon_v2_model_settings,
 from learning_machine.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class FakeCustomObjectsApi:
-    """An in-memory stand-in for kubernetes.client.CustomObjectsApi (namespaced custom objects only)."""
-
-    def __init__(self) -> None:
-        self.objects: dict[tuple[str, str, str, str, str], dict] = {}
-        self.calls: list[str] = []
-
-    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
-        self.calls.append(f"get {name}")
-        try:
-            return copy.deepcopy(self.objects[(group, version, namespace, plural, name)])
-        except KeyError:
-            raise ApiException(status=404, reason="Not Found") from None
-
-    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
-        self.calls.append(f"create {body['metadata']['name']}")
-        self.objects[(group, version, namespace, plural, body["metadata"]["name"])] = copy.deepcopy(body)
-        return body
-
-    def patch_namespaced_custom_object(self, group, version, namespace, plural, name, body):
-        self.calls.append(f"patch {name}")
-        current = self.objects[(group, version, namespace, plural, name)]
-        current["metadata"]["labels"] = body["metadata"]["labels"]  # merge patch: maps merge, lists replace
-        current["spec"] = copy.deepcopy(body["spec"])
-        return current
 
 
 def _settings(**overrides) -> Settings:
