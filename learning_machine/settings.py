@@ -86,8 +86,6 @@ class Settings(BaseSettings):
                                     "(rclone-style envSecretRefName) for the Seldon containers.")
     seldon_tracking_uri: str = Field("http://mlflow.learning-machine.svc:5000", description="MLflow URL as the "
                                      "Seldon pods reach it (cluster-internal).")
-    monitor_url: str = Field("http://monitor.learning-machine.svc:8000/v1/request-log", description="Where "
-                             "Seldon's request logger posts every request and response (CloudEvents).")
 
     # -- pipelines (KFP) ---------------------------------------------------------------------------
     pipeline_runner: str = Field("local", description="Where `lm pipelines run` and the monitor run pipelines: "
@@ -136,6 +134,13 @@ class Settings(BaseSettings):
         "Unset: a SQLite file under `home`.")
     model_server_url: str | None = Field(
         None, description="Base URL of the V2 model server the gateway calls (default: the embedded MLServer).")
+    explainer_url: str | None = Field(
+        None, description="Base URL of the V2 server of the explainer (`<model>-explainer`) the gateway calls "
+        "(default: the model server, which serves all three in the embedded setup; in Seldon v1 the explainer "
+        "has a Service of its own).")
+    drift_detector_url: str | None = Field(
+        None, description="Base URL of the V2 server of the drift detector (`<model>-drift`) the monitor calls "
+        "(default: the model server; in Seldon v1 the detector is a SeldonDeployment of its own).")
     max_request_bytes: int = Field(1_000_000, ge=1024, description="Largest request body the gateway accepts.")
     max_batch_rows: int = Field(1000, ge=1, description="Most records one prediction request may carry.")
     token_ttl_days: float = Field(90, ge=0, description="Days a new API token stays valid (`lm tokens create` and "
@@ -245,6 +250,14 @@ class Settings(BaseSettings):
     def model_server_base_url(self) -> str:
         """The model server the gateway calls: ``model_server_url``, else the managed MLServer."""
         return (self.model_server_url or f"http://{self.model_server_host}:{self.model_server_port}").rstrip("/")
+
+    def explainer_base_url(self) -> str:
+        """The server of the explainer: ``explainer_url``, else the model server."""
+        return (self.explainer_url or self.model_server_base_url()).rstrip("/")
+
+    def drift_detector_base_url(self) -> str:
+        """The server of the drift detector: ``drift_detector_url``, else the model server."""
+        return (self.drift_detector_url or self.model_server_base_url()).rstrip("/")
 
     def tokens_path(self) -> Path:
         return self.tokens_file or self.home / "tokens.json"

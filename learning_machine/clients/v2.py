@@ -9,8 +9,8 @@ codec: one input per feature, named like the feature, shape ``[n, 1]``:
   sent the way MLServer's own ``PandasCodec`` encodes it: ``content_type: "pd_json"``, each element a
   JSON document (``"\\"male\\""`` or ``"null"``), so ``PandasCodec.decode_request`` round-trips it.
 
-Record ids travel as the request parameter ``record_ids`` (the runtime echoes them back), so request
-logs (Seldon's CloudEvents logger) can be joined with labels that arrive later.
+Record ids travel as the request parameter ``record_ids`` (the runtime echoes them back), so each
+prediction can be joined with the outcome that arrives later.
 
 The model answers with outputs ``label`` (INT64) and ``probability`` (FP64) and ``model_version`` = the
 registered MLflow version it serves. The explainer (``<model>-explainer``) answers with one BYTES output
@@ -31,6 +31,7 @@ import httpx
 
 from learning_machine.data.spec import DatasetSpec
 from learning_machine.errors import LearningMachineError, ModelNotFoundError, ServiceUnavailableError
+from learning_machine.settings import Settings
 
 LABEL_OUTPUT = "label"
 PROBABILITY_OUTPUT = "probability"
@@ -143,13 +144,30 @@ def decode_predictions(response: Mapping[str, Any], record_ids: Sequence[str | N
 
 # -- the client --------------------------------------------------------------------------------------
 class ModelServerClient:
-    """Calls one model server over HTTP with one keep-alive connection pool (thread-safe)."""
+    """Calls the model, its explainer and its drift detector over HTTP, one keep-alive connection pool per
+    server (thread-safe). The embedded setup serves all three from one MLServer (one URL); Seldon v1 puts
+    each behind a Service of its own (``explainer_url``, ``drift_url``)."""
 
-    def __init__(self, base_url: str, *, timeout_s: float = 10.0) -> None:
+    def __init__(self, base_url: str, *, explainer_url: str | None = None, drift_url: str | None = None,
+                 timeout_s: float = 10.0) -> None:
         self.url = base_url.rstrip("/")
+        self.explainer_url = (explainer_url or self.url).rstrip("/")
+        self.drift_url = (drift_url or self.url).rstrip("/")
         self.timeout_s = timeout_s
-        self._http = httpx.Client(base_url=self.url, timeout=timeout_s,
-                                  limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
+        self._clients: dict[str, httpx.Client] = {}
+        for url in (self.url, self.explainer_url, self.drift_url):
+            if url not in self._clients:
+                self._clients[url] = httpx.Client(
+                    base_url=url, timeout=timeout_s,
+                    limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
+        self._http = self._clients[self.url]
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, timeout_s: float | None = None) -> ModelServerClient:
+        """The model server, explainer and drift detector the settings name (one server unless set apart)."""
+        return cls(settings.model_server_base_url(), explainer_url=settings.explainer_base_url(),
+                   drift_url=settings.drift_detector_base_url(),
+                   timeout_s=settings.request_timeout_s if timeout_s is None else timeout_s)
 
     def __enter__(self) -> ModelServerClient:
         return self
@@ -158,31 +176,36 @@ class ModelServerClient:
         self.close()
 
     def close(self) -> None:
-        self._http.close()
+        for client in self._clients.values():
+            client.close()
 
     # -- transport ----------------------------------------------------------------------------------
     def _request(self, method: str, path: str, *, body: Mapping[str, Any] | None = None,
-                 model: str | None = None) -> httpx.Response:
+                 model: str | None = None, url: str | None = None, setting: str = "LM_MODEL_SERVER_URL"
+                 ) -> httpx.Response:
+        url = url or self.url
         try:
-            response = self._http.request(method, path, json=body)
+            response = self._clients[url].request(method, path, json=body)
         except (httpx.TransportError, httpx.TimeoutException) as exc:
             raise ServiceUnavailableError(
-                f"model server at {self.url} is unreachable ({type(exc).__name__}); start it with `lm serve` "
-                "or `lm up`, or set LM_MODEL_SERVER_URL") from exc
+                f"model server at {url} is unreachable ({type(exc).__name__}); start it with `lm serve` "
+                f"or `lm up`, or set {setting}") from exc
         if response.status_code >= 400:
             message = _error_message(response)
             if response.status_code == 404 or (model and "not found" in message.lower()):
-                raise ModelNotFoundError(f"model server at {self.url} does not serve {model or path!r}: {message}")
+                raise ModelNotFoundError(f"model server at {url} does not serve {model or path!r}: {message}")
             if response.status_code in (502, 503, 504):
-                raise ServiceUnavailableError(f"model server at {self.url} is unavailable "
+                raise ServiceUnavailableError(f"model server at {url} is unavailable "
                                               f"(HTTP {response.status_code}): {message}")
             error = InferenceRequestError if response.status_code < 500 else ModelServerError
-            raise error(f"model server at {self.url} answered HTTP {response.status_code}: {message}",
+            raise error(f"model server at {url} answered HTTP {response.status_code}: {message}",
                         detail={"status": response.status_code, "path": path})
         return response
 
-    def _infer(self, model: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        response = self._request("POST", f"/v2/models/{model}/infer", body=body, model=model)
+    def _infer(self, model: str, body: Mapping[str, Any], *, url: str | None = None,
+               setting: str = "LM_MODEL_SERVER_URL") -> dict[str, Any]:
+        response = self._request("POST", f"/v2/models/{model}/infer", body=body, model=model, url=url,
+                                 setting=setting)
         return dict(response.json())
 
     # -- health and metadata ------------------------------------------------------------------------
@@ -219,7 +242,7 @@ class ModelServerClient:
         if method not in EXPLAIN_METHODS:
             raise InferenceRequestError(f"unknown explanation method {method!r}; valid: {', '.join(EXPLAIN_METHODS)}")
         body = encode_request(spec, [record], parameters={EXPLAIN_PARAMETERS: {"method": method}})
-        response = self._infer(explainer_name(model), body)
+        response = self._infer(explainer_name(model), body, url=self.explainer_url, setting="LM_EXPLAINER_URL")
         raw = output(response, EXPLANATION_OUTPUT)[0]
         explanation: dict[str, Any] = json.loads(raw) if isinstance(raw, str) else dict(raw)
         explanation.setdefault("model_version", response.get("model_version"))
@@ -227,7 +250,8 @@ class ModelServerClient:
 
     def drift(self, model: str, spec: DatasetSpec, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """Whether ``records`` (a batch) drifted from the model's training reference, per feature."""
-        response = self._infer(drift_name(model), encode_request(spec, records))
+        response = self._infer(drift_name(model), encode_request(spec, records), url=self.drift_url,
+                               setting="LM_DRIFT_DETECTOR_URL")
         result: dict[str, Any] = {}
         for out in response.get("outputs", []):
             data = out.get("data", [])

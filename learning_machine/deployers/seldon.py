@@ -35,7 +35,8 @@ def kubernetes_api() -> Any:
 
 
 class SeldonDeployer(ModelDeployer):
-    """Serves a version as a SeldonDeployment (protocol v2, our serving image, explainer, request logging)."""
+    """Serves a version as a SeldonDeployment (protocol v2, our serving image, explainer) and the drift
+    detector's. Kubernetes API use: get, create and merge-patch ``seldondeployments`` in one namespace."""
 
     name = "seldon"
 

@@ -33,7 +33,7 @@ def build_context(settings: Settings) -> GatewayContext:
     return GatewayContext(
         settings=settings,
         db=Database(settings.database_uri()),
-        model_server=ModelServerClient(settings.model_server_base_url(), timeout_s=settings.request_timeout_s),
+        model_server=ModelServerClient.from_settings(settings),
         spec=spec_for(settings.dataset, settings.dataset_spec),
         metrics=Metrics(),
     )

@@ -136,9 +136,9 @@ def predict(ctx: GatewayContext, payload: Mapping[str, Any], request_id: str) ->
     return {"request_id": request_id, "predictions": out}
 
 
-def _not_served(ctx: GatewayContext, exc: ModelNotFoundError) -> ServiceUnavailableError:
+def _not_served(ctx: GatewayContext, exc: ModelNotFoundError, url: str | None = None) -> ServiceUnavailableError:
     # The client asked nothing wrong: the deployment is (still) missing the model, so 503, not 404.
-    return ServiceUnavailableError(f"the model server at {ctx.model_server.url} does not serve model "
+    return ServiceUnavailableError(f"the model server at {url or ctx.model_server.url} does not serve model "
                                    f"{ctx.model_name!r} (yet): {exc.message}")
 
 
@@ -160,7 +160,7 @@ def explain(ctx: GatewayContext, *, record_id: str | int | None, record: Mapping
     try:
         explanation = ctx.model_server.explain(ctx.model_name, ctx.spec, full, method)
     except ModelNotFoundError as exc:
-        raise _not_served(ctx, exc) from exc
+        raise _not_served(ctx, exc, ctx.model_server.explainer_url) from exc
     finally:
         ctx.metrics.model_server_seconds.labels("explain").observe(time.perf_counter() - started)
     version = explanation.get("model_version")

@@ -27,6 +27,9 @@ ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - a pod's port is reached through its S
 BACKEND_STORE_REF = "$(LM_MLFLOW_BACKEND_STORE_URI)"
 ARTIFACTS_REF = "$(LM_MLFLOW_ARTIFACTS_DESTINATION)"
 CHART_SERVICES = Path(__file__).resolve().parents[2] / "charts" / "learning-machine" / "files" / "services.json"
+CHART_SERVING = CHART_SERVICES.with_name("serving.json")
+# Stands for the SeldonDeployment's name (the model name) in files/serving.json; the chart substitutes it.
+DEPLOYMENT_PLACEHOLDER = "DEPLOYMENT"
 
 
 @dataclass(frozen=True)
@@ -104,3 +107,23 @@ def write_chart_services(path: Path = CHART_SERVICES) -> Path:
     path.write_text(chart_services_json())
     return path
 
+
+
+def chart_serving_json() -> str:
+    """The Services Seldon creates for the manifests of :mod:`learning_machine.k8s.manifests` (model,
+    explainer, drift detector), as the chart's ``files/serving.json``: each Service's name with
+    :data:`DEPLOYMENT_PLACEHOLDER` for the deployment's name, and its port. The chart builds the gateway's
+    and monitor's ``LM_MODEL_SERVER_URL``, ``LM_EXPLAINER_URL`` and ``LM_DRIFT_DETECTOR_URL`` from it, so the
+    URLs and the deployed manifests cannot disagree (a test checks the file is current)."""
+    from learning_machine.k8s.manifests import seldon_services
+
+    services = seldon_services(Settings(seldon_deployment_name=DEPLOYMENT_PLACEHOLDER))
+    data = {role: {"service": name, "port": port} for role, (name, port) in services.items()}
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def write_chart_serving(path: Path = CHART_SERVING) -> Path:
+    """Regenerate the chart's ``files/serving.json`` (run after changing how the manifests name things)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(chart_serving_json())
+    return path

@@ -2,9 +2,15 @@
 their offline validation lives with the tests (tests/crds.py: the CRD schemas are not shipped).
 
 * Seldon Core v1 (``machinelearning.seldon.io/v1``): a ``SeldonDeployment`` with protocol v2 running the
-  project's serving image (our MLServer runtimes) as a custom model, the explainer beside it, request
-  logging to the monitor, and MinIO/S3 credentials from one rclone-style secret (``envSecretRefName``);
-  plus a second ``SeldonDeployment`` for the drift detector (Seldon v1 has no drift slot in a predictor).
+  project's serving image (our MLServer runtimes) as a custom model, the explainer beside it, and MinIO/S3
+  credentials from one rclone-style secret (``envSecretRefName``); plus a second ``SeldonDeployment`` for
+  the drift detector (Seldon v1 has no drift slot in a predictor). Each is reached through its own Service,
+  named by :func:`service_urls` (the Helm chart derives the gateway's and monitor's URLs from the same names).
+* No request logger: Seldon's logger would post every request, with its patient data, to a URL, and the
+  gateway already stores every request and prediction durably in the platform database (the monitor reads
+  them from there). One copy, behind the gateway's authentication, is the only one.
+* Every pod and container the manifests describe runs restricted: non-root, no privilege escalation, no
+  capabilities, a read-only root filesystem with a /tmp emptyDir, and no service-account token.
 * Seldon Core v2 (``mlops.seldon.io/v1alpha1``): a ``Server`` running the serving image, three ``Model``
   resources (model, explainer, drift detector) and a ``Pipeline`` that feeds every request to the model
   and, batched, to the drift detector.
@@ -23,6 +29,7 @@ import yaml
 
 from learning_machine.clients.v2 import drift_name, explainer_name
 from learning_machine.embedded.model_server import DRIFT_RUNTIME, EXPLAINER_RUNTIME, MODEL_RUNTIME
+from learning_machine.errors import ConfigurationError
 from learning_machine.registry.names import model_uri
 from learning_machine.settings import Settings
 
@@ -30,14 +37,23 @@ SELDON_V1 = ("machinelearning.seldon.io", "v1", "seldondeployments")
 SELDON_V2 = "mlops.seldon.io/v1alpha1"
 HTTP_PORT = 9000  # what Seldon v1's executor calls for a protocol-v2 custom model
 GRPC_PORT = 9500
+PREDICTOR_PORT = 8000  # the predictor's Service: Seldon v1's executor, which routes to the graph
+EXPLAINER_PORT = 9000  # Seldon v1's default port of an explainer's Service (our MLServer listens on it)
 PREDICTOR = "default"
 SERVER_CAPABILITY = "learning-machine"
+SERVING_UID = 10001  # USER of serving/Dockerfile
+TMP_MOUNT = "/tmp"  # noqa: S108 - an emptyDir: the only writable path under a read-only root filesystem
+MAX_NAME = 63  # a Service name is a DNS label
 
 Resource = dict[str, Any]
 
 
 def deployment_name(settings: Settings, model_name: str | None = None) -> str:
     return settings.seldon_deployment_name or (model_name or settings.model_name)
+
+
+def drift_deployment_name(settings: Settings, model_name: str | None = None) -> str:
+    return f"{deployment_name(settings, model_name)}-drift"
 
 
 def _labels(model_name: str, version: str, component: str) -> dict[str, str]:
@@ -73,20 +89,88 @@ def runtime_env(settings: Settings, served_name: str, implementation: str, model
     return env + _credentials(settings)
 
 
-def _container(settings: Settings, name: str, env: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"name": name, "image": settings.serving_image, "imagePullPolicy": "IfNotPresent", "env": env,
-            "resources": {"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}}
+# The restricted Pod Security Standard. MLServer writes only its metrics folder (MLSERVER_METRICS_DIR, else
+# .metrics in the working directory) and MLflow's downloads (TMPDIR): both go to the /tmp emptyDir.
+CONTAINER_SECURITY: dict[str, Any] = {
+    "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+    "runAsUser": SERVING_UID, "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+POD_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True, "runAsUser": SERVING_UID, "runAsGroup": SERVING_UID, "fsGroup": SERVING_UID,
+    "seccompProfile": {"type": "RuntimeDefault"}}
+TMP_VOLUME = {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}
+WRITABLE_ENV = [{"name": "TMPDIR", "value": TMP_MOUNT},
+                {"name": "MLSERVER_METRICS_DIR", "value": f"{TMP_MOUNT}/mlserver-metrics"}]
+
+
+def _container(settings: Settings, name: str, env: list[dict[str, Any]], *, tmp_volume: bool = True
+               ) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": name, "image": settings.serving_image, "imagePullPolicy": "IfNotPresent", "env": env + WRITABLE_ENV,
+        "resources": {"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
+        "securityContext": CONTAINER_SECURITY}
+    if tmp_volume:
+        container["volumeMounts"] = [{"name": "tmp", "mountPath": TMP_MOUNT}]
+    else:
+        # Seldon v1's explainer has a container spec but no pod spec, so no emptyDir can be declared for
+        # it: MLServer must write its metrics folder and MLflow its downloads on the root filesystem.
+        container["securityContext"] = {**CONTAINER_SECURITY, "readOnlyRootFilesystem": False}
+    return container
+
+
+def _pod_spec(containers: list[dict[str, Any]]) -> dict[str, Any]:
+    """A Seldon pod: restricted, with a /tmp emptyDir and no service-account token (the runtimes never call
+    the Kubernetes API)."""
+    return {"automountServiceAccountToken": False, "securityContext": POD_SECURITY, "containers": containers,
+            "volumes": [TMP_VOLUME]}
+
+
+# -- the Services Seldon v1 creates, which the gateway and the monitor call ---------------------------
+def _service(name: str) -> str:
+    if len(name) > MAX_NAME:
+        raise ConfigurationError(f"the Seldon Service name {name!r} is longer than {MAX_NAME} characters (Seldon "
+                                 "would truncate it): shorten LM_MODEL_NAME or set LM_SELDON_DEPLOYMENT_NAME")
+    return name
+
+
+def predictor_service(settings: Settings, model_name: str | None = None) -> str:
+    """The predictor's Service (Seldon's executor, port :data:`PREDICTOR_PORT`): ``<deployment>-<predictor>``."""
+    return _service(f"{deployment_name(settings, model_name)}-{PREDICTOR}")
+
+
+def explainer_service(settings: Settings, model_name: str | None = None) -> str:
+    """The explainer's Service (port :data:`EXPLAINER_PORT`): ``<deployment>-<predictor>-explainer``."""
+    return _service(f"{deployment_name(settings, model_name)}-{PREDICTOR}-explainer")
+
+
+def drift_service(settings: Settings, model_name: str | None = None) -> str:
+    """The drift detector's predictor Service (its own SeldonDeployment, :func:`drift_deployment`)."""
+    return _service(f"{drift_deployment_name(settings, model_name)}-{PREDICTOR}")
+
+
+def seldon_services(settings: Settings, model_name: str | None = None) -> dict[str, tuple[str, int]]:
+    """The Service name and port of the model (predictor), the explainer and the drift detector."""
+    return {"model": (predictor_service(settings, model_name), PREDICTOR_PORT),
+            "explainer": (explainer_service(settings, model_name), EXPLAINER_PORT),
+            "drift": (drift_service(settings, model_name), PREDICTOR_PORT)}
+
+
+def service_urls(settings: Settings, model_name: str | None = None, *, domain: str = "svc.cluster.local"
+                 ) -> dict[str, str]:
+    """Base URLs of the model (predictor), explainer and drift detector Services, as
+    ``LM_MODEL_SERVER_URL``, ``LM_EXPLAINER_URL`` and ``LM_DRIFT_DETECTOR_URL`` take them."""
+    ns = settings.seldon_namespace
+    suffix = f".{ns}.{domain}" if domain else f".{ns}"
+    return {role: f"http://{name}{suffix}:{port}" for role, (name, port) in seldon_services(settings, model_name).items()}
 
 
 def infer_uri(settings: Settings, model_name: str) -> str:
     """The model's V2 infer URL inside the cluster (the predictor's service), for the black-box explainer."""
-    name = deployment_name(settings, model_name)
-    return f"http://{name}-{PREDICTOR}.{settings.seldon_namespace}:8000/v2/models/{model_name}/infer"
+    return f"{service_urls(settings, model_name, domain='')['model']}/v2/models/{model_name}/infer"
 
 
 # -- Seldon Core v1 -----------------------------------------------------------------------------------
 def seldon_deployment(settings: Settings, model_name: str, version: str) -> Resource:
-    """The SeldonDeployment serving ``version`` with its explainer and request logging."""
+    """The SeldonDeployment serving ``version`` with its explainer (no request logger: see the module doc)."""
     name = deployment_name(settings, model_name)
     model_env = runtime_env(settings, model_name, MODEL_RUNTIME, model_name, version, {})
     explainer_env = runtime_env(settings, explainer_name(model_name), EXPLAINER_RUNTIME, model_name, version,
@@ -95,19 +179,19 @@ def seldon_deployment(settings: Settings, model_name: str, version: str) -> Reso
         "name": PREDICTOR,
         "replicas": 1,
         "labels": {"learning-machine/model-version": str(version)},
-        "componentSpecs": [{"spec": {"containers": [_container(settings, model_name, model_env)]}}],
+        "componentSpecs": [{"spec": _pod_spec([_container(settings, model_name, model_env)])}],
+        # No "logger": see the module's docstring (the gateway keeps every request; nothing else may).
         "graph": {
             "name": model_name,
             "type": "MODEL",
             "envSecretRefName": settings.seldon_secret_name,
-            "logger": {"url": settings.monitor_url, "mode": "all"},
             "children": [],
         },
         "explainer": {
             "type": "AnchorTabular",
             "replicas": 1,
             "envSecretRefName": settings.seldon_secret_name,
-            "containerSpec": _container(settings, "explainer", explainer_env),
+            "containerSpec": _container(settings, "explainer", explainer_env, tmp_volume=False),
         },
     })
 
@@ -124,7 +208,7 @@ def _seldon_deployment(settings: Settings, name: str, labels: dict[str, str], pr
 
 def drift_deployment(settings: Settings, model_name: str, version: str, *, batch_size: int | None = None) -> Resource:
     """A SeldonDeployment for the drift detector of ``version`` (the monitor posts batches to it)."""
-    name = f"{deployment_name(settings, model_name)}-drift"
+    name = drift_deployment_name(settings, model_name)
     served = drift_name(model_name)
     env = runtime_env(settings, served, DRIFT_RUNTIME, model_name, version, {
         "detector_type": settings.drift_detector, "p_val": settings.drift_p_val, "batch_size": batch_size,
@@ -132,7 +216,7 @@ def drift_deployment(settings: Settings, model_name: str, version: str, *, batch
     return _seldon_deployment(settings, name, _labels(model_name, version, "drift-detector"), {
         "name": PREDICTOR,
         "replicas": 1,
-        "componentSpecs": [{"spec": {"containers": [_container(settings, served, env)]}}],
+        "componentSpecs": [{"spec": _pod_spec([_container(settings, served, env)])}],
         "graph": {"name": served, "type": "MODEL", "envSecretRefName": settings.seldon_secret_name, "children": []},
     })
 
@@ -151,13 +235,17 @@ def seldon_v2_resources(settings: Settings, model_name: str, version: str, *, st
     resources: list[Resource] = [
         {"apiVersion": SELDON_V2, "kind": "Server", "metadata": meta(server, "model-server"),
          "spec": {"serverConfig": "mlserver", "replicas": 1, "extraCapabilities": [SERVER_CAPABILITY],
-                  "podSpec": {"containers": [{"name": "mlserver", "image": settings.serving_image,
-                                              "env": [{"name": "MLFLOW_TRACKING_URI",
-                                                       "value": settings.seldon_tracking_uri},
-                                                      *_credentials(settings)]}]}}},
+                  # The operator merges this into its ServerConfig's pod (agent, rclone and mlserver
+                  # containers): restricted, and no token in the pod.
+                  "podSpec": _pod_spec([{"name": "mlserver", "image": settings.serving_image,
+                                         "env": [{"name": "MLFLOW_TRACKING_URI", "value": settings.seldon_tracking_uri},
+                                                 *_credentials(settings), *WRITABLE_ENV],
+                                         "securityContext": CONTAINER_SECURITY,
+                                         "volumeMounts": [{"name": "tmp", "mountPath": TMP_MOUNT}]}])}},
+        # No "logger" (see the module's docstring).
         {"apiVersion": SELDON_V2, "kind": "Model", "metadata": meta(model_name, "model"),
          "spec": {"storageUri": f"{base}/{model_name}", "requirements": [SERVER_CAPABILITY],
-                  "secretName": settings.seldon_secret_name, "server": server, "logger": {"percent": 100}}},
+                  "secretName": settings.seldon_secret_name, "server": server}},
         {"apiVersion": SELDON_V2, "kind": "Model", "metadata": meta(explainer_name(model_name), "explainer"),
          "spec": {"storageUri": f"{base}/{explainer_name(model_name)}", "requirements": [SERVER_CAPABILITY],
                   "secretName": settings.seldon_secret_name, "server": server,

@@ -179,8 +179,8 @@ class LoopService:
 
         self.settings = settings
         self.client = client
-        self.model_server = model_server or ModelServerClient(settings.model_server_base_url(),
-                                                              timeout_s=settings.request_timeout_s * 3)
+        self.model_server = model_server or ModelServerClient.from_settings(
+            settings, timeout_s=settings.request_timeout_s * 3)
         self.tracker = tracker or tracker_for(settings)
         self.spec = spec_for(settings.dataset, settings.dataset_spec)
         self.sink = GatewaySink(client)

@@ -20,9 +20,9 @@ CONFIG_ENV = {"LM_MLFLOW_TRACKING_URI": "LM_MLFLOW_TRACKING_URI", "MLFLOW_S3_END
 OPTIONAL_CONFIG_ENV = {"LM_EXPERIMENT_NAME": "LM_EXPERIMENT_NAME", "LM_MODEL_NAME": "LM_MODEL_NAME",
                        "LM_DEPLOYER": "LM_DEPLOYER", "AWS_DEFAULT_REGION": "AWS_DEFAULT_REGION"}
 # What the `seldon` deployer of the deploy step needs to render the SeldonDeployment the Helm chart expects
-# (its namespace, serving image, S3 Secret, in-cluster MLflow URL and request-log URL).
+# (its namespace, serving image, S3 Secret and in-cluster MLflow URL).
 OPTIONAL_CONFIG_ENV.update({name: name for name in (
-    "LM_SELDON_NAMESPACE", "LM_SERVING_IMAGE", "LM_SELDON_SECRET_NAME", "LM_SELDON_TRACKING_URI", "LM_MONITOR_URL")})
+    "LM_SELDON_NAMESPACE", "LM_SERVING_IMAGE", "LM_SELDON_SECRET_NAME", "LM_SELDON_TRACKING_URI")})
 
 
 @dataclass(frozen=True)

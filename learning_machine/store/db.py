@@ -36,8 +36,11 @@ def safe_url(url: str) -> str:
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for ``url``; SQLite gets its folder created, foreign keys on and a busy timeout."""
+    """An engine for ``url``; SQLite gets its folder created, foreign keys on and a busy timeout.
+    Statement parameters never appear in SQLAlchemy's errors or logs (``hide_parameters``): they are patient
+    features, and a failed INSERT would otherwise put a whole record into an exception message and the log."""
     url = normalise_url(url)
+    kwargs.setdefault("hide_parameters", True)
     try:
         parsed = make_url(url)
     except Exception as exc:  # SQLAlchemy raises ArgumentError or ValueError

@@ -139,10 +139,16 @@ def register_tokens(db: Database, tokens: dict[str, str], name_prefix: str = "im
             if not token.startswith(TOKEN_PREFIX) or len(token) < len(TOKEN_PREFIX) + 32:
                 raise ConfigurationError(f"the {role} token must start with {TOKEN_PREFIX!r} and carry at least "
                                           "32 random characters")
-            if session.scalar(select(ApiToken.id).where(ApiToken.token_hash == hash_token(token))) is None:
+            known = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
+            if known is None:
                 session.add(ApiToken(token_hash=hash_token(token), role=role, name=f"{name_prefix} {role}",
                                      created_at=utcnow(), revoked=False))
                 added.append(role)
+            elif known.role != role:
+                # Skipping it would leave the token with its old role (e.g. a monitor token of an older
+                # release registered as data-scientist): the caller must hand out a new token instead.
+                raise ConfigurationError(f"the {role} token is already registered with role {known.role!r} "
+                                          f"(token id {known.id}): give the {role} a new token")
     return added
 
 

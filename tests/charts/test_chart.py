@@ -17,8 +17,8 @@ import yaml
 from chart_tools import checkov, extract, helm, validate_strictly
 from crds import CRD_FILES, crd_problems, requires_crds, validate_resource
 
-from learning_machine.k8s.chart import chart_services_json, cluster_services
-from learning_machine.k8s.manifests import seldon_deployment
+from learning_machine.k8s.chart import chart_services_json, chart_serving_json, cluster_services
+from learning_machine.k8s.manifests import seldon_deployment, service_urls
 from learning_machine.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,6 +134,14 @@ def test_every_custom_resource_passes_its_crd_schema(renders):
     keys = {e["valueFrom"]["secretKeyRef"]["key"] for c in sdep["spec"]["predictors"][0]["componentSpecs"][0]
             ["spec"]["containers"] for e in c["env"] if "valueFrom" in e}
     assert keys <= set(seldon_secret["stringData"])
+    # What the Job deploys runs restricted and without a token, and logs no request anywhere.
+    pod = sdep["spec"]["predictors"][0]["componentSpecs"][0]["spec"]
+    assert pod["automountServiceAccountToken"] is False and pod["securityContext"]["runAsNonRoot"] is True
+    for container in [*pod["containers"], sdep["spec"]["predictors"][0]["explainer"]["containerSpec"]]:
+        ctx = container["securityContext"]
+        assert ctx["allowPrivilegeEscalation"] is False and ctx["capabilities"] == {"drop": ["ALL"]}
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    assert "logger" not in json.dumps(sdep)
 
 
 @pytest.fixture(scope="module")
@@ -368,6 +376,57 @@ def test_the_chart_services_file_is_current():
     committed = (CHART / "files" / "services.json").read_text()
     assert committed == chart_services_json(), (
         "charts/learning-machine/files/services.json is stale: regenerate with learning_machine.k8s.chart.write_chart_services")
+    assert (CHART / "files" / "serving.json").read_text() == chart_serving_json(), (
+        "charts/learning-machine/files/serving.json is stale: regenerate with learning_machine.k8s.chart.write_chart_serving")
+
+
+def _settings_of(container: Resource) -> Settings:
+    """The Settings a container's literal LM_* values build (the database password stands in)."""
+    env = {k: v.replace("$(DATABASE_PASSWORD)", "secret") for k, v in _env(container).items()
+           if k.startswith("LM_") and isinstance(v, str)}
+    return Settings(**{k.removeprefix("LM_").lower(): v for k, v in env.items()})
+
+
+def test_the_gateway_and_monitor_call_the_services_the_seldon_manifests_create(renders):
+    """Model, explainer and drift detector each behind the Service Seldon creates for the SeldonDeployments
+    the deployer renders with the same pods' settings (learning_machine.k8s.manifests names them)."""
+    for name, resources in renders.items():
+        gateway = _pod_spec(_one(resources, "Deployment", "-gateway"))["containers"][0]
+        monitor = _pod_spec(_one(resources, "Deployment", "-monitor"))["containers"][0]
+        for container, role, key in [(gateway, "model", "LM_MODEL_SERVER_URL"), (gateway, "explainer", "LM_EXPLAINER_URL"),
+                                     (monitor, "model", "LM_MODEL_SERVER_URL"), (monitor, "drift", "LM_DRIFT_DETECTOR_URL")]:
+            settings = _settings_of(container)
+            assert _env(container)[key] == service_urls(settings)[role], (name, key)
+        urls = {_env(gateway)["LM_MODEL_SERVER_URL"], _env(gateway)["LM_EXPLAINER_URL"],
+                _env(monitor)["LM_DRIFT_DETECTOR_URL"]}
+        assert len(urls) == 3, name  # three Services, not one URL for all
+    # One explicit model server (e.g. a single MLServer) serves all three, as in the embedded setup.
+    resources = render(sets=("serving.modelServerUrl=http://mlserver.example:9000",))
+    gateway = _env(_pod_spec(_one(resources, "Deployment", "-gateway"))["containers"][0])
+    monitor = _env(_pod_spec(_one(resources, "Deployment", "-monitor"))["containers"][0])
+    assert gateway["LM_MODEL_SERVER_URL"] == gateway["LM_EXPLAINER_URL"] == monitor["LM_DRIFT_DETECTOR_URL"] == \
+        "http://mlserver.example:9000"
+
+
+def test_the_gateway_serves_promotions_through_the_seldon_deployer(default):
+    """POST /v1/models/promote|rollback call change_champion, which serves with settings.serving_deployer():
+    the gateway gets the seldon deployer and what it needs, as the monitor and the deploy Job do."""
+    gateway = _pod_spec(_one(default, "Deployment", "-gateway"))["containers"][0]
+    settings = _settings_of(gateway)
+    assert settings.serving_deployer() == "seldon"
+    job = _containers(_one(default, "Job", "-deploy-model"))[0]
+    for key in ("LM_DEPLOYER", "LM_SELDON_NAMESPACE", "LM_SERVING_IMAGE", "LM_SELDON_SECRET_NAME",
+                "LM_SELDON_TRACKING_URI"):
+        assert _env(gateway)[key] == _env(job)[key], key
+    # The SeldonDeployment it would apply is the one the deploy Job applies.
+    assert seldon_deployment(settings, settings.model_name, "3") == seldon_deployment(_settings_of(job), "clinical-risk", "3")
+
+
+def test_no_request_logger_url_is_rendered(renders):
+    """Seldon's request logger posted every request (patient data) to the monitor, which served nothing there."""
+    for name, resources in renders.items():
+        text = yaml.safe_dump_all(resources)
+        assert "request-log" not in text and "LM_MONITOR_URL" not in text, name
 
 
 def test_containers_run_the_commands_ports_and_health_paths_of_the_embedded_services(renders):
@@ -498,18 +557,22 @@ def test_the_service_account_can_manage_seldon_deployments_and_nothing_else(defa
     assert role["metadata"]["namespace"] == NAMESPACE
     groups = {g for rule in role["rules"] for g in rule["apiGroups"]}
     assert groups == {"machinelearning.seldon.io"}
-    resources = {r for rule in role["rules"] for r in rule["resources"]}
-    assert resources == {"seldondeployments", "seldondeployments/status"}
-    verbs = {v for rule in role["rules"] for v in rule["verbs"]}
-    assert {"get", "create", "patch"} <= verbs and not verbs & {"*", "delete", "deletecollection", "escalate", "bind"}
+    # Exactly what the seldon deployer calls (SeldonDeployer.apply: get, create, merge-patch), nothing more.
+    assert role["rules"] == [{"apiGroups": ["machinelearning.seldon.io"], "resources": ["seldondeployments"],
+                              "verbs": ["get", "create", "patch"]}]
     assert not [r for r in default if r["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
     binding = _one(default, "RoleBinding", "-seldon-deployer")
     sa = _one(default, "ServiceAccount", "-deployer")
     assert binding["subjects"][0]["name"] == sa["metadata"]["name"]
-    # Only the pods that call the Kubernetes API run as it and mount its token.
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    # Only the pods that call the Kubernetes API run as it and mount its token: the gateway (an admin's
+    # promotion or rollback), the monitor (promotions after retraining) and the deploy Job.
     users = [r["metadata"]["name"] for r in default if r["kind"] in WORKLOADS
              and _pod_spec(r).get("serviceAccountName") == sa["metadata"]["name"]]
-    assert sorted(u.removeprefix("lm-learning-machine-") for u in users) == ["deploy-model", "monitor"]
+    assert sorted(u.removeprefix("lm-learning-machine-") for u in users) == ["deploy-model", "gateway", "monitor"]
+    for user in users:
+        resource = next(r for r in default if r["kind"] in WORKLOADS and r["metadata"]["name"] == user)
+        assert "kube-api-access" in {m["name"] for m in _containers(resource)[-1]["volumeMounts"]}, user
     for resource in default:
         if resource["kind"] in WORKLOADS and resource["metadata"]["name"] not in users:
             assert "kube-api-access" not in {v["name"] for v in _pod_spec(resource).get("volumes", [])}
@@ -548,11 +611,21 @@ def test_network_policies_deny_by_default_and_allow_only_the_designed_flows(defa
     assert _peers(_policy(default, "mlflow")["spec"]["ingress"]) == {"gateway", "monitor", "deploy", "seldon",
                                                                      f"ns:{NAMESPACE}+pods"}
     assert _peers(_policy(default, "mlflow")["spec"]["egress"]) == {"postgresql", "minio"}
-    assert _peers(_policy(default, "gateway")["spec"]["egress"]) == {"postgresql", "mlflow", "seldon"}
+    # The gateway reaches the Kubernetes API (an admin's promotion goes through the seldon deployer).
+    assert _peers(_policy(default, "gateway")["spec"]["egress"]) == {"postgresql", "mlflow", "seldon", "ip"}
     assert _peers(_policy(default, "dashboard")["spec"]["egress"]) == {"gateway"}
     assert _peers(_policy(default, "monitor")["spec"]["egress"]) == {"gateway", "mlflow", "postgresql", "seldon",
                                                                      "ns:kubeflow", "ip"}
-    assert _peers(_policy(default, "seldon")["spec"]["egress"]) >= {"mlflow", "minio", "monitor"}
+    # Nothing reaches the monitor (no request logger posts to it any more); the Seldon pods post nowhere but
+    # MLflow, S3 and their own predictor.
+    assert _policy(default, "monitor")["spec"]["ingress"] == []
+    assert _peers(_policy(default, "seldon")["spec"]["egress"]) == {"mlflow", "minio", "seldon", "ns:kube-system+pods"}
+    # MLServer's repository API (load/unload, no authentication) is reachable from the gateway and the monitor
+    # on the model, explainer and drift detector ports, and from Seldon's own pods (the explainer calls its
+    # predictor) on the predictor's port only: never from the ingress controller.
+    seldon_in = _policy(default, "seldon")["spec"]["ingress"]
+    assert [(_peers([rule]), {p["port"] for p in rule["ports"]}) for rule in seldon_in] == [
+        ({"gateway", "monitor"}, {8000, 9000}), ({"seldon"}, {8000})]
     # The dashboard reaches the database only through the gateway.
     assert "dashboard" not in _peers(_policy(default, "postgresql")["spec"]["ingress"])
     # Ports are the services' own.
@@ -564,7 +637,9 @@ def test_generated_credentials_are_kept_and_none_is_in_values(default):
     generated = _one(default, "Secret", "-generated")
     assert generated["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     tokens = json.loads(generated["stringData"]["tokens.json"])
-    assert tokens["data-scientist"].startswith("lm_") and len(tokens["data-scientist"]) > 40
+    # One token, the monitor's, with the learning loop's own role (people sign in with theirs).
+    assert list(tokens) == ["monitor"]
+    assert tokens["monitor"].startswith("lm_") and len(tokens["monitor"]) > 40
     values = (CHART / "values.yaml").read_text().lower()
     assert "password:" not in values and "secretkey:" not in values.replace("secretkeykey", "")
     # The same generated value reaches every Secret that copies it (one render, memoised).

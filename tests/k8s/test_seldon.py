@@ -1,12 +1,11 @@
 """Seldon manifests and the `seldon` deployer. No Kubernetes API server can run here, so the deployer is
-tested against a FAKE in-memory CustomObjectsApi (get/create/patch with the real client's signatures and
-404 ApiException); what matters is checked for real: every resource it emits, and every rendered manifest,
+tested against a FAKE in-memory CustomObjectsApi (tests/fake_kube.py: get/create/patch with the real client's
+signatures and 404 ApiException); what matters is checked for real: every resource it emits, and every rendered manifest,
 validates against the Seldon CRD schemas in ../shared/crds (or LM_CRD_DIR) with jsonschema. Unreachability
 is tested with the real kubernetes client pointed at a closed port."""
 
 from __future__ import annotations
 
-import copy
 import json
 import socket
 from pathlib import Path
@@ -15,42 +14,15 @@ import kubernetes
 import pytest
 import yaml
 from crds import CRD_FILES, crd_problems, requires_crds, validate_resource
-from kubernetes.client.exceptions import ApiException
+from fake_kube import FakeCustomObjectsApi
 
 from learning_machine.deployers import get_deployer
 from learning_machine.deployers.seldon import SeldonDeployer
-from learning_machine.errors import ServiceUnavailableError
-from learning_machine.k8s.manifests import render_all, seldon_v2_model_settings, write_manifests
+from learning_machine.errors import ConfigurationError, ServiceUnavailableError
+from learning_machine.k8s.manifests import render_all, seldon_v2_model_settings, service_urls, write_manifests
 from learning_machine.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class FakeCustomObjectsApi:
-    """An in-memory stand-in for kubernetes.client.CustomObjectsApi (namespaced custom objects only)."""
-
-    def __init__(self) -> None:
-        self.objects: dict[tuple[str, str, str, str, str], dict] = {}
-        self.calls: list[str] = []
-
-    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
-        self.calls.append(f"get {name}")
-        try:
-            return copy.deepcopy(self.objects[(group, version, namespace, plural, name)])
-        except KeyError:
-            raise ApiException(status=404, reason="Not Found") from None
-
-    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
-        self.calls.append(f"create {body['metadata']['name']}")
-        self.objects[(group, version, namespace, plural, body["metadata"]["name"])] = copy.deepcopy(body)
-        return body
-
-    def patch_namespaced_custom_object(self, group, version, namespace, plural, name, body):
-        self.calls.append(f"patch {name}")
-        current = self.objects[(group, version, namespace, plural, name)]
-        current["metadata"]["labels"] = body["metadata"]["labels"]  # merge patch: maps merge, lists replace
-        current["spec"] = copy.deepcopy(body["spec"])
-        return current
 
 
 def _settings(**overrides) -> Settings:
@@ -77,12 +49,12 @@ def test_the_validator_catches_misspelled_and_mistyped_fields():
     assert any("storageUri" in p for p in validate_resource(model))
 
 
-def test_the_seldon_deployment_has_protocol_v2_image_secret_explainer_and_logger():
-    sdep = render_all(_settings(monitor_url="http://monitor.lm-test.svc:8000/log"), version="7")[
-        "seldon-v1/seldondeployment.yaml"][0]
+def test_the_seldon_deployment_has_protocol_v2_image_secret_and_explainer_and_no_request_logger():
+    sdep = render_all(_settings(), version="7")["seldon-v1/seldondeployment.yaml"][0]
     assert sdep["spec"]["protocol"] == "v2"
     predictor = sdep["spec"]["predictors"][0]
-    assert predictor["graph"]["logger"] == {"url": "http://monitor.lm-test.svc:8000/log", "mode": "all"}
+    # Seldon's logger would post every request (patient data) somewhere; the gateway stores them already.
+    assert "logger" not in json.dumps(render_all(_settings(), version="7"))
     assert predictor["graph"]["envSecretRefName"] == "mlflow-s3-credentials"
     [container] = predictor["componentSpecs"][0]["spec"]["containers"]
     assert container["name"] == predictor["graph"]["name"] == "clinical-risk"
@@ -95,6 +67,63 @@ def test_the_seldon_deployment_has_protocol_v2_image_secret_explainer_and_logger
     assert extra["explainer_type"] == "anchor_tabular"
     assert extra["infer_uri"] == "http://clinical-risk-default.lm-test:8000/v2/models/clinical-risk/infer"
     assert explainer["envSecretRefName"] == "mlflow-s3-credentials"
+
+
+def _pods_and_containers(resources: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Every pod spec and container spec of rendered Seldon resources (v1 componentSpecs and explainer, v2 podSpec)."""
+    pods, containers = [], []
+    for resource in resources:
+        if resource["kind"] == "SeldonDeployment":
+            for predictor in resource["spec"]["predictors"]:
+                pods += [c["spec"] for c in predictor["componentSpecs"]]
+                if "explainer" in predictor:
+                    containers.append(predictor["explainer"]["containerSpec"])
+        elif resource["kind"] == "Server":
+            pods.append(resource["spec"]["podSpec"])
+    containers += [c for pod in pods for c in pod["containers"]]
+    return pods, containers
+
+
+def test_every_seldon_pod_is_restricted_and_gets_no_service_account_token():
+    rendered = [r for resources in render_all(_settings(), version="7").values() for r in resources]
+    pods, containers = _pods_and_containers(rendered)
+    assert len(pods) == 3 and len(containers) == 4  # model, drift detector, v2 Server; + the v1 explainer
+    for pod in pods:
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}} in pod["volumes"]
+    for container in containers:
+        ctx = container["securityContext"]
+        assert ctx["runAsNonRoot"] is True and ctx["allowPrivilegeEscalation"] is False
+        assert ctx["capabilities"] == {"drop": ["ALL"]}
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["MLSERVER_METRICS_DIR"].startswith("/tmp/") and env["TMPDIR"] == "/tmp"
+        # Read-only wherever the pod can hold a /tmp emptyDir (a v1 explainer has no pod spec to hold one).
+        assert ctx["readOnlyRootFilesystem"] is ("volumeMounts" in container)
+        if ctx["readOnlyRootFilesystem"]:
+            assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert sum(c["securityContext"]["readOnlyRootFilesystem"] for c in containers) == 3
+
+
+def test_the_services_seldon_creates_are_named_once_for_the_manifests_and_the_clients():
+    settings = _settings()
+    urls = service_urls(settings)
+    assert urls == {"model": "http://clinical-risk-default.lm-test.svc.cluster.local:8000",
+                    "explainer": "http://clinical-risk-default-explainer.lm-test.svc.cluster.local:9000",
+                    "drift": "http://clinical-risk-drift-default.lm-test.svc.cluster.local:8000"}
+    rendered = render_all(settings, version="7")
+    sdep = rendered["seldon-v1/seldondeployment.yaml"][0]
+    drift = rendered["seldon-v1/drift-detector.yaml"][0]
+    predictor = sdep["spec"]["predictors"][0]
+    # Seldon names a predictor's Service <deployment>-<predictor> and its explainer's <that>-explainer.
+    assert urls["model"].startswith(f"http://{sdep['metadata']['name']}-{predictor['name']}.")
+    assert urls["explainer"].startswith(f"http://{sdep['metadata']['name']}-{predictor['name']}-explainer.")
+    assert urls["drift"].startswith(f"http://{drift['metadata']['name']}-{drift['spec']['predictors'][0]['name']}.")
+    explainer_env = {e["name"]: e.get("value") for e in predictor["explainer"]["containerSpec"]["env"]}
+    assert explainer_env["MLSERVER_HTTP_PORT"] == urls["explainer"].rsplit(":", 1)[1]
+    with pytest.raises(ConfigurationError, match="LM_SELDON_DEPLOYMENT_NAME"):
+        service_urls(_settings(seldon_deployment_name="x" * 60))
 
 
 def test_seldon_v2_models_and_pipeline():

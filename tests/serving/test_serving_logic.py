@@ -69,3 +69,28 @@ def test_drift_sees_a_missingness_spike(data):
     result = detect(detector, feature_frame(data.spec, spiked))
     assert result["is_drift"] == 1
     assert any(name.endswith("__missing") for name in result["drifted_features"])
+
+
+def test_the_client_calls_the_explainer_and_drift_detector_where_the_settings_put_them(data):
+    """One server for all three by default (the embedded MLServer); Seldon v1 serves each behind its own
+    Service. Closed ports show which URL each call went to, and the error names the setting to fix."""
+    from testsupport import free_port
+
+    from learning_machine.clients.v2 import ModelServerClient
+    from learning_machine.errors import ServiceUnavailableError
+    from learning_machine.settings import Settings
+
+    embedded = Settings(model_server_port=free_port())
+    with ModelServerClient.from_settings(embedded) as one:
+        assert one.url == one.explainer_url == one.drift_url == embedded.model_server_base_url()
+    model, explainer, drift = (f"http://127.0.0.1:{free_port()}" for _ in range(3))
+    split = Settings(model_server_url=model, explainer_url=f"{explainer}/", drift_detector_url=drift)
+    record = _records(data.frame.head(1))[0]
+    with ModelServerClient.from_settings(split, timeout_s=2) as client:
+        assert (client.url, client.explainer_url, client.drift_url) == (model, explainer, drift)
+        for call, url, setting in [(lambda: client.predict("m", data.spec, [record]), model, "LM_MODEL_SERVER_URL"),
+                                   (lambda: client.explain("m", data.spec, record), explainer, "LM_EXPLAINER_URL"),
+                                   (lambda: client.drift("m", data.spec, [record]), drift, "LM_DRIFT_DETECTOR_URL")]:
+            with pytest.raises(ServiceUnavailableError, match=setting) as failed:
+                call()
+            assert url in failed.value.message

@@ -11,10 +11,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect, select, text
+from sqlalchemy.exc import SQLAlchemyError
 from testsupport import fresh_postgres_database
 
-from learning_machine.errors import AuthenticationError, ConflictError, NotFoundError, UnknownNameError
+from learning_machine.errors import (
+    AuthenticationError,
+    ConflictError,
+    NotFoundError,
+    ServiceUnavailableError,
+    UnknownNameError,
+)
 from learning_machine.settings import Settings, load_settings
 from learning_machine.store import Database, repository
 from learning_machine.store.db import current_revision, normalise_url
@@ -141,6 +148,26 @@ def test_history_reads_page_and_filter(db: Database) -> None:
     assert repository.list_events(db, repository.Page(), kind="retraining-triggered")["items"][0]["detail"] == {
         "reason": "drift"}
     assert repository.list_monitoring(db, repository.Page(), kind="drift")["items"][0]["feature"] == "age"
+
+
+def test_a_failing_statement_does_not_put_its_parameters_in_the_error_or_the_log(
+        db: Database, caplog: pytest.LogCaptureFixture) -> None:
+    """SQLAlchemy appends a statement's parameters to its errors (and logs them with echo): they are patient
+    features. The engines hide them. (The failure is one the database does not echo back itself: an unknown
+    column; PostgreSQL's own DETAIL lines can quote a row, see make_engine.)"""
+    features = json.dumps({"age": 87, "diagnosis": "SECRET-DIAGNOSIS-4711"})
+    caplog.set_level("INFO", logger="sqlalchemy.engine")
+    # SQLite reports an unknown column as an OperationalError, which the store wraps as "unavailable".
+    with pytest.raises((SQLAlchemyError, ServiceUnavailableError)) as failed, db.transaction() as session:
+        session.execute(text("INSERT INTO records (record_id, no_such_column) VALUES (:rid, :features)"),
+                        {"rid": "patient-SECRET-ID-0815", "features": features})
+    error = failed.value if isinstance(failed.value, SQLAlchemyError) else failed.value.__cause__
+    assert isinstance(error, SQLAlchemyError)
+    message = f"{error} {failed.value}"
+    assert "no_such_column" in message  # the error still says what failed
+    assert "hidden" in message.lower()
+    for secret in ("SECRET-DIAGNOSIS-4711", "patient-SECRET-ID-0815", "87"):
+        assert secret not in message and secret not in caplog.text
 
 
 def test_tokens_are_stored_hashed_and_checked(db: Database) -> None:

@@ -121,8 +121,27 @@ imagePullSecrets:
 {{- end -}}
 {{- end -}}
 
+{{/* The Service Seldon creates for the model, its explainer or its drift detector ((list $ "model"|"explainer"|
+"drift")): name and port from files/serving.json, which learning_machine.k8s.chart writes from the functions
+that render the SeldonDeployments (a test checks it is current), so these URLs and the manifests agree. */}}
+{{- define "lm.seldonServiceUrl" -}}
+{{- $ := index . 0 -}}
+{{- $service := get ($.Files.Get "files/serving.json" | fromJson) (index . 1) -}}
+{{- printf "http://%s.%s.svc.cluster.local:%d" (replace "DEPLOYMENT" $.Values.model.name $service.service) $.Release.Namespace (int $service.port) -}}
+{{- end -}}
+
 {{- define "lm.modelServerUrl" -}}
-{{- default (printf "http://%s-default.%s.svc.cluster.local:8000" .Values.model.name .Release.Namespace) .Values.serving.modelServerUrl -}}
+{{- default (include "lm.seldonServiceUrl" (list . "model")) .Values.serving.modelServerUrl -}}
+{{- end -}}
+
+{{/* An explicit URL, else the model server when that is set (one server for all three, as in the embedded
+setup), else the Seldon Service. */}}
+{{- define "lm.explainerUrl" -}}
+{{- .Values.serving.explainerUrl | default .Values.serving.modelServerUrl | default (include "lm.seldonServiceUrl" (list . "explainer")) -}}
+{{- end -}}
+
+{{- define "lm.driftDetectorUrl" -}}
+{{- .Values.serving.driftDetectorUrl | default .Values.serving.modelServerUrl | default (include "lm.seldonServiceUrl" (list . "drift")) -}}
 {{- end -}}
 
 {{/* -- credentials: generated once, kept across upgrades, or read from existing Secrets -------------- */}}
@@ -137,8 +156,9 @@ so every template of one render sees the same value). */}}
 {{- $value := "" -}}
 {{- $data := ($existing.data | default dict) -}}
 {{- if and (eq $key "monitor-token") (hasKey $data "tokens.json") -}}
-{{- /* Stored inside tokens.json, not under its own key. */ -}}
-{{- $value = get (index $data "tokens.json" | b64dec | fromJson) "data-scientist" | default "" -}}
+{{- /* Stored inside tokens.json, not under its own key. Only under "monitor": a token of an older release
+(under "data-scientist") is registered with that role, so the monitor gets a new one instead. */ -}}
+{{- $value = get (index $data "tokens.json" | b64dec | fromJson) "monitor" | default "" -}}
 {{- else if hasKey $data $key -}}
 {{- $value = index $data $key | b64dec -}}
 {{- end -}}
@@ -244,7 +264,7 @@ key: mlflow-admin-password
 {{- end }}
 {{- end -}}
 
-{{/* What the seldon deployer needs (the monitor's promotions and the deploy Job). */}}
+{{/* What the seldon deployer needs (the gateway's admin promotions, the monitor's and the deploy Job). */}}
 {{- define "lm.seldonEnv" -}}
 - name: LM_DEPLOYER
   value: seldon
@@ -256,8 +276,6 @@ key: mlflow-admin-password
   value: {{ include "lm.seldonSecret" . | quote }}
 - name: LM_SELDON_TRACKING_URI
   value: {{ include "lm.mlflowUrl" . | quote }}
-- name: LM_MONITOR_URL
-  value: {{ printf "http://%s-monitor.%s.svc.cluster.local:%v/v1/request-log" (include "lm.fullname" .) .Release.Namespace (get (include "lm.service" (dict "root" . "name" "monitor") | fromJson) "port") | quote }}
 {{- end -}}
 
 {{- define "lm.seldonSecret" -}}{{ include "lm.fullname" . }}-seldon-s3{{- end -}}
