@@ -35,8 +35,9 @@ def history_gateway(tmp_path_factory: pytest.TempPathFactory, model_server: Any)
                                 monitor_performance_rows=300, policy_drift_windows=1, policy_min_outcomes=50,
                                 policy_cooldown_s=0.0)
     running = start_gateway(settings, getattr(model_server, "spec", None))
-    with LearningMachineClient(running.url, running.tokens["data-scientist"], timeout_s=120) as client:
-        loop = LoopService(settings, client)
+    with LearningMachineClient(running.url, running.tokens["data-scientist"], timeout_s=120) as client, \
+            LearningMachineClient(running.url, running.tokens["monitor"], timeout_s=120) as monitor:
+        loop = LoopService(settings, monitor)
         loop.monitor.trigger = None  # the policy decides and records; no retraining pipeline in these tests
         _stream(client, 300, seed=11, scenario="none", prefix="base-")
         loop.step()
