@@ -231,7 +231,9 @@ def run_stream(client: LearningMachineClient, source: Iterator[tuple[dict[str, A
                 report.stopped_by_error = exc.message
                 report.not_stored = [str(r.get("record_id")) for r in records]
                 break
-            except GatewayError:  # the gateway refused the batch (invalid, conflicting): sending again won't help
+            except GatewayError as exc:  # the gateway refused the batch (invalid, conflicting): sending again won't help
+                if progress:
+                    progress(f"the gateway refused {_rows_named(records)} (HTTP {exc.status}): {exc.message}")
                 report.rejected += len(batch)
                 report.sent += len(batch)
                 continue
