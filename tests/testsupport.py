@@ -121,3 +121,65 @@ class CuttableProxy:
         for sock in list(self._sockets):
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+class FlakyProxy:
+    """An HTTP forwarder in front of a real server that misbehaves on cue for requests whose path starts
+    with ``path``: ``faults`` is consumed one per such request, each ``"502"`` (answer 502 without
+    forwarding), ``"lose"`` (forward, so the server acts, then close the connection without an answer, as
+    when a response is lost) or ``"ok"``. Every other request is forwarded untouched. ``seen`` keeps the
+    X-Request-ID of every matching request."""
+
+    def __init__(self, upstream: str, *, path: str, faults: list[str]) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.upstream, self.path, self.faults = upstream.rstrip("/"), path, list(faults)
+        self.seen: list[str | None] = []
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _handle(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                fault = "ok"
+                if self.path.startswith(proxy.path):
+                    with proxy._lock:
+                        proxy.seen.append(self.headers.get("X-Request-ID"))
+                        fault = proxy.faults.pop(0) if proxy.faults else "ok"
+                if fault == "502":
+                    payload = b'{"detail": "bad gateway (test proxy)"}'
+                    self.send_response(502)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                answer = httpx.request(self.command, proxy.upstream + self.path, content=body, headers=headers,
+                                       timeout=60)
+                if fault == "lose":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self.send_response(answer.status_code)
+                for key, value in answer.headers.items():
+                    if key.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            do_GET = do_POST = do_PUT = _handle
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, name="flaky-proxy", daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

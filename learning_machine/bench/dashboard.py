@@ -76,9 +76,10 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
                                            id_prefix="b-")
                 report = run_stream(client, source, StreamPlan(rows=rows, batch_size=500, outcome_delay_rows=200))
                 insert_s = time.perf_counter() - started
-                loop = LoopService(settings, client, tracker=tracker)
-                loop.monitor.trigger = None  # decisions are recorded as events; no retraining in a benchmark
-                loop.step()
+                with LearningMachineClient(settings.gateway_url, tokens["monitor"], timeout_s=120) as monitor:
+                    loop = LoopService(settings, monitor, tracker=tracker)
+                    loop.monitor.trigger = None  # decisions are recorded as events; no retraining in a benchmark
+                    loop.step()
             progress(f"dashboard bench: {report.summary()}; measuring pages")
             env = {"LM_DASHBOARD_GATEWAY_URL": settings.gateway_url, "LM_TOKEN": tokens["admin"],
                    "LM_HOME": str(home)}

@@ -304,9 +304,11 @@ def recovery(scenario: str, progress: Progress, *, rate: float = 20.0, drift_sta
             wait_models_ready(server.url, served_names(settings.model_name), timeout_s=settings.startup_timeout_s)
             prepare_for_gateway(settings)
             manager.start(gateway_service(settings), timeout_s=settings.startup_timeout_s)
-            token = json.loads(settings.tokens_path().read_text())["data-scientist"]
-            client = LearningMachineClient(settings.gateway_url, token, timeout_s=120)
-            service = LoopService(settings, client, tracker=tracker)
+            tokens = json.loads(settings.tokens_path().read_text())
+            client = LearningMachineClient(settings.gateway_url, tokens["data-scientist"], timeout_s=120)
+            # The loop writes results, events and its state: the monitor's role, not a data scientist's.
+            service = LoopService(settings, LearningMachineClient(settings.gateway_url, tokens["monitor"],
+                                                                  timeout_s=120), tracker=tracker)
             prefix = f"R{seed}-"
 
             def source() -> Any:
@@ -350,6 +352,7 @@ def recovery(scenario: str, progress: Progress, *, rate: float = 20.0, drift_sta
                 after = int(page["next_after_id"])
             events = client.page("/v1/events", limit=500)["items"]
             client.close()
+            service.client.close()
         finally:
             stop.set()
             for name in ("gateway", "model-server", "mlflow"):

@@ -77,12 +77,15 @@ def monitor(
 ) -> None:
     """Run the learning loop's monitor: windows of predictions -> drift, quality, performance -> policy ->
     retraining through the pipeline runner. Serves /health on LM_MONITOR_PORT. Stops on Ctrl-C or SIGTERM."""
+    import logging
     import signal
     import threading
 
     from learning_machine.clients.gateway import LearningMachineClient
     from learning_machine.loop.service import LoopService, serve_health
 
+    # A failed step is logged with its traceback (to the service's log under `lm up`).
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_of(ctx)
     client = LearningMachineClient(gateway or settings.gateway_url, token_for(settings, token, role="monitor"),
                                    timeout_s=settings.request_timeout_s * 3)

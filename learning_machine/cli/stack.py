@@ -83,15 +83,18 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", h
         out.print_json(json.dumps([s.as_dict() for s in result]))
     else:
         _print_status(result)
-    if not all(s.healthy for s in result):
+    if not all(s.ok for s in result):
         raise typer.Exit(3)
 
 
 def _print_status(result: list[Any]) -> None:
     table = Table("service", "url", "state", "pid")
     for s in result:
-        state = "[green]healthy[/green]" if s.healthy else ("[yellow]starting/unhealthy[/yellow]" if s.running
-                                                           else "[red]down[/red]")
+        if s.orphans:
+            state = "[red]orphan[/red]"
+        else:
+            state = "[green]healthy[/green]" if s.healthy else ("[yellow]starting/unhealthy[/yellow]" if s.running
+                                                               else "[red]down[/red]")
         table.add_row(s.name, s.url, state + (f" ({s.detail})" if s.detail else ""), str(s.pid or "-"))
     out.print(table)
 

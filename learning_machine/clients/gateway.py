@@ -56,11 +56,15 @@ class LearningMachineClient:
         return response.json() if response.content else None
 
     # -- the API -----------------------------------------------------------------------------------
-    def predict(self, records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """Predictions for one or more records (sent as one batch)."""
+    def predict(self, records: Sequence[Mapping[str, Any]], *, request_id: str | None = None) -> list[dict[str, Any]]:
+        """Predictions for one or more records (sent as one batch). Send the same ``request_id`` when
+        retrying a batch whose answer was lost: the gateway then answers with what it stored the first
+        time instead of storing the predictions twice."""
+        headers = {"X-Request-ID": request_id} if request_id else None
         if len(records) == 1:
-            return [self._call("POST", "/v1/predictions", json=dict(records[0]))]
-        return list(self._call("POST", "/v1/predictions", json={"records": [dict(r) for r in records]})["predictions"])
+            return [self._call("POST", "/v1/predictions", json=dict(records[0]), headers=headers)]
+        return list(self._call("POST", "/v1/predictions", json={"records": [dict(r) for r in records]},
+                               headers=headers)["predictions"])
 
     def explain(self, record_id: str, method: str = "exact") -> dict[str, Any]:
         return dict(self._call("POST", "/v1/explanations", json={"record_id": record_id, "method": method}))
@@ -116,6 +120,19 @@ class LearningMachineClient:
     def post_event(self, kind: str, detail: Mapping[str, Any], model_version: str | None = None) -> dict[str, Any]:
         return dict(self._call("POST", "/v1/events", json={"kind": kind, "detail": dict(detail),
                                                            "model_version": model_version}))
+
+    def monitor_state(self, name: str = "monitor") -> dict[str, Any]:
+        """The monitor's saved state and its version (both None when none was saved yet)."""
+        return dict(self._call("GET", "/v1/monitor/state", params={"name": name}))
+
+    def save_monitor_state(self, state: Mapping[str, Any], version: int | None, *, name: str = "monitor",
+                           results: Sequence[Mapping[str, Any]] = (),
+                           events: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+        """Save the state if it is still at ``version`` (else :class:`GatewayError` 409), with the step's
+        results and events in the same transaction. Returns the new version."""
+        body = {"version": version, "state": dict(state), "results": [dict(r) for r in results],
+                "events": [dict(e) for e in events]}
+        return dict(self._call("PUT", "/v1/monitor/state", params={"name": name}, json=body))
 
     def ready(self) -> bool:
         try:

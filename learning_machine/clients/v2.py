@@ -185,7 +185,12 @@ class ModelServerClient:
                  ) -> httpx.Response:
         url = url or self.url
         try:
-            response = self._clients[url].request(method, path, json=body)
+            try:
+                response = self._clients[url].request(method, path, json=body)
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+                # A kept-alive connection to a server that restarted (or died) since: the pool drops it,
+                # and the call (side-effect free: inference, health, metadata) goes once more on a new one.
+                response = self._clients[url].request(method, path, json=body)
         except (httpx.TransportError, httpx.TimeoutException) as exc:
             raise ServiceUnavailableError(
                 f"model server at {url} is unreachable ({type(exc).__name__}); start it with `lm serve` "
@@ -194,7 +199,10 @@ class ModelServerClient:
             message = _error_message(response)
             if response.status_code == 404 or (model and "not found" in message.lower()):
                 raise ModelNotFoundError(f"model server at {url} does not serve {model or path!r}: {message}")
-            if response.status_code in (502, 503, 504):
+            # MLServer answers 400 "Model ... is not ready yet" while a model (re)loads: the server's state,
+            # not a bad request, so 503 (a client sends it again) rather than 422 (it would drop it).
+            if response.status_code in (502, 503, 504) or (response.status_code == 400
+                                                           and "not ready" in message.lower()):
                 raise ServiceUnavailableError(f"model server at {url} is unavailable "
                                               f"(HTTP {response.status_code}): {message}")
             error = InferenceRequestError if response.status_code < 500 else ModelServerError

@@ -46,8 +46,9 @@ class EdgeMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = _request_id(scope)
-        scope.setdefault("state", {})["request_id"] = request_id
+        request_id, given = _request_id(scope)
+        state = scope.setdefault("state", {})
+        state["request_id"], state["request_id_given"] = request_id, given
         status = 500
 
         async def send_with_id(message: Message) -> None:
@@ -149,14 +150,15 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-def _request_id(scope: Scope) -> str:
-    """The caller's X-Request-ID when it is a sane token (so logs join across services), else a new one."""
+def _request_id(scope: Scope) -> tuple[str, bool]:
+    """The caller's X-Request-ID when it is a sane token (so logs join across services, and a retried
+    prediction request is recognised), else a new one; and whether the caller gave it."""
     for name, value in scope.get("headers", []):
         if name == REQUEST_ID_HEADER:
             candidate = value.decode("latin-1")
             if _SAFE_ID.match(candidate):
-                return candidate
+                return candidate, True
             break
-    return uuid.uuid4().hex
+    return uuid.uuid4().hex, False
 
 

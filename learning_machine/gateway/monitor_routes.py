@@ -1,18 +1,22 @@
-"""The monitor's side of the API: feeds of predictions to assess, and where it writes its results and
-the learning loop's events. Data-scientist (or admin) tokens only."""
+"""The monitor's side of the API: feeds of predictions to assess, where it writes its results and the
+learning loop's events, and its own durable state (feed cursor, handled requests, cooldown), so a
+restarted or rescheduled monitor resumes where it stopped. Feeds: data-scientist, admin or monitor tokens;
+writes: monitor or admin tokens."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import Field
 
-from learning_machine.errors import PermissionDeniedError
+from learning_machine.errors import PayloadTooLargeError, PermissionDeniedError
 from learning_machine.gateway.routes import Ctx, Feeds, Loop
 from learning_machine.gateway.schemas import In, JsonObject
 from learning_machine.store import feeds, repository
+from learning_machine.store.tokens import Principal
 
 router = APIRouter(prefix="/v1", tags=["monitoring"])
 
@@ -65,10 +69,52 @@ def post_monitoring(c: Ctx, _: Loop, body: MonitoringBatchIn) -> Any:
 ROUTE_ONLY_EVENTS = {"retrain-requested": "POST /v1/retrain", "outcome-corrected": "POST /v1/outcomes?overwrite=true"}
 
 
-@router.post("/events", status_code=201, summary="Record a learning-loop event (fired, started, promoted...)")
-def post_event(c: Ctx, who: Loop, body: EventIn) -> Any:
-    """The learning loop's (and `lm models`') record of what it did. Monitor or admin tokens only."""
+def _loop_event(body: EventIn, who: Principal) -> dict[str, Any]:
+    """An event the loop may record, with who recorded it; control events only their own routes make."""
     if body.kind in ROUTE_ONLY_EVENTS:
         raise PermissionDeniedError(f"a {body.kind!r} event is made only by {ROUTE_ONLY_EVENTS[body.kind]}, "
                                     "which records who asked", detail={"kind": body.kind, "role": who.role})
-    return repository.add_event(c.db, body.kind, {**body.detail, "recorded_by": who.name}, body.model_version)
+    return {"kind": body.kind, "detail": {**body.detail, "recorded_by": who.name}, "model_version": body.model_version}
+
+
+@router.post("/events", status_code=201, summary="Record a learning-loop event (fired, started, promoted...)")
+def post_event(c: Ctx, who: Loop, body: EventIn) -> Any:
+    """The learning loop's (and `lm models`') record of what it did. Monitor or admin tokens only."""
+    event = _loop_event(body, who)
+    return repository.add_event(c.db, event["kind"], event["detail"], event["model_version"])
+
+
+# The state is a cursor and a few summaries, never raw rows: a bound keeps it that way.
+MAX_STATE_BYTES = 256_000
+StateName = Annotated[str, Query(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$",
+                                 description="Which monitor (one row per monitor).")]
+
+
+class MonitorStateIn(In):
+    version: int | None = Field(ge=0, le=2**62, description="The version this state was derived from (as read); null when "
+                                            "none was saved yet. A stale version is refused with 409.")
+    state: JsonObject
+    results: list[MonitoringResultIn] = Field(default_factory=list, max_length=20_000,
+                                              description="The step's monitoring results, stored with the state.")
+    events: list[EventIn] = Field(default_factory=list, max_length=200,
+                                  description="The step's loop events, stored with the state.")
+
+
+@router.get("/monitor/state", summary="The monitor's saved state (cursor, handled requests, cooldown)")
+def get_monitor_state(c: Ctx, _: Loop, name: StateName = "monitor") -> Any:
+    """The state and its version; ``{"state": null, "version": null}`` when none was saved yet."""
+    found = repository.monitor_state(c.db, name)
+    return found or {"name": name, "state": None, "version": None, "updated_at": None}
+
+
+@router.put("/monitor/state", summary="Save the monitor's state with the step's results and events (atomic)")
+def put_monitor_state(c: Ctx, who: Loop, body: MonitorStateIn, name: StateName = "monitor") -> Any:
+    """Optimistic concurrency: the save succeeds only if the stored version is still ``version``, and the
+    results and events are stored in the same transaction (a step's outputs commit with its cursor)."""
+    size = len(json.dumps(body.state, default=str))
+    if size > MAX_STATE_BYTES:
+        raise PayloadTooLargeError(f"the monitor state is {size:,} bytes; at most {MAX_STATE_BYTES:,} "
+                                   "(it holds cursors and summaries, not rows)")
+    events = [_loop_event(e, who) for e in body.events]
+    return repository.save_monitor_state(c.db, name, body.state, version=body.version,
+                                         results=[r.model_dump() for r in body.results], events=events)

@@ -67,8 +67,10 @@ def post_predictions(request: Request, c: Ctx, _: Clinical,
                      payload: Annotated[dict[str, Any], Body(openapi_examples=PREDICTION_EXAMPLES)]) -> Any:
     """One record (a JSON object with the record id and every feature) or `{"records": [...]}`.
     Every record is checked against the dataset spec first: one bad record rejects the whole request
-    (422, every problem listed) and nothing is stored."""
-    return service.predict(c, payload, request.state.request_id)
+    (422, every problem listed) and nothing is stored. A request sent again with the same `X-Request-ID`
+    for the same records (a retry after a lost answer) gets the first answer back; nothing is stored twice."""
+    return service.predict(c, payload, request.state.request_id,
+                           retry=getattr(request.state, "request_id_given", False))
 
 
 @router.get("/predictions", response_model=PageOut, tags=["predictions"], summary="Prediction history")

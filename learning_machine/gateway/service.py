@@ -18,6 +18,7 @@ from learning_machine.clients.v2 import ModelServerClient
 from learning_machine.data.spec import DatasetSpec, parse_label
 from learning_machine.errors import (
     BadRequestError,
+    ConflictError,
     ModelNotFoundError,
     PayloadTooLargeError,
     Problem,
@@ -107,10 +108,17 @@ def _is_nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
-def predict(ctx: GatewayContext, payload: Mapping[str, Any], request_id: str) -> dict[str, Any]:
-    """Validate, predict, store; the response mirrors the request (one record or a batch)."""
+def predict(ctx: GatewayContext, payload: Mapping[str, Any], request_id: str, *, retry: bool = False,
+            ) -> dict[str, Any]:
+    """Validate, predict, store; the response mirrors the request (one record or a batch). ``retry``: the
+    caller chose the request id, so this may be a retry of a request that was stored but whose answer was
+    lost; then the stored answer is returned (one indexed lookup, only for caller-chosen ids)."""
     raw, batch = split_payload(payload, ctx.settings.max_batch_rows)
     records = validate_records(ctx.spec, raw, batch=batch)
+    if retry:
+        stored = repository.predictions_for_request(ctx.db, request_id)
+        if stored:
+            return _answer(_replayed(ctx, records, stored, request_id), request_id, batch)
     started = time.perf_counter()
     try:
         answers = ctx.model_server.predict(ctx.model_name, ctx.spec, records)
@@ -129,11 +137,35 @@ def predict(ctx: GatewayContext, payload: Mapping[str, Any], request_id: str) ->
                                           request_id=request_id)
     for row in stored:
         ctx.metrics.predictions.labels(row["model_version"]).inc()
+    return _answer(stored, request_id, batch)
+
+
+def _answer(stored: list[dict[str, Any]], request_id: str, batch: bool) -> dict[str, Any]:
     out = [{"record_id": r["record_id"], "probability": r["probability"], "label": r["label"],
             "model_version": r["model_version"], "request_id": request_id} for r in stored]
     if not batch:
         return out[0]
     return {"request_id": request_id, "predictions": out}
+
+
+def _replayed(ctx: GatewayContext, records: list[Mapping[str, Any]], stored: list[dict[str, Any]],
+              request_id: str) -> list[dict[str, Any]]:
+    """The stored predictions of a retried request, in the order of its records; a request id reused for
+    other records is a conflict (the caller must use a fresh id per batch)."""
+    rid = ctx.spec.record_id.name
+    wanted = [str(r[rid]) for r in records]
+    by_id = {p["record_id"]: p for p in stored}
+    if len(stored) != len(wanted) or set(by_id) != set(wanted):
+        raise ConflictError(f"request id {request_id!r} was already used for other records; send each batch "
+                            "with a fresh X-Request-ID (and the same one only to retry that batch)",
+                            detail={"request_id": request_id, "stored_records": len(stored)})
+    changed = [r for r, record in zip(wanted, records, strict=True)
+               if not repository.same_features(by_id[r]["features"], features_of(ctx.spec, record))]
+    if changed:
+        raise ConflictError(f"request id {request_id!r} was already used for these record ids with other "
+                            f"values ({', '.join(changed[:5])}); send each batch with a fresh X-Request-ID",
+                            detail={"request_id": request_id, "records": changed[:20]})
+    return [by_id[r] for r in wanted]
 
 
 def _not_served(ctx: GatewayContext, exc: ModelNotFoundError, url: str | None = None) -> ServiceUnavailableError:

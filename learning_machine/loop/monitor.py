@@ -8,10 +8,11 @@ protocol, so the embedded loop and the tests plug in the real gateway, model ser
 
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -263,12 +264,48 @@ class Monitor:
                           + f", missing {missing:.1%}" + (f", realised AUC {auc:.3f} on {n_outcomes}" if auc else ""))
         return WindowResult(summary, rows)
 
-    def decide(self) -> Decision:
-        """Ask the policy; a firing decision is recorded, and retraining started when a trigger is set. A
-        retraining that waits for outcomes after the change is tried again first."""
+    # -- state: what a failed step rolls back, and what a restart must not lose -----------------------
+    def snapshot(self) -> dict[str, Any]:
+        """Everything :meth:`add`, :meth:`add_outcomes` and :meth:`decide` change, copied, so a step that fails
+        half-way can be undone with :meth:`rollback` (rows are then counted once, when the step is retried)."""
+        return {"pending": list(self.pending), "windows": deque(self.windows, maxlen=self.windows.maxlen),
+                "alarms": list(self.alarms), "serving_version": self.serving_version, "waiting": self.waiting,
+                "_times": deque(self._times, maxlen=self._times.maxlen),
+                "_outcome_times": deque(self._outcome_times, maxlen=self._outcome_times.maxlen),
+                "last_retrain_at": self.last_retrain_at, "next_window_id": self.next_window_id}
+
+    def rollback(self, snapshot: Mapping[str, Any]) -> None:
+        for name, value in snapshot.items():
+            setattr(self, name, value)
+
+    def durable_state(self) -> dict[str, Any]:
+        """What must survive a restart, small and JSON-ready: the policy's window summaries, the cooldown,
+        the window counter and a retraining that waits (never raw rows: the feed cursor re-reads those)."""
+        return {"windows": [asdict(w) for w in self.windows], "last_retrain_at": self.last_retrain_at,
+                "next_window_id": self.next_window_id, "serving_version": self.serving_version,
+                "waiting": _decision_state(self.waiting)}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Resume from :meth:`durable_state` (a fresh monitor; the sequential test starts afresh)."""
+        self.windows.clear()
+        for w in state.get("windows") or []:
+            self.windows.append(WindowSummary(**{**w, "drifted_features": tuple(w.get("drifted_features") or ())}))
+        self.last_retrain_at = state.get("last_retrain_at")
+        self.next_window_id = int(state.get("next_window_id") or 1)
+        self.serving_version = state.get("serving_version")
+        waiting = state.get("waiting")
+        self.waiting = None if not waiting else Decision(
+            bool(waiting["retrain"]), tuple(waiting.get("reasons") or ()), tuple(waiting.get("rules") or ()),
+            waiting.get("suppressed"), dict(waiting.get("evidence") or {}))
+
+    def decide(self, *, start: bool = True) -> Decision:
+        """Ask the policy; a firing decision is recorded, and retraining started when a trigger is set (and
+        ``start``: the learning loop starts it itself, after the step that fired it is saved). A
+        retraining that waits for outcomes after the change is tried again first (returned again while
+        it waits, when not ``start``)."""
         if self.waiting is not None:
             waiting = self.waiting
-            if self.trigger is None or self._start(waiting):
+            if start and (self.trigger is None or self._start(waiting)):
                 self.waiting = None
             return waiting
         decision = decide(list(self.windows), self.policy, now=self.clock(), last_retrain_at=self.last_retrain_at,
@@ -280,7 +317,7 @@ class Monitor:
         self.sink.event("retrain-fired", decision.as_dict())
         self.last_retrain_at = self.clock()
         self.alarms.clear()
-        if self.trigger is not None and not self._start(decision):
+        if start and self.trigger is not None and not self._start(decision):
             self.waiting = decision
         return decision
 
@@ -292,6 +329,12 @@ class Monitor:
             self.progress(f"retraining: {outcome.get('state', 'started')}"
                           + (f" ({outcome['error']})" if outcome.get("error") else ""))
         return outcome.get("state") != "DEFERRED"
+
+
+def _decision_state(decision: Decision | None) -> dict[str, Any] | None:
+    if decision is None:
+        return None
+    return dict(json.loads(json.dumps(decision.as_dict(), default=str)))
 
 
 def _min_p(drift: Mapping[str, Any]) -> float | None:

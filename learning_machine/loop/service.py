@@ -6,11 +6,14 @@ refused). It talks to the other blocks through their APIs only."""
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -19,9 +22,9 @@ from typing import Any
 
 import pandas as pd
 
-from learning_machine.clients.gateway import LearningMachineClient
+from learning_machine.clients.gateway import GatewayError, LearningMachineClient
 from learning_machine.data.spec import DatasetSpec
-from learning_machine.errors import LearningMachineError
+from learning_machine.errors import ConflictError, LearningMachineError, ServiceUnavailableError
 from learning_machine.lifecycle.promotion import champion_event
 from learning_machine.loop.monitor import Monitor, MonitorConfig
 from learning_machine.loop.policy import Decision, RetrainPolicy
@@ -31,19 +34,50 @@ from learning_machine.settings import Settings
 
 Progress = Callable[[str], None]
 MONITOR_RUN = "monitor"
+STATE_NAME = "monitor"
+STATE_FORMAT = 1
+MAX_BACKOFF_S = 300.0
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepOutputs:
+    """What one monitor step produced, held back until the step is saved with its cursor."""
+
+    results: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
 
 
 class GatewaySink:
-    """Monitoring results and loop events, stored through the gateway's API."""
+    """Monitoring results and loop events, stored through the gateway's API: at once, or (inside
+    :meth:`buffered`) collected and stored with the monitor's state in one transaction."""
 
     def __init__(self, client: LearningMachineClient) -> None:
         self.client = client
+        self._buffer: StepOutputs | None = None
 
     def results(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        self.client.post_results([_jsonable_row(r) for r in rows])
+        jsonable = [_jsonable_row(r) for r in rows]
+        if self._buffer is not None:
+            self._buffer.results.extend(jsonable)
+        elif jsonable:
+            self.client.post_results(jsonable)
 
     def event(self, kind: str, detail: Mapping[str, Any], model_version: str | None = None) -> None:
-        self.client.post_event(kind, json.loads(json.dumps(detail, default=str)), model_version)
+        detail = json.loads(json.dumps(detail, default=str))
+        if self._buffer is not None:
+            self._buffer.events.append({"kind": kind, "detail": detail, "model_version": model_version})
+        else:
+            self.client.post_event(kind, detail, model_version)
+
+    @contextmanager
+    def buffered(self) -> Iterator[StepOutputs]:
+        """Collect instead of posting until the block ends (the caller stores what was collected)."""
+        self._buffer = outputs = StepOutputs()
+        try:
+            yield outputs
+        finally:
+            self._buffer = None
 
 
 def _jsonable_row(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -81,7 +115,7 @@ class RetrainViaPipeline:
     runner: Any = None
     progress: Progress | None = None
     runs: list[dict[str, Any]] = field(default_factory=list)
-    _deferred: int | None = None
+    _deferred: str | None = None
 
     def __call__(self, decision: Decision) -> Mapping[str, Any]:
         from learning_machine.runners.base import get_runner
@@ -94,8 +128,9 @@ class RetrainViaPipeline:
             # enough outcomes of predictions made since the change point (and say so once).
             detail = {"error": f"waiting for {self.settings.loop_min_retrain_rows} outcomes of predictions made "
                                f"since the change at {since}", "since": since, "reasons": list(decision.reasons)}
-            if self._deferred != id(decision):
-                self._deferred = id(decision)
+            key = json.dumps(decision.as_dict(), sort_keys=True, default=str)  # the same decision, also restored
+            if self._deferred != key:
+                self._deferred = key
                 self.sink.event("retrain-deferred", detail)
             return {"state": "DEFERRED", **detail}
         before = self.tracker.alias_version(model, CHAMPION)
@@ -170,10 +205,18 @@ class RetrainViaPipeline:
 
 
 class LoopService:
-    """One monitor over the gateway's prediction feed; :meth:`step` does one pass, :meth:`run` loops."""
+    """One monitor over the gateway's prediction feed; :meth:`step` does one pass, :meth:`run` loops.
+
+    A step is all or nothing: it reads the feed, computes on the in-memory state, and saves its results,
+    its events and the new cursor in one call (``PUT /v1/monitor/state``, one database transaction). When
+    anything fails, the in-memory state is rolled back to what it was before the step, so the retried
+    step counts every row once. The state lives in the platform database (through the gateway), not on
+    the pod's disk: a restarted or rescheduled monitor resumes where the last saved step ended, and a
+    retraining is started only after the step that fired it is saved, so it never fires twice."""
 
     def __init__(self, settings: Settings, client: LearningMachineClient, *, model_server: Any = None,
-                 tracker: Tracker | None = None, runner: Any = None, progress: Progress | None = None) -> None:
+                 tracker: Tracker | None = None, runner: Any = None, progress: Progress | None = None,
+                 state_name: str = STATE_NAME) -> None:
         from learning_machine.clients.v2 import ModelServerClient
         from learning_machine.data.sources import spec_for
 
@@ -185,8 +228,8 @@ class LoopService:
         self.spec = spec_for(settings.dataset, settings.dataset_spec)
         self.sink = GatewaySink(client)
         self.progress = progress
-        self.state_path = settings.home / "loop" / "state.json"
-        self.cursor, self.monitor_run_id, self.last_request_id = self._load_state()
+        self.state_name = state_name
+        self.legacy_state_path = settings.home / "loop" / "state.json"  # releases before the state moved to the database
         self.trigger = RetrainViaPipeline(settings, client, self.sink, self.tracker, self.spec, runner, progress)
         self.monitor = Monitor(
             self.spec, MonitorConfig(window_rows=settings.monitor_window_rows,
@@ -199,30 +242,123 @@ class LoopService:
             sequential=self._sequential_detector if settings.monitor_sequential else None, progress=progress)
         self.monitor.trigger = self._retrain
         self._detectors: dict[str, Any] = {}
-        self._outcomes_seen: deque[tuple[str, str]] = deque(maxlen=20_000)
-        self._outcomes_seen_set: set[tuple[str, str]] = set()
+        self._metrics: list[tuple[dict[str, float], int]] = []
+        # Where the feed was assessed up to (saved), where it was read up to (rows in a partial window lie
+        # between the two: after a restart they are read again), and the newest outcome fed to the test.
+        self.cursor = 0
+        self.read_cursor = 0
+        self.outcome_cursor = 0
+        self.last_request_id = 0
+        self.monitor_run_id: str | None = None
+        self.state_version: int | None = None
+        self._state_loaded = False
         self.steps = 0
+        self.failures = 0
         self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.retry_in_s: float | None = None
         self.last_step_at: float | None = None
 
-    # -- state that survives a restart: where the feed was read up to, and the MLflow run -------------
-    def _load_state(self) -> tuple[int, str | None, int]:
-        try:
-            state = json.loads(self.state_path.read_text())
-            return int(state.get("cursor", 0)), state.get("monitor_run_id"), int(state.get("last_request_id", 0))
-        except (FileNotFoundError, ValueError):
-            return 0, None, 0
+    # -- state that survives a restart, in the platform database through the gateway -----------------
+    def durable_state(self) -> dict[str, Any]:
+        return {"format": STATE_FORMAT, "cursor": self.cursor, "outcome_cursor": self.outcome_cursor,
+                "last_request_id": self.last_request_id, "monitor_run_id": self.monitor_run_id,
+                "model_name": self.settings.model_name, **self.monitor.durable_state()}
 
-    def _save_state(self) -> None:
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        self.state_path.write_text(json.dumps({"cursor": self.cursor, "monitor_run_id": self.monitor_run_id,
-                                               "last_request_id": self.last_request_id}))
+    def load_state(self) -> None:
+        """Resume from the saved state; without one (a first start, or a lost row), from the legacy state
+        file if an older release left one, and from the event log: the last retraining request handled
+        and the last retraining fired (the cooldown) are derived from the ``retrain-fired`` events."""
+        saved = self.client.monitor_state(self.state_name)
+        state = saved.get("state")
+        self.state_version = saved.get("version")
+        if state is None:
+            state = self._legacy_state()
+            derived = self._derive_from_events()
+            state["last_request_id"] = max(int(state.get("last_request_id") or 0), derived["last_request_id"])
+            state.setdefault("last_retrain_at", derived["last_retrain_at"])
+        self.cursor = self.read_cursor = int(state.get("cursor") or 0)
+        self.outcome_cursor = int(state.get("outcome_cursor") or 0)
+        self.last_request_id = int(state.get("last_request_id") or 0)
+        self.monitor_run_id = state.get("monitor_run_id") or self.monitor_run_id
+        self.monitor.restore(state)
+        self.monitor.pending = []
+        self._detectors.clear()  # a fresh sequential test: it sees the rows after the cursor again
+        self._state_loaded = True
+        if self.progress and saved.get("state") is not None:
+            self.progress(f"monitor resumes after prediction {self.cursor} (window {self.monitor.next_window_id}, "
+                          f"state version {self.state_version})")
+
+    def _legacy_state(self) -> dict[str, Any]:
+        try:
+            legacy = json.loads(self.legacy_state_path.read_text())
+            return {k: legacy[k] for k in ("cursor", "monitor_run_id", "last_request_id") if k in legacy}
+        except (FileNotFoundError, ValueError, TypeError):
+            return {}
+
+    def _derive_from_events(self) -> dict[str, Any]:
+        fired = self.client.page("/v1/events", kind="retrain-fired", limit=200)["items"]  # newest first
+        handled = [int(e["detail"]["request_event_id"]) for e in fired
+                   if isinstance(e.get("detail"), dict) and e["detail"].get("request_event_id") is not None]
+        last_at = None
+        if fired and fired[0].get("created_at"):
+            last_at = pd.Timestamp(fired[0]["created_at"]).timestamp()
+        return {"last_request_id": max(handled, default=0), "last_retrain_at": last_at}
+
+    def _commit(self, outputs: StepOutputs | None = None) -> None:
+        """Save the state with the step's results and events, all or nothing. A save whose answer was lost
+        is recognised by its commit id; a save refused because another writer moved the state on is a
+        :class:`ConflictError`."""
+        state = {**self.durable_state(), "commit": uuid.uuid4().hex}
+        results, events = (outputs.results, outputs.events) if outputs is not None else ([], [])
+        try:
+            saved = self.client.save_monitor_state(state, self.state_version, name=self.state_name,
+                                                   results=results, events=events)
+        except (ServiceUnavailableError, GatewayError) as exc:
+            if isinstance(exc, GatewayError) and exc.status not in (409,) and exc.status < 500:
+                raise
+            current = self.client.monitor_state(self.state_name)  # did it commit before the answer was lost?
+            if (current.get("state") or {}).get("commit") != state["commit"]:
+                if isinstance(exc, GatewayError) and exc.status == 409:
+                    raise ConflictError(f"another writer saved the monitor state {self.state_name!r} (now "
+                                        f"version {current.get('version')}): is a second monitor running? This "
+                                        "one resumes from the saved state") from exc
+                raise
+            saved = current
+        self.state_version = int(saved["version"])
+        self.legacy_state_path.unlink(missing_ok=True)
+
+    def _snapshot(self) -> dict[str, Any]:
+        # The detectors' statistics are copied; their fitted encodings (the dataset spec) are shared.
+        detectors = {v: None if d is None else copy.deepcopy(d, {id(d.encoding): d.encoding})
+                     for v, d in self._detectors.items()}
+        return {"monitor": self.monitor.snapshot(), "detectors": detectors, "cursor": self.cursor,
+                "read_cursor": self.read_cursor, "outcome_cursor": self.outcome_cursor,
+                "last_request_id": self.last_request_id, "metrics": len(self._metrics)}
+
+    def _rollback(self, snapshot: Mapping[str, Any]) -> None:
+        self.monitor.rollback(snapshot["monitor"])
+        self._detectors = dict(snapshot["detectors"])  # a detector fitted in the failed step is fitted again
+        self.cursor, self.read_cursor = snapshot["cursor"], snapshot["read_cursor"]
+        self.outcome_cursor, self.last_request_id = snapshot["outcome_cursor"], snapshot["last_request_id"]
+        del self._metrics[snapshot["metrics"]:]
 
     def _log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if self.monitor_run_id is None:
-            self.monitor_run_id = self.tracker.start_run(self.settings.monitor_experiment, MONITOR_RUN,
-                                                         tags={"lm.purpose": "monitoring"})
-        self.tracker.log_metrics(self.monitor_run_id, metrics, step=step)
+        self._metrics.append((metrics, step))  # logged to MLflow once the step is saved
+
+    def _flush_metrics(self) -> None:
+        """The saved windows' metrics to the MLflow monitoring run (best effort: the results are stored)."""
+        try:
+            while self._metrics:
+                metrics, step = self._metrics[0]
+                if self.monitor_run_id is None:
+                    self.monitor_run_id = self.tracker.start_run(self.settings.monitor_experiment, MONITOR_RUN,
+                                                                 tags={"lm.purpose": "monitoring"})
+                self.tracker.log_metrics(self.monitor_run_id, metrics, step=step)
+                self._metrics.pop(0)
+        except LearningMachineError as exc:
+            log.warning("window metrics not logged to MLflow yet (%s); they are kept for the next step", exc.message)
+        del self._metrics[:-500]  # bounded while MLflow is away
 
     def _labelled(self) -> pd.DataFrame:
         """Realised performance of the model that serves now: its recent predictions with outcomes."""
@@ -231,7 +367,6 @@ class LoopService:
                                      model_version=champion.version if champion else None)
         return pd.DataFrame([{**i["features"], "probability": i["probability"], "outcome": i["outcome"]}
                              for i in items])
-
     def _sequential_detector(self, version: str) -> Any:
         """The sequential detector of ``version``, fitted once on the training reference saved with it (read
         through MLflow's API) and calibrated to the configured false-alarm budget."""
@@ -273,74 +408,141 @@ class LoopService:
         return outcome
 
     def new_outcomes(self) -> pd.DataFrame:
-        """Outcomes that arrived since the last step (oldest first), for the sequential test's outcome stream."""
-        items = self.client.labelled(limit=5000)
-        fresh = []
-        for item in reversed(items):  # the feed is newest first
-            key = (str(item["record_id"]), str(item["model_version"]))
-            if key in self._outcomes_seen_set:
-                continue
-            if len(self._outcomes_seen) == self._outcomes_seen.maxlen:
-                self._outcomes_seen_set.discard(self._outcomes_seen[0])
-            self._outcomes_seen.append(key)
-            self._outcomes_seen_set.add(key)
-            fresh.append({"outcome": item["outcome"], "probability": item["probability"],
-                          "model_version": item["model_version"], "created_at": item["created_at"]})
+        """Outcomes that arrived since the last step (in arrival order), for the sequential test's outcome
+        stream; the outcome cursor (saved with the state) makes sure none is fed twice."""
+        items = [i for i in self.client.labelled(limit=5000)
+                 if i.get("outcome_id") is not None and int(i["outcome_id"]) > self.outcome_cursor]
+        items.sort(key=lambda i: (int(i["outcome_id"]), int(i["id"])))
+        if items:
+            self.outcome_cursor = int(items[-1]["outcome_id"])
+        fresh = [{"outcome": i["outcome"], "probability": i["probability"], "model_version": i["model_version"],
+                  "created_at": i["created_at"]} for i in items]
         return pd.DataFrame(fresh, columns=["outcome", "probability", "model_version", "created_at"])
 
     def requested(self) -> Decision | None:
         """A retraining someone asked for (`POST /v1/retrain`, the dashboard's button): fired once per request,
-        without waiting for the policy, and recorded like any other."""
+        without waiting for the policy, and recorded like any other; the ``retrain-fired`` event names the
+        request it handled (``request_event_id``), so even a monitor that lost its state fires it once."""
         items = self.client.page("/v1/events", kind="retrain-requested", limit=50)["items"]
         new = sorted((e for e in items if int(e["id"]) > self.last_request_id), key=lambda e: int(e["id"]))
         if not new:
             return None
         self.last_request_id = int(new[-1]["id"])
-        self._save_state()
         detail = new[-1].get("detail") or {}
         decision = Decision(True, (f"requested by {detail.get('by') or 'an admin'}: {detail.get('reason', '')}",),
-                            ("requested",))
-        self.sink.event("retrain-fired", decision.as_dict())
-        self.monitor.last_retrain_at = time.time()
-        if self.monitor.trigger is not None:
-            self.monitor.trigger(decision)
+                            ("requested",), evidence={"request_event_id": self.last_request_id})
+        self.sink.event("retrain-fired", {**decision.as_dict(), "request_event_id": self.last_request_id,
+                                          "request_event_ids": [int(e["id"]) for e in new]})
+        self.monitor.last_retrain_at = self.monitor.clock()
         return decision
 
-    def step(self) -> Decision | None:
-        """Act on a requested retraining, read the feed once, assess every full window, and apply the policy
-        after new windows."""
+    def _compute(self) -> Decision | None:
+        """One pass on the in-memory state (its outputs go to the sink's buffer)."""
         requested = self.requested()
         if requested is not None:
             return requested
-        feed = self.client.feed(after_id=self.cursor, limit=5000)
+        feed = self.client.feed(after_id=self.read_cursor, limit=5000)
         rows = [{self.spec.record_id.name: i["record_id"], **i["features"], "probability": i["probability"],
-                 "model_version": i["model_version"], "created_at": i["created_at"]} for i in feed["items"]]
+                 "model_version": i["model_version"], "created_at": i["created_at"], "feed_id": int(i["id"])}
+                for i in feed["items"]]
         windows = self.monitor.add(rows)
         if self.monitor.sequential is not None:
             self.monitor.add_outcomes(self.new_outcomes())
-        self.cursor = int(feed["next_after_id"])
-        self._save_state()
+        self.read_cursor = int(feed["next_after_id"])
+        # Saved: up to the last row assessed in a full window; the partial window's rows are read again
+        # after a restart (they are never stored in the state).
+        pending = self.monitor.pending
+        self.cursor = int(pending[0]["feed_id"]) - 1 if pending else self.read_cursor
+        if windows or self.monitor.alarms or self.monitor.waiting:
+            return self.monitor.decide(start=False)
+        return None
+
+    def step(self) -> Decision | None:
+        """Act on a requested retraining, or read the feed once, assess every full window and apply the policy
+        after new windows; save it all with the cursor; then start a retraining that fired."""
+        if not self._state_loaded:
+            self.load_state()
+        snapshot = self._snapshot()
+        try:
+            with self.sink.buffered() as outputs:
+                decision = self._compute()
+            self._commit(outputs)
+        except BaseException as exc:
+            self._rollback(snapshot)
+            if isinstance(exc, ConflictError):
+                self._state_loaded = False  # another writer moved the state on: resume from it
+            raise
+        self._flush_metrics()
         self.steps += 1
         self.last_step_at = time.time()
-        return self.monitor.decide() if windows or self.monitor.alarms or self.monitor.waiting else None
+        if decision is not None and decision.retrain and self.monitor.trigger is not None:
+            self._start_retraining(decision)
+        return decision
 
-    def run(self, interval_s: float, stop: threading.Event) -> None:
-        """Step every ``interval_s`` until ``stop`` is set; a failing step is reported and retried."""
+    def _start_retraining(self, decision: Decision) -> None:
+        """Run the trigger for a saved ``retrain-fired`` decision (once: the decision is saved before). A
+        retraining that must wait for outcomes is kept (saved) and tried again at the next steps."""
+        assert self.monitor.trigger is not None
+        was_waiting = self.monitor.waiting is not None
+        try:
+            outcome = self.monitor.trigger(decision)
+        except Exception as exc:
+            # The retraining fired (and is recorded); say how it ended rather than fire it again.
+            self.monitor.waiting = None
+            with _suppressed():
+                self.sink.event("retrain-failed", {"error": _describe(exc), "reasons": list(decision.reasons)})
+            if was_waiting:
+                self._commit()
+            raise
+        if self.progress:
+            self.progress(f"retraining: {outcome.get('state', 'started')}"
+                          + (f" ({outcome['error']})" if outcome.get("error") else ""))
+        deferred = outcome.get("state") == "DEFERRED"
+        self.monitor.waiting = decision if deferred else None
+        if deferred or was_waiting:
+            self._commit()
+
+    def run(self, interval_s: float, stop: threading.Event, *, max_backoff_s: float = MAX_BACKOFF_S) -> None:
+        """Step every ``interval_s`` until ``stop`` is set. A failing step, whatever the error, is logged with
+        its traceback, reported by :meth:`health` (degraded) and retried after a delay that doubles with each
+        failure in a row, up to ``max_backoff_s``: one bad step never ends the monitor."""
         while not stop.is_set():
+            delay = interval_s
             try:
                 self.step()
-                self.last_error = None
-            except LearningMachineError as exc:
-                self.last_error = exc.message
+                self.failures, self.last_error, self.retry_in_s = 0, None, None
+            except Exception as exc:  # the loop's boundary: anything a step raises is reported, never fatal
+                self.failures += 1
+                delay = min(interval_s * 2 ** (self.failures - 1), max(max_backoff_s, interval_s))
+                self.last_error, self.last_error_at, self.retry_in_s = _describe(exc), time.time(), delay
+                log.error("monitor step failed (%d in a row), retrying in %.0f s", self.failures, delay,
+                          exc_info=not isinstance(exc, LearningMachineError))
                 if self.progress:
-                    self.progress(f"monitor step failed: {exc.message} (retrying in {interval_s:.0f} s)")
-            stop.wait(interval_s)
+                    self.progress(f"monitor step failed: {self.last_error} (retrying in {delay:.0f} s)")
+            stop.wait(delay)
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok" if self.last_error is None else "degraded", "steps": self.steps,
-                "cursor": self.cursor, "windows": self.monitor.next_window_id - 1,
-                "last_step_at": self.last_step_at, "last_error": self.last_error,
+                "cursor": self.cursor, "read_cursor": self.read_cursor, "windows": self.monitor.next_window_id - 1,
+                "state_version": self.state_version, "last_step_at": self.last_step_at,
+                "last_error": self.last_error, "last_error_at": self.last_error_at,
+                "failures_in_a_row": self.failures, "retry_in_s": self.retry_in_s,
                 "pending_rows": len(self.monitor.pending)}
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line account of an error for /health and events (the platform's message, else type and text)."""
+    if isinstance(exc, LearningMachineError):
+        return exc.message
+    return f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+@contextmanager
+def _suppressed() -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - best effort while reporting another error
+        log.warning("could not record the failure: %s", _describe(exc))
 
 
 def serve_health(service: LoopService, host: str, port: int) -> ThreadingHTTPServer:

@@ -16,7 +16,8 @@ def _row(prediction: Prediction, record: Record, outcome: Outcome | None) -> dic
     return {"id": prediction.id, "record_id": prediction.record_id, "features": record.features,
             "probability": prediction.probability, "label": prediction.label,
             "model_version": prediction.model_version, "created_at": _iso(prediction.created_at),
-            "outcome": None if outcome is None else outcome.outcome}
+            "outcome": None if outcome is None else outcome.outcome,
+            "outcome_id": None if outcome is None else outcome.id}
 
 
 def predictions_after(db: Database, after_id: int, limit: int) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from learning_machine.store.models import (
     Event,
     Explanation,
     MonitoringResult,
+    MonitorState,
     Outcome,
     Prediction,
     Record,
@@ -167,6 +168,56 @@ def add_monitoring_results(db: Database, results: Sequence[Mapping[str, Any]]) -
     with db.transaction() as session:
         session.add_all([MonitoringResult(**{"created_at": utcnow(), "details": {}, **r}) for r in results])
     return len(results)
+
+
+def predictions_for_request(db: Database, request_id: str) -> list[dict[str, Any]]:
+    """The predictions stored by the request with this id, each with its record's stored ``features``, in
+    the order stored (one query on the indexed ``request_id``)."""
+    with db.read() as session:
+        rows = session.execute(select(Prediction, Record.features)
+                               .join(Record, Record.record_id == Prediction.record_id)
+                               .where(Prediction.request_id == request_id).order_by(Prediction.id))
+        return [{**prediction_dict(p), "features": dict(features)} for p, features in rows]
+
+
+# -- the monitor's durable state ---------------------------------------------------------------------------
+def monitor_state(db: Database, name: str) -> dict[str, Any] | None:
+    """The monitor's saved state with its version, or None when it never saved one."""
+    with db.read() as session:
+        row = session.get(MonitorState, name)
+        return None if row is None else monitor_state_dict(row)
+
+
+def save_monitor_state(db: Database, name: str, state: Mapping[str, Any], *, version: int | None,
+                       results: Sequence[Mapping[str, Any]] = (),
+                       events: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """Replace the monitor's state if it is still at ``version`` (None: no state saved yet), and store the
+    step's monitoring results and events with it, all in one transaction: a step's outputs and the cursor
+    that says they were produced commit together or not at all. A stale version (another writer, or this
+    writer's earlier save whose answer was lost) is a :class:`ConflictError` and changes nothing."""
+    now = utcnow()
+    try:
+        with db.transaction() as session:
+            row = session.get(MonitorState, name, with_for_update=True)
+            current = None if row is None else row.version
+            if current != version:
+                raise ConflictError(f"the monitor state {name!r} is at version {current}, not {version}: another "
+                                    "writer saved it since it was read; read it again",
+                                    detail={"name": name, "version": current, "sent": version})
+            if row is None:
+                row = MonitorState(name=name, state=dict(state), version=1, updated_at=now)
+                session.add(row)
+            else:
+                row.state, row.version, row.updated_at = dict(state), row.version + 1, now
+            if results:
+                session.add_all([MonitoringResult(**{"created_at": now, "details": {}, **r}) for r in results])
+            for event in events:
+                session.add(Event(kind=event["kind"], detail=dict(event.get("detail") or {}),
+                                  model_version=event.get("model_version"), created_at=now))
+            session.flush()
+            return monitor_state_dict(row)
+    except IntegrityError as exc:  # two first saves at once: the loser's version (None) is stale
+        raise ConflictError(f"the monitor state {name!r} was created concurrently; read it again") from exc
 
 
 def _stored_features(session: Session, record_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -366,6 +417,10 @@ def monitoring_dict(m: MonitoringResult) -> dict[str, Any]:
             "window_end": _iso(m.window_end), "window_rows": m.window_rows, "kind": m.kind, "metric": m.metric,
             "value": m.value, "threshold": m.threshold, "alert": m.alert, "feature": m.feature,
             "model_version": m.model_version, "details": m.details}
+
+
+def monitor_state_dict(m: MonitorState) -> dict[str, Any]:
+    return {"name": m.name, "state": m.state, "version": m.version, "updated_at": _iso(m.updated_at)}
 
 
 def event_dict(e: Event) -> dict[str, Any]:

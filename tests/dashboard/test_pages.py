@@ -183,7 +183,7 @@ def test_the_dashboard_hands_no_token_to_whoever_opens_it(monkeypatch, history_g
     assert "No token" in "\n".join(str(w.value) for w in at.sidebar.warning)
     # LM_TOKEN prefills only a dashboard bound to loopback; on another interface it is ignored.
     monkeypatch.setenv("LM_TOKEN", history_gateway.tokens["admin"])
-    monkeypatch.setenv("LM_DASHBOARD_HOST", "0.0.0.0")  # noqa: S104 - the case under test
+    monkeypatch.setenv("LM_DASHBOARD_HOST", "0.0.0.0")
     exposed = AppTest.from_file(str(APP), default_timeout=120)
     exposed.run()
     assert exposed.sidebar.text_input(key="token").value == ""

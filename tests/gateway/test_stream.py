@@ -73,7 +73,9 @@ def test_a_gateway_that_is_down_stops_the_stream_with_a_clear_message():
     with LearningMachineClient(url, "token") as client:
         report = run_stream(client, source, StreamPlan(rows=10), sleep=lambda _: None)
     assert report.sent == 0
-    assert report.stopped_by_error == f"the gateway at {url} is unreachable (ConnectError)"
+    assert report.stopped_by_error.startswith(f"the gateway at {url} is unreachable (ConnectError); gave up after 6 "
+                                              "attempt(s): the batch of 1 row(s) ")
+    assert report.stopped_by_error.endswith("not stored") and len(report.not_stored) == 1
 
 
 def test_the_monitor_feeds_and_result_endpoints(stream_gateway: RunningGateway):
@@ -92,17 +94,20 @@ def test_the_monitor_feeds_and_result_endpoints(stream_gateway: RunningGateway):
         labelled = client.labelled(limit=1000)
         assert all(item["outcome"] in (0, 1) for item in labelled)
         assert labelled[0]["id"] > labelled[-1]["id"]  # newest first
-
+    # Results and loop events are the monitor's (or an admin's) to write.
+    with LearningMachineClient(stream_gateway.url, stream_gateway.tokens["monitor"]) as client:
         assert client.post_results([{"kind": "drift", "metric": "p_value", "feature": "age", "value": 0.001,
                                      "threshold": 0.005, "alert": True, "window_rows": 200}]) == 1
         event = client.post_event("retrain-fired", {"reasons": ["drift confirmed"]}, model_version="1")
         assert event["kind"] == "retrain-fired"
-        assert client.page("/v1/events", kind="retrain-fired")["items"][0]["detail"] == {"reasons": ["drift confirmed"]}
+        assert client.page("/v1/events", kind="retrain-fired")["items"][0]["detail"] == {
+            "reasons": ["drift confirmed"], "recorded_by": "test monitor"}
         assert client.page("/v1/monitoring", kind="drift")["items"][0]["feature"] == "age"
     with LearningMachineClient(stream_gateway.url, stream_gateway.tokens["clinician"]) as clinician:
         with pytest.raises(GatewayError) as denied:
             clinician.post_event("retrain-fired", {})
         assert denied.value.status == 403
-    with _client(stream_gateway) as client, pytest.raises(GatewayError) as bad:
+    with LearningMachineClient(stream_gateway.url, stream_gateway.tokens["monitor"]) as client, \
+            pytest.raises(GatewayError) as bad:
         client.post_results([{"kind": "vibes", "metric": "x"}])
     assert bad.value.status == 422

@@ -77,11 +77,13 @@ def stack(mlflow_sqlite: Settings, tmp_path_factory: pytest.TempPathFactory) -> 
         wait_models_ready(server.url, served_names(settings.model_name), timeout_s=300)
         prepare_for_gateway(settings)
         manager.start(gateway_service(settings), timeout_s=120)
-        token = json.loads(settings.tokens_path().read_text())["data-scientist"]
-        client = LearningMachineClient(settings.gateway_url, token, timeout_s=120)
-        service = LoopService(settings, client, tracker=tracker)
+        tokens = json.loads(settings.tokens_path().read_text())
+        client = LearningMachineClient(settings.gateway_url, tokens["data-scientist"], timeout_s=120)
+        monitor = LearningMachineClient(settings.gateway_url, tokens["monitor"], timeout_s=120)
+        service = LoopService(settings, monitor, tracker=tracker)
         yield Stack(settings, tracker, client, service, first.version.version)
         client.close()
+        monitor.close()
     finally:
         manager.stop("gateway")
         manager.stop("model-server")

@@ -1,0 +1,127 @@
+"""Nothing stored twice, nothing lost: a prediction request retried with its X-Request-ID is answered from
+what was stored; `lm stream` resends a batch after a 502 or a lost answer without duplicating it; the
+monitor's state is saved with optimistic concurrency (a stale version is refused) together with its step's
+results and events. Real gateway, real model server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from gateway_harness import RunningGateway, gateway_settings, make_records, start_gateway
+from testsupport import FlakyProxy
+
+from learning_machine.clients.gateway import GatewayError, LearningMachineClient
+from learning_machine.loop.stream import StreamPlan, generated_records, run_stream
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory, model_server) -> Iterator[RunningGateway]:
+    home = tmp_path_factory.mktemp("resilience-gateway")
+    running = start_gateway(gateway_settings(home, f"sqlite:///{home / 'lm.db'}", model_server),
+                            getattr(model_server, "spec", None))
+    yield running
+    running.stop()
+
+
+def _stored(gw: RunningGateway, prefix: str) -> int:
+    from sqlalchemy import func, select
+
+    from learning_machine.store.models import Prediction
+
+    with gw.db.read() as session:
+        return int(session.scalar(select(func.count()).select_from(Prediction)
+                                  .where(Prediction.record_id.startswith(prefix))) or 0)
+
+
+def test_a_prediction_request_sent_again_with_its_request_id_is_answered_from_what_was_stored(gw):
+    records = make_records(3, prefix="ida")
+    client = gw.client("clinician")
+    first = client.post("/v1/predictions", json={"records": records}, headers={"X-Request-ID": "batch-idem-1"})
+    again = client.post("/v1/predictions", json={"records": records}, headers={"X-Request-ID": "batch-idem-1"})
+    assert first.status_code == again.status_code == 200
+    assert again.json() == first.json()  # the same answer as the first time
+    assert _stored(gw, "ida") == 3  # stored once
+    single = make_records(1, prefix="idb")[0]
+    one = client.post("/v1/predictions", json=single, headers={"X-Request-ID": "one-idem"}).json()
+    assert client.post("/v1/predictions", json=single, headers={"X-Request-ID": "one-idem"}).json() == one
+    assert _stored(gw, "idb") == 1
+    # The same id for other records is the caller's mistake, not a retry.
+    reused = client.post("/v1/predictions", json={"records": make_records(2, prefix="idc")},
+                         headers={"X-Request-ID": "batch-idem-1"})
+    assert reused.status_code == 409 and "already used for other records" in reused.json()["detail"]
+    assert _stored(gw, "idc") == 0
+    # Without a caller's id every request is a new one (the same record predicted again is a new prediction).
+    client.post("/v1/predictions", json={"records": records})
+    assert _stored(gw, "ida") == 6
+
+
+def test_the_stream_resends_after_a_502_and_a_lost_answer_and_stores_each_row_once(gw):
+    # The proxy answers the 2nd batch with 502 (not forwarded), then forwards its resend but loses the
+    # answer (the gateway stored it): the third send of that batch must be recognised, not stored again.
+    proxy = FlakyProxy(gw.url, path="/v1/predictions", faults=["ok", "502", "lose", "ok", "lose"])
+    said: list[str] = []
+    try:
+        with LearningMachineClient(proxy.url, gw.tokens["data-scientist"], timeout_s=30) as client:
+            report = run_stream(client, generated_records(50, seed=11, scenario="none", drift_start=0,
+                                                          id_prefix="rs1-"),
+                                StreamPlan(rows=50, batch_size=10, outcome_delay_rows=0, backoff_s=0.01),
+                                progress=said.append)
+    finally:
+        proxy.close()
+    assert report.stopped_by_error is None, report.summary()
+    assert (report.sent, report.predicted, report.resent) == (50, 50, 3)
+    assert _stored(gw, "rs1-") == 50  # acknowledged == stored, no duplicate
+    # Each resend carried the batch's request id: 5 batches, 8 sends, 5 distinct ids.
+    assert len(proxy.seen) == 8 and len(set(proxy.seen)) == 5 and proxy.seen[1] == proxy.seen[2] == proxy.seen[3]
+    assert any("sending the batch of 10 row(s) rs1-" in s for s in said), said
+
+
+def test_the_stream_gives_up_after_its_attempts_and_names_what_was_not_stored(gw):
+    proxy = FlakyProxy(gw.url, path="/v1/predictions", faults=["ok"] + ["502"] * 3)
+    try:
+        with LearningMachineClient(proxy.url, gw.tokens["data-scientist"], timeout_s=30) as client:
+            report = run_stream(client, generated_records(20, seed=12, scenario="none", drift_start=0,
+                                                          id_prefix="rs2-"),
+                                StreamPlan(rows=20, batch_size=10, max_attempts=3, backoff_s=0.01))
+    finally:
+        proxy.close()
+    assert report.predicted == 10 and report.not_stored == [f"rs2-{i:07d}" for i in range(10, 20)]
+    assert report.stopped_by_error is not None
+    assert "gave up after 3 attempt(s): the batch of 10 row(s) rs2-0000010 .. rs2-0000019 not stored" \
+        in report.stopped_by_error
+    assert _stored(gw, "rs2-") == 10
+
+
+def test_the_monitor_state_is_saved_with_optimistic_concurrency(gw):
+    with LearningMachineClient(gw.url, gw.tokens["monitor"]) as monitor:
+        assert monitor.monitor_state("resilience") == {"name": "resilience", "state": None, "version": None,
+                                                       "updated_at": None}
+        first = monitor.save_monitor_state({"cursor": 10}, None, name="resilience")
+        assert first["version"] == 1
+        second = monitor.save_monitor_state(
+            {"cursor": 20}, 1, name="resilience",
+            results=[{"kind": "drift", "metric": "is_drift", "value": 0.0, "details": {"window_id": 1}}],
+            events=[{"kind": "retrain-fired", "detail": {"reasons": ["test"]}}])
+        assert second["version"] == 2
+        for stale in (1, None):  # a writer that read version 1 (or nothing) before the save above
+            with pytest.raises(GatewayError) as conflict:
+                monitor.save_monitor_state({"cursor": 15}, stale, name="resilience",
+                                           results=[{"kind": "drift", "metric": "is_drift", "value": 1.0}])
+            assert conflict.value.status == 409 and "version 2" in conflict.value.message
+        saved = monitor.monitor_state("resilience")
+        assert saved["state"] == {"cursor": 20} and saved["version"] == 2
+        # The refused save stored none of its results; the accepted one stored its results and event.
+        drift = monitor.page("/v1/monitoring", kind="drift", limit=500)["items"]
+        assert [r["value"] for r in drift if r["details"].get("window_id") == 1] == [0.0]
+        assert not [r for r in drift if r["value"] == 1.0]
+        fired = monitor.page("/v1/events", kind="retrain-fired")["items"][0]
+        assert fired["detail"]["recorded_by"] == "test monitor"
+        # Control events are not the loop's to make, here either.
+        with pytest.raises(GatewayError) as forged:
+            monitor.save_monitor_state({"cursor": 30}, 2, name="resilience",
+                                       events=[{"kind": "retrain-requested", "detail": {}}])
+        assert forged.value.status == 403
+    with LearningMachineClient(gw.url, gw.tokens["clinician"]) as clinician, pytest.raises(GatewayError) as denied:
+        clinician.monitor_state("resilience")
+    assert denied.value.status == 403

@@ -1,0 +1,195 @@
+"""The monitor loses nothing and does nothing twice: its state is saved in the platform database through
+the gateway with each step's results (one transaction), a failed step is rolled back and counted once when
+it is retried, a restart (state file gone, a fresh LoopService) resumes where the last step ended, and a
+requested retraining fires once even when the saved state itself is lost. Real gateway, real model server
+(drift detector), real MLflow (sequential test reference)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gateway"))  # gateway_harness
+
+from gateway_harness import RunningGateway, gateway_settings, start_gateway
+
+from learning_machine.clients.gateway import LearningMachineClient
+from learning_machine.errors import ServiceUnavailableError
+from learning_machine.loop.service import LoopService
+from learning_machine.loop.stream import StreamPlan, generated_records, run_stream
+from learning_machine.registry.tracker import Tracker
+
+WINDOW = 50
+
+
+@dataclass
+class Env:
+    gateway: RunningGateway
+    model_version: str
+    clients: list[LearningMachineClient]
+
+    def client(self, role: str) -> LearningMachineClient:
+        client = LearningMachineClient(self.gateway.url, self.gateway.tokens[role], timeout_s=60)
+        self.clients.append(client)
+        return client
+
+    def stream(self, rows: int, seed: int) -> None:
+        report = run_stream(self.client("clinician"), generated_records(rows, seed=seed, scenario="none", drift_start=0,
+                                                                        id_prefix=f"r{seed}-"),
+                            StreamPlan(rows=rows, batch_size=25, outcome_delay_rows=10, drain_outcomes=False))
+        assert report.predicted == rows, report.summary()
+
+    def service(self, *, calls: list[Any] | None = None, **kwargs: Any) -> LoopService:
+        settings = self.gateway.settings
+        service = LoopService(settings, self.client("monitor"), tracker=Tracker(settings.tracking_uri), **kwargs)
+        if calls is not None:
+            service.monitor.trigger = lambda decision: calls.append(decision) or {"state": "SUCCEEDED"}
+        return service
+
+    def events(self, kind: str) -> list[dict[str, Any]]:
+        return list(self.client("data-scientist").page("/v1/events", kind=kind, limit=500)["items"])
+
+    def windows_stored(self) -> list[int]:
+        """The window id of every stored window-level drift result (one per assessed window)."""
+        items = self.client("data-scientist").page("/v1/monitoring", kind="drift", limit=500)["items"]
+        return sorted(r["details"]["window_id"] for r in items if r["metric"] == "is_drift")
+
+
+@pytest.fixture
+def env(tmp_path, model_server) -> Iterator[Env]:
+    settings = gateway_settings(tmp_path, f"sqlite:///{tmp_path / 'lm.db'}", model_server,
+                                monitor_window_rows=WINDOW, monitor_performance_rows=100, policy_drift_windows=3,
+                                policy_cooldown_s=3600.0, policy_auc_floor=None)
+    running = start_gateway(settings, getattr(model_server, "spec", None))
+    env = Env(running, model_server.version, [])
+    yield env
+    for client in env.clients:
+        client.close()
+    running.stop()
+
+
+def _rows_seen(service: LoopService, version: str) -> int:
+    detector = service._detectors.get(version)
+    return 0 if detector is None else int(detector.rows_seen)
+
+
+def test_a_restart_without_the_state_file_fires_nothing_twice_and_counts_no_row_twice(env: Env):
+    env.stream(130, seed=1)  # two full windows, 30 rows waiting for the third
+    calls: list[Any] = []
+    first = env.service(calls=calls)
+    admin = env.client("admin")
+    request = admin.request_retraining("restart test")
+    decision = first.step()
+    assert decision is not None and decision.rules == ("requested",) and len(calls) == 1
+    first.step()
+    assert env.windows_stored() == [1, 2] and len(first.monitor.pending) == 30
+    fired = env.events("retrain-fired")
+    assert len(fired) == 1 and fired[0]["detail"]["request_event_id"] == request["id"]
+    assert not first.legacy_state_path.exists()  # the state lives in the database, not on the pod's disk
+
+    # A restart: a new process (a fresh LoopService), no state file (the emptyDir of a rescheduled pod).
+    first.legacy_state_path.unlink(missing_ok=True)
+    again: list[Any] = []
+    second = env.service(calls=again)
+    for _ in range(2):
+        assert second.step() is None
+    assert again == [] and len(env.events("retrain-fired")) == 1  # the request is not fired again
+    assert env.windows_stored() == [1, 2]  # no window assessed again
+    assert (second.cursor, second.read_cursor) == (first.cursor, first.read_cursor)
+    assert second.monitor.last_retrain_at == pytest.approx(first.monitor.last_retrain_at)  # the cooldown survives
+    assert [w.window_id for w in second.monitor.windows] == [1, 2]  # the policy's history survives
+    # The 30 rows of the partial window were not saved (no raw rows in the state): they are read again, once.
+    assert len(second.monitor.pending) == 30
+    env.stream(20, seed=2)
+    second.step()
+    assert env.windows_stored() == [1, 2, 3] and second.monitor.pending == []
+
+    # The saved state itself lost (a new state row): the request handled is derived from the event log.
+    third_calls: list[Any] = []
+    third = env.service(calls=third_calls, state_name="lost")
+    third.step()
+    assert third.last_request_id == request["id"] and third_calls == []
+    assert len(env.events("retrain-fired")) == 1
+    assert third.monitor.last_retrain_at == pytest.approx(first.monitor.last_retrain_at, abs=5)
+
+
+def _failing(real: Callable[..., Any], failures: list[str]) -> Callable[..., Any]:
+    """``real``, except that it fails as ``failures`` says, one entry per call: "before" (nothing sent),
+    "after" (sent and done, the answer lost), "boom" (a non-platform error), "ok"."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        how = failures.pop(0) if failures else "ok"
+        if how == "before":
+            raise ServiceUnavailableError("test: the gateway went away before the save")
+        if how == "boom":
+            raise RuntimeError("test: an unexpected error")
+        result = real(*args, **kwargs)
+        if how == "after":
+            raise ServiceUnavailableError("test: the answer of the save was lost")
+        return result
+
+    return call
+
+
+def test_a_failed_step_is_rolled_back_and_each_row_counted_once(env: Env):
+    service = env.service(calls=[])
+    service.step()  # state loaded, nothing to read yet
+    env.stream(120, seed=3)
+    # 1. The save fails before it reaches the gateway: nothing stored, nothing counted.
+    service.client.save_monitor_state = _failing(service.client.save_monitor_state, ["before"])  # type: ignore[method-assign]
+    with pytest.raises(ServiceUnavailableError):
+        service.step()
+    assert env.windows_stored() == [] and service.monitor.pending == [] and service.cursor == 0
+    assert _rows_seen(service, env.model_version) == 0  # the sequential test's evidence is rolled back too
+    service.step()
+    assert env.windows_stored() == [1, 2] and len(service.monitor.pending) == 20
+    assert _rows_seen(service, env.model_version) == 120
+
+    # 2. The save commits but its answer is lost: recognised by its commit id, not stored again.
+    env.stream(40, seed=4)
+    service.client.save_monitor_state = _failing(service.client.save_monitor_state, ["after"])  # type: ignore[method-assign]
+    service.step()
+    assert env.windows_stored() == [1, 2, 3] and len(service.monitor.pending) == 10
+    assert _rows_seen(service, env.model_version) == 160
+
+    # 3. The drift detector fails half-way (a non-platform error, on the second of two windows).
+    env.stream(90, seed=5)
+    real_drift = service.monitor.drift
+    service.monitor.drift = _failing(real_drift, ["ok", "boom"])
+    with pytest.raises(RuntimeError):
+        service.step()
+    assert env.windows_stored() == [1, 2, 3] and len(service.monitor.pending) == 10
+    assert _rows_seen(service, env.model_version) == 160 and service.monitor.next_window_id == 4
+    service.step()
+    assert env.windows_stored() == [1, 2, 3, 4, 5] and service.monitor.pending == []
+    assert _rows_seen(service, env.model_version) == 250
+
+
+def test_the_monitor_loop_survives_any_error_and_reports_it(env: Env):
+    said: list[str] = []
+    service = env.service(calls=[], progress=said.append)
+    env.stream(60, seed=6)
+    service.monitor.drift = _failing(service.monitor.drift, ["boom", "boom"])
+    stop = threading.Event()
+    health: list[dict[str, Any]] = []
+    thread = threading.Thread(target=service.run, args=(0.05, stop), kwargs={"max_backoff_s": 0.2}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and service.steps < 1:
+        health.append(service.health())
+        time.sleep(0.01)
+    stop.set()
+    thread.join(timeout=30)
+    assert service.steps >= 1 and service.health()["status"] == "ok", service.health()
+    degraded = [h for h in health if h["status"] == "degraded"]
+    assert degraded and degraded[-1]["last_error"] == "RuntimeError: test: an unexpected error"
+    assert max(h["failures_in_a_row"] for h in degraded) == 2 and degraded[-1]["retry_in_s"] == 0.1
+    assert sum("monitor step failed: RuntimeError" in s for s in said) == 2
+    assert env.windows_stored() == [1] and len(service.monitor.pending) == 10
