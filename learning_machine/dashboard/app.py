@@ -319,6 +319,12 @@ def data_scientist_page(client: LearningMachineClient, conn: views.Connection, m
 def main() -> None:
     st.set_page_config(page_title="Learning Machine", layout="wide")
     client, conn, me, page = sidebar()
+    if not conn.token:  # nothing to show a visitor who has not signed in, and no request to make
+        st.title("Learning Machine")
+        st.info("Sign in with your API token in the sidebar. On the machine that ran `lm up`, "
+                "`lm dashboard-link` prints a sign-in link; an admin creates tokens with "
+                "`lm tokens create --role clinician|data-scientist|admin`.")
+        return
     {"patients": patients_page, "clinician": clinician_page, "data-scientist": data_scientist_page}[page](
         client, conn, me)
 

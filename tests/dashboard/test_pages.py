@@ -181,6 +181,7 @@ def test_the_dashboard_hands_no_token_to_whoever_opens_it(monkeypatch, history_g
     assert not at.exception, [e.value for e in at.exception]
     assert at.sidebar.text_input(key="token").value == ""
     assert "No token" in "\n".join(str(w.value) for w in at.sidebar.warning)
+    assert "Sign in with your API token" in _texts(at) and not at.error and not at.dataframe
     # LM_TOKEN prefills only a dashboard bound to loopback; on another interface it is ignored.
     monkeypatch.setenv("LM_TOKEN", history_gateway.tokens["admin"])
     monkeypatch.setenv("LM_DASHBOARD_HOST", "0.0.0.0")
