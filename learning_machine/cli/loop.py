@@ -86,6 +86,7 @@ def monitor(
 
     # A failed step is logged with its traceback (to the service's log under `lm up`).
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request every few seconds is noise
     settings = settings_of(ctx)
     client = LearningMachineClient(gateway or settings.gateway_url, token_for(settings, token, role="monitor"),
                                    timeout_s=settings.request_timeout_s * 3)
