@@ -203,6 +203,8 @@ class Cluster:
         env.update(overrides or {})
         env.update(self.extra_env.get(pod, {}))
         for key, value in list(env.items()):
+            if key == "PATH":  # the host's venv stands in for the image's: not a path inside the pod
+                continue
             for mount, local in mounts.items():
                 if value == mount or value.startswith(mount.rstrip("/") + "/"):
                     env[key] = local + value[len(mount.rstrip("/")):]
