@@ -30,6 +30,10 @@ def register(settings: Settings, candidate_run_id: str, metrics_path: str | Path
         tags = {"lm.pipeline_run": parent_run_id} if parent_run_id else {}
         if gate:
             tags["lm.gate"] = str(gate.get("reason", ""))[:500]
+        if summary.get("evidence"):
+            from learning_machine.components.steps import evidence_summary
+
+            tags["lm.gate_evidence"] = evidence_summary(summary["evidence"])[:500]
         run_tags, run_params = tracker.run_tags_and_params(candidate_run_id)
         for key in ("lm.dataset", "lm.kind", "lm.mode", "lm.continued_from", "lm.retrain_mode", "lm.candidates"):
             if key in run_tags:

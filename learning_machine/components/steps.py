@@ -298,6 +298,7 @@ def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, me
     and decide whether the candidate should become champion. ``policy``: ``gate`` (compare on the gate
     metric with a margin), ``always``, ``never`` or ``if-first`` (only when there is no champion)."""
     from learning_machine.model.evaluation import evaluate as score
+    from learning_machine.model.evaluation import paired_comparison
     from learning_machine.model.training import predict_proba
 
     metric = gate_metric or settings.gate_metric
@@ -310,12 +311,17 @@ def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, me
         labels = test.frame[spec.target.name].astype(int).to_numpy()
         groups = spec.subgroup_labels(test.frame)
         candidate = tracker.load_run_model(candidate_run_id)
-        cand_eval = score(labels, predict_proba(candidate, spec, test.frame), groups)
+        cand_proba = predict_proba(candidate, spec, test.frame)
+        cand_eval = score(labels, cand_proba, groups)
         champion_info = tracker.alias_version(settings.model_name, CHAMPION)
         champ_eval = None
+        evidence: dict[str, Any] | None = None
         if champion_info is not None:
             champion, _ = tracker.load_pipeline(settings.model_name, champion_info.version)
-            champ_eval = score(labels, predict_proba(champion, spec, test.frame), groups)
+            champ_proba = predict_proba(champion, spec, test.frame)
+            champ_eval = score(labels, champ_proba, groups)
+            # Paired evidence on the same rows (DeLong for AUC, paired loss differences), kept with the decision.
+            evidence = paired_comparison(labels, cand_proba, champ_proba, groups)
         if metric not in cand_eval.metrics:
             raise TrainingError(f"gate metric {metric!r} is undefined on the held-out data "
                                 f"({len(labels)} rows, {len(set(labels))} outcome value(s))")
@@ -329,7 +335,7 @@ def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, me
                      "promote": decision.promote, "reason": decision.reason},
             "candidate_run_id": candidate_run_id, "champion_version": champion_version,
             "held_out_rows": len(labels), "candidate": cand_eval.as_dict(),
-            "champion": champ_eval.as_dict() if champ_eval else None,
+            "champion": champ_eval.as_dict() if champ_eval else None, "evidence": evidence,
         }
         Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
         Path(metrics_path).write_text(json.dumps(summary, indent=2))
@@ -338,11 +344,35 @@ def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, me
                                     "champion_version": summary["champion_version"]})
         tracker.log_metrics(run_id, {**{f"candidate.{k}": v for k, v in cand_eval.flat().items()},
                                      **({f"champion.{k}": v for k, v in champ_eval.flat().items()} if champ_eval
-                                        else {}), "promote": float(decision.promote)})
+                                        else {}), **evidence_metrics(evidence), "promote": float(decision.promote)})
         tracker.log_text(run_id, json.dumps(summary, indent=2), "evaluation/comparison.json")
         tracker.set_tag(run_id, "lm.gate", decision.reason)
     print(decision.reason)
     return GateDecision(**asdict(decision), champion_version=champion_version)
+
+
+def evidence_metrics(evidence: dict[str, Any] | None) -> dict[str, float]:
+    """The paired evidence as MLflow metrics: ``gate.auc_diff`` and its ``_ci_low``/``_ci_high``/``_p``, the
+    same for log loss and Brier (candidate minus champion)."""
+    out: dict[str, float] = {}
+    for metric in ("auc", "log_loss", "brier"):
+        found = (evidence or {}).get(metric)
+        if found:
+            out.update({f"gate.{metric}_diff": found["diff"], f"gate.{metric}_diff_ci_low": found["ci_low"],
+                        f"gate.{metric}_diff_ci_high": found["ci_high"], f"gate.{metric}_diff_p": found["p_value"]})
+    return out
+
+
+def evidence_summary(evidence: dict[str, Any] | None) -> str:
+    """One line for a version's tag and an event: each difference with its 95 % interval."""
+    parts = []
+    for metric in ("auc", "log_loss", "brier"):
+        found = (evidence or {}).get(metric)
+        if found:
+            parts.append(f"{metric} {found['diff']:+.4f} [{found['ci_low']:+.4f}, {found['ci_high']:+.4f}] "
+                         f"p={found['p_value']:.3g}")
+    return (f"candidate - champion on {evidence['rows']} paired rows: " + "; ".join(parts)) if parts and evidence \
+        else ""
 
 
 # -- batch inference -------------------------------------------------------------------------------

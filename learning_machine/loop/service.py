@@ -164,13 +164,16 @@ class RetrainViaPipeline:
         self.sink.event("retrain-finished", summary, after.version if after else None)
         if after is not None and (before is None or after.version != before.version):
             self.sink.event("promoted", champion_event(before, after, metrics=after.metrics, by="learning loop",
-                                                       reason="retraining passed the gate"), after.version)
+                                                       reason="retraining passed the gate",
+                                                       evidence=after.tags.get("lm.gate_evidence")), after.version)
             summary["promoted"] = after.version
         else:
             challenger = self.tracker.alias_version(model, "challenger")
             self.sink.event("refused", {"champion": before.version if before else None,
                                         "challenger": challenger.version if challenger else None,
-                                        "challenger_metrics": challenger.metrics if challenger else {}},
+                                        "challenger_metrics": challenger.metrics if challenger else {},
+                                        "gate": challenger.tags.get("lm.gate") if challenger else None,
+                                        "evidence": challenger.tags.get("lm.gate_evidence") if challenger else None},
                             before.version if before else None)
             summary["refused"] = challenger.version if challenger else None
             if before is not None:

@@ -122,6 +122,7 @@ def test_the_loop_stays_quiet_on_clean_data_then_heals_itself_after_drift(stack:
     assert champion.version != stack.first_version
     promoted = next(e for e in stack.events() if e["kind"] == "promoted")
     assert promoted["detail"]["to"] == champion.version
+    assert "paired rows: auc" in promoted["detail"]["evidence"]  # the gate's evidence, with its intervals
 
     # 3. After the swap, clinicians get the new version, and it predicts the post-drift outcomes better.
     stack.stream(500, seed=103, scenario="concept-drift")
@@ -181,6 +182,7 @@ def test_a_challenger_that_does_not_beat_the_champion_is_refused(stack: Stack):
     assert result["state"] == "SUCCEEDED" and "promoted" not in result
     refused = [e for e in stack.events() if e["kind"] == "refused"]
     assert refused and refused[-1]["detail"]["challenger"] not in (None, champion)
+    assert "paired rows: auc" in refused[-1]["detail"]["evidence"] and refused[-1]["detail"]["gate"]
     assert stack.tracker.version(stack.settings.model_name, CHAMPION).version == champion
     # The champion stays, and the population it was retrained on becomes the sequential test's new normal.
     rebaselined = [e for e in stack.events() if e["kind"] == "monitor-rebaselined"]

@@ -104,7 +104,16 @@ def test_retraining_promotes_a_better_candidate(trained, settings, tracker):
     assert comparison["gate"]["promote"], comparison["gate"]
     assert comparison["candidate"]["metrics"]["auc"] > comparison["champion"]["metrics"]["auc"]
     assert comparison["champion_version"] == champion.version
+    # The gate's paired evidence on the same held-out rows is kept with the decision: in the comparison, on
+    # the evaluate step's run as metrics, and on the new version as a one-line tag.
+    auc = comparison["evidence"]["auc"]
+    assert auc["diff"] == pytest.approx(comparison["candidate"]["metrics"]["auc"]
+                                        - comparison["champion"]["metrics"]["auc"], abs=1e-9)
+    assert auc["ci_low"] < auc["diff"] < auc["ci_high"] and comparison["evidence"]["rows"] == comparison["held_out_rows"]
+    evaluate_run = _children(tracker, settings, run.parent_run_id)["evaluate"]
+    assert evaluate_run.data.metrics["gate.auc_diff_ci_low"] == pytest.approx(auc["ci_low"])
     new = tracker.version(settings.model_name, CHAMPION)
+    assert new.tags["lm.gate_evidence"].startswith(f"candidate - champion on {comparison['held_out_rows']} paired rows: auc +")
     assert int(new.version) > int(champion.version)
     assert new.tags[PREVIOUS_TAG] == champion.version
     # Two candidates, the continued champion and a fresh model; the version says which won and by what.
