@@ -145,10 +145,9 @@ def _store_outcome_once(db: Database, record_id: str, outcome: int, *, overwrite
                 detail={"record_id": record_id, "stored": row.outcome, "sent": outcome})
         previous = outcome_dict(row)
         row.outcome, row.received_at, row.source, row.recorded_by = outcome, now, source, by
-        session.add(Event(kind="outcome-corrected", created_at=now, model_version=None,
-                          detail={"record_id": record_id, "previous": previous["outcome"],
-                                  "previous_recorded_by": previous["recorded_by"],
-                                  "previous_received_at": previous["received_at"], "outcome": outcome, "by": by}))
+        session.add(_event_row("outcome-corrected", {
+            "record_id": record_id, "previous": previous["outcome"], "previous_recorded_by": previous["recorded_by"],
+            "previous_received_at": previous["received_at"], "outcome": outcome, "by": by}, None, now))
         session.flush()
         return outcome_dict(row), "overwritten"
 
@@ -157,7 +156,7 @@ def add_event(db: Database, kind: str, detail: dict[str, Any] | None = None,
               model_version: str | None = None) -> dict[str, Any]:
     """Append a pipeline or lifecycle event."""
     with db.transaction() as session:
-        row = Event(kind=kind, detail=detail or {}, model_version=model_version, created_at=utcnow())
+        row = _event_row(kind, detail, model_version, utcnow())
         session.add(row)
         session.flush()
         return event_dict(row)
@@ -166,8 +165,16 @@ def add_event(db: Database, kind: str, detail: dict[str, Any] | None = None,
 def add_monitoring_results(db: Database, results: Sequence[Mapping[str, Any]]) -> int:
     """Append the monitor's results of one run (all or none)."""
     with db.transaction() as session:
-        session.add_all([MonitoringResult(**{"created_at": utcnow(), "details": {}, **r}) for r in results])
+        session.add_all(_result_rows(results, utcnow()))
     return len(results)
+
+
+def _event_row(kind: str, detail: Mapping[str, Any] | None, model_version: str | None, now: datetime) -> Event:
+    return Event(kind=kind, detail=dict(detail or {}), model_version=model_version, created_at=now)
+
+
+def _result_rows(results: Sequence[Mapping[str, Any]], now: datetime) -> list[MonitoringResult]:
+    return [MonitoringResult(**{"created_at": now, "details": {}, **r}) for r in results]
 
 
 def predictions_for_request(db: Database, request_id: str) -> list[dict[str, Any]]:
@@ -209,11 +216,8 @@ def save_monitor_state(db: Database, name: str, state: Mapping[str, Any], *, ver
                 session.add(row)
             else:
                 row.state, row.version, row.updated_at = dict(state), row.version + 1, now
-            if results:
-                session.add_all([MonitoringResult(**{"created_at": now, "details": {}, **r}) for r in results])
-            for event in events:
-                session.add(Event(kind=event["kind"], detail=dict(event.get("detail") or {}),
-                                  model_version=event.get("model_version"), created_at=now))
+            session.add_all(_result_rows(results, now))
+            session.add_all([_event_row(e["kind"], e.get("detail"), e.get("model_version"), now) for e in events])
             session.flush()
             return monitor_state_dict(row)
     except IntegrityError as exc:  # two first saves at once: the loser's version (None) is stale
