@@ -118,7 +118,7 @@ class ProcessManager:
             return []
         members = _group_members(record)
         port = _port_of(str(record.get("url") or ""))
-        listening = [p for p in _listeners(port) if p in members] if port else []
+        listening = [p for p in _listeners(port) if p in members]
         return [*listening, *(p for p in members if p not in listening)]
 
     def start(self, spec: ServiceSpec, *, timeout_s: float, progress: Callable[[str], None] | None = None) -> bool:
@@ -136,8 +136,7 @@ class ProcessManager:
                 progress(f"{spec.name}: its process died and left pid(s) {', '.join(map(str, orphans))} running: "
                          "stopping them and starting it again")
         elif is_healthy(spec.health_url):
-            port = _port_of(spec.url)
-            holders = _listeners(port) if port else []
+            holders = _listeners(_port_of(spec.url))
             raise ServiceStartError(
                 f"something else already answers at {spec.url}"
                 + (f" (pid {', '.join(map(str, holders))})" if holders else "")
@@ -229,8 +228,7 @@ class ProcessManager:
                                         + (f", answering at {spec.url}" if healthy else "")
                                         + "; `lm down` stops them, `lm up` replaces them")
         if healthy:
-            port = _port_of(spec.url)
-            holders = _listeners(port) if port else []
+            holders = _listeners(_port_of(spec.url))
             return ServiceStatus(spec.name, spec.url, holders[0] if holders else None, False, True,
                                  detail="not started by lm up: "
                                         + (f"pid {', '.join(map(str, holders))} answers" if holders
@@ -292,6 +290,9 @@ def _group_members(record: dict[str, object]) -> list[int]:
     reused, the newcomer (started later than the record) is not taken for ours."""
     pgid = int(str(record.get("pgid") or record["pid"]))
     started_at = float(str(record.get("started_at", 0)) or 0)
+    if not Path("/proc").is_dir():  # no procfs (macOS): the recorded process is all we can see
+        pid = int(str(record["pid"]))
+        return [pid] if _alive(pid) else []
     leader = _stat_fields(pgid)
     if leader is not None and leader[0] != "Z" and not _same_process(pgid, started_at):
         return []  # the pid now names another process: the recorded group is gone
