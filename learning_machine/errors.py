@@ -26,9 +26,10 @@ def encodable(value: Any, *, depth: int = 0) -> Any:
     if isinstance(value, int):
         if abs(value) < 10**15:
             return value
-        digits = str(abs(value)) if value.bit_length() < 4000 else "many"
-        return f"{'-' if value < 0 else ''}{digits[:15]}... ({len(digits)} digits)" if digits != "many" else \
-            "an integer of more than 1,000 digits"
+        if value.bit_length() > 4000:  # str() refuses integers past Python's digit limit
+            return "an integer of more than 1,000 digits"
+        digits = str(abs(value))
+        return f"{'-' if value < 0 else ''}{digits[:15]}... ({len(digits)} digits)"
     if isinstance(value, float):
         if math.isfinite(value):
             return value

@@ -370,6 +370,7 @@ class LoopService:
                                      model_version=champion.version if champion else None)
         return pd.DataFrame([{**i["features"], "probability": i["probability"], "outcome": i["outcome"]}
                              for i in items])
+
     def _sequential_detector(self, version: str) -> Any:
         """The sequential detector of ``version``, fitted once on the training reference saved with it (read
         through MLflow's API) and calibrated to the configured false-alarm budget."""
