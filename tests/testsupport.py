@@ -38,24 +38,34 @@ PG_ADMIN_URL = os.environ.get("LM_TEST_POSTGRES_URL", "postgresql://postgres@127
 
 
 @contextmanager
-def fresh_postgres_database(prefix: str) -> Iterator[str]:
-    """An empty database of its own on the local PostgreSQL server (URL yielded), dropped afterwards."""
+def postgres_objects(create: list[str], drop: list[str]) -> Iterator[None]:
+    """Run ``create`` (SQL statements) as the local PostgreSQL server's admin, then ``drop`` at the end, even
+    when the test fails; the test fails at once, saying so, when the server is not reachable."""
     import psycopg
     import pytest
 
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     try:
         conn = psycopg.connect(PG_ADMIN_URL, connect_timeout=5, autocommit=True)
     except psycopg.OperationalError as exc:
         pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} (start it; .ci/run does): {exc}")
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+        with conn.cursor() as cur:
+            for statement in create:
+                cur.execute(statement)
+        yield
     finally:
         with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            for statement in drop:
+                cur.execute(statement)
         conn.close()
+
+
+@contextmanager
+def fresh_postgres_database(prefix: str) -> Iterator[str]:
+    """An empty database of its own on the local PostgreSQL server (URL yielded), dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with postgres_objects([f'CREATE DATABASE "{name}"'], [f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)']):
+        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
 
 
 class CuttableProxy:

@@ -46,7 +46,7 @@ from chart_run import ROOT, Cluster, loopback_base, wait_until
 from chart_tools import helm
 from crds import crd_problems, crds_available
 from fake_kube import FakeKubeApiServer
-from testsupport import PG_ADMIN_URL, free_port
+from testsupport import free_port, postgres_objects
 
 CHART = ROOT / "charts" / "learning-machine"
 NAMESPACE = "lm-test"
@@ -71,26 +71,14 @@ def _image_env(pod_dir: Path) -> dict[str, str]:
 @pytest.fixture()
 def postgres_for_release() -> Iterator[dict[str, str]]:
     """A role and the two databases the chart's bundled PostgreSQL would create, on the local server."""
-    import psycopg
-
     run = uuid.uuid4().hex[:8]
     names = {"user": f"lm_run_{run}", "db": f"lm_run_{run}", "mlflow": f"lm_run_{run}_mlflow"}
-    try:
-        conn = psycopg.connect(PG_ADMIN_URL, connect_timeout=5, autocommit=True)
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE ROLE "{names["user"]}" LOGIN')
-        cur.execute(f'CREATE DATABASE "{names["db"]}" OWNER "{names["user"]}"')
-        cur.execute(f'CREATE DATABASE "{names["mlflow"]}" OWNER "{names["user"]}"')
-    try:
+    with postgres_objects(
+            [f'CREATE ROLE "{names["user"]}" LOGIN', f'CREATE DATABASE "{names["db"]}" OWNER "{names["user"]}"',
+             f'CREATE DATABASE "{names["mlflow"]}" OWNER "{names["user"]}"'],
+            [f'DROP DATABASE IF EXISTS "{names["db"]}" WITH (FORCE)',
+             f'DROP DATABASE IF EXISTS "{names["mlflow"]}" WITH (FORCE)', f'DROP ROLE IF EXISTS "{names["user"]}"']):
         yield names
-    finally:
-        with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{names["db"]}" WITH (FORCE)')
-            cur.execute(f'DROP DATABASE IF EXISTS "{names["mlflow"]}" WITH (FORCE)')
-            cur.execute(f'DROP ROLE IF EXISTS "{names["user"]}"')
-        conn.close()
 
 
 def _render(pg: dict[str, str]) -> list[dict[str, Any]]:

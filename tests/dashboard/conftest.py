@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gateway"))  # gateway_harness
 
-from gateway_harness import RunningGateway, gateway_settings, start_gateway
+from gateway_harness import RunningGateway, gateway_settings, sqlite_gateway, start_gateway
 
 from learning_machine.clients.gateway import LearningMachineClient
 from learning_machine.loop.stream import StreamPlan, generated_records, run_stream
@@ -50,8 +50,5 @@ def history_gateway(tmp_path_factory: pytest.TempPathFactory, model_server: Any)
 @pytest.fixture(scope="session")
 def empty_gateway(tmp_path_factory: pytest.TempPathFactory, model_server: Any) -> Iterator[RunningGateway]:
     """A gateway with a model but no records, results or events yet (a first-time user's view)."""
-    home = tmp_path_factory.mktemp("dashboard-empty")
-    running = start_gateway(gateway_settings(home, f"sqlite:///{home / 'lm.db'}", model_server),
-                            getattr(model_server, "spec", None))
-    yield running
-    running.stop()
+    with sqlite_gateway(tmp_path_factory.mktemp("dashboard-empty"), model_server) as running:
+        yield running

@@ -13,6 +13,7 @@ from gateway_harness import (  # re-exported for modules that import them from h
     free_port,
     gateway_settings,
     make_records,
+    sqlite_gateway,
     start_gateway,
 )
 from testsupport import fresh_postgres_database
@@ -41,11 +42,16 @@ def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     running.stop()
 
 
+@pytest.fixture
+def unchanged(gateway: RunningGateway) -> Iterator[None]:
+    """Asserts that the test stored nothing (row counts of every table before and after)."""
+    before = gateway.counts()
+    yield
+    assert gateway.counts() == before
+
+
 @pytest.fixture(scope="session")
 def gateway_without_model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     """The gateway whose model server is down (nothing listens on its port)."""
-    home = tmp_path_factory.mktemp("gateway-down")
-    nowhere = Nowhere(f"http://127.0.0.1:{free_port()}")
-    running = start_gateway(gateway_settings(home, f"sqlite:///{home / 'lm.db'}", nowhere))
-    yield running
-    running.stop()
+    with sqlite_gateway(tmp_path_factory.mktemp("gateway-down"), Nowhere(f"http://127.0.0.1:{free_port()}")) as gw:
+        yield gw

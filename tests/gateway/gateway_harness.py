@@ -4,11 +4,14 @@ process so tests can count rows in its database) and make valid records. Import 
 
 from __future__ import annotations
 
+import json
 import math
 import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +54,16 @@ class RunningGateway:
     def counts(self) -> dict[str, int]:
         return repository.counts(self.db)
 
+    def stored_predictions(self, prefix: str) -> int:
+        """Predictions in the database for record ids starting with ``prefix`` (counted, not asked over HTTP)."""
+        from sqlalchemy import func, select
+
+        from learning_machine.store.models import Prediction
+
+        with self.db.read() as session:
+            return int(session.scalar(select(func.count()).select_from(Prediction)
+                                      .where(Prediction.record_id.startswith(prefix))) or 0)
+
     def stop(self) -> None:
         for c in self.clients.values():
             c.close()
@@ -79,11 +92,38 @@ def start_gateway(settings: Settings, spec: DatasetSpec | None = None) -> Runnin
     return RunningGateway(settings.gateway_url, settings, db, ctx.spec, tokens, server, thread)
 
 
+@contextmanager
+def sqlite_gateway(home: Path, model_server: Any, spec: DatasetSpec | None = None,
+                   **overrides: Any) -> Iterator[RunningGateway]:
+    """A gateway with its own SQLite database in ``home`` in front of ``model_server`` (whose dataset spec it
+    serves unless ``spec`` is given), stopped at the end."""
+    settings = gateway_settings(home, f"sqlite:///{home / 'lm.db'}", model_server, **overrides)
+    running = start_gateway(settings, spec if spec is not None else getattr(model_server, "spec", None))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+PROBLEM = "application/problem+json"
+
+
+def problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    """The RFC 9457 problem document of an error response, checked: the status, the media type, strict
+    UTF-8 JSON with a detail, and no stack trace."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body: dict[str, Any] = json.loads(response.content)
+    assert body["status"] == status and body["detail"] and "Traceback" not in response.text
+    response.content.decode("utf-8")  # valid UTF-8, always
+    return body
+
+
 def gateway_settings(home: Path, database_url: str, model_server: Any, **overrides: Any) -> Settings:
-    return Settings(home=home, gateway_port=free_port(), database_url=database_url,
-                    model_server_url=model_server.url, model_name=model_server.model_name,
-                    mlflow_tracking_uri=model_server.tracking_uri, max_request_bytes=200_000, max_batch_rows=100,
-                    **overrides)
+    return Settings(**{"home": home, "gateway_port": free_port(), "database_url": database_url,
+                       "model_server_url": model_server.url, "model_name": model_server.model_name,
+                       "mlflow_tracking_uri": model_server.tracking_uri, "max_request_bytes": 200_000,
+                       "max_batch_rows": 100, **overrides})
 
 
 @dataclass

@@ -30,8 +30,8 @@ def champion_restored(gateway: RunningGateway, model_server: Any) -> Iterator[No
     gateway's deployer is `none` here, so only the alias moves; what MLServer serves never changes."""
     tracker = Tracker(model_server.tracking_uri)
     yield
-    if (tracker.alias_version(model_server.model_name, CHAMPION) or object()).__dict__.get("version") != str(
-            model_server.version):
+    champion = tracker.alias_version(model_server.model_name, CHAMPION)
+    if champion is None or champion.version != str(model_server.version):
         tracker.promote(model_server.model_name, str(model_server.version), reason="fuzz test restores it")
 
 

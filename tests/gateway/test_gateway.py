@@ -10,25 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_harness import RunningGateway, gateway_settings, make_records, start_gateway
-
-PROBLEM = "application/problem+json"
-
-
-@pytest.fixture
-def unchanged(gateway: RunningGateway) -> Iterator[None]:
-    """Asserts that the test stored nothing."""
-    before = gateway.counts()
-    yield
-    assert gateway.counts() == before
-
-
-def problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status and body["detail"] and "Traceback" not in response.text
-    return body
+from gateway_harness import RunningGateway, make_records, problem, sqlite_gateway
 
 
 # -- the happy paths -----------------------------------------------------------------------------------
@@ -308,13 +290,8 @@ def test_model_server_down_is_503_and_stores_nothing(gateway_without_model_serve
 
 
 def test_a_model_the_server_does_not_serve_is_503(model_server: Any, tmp_path: Path) -> None:
-    settings = gateway_settings(tmp_path, f"sqlite:///{tmp_path / 'lm.db'}", model_server).model_copy(
-        update={"model_name": "no-such-model"})
-    gw = start_gateway(settings, model_server.spec)
-    try:
+    with sqlite_gateway(tmp_path, model_server, model_name="no-such-model") as gw:
         body = problem(gw.client("clinician").post("/v1/predictions", json=make_records(1)[0]), 503)
         assert "no-such-model" in body["detail"] and model_server.url.rstrip("/") in body["detail"]
         assert problem(httpx.get(gw.url + "/readyz"), 503)["detail"].endswith("does not serve model 'no-such-model' (yet)")
         assert gw.counts()["predictions"] == 0 and gw.counts()["records"] == 0
-    finally:
-        gw.stop()

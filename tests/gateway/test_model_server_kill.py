@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_harness import RunningGateway, gateway_settings, make_records, start_gateway
+from gateway_harness import RunningGateway, make_records, sqlite_gateway
 from testsupport import free_port
 
 from learning_machine.clients.gateway import LearningMachineClient
@@ -57,20 +57,8 @@ def served(model_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 @pytest.fixture(scope="module")
 def gw(served: Served, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
-    home = tmp_path_factory.mktemp("kill-gateway")
-    running = start_gateway(gateway_settings(home, f"sqlite:///{home / 'lm.db'}", served), served.spec)  # type: ignore[attr-defined]
-    yield running
-    running.stop()
-
-
-def _stored(gw: RunningGateway, prefix: str) -> int:
-    from sqlalchemy import func, select
-
-    from learning_machine.store.models import Prediction
-
-    with gw.db.read() as session:
-        return int(session.scalar(select(func.count()).select_from(Prediction)
-                                  .where(Prediction.record_id.startswith(prefix))) or 0)
+    with sqlite_gateway(tmp_path_factory.mktemp("kill-gateway"), served) as running:
+        yield running
 
 
 def _port_free(url: str) -> bool:
@@ -96,9 +84,9 @@ def test_the_model_server_killed_mid_stream_comes_back_without_a_gateway_restart
     thread = threading.Thread(target=stream, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
-    while _stored(gw, "kill-") < 50 and time.monotonic() < deadline:
+    while gw.stored_predictions("kill-") < 50 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _stored(gw, "kill-") >= 50, said
+    assert gw.stored_predictions("kill-") >= 50, said
 
     record = served.manager._record("model-server") or {}
     os.killpg(int(str(record["pgid"])), signal.SIGKILL)  # the model server dies, children and all
@@ -108,7 +96,7 @@ def test_the_model_server_killed_mid_stream_comes_back_without_a_gateway_restart
     assert f"model server at {served.url}" in probe.json()["detail"]
     ready = gw.client(None).get("/readyz")
     assert ready.status_code == 503 and "model server" in ready.json()["detail"]
-    stored_while_down = _stored(gw, "kill-")
+    stored_while_down = gw.stored_predictions("kill-")
 
     restart_s = served.start()  # started again; the gateway is not touched
     thread.join(timeout=300)
@@ -118,7 +106,7 @@ def test_the_model_server_killed_mid_stream_comes_back_without_a_gateway_restart
     assert result.rejected == 0, [s for s in said if "refused" in s][:3]
     assert result.resent > 0 and any("model server" in s for s in said), said  # batches met the outage
     assert result.predicted == rows and result.rejected == 0
-    assert _stored(gw, "kill-") == result.predicted == rows  # acknowledged == stored: nothing lost or doubled
+    assert gw.stored_predictions("kill-") == result.predicted == rows  # acknowledged == stored: nothing lost or doubled
     assert stored_while_down < rows
     after = gw.client("clinician").post("/v1/predictions", json=make_records(1, prefix="after")[0])
     assert after.status_code == 200 and gw.client(None).get("/readyz").status_code == 200

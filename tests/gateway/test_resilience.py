@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from gateway_harness import RunningGateway, gateway_settings, make_records, start_gateway
+from gateway_harness import RunningGateway, make_records, sqlite_gateway
 from testsupport import FlakyProxy
 
 from learning_machine.clients.gateway import GatewayError, LearningMachineClient
@@ -17,21 +17,8 @@ from learning_machine.loop.stream import StreamPlan, generated_records, run_stre
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory, model_server) -> Iterator[RunningGateway]:
-    home = tmp_path_factory.mktemp("resilience-gateway")
-    running = start_gateway(gateway_settings(home, f"sqlite:///{home / 'lm.db'}", model_server),
-                            getattr(model_server, "spec", None))
-    yield running
-    running.stop()
-
-
-def _stored(gw: RunningGateway, prefix: str) -> int:
-    from sqlalchemy import func, select
-
-    from learning_machine.store.models import Prediction
-
-    with gw.db.read() as session:
-        return int(session.scalar(select(func.count()).select_from(Prediction)
-                                  .where(Prediction.record_id.startswith(prefix))) or 0)
+    with sqlite_gateway(tmp_path_factory.mktemp("resilience-gateway"), model_server) as running:
+        yield running
 
 
 def test_a_prediction_request_sent_again_with_its_request_id_is_answered_from_what_was_stored(gw):
@@ -41,19 +28,19 @@ def test_a_prediction_request_sent_again_with_its_request_id_is_answered_from_wh
     again = client.post("/v1/predictions", json={"records": records}, headers={"X-Request-ID": "batch-idem-1"})
     assert first.status_code == again.status_code == 200
     assert again.json() == first.json()  # the same answer as the first time
-    assert _stored(gw, "ida") == 3  # stored once
+    assert gw.stored_predictions("ida") == 3  # stored once
     single = make_records(1, prefix="idb")[0]
     one = client.post("/v1/predictions", json=single, headers={"X-Request-ID": "one-idem"}).json()
     assert client.post("/v1/predictions", json=single, headers={"X-Request-ID": "one-idem"}).json() == one
-    assert _stored(gw, "idb") == 1
+    assert gw.stored_predictions("idb") == 1
     # The same id for other records is the caller's mistake, not a retry.
     reused = client.post("/v1/predictions", json={"records": make_records(2, prefix="idc")},
                          headers={"X-Request-ID": "batch-idem-1"})
     assert reused.status_code == 409 and "already used for other records" in reused.json()["detail"]
-    assert _stored(gw, "idc") == 0
+    assert gw.stored_predictions("idc") == 0
     # Without a caller's id every request is a new one (the same record predicted again is a new prediction).
     client.post("/v1/predictions", json={"records": records})
-    assert _stored(gw, "ida") == 6
+    assert gw.stored_predictions("ida") == 6
 
 
 def test_the_stream_resends_after_a_502_and_a_lost_answer_and_stores_each_row_once(gw):
@@ -71,7 +58,7 @@ def test_the_stream_resends_after_a_502_and_a_lost_answer_and_stores_each_row_on
         proxy.close()
     assert report.stopped_by_error is None, report.summary()
     assert (report.sent, report.predicted, report.resent) == (50, 50, 3)
-    assert _stored(gw, "rs1-") == 50  # acknowledged == stored, no duplicate
+    assert gw.stored_predictions("rs1-") == 50  # acknowledged == stored, no duplicate
     # Each resend carried the batch's request id: 5 batches, 8 sends, 5 distinct ids.
     assert len(proxy.seen) == 8 and len(set(proxy.seen)) == 5 and proxy.seen[1] == proxy.seen[2] == proxy.seen[3]
     assert any("sending the batch of 10 row(s) rs1-" in s for s in said), said
@@ -90,7 +77,7 @@ def test_the_stream_gives_up_after_its_attempts_and_names_what_was_not_stored(gw
     assert report.stopped_by_error is not None
     assert "gave up after 3 attempt(s): the batch of 10 row(s) rs2-0000010 .. rs2-0000019 not stored" \
         in report.stopped_by_error
-    assert _stored(gw, "rs2-") == 10
+    assert gw.stored_predictions("rs2-") == 10
 
 
 def test_the_monitor_state_is_saved_with_optimistic_concurrency(gw):

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from gateway_harness import RunningGateway, gateway_settings, start_gateway
+from gateway_harness import RunningGateway, sqlite_gateway
 from testsupport import free_port as _free_port
 
 from learning_machine.clients.gateway import GatewayError, LearningMachineClient
@@ -17,11 +17,8 @@ from learning_machine.loop.stream import StreamPlan, generated_records, run_stre
 
 @pytest.fixture(scope="module")
 def stream_gateway(tmp_path_factory, model_server) -> Iterator[RunningGateway]:
-    home = tmp_path_factory.mktemp("stream-gateway")
-    running = start_gateway(gateway_settings(home, f"sqlite:///{home / 'lm.db'}", model_server),
-                            getattr(model_server, "spec", None))
-    yield running
-    running.stop()
+    with sqlite_gateway(tmp_path_factory.mktemp("stream-gateway"), model_server) as running:
+        yield running
 
 
 def _client(gw: RunningGateway) -> LearningMachineClient:

@@ -13,20 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_harness import RunningGateway, gateway_settings, make_records, start_gateway
+from gateway_harness import RunningGateway, make_records, problem, sqlite_gateway
 
 from learning_machine.data.spec import RecordIdSpec
 from learning_machine.store.models import ApiToken, utcnow
 from learning_machine.store.tokens import create_token
-
-PROBLEM = "application/problem+json"
-
-
-@pytest.fixture
-def unchanged(gateway: RunningGateway) -> Iterator[None]:
-    before = gateway.counts()
-    yield
-    assert gateway.counts() == before
 
 
 def raw_post(gateway: RunningGateway, path: str, body: bytes | str, role: str = "data-scientist",
@@ -35,15 +26,6 @@ def raw_post(gateway: RunningGateway, path: str, body: bytes | str, role: str = 
     data = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
     return gateway.client(role).post(path, content=data, params=params,
                                      headers={"Content-Type": "application/json"})
-
-
-def problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body: dict[str, Any] = json.loads(response.content)  # strict enough: the server wrote RFC 8259 JSON
-    assert body["status"] == status and body["detail"] and "Traceback" not in response.text
-    response.content.decode("utf-8")  # valid UTF-8, always
-    return body
 
 
 def record_json(**change: str) -> str:
@@ -198,13 +180,11 @@ def test_the_openapi_document_types_the_records_by_the_dataset_spec(gateway: Run
 @pytest.fixture(scope="module")
 def patient_id_gateway(tmp_path_factory: pytest.TempPathFactory, model_server: Any) -> Iterator[RunningGateway]:
     """A gateway for a bring-your-own dataset whose records are named by `patient_id`."""
-    home = tmp_path_factory.mktemp("gateway-patient-id")
     spec = getattr(model_server, "spec", None)
     assert spec is not None
     renamed = spec.model_copy(update={"record_id": RecordIdSpec(name="patient_id", description="Patient number")})
-    running = start_gateway(gateway_settings(home, f"sqlite:///{home / 'lm.db'}", model_server), renamed)
-    yield running
-    running.stop()
+    with sqlite_gateway(tmp_path_factory.mktemp("gateway-patient-id"), model_server, renamed) as gw:
+        yield gw
 
 
 def test_every_route_takes_the_datasets_own_record_id(patient_id_gateway: RunningGateway) -> None:
