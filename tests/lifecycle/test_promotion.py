@@ -79,40 +79,23 @@ def test_change_champion_moves_the_alias_serves_and_records_who_and_why(mlflow_s
     assert len(events) == 2  # a refused change records nothing
 
 
-def test_a_change_of_champion_whose_deployment_fails_leaves_the_alias(mlflow_sqlite: Settings, tmp_path):
-    """Atomic: the version is served first and the alias moves only once it serves. Here the deployer is a
-    local model server at an address where a process answers health but cannot load models (a plain HTTP
-    server standing in for a broken MLServer), so serving fails; the champion stays and the failure is recorded."""
-    import http.server
-    import threading
-
-    class Broken(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # /v2/health/live answers, so the deployment is attempted (not deferred)
-            self.send_response(200 if self.path.startswith("/v2/health") else 500)
-            self.end_headers()
-
-        do_POST = do_GET
-
-        def log_message(self, *args: Any) -> None:
-            return
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Broken)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        settings = mlflow_sqlite.model_copy(update={
-            "model_name": f"risk-{uuid.uuid4().hex[:8]}", "home": tmp_path, "deployer": "local",
-            "model_server_url": f"http://127.0.0.1:{server.server_address[1]}"})
-        tracker = Tracker(settings.tracking_uri)
-        data = load_dataset("synthetic-cohort", n_rows=600, seed=5)
-        first = train_and_register(settings, tracker, data, kind="logistic-regression", promote="if-first")
-        second = train_and_register(settings, tracker, data, kind="logistic-regression", promote="never")
-        events: list[tuple[str, dict[str, Any], str | None]] = []
-        with pytest.raises(ServiceUnavailableError, match=f"champion stays v{first.version.version}"):
-            change_champion(settings, tracker, action="promote", version=second.version.version, reason="better",
-                            by="alice", record=lambda kind, detail, version: events.append((kind, detail, version)))
-        assert tracker.alias_version(settings.model_name, CHAMPION).version == first.version.version
-        assert [(k, v, d["champion_kept"], d["by"]) for k, d, v in events] == [
-            ("promotion-failed", second.version.version, first.version.version, "alice")]
-        assert events[0][1]["error"]
-    finally:
-        server.shutdown()
+def test_a_change_of_champion_whose_deployment_fails_leaves_the_alias(mlflow_sqlite: Settings, model_server: Any,
+                                                                      tmp_path):
+    """Atomic: the version is served first and the alias moves only once it serves. The deployer is the local
+    one, pointed at the session's real MLServer, which does not serve this model name (its repository has no
+    such model), so serving fails; the champion stays and the failure is recorded."""
+    settings = mlflow_sqlite.model_copy(update={
+        "model_name": f"risk-{uuid.uuid4().hex[:8]}", "home": tmp_path, "deployer": "local",
+        "model_server_url": model_server.url})
+    tracker = Tracker(settings.tracking_uri)
+    data = load_dataset("synthetic-cohort", n_rows=600, seed=5)
+    first = train_and_register(settings, tracker, data, kind="logistic-regression", promote="if-first")
+    second = train_and_register(settings, tracker, data, kind="logistic-regression", promote="never")
+    events: list[tuple[str, dict[str, Any], str | None]] = []
+    with pytest.raises(ServiceUnavailableError, match=f"champion stays v{first.version.version}"):
+        change_champion(settings, tracker, action="promote", version=second.version.version, reason="better",
+                        by="alice", record=lambda kind, detail, version: events.append((kind, detail, version)))
+    assert tracker.alias_version(settings.model_name, CHAMPION).version == first.version.version
+    assert [(k, v, d["champion_kept"], d["by"]) for k, d, v in events] == [
+        ("promotion-failed", second.version.version, first.version.version, "alice")]
+    assert "does not serve" in events[0][1]["error"]
