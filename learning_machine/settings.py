@@ -97,7 +97,22 @@ class Settings(BaseSettings):
     gate_metric: str = Field("auc", description="Metric the champion/challenger gate compares on the same held-out "
                              "data: auc, accuracy, f1 (higher wins) or brier, log_loss, ece (lower wins).")
     gate_margin: float = Field(0.0, ge=-1, le=1, description="How much better than the champion a candidate must "
-                               "be to be promoted (in the gate metric's units).")
+                               "be to be promoted (in the gate metric's units; with the evidence rule, the lower "
+                               "end of the 95 % interval of the difference must clear it).")
+    gate_rule: Literal["evidence", "point"] = Field(
+        "evidence", description="How the gate compares the candidate with the champion on the same held-out rows: "
+        "`evidence` (paired intervals: DeLong for AUC, paired log-loss and Brier; better with 95 % confidence on "
+        "the gate metric and not worse than the non-inferiority margins overall and on every subgroup) or `point` "
+        "(the point estimates, the rule before 2026-12).")
+    gate_noninferiority_auc: float = Field(0.03, ge=0, le=0.5, description="Evidence rule: the candidate's AUC may "
+                                           "be lower than the champion's by at most this (interval's lower end), "
+                                           "overall and on every subgroup.")
+    gate_noninferiority_log_loss: float = Field(0.02, ge=0, le=1, description="Evidence rule: the candidate's "
+                                                "log-loss may exceed the champion's by at most this (calibration).")
+    gate_noninferiority_subgroup_auc: float = Field(0.10, ge=0, le=0.5, description="Evidence rule: on every "
+                                                    "subgroup, the candidate's AUC may be lower by at most this.")
+    gate_min_subgroup_events: int = Field(30, ge=5, description="Evidence rule: a subgroup is tested only with at "
+                                          "least this many rows of each outcome (else reported as not assessable).")
     max_missing_fraction: float = Field(0.2, ge=0, le=1, description="Validation fails when more feature cells "
                                         "than this are missing.")
     # max_invalid_fraction (above) is also the validate step's limit for cells that break the spec.
@@ -118,9 +133,16 @@ class Settings(BaseSettings):
     policy_auc_floor: float | None = Field(0.70, ge=0, le=1, description="Retrain when realised AUC falls below.")
     policy_min_outcomes: int = Field(100, ge=10, description="Outcomes needed before realised AUC counts.")
     policy_schedule_s: float | None = Field(None, gt=0, description="Retrain at least this often (unset: never).")
-    policy_cooldown_s: float = Field(600.0, ge=0, description="Minimum seconds between two retrainings.")
+    policy_cooldown_s: float = Field(0.0, ge=0, description="Minimum seconds between two retrainings (0: none; "
+                                     "the loop runs one retraining per change and retries a refused one only "
+                                     "when `loop_retry_outcomes` new outcomes have arrived).")
     loop_retrain_rows: int = Field(2000, ge=50, description="Recent labelled records a retraining uses.")
-    loop_min_retrain_rows: int = Field(200, ge=20, description="Retraining needs at least this many.")
+    loop_min_retrain_rows: int = Field(200, ge=20, description="Retraining needs at least this many (labelled "
+                                       "predictions made since the change, when the change point is known).")
+    loop_retry_outcomes: int = Field(200, ge=20, description="After a refused challenger, the change is retried "
+                                     "once this many more labelled predictions since the change have arrived (the "
+                                     "gate then has more evidence); never earlier, and never while a retraining "
+                                     "runs.")
     loop_reference_rows: int = Field(1000, ge=0, description="Rows of the original training data (regenerated "
                                      "by seed) a retraining adds to the recent records: old plus new data.")
     loop_gate_margin: float = Field(0.0, ge=0, description="A retrained model is promoted only when its held-out "

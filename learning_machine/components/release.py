@@ -34,6 +34,10 @@ def register(settings: Settings, candidate_run_id: str, metrics_path: str | Path
             from learning_machine.components.steps import evidence_summary
 
             tags["lm.gate_evidence"] = evidence_summary(summary["evidence"])[:500]
+        if gate.get("clauses"):
+            from learning_machine.components.steps import clauses_summary
+
+            tags["lm.gate_clauses"] = clauses_summary(gate["clauses"])[:4000]
         run_tags, run_params = tracker.run_tags_and_params(candidate_run_id)
         for key in ("lm.dataset", "lm.kind", "lm.mode", "lm.continued_from", "lm.retrain_mode", "lm.candidates"):
             if key in run_tags:

@@ -30,6 +30,7 @@ from learning_machine.errors import (
 )
 from learning_machine.lifecycle.promotion import (
     GATE_METRICS,
+    EvidenceRule,
     PromotionDecision,
     check_policy,
     decide,
@@ -327,12 +328,18 @@ def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, me
                                 f"({len(labels)} rows, {len(set(labels))} outcome value(s))")
         cand_value = cand_eval.metrics[metric]
         champ_value = champ_eval.metrics.get(metric) if champ_eval else None
+        rule = EvidenceRule.from_settings(settings, margin=margin) if settings.gate_rule == "evidence" else None
         decision = decide(policy, has_champion=champion_info is not None, metric=metric, margin=margin,
-                          candidate=cand_value, champion=champ_value)
+                          candidate=cand_value, champion=champ_value, evidence=evidence, rule=rule)
         champion_version = champion_info.version if champion_info else ""
         summary: dict[str, Any] = {
             "gate": {"policy": policy, "metric": metric, "margin": margin, "higher_is_better": GATE_METRICS[metric],
-                     "promote": decision.promote, "reason": decision.reason},
+                     "rule": "evidence" if decision.clauses else "point",
+                     **({"noninferiority": {"auc": rule.noninferiority_auc, "log_loss": rule.noninferiority_log_loss,
+                                            "subgroup_auc": rule.noninferiority_subgroup_auc,
+                                            "min_subgroup_events": rule.min_subgroup_events}, "z": rule.z}
+                        if rule is not None and decision.clauses else {}),
+                     "clauses": list(decision.clauses), "promote": decision.promote, "reason": decision.reason},
             "candidate_run_id": candidate_run_id, "champion_version": champion_version,
             "held_out_rows": len(labels), "candidate": cand_eval.as_dict(),
             "champion": champ_eval.as_dict() if champ_eval else None, "evidence": evidence,
@@ -340,6 +347,7 @@ def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, me
         Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
         Path(metrics_path).write_text(json.dumps(summary, indent=2))
         tracker.log_params(run_id, {"gate_metric": metric, "gate_margin": margin, "policy": policy,
+                                    "gate_rule": summary["gate"]["rule"],
                                     "candidate_run_id": candidate_run_id,
                                     "champion_version": summary["champion_version"]})
         tracker.log_metrics(run_id, {**{f"candidate.{k}": v for k, v in cand_eval.flat().items()},
@@ -373,6 +381,18 @@ def evidence_summary(evidence: dict[str, Any] | None) -> str:
                          f"p={found['p_value']:.3g}")
     return (f"candidate - champion on {evidence['rows']} paired rows: " + "; ".join(parts)) if parts and evidence \
         else ""
+
+
+def clauses_summary(clauses: list[dict[str, Any]]) -> str:
+    """The evidence rule's clauses in one line: each with its verdict and the interval end it tested."""
+    def one(c: dict[str, Any]) -> str:
+        verdict = {True: "pass", False: "FAIL", None: "n/a"}[c.get("passed")]
+        if "ci_low" in c:
+            return f"{c['clause']}: {verdict} (low {c['ci_low']:+.4f} > {c['must_exceed']:+g})"
+        if "ci_high" in c:
+            return f"{c['clause']}: {verdict} (high {c['ci_high']:+.4f} < {c['must_be_below']:+g})"
+        return f"{c['clause']}: {verdict}"
+    return "; ".join(one(c) for c in clauses)
 
 
 # -- batch inference -------------------------------------------------------------------------------

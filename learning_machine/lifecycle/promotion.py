@@ -6,8 +6,8 @@ promote and deploy steps all go through. The learning loop records a pipeline's 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from learning_machine.deployers import get_deployer
@@ -22,6 +22,10 @@ GATE_METRICS: dict[str, bool] = {"auc": True, "accuracy": True, "f1": True, "bri
                                  "ece": False}
 # gate: compare with the champion on the same held-out rows; if-first: only when there is no champion.
 PROMOTE_POLICIES = ("gate", "always", "never", "if-first")
+# How the gate compares: on paired evidence (intervals, non-inferiority per subgroup) or on point estimates.
+GATE_RULES = ("evidence", "point")
+# Metrics with paired evidence (learning_machine.model.evaluation.paired_comparison).
+PAIRED_METRICS = ("auc", "log_loss", "brier")
 
 # Records one event (kind, detail, model version): the gateway's event log, a pipeline step's log, ...
 Recorder = Callable[[str, dict[str, Any], str | None], Any]
@@ -36,6 +40,44 @@ class PromotionDecision:
     metric: str = ""
     candidate_value: float | None = None
     champion_value: float | None = None
+    clauses: tuple[dict[str, Any], ...] = field(default=())
+    """The evidence rule's clauses, each with the interval bound it tested and its verdict."""
+
+
+@dataclass(frozen=True)
+class EvidenceRule:
+    """The gate on paired evidence (settings ``LM_GATE_*``): the candidate must be better than the champion
+    with 95 % confidence on the gate metric (by more than ``margin``), and no worse than the champion by more
+    than a non-inferiority margin on discrimination (AUC, overall and on every subgroup with enough rows) and
+    on calibration (log-loss), each judged on its interval's worst end."""
+
+    margin: float = 0.0
+    noninferiority_auc: float = 0.03
+    noninferiority_log_loss: float = 0.02
+    noninferiority_subgroup_auc: float = 0.10
+    """Subgroups are a fraction of the rows: their intervals are wider, so their margin is too."""
+    min_subgroup_events: int = 30
+    """A subgroup's AUC is tested only with at least this many rows of each outcome; below, it is reported
+    as not assessable (an AUC on a handful of events has an interval wider than any sensible margin)."""
+    z: float = 1.959963984540054
+    """The interval's width in standard errors: 1.96 for one look at the evidence (95 %); larger when the same
+    evidence is looked at several times as it grows (a shadow challenger's looks share the error budget)."""
+
+    def __post_init__(self) -> None:
+        if min(self.noninferiority_auc, self.noninferiority_log_loss, self.noninferiority_subgroup_auc) < 0:
+            raise ValueError("non-inferiority margins cannot be negative")
+        if self.z <= 0:
+            raise ValueError("z must be positive")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, margin: float | None = None, looks: int = 1) -> EvidenceRule:
+        """The rule the settings configure; ``looks``: how many times the evidence will be looked at (the
+        95 % budget is shared between them, Bonferroni)."""
+        from scipy.stats import norm
+
+        return cls(settings.gate_margin if margin is None else margin, settings.gate_noninferiority_auc,
+                   settings.gate_noninferiority_log_loss, settings.gate_noninferiority_subgroup_auc,
+                   settings.gate_min_subgroup_events, float(norm.ppf(1 - 0.025 / max(1, looks))))
 
 
 def check_policy(policy: str, metric: str = "auc") -> None:
@@ -47,10 +89,13 @@ def check_policy(policy: str, metric: str = "auc") -> None:
 
 
 def decide(policy: str, *, has_champion: bool, metric: str = "auc", margin: float = 0.0,
-           candidate: float | None = None, champion: float | None = None) -> PromotionDecision:
+           candidate: float | None = None, champion: float | None = None,
+           evidence: Mapping[str, Any] | None = None, rule: EvidenceRule | None = None) -> PromotionDecision:
     """The one promotion rule. ``always``/``never`` say it all; with no champion the candidate becomes the
     first; ``if-first`` keeps an existing champion; ``gate`` promotes only a candidate better than the
-    champion by more than ``margin`` in ``metric``, both scored on the same held-out rows."""
+    champion by more than ``margin`` in ``metric``, both scored on the same held-out rows: with ``rule`` and
+    the paired ``evidence`` (:func:`learning_machine.model.evaluation.paired_comparison`) on the intervals
+    (:func:`decide_on_evidence`), else on the point estimates."""
     check_policy(policy, metric)
     if policy == "always":
         return PromotionDecision(True, "promotion policy 'always'", metric, candidate, champion)
@@ -63,6 +108,8 @@ def decide(policy: str, *, has_champion: bool, metric: str = "auc", margin: floa
     if policy == "if-first":
         return PromotionDecision(False, "promotion policy 'if-first' and a champion exists", metric, candidate,
                                  champion)
+    if rule is not None and evidence is not None and metric in PAIRED_METRICS and evidence.get(metric):
+        return decide_on_evidence(evidence, rule, metric=metric, candidate=candidate, champion=champion)
     if candidate is None or champion is None:
         raise ValueError("the gate compares the candidate with the champion: both scores are needed")
     gain = (candidate - champion) if GATE_METRICS[metric] else (champion - candidate)
@@ -70,6 +117,86 @@ def decide(policy: str, *, has_champion: bool, metric: str = "auc", margin: floa
     return PromotionDecision(verdict, f"candidate {metric} {candidate:.4f} vs champion {champion:.4f}: "
                              f"{'better' if verdict else 'not better'} by more than {margin:g}"
                              + ("" if verdict else " - champion kept"), metric, candidate, champion)
+
+
+def decide_on_evidence(evidence: Mapping[str, Any], rule: EvidenceRule, *, metric: str = "auc",
+                       candidate: float | None = None, champion: float | None = None) -> PromotionDecision:
+    """Promote only when every clause holds, each on the worst end of its 95 % interval (differences are
+    candidate minus champion, on the same held-out rows):
+
+    - **better**: on ``metric`` the candidate beats the champion by more than ``rule.margin`` (AUC: the
+      interval's lower end above the margin; log-loss and Brier: the upper end below minus the margin);
+    - **AUC not worse**, overall and on every subgroup with enough rows of both classes: the lower end above
+      ``-rule.noninferiority_auc``;
+    - **calibration not worse**: the log-loss difference's upper end below ``rule.noninferiority_log_loss``.
+
+    Every clause is returned with its bound and verdict, so the decision can be shown and audited."""
+    clauses: list[dict[str, Any]] = []
+
+    def clause(name: str, found: Mapping[str, Any] | None, *, lower: float | None = None,
+               upper: float | None = None, min_events: int = 0) -> None:
+        if not found:
+            clauses.append({"clause": name, "passed": None, "note": "not assessable on these rows"})
+            return
+        n = int(found.get("n", evidence.get("rows", 0)))
+        if min_events and "events" in found and min(found["events"], n - found["events"]) < min_events:
+            clauses.append({"clause": name, "passed": None, "diff": round(float(found["diff"]), 5), "n": n,
+                            "note": f"not tested: fewer than {min_events} rows of an outcome "
+                                    f"({int(found['events'])} events in {n})"})
+            return
+        diff, se = float(found["diff"]), float(found["se"])
+        if lower is not None:
+            low = diff - rule.z * se
+            passed = bool(low > lower)
+            test = {"ci_low": round(low, 5), "must_exceed": lower}
+        else:
+            assert upper is not None
+            high = diff + rule.z * se
+            passed = bool(high < upper)
+            test = {"ci_high": round(high, 5), "must_be_below": upper}
+        clauses.append({"clause": name, "passed": passed, "diff": round(diff, 5), **test, "n": n})
+
+    higher = GATE_METRICS[metric]
+    if higher:
+        clause(f"better: {metric}", evidence.get(metric), lower=rule.margin)
+    else:
+        clause(f"better: {metric}", evidence.get(metric), upper=-rule.margin)
+    clause("auc not worse", evidence.get("auc"), lower=-rule.noninferiority_auc)
+    clause("calibration not worse: log_loss", evidence.get("log_loss"), upper=rule.noninferiority_log_loss)
+    for group, by_label in sorted((evidence.get("subgroups") or {}).items()):
+        for label, found in sorted(by_label.items()):
+            clause(f"auc not worse: {group}={label}", found.get("auc"), lower=-rule.noninferiority_subgroup_auc,
+                   min_events=rule.min_subgroup_events)
+    failed = [c["clause"] for c in clauses if c["passed"] is False]
+    verdict = not failed and clauses[0]["passed"] is True
+    main = evidence.get(metric) or {}
+    diff, se = float(main.get("diff", float("nan"))), float(main.get("se", float("nan")))
+    level = 100 * (1 - 2 * float(norm_sf(rule.z)))
+    summary = (f"candidate - champion {metric} {diff:+.4f} [{diff - rule.z * se:+.4f}, {diff + rule.z * se:+.4f}] "
+               f"({level:.1f} %) on {evidence.get('rows')} paired rows")
+    if verdict:
+        tested = sum(c["passed"] is True for c in clauses) - 1
+        reason = f"{summary}: better with {level:.1f} % confidence and not worse on {tested} other clause(s)"
+    else:
+        reason = f"{summary}: failed {', '.join(failed) or 'better: ' + metric + ' (not assessable)'} - champion kept"
+    return PromotionDecision(verdict, reason, metric, candidate, champion, tuple(clauses))
+
+
+def norm_sf(z: float) -> float:
+    """P(Z > z) for a standard normal."""
+    import math
+
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def proven_worse(evidence: Mapping[str, Any], rule: EvidenceRule, metric: str = "auc") -> bool:
+    """The candidate is worse than the champion on ``metric`` beyond doubt (the interval's better end is on
+    the champion's side): more evidence cannot make it better, so an evaluation can stop."""
+    found = evidence.get(metric)
+    if not found:
+        return False
+    diff, se = float(found["diff"]), float(found["se"])
+    return diff + rule.z * se < 0 if GATE_METRICS[metric] else diff - rule.z * se > 0
 
 
 def serve(settings: Settings, version: str, *, deployer: str | None = None, strict: bool = False) -> dict[str, Any]:

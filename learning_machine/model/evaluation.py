@@ -178,7 +178,7 @@ def delong_difference(y_true: np.ndarray, proba_a: np.ndarray, proba_b: np.ndarr
     se = max(variance, 0.0) ** 0.5
     p_value = float(2 * norm.sf(abs(diff) / se)) if se > 0 else (0.0 if diff else 1.0)
     return {"a": float(aucs[0]), "b": float(aucs[1]), "diff": diff, "se": se, "ci_low": diff - Z95 * se,
-            "ci_high": diff + Z95 * se, "p_value": p_value, "n": float(m + n)}
+            "ci_high": diff + Z95 * se, "p_value": p_value, "n": float(m + n), "events": float(m)}
 
 
 def paired_loss_difference(losses_a: np.ndarray, losses_b: np.ndarray) -> dict[str, float]:

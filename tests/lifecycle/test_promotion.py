@@ -6,12 +6,15 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from learning_machine.data.sources import load_dataset
 from learning_machine.errors import RegistryError, ServiceUnavailableError, UnknownNameError
-from learning_machine.lifecycle.promotion import change_champion, decide
+from learning_machine.lifecycle.promotion import EvidenceRule, change_champion, decide
 from learning_machine.lifecycle.training import train_and_register
+from learning_machine.model.evaluation import paired_comparison
 from learning_machine.registry.names import CHAMPION
 from learning_machine.registry.tracker import Tracker
 from learning_machine.settings import Settings
@@ -42,6 +45,95 @@ def test_the_gate_respects_the_margin_and_the_metric_direction():
         decide("sometimes", has_champion=True)
     with pytest.raises(UnknownNameError, match="unknown gate metric 'recall'"):
         decide("gate", has_champion=True, metric="recall", candidate=0.1, champion=0.2)
+
+
+def _scores(n: int = 800, seed: int = 3) -> dict[str, Any]:
+    """Fixed data: outcomes, a good model, a noisier (worse) one, one as good as the good one, one that is
+    good except on one subgroup, and the good one made overconfident (same ranking, worse calibration)."""
+    rng = np.random.default_rng(seed)
+    signal = rng.normal(size=n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-1.5 * signal))).astype(int)
+    group = pd.Series(np.where(np.arange(n) % 2 == 0, "a", "b"))
+
+    def model(noise: float) -> np.ndarray:
+        return 1 / (1 + np.exp(-(1.5 * signal + rng.normal(scale=noise, size=n))))
+
+    good, same, worse = model(0.5), model(0.5), model(2.0)
+    lost_b = good.copy()
+    lost_b[group.to_numpy() == "b"] = worse[group.to_numpy() == "b"]  # as good on a, as bad as `worse` on b
+    overconfident = 1 / (1 + np.exp(-4.0 * np.log(good / (1 - good))))
+    return {"y": y, "groups": {"half": group}, "good": good, "same": same, "worse": worse, "lost_b": lost_b,
+            "overconfident": overconfident}
+
+
+RULE = EvidenceRule(margin=0.0, noninferiority_auc=0.03, noninferiority_log_loss=0.02, noninferiority_subgroup_auc=0.03)
+
+
+@pytest.mark.parametrize(("candidate", "champion", "promote", "failed"), [
+    ("good", "worse", True, set()),                       # better, with 95 % confidence, everywhere
+    ("same", "good", False, {"better: auc"}),            # as good: not proven better, the champion stays
+    ("worse", "good", False, {"better: auc", "auc not worse", "auc not worse: half=a", "auc not worse: half=b",
+                              "calibration not worse: log_loss"}),
+    ("good", "lost_b", True, set()),                     # as good on half a and better on half b
+])
+def test_the_evidence_gate_on_a_better_an_equal_and_a_worse_challenger(candidate, champion, promote, failed):
+    data = _scores()
+    evidence = paired_comparison(data["y"], data[candidate], data[champion], data["groups"])
+    decision = decide("gate", has_champion=True, metric="auc", evidence=evidence, rule=RULE,
+                      candidate=evidence["auc"]["a"], champion=evidence["auc"]["b"])
+    assert decision.promote is promote, decision.reason
+    verdicts = {c["clause"]: c["passed"] for c in decision.clauses}
+    assert set(verdicts) == {"better: auc", "auc not worse", "calibration not worse: log_loss",
+                             "auc not worse: half=a", "auc not worse: half=b"}
+    assert {name for name, ok in verdicts.items() if ok is False} >= failed
+    assert promote is (not any(ok is False for ok in verdicts.values()))
+    assert ("champion kept" in decision.reason) is not promote
+    assert "[" in decision.reason and "paired rows" in decision.reason  # the interval is in the reason
+
+
+def test_the_evidence_gate_refuses_a_better_ranking_that_breaks_a_subgroup_or_calibration():
+    data = _scores()
+    # Better overall (the champion is bad on half b), but the candidate is worse on half a.
+    mixed = data["good"].copy()
+    a = data["groups"]["half"].to_numpy() == "a"
+    mixed[a] = data["worse"][a]
+    champion = data["lost_b"]
+    evidence = paired_comparison(data["y"], mixed, champion, data["groups"])
+    decision = decide("gate", has_champion=True, evidence=evidence, rule=RULE)
+    assert not decision.promote
+    assert {c["clause"] for c in decision.clauses if c["passed"] is False} >= {"auc not worse: half=a"}
+    # Same ranking as a better model, but overconfident: AUC better, calibration much worse.
+    evidence = paired_comparison(data["y"], data["overconfident"], data["worse"], data["groups"])
+    decision = decide("gate", has_champion=True, evidence=evidence, rule=RULE)
+    assert evidence["auc"]["ci_low"] > 0 and not decision.promote
+    assert [c["clause"] for c in decision.clauses if c["passed"] is False] == ["calibration not worse: log_loss"]
+
+
+def test_the_evidence_gate_needs_evidence_for_every_metric_it_can_judge():
+    data = _scores(n=60)
+    evidence = paired_comparison(data["y"], data["good"], data["worse"], data["groups"])
+    # Lower-is-better metrics are judged on the upper end of their interval.
+    assert decide("gate", has_champion=True, metric="log_loss", evidence=evidence, rule=RULE).clauses[0][
+        "clause"] == "better: log_loss"
+    # A metric without paired evidence (accuracy) falls back to the point estimates.
+    assert not decide("gate", has_champion=True, metric="accuracy", evidence=evidence, rule=RULE, candidate=0.7,
+                      champion=0.7).clauses
+    with pytest.raises(ValueError, match="non-inferiority margins cannot be negative"):
+        EvidenceRule(noninferiority_auc=-0.1)
+
+
+def test_a_subgroup_with_too_few_events_is_reported_not_tested_and_more_looks_widen_the_intervals():
+    data = _scores(n=200)
+    evidence = paired_comparison(data["y"], data["good"], data["worse"], data["groups"])
+    strict = EvidenceRule(min_subgroup_events=80)  # each half has fewer than 80 rows of one outcome
+    decision = decide("gate", has_champion=True, evidence=evidence, rule=strict)
+    untested = [c for c in decision.clauses if c["clause"].startswith("auc not worse: half")]
+    assert untested and all(c["passed"] is None and "not tested" in c["note"] for c in untested)
+    one, many = (decide("gate", has_champion=True, evidence=evidence, rule=EvidenceRule(z=z)) for z in (1.96, 2.58))
+    assert many.clauses[0]["ci_low"] < one.clauses[0]["ci_low"]
+    settings = Settings(gate_noninferiority_subgroup_auc=0.07)
+    assert EvidenceRule.from_settings(settings, looks=5).z == pytest.approx(2.5758, abs=1e-3)
+    assert EvidenceRule.from_settings(settings).noninferiority_subgroup_auc == 0.07
 
 
 def test_change_champion_moves_the_alias_serves_and_records_who_and_why(mlflow_sqlite: Settings, tmp_path):
