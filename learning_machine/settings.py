@@ -139,6 +139,13 @@ class Settings(BaseSettings):
     loop_retrain_rows: int = Field(2000, ge=50, description="Recent labelled records a retraining uses.")
     loop_min_retrain_rows: int = Field(200, ge=20, description="Retraining needs at least this many (labelled "
                                        "predictions made since the change, when the change point is known).")
+    loop_shadow: bool = Field(True, description="A challenger the retraining gate could not prove better is not "
+                              "discarded: it scores every new record in the shadow (stored apart, never shown to "
+                              "clinicians) and is promoted as soon as the paired evidence on those records allows.")
+    loop_shadow_first_look: int = Field(100, ge=20, description="The shadow's first look at its paired evidence, in "
+                                        "labelled records; then at each doubling.")
+    loop_shadow_max_rows: int = Field(1600, ge=20, description="The shadow ends (challenger retired) when this many "
+                                      "paired records have not proven it better.")
     loop_retry_outcomes: int = Field(200, ge=20, description="After a refused challenger, the change is retried "
                                      "once this many more labelled predictions since the change have arrived (the "
                                      "gate then has more evidence); never earlier, and never while a retraining "

@@ -27,7 +27,10 @@ from learning_machine.model.sequential import SequentialDetector, fit_sequential
 from learning_machine.model.training import predict_proba, retrain_best, train_model
 
 Progress = Callable[[str], None]
-RECOVERY_SCENARIOS = ("concept-drift",)  # where retraining pays: the other scenarios leave the champion good enough (see AUC)
+# The whole loop on the services (full run): where retraining pays a lot (concept drift) and where the possible
+# gain is small (covariate and prevalence shifts), so the gate must not promote without the evidence.
+RECOVERY_SCENARIOS = ("concept-drift", "covariate-shift", "prevalence-shift")
+RECOVERY_ROWS_AFTER = 2400  # rows streamed after the onset unless a better model serves before (120 s at 20 rows/s)
 FALSE_ALARM_BUDGET = 1.0  # per 10,000 rows: the setting LM_MONITOR_FALSE_ALARMS_PER_10K's default
 WINDOW = 200
 CLEAN_ROWS = 10_000
@@ -152,7 +155,7 @@ def bench_loop(quick: bool, progress: Progress, *, budget: float = FALSE_ALARM_B
     section = Section("Learning loop: detection and recovery per drift scenario",
                       ["scenario", "detector", "detected by", "delay rows (median)", "CUSUM bound rows",
                        "bound, labels late", "delay / bound", "AUC before", "AUC retrained", "AUC oracle",
-                       "gap to oracle", "onset to serving: rows", "onset to serving: s"])
+                       "gap to oracle"])
     section.raw["false_alarm_budget_per_10k"] = budget
     section.raw["false_alarms_per_10k"] = {"CUSUM (sequential)": {"runs": sequential_alarms,
                                                                   "per_10k": fa["CUSUM (sequential)"]},
@@ -166,6 +169,8 @@ def bench_loop(quick: bool, progress: Progress, *, budget: float = FALSE_ALARM_B
             recoveries[scenario] = recovery(scenario, progress)
             progress(f"[{scenario}] {recoveries[scenario]}")
     section.raw["recovery"] = recoveries
+    if recoveries:
+        section.tables.append(recovery_table(recoveries))
     drift_start, post = 1000, 2400
     for scenario in [s for s in SCENARIOS if s != "none"]:
         progress(f"scenario {scenario} x{len(seeds)}")
@@ -201,14 +206,10 @@ def bench_loop(quick: bool, progress: Progress, *, budget: float = FALSE_ALARM_B
         bound = cusum_bound(statistics.median(kl_j), budget)
         late = delayed_label_bound(statistics.median(kl_f), statistics.median(kl_j), budget)
         aucs = [statistics.median(before), statistics.median(after), statistics.median(oracle)]
-        served = recoveries.get(scenario, {})
         for name in delays:
             delay = _median(delays[name])
-            live = name == "CUSUM (sequential)" and "rows_to_serving" in served
             section.rows.append([scenario, name, max(set(rules[name]), key=rules[name].count), delay, bound, late,
-                                 delay / late if delay == delay else "-", *aucs, aucs[2] - aucs[1],
-                                 served["rows_to_serving"] if live else "-",
-                                 served["seconds_to_serving"] if live else "-"])
+                                 delay / late if delay == delay else "-", *aucs, aucs[2] - aucs[1]])
         section.raw[scenario] = {"delays": delays["CUSUM (sequential)"], "rules": rules["CUSUM (sequential)"],
                                  "windowed_delays": delays["windowed TabularDrift"],
                                  "windowed_rules": rules["windowed TabularDrift"],
@@ -234,14 +235,16 @@ def bench_loop(quick: bool, progress: Progress, *, budget: float = FALSE_ALARM_B
         f"'Bound, labels late' is what any monitor can reach when outcomes arrive {OUTCOME_DELAY} rows after the "
         "prediction: the smaller of the bound on the features alone and the outcome delay plus the joint bound. "
         "'delay / bound' divides by it.",
-        "Onset to serving (full run only, scenarios " + ", ".join(RECOVERY_SCENARIOS) + "): the whole embedded loop "
-        "on real services (MLflow, MLServer, the gateway as processes; the monitor stepping every second; the "
-        "retraining pipeline under kfp.local; the local deployer's hot swap), records streamed at 20 rows/s with "
-        "outcomes 100 rows late; rows and seconds from the first drifted record to the first prediction answered by "
-        "the promoted version. After a sequential alarm that includes waiting for 200 outcomes after the change point."
-        + (" Not measured in this run." if not recoveries else
-           " Details: " + "; ".join(f"{k}: fired by {v.get('fired_by')}, {v.get('rows_to_fire')} rows to firing, "
-                                    f"promoted v{v.get('promoted')}" for k, v in recoveries.items())),
+        "End to end (full run only, scenarios " + ", ".join(RECOVERY_SCENARIOS) + "): the whole embedded loop on "
+        "real services (MLflow, MLServer, the gateway as processes; the monitor stepping every second with the "
+        "retraining beside it, the `retraining` pipeline under kfp.local; the local deployer's hot swap), a fresh "
+        f"first champion, records streamed at 20 rows/s from row 0 with the change at row 600, outcomes "
+        f"{OUTCOME_DELAY} rows late, seed 5, for {RECOVERY_ROWS_AFTER:,} rows after the onset (less once a better "
+        "model serves). Rows and seconds from the first changed record to the first alarm (`retrain-fired`), to "
+        "the gate's first decision (promoted or refused, on paired evidence with 95 % intervals and "
+        "non-inferiority margins per subgroup), and to the first prediction answered by a promoted version. AUC on "
+        "3,000 fresh post-change rows: the first champion, the version serving at the end, and an oracle trained "
+        "on 5,000 post-change rows." + (" Not measured in this run." if not recoveries else ""),
         "AUC on 3,000 fresh post-drift rows: the champion (trained on 3,000 clean rows); the retrained model as the "
         f"loop makes it from the {post:,} post-drift rows it would have (the better, on a fifth of them it did not "
         "train on, of the champion continued on 1,000 old rows plus them and a fresh model on them); and an oracle "
@@ -259,12 +262,14 @@ def _free_port() -> int:
 
 
 def recovery(scenario: str, progress: Progress, *, rate: float = 20.0, drift_start: int = 600,
-             max_rows: int = 12_000, timeout_s: float = 900.0, seed: int = 5) -> dict[str, Any]:
+             rows_after: int = RECOVERY_ROWS_AFTER, timeout_s: float = 900.0, seed: int = 5) -> dict[str, Any]:
     """The whole embedded loop on real parts, timed: MLflow, MLServer, the gateway (processes), the monitor
-    stepping every second in this process, the retraining pipeline under kfp.local, the local deployer's
-    hot swap. Records stream at ``rate`` rows/s with the drift from row ``drift_start``, outcomes 100 rows
-    late. Returns rows and seconds from the drift onset to the retraining firing, to the promotion, and to
-    the first prediction answered by the promoted version."""
+    stepping every second in this process with retraining beside it (the `retraining` pipeline under
+    kfp.local), the local deployer's hot swap. Records stream at ``rate`` rows/s with the drift from row
+    ``drift_start`` for ``rows_after`` rows (less once a better model serves), outcomes 100 rows late. Returns
+    rows and seconds from the onset to the first alarm, the gate's first decision and the first prediction of
+    a promoted version; the retraining runs and decisions; the AUC of the first champion, the promoted version
+    and an oracle on fresh post-change rows."""
     import json
     import tempfile
     import threading
@@ -283,6 +288,8 @@ def recovery(scenario: str, progress: Progress, *, rate: float = 20.0, drift_sta
     from learning_machine.settings import Settings
     from learning_machine.store.tokens import prepare_for_gateway
 
+    max_rows = drift_start + rows_after
+    models: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="lm-bench-loop-") as tmp:
         home = Path(tmp)
         settings = Settings(
@@ -290,7 +297,7 @@ def recovery(scenario: str, progress: Progress, *, rate: float = 20.0, drift_sta
             train_rows=2000, seed=42, model_server_port=_free_port(), model_server_grpc_port=_free_port(),
             model_server_metrics_port=_free_port(), model_ref=CHAMPION, gateway_port=_free_port(),
             database_url=f"sqlite:///{home / 'lm.db'}", deployer="local", pipeline_runner="local",
-            policy_cooldown_s=0.0, loop_retrain_rows=1500, loop_min_retrain_rows=200, loop_reference_rows=1000)
+            loop_retrain_rows=1500, loop_min_retrain_rows=200, loop_reference_rows=1000)
         manager = ProcessManager(settings.run_dir)
         stop = threading.Event()
         try:
@@ -321,15 +328,13 @@ def recovery(scenario: str, progress: Progress, *, rate: float = 20.0, drift_sta
             plan = StreamPlan(rows=max_rows, batch_size=max(1, int(rate // 5)), rate=rate,
                               outcome_delay_rows=OUTCOME_DELAY, drain_outcomes=False)
             sender = threading.Thread(target=run_stream, args=(client, source(), plan), daemon=True)
-            progress(f"[{scenario}] streaming at {rate:g} rows/s, drift from row {drift_start}")
+            progress(f"[{scenario}] streaming {max_rows:,} rows at {rate:g} rows/s, drift from row {drift_start}")
             sender.start()
             deadline = time.monotonic() + timeout_s
-            promoted = None
-            said: set[int] = set()
+            promoted: str | None = None
             while time.monotonic() < deadline and sender.is_alive():
                 decision = service.step()
-                if decision is not None and decision.retrain and id(decision) not in said:
-                    said.add(id(decision))
+                if decision is not None and decision.retrain:
                     progress(f"[{scenario}] retraining fired ({', '.join(decision.rules)}): {decision.reasons[0]}")
                 champion = tracker.alias_version(settings.model_name, CHAMPION)
                 if champion is not None and champion.version != first and promoted is None:
@@ -342,6 +347,9 @@ def recovery(scenario: str, progress: Progress, *, rate: float = 20.0, drift_sta
                 time.sleep(1.0)
             stop.set()
             sender.join(timeout=30)
+            if service.job is not None:  # a retraining still running when the stream ended: let it finish
+                service.wait_retraining(timeout_s=300)
+                service.step()
             items: list[dict[str, Any]] = []
             after = 0
             while True:
@@ -350,7 +358,10 @@ def recovery(scenario: str, progress: Progress, *, rate: float = 20.0, drift_sta
                 if not page["items"]:
                     break
                 after = int(page["next_after_id"])
-            events = client.page("/v1/events", limit=500)["items"]
+            events = client.page("/v1/events", limit=1000)["items"]
+            final = tracker.alias_version(settings.model_name, CHAMPION)
+            for version in {first, final.version if final else first}:
+                models[version] = tracker.load_pipeline(settings.model_name, version)[0]
             client.close()
             service.client.close()
         finally:
@@ -364,22 +375,64 @@ def recovery(scenario: str, progress: Progress, *, rate: float = 20.0, drift_sta
     def when(item: dict[str, Any]) -> float:
         return float(pd.Timestamp(item["created_at"]).timestamp())
 
-    def rows_by(kind: str) -> int | None:
-        """Rows predicted after the onset when the first ``kind`` event was recorded."""
-        times = sorted(when(e) for e in events if e["kind"] == kind)
-        if not times:
-            return None
-        return max((row_of(i) for i in items if when(i) <= times[0]), default=0) - drift_start
-
     onset = next((i for i in items if row_of(i) >= drift_start), None)
+    events.sort(key=lambda e: int(e["id"]))
+
+    def first_event(*kinds: str) -> dict[str, Any] | None:
+        return next((e for e in events if e["kind"] in kinds), None)
+
+    def rows_at(event: dict[str, Any] | None) -> int | None:
+        """Rows predicted after the onset when ``event`` was recorded."""
+        if event is None:
+            return None
+        return max((row_of(i) for i in items if when(i) <= when(event)), default=0) - drift_start
+
+    def seconds_at(item: dict[str, Any] | None) -> float | None:
+        return None if item is None or onset is None else round(when(item) - when(onset), 1)
+
+    alarm, decided = first_event("retrain-fired"), first_event("promoted", "refused")
     serving = next((i for i in items if promoted is not None and i["model_version"] == promoted), None)
-    result: dict[str, Any] = {"scenario": scenario, "rate": rate, "drift_start": drift_start, "promoted": promoted,
-                              "rows_to_fire": rows_by("retrain-fired"), "rows_to_promoted": rows_by("promoted"),
-                              "fired_by": next((e["detail"].get("rules") for e in events
-                                                if e["kind"] == "retrain-fired"), None),
-                              # what happened, oldest first: (kind, model version)
-                              "events": [(e["kind"], e.get("model_version")) for e in reversed(events)]}
-    if onset is not None and serving is not None:
+    result: dict[str, Any] = {
+        "scenario": scenario, "rate": rate, "drift_start": drift_start, "rows_streamed": len(items),
+        "promoted": promoted, "fired_by": alarm["detail"].get("rules") if alarm else None,
+        "rows_to_alarm": rows_at(alarm), "seconds_to_alarm": seconds_at(alarm),
+        "rows_to_decision": rows_at(decided), "seconds_to_decision": seconds_at(decided),
+        "first_decision": decided["kind"] if decided else None,
+        "retraining_runs": sum(e["kind"] == "retrain-started" for e in events),
+        "decisions": [e["kind"] for e in events if e["kind"] in ("promoted", "refused")],
+        "held": sum(e["kind"] == "retrain-held" for e in events),
+        "gate_evidence": [e["detail"].get("evidence") for e in events if e["kind"] in ("promoted", "refused")],
+        # what happened, oldest first: (kind, model version)
+        "events": [(e["kind"], e.get("model_version")) for e in events]}
+    if serving is not None:
         result["rows_to_serving"] = row_of(serving) - drift_start
-        result["seconds_to_serving"] = when(serving) - when(onset)
+        result["seconds_to_serving"] = seconds_at(serving)
+    # AUC on fresh post-change rows: the first champion, what serves at the end, an oracle trained on 5,000.
+    test = _frame(scenario, 3000, seed + 300, 0)
+    y = test.frame["outcome"].to_numpy()
+    oracle = train_model(_frame(scenario, 5000, seed + 200, 0), seed=seed).pipeline
+    result["auc_champion"] = binary_metrics(y, predict_proba(models[first], test.spec, test.frame))["auc"]
+    result["auc_serving_at_end"] = binary_metrics(y, predict_proba(models[final.version if final else first],
+                                                                   test.spec, test.frame))["auc"]
+    result["auc_oracle"] = binary_metrics(y, predict_proba(oracle, test.spec, test.frame))["auc"]
     return result
+
+
+def recovery_table(recoveries: dict[str, dict[str, Any]]) -> Any:
+    """The end-to-end runs as a table: onset to alarm, to the gate's decision, to a better model serving."""
+    from learning_machine.bench.report import Table
+
+    def pair(values: dict[str, Any], what: str) -> str:
+        rows, seconds = values.get(f"rows_to_{what}"), values.get(f"seconds_to_{what}")
+        return "-" if rows is None else f"{rows:,} rows / {seconds:.0f} s" if seconds is not None else f"{rows:,} rows"
+
+    table = Table("End to end on the services: onset to alarm, decision and a better model serving",
+                  ["scenario", "alarm (rule)", "gate's first decision", "better model serving", "retraining runs",
+                   "decisions", "AUC first champion", "AUC serving at end", "AUC oracle", "gap to oracle"])
+    for scenario, v in recoveries.items():
+        table.rows.append([scenario, pair(v, "alarm") + (f" ({', '.join(v['fired_by'])})" if v.get("fired_by") else ""),
+                           pair(v, "decision") + (f" ({v['first_decision']})" if v.get("first_decision") else ""),
+                           pair(v, "serving"), v.get("retraining_runs", 0), ", ".join(v.get("decisions") or []) or "-",
+                           v.get("auc_champion"), v.get("auc_serving_at_end"), v.get("auc_oracle"),
+                           (v["auc_oracle"] - v["auc_serving_at_end"]) if "auc_oracle" in v else "-"])
+    return table

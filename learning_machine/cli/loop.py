@@ -93,6 +93,8 @@ def monitor(
     service = LoopService(settings, client, progress=say)
     if once:
         decision = service.step()
+        if service.wait_retraining() is not None:  # a retraining it started runs beside; wait and record it
+            service.step()
         console.print(json.dumps({"health": service.health(), "decision": decision.as_dict() if decision else None},
                                  default=str))
         return

@@ -114,6 +114,26 @@ class LearningMachineClient:
             params["model_version"] = model_version
         return list(self._call("GET", "/v1/feed/labelled", params=params)["items"])
 
+    def post_shadow(self, model_name: str, model_version: str, items: Sequence[tuple[int, float]]) -> int:
+        """Store a shadow challenger's scores ``(prediction_id, probability)``; how many were new."""
+        stored = 0
+        for start in range(0, len(items), 5000):
+            body = {"model_name": model_name, "model_version": model_version,
+                    "items": [{"prediction_id": int(i), "probability": float(p)} for i, p in items[start:start + 5000]]}
+            stored += int(self._call("POST", "/v1/shadow/predictions", json=body)["stored"])
+        return stored
+
+    def shadow(self, model_version: str, after_prediction_id: int = 0, limit: int = 5000) -> list[dict[str, Any]]:
+        """A shadow challenger's stored scores after ``after_prediction_id``, in prediction order (all pages)."""
+        items: list[dict[str, Any]] = []
+        while True:
+            page = self._call("GET", "/v1/shadow/predictions", params={
+                "model_version": model_version, "after_prediction_id": after_prediction_id, "limit": limit})
+            items += page["items"]
+            if len(page["items"]) < limit:
+                return items
+            after_prediction_id = int(page["next_after_prediction_id"])
+
     def post_results(self, rows: Sequence[Mapping[str, Any]]) -> int:
         return int(self._call("POST", "/v1/monitoring", json={"results": [dict(r) for r in rows]})["stored"])
 

@@ -64,6 +64,38 @@ def post_monitoring(c: Ctx, _: Loop, body: MonitoringBatchIn) -> Any:
     return {"stored": stored}
 
 
+class ShadowScoreIn(In):
+    prediction_id: int = Field(ge=1, le=2**62)
+    probability: float = Field(ge=0, le=1)
+
+
+class ShadowBatchIn(In):
+    model_name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$")
+    model_version: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")
+    items: list[ShadowScoreIn] = Field(min_length=1, max_length=5000)
+
+
+@router.post("/shadow/predictions", status_code=201,
+             summary="Store a shadow challenger's scores of answered records (never shown to clinicians)")
+def post_shadow(c: Ctx, _: Loop, body: ShadowBatchIn) -> Any:
+    """The learning loop's shadow evaluation: a registered challenger scores every record the champion
+    answered; its scores are kept here, apart from the predictions, and paired with outcomes as they arrive.
+    Idempotent per prediction and version. Monitor or admin tokens only."""
+    stored = repository.add_shadow_predictions(c.db, body.model_name, body.model_version,
+                                               [(i.prediction_id, i.probability) for i in body.items])
+    return {"stored": stored, "received": len(body.items)}
+
+
+@router.get("/shadow/predictions", summary="A shadow challenger's scores (data scientists, admins, the monitor)")
+def get_shadow(c: Ctx, _: Feeds,
+               model_version: Annotated[str, Query(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")],
+               after_prediction_id: Annotated[int, Query(ge=0, le=2**62)] = 0,
+               limit: Annotated[int, Query(ge=1, le=5000)] = 1000) -> Any:
+    items = repository.shadow_predictions(c.db, model_version, after_prediction_id=after_prediction_id,
+                                          limit=limit)
+    return {"items": items, "next_after_prediction_id": items[-1]["prediction_id"] if items else after_prediction_id}
+
+
 # Events only their own routes create, with the caller recorded: a retraining request (POST /v1/retrain,
 # admin) and an outcome correction (POST /v1/outcomes?overwrite=true). Nobody may forge them here.
 ROUTE_ONLY_EVENTS = {"retrain-requested": "POST /v1/retrain", "outcome-corrected": "POST /v1/outcomes?overwrite=true"}

@@ -21,7 +21,7 @@ import pandas as pd
 from learning_machine.data.spec import DatasetSpec
 from learning_machine.loop.policy import Decision, RetrainPolicy, WindowSummary, decide
 from learning_machine.model.evaluation import evaluate
-from learning_machine.model.sequential import Alarm, SequentialDetector
+from learning_machine.model.sequential import Alarm, SequentialDetector, loss_change_point
 
 Progress = Callable[[str], None]
 
@@ -241,11 +241,13 @@ class Monitor:
         n_events = None
         if labelled is None and self.labelled is not None:
             labelled = self.labelled()
+        performance_since = None
         if labelled is not None and not labelled.empty:
             perf, auc = performance_results(self.spec, labelled)
             rows += perf
             n_outcomes = len(labelled)
             n_events = int(pd.to_numeric(labelled["outcome"], errors="coerce").fillna(0).sum())
+            performance_since = loss_change_time(labelled)
         for row in rows:
             row.setdefault("details", {})
             row.update(window_rows=len(window), model_version=model_version)
@@ -253,7 +255,8 @@ class Monitor:
         summary = WindowSummary(window_id, self.clock(), len(window), drift=bool(drift.get("is_drift")),
                                 drift_p_value=_min_p(drift), drifted_features=tuple(drift.get("drifted_features") or ()),
                                 missing_fraction=missing, invalid_fraction=invalid, auc=auc, n_outcomes=n_outcomes,
-                                n_events=n_events)
+                                n_events=n_events, start_time=_first_time(frame),
+                                performance_since=performance_since)
         self.windows.append(summary)
         self.sink.results(rows)
         if self.metrics_logger is not None:
@@ -329,6 +332,26 @@ class Monitor:
             self.progress(f"retraining: {outcome.get('state', 'started')}"
                           + (f" ({outcome['error']})" if outcome.get("error") else ""))
         return outcome.get("state") != "DEFERRED"
+
+
+def loss_change_time(labelled: pd.DataFrame) -> str | None:
+    """When the model's loss most likely rose among labelled predictions (``created_at``, ``outcome``,
+    ``probability``), as the prediction time of the first row after the change; None without times, when
+    the loss did not rise, or when the change lies before these rows."""
+    if "created_at" not in labelled or labelled["created_at"].isna().any():
+        return None
+    ordered = labelled.assign(_t=pd.to_datetime(labelled["created_at"], utc=True, format="mixed")).sort_values(
+        "_t", kind="stable")
+    outcome = pd.to_numeric(ordered["outcome"], errors="coerce")
+    ok = outcome.notna().to_numpy()
+    index = loss_change_point(outcome.to_numpy(dtype=float)[ok], ordered["probability"].to_numpy(dtype=float)[ok])
+    return None if index is None else str(ordered["created_at"].to_numpy()[ok][index])
+
+
+def _first_time(frame: pd.DataFrame) -> str | None:
+    if "created_at" not in frame or frame.empty or pd.isna(frame["created_at"].iloc[0]):
+        return None
+    return str(frame["created_at"].iloc[0])
 
 
 def _decision_state(decision: Decision | None) -> dict[str, Any] | None:

@@ -1,8 +1,8 @@
 """The retraining policy: a small rule, documented and configurable, that decides from the monitor's
 recent windows whether to retrain, and says why.
 
-A retraining fires when any of these holds, unless the cooldown since the last retraining has not
-passed (then the decision records that it was suppressed and by how long):
+A retraining fires when any of these holds (unless an optional cooldown since the last retraining has not
+passed; then the decision records that it was suppressed and by how long):
 
 1. **drift confirmed**: the last ``drift_windows`` windows all show drift (one noisy window is not
    enough, which bounds false alarms);
@@ -43,6 +43,11 @@ class WindowSummary:
     n_outcomes: int = 0
     n_events: int | None = None
     """Outcomes that were events (1), for the AUC's standard error; None: compare the AUC itself."""
+    start_time: str | None = None
+    """When the window's first prediction was made (where a drift that starts with this window began)."""
+    performance_since: str | None = None
+    """Where the serving model's loss most likely rose, among the outcomes its realised AUC was measured on
+    (:func:`learning_machine.model.sequential.loss_change_point`); None: before them, or no rise."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,9 @@ class RetrainPolicy:
     auc_floor: float | None = 0.70
     min_outcomes: int = 100
     schedule_s: float | None = None
-    cooldown_s: float = 600.0
+    cooldown_s: float = 0.0
+    """A minimum gap between two retrainings (off by default: the learning loop retries a refused change when
+    enough new outcomes have arrived, and never runs two retrainings for one change)."""
 
     def __post_init__(self) -> None:
         if self.drift_windows < 1:
@@ -103,6 +110,13 @@ def decide(windows: Sequence[WindowSummary], policy: RetrainPolicy, *, now: floa
 
     recent = list(windows)[-policy.drift_windows:]
     if len(recent) == policy.drift_windows and all(w.drift for w in recent):
+        run = list(recent)
+        for w in reversed(list(windows)[:-policy.drift_windows]):  # back to the first window of the drifted run
+            if not w.drift:
+                break
+            run.insert(0, w)
+        if run[0].start_time:
+            evidence["drift_since"] = run[0].start_time
         features = sorted({f for w in recent for f in w.drifted_features})
         p_values = [w.drift_p_value for w in recent if w.drift_p_value is not None]
         rules.append("drift")
@@ -120,6 +134,8 @@ def decide(windows: Sequence[WindowSummary], policy: RetrainPolicy, *, now: floa
             reasons.append(f"realised AUC {latest.auc:.3f} on {latest.n_outcomes} outcomes is below the floor "
                            f"{policy.auc_floor:.2f}" + (f" (95 % upper bound {upper:.3f})" if upper > latest.auc else ""))
             evidence["performance_window"] = latest.window_id
+            if latest.performance_since:
+                evidence["performance_since"] = latest.performance_since
 
     if policy.schedule_s is not None and (last_retrain_at is None or now - last_retrain_at >= policy.schedule_s):
         rules.append("schedule")

@@ -27,7 +27,9 @@ from learning_machine.data.spec import DatasetSpec
 from learning_machine.errors import ConflictError, LearningMachineError, ServiceUnavailableError
 from learning_machine.lifecycle.promotion import champion_event
 from learning_machine.loop.monitor import Monitor, MonitorConfig
-from learning_machine.loop.policy import Decision, RetrainPolicy
+from learning_machine.loop.policy import Decision, RetrainPolicy, decide
+from learning_machine.loop.shadow import Shadow, ShadowPlan, evidence_of, first_look_at, paired_rows
+from learning_machine.loop.shadow import score as shadow_score
 from learning_machine.registry.names import CHAMPION
 from learning_machine.registry.tracker import Tracker, tracker_for
 from learning_machine.settings import Settings
@@ -54,7 +56,15 @@ class GatewaySink:
 
     def __init__(self, client: LearningMachineClient) -> None:
         self.client = client
-        self._buffer: StepOutputs | None = None
+        self._local = threading.local()  # buffering is the step's thread's: a retraining beside it posts at once
+
+    @property
+    def _buffer(self) -> StepOutputs | None:
+        return getattr(self._local, "buffer", None)
+
+    @_buffer.setter
+    def _buffer(self, value: StepOutputs | None) -> None:
+        self._local.buffer = value
 
     def results(self, rows: Sequence[Mapping[str, Any]]) -> None:
         jsonable = [_jsonable_row(r) for r in rows]
@@ -89,13 +99,19 @@ def _jsonable_row(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def change_point(decision: Decision) -> str | None:
-    """When the change began, for a decision fired by the sequential test (None for the other rules: they
-    retrain on the most recent outcomes, as before)."""
-    if "sequential" not in decision.rules:
-        return None
-    alarms = decision.evidence.get("sequential_alarms") or []
+    """When the change began, by the most precise rule that fired and said so: the sequential test's change
+    point (row by row), else the performance rule's (where the loss rose among the outcomes), else the
+    drift rule's (the first drifted window). None: retrain on the most recent outcomes."""
+    evidence = decision.evidence
+    alarms = (evidence.get("sequential_alarms") or []) if "sequential" in decision.rules else []
     found = [a.get("since") for a in alarms if a.get("since")]
-    return min(found) if found else None
+    if found:
+        return str(min(found))
+    if "performance" in decision.rules and evidence.get("performance_since"):
+        return str(evidence["performance_since"])
+    if "drift" in decision.rules and evidence.get("drift_since"):
+        return str(evidence["drift_since"])
+    return None
 
 
 def builtin_spec_path(name: str) -> Path:
@@ -116,24 +132,44 @@ class RetrainViaPipeline:
     progress: Progress | None = None
     runs: list[dict[str, Any]] = field(default_factory=list)
     _deferred: str | None = None
+    last_attempt: dict[str, Any] | None = None
+    """The change the last retraining handled and how it ended (saved with the monitor's state): while the
+    same champion serves, the same change is retried only once ``loop_retry_outcomes`` new outcomes of
+    predictions made since it began have arrived (the evidence, not a clock, decides)."""
 
     def __call__(self, decision: Decision) -> Mapping[str, Any]:
         from learning_machine.runners.base import get_runner
 
         model = self.settings.model_name
         since = change_point(decision)
-        data = self.export_recent(since)
+        before = self.tracker.alias_version(model, CHAMPION)
+        retry = None if "requested" in decision.rules else self._same_change(before.version if before else None,
+                                                                              decision)
+        if retry is not None:
+            since = retry.get("since") or since  # the change already being handled, from where it began
+        items = self._labelled_since(since)
+        if retry is not None:
+            fresh = sum(1 for i in items if int(i.get("outcome_id") or 0) > int(retry.get("outcome_cursor") or 0))
+            if fresh < self.settings.loop_retry_outcomes:
+                detail = {"error": f"the change since {retry.get('since') or 'the last retraining'} was already "
+                                   f"retrained on {retry.get('rows')} rows ({retry.get('result')}); retrying once "
+                                   f"{self.settings.loop_retry_outcomes} new outcomes have arrived ({fresh} so far)",
+                          "since": retry.get("since"), "new_outcomes": fresh,
+                          "needed": self.settings.loop_retry_outcomes, "last_attempt": retry,
+                          "reasons": list(decision.reasons)}
+                return self._defer(decision, detail)
+        data = self.export_recent(since, items)
         if data is None and since is not None:
             # Fast detection is no use if the new model learns from rows before the change: wait for
             # enough outcomes of predictions made since the change point (and say so once).
             detail = {"error": f"waiting for {self.settings.loop_min_retrain_rows} outcomes of predictions made "
                                f"since the change at {since}", "since": since, "reasons": list(decision.reasons)}
-            key = json.dumps(decision.as_dict(), sort_keys=True, default=str)  # the same decision, also restored
-            if self._deferred != key:
-                self._deferred = key
-                self.sink.event("retrain-deferred", detail)
-            return {"state": "DEFERRED", **detail}
-        before = self.tracker.alias_version(model, CHAMPION)
+            return self._defer(decision, detail)
+        attempt = {"since": since, "champion": before.version if before else None,
+                   "outcome_cursor": max((int(i.get("outcome_id") or 0) for i in items), default=0),
+                   "cut_id": max((int(i["id"]) for i in items), default=0),
+                   "rows": len(items), "result": "running", "at": time.time()}
+        self.last_attempt = attempt
         self.sink.event("retrain-started", {"reasons": list(decision.reasons), "rules": list(decision.rules),
                                             **({"since": since} if since else {})},
                         before.version if before else None)
@@ -148,13 +184,14 @@ class RetrainViaPipeline:
                   "reference_seed": self.settings.seed}
         if self.settings.loop_reference_rows == 0 or self.spec.name != "synthetic-cohort":
             params["reference_source"] = ""  # only the generator can regenerate the original training rows
+        attempt["result"] = "failed"  # until it says otherwise
         try:
             run = runner.run("retraining", params, progress=self.progress)
         except LearningMachineError as exc:
             self.sink.event("retrain-failed", {"error": exc.message}, before.version if before else None)
             return {"state": "FAILED", "error": exc.message}
         summary = {"state": run.state, "run_key": run.run_key, "mlflow_url": run.mlflow_url,
-                   "seconds": round(run.seconds, 1), "data": str(data)}
+                   "seconds": round(run.seconds, 1), "data": str(data), "cut_id": attempt["cut_id"]}
         self.runs.append(summary)
         if not run.succeeded:
             self.sink.event("retrain-failed", {**summary, "error": run.error, "log": run.log_path},
@@ -165,20 +202,51 @@ class RetrainViaPipeline:
         if after is not None and (before is None or after.version != before.version):
             self.sink.event("promoted", champion_event(before, after, metrics=after.metrics, by="learning loop",
                                                        reason="retraining passed the gate",
-                                                       evidence=after.tags.get("lm.gate_evidence")), after.version)
+                                                       evidence=after.tags.get("lm.gate_evidence"),
+                                                       clauses=after.tags.get("lm.gate_clauses")), after.version)
             summary["promoted"] = after.version
+            attempt["result"] = "promoted"
         else:
+            attempt["result"] = "refused"
             challenger = self.tracker.alias_version(model, "challenger")
-            self.sink.event("refused", {"champion": before.version if before else None,
+            # Not proven better on the held-out rows: with the shadow on, that is not the last word.
+            shadowed = self.settings.loop_shadow and challenger is not None and before is not None
+            self.sink.event("gate-undecided" if shadowed else "refused", {
+                                        "champion": before.version if before else None,
                                         "challenger": challenger.version if challenger else None,
                                         "challenger_metrics": challenger.metrics if challenger else {},
                                         "gate": challenger.tags.get("lm.gate") if challenger else None,
-                                        "evidence": challenger.tags.get("lm.gate_evidence") if challenger else None},
+                                        "evidence": challenger.tags.get("lm.gate_evidence") if challenger else None,
+                                        "clauses": challenger.tags.get("lm.gate_clauses") if challenger else None,
+                                        **({"next": "shadow evaluation on live traffic"} if shadowed else {})},
                             before.version if before else None)
             summary["refused"] = challenger.version if challenger else None
             if before is not None:
                 summary["champion"] = before.version
         return summary
+
+    def _defer(self, decision: Decision, detail: dict[str, Any]) -> dict[str, Any]:
+        """Not yet: say so once per decision (a restored one too), and come back at the next step."""
+        key = json.dumps(decision.as_dict(), sort_keys=True, default=str)
+        if self._deferred != key:
+            self._deferred = key
+            self.sink.event("retrain-deferred", detail)
+        return {"state": "DEFERRED", **detail}
+
+    def _same_change(self, champion: str | None, decision: Decision) -> dict[str, Any] | None:
+        """The last attempt, when this decision is about the change it handled: it did not promote and the
+        same champion still serves (a new champion is a new start: its own reference, its own evidence)."""
+        last = self.last_attempt
+        if last is None or last.get("result") == "promoted" or last.get("champion") != champion:
+            return None
+        return last
+
+    def _labelled_since(self, since: str | None) -> list[dict[str, Any]]:
+        items = self.client.labelled(limit=self.settings.loop_retrain_rows)
+        if since is not None:
+            start = pd.Timestamp(since)
+            items = [i for i in items if pd.Timestamp(i["created_at"]) >= start]
+        return items
 
     def _champion_after_run(self) -> Any:
         return self.tracker.alias_version(self.settings.model_name, CHAMPION)
@@ -188,13 +256,11 @@ class RetrainViaPipeline:
             return self.settings.dataset_spec
         return builtin_spec_path(self.spec.name)
 
-    def export_recent(self, since: str | None = None) -> Path | None:
+    def export_recent(self, since: str | None = None, items: list[dict[str, Any]] | None = None) -> Path | None:
         """The most recent labelled records (predicted at or after ``since``, when given) as a CSV in the
         dataset's columns; None when there are too few."""
-        items = self.client.labelled(limit=self.settings.loop_retrain_rows)
-        if since is not None:
-            start = pd.Timestamp(since)
-            items = [i for i in items if pd.Timestamp(i["created_at"]) >= start]
+        if items is None:
+            items = self._labelled_since(since)
         if len(items) < self.settings.loop_min_retrain_rows:
             return None
         rid, target = self.spec.record_id.name, self.spec.target.name
@@ -243,7 +309,11 @@ class LoopService:
             drift=lambda records: self.model_server.drift(settings.model_name, self.spec, list(records)),
             sink=self.sink, trigger=self.trigger, metrics_logger=self._log_metrics, labelled=self._labelled,
             sequential=self._sequential_detector if settings.monitor_sequential else None, progress=progress)
-        self.monitor.trigger = self._retrain
+        self.monitor.trigger = lambda decision: self.trigger(decision)  # run beside the monitor (_start_retraining)
+        self.job: RetrainJob | None = None
+        self.shadow: Shadow | None = None
+        self.shadow_plan = ShadowPlan(settings.loop_shadow_first_look, settings.loop_shadow_max_rows)
+        self._shadow_model: tuple[str, Any] | None = None
         self._detectors: dict[str, Any] = {}
         self._metrics: list[tuple[dict[str, float], int]] = []
         # Where the feed was assessed up to (saved), where it was read up to (rows in a partial window lie
@@ -266,7 +336,9 @@ class LoopService:
     def durable_state(self) -> dict[str, Any]:
         return {"format": STATE_FORMAT, "cursor": self.cursor, "outcome_cursor": self.outcome_cursor,
                 "last_request_id": self.last_request_id, "monitor_run_id": self.monitor_run_id,
-                "model_name": self.settings.model_name, **self.monitor.durable_state()}
+                "model_name": self.settings.model_name, "last_attempt": self.trigger.last_attempt,
+                "retraining": self.job.state() if self.job is not None else None,
+                "shadow": self.shadow.as_state() if self.shadow is not None else None, **self.monitor.durable_state()}
 
     def load_state(self) -> None:
         """Resume from the saved state; without one (a first start, or a lost row), from the legacy state
@@ -286,6 +358,16 @@ class LoopService:
         self.monitor_run_id = state.get("monitor_run_id") or self.monitor_run_id
         self.monitor.restore(state)
         self.monitor.pending = []
+        self.trigger.last_attempt = state.get("last_attempt")
+        self.shadow = Shadow.from_state(state["shadow"]) if state.get("shadow") else None
+        interrupted = state.get("retraining")
+        if interrupted and self.job is None:
+            # The monitor stopped while a retraining ran beside it: that run never reported back. Say so, and
+            # count it as an attempt at its change (retried when the evidence allows, not at once).
+            self.sink.event("retrain-failed", {"error": "the monitor stopped while this retraining ran; its "
+                                               "outcome was not recorded", **interrupted})
+            if self.trigger.last_attempt and self.trigger.last_attempt.get("result") == "running":
+                self.trigger.last_attempt["result"] = "interrupted"
         self._detectors.clear()  # a fresh sequential test: it sees the rows after the cursor again
         self._state_loaded = True
         if self.progress and saved.get("state") is not None:
@@ -337,7 +419,9 @@ class LoopService:
                      for v, d in self._detectors.items()}
         return {"monitor": self.monitor.snapshot(), "detectors": detectors, "cursor": self.cursor,
                 "read_cursor": self.read_cursor, "outcome_cursor": self.outcome_cursor,
-                "last_request_id": self.last_request_id, "metrics": len(self._metrics)}
+                "last_request_id": self.last_request_id, "metrics": len(self._metrics), "job": self.job,
+                "shadow": copy.deepcopy(self.shadow),
+                "last_attempt": copy.deepcopy(self.trigger.last_attempt)}
 
     def _rollback(self, snapshot: Mapping[str, Any]) -> None:
         self.monitor.rollback(snapshot["monitor"])
@@ -345,6 +429,10 @@ class LoopService:
         self.cursor, self.read_cursor = snapshot["cursor"], snapshot["read_cursor"]
         self.outcome_cursor, self.last_request_id = snapshot["outcome_cursor"], snapshot["last_request_id"]
         del self._metrics[snapshot["metrics"]:]
+        self.job = snapshot["job"]  # a finished retraining is collected again by the retried step
+        self.shadow = snapshot["shadow"]
+        if self.job is not None and self.job.done.is_set():
+            self.trigger.last_attempt = snapshot["last_attempt"]
 
     def _log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self._metrics.append((metrics, step))  # logged to MLflow once the step is saved
@@ -368,8 +456,8 @@ class LoopService:
         champion = self.tracker.alias_version(self.settings.model_name, CHAMPION)
         items = self.client.labelled(limit=self.settings.monitor_performance_rows,
                                      model_version=champion.version if champion else None)
-        return pd.DataFrame([{**i["features"], "probability": i["probability"], "outcome": i["outcome"]}
-                             for i in items])
+        return pd.DataFrame([{**i["features"], "probability": i["probability"], "outcome": i["outcome"],
+                              "created_at": i["created_at"]} for i in items])
 
     def _sequential_detector(self, version: str) -> Any:
         """The sequential detector of ``version``, fitted once on the training reference saved with it (read
@@ -393,23 +481,41 @@ class LoopService:
         return self._detectors[version]
 
     def _retrain(self, decision: Decision) -> Mapping[str, Any]:
-        """Retrain; when the challenger is refused, the champion stays and the changed population is its
-        new normal: the sequential test is refitted on the rows it was retrained on, or it would alarm on
-        the same change again and again."""
+        """Retrain now, in this thread (what a retraining beside the monitor does, then :meth:`_after`)."""
         outcome = self.trigger(decision)
+        self._after(outcome)
+        return outcome
+
+    def _after(self, outcome: Mapping[str, Any]) -> None:
+        """What a finished retraining means for the monitor (in the step's thread). A retraining's alarms
+        are handled: they are cleared. When the challenger is refused the champion stays and the changed
+        feature population is its new normal: the sequential test's feature streams are refitted on the rows
+        it was retrained on (or they would alarm on the same change again and again), while its outcome
+        stream keeps the champion's own burn-in, so a loss of performance keeps alarming until something
+        better serves."""
+        if outcome.get("state") == "DEFERRED":
+            return
+        self.monitor.alarms.clear()
         champion, data = outcome.get("champion"), outcome.get("data")
-        if "refused" in outcome and champion and data and self.settings.monitor_sequential:
-            from learning_machine.model.sequential import fit_sequential
+        if "refused" in outcome and outcome["refused"] and champion and self.settings.loop_shadow:
+            self.start_shadow(str(outcome["refused"]), str(champion), int(outcome.get("cut_id") or 0), data)
+            return
+        self._rebaseline(champion, data)
+
+    def _rebaseline(self, champion: Any, data: Any) -> None:
+        if champion and data and self.settings.monitor_sequential:
+            from learning_machine.model.sequential import fit_sequential, rebaselined
 
             frame = pd.read_csv(data)
             if len(frame) >= 50:
-                self._detectors[str(champion)] = fit_sequential(
-                    self.spec, frame[self.spec.feature_names],
-                    false_alarms_per_10k=self.settings.monitor_false_alarms_per_10k)
-                self.sink.event("monitor-rebaselined", {"rows": len(frame), "reason": "challenger refused: the "
-                                                        "champion stays and the recent population is its new normal"},
+                fresh = fit_sequential(self.spec, frame[self.spec.feature_names],
+                                       false_alarms_per_10k=self.settings.monitor_false_alarms_per_10k)
+                old = self._detectors.get(str(champion))
+                self._detectors[str(champion)] = rebaselined(old, fresh) if old is not None else fresh
+                self.sink.event("monitor-rebaselined", {"rows": len(frame), "reason": "challenger retired: the "
+                                                        "champion stays and the recent features are its new normal; "
+                                                        "its performance is still judged against its own burn-in"},
                                 str(champion))
-        return outcome
 
     def new_outcomes(self) -> pd.DataFrame:
         """Outcomes that arrived since the last step (in arrival order), for the sequential test's outcome
@@ -441,8 +547,11 @@ class LoopService:
         return decision
 
     def _compute(self) -> Decision | None:
-        """One pass on the in-memory state (its outputs go to the sink's buffer)."""
-        requested = self.requested()
+        """One pass on the in-memory state (its outputs go to the sink's buffer). While a retraining runs
+        beside it the monitor keeps reading, assessing and alarming, but starts nothing: a request waits for
+        it, and a policy that would fire is recorded once as held (the change is being handled)."""
+        running = self.job is not None or self.shadow is not None
+        requested = None if running else self.requested()
         if requested is not None:
             return requested
         feed = self.client.feed(after_id=self.read_cursor, limit=5000)
@@ -457,18 +566,145 @@ class LoopService:
         # after a restart (they are never stored in the state).
         pending = self.monitor.pending
         self.cursor = int(pending[0]["feed_id"]) - 1 if pending else self.read_cursor
+        if self.shadow is not None:
+            self._shadow_step()
+        if running:
+            self._held(windows)
+            return None
         if windows or self.monitor.alarms or self.monitor.waiting:
             return self.monitor.decide(start=False)
         return None
+
+    def _held(self, windows: Sequence[Any]) -> None:
+        """While a retraining runs: what the policy would decide, recorded once per retraining."""
+        busy: Any = self.job if self.job is not None else self.shadow
+        if busy is None or getattr(busy, "held", False) or not (windows or self.monitor.alarms):
+            return
+        would = decide(list(self.monitor.windows), self.monitor.policy, now=self.monitor.clock(),
+                       last_retrain_at=None, alarms=self.monitor.alarms)
+        if would.retrain:
+            busy.held = True
+            what = "a retraining for this change is running" if self.job is not None else \
+                f"challenger v{self.shadow.version if self.shadow else '?'} is being evaluated in the shadow"
+            self.sink.event("retrain-held", {**would.as_dict(), "why": f"{what}; the monitor keeps watching and "
+                                             "acts on what it sees once that ends"})
+
+    # -- the shadow: a challenger scoring live traffic beside the champion --------------------------
+    def start_shadow(self, version: str, champion: str, cut_id: int, data: Any = None) -> Shadow:
+        """Evaluate challenger ``version`` on the records the champion answers after ``cut_id``."""
+        self.shadow = Shadow(version, champion, cut_id, time.time(), str(data) if data else None,
+                             scored_up_to=cut_id, next_look=self.shadow_plan.first_look)
+        self._shadow_model = None
+        if self.trigger.last_attempt and self.trigger.last_attempt.get("result") == "refused":
+            self.trigger.last_attempt["result"] = "shadow"
+        self.sink.event("shadow-started", {"challenger": version, "champion": champion, "after_prediction": cut_id,
+                                           "looks_at_rows": self.shadow_plan.look_sizes(),
+                                           "confidence_per_look": round(
+                                               100 * (1 - 0.05 / self.shadow_plan.looks), 2)}, version)
+        if self.progress:
+            self.progress(f"challenger v{version} scores live traffic in the shadow of v{champion}")
+        return self.shadow
+
+    def _shadow_step(self) -> None:
+        """Score what the champion answered since the last step, store it apart, and look at the paired
+        evidence when it has doubled. Any failure ends the shadow with an event; predictions never depend
+        on it (they are answered by the champion alone)."""
+        shadow = self.shadow
+        assert shadow is not None
+        champion = self.tracker.alias_version(self.settings.model_name, CHAMPION)
+        if champion is None or champion.version != shadow.champion:
+            self._end_shadow("ended", f"the champion changed (now v{champion.version if champion else None})")
+            return
+        try:
+            model = self._challenger_model(shadow.version)
+            while shadow.scored_up_to < self.read_cursor:
+                page = self.client.feed(after_id=shadow.scored_up_to, limit=2000)
+                items = [i for i in page["items"] if int(i["id"]) <= self.read_cursor]
+                answered = [i for i in items if str(i["model_version"]) == shadow.champion]
+                if answered:
+                    self.client.post_shadow(self.settings.model_name, shadow.version,
+                                            shadow_score(model, self.spec, answered))
+                if not items:
+                    break
+                shadow.scored_up_to = int(items[-1]["id"])
+        except (LearningMachineError, GatewayError, ValueError, KeyError) as exc:
+            self._end_shadow("failed", f"the shadow could not score: {_describe(exc)}")
+            return
+        labelled = [i for i in self.client.labelled(limit=min(20_000, 4 * self.shadow_plan.max_rows),
+                                                    model_version=shadow.champion) if int(i["id"]) > shadow.cut_id]
+        if len(labelled) < shadow.next_look:
+            return  # not enough outcomes yet for the next look
+        scores = {int(i["prediction_id"]): float(i["probability"])
+                  for i in self.client.shadow(shadow.version, after_prediction_id=shadow.cut_id)}
+        paired = paired_rows(self.spec, labelled, scores, cut_id=shadow.cut_id, champion=shadow.champion)
+        if len(paired) < shadow.next_look:
+            return
+        self._shadow_look(shadow, paired)
+
+    def _shadow_look(self, shadow: Shadow, paired: pd.DataFrame) -> None:
+        from learning_machine.components.steps import clauses_summary, evidence_summary
+        from learning_machine.lifecycle.promotion import EvidenceRule, change_champion, decide_on_evidence, proven_worse
+
+        evidence = evidence_of(self.spec, paired)
+        rule = EvidenceRule.from_settings(self.settings, margin=self.settings.loop_gate_margin,
+                                          looks=self.shadow_plan.looks)
+        verdict = decide_on_evidence(evidence, rule, metric=self.settings.gate_metric
+                                     if self.settings.gate_metric in ("auc", "log_loss", "brier") else "auc")
+        look = {"look": len(shadow.looks) + 1, "rows": len(paired), "promote": verdict.promote,
+                "reason": verdict.reason, "evidence": evidence_summary(evidence),
+                "clauses": clauses_summary(list(verdict.clauses))}
+        shadow.looks.append({k: look[k] for k in ("look", "rows", "promote")})
+        shadow.next_look = first_look_at(self.shadow_plan, len(paired) + 1)
+        self.sink.event("shadow-look", look, shadow.version)
+        if verdict.promote:
+            change_champion(self.settings, self.tracker, action="promote", version=shadow.version,
+                            reason=f"shadow evaluation on {len(paired)} live records: {verdict.reason}",
+                            by="learning loop (shadow)", record=self._record_event)
+            self.trigger.last_attempt = {**(self.trigger.last_attempt or {}), "result": "promoted"}
+            self.shadow = None
+            return
+        worse = proven_worse(evidence, rule, self.settings.gate_metric
+                             if self.settings.gate_metric in ("auc", "log_loss", "brier") else "auc")
+        if worse or shadow.next_look > self.shadow_plan.max_rows:
+            self._end_shadow("refused", ("proven worse than the champion" if worse else
+                                         f"not proven better on {len(paired)} live records (the plan's last look)"),
+                             evidence=look)
+
+    def _end_shadow(self, how: str, why: str, *, evidence: Mapping[str, Any] | None = None) -> None:
+        """The shadow ends without a promotion: the challenger is retired (``refused``), or the shadow stopped
+        (``failed``, ``ended``). A retired challenger's population becomes the monitor's new normal."""
+        shadow, self.shadow = self.shadow, None
+        assert shadow is not None
+        kind = {"refused": "refused", "failed": "shadow-failed", "ended": "shadow-ended"}[how]
+        self.sink.event(kind, {"challenger": shadow.version, "champion": shadow.champion, "by": "shadow evaluation",
+                               "why": why, "looks": shadow.looks, **(dict(evidence) if evidence else {})},
+                        shadow.champion)
+        if self.trigger.last_attempt and self.trigger.last_attempt.get("result") == "shadow":
+            self.trigger.last_attempt["result"] = "refused" if how == "refused" else how
+        if how == "refused":
+            self._rebaseline(shadow.champion, shadow.data)
+
+    def _challenger_model(self, version: str) -> Any:
+        if self._shadow_model is None or self._shadow_model[0] != version:
+            model, _ = self.tracker.load_pipeline(self.settings.model_name, version)
+            self._shadow_model = (version, model)
+        return self._shadow_model[1]
+
+    def _record_event(self, kind: str, detail: dict[str, Any], version: str | None) -> dict[str, Any]:
+        self.sink.event(kind, detail, version)
+        return {"kind": kind, "detail": detail, "model_version": version}
 
     def step(self) -> Decision | None:
         """Act on a requested retraining, or read the feed once, assess every full window and apply the policy
         after new windows; save it all with the cursor; then start a retraining that fired."""
         if not self._state_loaded:
             self.load_state()
+        finished = self.job is not None and self.job.done.is_set()
         snapshot = self._snapshot()
         try:
             with self.sink.buffered() as outputs:
+                if finished:
+                    self._collect()
                 decision = self._compute()
             self._commit(outputs)
         except BaseException as exc:
@@ -479,32 +715,52 @@ class LoopService:
         self._flush_metrics()
         self.steps += 1
         self.last_step_at = time.time()
-        if decision is not None and decision.retrain and self.monitor.trigger is not None:
+        if decision is not None and decision.retrain and self.monitor.trigger is not None and self.job is None:
             self._start_retraining(decision)
         return decision
 
     def _start_retraining(self, decision: Decision) -> None:
-        """Run the trigger for a saved ``retrain-fired`` decision (once: the decision is saved before). A
+        """Start the trigger for a saved ``retrain-fired`` decision (once: the decision is saved before) in a
+        thread beside the monitor, which keeps stepping; the next step after it ends collects its outcome. A
         retraining that must wait for outcomes is kept (saved) and tried again at the next steps."""
         assert self.monitor.trigger is not None
-        was_waiting = self.monitor.waiting is not None
-        try:
-            outcome = self.monitor.trigger(decision)
-        except Exception as exc:
-            # The retraining fired (and is recorded); say how it ended rather than fire it again.
-            self.monitor.waiting = None
-            with _suppressed():
-                self.sink.event("retrain-failed", {"error": _describe(exc), "reasons": list(decision.reasons)})
-            if was_waiting:
-                self._commit()
-            raise
+        self.monitor.waiting = None
+        self.job = RetrainJob(decision, self.monitor.trigger)
+        self._commit()  # saved as running: a monitor that restarts meanwhile knows a run was under way
+        self.job.start()
         if self.progress:
-            self.progress(f"retraining: {outcome.get('state', 'started')}"
-                          + (f" ({outcome['error']})" if outcome.get("error") else ""))
-        deferred = outcome.get("state") == "DEFERRED"
-        self.monitor.waiting = decision if deferred else None
-        if deferred or was_waiting:
-            self._commit()
+            self.progress("retraining started beside the monitor: " + "; ".join(decision.reasons)[:200])
+
+    def _collect(self) -> None:
+        """A retraining that ended: how, in the step's outputs (saved with the step); a deferred one waits."""
+        job, self.job = self.job, None
+        assert job is not None
+        if job.error is not None:
+            self.sink.event("retrain-failed", {"error": _describe(job.error), "reasons": list(job.decision.reasons)})
+            if self.trigger.last_attempt and self.trigger.last_attempt.get("result") == "running":
+                self.trigger.last_attempt["result"] = "failed"
+            self.monitor.alarms.clear()
+            return
+        outcome = job.outcome or {}
+        if self.progress:
+            self.progress(f"retraining: {outcome.get('state', 'ended')}"
+                          + (f" ({outcome['error']})" if outcome.get("error") else "")
+                          + (f", v{outcome['promoted']} promoted" if outcome.get("promoted") else ""))
+        if outcome.get("state") == "DEFERRED":
+            self.monitor.waiting = job.decision
+        self._after(outcome)
+
+    def wait_retraining(self, timeout_s: float | None = None) -> Mapping[str, Any] | None:
+        """Block until the running retraining ends (tests, the benchmark, `lm monitor --once`); its outcome, or
+        None when none ran. The next :meth:`step` records it."""
+        job = self.job
+        if job is None:
+            return None
+        if not job.done.wait(timeout_s):
+            raise TimeoutError(f"the retraining did not end within {timeout_s} s")
+        if job.error is not None:
+            return {"state": "ERROR", "error": _describe(job.error)}
+        return job.outcome
 
     def run(self, interval_s: float, stop: threading.Event, *, max_backoff_s: float = MAX_BACKOFF_S) -> None:
         """Step every ``interval_s`` until ``stop`` is set. A failing step, whatever the error, is logged with
@@ -524,6 +780,9 @@ class LoopService:
                 if self.progress:
                     self.progress(f"monitor step failed: {self.last_error} (retrying in {delay:.0f} s)")
             stop.wait(delay)
+        if self.job is not None and not self.job.done.is_set():
+            log.warning("stopping while a retraining runs: it is abandoned, and recorded as interrupted when the "
+                        "monitor next starts")
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok" if self.last_error is None else "degraded", "steps": self.steps,
@@ -531,7 +790,40 @@ class LoopService:
                 "state_version": self.state_version, "last_step_at": self.last_step_at,
                 "last_error": self.last_error, "last_error_at": self.last_error_at,
                 "failures_in_a_row": self.failures, "retry_in_s": self.retry_in_s,
-                "pending_rows": len(self.monitor.pending)}
+                "pending_rows": len(self.monitor.pending),
+                "retraining": self.job.state() if self.job is not None else None,
+                "last_attempt": self.trigger.last_attempt,
+                "shadow": self.shadow.as_state() if self.shadow is not None else None}
+
+
+class RetrainJob:
+    """One retraining, run in a thread beside the monitor; its outcome (or error) is collected by a step."""
+
+    def __init__(self, decision: Decision, trigger: Callable[[Decision], Mapping[str, Any]]) -> None:
+        self.decision = decision
+        self.trigger = trigger
+        self.started_at = time.time()
+        self.outcome: Mapping[str, Any] | None = None
+        self.error: Exception | None = None
+        self.held = False
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="retraining", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.outcome = self.trigger(self.decision)
+        except Exception as exc:  # the thread's boundary: reported by the step that collects the job
+            self.error = exc
+            log.error("the retraining failed", exc_info=not isinstance(exc, LearningMachineError))
+        finally:
+            self.done.set()
+
+    def state(self) -> dict[str, Any]:
+        return {"started_at": self.started_at, "rules": list(self.decision.rules),
+                "reasons": list(self.decision.reasons)[:3], "running": not self.done.is_set()}
 
 
 def _describe(exc: BaseException) -> str:

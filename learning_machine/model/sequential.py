@@ -35,6 +35,7 @@ from learning_machine.data.spec import DatasetSpec
 from learning_machine.model.drift import DriftEncoding
 
 CLIP = 5.0
+BRIDGE_5PC = 1.2239  # P(max of a Brownian bridge > x) = exp(-2 x^2) = 0.05
 SIM_RUNS = 400
 SIM_ROWS = 2500
 
@@ -282,3 +283,33 @@ def describe(detector: SequentialDetector) -> dict[str, Any]:
     return {"detector": "CUSUM", "k": list(detector.k), "threshold": detector.threshold.tolist(),
             "outcome_threshold": None if detector.outcome_threshold is None else detector.outcome_threshold.tolist(), "false_alarms_per_10k": detector.false_alarms_per_10k,
             "streams": len(detector.names) + 1}
+
+
+def rebaselined(old: SequentialDetector, fresh: SequentialDetector) -> SequentialDetector:
+    """``fresh`` (fitted on a changed population) with ``old``'s outcome stream: a refused challenger lets
+    the monitor accept a new feature distribution, never a loss of performance, so the log-loss is still
+    judged against the serving model's own burn-in and a champion that has become worse keeps alarming."""
+    fresh.outcome_threshold = None if old.outcome_threshold is None else old.outcome_threshold.copy()
+    fresh.outcome_center, fresh.outcome_scale = old.outcome_center, old.outcome_scale
+    fresh.outcomes_seen = old.outcomes_seen
+    fresh._burn_y, fresh._burn_p = list(old._burn_y), list(old._burn_p)
+    return fresh
+
+
+def loss_change_point(outcomes: np.ndarray, probabilities: np.ndarray, *, min_segment: int = 20) -> int | None:
+    """Where the model's loss most likely rose, on labelled predictions in arrival order: the index that
+    maximises the likelihood of a single upward shift in mean of the excess log-loss (the CUSUM change-point
+    estimator, argmax of ``S_k - k/n S_n`` over ``k``), when the shift is significant at 5 % (the scaled bridge
+    ``max (k/n S_n - S_k) / (sd sqrt n)`` beyond 1.224, the one-sided Brownian-bridge quantile). None when there is
+    no such shift or either side would have fewer than ``min_segment`` rows: the change then lies before these
+    rows (learn from all of them)."""
+    z = _logloss_excess(np.asarray(outcomes, dtype=float), np.asarray(probabilities, dtype=float))
+    n = len(z)
+    if n < 2 * min_segment:
+        return None
+    s = np.cumsum(z - z.mean())  # falls while the loss is below its mean (before a rise), then climbs back
+    k = int(np.argmin(s[:-1])) + 1  # the first row after the lowest point: the first of the worse segment
+    sd = float(z.std())
+    if k < min_segment or n - k < min_segment or sd == 0 or -s[k - 1] / (sd * np.sqrt(n)) < BRIDGE_5PC:
+        return None
+    return k

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -78,6 +78,21 @@ class Outcome(Base):
     source: Mapped[str] = mapped_column(String(64), default="api")
     recorded_by: Mapped[str | None] = mapped_column(Text)
     """The name of the token that recorded (or last corrected) the outcome."""
+
+
+class ShadowPrediction(Base):
+    """A challenger's score of a record the champion answered, stored apart: never returned to clinicians
+    (they read predictions, not this table); the learning loop pairs it with the outcome as evidence."""
+
+    __tablename__ = "shadow_predictions"
+    __table_args__ = (UniqueConstraint("prediction_id", "model_version", name="uq_shadow_prediction_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id", ondelete="CASCADE"), index=True)
+    model_name: Mapped[str] = mapped_column(String(200))
+    model_version: Mapped[str] = mapped_column(String(64), index=True)
+    probability: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class MonitoringResult(Base):

@@ -28,12 +28,14 @@ from learning_machine.store.models import (
     Outcome,
     Prediction,
     Record,
+    ShadowPrediction,
     utcnow,
 )
 
 TABLES: dict[str, type[Base]] = {
     "records": Record, "predictions": Prediction, "explanations": Explanation, "outcomes": Outcome,
     "monitoring_results": MonitoringResult, "events": Event, "api_tokens": ApiToken,
+    "shadow_predictions": ShadowPrediction,
 }
 
 
@@ -167,6 +169,40 @@ def add_monitoring_results(db: Database, results: Sequence[Mapping[str, Any]]) -
     with db.transaction() as session:
         session.add_all(_result_rows(results, utcnow()))
     return len(results)
+
+
+def add_shadow_predictions(db: Database, model_name: str, model_version: str,
+                           items: Sequence[tuple[int, float]]) -> int:
+    """Store a challenger's scores (``(prediction_id, probability)``) in one transaction; a score already stored
+    for the same prediction and version is kept (a retried call stores nothing twice). Returns how many
+    were new; an unknown prediction id fails the whole call."""
+    ids = [int(i) for i, _ in items]
+    with db.transaction() as session:
+        known = set(session.scalars(select(Prediction.id).where(Prediction.id.in_(ids))))
+        missing = sorted(set(ids) - known)
+        if missing:
+            raise NotFoundError(f"no prediction with id {missing[0]}" + (f" (and {len(missing) - 1} more)"
+                                                                         if len(missing) > 1 else ""),
+                                detail={"unknown_prediction_ids": missing[:20]})
+        stored = set(session.scalars(select(ShadowPrediction.prediction_id).where(
+            ShadowPrediction.model_version == model_version, ShadowPrediction.prediction_id.in_(ids))))
+        now = utcnow()
+        fresh = {i: float(p) for i, p in items if int(i) not in stored}
+        session.add_all([ShadowPrediction(prediction_id=i, model_name=model_name, model_version=model_version,
+                                          probability=p, created_at=now) for i, p in fresh.items()])
+    return len(fresh)
+
+
+def shadow_predictions(db: Database, model_version: str, *, after_prediction_id: int = 0,
+                       limit: int = 5000) -> list[dict[str, Any]]:
+    """A challenger's stored scores in prediction order, after ``after_prediction_id``."""
+    query = (select(ShadowPrediction).where(ShadowPrediction.model_version == model_version,
+                                            ShadowPrediction.prediction_id > after_prediction_id)
+             .order_by(ShadowPrediction.prediction_id).limit(limit))
+    with db.read() as session:
+        return [{"prediction_id": r.prediction_id, "model_name": r.model_name, "model_version": r.model_version,
+                 "probability": r.probability, "created_at": r.created_at.isoformat()}
+                for r in session.scalars(query)]
 
 
 def _event_row(kind: str, detail: Mapping[str, Any] | None, model_version: str | None, now: datetime) -> Event:

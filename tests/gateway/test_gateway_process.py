@@ -62,7 +62,7 @@ def test_embedded_gateway_process_with_its_tokens_and_status(tmp_path: Path) -> 
                               headers={"Authorization": f"Bearer {tokens['clinician']}"}, timeout=30)
         assert response.status_code == 503 and "unreachable" in response.json()["detail"]
         db = Database(settings.database_uri())
-        assert current_revision(db.engine) == "0002"
+        assert current_revision(db.engine) == "0003"
         assert repository.counts(db)["predictions"] == 0
     finally:
         assert manager.stop("gateway")

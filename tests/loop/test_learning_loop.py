@@ -16,7 +16,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from testsupport import CuttableProxy, free_port
 
-from learning_machine.clients.gateway import LearningMachineClient
+from learning_machine.clients.gateway import GatewayError, LearningMachineClient
 from learning_machine.data.sources import load_dataset
 from learning_machine.embedded.model_server import model_server_service, served_names, wait_models_ready
 from learning_machine.embedded.processes import ProcessManager
@@ -115,14 +115,41 @@ def test_the_loop_stays_quiet_on_clean_data_then_heals_itself_after_drift(stack:
     decision = stack.service.step()
     assert decision is not None and decision.retrain, decision
     assert {"performance", "sequential"} & set(decision.rules), decision.rules
+    # The retraining runs beside the monitor, which stays live: new predictions are read and assessed, and
+    # their window stored, while the pipeline runs (the window's results are stored between the run's
+    # start and end events).
+    assert stack.service.job is not None, "the retraining runs in its own thread"
+    windows = stack.service.monitor.next_window_id
+    stack.stream(200, seed=106, scenario="concept-drift")
+    assert stack.service.step() is None  # nothing else starts while the change is being handled
+    assert stack.service.monitor.next_window_id == windows + 1
+    assessed_at = max(r["created_at"] for r in stack.client.page("/v1/monitoring", kind="drift", limit=500)["items"]
+                      if r["details"].get("window_id") == windows)
+    outcome = stack.service.wait_retraining(timeout_s=600)
+    assert outcome is not None and outcome["state"] == "SUCCEEDED", outcome
+    stack.service.step()  # collects the finished retraining
+    assert stack.service.job is None
+    times = {e["kind"]: e["created_at"] for e in stack.events()}
+    assert times["retrain-started"] < assessed_at < times["retrain-finished"], (times, assessed_at)
+    # Promoted by the gate on its held-out rows, or, when those few rows could not prove it better, by the
+    # shadow evaluation on the live records that follow (paired with their outcomes as they arrive).
+    for seed in range(110, 116):
+        if stack.tracker.version(stack.settings.model_name, CHAMPION).version != stack.first_version:
+            break
+        assert stack.service.shadow is not None, stack.kinds()[-5:]
+        stack.stream(200, seed=seed, scenario="concept-drift")
+        stack.service.step()
     kinds = stack.kinds()
     for kind in ("retrain-fired", "retrain-started", "retrain-finished", "promoted"):
         assert kind in kinds, kinds
+    assert kinds.count("retrain-started") == 1, kinds  # one retraining for one change
     champion = stack.tracker.version(stack.settings.model_name, CHAMPION)
     assert champion.version != stack.first_version
+    assert stack.service.shadow is None and stack.service.health()["last_attempt"]["result"] == "promoted"
     promoted = next(e for e in stack.events() if e["kind"] == "promoted")
     assert promoted["detail"]["to"] == champion.version
-    assert "paired rows: auc" in promoted["detail"]["evidence"]  # the gate's evidence, with its intervals
+    # The gate's evidence, with its intervals: in the event (pipeline gate) or the reason (shadow's look).
+    assert "paired rows" in json.dumps(promoted["detail"]), promoted
 
     # 3. After the swap, clinicians get the new version, and it predicts the post-drift outcomes better.
     stack.stream(500, seed=103, scenario="concept-drift")
@@ -168,15 +195,29 @@ def test_mlflow_going_down_mid_run_leaves_the_champion_serving_and_the_failure_r
         [r.data.tags.get("mlflow.runName") for r in runs]
 
 
-def test_a_challenger_that_does_not_beat_the_champion_is_refused(stack: Stack):
+def test_a_challenger_that_does_not_beat_the_champion_is_refused(stack: Stack, monkeypatch):
     champion = stack.tracker.version(stack.settings.model_name, CHAMPION).version
-    strict = stack.settings.model_copy(update={"loop_gate_margin": 0.5})  # no model beats another by 0.5 AUC
+    # No model beats another by 0.5 AUC; without the shadow, the gate's verdict is final.
+    strict = stack.settings.model_copy(update={"loop_gate_margin": 0.5, "loop_shadow": False})
+    monkeypatch.setattr(stack.service, "settings", strict)
     default_trigger = stack.service.trigger
     detector_before = stack.service._detectors.get(champion)
     stack.service.trigger = RetrainViaPipeline(strict, stack.client, stack.service.sink, stack.tracker,
                                                stack.service.spec)
+    stack.stream(250, seed=108)  # labelled rows to retrain on
+    decision = Decision(True, ("test: strict gate",), ("manual",))
     try:
-        result = stack.service._retrain(Decision(True, ("test: strict gate",), ("manual",)))
+        result = stack.service._retrain(decision)
+        # The same change again at once: not retrained before enough new evidence (outcomes) has arrived.
+        again = stack.service.trigger(Decision(True, ("test: strict gate, again",), ("manual",)))
+        assert again["state"] == "DEFERRED" and again["needed"] == stack.settings.loop_retry_outcomes, again
+        assert again["new_outcomes"] < stack.settings.loop_retry_outcomes
+        assert again["last_attempt"]["result"] == "refused" and again["last_attempt"]["champion"] == champion
+        deferred = [e for e in stack.events() if e["kind"] == "retrain-deferred"]
+        assert deferred and "retrying once" in deferred[-1]["detail"]["error"]
+        stack.stream(stack.settings.loop_retry_outcomes + 60, seed=109)  # the outcomes arrive 50 rows late
+        retried = stack.service.trigger(Decision(True, ("test: strict gate, with more evidence",), ("manual",)))
+        assert retried["state"] == "SUCCEEDED" and "refused" in retried, retried
     finally:
         stack.service.trigger = default_trigger
     assert result["state"] == "SUCCEEDED" and "promoted" not in result
@@ -187,7 +228,12 @@ def test_a_challenger_that_does_not_beat_the_champion_is_refused(stack: Stack):
     # The champion stays, and the population it was retrained on becomes the sequential test's new normal.
     rebaselined = [e for e in stack.events() if e["kind"] == "monitor-rebaselined"]
     assert rebaselined and rebaselined[-1]["model_version"] == champion and rebaselined[-1]["detail"]["rows"] >= 50
-    assert stack.service._detectors[champion] is not None and stack.service._detectors[champion] is not detector_before
+    rebaselined_detector = stack.service._detectors[champion]
+    assert rebaselined_detector is not None and rebaselined_detector is not detector_before
+    if detector_before is not None and detector_before.outcome_threshold is not None:
+        # A new normal for the features, never for the performance: the outcome stream keeps its burn-in.
+        assert np.array_equal(rebaselined_detector.outcome_threshold, detector_before.outcome_threshold)
+        assert rebaselined_detector.outcome_center == detector_before.outcome_center
 
 
 def test_rollback_is_one_command_that_serves_the_previous_version_again(stack: Stack):
@@ -222,8 +268,70 @@ def test_a_requested_retraining_fires_once(stack: Stack, monkeypatch):
     decision = stack.service.step()
     assert decision is not None and decision.rules == ("requested",)
     assert "new guideline" in decision.reasons[0]
+    stack.service.wait_retraining(timeout_s=60)
     assert len(calls) == 1
     fired = [e for e in stack.events() if e["kind"] == "retrain-fired"][-1]
     assert fired["detail"]["rules"] == ["requested"]
     stack.service.step()  # (the policy may fire on its own here: the rolled-back model serves drifted data)
+    stack.service.wait_retraining(timeout_s=60)
     assert [c.rules for c in calls].count(("requested",)) == 1  # a request is acted on once
+
+
+def test_a_shadow_challenger_is_never_seen_by_clinicians_never_fails_a_prediction_and_is_promoted_on_evidence(
+        stack: Stack, monkeypatch):
+    tokens = json.loads(stack.settings.tokens_path().read_text())
+    clinician = LearningMachineClient(stack.settings.gateway_url, tokens["clinician"], timeout_s=60)
+    stack.service.step()
+    stack.service.wait_retraining(timeout_s=600)
+    stack.service.step()
+    if stack.service.shadow is not None:  # the policy's own retraining after the rollback test: not this test's
+        stack.service._end_shadow("ended", "test: a shadow of its own")
+    monkeypatch.setattr(stack.service.monitor, "trigger", None)  # no retraining of the policy's in this test
+    champion = stack.tracker.version(stack.settings.model_name, CHAMPION).version
+    assert stack.service.job is None and stack.service.shadow is None
+
+    # A shadow whose model cannot be loaded (no such version): it ends with an event; clinicians' predictions
+    # are answered by the champion as before (the shadow is never on their path).
+    stack.service.start_shadow("9999", champion, cut_id=0)
+    stack.stream(60, seed=120)
+    stack.service.step()
+    assert stack.service.shadow is None
+    failed = [e for e in stack.events() if e["kind"] == "shadow-failed"]
+    assert failed and "9999" in failed[-1]["detail"]["challenger"] and "could not score" in failed[-1]["detail"]["why"], \
+        [(e["kind"], e["detail"]) for e in stack.events()[-4:]]
+
+    # A real challenger, trained on the new concept, registered but not serving.
+    better = train_and_register(stack.settings, stack.tracker, load_dataset(
+        "synthetic-cohort", n_rows=2000, seed=77, scenario="concept-drift", drift_start=0), promote="never")
+    version = better.version.version
+    last_id = max(int(i["id"]) for i in stack.client.labelled(limit=1))
+    keys = set(clinician.predict([next(iter(generated_records(1, seed=119, scenario="none", drift_start=0, id_prefix="before-")))[0]])[0])
+    stack.service.start_shadow(version, champion, cut_id=last_id)
+    promoted = None
+    for seed in range(121, 131):
+        records = list(generated_records(100, seed=seed, scenario="concept-drift", drift_start=0,
+                                         id_prefix=f"sh{seed}-"))
+        answers = clinician.predict([r for r, _ in records])
+        assert {a["model_version"] for a in answers} == {champion}  # clinicians get the champion only
+        assert all(set(a) == keys for a in answers)  # and nothing is added to their answers
+        for record, y in records:
+            clinician.outcome(record["record_id"], int(y))
+        stack.service.step()
+        promoted = stack.tracker.version(stack.settings.model_name, CHAMPION).version
+        if promoted == version:
+            break
+    stored = stack.client.shadow(version, after_prediction_id=last_id)
+    assert len(stored) >= 100 and {s["model_version"] for s in stored} == {version}
+    with pytest.raises(GatewayError) as denied:  # a clinician cannot read the shadow's scores
+        clinician.shadow(version)
+    assert denied.value.status == 403
+    looks = [e for e in stack.events() if e["kind"] == "shadow-look"]
+    assert looks and looks[0]["detail"]["rows"] >= stack.settings.loop_shadow_first_look
+    assert all("[" in look["detail"]["reason"] for look in looks)  # each look states its interval
+    assert promoted == version, [look["detail"]["reason"] for look in looks]
+    event = [e for e in stack.events() if e["kind"] == "promoted"][-1]
+    assert event["detail"]["by"] == "learning loop (shadow)" and "live records" in event["detail"]["reason"]
+    # From now on clinicians get the promoted challenger.
+    record, _ = next(iter(generated_records(1, seed=140, scenario="concept-drift", drift_start=0, id_prefix="after-")))
+    assert clinician.predict([record])[0]["model_version"] == version
+    clinician.close()

@@ -87,6 +87,7 @@ def test_a_restart_without_the_state_file_fires_nothing_twice_and_counts_no_row_
     admin = env.client("admin")
     request = admin.request_retraining("restart test")
     decision = first.step()
+    first.wait_retraining(timeout_s=30)
     assert decision is not None and decision.rules == ("requested",) and len(calls) == 1
     first.step()
     assert env.windows_stored() == [1, 2] and len(first.monitor.pending) == 30

@@ -104,3 +104,18 @@ def test_realised_performance_drops_under_concept_drift(reference):
         rows, aucs[name] = performance_results(reference.spec, labelled)
         assert any(r["feature"] == "sex=female" for r in rows)
     assert aucs["after"] < aucs["before"] - 0.08
+
+
+def test_a_window_says_when_it_began_and_where_the_serving_models_loss_rose(reference, detector):
+    model = train_model(reference, seed=1).pipeline
+    sink, clock = Sink(), [0.0]
+    monitor = _monitor(reference, detector, sink, clock)
+    # 600 outcomes of the serving model, in arrival order: the concept changed at the 300th.
+    frame = load_dataset("synthetic-cohort", n_rows=600, seed=41, scenario="concept-drift", drift_start=300).frame
+    times = pd.date_range("2026-12-06T10:00:00", periods=len(frame), freq="s").strftime("%Y-%m-%dT%H:%M:%S")
+    labelled = frame.assign(probability=predict_proba(model, reference.spec, frame), created_at=times)
+    window = [{**r, "created_at": times[i]} for i, r in enumerate(_rows("none", 200, seed=29))]
+    summary = monitor.assess(window, labelled.sample(frac=1.0, random_state=0)).summary  # any order: sorted by time
+    assert summary.start_time == times[0]
+    assert summary.performance_since is not None
+    assert times[240] <= summary.performance_since <= times[360], summary.performance_since

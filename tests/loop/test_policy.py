@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from learning_machine.loop.policy import RetrainPolicy, WindowSummary, decide
+from learning_machine.loop.policy import Decision, RetrainPolicy, WindowSummary, decide
 
 POLICY = RetrainPolicy(drift_windows=2, auc_floor=0.7, min_outcomes=50, cooldown_s=600)
 
@@ -70,3 +70,28 @@ def test_invalid_policies_are_refused():
         RetrainPolicy(drift_windows=0)
     with pytest.raises(ValueError, match="min_outcomes"):
         RetrainPolicy(min_outcomes=3)
+
+
+def test_every_rule_says_where_the_change_began():
+    def at(i: int, **kw: object) -> WindowSummary:
+        return WindowSummary(i, 1000.0 + i, 200, start_time=f"2026-12-06T10:0{i}:00", **kw)  # type: ignore[arg-type]
+
+    # The drift rule: the first window of the drifted run, however long the run is.
+    windows = [at(1, drift=False), at(2, drift=True), at(3, drift=True), at(4, drift=True)]
+    decision = decide(windows, POLICY, now=2000, last_retrain_at=None)
+    assert decision.rules == ("drift",) and decision.evidence["drift_since"] == "2026-12-06T10:02:00"
+    # The performance rule: where the loss rose among the outcomes the AUC was measured on.
+    windows = [at(1, auc=0.55, n_outcomes=300, n_events=60, performance_since="2026-12-06T09:58:00")]
+    decision = decide(windows, POLICY, now=2000, last_retrain_at=None)
+    assert decision.rules == ("performance",) and decision.evidence["performance_since"] == "2026-12-06T09:58:00"
+
+
+def test_the_retraining_learns_from_the_most_precise_change_point():
+    from learning_machine.loop.service import change_point
+
+    evidence = {"sequential_alarms": [{"since": "2026-12-06T10:05:00"}, {"since": "2026-12-06T10:04:00"}],
+                "performance_since": "2026-12-06T10:01:00", "drift_since": "2026-12-06T10:00:00"}
+    assert change_point(Decision(True, ("x",), ("sequential", "performance"), None, evidence)) == "2026-12-06T10:04:00"
+    assert change_point(Decision(True, ("x",), ("performance", "drift"), None, evidence)) == "2026-12-06T10:01:00"
+    assert change_point(Decision(True, ("x",), ("drift",), None, evidence)) == "2026-12-06T10:00:00"
+    assert change_point(Decision(True, ("x",), ("schedule",), None, evidence)) is None  # the most recent rows

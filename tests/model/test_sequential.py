@@ -12,7 +12,7 @@ from test_monitor import Sink, _rows
 from learning_machine.data.sources import load_dataset
 from learning_machine.loop.monitor import Monitor, MonitorConfig
 from learning_machine.loop.policy import RetrainPolicy, decide
-from learning_machine.model.sequential import fit_sequential
+from learning_machine.model.sequential import fit_sequential, loss_change_point, rebaselined
 from learning_machine.model.training import predict_proba, train_model
 
 
@@ -168,3 +168,30 @@ def test_a_retraining_waits_for_outcomes_after_the_change_then_starts(reference,
     assert monitor.decide() is fired and monitor.waiting is fired  # still waiting
     assert monitor.decide() is fired and monitor.waiting is None and len(calls) == 3
     assert [kind for kind, _ in sink.events] == ["retrain-fired"]  # fired once, however long it waited
+
+
+def test_the_performance_rule_estimates_where_the_loss_rose(model):
+    # Outcomes of the same model before and after concept drift at row 300 of 600: the estimate lands near it.
+    data = _stream("concept-drift", 600, 41, 300)
+    proba = predict_proba(model, data.spec, data.frame)
+    found = loss_change_point(data.frame["outcome"].to_numpy(), proba)
+    assert found is not None and 240 <= found <= 360, found
+    # The change is before all the rows (all of them are post-change): no cut in their middle.
+    after = _stream("concept-drift", 400, 43, 0)
+    found = loss_change_point(after.frame["outcome"].to_numpy(), predict_proba(model, after.spec, after.frame))
+    assert found is None, found
+
+
+def test_a_rebaselined_detector_keeps_judging_performance_against_the_old_burn_in(reference, detector, model):
+    old = _fresh(detector)
+    burn = _stream("none", 600, 44, 0)
+    old.update_outcomes(burn.frame["outcome"].to_numpy(), predict_proba(model, burn.spec, burn.frame))
+    assert old.outcome_threshold is not None
+    shifted = _stream("covariate-shift", 600, 45, 0).frame
+    fresh = rebaselined(old, fit_sequential(reference.spec, shifted, false_alarms_per_10k=1.0))
+    assert np.array_equal(fresh.outcome_threshold, old.outcome_threshold)
+    assert (fresh.outcome_center, fresh.outcome_scale) == (old.outcome_center, old.outcome_scale)
+    assert not fresh.update(shifted.iloc[:300])  # the changed features are the new normal
+    worse = _stream("concept-drift", 800, 46, 0)  # but a model that got worse is still flagged
+    alarms = fresh.update_outcomes(worse.frame["outcome"].to_numpy(), predict_proba(model, worse.spec, worse.frame))
+    assert alarms and alarms[0].stream == "outcomes"

@@ -66,13 +66,13 @@ def test_migrations_create_every_table_on_an_empty_database(db: Database) -> Non
     assert tables >= TABLES
     # Our own version table, so the database can be shared with MLflow's Alembic history.
     assert "lm_alembic_version" in tables and "alembic_version" not in tables
-    assert current_revision(db.engine) == "0002"
+    assert current_revision(db.engine) == "0003"
     db.upgrade()  # a current schema is left alone
-    assert current_revision(db.engine) == "0002"
+    assert current_revision(db.engine) == "0003"
 
 
 def test_a_database_of_the_first_release_is_upgraded_with_its_rows(tmp_path: Path) -> None:
-    """0001 -> 0002 keeps every stored outcome and token; the new columns start empty."""
+    """0001 -> 0003 keeps every stored outcome and token; the new columns and tables start empty."""
     from learning_machine.store.db import upgrade
 
     database = Database(f"sqlite:///{tmp_path / 'old.db'}")
@@ -83,9 +83,10 @@ def test_a_database_of_the_first_release_is_upgraded_with_its_rows(tmp_path: Pat
         conn.exec_driver_sql("INSERT INTO outcomes (record_id, outcome, received_at, source) "
                              "VALUES ('r1', 1, '2026-01-01', 'api')")
     database.upgrade()
-    assert current_revision(database.engine) == "0002"
+    assert current_revision(database.engine) == "0003"
     with database.engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT record_id, outcome, recorded_by FROM outcomes").all() == [("r1", 1, None)]
+        assert conn.exec_driver_sql("SELECT count(*) FROM shadow_predictions").scalar() == 0
     database.dispose()
 
 
