@@ -43,6 +43,9 @@ class WindowSummary:
     n_outcomes: int = 0
     n_events: int | None = None
     """Outcomes that were events (1), for the AUC's standard error; None: compare the AUC itself."""
+    estimated_auc: float | None = None
+    """AUC estimated from the window's scores before outcomes arrive (CBPE; assumes a calibrated model).
+    Informational: the rules above read the realised AUC only."""
 
 
 @dataclass(frozen=True)
