@@ -235,18 +235,35 @@ def data_scientist_page(client: LearningMachineClient, conn: views.Connection, m
     events = _guard("read the events", lambda: views.events_frame(client))
     events = events if events is not None else pd.DataFrame(columns=["created_at", "kind", "reason"])
 
-    st.subheader("Realised performance over time")
-    perf = _guard("read the performance results", lambda: views.performance_view(views.monitoring_frame(client, "performance")))
+    st.subheader("Performance over time: realised and estimated")
+    results = _guard("read the performance results", lambda: views.monitoring_frame(client, "performance"))
+    perf = views.performance_view(results) if results is not None else None
     if perf is not None:
-        if perf.empty:
+        if perf.empty or not (perf["source"] == views.REALISED).any():
             st.info("No outcomes yet: realised performance appears once outcomes have arrived for a full monitoring "
                     "window (the monitor needs both classes). Outcomes come from the clinician view or `lm stream`.")
-        else:
+        if not perf.empty:
             groups = sorted(perf["subgroup"].unique())
             chosen = st.multiselect("Subgroups", groups, default=[g for g in groups if g == "overall"] or groups[:1],
                                     key="ds_subgroups")
-            st.altair_chart(views.timeline_chart(perf[perf["subgroup"].isin(chosen)], events, y_title="realised AUC",
-                                                 color="subgroup"), width="stretch")
+            st.altair_chart(views.timeline_chart(perf[perf["subgroup"].isin(chosen)], events, y_title="AUC",
+                                                 color="subgroup", zero=False, dash="source",
+                                                 dash_domain=[views.REALISED, views.ESTIMATED]), width="stretch")
+            st.caption(f"Solid: AUC **{views.REALISED}** (recent predictions whose outcome has arrived). Dashed: AUC "
+                       f"**{views.ESTIMATED}** of each window before its outcomes arrive, assuming the model is "
+                       "calibrated; the band is where the realised AUC should fall if it is. The estimate cannot see "
+                       "concept drift: a realised AUC below the band is the sign.")
+            check = views.reconciliation_view(results)
+            if check is not None and None not in (check.get(k) for k in ("realised", "estimated", "low", "high")):
+                verdict = ("within the estimate's interval: the scores look calibrated on these patients"
+                           if check.get("within") else
+                           "outside the estimate's interval: the scores are not calibrated on these patients ("
+                           + ("overconfident" if check["realised"] < check["low"] else "underconfident")
+                           + ": concept drift, a population the model extrapolates to, or a model never well "
+                           "calibrated), so do not trust the estimate for the windows still waiting for outcomes")
+                st.caption(f"Latest reconciliation on {check.get('n')} labelled predictions: realised AUC "
+                           f"{check['realised']:.3f}, estimated from the same scores {check['estimated']:.3f} "
+                           f"(95% interval {check['low']:.3f}–{check['high']:.3f}), {verdict}.")
 
     st.subheader("Drift per feature over time")
     drift = _guard("read the drift results", lambda: views.drift_view(views.monitoring_frame(client, "drift")))

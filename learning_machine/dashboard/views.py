@@ -368,15 +368,35 @@ def _reason(detail: Any) -> str:
 
 
 def timeline_chart(frame: pd.DataFrame, events: pd.DataFrame, *, y_title: str, color: str = "feature",
-                   threshold: float | None = None, log_y: bool = False) -> Any:
-    """A metric over time, one line per ``color`` value, retraining events as labelled vertical rules."""
+                   threshold: float | None = None, log_y: bool = False, zero: bool = True, dash: str | None = None,
+                   dash_domain: list[str] | None = None) -> Any:
+    """A metric over time, one line per ``color`` value (and ``dash`` value: solid for the first of
+    ``dash_domain``, dashed for the others), retraining events as labelled vertical rules. Rows with ``low``
+    and ``high`` draw a band."""
     import altair as alt  # here, not at import: altair loads jsonschema, which the views need not
 
-    y = alt.Y("value:Q", title=y_title, scale=alt.Scale(type="log") if log_y else alt.Undefined)
-    layers: list[Any] = [alt.Chart(frame).mark_line(point=True).encode(
-        x=alt.X("created_at:T", title="time (UTC)", axis=alt.Axis(format="%H:%M:%S", labelAngle=0)), y=y, color=alt.Color(f"{color}:N", title=color,
-                                                 legend=alt.Legend(columns=2, symbolLimit=0)),
-        tooltip=["created_at:T", f"{color}:N", alt.Tooltip("value:Q", format=".4f"), "model_version:N"])]
+    x = alt.X("created_at:T", title="time (UTC)", axis=alt.Axis(format="%H:%M:%S", labelAngle=0))
+    y = alt.Y("value:Q", title=y_title, scale=alt.Scale(type="log") if log_y else
+              alt.Scale(zero=False) if not zero else alt.Undefined)
+    colour = alt.Color(f"{color}:N", title=color, legend=alt.Legend(columns=2, symbolLimit=0))
+    layers: list[Any] = []
+    if {"low", "high"} <= set(frame.columns) and frame["low"].notna().any():
+        bands = frame[frame["low"].notna() & frame["high"].notna()]
+        layers.append(alt.Chart(bands).mark_area(opacity=0.15).encode(
+            x=x, y=alt.Y("low:Q", title=y_title), y2="high:Q", color=colour))
+    encoding: dict[str, Any] = {"x": x, "y": y, "color": colour}
+    tooltip = ["created_at:T", f"{color}:N", alt.Tooltip("value:Q", format=".4f"), "model_version:N"]
+    if dash:
+        domain = dash_domain or list(dict.fromkeys(frame[dash]))
+        patterns = [[1, 0], [6, 4], [2, 2], [8, 2, 2, 2]]  # solid, dashed, dotted, dash-dot
+        encoding["strokeDash"] = alt.StrokeDash(f"{dash}:N", title=dash, legend=alt.Legend(orient="bottom", labelLimit=0),
+                                                scale=alt.Scale(domain=domain, range=patterns[:len(domain)]))
+        tooltip.insert(2, f"{dash}:N")
+        # Points in their own layer: on a line with points the legend would draw dots, hiding the dash pattern.
+        layers.append(alt.Chart(frame).mark_line().encode(**encoding, tooltip=tooltip))
+        layers.append(alt.Chart(frame).mark_point(filled=True).encode(x=x, y=y, color=colour, tooltip=tooltip))
+    else:
+        layers.append(alt.Chart(frame).mark_line(point=True).encode(**encoding, tooltip=tooltip))
     if threshold is not None:
         layers.append(alt.Chart(pd.DataFrame({"threshold": [threshold]})).mark_rule(strokeDash=[6, 4], color="gray")
                       .encode(y="threshold:Q"))
@@ -390,11 +410,31 @@ def timeline_chart(frame: pd.DataFrame, events: pd.DataFrame, *, y_title: str, c
     return alt.layer(*layers).properties(height=280)
 
 
+REALISED, ESTIMATED = "realised from outcomes", "estimated from scores (CBPE)"
+
+
 def performance_view(frame: pd.DataFrame) -> pd.DataFrame:
-    """Realised AUC per subgroup (``overall`` included) over time."""
+    """AUC per subgroup (``overall`` included) over time, from two sources (column ``source``): realised on
+    the outcomes that have arrived, and estimated from each window's scores before its outcomes arrive
+    (CBPE, assuming a calibrated model; ``low``/``high``: where the realised AUC should fall if it is)."""
     if frame.empty:
         return frame
-    return frame[frame["metric"] == "auc"].rename(columns={"feature": "subgroup"})
+    out = frame[frame["metric"].isin(["auc", "estimated_auc"])].rename(columns={"feature": "subgroup"})
+    out = out.assign(source=out["metric"].map({"auc": REALISED, "estimated_auc": ESTIMATED}))
+    for end in ("low", "high"):
+        out[end] = out["details"].map(lambda d, end=end: (d or {}).get(end)).astype(float)
+    return out.reset_index(drop=True)
+
+
+def reconciliation_view(frame: pd.DataFrame) -> dict[str, Any] | None:
+    """The latest realised AUC against the estimate from the same labelled rows' scores (None before any)."""
+    if frame.empty:
+        return None
+    rows = frame[frame["metric"] == "estimate_error_auc"]
+    if rows.empty:
+        return None
+    latest = rows.iloc[-1]
+    return {**(latest["details"] or {}), "difference": float(latest["value"]), "created_at": latest["created_at"]}
 
 
 def drift_view(frame: pd.DataFrame) -> pd.DataFrame:

@@ -20,6 +20,7 @@ import pandas as pd
 
 from learning_machine.data.spec import DatasetSpec
 from learning_machine.loop.policy import Decision, RetrainPolicy, WindowSummary, decide
+from learning_machine.model.estimation import estimate_group, estimated_performance, reconcile
 from learning_machine.model.evaluation import evaluate
 from learning_machine.model.sequential import Alarm, SequentialDetector, loss_change_point
 
@@ -108,6 +109,40 @@ def performance_results(spec: DatasetSpec, labelled: pd.DataFrame) -> tuple[list
                 rows.append({"kind": "performance", "metric": "auc", "feature": f"{group}={label}",
                              "value": metrics["auc"], "details": {"n": int(metrics["n"])}})
     return rows, evaluation.metrics.get("auc")
+
+
+def estimation_results(spec: DatasetSpec, window: pd.DataFrame) -> tuple[list[dict[str, Any]], float | None]:
+    """Performance estimated from the window's scores before its outcomes arrive (CBPE,
+    :mod:`learning_machine.model.estimation`): ``estimated_auc``, ``estimated_brier``, ``estimated_prevalence``
+    and ``estimated_ece`` (the calibrated noise floor) overall and per subgroup, each with the 95 % interval of
+    the realised value in ``details``; and the overall estimated AUC."""
+    if "probability" not in window:
+        return [], None
+    proba = pd.to_numeric(window["probability"], errors="coerce").to_numpy(dtype=float)
+    estimate = estimated_performance(proba, spec.subgroup_labels(window))
+    groups = [(None, estimate.overall)] + [(f"{group}={label}", e) for group, by_label in estimate.subgroups.items()
+                                           for label, e in by_label.items()]
+    rows = [{"kind": "performance", "metric": f"estimated_{name}", "feature": feature, "value": interval.value,
+             "details": {"n": e.n, "method": "cbpe", "low": _finite(interval.low), "high": _finite(interval.high),
+                         "se": _finite(interval.se)}}
+            for feature, e in groups for name, interval in e.metrics.items() if np.isfinite(interval.value)]
+    auc = estimate.overall.metrics.get("auc")
+    return rows, (auc.value if auc is not None else None)
+
+
+def reconciliation_results(labelled: pd.DataFrame, performance: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Realised performance (the overall rows of :func:`performance_results`) against the estimate from the
+    same labelled rows' scores: ``estimate_error_<metric>`` = realised minus estimated, an alert when the
+    realised value is outside the estimate's interval (the scores are no longer calibrated there: concept
+    drift, a population the model extrapolates to, or a 1-in-20 chance)."""
+    realised = {r["metric"]: float(r["value"]) for r in performance if r["feature"] is None}
+    if not realised:
+        return []
+    estimate = estimate_group(pd.to_numeric(labelled["probability"], errors="coerce").to_numpy(dtype=float))
+    return [{"kind": "performance", "metric": f"estimate_error_{name}", "feature": None, "value": r["difference"],
+             "alert": not r["within"], "details": {"n": len(labelled), "method": "cbpe",
+                                                   **{k: _finite(v) if isinstance(v, float) else v for k, v in r.items()}}}
+            for name, r in reconcile(estimate, realised).items()]
 
 
 class DriftFn(Protocol):
@@ -236,6 +271,8 @@ class Monitor:
         records = [{k: r.get(k) for k in (self.spec.record_id.name, *self.spec.feature_names)} for r in window]
         drift = self.drift(records)
         rows += drift_results(drift)
+        estimated, estimated_auc = estimation_results(self.spec, frame)
+        rows += estimated
         auc = None
         n_outcomes = 0
         n_events = None
@@ -245,6 +282,7 @@ class Monitor:
         if labelled is not None and not labelled.empty:
             perf, auc = performance_results(self.spec, labelled)
             rows += perf
+            rows += reconciliation_results(labelled, perf)
             n_outcomes = len(labelled)
             n_events = int(pd.to_numeric(labelled["outcome"], errors="coerce").fillna(0).sum())
             performance_since = loss_change_time(labelled)
@@ -256,7 +294,7 @@ class Monitor:
                                 drift_p_value=_min_p(drift), drifted_features=tuple(drift.get("drifted_features") or ()),
                                 missing_fraction=missing, invalid_fraction=invalid, auc=auc, n_outcomes=n_outcomes,
                                 n_events=n_events, start_time=_first_time(frame),
-                                performance_since=performance_since)
+                                performance_since=performance_since, estimated_auc=estimated_auc)
         self.windows.append(summary)
         self.sink.results(rows)
         if self.metrics_logger is not None:
@@ -365,6 +403,11 @@ def _min_p(drift: Mapping[str, Any]) -> float | None:
     return float(p_vals.min()) if p_vals.size else None
 
 
+def _finite(value: float) -> float | None:
+    """A float JSON can carry (NaN and infinities are not JSON)."""
+    return float(value) if np.isfinite(value) else None
+
+
 def _window_metrics(summary: WindowSummary, rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """MLflow metrics of one window (step = window id), so the MLflow UI shows them over time."""
     metrics: dict[str, float] = {"drift.is_drift": float(bool(summary.drift))}
@@ -372,7 +415,12 @@ def _window_metrics(summary: WindowSummary, rows: Sequence[Mapping[str, Any]]) -
         metrics["drift.min_p_value"] = summary.drift_p_value
     if summary.missing_fraction is not None:
         metrics["quality.missing_fraction"] = summary.missing_fraction
+    if summary.estimated_auc is not None:
+        metrics["performance.estimated_auc"] = summary.estimated_auc
     for row in rows:
+        if row["kind"] == "performance" and row["metric"] == "estimated_auc" and row["feature"] is None:
+            metrics.update({f"performance.estimated_auc.{end}": float(row["details"][end]) for end in ("low", "high")
+                            if row["details"][end] is not None})
         if row["kind"] == "drift" and row["metric"] == "p_value" and row["feature"]:
             metrics[f"drift.p_value.{row['feature']}"] = float(row["value"])
         if row["kind"] == "performance" and row["feature"] is None:

@@ -48,6 +48,9 @@ class WindowSummary:
     performance_since: str | None = None
     """Where the serving model's loss most likely rose, among the outcomes its realised AUC was measured on
     (:func:`learning_machine.model.sequential.loss_change_point`); None: before them, or no rise."""
+    estimated_auc: float | None = None
+    """AUC estimated from the window's scores before outcomes arrive (CBPE; assumes a calibrated model).
+    Informational: the rules above read the realised AUC only."""
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,12 @@ it renders the gateway's data, its buttons do what they say, and errors are show
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from gateway_harness import RunningGateway
 from streamlit.testing.v1 import AppTest
@@ -25,6 +27,14 @@ def _app(monkeypatch: pytest.MonkeyPatch, url: str, token: str, page: str = "pat
         at.sidebar.radio(key="page").set_value(page).run()
     assert not at.exception, [e.value for e in at.exception]
     return at
+
+
+def _chart_data(chart: Any, name: str) -> pd.DataFrame:
+    """The rows behind one named dataset of a chart (Streamlit sends them as Arrow)."""
+    import pyarrow as pa
+
+    data = next(d.data.data for d in chart.proto.datasets if d.name == name)
+    return pa.ipc.open_stream(data).read_pandas()
 
 
 def _texts(at: AppTest) -> str:
@@ -112,6 +122,19 @@ def test_data_scientist_page_shows_timelines_events_and_versions(monkeypatch, hi
     frames = [d.value for d in at.dataframe]
     events = next(f for f in frames if "kind" in f.columns)
     assert "retrain-fired" in set(events["kind"]) and events["reason"].str.len().gt(0).all()
+    # Realised AUC and the AUC estimated from the scores (CBPE), one chart, told apart by line style.
+    spec = json.loads(at.get("vega_lite_chart")[0].proto.spec)
+    line = next(layer for layer in spec["layer"] if layer["mark"]["type"] == "line")
+    assert line["encoding"]["strokeDash"]["scale"]["domain"] == ["realised from outcomes", "estimated from scores (CBPE)"]
+    shown = _chart_data(at.get("vega_lite_chart")[0], line["data"]["name"])
+    overall = shown[shown["subgroup"] == "overall"]
+    assert set(overall["source"]) == {"realised from outcomes", "estimated from scores (CBPE)"}
+    estimated = overall[overall["source"] == "estimated from scores (CBPE)"]
+    assert len(estimated) == 5 and estimated["value"].between(0.5, 1).all()  # one per window, none waits for outcomes
+    assert (estimated["low"] < estimated["value"]).all() and (estimated["value"] < estimated["high"]).all()
+    text = _texts(at)
+    assert "estimated from scores (CBPE)" in text and "realised from outcomes" in text
+    assert "Latest reconciliation on 300 labelled predictions: realised AUC" in text
     models = next(f for f in frames if "MLflow run" in f.columns)
     assert "champion" in set(models["role"])
     assert models["MLflow run"].str.startswith("http://mlflow.example:5000/#/runs/").all()

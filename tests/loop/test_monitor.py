@@ -5,6 +5,7 @@ stores them through the gateway."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pandas as pd
@@ -119,3 +120,51 @@ def test_a_window_says_when_it_began_and_where_the_serving_models_loss_rose(refe
     assert summary.start_time == times[0]
     assert summary.performance_since is not None
     assert times[240] <= summary.performance_since <= times[360], summary.performance_since
+
+
+def test_each_window_stores_estimated_performance_and_reconciles_it_with_the_realised(reference, detector):
+    """Before outcomes arrive the window's scores give an estimated AUC (CBPE); once outcomes arrive the
+    realised AUC is reconciled with the estimate on the same labelled rows."""
+    model = train_model(reference, seed=1).pipeline
+    sink, clock, logged = Sink(), [0.0], {}
+    monitor = _monitor(reference, detector, sink, clock)
+    monitor.metrics_logger = lambda metrics, step: logged.update(metrics)
+    frame = load_dataset("synthetic-cohort", n_rows=600, seed=28).frame
+    scored = frame.assign(probability=predict_proba(model, reference.spec, frame), model_version="1")
+    window = scored.iloc[:200].drop(columns=["outcome"]).astype(object).where(scored.iloc[:200].notna(), None)
+
+    before = monitor.assess(window.to_dict("records"), labelled=pd.DataFrame())  # no outcomes yet
+    estimated = {(r["metric"], r["feature"]): r for r in sink.rows if r["metric"].startswith("estimated_")}
+    overall = estimated[("estimated_auc", None)]
+    assert 0.5 < overall["value"] < 1 and overall["details"]["n"] == 200
+    assert overall["details"]["low"] < overall["value"] < overall["details"]["high"]
+    assert {("estimated_brier", None), ("estimated_prevalence", None), ("estimated_auc", "sex=female"),
+            ("estimated_auc", "age_band=45-59")} <= set(estimated)
+    assert all(r["details"]["n"] >= 20 and r["details"]["window_id"] == 1 for r in estimated.values())
+    assert before.summary.estimated_auc == overall["value"] and before.summary.auc is None
+    assert logged["performance.estimated_auc"] == overall["value"] and "performance.estimated_auc.low" in logged
+    assert not any(r["metric"].startswith("estimate_error_") for r in sink.rows)
+
+    labelled = scored.iloc[200:]  # outcomes of earlier patients have arrived
+    after = monitor.assess(window.to_dict("records"), labelled=labelled)
+    errors = {r["metric"]: r for r in after.results if r["metric"].startswith("estimate_error_")}
+    assert set(errors) == {"estimate_error_auc", "estimate_error_brier", "estimate_error_prevalence",
+                           "estimate_error_ece"}
+    auc = errors["estimate_error_auc"]
+    realised = next(r["value"] for r in after.results if r["metric"] == "auc" and r["feature"] is None)
+    assert auc["details"]["realised"] == realised and auc["details"]["n"] == 400
+    assert auc["value"] == pytest.approx(realised - auc["details"]["estimated"])
+    assert auc["alert"] == (not auc["details"]["low"] <= realised <= auc["details"]["high"])
+    assert after.summary.auc == realised and after.summary.estimated_auc is not None
+
+
+def test_saved_state_without_the_estimate_restores(reference, detector):
+    """Older saved state has no ``estimated_auc`` in its windows: it still restores, as None."""
+    monitor = _monitor(reference, detector, Sink(), [0.0])
+    monitor.restore({"windows": [{"window_id": 3, "end_time": 1.0, "n_rows": 200, "drift": False, "auc": 0.71,
+                                  "n_outcomes": 300, "n_events": 50, "drifted_features": []}], "next_window_id": 4})
+    assert monitor.windows[0].estimated_auc is None and monitor.windows[0].auc == 0.71
+    again = _monitor(reference, detector, Sink(), [0.0])
+    monitor.windows.append(replace(monitor.windows[0], window_id=4, estimated_auc=0.74))
+    again.restore(monitor.durable_state())
+    assert [w.estimated_auc for w in again.windows] == [None, 0.74]
