@@ -140,8 +140,8 @@ def bench_pipelines(quick: bool, progress: Progress) -> Section:
     section.notes.append(
         f"Same CSV, same MLflow server, same step functions (ingest, validate, preprocess, train, evaluate, "
         f"register, promote, deploy; parent run opened and closed). kfp.local runs each of the {steps} tasks "
-        f"as a fresh subprocess of this interpreter, so each pays Python + MLflow + scikit-learn imports and "
-        f"reads/writes its artifacts on disk: about "
+        f"as its own process, forked from warm interpreters that import pandas, scikit-learn and MLflow once "
+        f"per run (learning_machine.runners.warm), and reads/writes its artifacts on disk: about "
         f"{(statistics.median(times['kfp.local']) - base) / steps:.1f} s per task here. {repeats} repetition(s).")
     return section
 
@@ -178,8 +178,8 @@ SECTIONS: dict[str, Callable[[bool, Progress], Section]] = {"training": bench_tr
                                                              "dashboard": bench_dashboard}
 
 
-# Sections whose own start-up and measurement take minutes whatever the size (each kfp.local task is a fresh
-# Python process; the dashboard needs every service and thousands of stored predictions): `--quick` leaves
+# Sections whose own start-up and measurement take minutes whatever the size (an MLflow server and two
+# pipeline runs; the dashboard needs every service and thousands of stored predictions): `--quick` leaves
 # them out unless they are named with --section, so that the quick run stays under five minutes here.
 FULL_ONLY = ("pipelines", "dashboard")
 

@@ -1,5 +1,7 @@
 """The ``local`` runner: the pipeline's own KFP graph run by ``kfp.local.SubprocessRunner(use_venv=False)``,
-each step a subprocess of this interpreter, artifacts under ``pipeline_root`` (``LM_HOME``/pipelines)."""
+each step a subprocess of this interpreter, artifacts under ``pipeline_root`` (``LM_HOME``/pipelines).
+The steps' processes are forked from a warm interpreter (:mod:`.warm`) so they do not each pay the
+imports again."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from learning_machine.runners.base import PipelineRun, PipelineRunner, Progress, build_pipeline
+from learning_machine.runners.warm import warm_steps
 from learning_machine.settings import Settings, settings_env
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -83,32 +86,36 @@ class LocalRunner(PipelineRunner):
         from learning_machine.registry.runs import find_pipeline_run, now_key
         from learning_machine.registry.tracker import tracker_for
 
-        args = self.parameters(pipeline, params)
-        args.setdefault("run_key", now_key())
-        graph = build_pipeline(pipeline, LOCAL_OPTIONS)
-        root = self.settings.pipeline_root_dir()
-        root.mkdir(parents=True, exist_ok=True)
-        (root / "logs").mkdir(exist_ok=True)
-        log_path = root / "logs" / f"{graph.name}-{args['run_key']}.log"
         quiet_mlflow()  # the steps inherit this process's environment
-        before = set(root.iterdir())
-        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
-        started = time.perf_counter()
-        state, error = "SUCCEEDED", None
-        if progress:
-            progress(f"running pipeline {graph.name} locally (kfp.local), log: {log_path}")
-        with open(log_path, "w") as log:
-            tap = _Tap(log, progress, sys.__stdout__ if self.echo else None)
-            try:
-                with contextlib.redirect_stdout(tap), warnings.catch_warnings(), _environment(self.settings):
-                    # kfp.local warns, per task, that cluster settings and the platform image are not used here.
-                    warnings.simplefilter("ignore", UserWarning)
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    graph(**args)
-            except RuntimeError as exc:
-                state = "FAILED"
-                error = tap.errors[-1] if tap.errors else _ANSI.sub("", str(exc))
-        seconds = time.perf_counter() - started
+        root = self.settings.pipeline_root_dir()
+        (root / "logs").mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as warm:
+            # Started first, with the environment the steps get: it imports what they need while the
+            # pipeline is being built.
+            warm.enter_context(warm_steps(root / ".warm", {**os.environ, **settings_env(self.settings)},
+                                          log=root / "logs" / "warm.log"))
+            args = self.parameters(pipeline, params)
+            args.setdefault("run_key", now_key())
+            graph = build_pipeline(pipeline, LOCAL_OPTIONS)
+            log_path = root / "logs" / f"{graph.name}-{args['run_key']}.log"
+            before = set(root.iterdir())
+            local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+            started = time.perf_counter()
+            state, error = "SUCCEEDED", None
+            if progress:
+                progress(f"running pipeline {graph.name} locally (kfp.local), log: {log_path}")
+            with open(log_path, "w") as log:
+                tap = _Tap(log, progress, sys.__stdout__ if self.echo else None)
+                try:
+                    with contextlib.redirect_stdout(tap), warnings.catch_warnings(), _environment(self.settings):
+                        # kfp.local warns, per task, that cluster settings and the platform image are not used here.
+                        warnings.simplefilter("ignore", UserWarning)
+                        warnings.simplefilter("ignore", RuntimeWarning)
+                        graph(**args)
+                except RuntimeError as exc:
+                    state = "FAILED"
+                    error = tap.errors[-1] if tap.errors else _ANSI.sub("", str(exc))
+            seconds = time.perf_counter() - started
         new = sorted(p for p in set(root.iterdir()) - before if p.is_dir() and p.name.startswith(f"{graph.name}-"))
         result = PipelineRun(pipeline=graph.name, runner=self.name, run_key=args["run_key"], state=state,
                              parameters=args, outputs_dir=str(new[-1]) if new else None, log_path=str(log_path),
