@@ -294,6 +294,16 @@ def data_scientist_page(client: LearningMachineClient, conn: views.Connection, m
         st.dataframe(events[["created_at", "kind", "model_version", "reason"]], hide_index=True,
                      width="stretch")
 
+    st.subheader("The gate's evidence")
+    gate = views.gate_frame(events) if not events.empty and "detail" in events else pd.DataFrame()
+    if gate.empty:
+        st.info("No gate decisions yet: each retraining's challenger is compared with the champion on the same "
+                "held-out rows (then, if not yet proven, on live records in the shadow), with 95 % intervals.")
+    else:
+        st.caption("Candidate minus champion on the same records: AUC (DeLong), log-loss and Brier (paired), "
+                   "with intervals; each clause of the rule with its verdict.")
+        st.dataframe(gate, hide_index=True, width="stretch")
+
     st.subheader("Model versions")
     got = _guard("list the model versions", lambda: views.models_frame(client, conn.mlflow_url))
     if got is None:

@@ -19,7 +19,10 @@ from learning_machine.errors import LearningMachineError
 
 ADMIN, DATA_SCIENTIST, CLINICIAN = "admin", "data-scientist", "clinician"
 RETRAIN_KINDS = ("retrain-fired", "retrain-requested", "retrain-deferred", "retrain-started", "retrain-finished",
-                 "retrain-failed", "promoted", "refused", "monitor-rebaselined", "rolled-back")
+                 "retrain-failed", "promoted", "refused", "gate-undecided", "shadow-started", "shadow-look",
+                 "shadow-failed", "monitor-rebaselined", "rolled-back")
+# Events that carry the gate's paired evidence (differences with their intervals, clause by clause).
+GATE_KINDS = ("promoted", "refused", "gate-undecided", "shadow-look")
 MAX_HISTORY_ROWS = 2000  # monitoring rows read per kind: 500 a page, newest first
 
 
@@ -353,6 +356,20 @@ def events_frame(client: LearningMachineClient, max_rows: int = 500) -> pd.DataF
     frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
     frame["reason"] = frame["detail"].map(_reason)
     return frame
+
+
+def gate_frame(events: pd.DataFrame) -> pd.DataFrame:
+    """The gate's decisions, newest first: what was decided, why, and the paired evidence with its intervals
+    (candidate minus champion) and each clause's verdict."""
+    columns = ["created_at", "kind", "model_version", "decision", "evidence", "clauses"]
+    if events.empty:
+        return pd.DataFrame(columns=columns)
+    found = events[events["kind"].isin(GATE_KINDS)].copy()
+    found["decision"] = found["detail"].map(lambda d: str((d or {}).get("gate") or (d or {}).get("reason") or ""))
+    found["evidence"] = found["detail"].map(lambda d: str((d or {}).get("evidence") or ""))
+    found["clauses"] = found["detail"].map(lambda d: str((d or {}).get("clauses") or ""))
+    found = found[(found["evidence"] != "") | (found["clauses"] != "") | found["decision"].str.contains(r"\[")]
+    return found[columns].reset_index(drop=True)
 
 
 def _reason(detail: Any) -> str:

@@ -14,6 +14,8 @@ from gateway_harness import RunningGateway
 from streamlit.testing.v1 import AppTest
 from testsupport import free_port
 
+from learning_machine.clients.gateway import LearningMachineClient
+
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 
 
@@ -116,6 +118,12 @@ def test_a_clinician_records_the_real_outcome(monkeypatch, history_gateway: Runn
 
 # -- data scientist ------------------------------------------------------------------------------------
 def test_data_scientist_page_shows_timelines_events_and_versions(monkeypatch, history_gateway: RunningGateway):
+    # A shadow look as the learning loop records it (the end-to-end loop test makes real ones).
+    evidence = "candidate - champion on 412 paired rows: auc +0.1123 [+0.0581, +0.1665] p=4.9e-05"
+    with LearningMachineClient(history_gateway.url, history_gateway.tokens["monitor"]) as monitor:
+        monitor.post_event("shadow-look", {"look": 1, "rows": 412, "promote": True, "evidence": evidence,
+                                           "reason": "candidate - champion auc +0.1123 [+0.0451, +0.1795] (99.0 %)",
+                                           "clauses": "better: auc: pass (low +0.0451 > +0)"}, "7")
     at = _app(monkeypatch, history_gateway.url, history_gateway.tokens["data-scientist"], "data-scientist")
     assert not at.error, _texts(at)
     assert len(at.get("vega_lite_chart")) >= 3  # performance, drift, quality
@@ -135,6 +143,8 @@ def test_data_scientist_page_shows_timelines_events_and_versions(monkeypatch, hi
     text = _texts(at)
     assert "estimated from scores (CBPE)" in text and "realised from outcomes" in text
     assert "Latest reconciliation on 300 labelled predictions: realised AUC" in text
+    gate = next(f for f in frames if "clauses" in f.columns)  # the gate's evidence, with its intervals
+    assert gate.iloc[0]["evidence"] == evidence and "[+0.0451, +0.1795]" in gate.iloc[0]["decision"]
     models = next(f for f in frames if "MLflow run" in f.columns)
     assert "champion" in set(models["role"])
     assert models["MLflow run"].str.startswith("http://mlflow.example:5000/#/runs/").all()
