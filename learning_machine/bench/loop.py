@@ -262,14 +262,15 @@ def _free_port() -> int:
 
 
 def recovery(scenario: str, progress: Progress, *, rate: float = 20.0, drift_start: int = 600,
-             rows_after: int = RECOVERY_ROWS_AFTER, timeout_s: float = 900.0, seed: int = 5) -> dict[str, Any]:
+             rows_after: int = RECOVERY_ROWS_AFTER, timeout_s: float = 900.0, seed: int = 5,
+             **overrides: Any) -> dict[str, Any]:
     """The whole embedded loop on real parts, timed: MLflow, MLServer, the gateway (processes), the monitor
     stepping every second in this process with retraining beside it (the `retraining` pipeline under
     kfp.local), the local deployer's hot swap. Records stream at ``rate`` rows/s with the drift from row
     ``drift_start`` for ``rows_after`` rows (less once a better model serves), outcomes 100 rows late. Returns
     rows and seconds from the onset to the first alarm, the gate's first decision and the first prediction of
     a promoted version; the retraining runs and decisions; the AUC of the first champion, the promoted version
-    and an oracle on fresh post-change rows."""
+    and an oracle on fresh post-change rows. ``overrides``: settings to try instead of the defaults."""
     import json
     import tempfile
     import threading
@@ -297,7 +298,7 @@ def recovery(scenario: str, progress: Progress, *, rate: float = 20.0, drift_sta
             train_rows=2000, seed=42, model_server_port=_free_port(), model_server_grpc_port=_free_port(),
             model_server_metrics_port=_free_port(), model_ref=CHAMPION, gateway_port=_free_port(),
             database_url=f"sqlite:///{home / 'lm.db'}", deployer="local", pipeline_runner="local",
-            loop_retrain_rows=1500, loop_min_retrain_rows=200, loop_reference_rows=1000)
+            loop_retrain_rows=1500, loop_reference_rows=1000, **overrides)  # the loop's own defaults otherwise
         manager = ProcessManager(settings.run_dir)
         stop = threading.Event()
         try:
@@ -314,8 +315,13 @@ def recovery(scenario: str, progress: Progress, *, rate: float = 20.0, drift_sta
             tokens = json.loads(settings.tokens_path().read_text())
             client = LearningMachineClient(settings.gateway_url, tokens["data-scientist"], timeout_s=120)
             # The loop writes results, events and its state: the monitor's role, not a data scientist's.
+            def loop_progress(message: str) -> None:
+                if not message.startswith("window "):  # every window is noise here; alarms and decisions are not
+                    progress(f"[{scenario}] {message}")
+
             service = LoopService(settings, LearningMachineClient(settings.gateway_url, tokens["monitor"],
-                                                                  timeout_s=120), tracker=tracker)
+                                                                  timeout_s=120), tracker=tracker,
+                                  progress=loop_progress)
             prefix = f"R{seed}-"
 
             def source() -> Any:
@@ -332,9 +338,11 @@ def recovery(scenario: str, progress: Progress, *, rate: float = 20.0, drift_sta
             sender.start()
             deadline = time.monotonic() + timeout_s
             promoted: str | None = None
+            said: set[int] = set()
             while time.monotonic() < deadline and sender.is_alive():
                 decision = service.step()
-                if decision is not None and decision.retrain:
+                if decision is not None and decision.retrain and id(decision) not in said:
+                    said.add(id(decision))  # a decision waiting for outcomes comes back at every step
                     progress(f"[{scenario}] retraining fired ({', '.join(decision.rules)}): {decision.reasons[0]}")
                 champion = tracker.alias_version(settings.model_name, CHAMPION)
                 if champion is not None and champion.version != first and promoted is None:
@@ -358,7 +366,12 @@ def recovery(scenario: str, progress: Progress, *, rate: float = 20.0, drift_sta
                 if not page["items"]:
                     break
                 after = int(page["next_after_id"])
-            events = client.page("/v1/events", limit=1000)["items"]
+            events: list[dict[str, Any]] = []
+            while True:  # every event, oldest last, page by page
+                got = client.page("/v1/events", limit=500, offset=len(events))["items"]
+                events += got
+                if len(got) < 500:
+                    break
             final = tracker.alias_version(settings.model_name, CHAMPION)
             for version in {first, final.version if final else first}:
                 models[version] = tracker.load_pipeline(settings.model_name, version)[0]
@@ -401,7 +414,8 @@ def recovery(scenario: str, progress: Progress, *, rate: float = 20.0, drift_sta
         "retraining_runs": sum(e["kind"] == "retrain-started" for e in events),
         "decisions": [e["kind"] for e in events if e["kind"] in ("promoted", "refused")],
         "held": sum(e["kind"] == "retrain-held" for e in events),
-        "gate_evidence": [e["detail"].get("evidence") for e in events if e["kind"] in ("promoted", "refused")],
+        "gate_evidence": [e["detail"].get("evidence") or e["detail"].get("reason") for e in events
+                          if e["kind"] in ("promoted", "refused", "gate-undecided", "shadow-look")],
         # what happened, oldest first: (kind, model version)
         "events": [(e["kind"], e.get("model_version")) for e in events]}
     if serving is not None:

@@ -237,6 +237,8 @@ class Monitor:
         if self.sequential is None or labelled.empty:
             return
         for version, group in labelled.groupby(labelled["model_version"].astype(str), sort=False):
+            if self.serving_version is not None and str(version) != self.serving_version:
+                continue  # late outcomes of a version that no longer serves: nothing to act on
             detector = self._detector(str(version))
             if detector is not None:
                 self._outcome_times.extend(group["created_at"] if "created_at" in group else [None] * len(group))

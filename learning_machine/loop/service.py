@@ -496,11 +496,20 @@ class LoopService:
         if outcome.get("state") == "DEFERRED":
             return
         self.monitor.alarms.clear()
+        if outcome.get("promoted"):
+            self._new_champion()
+            return
         champion, data = outcome.get("champion"), outcome.get("data")
         if "refused" in outcome and outcome["refused"] and champion and self.settings.loop_shadow:
             self.start_shadow(str(outcome["refused"]), str(champion), int(outcome.get("cut_id") or 0), data)
             return
         self._rebaseline(champion, data)
+
+    def _new_champion(self) -> None:
+        """Another version serves: the policy's window history (the old version's performance) no longer
+        says anything about it; a shadow of the old champion ends at its next step."""
+        self.monitor.windows.clear()
+        self.monitor.alarms.clear()
 
     def _rebaseline(self, champion: Any, data: Any) -> None:
         if champion and data and self.settings.monitor_sequential:
@@ -550,7 +559,7 @@ class LoopService:
         """One pass on the in-memory state (its outputs go to the sink's buffer). While a retraining runs
         beside it the monitor keeps reading, assessing and alarming, but starts nothing: a request waits for
         it, and a policy that would fire is recorded once as held (the change is being handled)."""
-        running = self.job is not None or self.shadow is not None
+        running = self.job is not None
         requested = None if running else self.requested()
         if requested is not None:
             return requested
@@ -577,21 +586,23 @@ class LoopService:
 
     def _held(self, windows: Sequence[Any]) -> None:
         """While a retraining runs: what the policy would decide, recorded once per retraining."""
-        busy: Any = self.job if self.job is not None else self.shadow
-        if busy is None or getattr(busy, "held", False) or not (windows or self.monitor.alarms):
+        job = self.job
+        if job is None or job.held or not (windows or self.monitor.alarms):
             return
         would = decide(list(self.monitor.windows), self.monitor.policy, now=self.monitor.clock(),
                        last_retrain_at=None, alarms=self.monitor.alarms)
         if would.retrain:
-            busy.held = True
-            what = "a retraining for this change is running" if self.job is not None else \
-                f"challenger v{self.shadow.version if self.shadow else '?'} is being evaluated in the shadow"
-            self.sink.event("retrain-held", {**would.as_dict(), "why": f"{what}; the monitor keeps watching and "
-                                             "acts on what it sees once that ends"})
+            job.held = True
+            self.sink.event("retrain-held", {**would.as_dict(), "why": "a retraining for this change is running; the "
+                                             "monitor keeps watching and acts on what it sees once that run ends"})
 
     # -- the shadow: a challenger scoring live traffic beside the champion --------------------------
     def start_shadow(self, version: str, champion: str, cut_id: int, data: Any = None) -> Shadow:
-        """Evaluate challenger ``version`` on the records the champion answers after ``cut_id``."""
+        """Evaluate challenger ``version`` on the records the champion answers after ``cut_id`` (a newer
+        challenger, retrained on more post-change rows, supersedes one still in the shadow)."""
+        if self.shadow is not None:
+            self._end_shadow("superseded", f"challenger v{version}, retrained on more rows since the change, "
+                                           "takes its place")
         self.shadow = Shadow(version, champion, cut_id, time.time(), str(data) if data else None,
                              scored_up_to=cut_id, next_look=self.shadow_plan.first_look)
         self._shadow_model = None
@@ -656,12 +667,15 @@ class LoopService:
         shadow.looks.append({k: look[k] for k in ("look", "rows", "promote")})
         shadow.next_look = first_look_at(self.shadow_plan, len(paired) + 1)
         self.sink.event("shadow-look", look, shadow.version)
+        if self.progress:
+            self.progress(f"shadow look {look['look']} at v{shadow.version}: {verdict.reason}")
         if verdict.promote:
             change_champion(self.settings, self.tracker, action="promote", version=shadow.version,
                             reason=f"shadow evaluation on {len(paired)} live records: {verdict.reason}",
                             by="learning loop (shadow)", record=self._record_event)
             self.trigger.last_attempt = {**(self.trigger.last_attempt or {}), "result": "promoted"}
             self.shadow = None
+            self._new_champion()
             return
         worse = proven_worse(evidence, rule, self.settings.gate_metric
                              if self.settings.gate_metric in ("auc", "log_loss", "brier") else "auc")
@@ -675,7 +689,8 @@ class LoopService:
         (``failed``, ``ended``). A retired challenger's population becomes the monitor's new normal."""
         shadow, self.shadow = self.shadow, None
         assert shadow is not None
-        kind = {"refused": "refused", "failed": "shadow-failed", "ended": "shadow-ended"}[how]
+        kind = {"refused": "refused", "failed": "shadow-failed", "ended": "shadow-ended",
+                "superseded": "shadow-ended"}[how]
         self.sink.event(kind, {"challenger": shadow.version, "champion": shadow.champion, "by": "shadow evaluation",
                                "why": why, "looks": shadow.looks, **(dict(evidence) if evidence else {})},
                         shadow.champion)
@@ -728,8 +743,6 @@ class LoopService:
         self.job = RetrainJob(decision, self.monitor.trigger)
         self._commit()  # saved as running: a monitor that restarts meanwhile knows a run was under way
         self.job.start()
-        if self.progress:
-            self.progress("retraining started beside the monitor: " + "; ".join(decision.reasons)[:200])
 
     def _collect(self) -> None:
         """A retraining that ended: how, in the step's outputs (saved with the step); a deferred one waits."""
@@ -742,7 +755,7 @@ class LoopService:
             self.monitor.alarms.clear()
             return
         outcome = job.outcome or {}
-        if self.progress:
+        if self.progress and outcome.get("state") != "DEFERRED":  # a deferral is said once, as an event
             self.progress(f"retraining: {outcome.get('state', 'ended')}"
                           + (f" ({outcome['error']})" if outcome.get("error") else "")
                           + (f", v{outcome['promoted']} promoted" if outcome.get("promoted") else ""))
