@@ -7,7 +7,7 @@ promote and deploy steps all go through. The learning loop records a pipeline's 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from learning_machine.deployers import get_deployer
@@ -59,6 +59,9 @@ class EvidenceRule:
     min_subgroup_events: int = 30
     """A subgroup's AUC is tested only with at least this many rows of each outcome; below, it is reported
     as not assessable (an AUC on a handful of events has an interval wider than any sensible margin)."""
+    also_better_on: tuple[str, ...] = ("log_loss",)
+    """Besides the gate metric, a candidate may prove itself better on these (a recalibrated model after a
+    prevalence shift ranks the same but predicts better); the error budget is split between them."""
     z: float = 1.959963984540054
     """The interval's width in standard errors: 1.96 for one look at the evidence (95 %); larger when the same
     evidence is looked at several times as it grows (a shadow challenger's looks share the error budget)."""
@@ -77,7 +80,7 @@ class EvidenceRule:
 
         return cls(settings.gate_margin if margin is None else margin, settings.gate_noninferiority_auc,
                    settings.gate_noninferiority_log_loss, settings.gate_noninferiority_subgroup_auc,
-                   settings.gate_min_subgroup_events, float(norm.ppf(1 - 0.025 / max(1, looks))))
+                   settings.gate_min_subgroup_events, z=float(norm.ppf(1 - 0.025 / max(1, looks))))
 
 
 def check_policy(policy: str, metric: str = "auc") -> None:
@@ -156,11 +159,25 @@ def decide_on_evidence(evidence: Mapping[str, Any], rule: EvidenceRule, *, metri
             test = {"ci_high": round(high, 5), "must_be_below": upper}
         clauses.append({"clause": name, "passed": passed, "diff": round(diff, 5), **test, "n": n})
 
-    higher = GATE_METRICS[metric]
-    if higher:
-        clause(f"better: {metric}", evidence.get(metric), lower=rule.margin)
-    else:
-        clause(f"better: {metric}", evidence.get(metric), upper=-rule.margin)
+    # Better on the gate metric or, where the gain is calibration (a prevalence shift), on the log-loss: the
+    # one-sided error budget is split between them (Bonferroni), and the clause passes if either does.
+    better_on = [metric, *(m for m in rule.also_better_on if m != metric and evidence.get(m))]
+    z_one = rule.z
+    if len(better_on) > 1:
+        from scipy.stats import norm
+
+        rule = replace(rule, z=float(norm.isf(norm_sf(rule.z) / len(better_on))))
+    tried: list[dict[str, Any]] = []
+    for name in better_on:
+        if GATE_METRICS[name]:
+            clause(f"better: {name}", evidence.get(name), lower=rule.margin)
+        else:
+            clause(f"better: {name}", evidence.get(name), upper=-rule.margin)
+        tried.append(clauses.pop())
+    best = next((c for c in tried if c["passed"]), tried[0])
+    clauses.append({**best, "clause": "better: " + " or ".join(better_on),
+                    **({"tried": tried} if len(tried) > 1 else {})})
+    rule = replace(rule, z=z_one)
     clause("auc not worse", evidence.get("auc"), lower=-rule.noninferiority_auc)
     clause("calibration not worse: log_loss", evidence.get("log_loss"), upper=rule.noninferiority_log_loss)
     for group, by_label in sorted((evidence.get("subgroups") or {}).items()):
@@ -169,14 +186,18 @@ def decide_on_evidence(evidence: Mapping[str, Any], rule: EvidenceRule, *, metri
                    min_events=rule.min_subgroup_events)
     failed = [c["clause"] for c in clauses if c["passed"] is False]
     verdict = not failed and clauses[0]["passed"] is True
-    main = evidence.get(metric) or {}
-    diff, se = float(main.get("diff", float("nan"))), float(main.get("se", float("nan")))
     level = 100 * (1 - 2 * float(norm_sf(rule.z)))
-    summary = (f"candidate - champion {metric} {diff:+.4f} [{diff - rule.z * se:+.4f}, {diff + rule.z * se:+.4f}] "
-               f"({level:.1f} %) on {evidence.get('rows')} paired rows")
+    shown = []
+    for name in better_on:
+        found = evidence.get(name) or {}
+        diff, se = float(found.get("diff", float("nan"))), float(found.get("se", float("nan")))
+        shown.append(f"{name} {diff:+.4f} [{diff - rule.z * se:+.4f}, {diff + rule.z * se:+.4f}]")
+    summary = f"candidate - champion {'; '.join(shown)} ({level:.1f} %) on {evidence.get('rows')} paired rows"
     if verdict:
         tested = sum(c["passed"] is True for c in clauses) - 1
-        reason = f"{summary}: better with {level:.1f} % confidence and not worse on {tested} other clause(s)"
+        on = best["clause"].removeprefix("better: ")
+        reason = (f"{summary}: better on {on} with {level:.1f} % confidence (shared between {len(better_on)} "
+                  f"metric(s)) and not worse on {tested} other clause(s)")
     else:
         reason = f"{summary}: failed {', '.join(failed) or 'better: ' + metric + ' (not assessable)'} - champion kept"
     return PromotionDecision(verdict, reason, metric, candidate, champion, tuple(clauses))

@@ -192,6 +192,9 @@ class Monitor:
     pending: list[dict[str, Any]] = field(default_factory=list)
     last_retrain_at: float | None = None
     next_window_id: int = 1
+    accepted_drift: set[str] = field(default_factory=set)
+    """Features whose drift is the new normal (a challenger retrained on it was refused); cleared when another
+    version serves."""
 
     def __post_init__(self) -> None:
         self.windows = deque(maxlen=self.config.history)
@@ -315,7 +318,8 @@ class Monitor:
                 "alarms": list(self.alarms), "serving_version": self.serving_version, "waiting": self.waiting,
                 "_times": deque(self._times, maxlen=self._times.maxlen),
                 "_outcome_times": deque(self._outcome_times, maxlen=self._outcome_times.maxlen),
-                "last_retrain_at": self.last_retrain_at, "next_window_id": self.next_window_id}
+                "last_retrain_at": self.last_retrain_at, "next_window_id": self.next_window_id,
+                "accepted_drift": set(self.accepted_drift)}
 
     def rollback(self, snapshot: Mapping[str, Any]) -> None:
         for name, value in snapshot.items():
@@ -326,7 +330,7 @@ class Monitor:
         the window counter and a retraining that waits (never raw rows: the feed cursor re-reads those)."""
         return {"windows": [asdict(w) for w in self.windows], "last_retrain_at": self.last_retrain_at,
                 "next_window_id": self.next_window_id, "serving_version": self.serving_version,
-                "waiting": _decision_state(self.waiting)}
+                "waiting": _decision_state(self.waiting), "accepted_drift": sorted(self.accepted_drift)}
 
     def restore(self, state: Mapping[str, Any]) -> None:
         """Resume from :meth:`durable_state` (a fresh monitor; the sequential test starts afresh)."""
@@ -336,6 +340,7 @@ class Monitor:
         self.last_retrain_at = state.get("last_retrain_at")
         self.next_window_id = int(state.get("next_window_id") or 1)
         self.serving_version = state.get("serving_version")
+        self.accepted_drift = set(state.get("accepted_drift") or ())
         waiting = state.get("waiting")
         self.waiting = None if not waiting else Decision(
             bool(waiting["retrain"]), tuple(waiting.get("reasons") or ()), tuple(waiting.get("rules") or ()),
@@ -352,7 +357,7 @@ class Monitor:
                 self.waiting = None
             return waiting
         decision = decide(list(self.windows), self.policy, now=self.clock(), last_retrain_at=self.last_retrain_at,
-                          alarms=self.alarms)
+                          alarms=self.alarms, accepted=frozenset(self.accepted_drift))
         if decision.suppressed:
             self.sink.event("retrain-suppressed", decision.as_dict())
         if not decision.retrain:

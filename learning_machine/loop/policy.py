@@ -100,9 +100,15 @@ def auc_standard_error(auc: float, n_events: int | None, n_outcomes: int) -> flo
 
 
 def decide(windows: Sequence[WindowSummary], policy: RetrainPolicy, *, now: float,
-           last_retrain_at: float | None, alarms: Sequence[Alarm] = ()) -> Decision:
-    """Apply the policy to the windows (oldest first) and the sequential test's alarms at time ``now``."""
+           last_retrain_at: float | None, alarms: Sequence[Alarm] = (),
+           accepted: frozenset[str] = frozenset()) -> Decision:
+    """Apply the policy to the windows (oldest first) and the sequential test's alarms at time ``now``.
+    ``accepted``: features whose drift was accepted as the new normal (a retraining on it was refused): a
+    window that drifts only in those does not count as drifting."""
     reasons: list[str] = []
+    if accepted:
+        windows = [w if not w.drift or set(w.drifted_features) - accepted else
+                   WindowSummary(**{**asdict(w), "drift": False}) for w in windows]
     rules: list[str] = []
     evidence: dict[str, Any] = {}
 

@@ -510,8 +510,11 @@ class LoopService:
         says anything about it; a shadow of the old champion ends at its next step."""
         self.monitor.windows.clear()
         self.monitor.alarms.clear()
+        self.monitor.accepted_drift.clear()
 
     def _rebaseline(self, champion: Any, data: Any) -> None:
+        # The windowed drift test's reference is the training data: the features drifting now are accepted.
+        self.monitor.accepted_drift |= {f for w in self.monitor.windows if w.drift for f in w.drifted_features}
         if champion and data and self.settings.monitor_sequential:
             from learning_machine.model.sequential import fit_sequential, rebaselined
 
@@ -580,21 +583,38 @@ class LoopService:
         if running:
             self._held(windows)
             return None
+        if self.shadow is not None and not self.monitor.waiting and not self._performance_lost():
+            # A challenger is being judged on live traffic and the champion has not lost performance (only
+            # the features moved): more retrainings would only churn. Let the shadow's evidence decide.
+            self._held(windows)
+            return None
         if windows or self.monitor.alarms or self.monitor.waiting:
             return self.monitor.decide(start=False)
         return None
 
+    def _performance_lost(self) -> bool:
+        """The serving model is worse than it was: the outcome stream alarmed, or the realised AUC is below
+        the floor. Only then does a newer challenger (on more post-change rows) replace one in the shadow."""
+        if any(a.stream == "outcomes" for a in self.monitor.alarms):
+            return True
+        would = decide(list(self.monitor.windows), self.monitor.policy, now=self.monitor.clock(),
+                       last_retrain_at=None)
+        return "performance" in would.rules
+
     def _held(self, windows: Sequence[Any]) -> None:
         """While a retraining runs: what the policy would decide, recorded once per retraining."""
-        job = self.job
-        if job is None or job.held or not (windows or self.monitor.alarms):
+        busy: Any = self.job if self.job is not None else self.shadow
+        if busy is None or getattr(busy, "held", False) or not (windows or self.monitor.alarms):
             return
         would = decide(list(self.monitor.windows), self.monitor.policy, now=self.monitor.clock(),
-                       last_retrain_at=None, alarms=self.monitor.alarms)
+                       last_retrain_at=None, alarms=self.monitor.alarms,
+                       accepted=frozenset(self.monitor.accepted_drift))
         if would.retrain:
-            job.held = True
-            self.sink.event("retrain-held", {**would.as_dict(), "why": "a retraining for this change is running; the "
-                                             "monitor keeps watching and acts on what it sees once that run ends"})
+            busy.held = True
+            what = "a retraining for this change is running" if self.job is not None else \
+                (f"challenger v{self.shadow.version if self.shadow else '?'} is judged in the shadow and the "
+                 "champion's performance has not fallen")
+            self.sink.event("retrain-held", {**would.as_dict(), "why": f"{what}; the monitor keeps watching"})
 
     # -- the shadow: a challenger scoring live traffic beside the champion --------------------------
     def start_shadow(self, version: str, champion: str, cut_id: int, data: Any = None) -> Shadow:
@@ -697,6 +717,7 @@ class LoopService:
         if self.trigger.last_attempt and self.trigger.last_attempt.get("result") == "shadow":
             self.trigger.last_attempt["result"] = "refused" if how == "refused" else how
         if how == "refused":
+            self.monitor.alarms.clear()  # what they said was judged: the challenger was not better
             self._rebaseline(shadow.champion, shadow.data)
 
     def _challenger_model(self, version: str) -> Any:

@@ -66,6 +66,8 @@ class Shadow:
     """Feed position up to which the challenger has scored and stored its predictions."""
     next_look: int = 100
     looks: list[dict[str, Any]] = field(default_factory=list)
+    held: bool = False
+    """A policy firing was recorded as held while this shadow runs (said once)."""
 
     def as_state(self) -> dict[str, Any]:
         return asdict(self)

@@ -71,10 +71,11 @@ RULE = EvidenceRule(margin=0.0, noninferiority_auc=0.03, noninferiority_log_loss
 
 @pytest.mark.parametrize(("candidate", "champion", "promote", "failed"), [
     ("good", "worse", True, set()),                       # better, with 95 % confidence, everywhere
-    ("same", "good", False, {"better: auc"}),            # as good: not proven better, the champion stays
-    ("worse", "good", False, {"better: auc", "auc not worse", "auc not worse: half=a", "auc not worse: half=b",
+    ("same", "good", False, {"better: auc or log_loss"}),  # as good: not proven better, the champion stays
+    ("worse", "good", False, {"better: auc or log_loss", "auc not worse", "auc not worse: half=a", "auc not worse: half=b",
                               "calibration not worse: log_loss"}),
     ("good", "lost_b", True, set()),                     # as good on half a and better on half b
+    ("good", "overconfident", True, set()),              # the same ranking, better calibrated (log-loss)
 ])
 def test_the_evidence_gate_on_a_better_an_equal_and_a_worse_challenger(candidate, champion, promote, failed):
     data = _scores()
@@ -83,7 +84,7 @@ def test_the_evidence_gate_on_a_better_an_equal_and_a_worse_challenger(candidate
                       candidate=evidence["auc"]["a"], champion=evidence["auc"]["b"])
     assert decision.promote is promote, decision.reason
     verdicts = {c["clause"]: c["passed"] for c in decision.clauses}
-    assert set(verdicts) == {"better: auc", "auc not worse", "calibration not worse: log_loss",
+    assert set(verdicts) == {"better: auc or log_loss", "auc not worse", "calibration not worse: log_loss",
                              "auc not worse: half=a", "auc not worse: half=b"}
     assert {name for name, ok in verdicts.items() if ok is False} >= failed
     assert promote is (not any(ok is False for ok in verdicts.values()))
@@ -130,7 +131,7 @@ def test_a_subgroup_with_too_few_events_is_reported_not_tested_and_more_looks_wi
     untested = [c for c in decision.clauses if c["clause"].startswith("auc not worse: half")]
     assert untested and all(c["passed"] is None and "not tested" in c["note"] for c in untested)
     one, many = (decide("gate", has_champion=True, evidence=evidence, rule=EvidenceRule(z=z)) for z in (1.96, 2.58))
-    assert many.clauses[0]["ci_low"] < one.clauses[0]["ci_low"]
+    assert many.clauses[1]["ci_low"] < one.clauses[1]["ci_low"]  # "auc not worse"
     settings = Settings(gate_noninferiority_subgroup_auc=0.07)
     assert EvidenceRule.from_settings(settings, looks=5).z == pytest.approx(2.5758, abs=1e-3)
     assert EvidenceRule.from_settings(settings).noninferiority_subgroup_auc == 0.07
