@@ -131,6 +131,9 @@ class Settings(BaseSettings):
                                                 "test: alarms per 10,000 predictions on unchanged data.")
     policy_drift_windows: int = Field(2, ge=1, description="Retrain when this many consecutive windows drift.")
     policy_auc_floor: float | None = Field(0.70, ge=0, le=1, description="Retrain when realised AUC falls below.")
+    policy_auc_drop: float = Field(0.05, ge=0, le=1, description="The AUC floor fires only when the realised AUC is "
+                                   "also this much below the held-out AUC the serving version was registered with "
+                                   "(a version promoted where no model reaches the floor is not retrained forever).")
     policy_min_outcomes: int = Field(100, ge=10, description="Outcomes needed before realised AUC counts.")
     policy_schedule_s: float | None = Field(None, gt=0, description="Retrain at least this often (unset: never).")
     policy_cooldown_s: float = Field(0.0, ge=0, description="Minimum seconds between two retrainings (0: none; "

@@ -192,6 +192,8 @@ class Monitor:
     pending: list[dict[str, Any]] = field(default_factory=list)
     last_retrain_at: float | None = None
     next_window_id: int = 1
+    expected_auc: float | None = None
+    """The AUC the serving version was validated with (its registered held-out AUC), set by the loop."""
     accepted_drift: set[str] = field(default_factory=set)
     """Features whose drift is the new normal (a challenger retrained on it was refused); cleared when another
     version serves."""
@@ -357,7 +359,7 @@ class Monitor:
                 self.waiting = None
             return waiting
         decision = decide(list(self.windows), self.policy, now=self.clock(), last_retrain_at=self.last_retrain_at,
-                          alarms=self.alarms, accepted=frozenset(self.accepted_drift))
+                          alarms=self.alarms, accepted=frozenset(self.accepted_drift), expected_auc=self.expected_auc)
         if decision.suppressed:
             self.sink.event("retrain-suppressed", decision.as_dict())
         if not decision.retrain:
@@ -381,16 +383,19 @@ class Monitor:
 
 def loss_change_time(labelled: pd.DataFrame) -> str | None:
     """When the model's loss most likely rose among labelled predictions (``created_at``, ``outcome``,
-    ``probability``), as the prediction time of the first row after the change; None without times, when
-    the loss did not rise, or when the change lies before these rows."""
+    ``probability``), as the prediction time of the first row after the change; when no rise within them
+    is found, the oldest of them (the performance rule reads this only when their AUC is below the floor:
+    then the change lies before them all). None without times."""
     if "created_at" not in labelled or labelled["created_at"].isna().any():
         return None
     ordered = labelled.assign(_t=pd.to_datetime(labelled["created_at"], utc=True, format="mixed")).sort_values(
         "_t", kind="stable")
     outcome = pd.to_numeric(ordered["outcome"], errors="coerce")
     ok = outcome.notna().to_numpy()
+    if not ok.any():
+        return None
     index = loss_change_point(outcome.to_numpy(dtype=float)[ok], ordered["probability"].to_numpy(dtype=float)[ok])
-    return None if index is None else str(ordered["created_at"].to_numpy()[ok][index])
+    return str(ordered["created_at"].to_numpy()[ok][index or 0])
 
 
 def _first_time(frame: pd.DataFrame) -> str | None:

@@ -47,7 +47,8 @@ class WindowSummary:
     """When the window's first prediction was made (where a drift that starts with this window began)."""
     performance_since: str | None = None
     """Where the serving model's loss most likely rose, among the outcomes its realised AUC was measured on
-    (:func:`learning_machine.model.sequential.loss_change_point`); None: before them, or no rise."""
+    (:func:`learning_machine.model.sequential.loss_change_point`), else the oldest of them (the change lies
+    before them all)."""
     estimated_auc: float | None = None
     """AUC estimated from the window's scores before outcomes arrive (CBPE; assumes a calibrated model).
     Informational: the rules above read the realised AUC only."""
@@ -61,6 +62,9 @@ class RetrainPolicy:
     auc_floor: float | None = 0.70
     min_outcomes: int = 100
     schedule_s: float | None = None
+    auc_drop: float = 0.05
+    """The performance rule also needs the realised AUC this far below the AUC the serving version was
+    validated with (when known)."""
     cooldown_s: float = 0.0
     """A minimum gap between two retrainings (off by default: the learning loop retries a refused change when
     enough new outcomes have arrived, and never runs two retrainings for one change)."""
@@ -101,10 +105,11 @@ def auc_standard_error(auc: float, n_events: int | None, n_outcomes: int) -> flo
 
 def decide(windows: Sequence[WindowSummary], policy: RetrainPolicy, *, now: float,
            last_retrain_at: float | None, alarms: Sequence[Alarm] = (),
-           accepted: frozenset[str] = frozenset()) -> Decision:
+           accepted: frozenset[str] = frozenset(), expected_auc: float | None = None) -> Decision:
     """Apply the policy to the windows (oldest first) and the sequential test's alarms at time ``now``.
     ``accepted``: features whose drift was accepted as the new normal (a retraining on it was refused): a
-    window that drifts only in those does not count as drifting."""
+    window that drifts only in those does not count as drifting. ``expected_auc``: the AUC the serving
+    version was validated with (held-out rows or shadow evidence), when known."""
     reasons: list[str] = []
     if accepted:
         windows = [w if not w.drift or set(w.drifted_features) - accepted else
@@ -138,10 +143,15 @@ def decide(windows: Sequence[WindowSummary], policy: RetrainPolicy, *, now: floa
     latest = scored[-1] if scored else None
     if policy.auc_floor is not None and latest is not None and latest.auc is not None:
         upper = latest.auc + 1.645 * auc_standard_error(latest.auc, latest.n_events, latest.n_outcomes)
-        if upper < policy.auc_floor:
+        # Below the floor, and below what the serving version was shown to reach (by more than auc_drop): a
+        # version promoted on a population where no model reaches the floor is not "lost" at its own level.
+        limit = policy.auc_floor if expected_auc is None else min(policy.auc_floor, expected_auc - policy.auc_drop)
+        if upper < limit:
             rules.append("performance")
             reasons.append(f"realised AUC {latest.auc:.3f} on {latest.n_outcomes} outcomes is below the floor "
-                           f"{policy.auc_floor:.2f}" + (f" (95 % upper bound {upper:.3f})" if upper > latest.auc else ""))
+                           f"{policy.auc_floor:.2f}" + (f" (95 % upper bound {upper:.3f})" if upper > latest.auc else "")
+                           + (f" and {policy.auc_drop:g} below the {expected_auc:.3f} the serving version was "
+                              "validated with" if expected_auc is not None else ""))
             evidence["performance_window"] = latest.window_id
             if latest.performance_since:
                 evidence["performance_since"] = latest.performance_since

@@ -304,6 +304,7 @@ class LoopService:
             self.spec, MonitorConfig(window_rows=settings.monitor_window_rows,
                                      performance_rows=settings.monitor_performance_rows),
             RetrainPolicy(drift_windows=settings.policy_drift_windows, auc_floor=settings.policy_auc_floor,
+                          auc_drop=settings.policy_auc_drop,
                           min_outcomes=settings.policy_min_outcomes, schedule_s=settings.policy_schedule_s,
                           cooldown_s=settings.policy_cooldown_s),
             drift=lambda records: self.model_server.drift(settings.model_name, self.spec, list(records)),
@@ -454,6 +455,8 @@ class LoopService:
     def _labelled(self) -> pd.DataFrame:
         """Realised performance of the model that serves now: its recent predictions with outcomes."""
         champion = self.tracker.alias_version(self.settings.model_name, CHAMPION)
+        found = champion.metrics.get("auc") if champion is not None else None
+        self.monitor.expected_auc = float(found) if found is not None else None
         items = self.client.labelled(limit=self.settings.monitor_performance_rows,
                                      model_version=champion.version if champion else None)
         return pd.DataFrame([{**i["features"], "probability": i["probability"], "outcome": i["outcome"],
@@ -598,7 +601,7 @@ class LoopService:
         if any(a.stream == "outcomes" for a in self.monitor.alarms):
             return True
         would = decide(list(self.monitor.windows), self.monitor.policy, now=self.monitor.clock(),
-                       last_retrain_at=None)
+                       last_retrain_at=None, expected_auc=self.monitor.expected_auc)
         return "performance" in would.rules
 
     def _held(self, windows: Sequence[Any]) -> None:
@@ -608,7 +611,7 @@ class LoopService:
             return
         would = decide(list(self.monitor.windows), self.monitor.policy, now=self.monitor.clock(),
                        last_retrain_at=None, alarms=self.monitor.alarms,
-                       accepted=frozenset(self.monitor.accepted_drift))
+                       accepted=frozenset(self.monitor.accepted_drift), expected_auc=self.monitor.expected_auc)
         if would.retrain:
             busy.held = True
             what = "a retraining for this change is running" if self.job is not None else \

@@ -95,3 +95,12 @@ def test_the_retraining_learns_from_the_most_precise_change_point():
     assert change_point(Decision(True, ("x",), ("performance", "drift"), None, evidence)) == "2026-12-06T10:01:00"
     assert change_point(Decision(True, ("x",), ("drift",), None, evidence)) == "2026-12-06T10:00:00"
     assert change_point(Decision(True, ("x",), ("schedule",), None, evidence)) is None  # the most recent rows
+
+
+def test_the_floor_does_not_chase_a_version_at_its_own_validated_level():
+    low = [WindowSummary(1, 1000.0, 200, auc=0.62, n_outcomes=400, n_events=80)]
+    # The first champion, validated at 0.76, now at 0.62: lost, retrain.
+    assert decide(low, POLICY, now=2000, last_retrain_at=None, expected_auc=0.76).rules == ("performance",)
+    # A version promoted on the new population at 0.64 (no model reaches the floor there): at its own level.
+    assert not decide(low, POLICY, now=2000, last_retrain_at=None, expected_auc=0.64).retrain
+    assert decide(low, POLICY, now=2000, last_retrain_at=None).rules == ("performance",)  # unknown: the floor alone
