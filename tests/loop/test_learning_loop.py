@@ -325,6 +325,16 @@ def test_a_shadow_challenger_is_never_seen_by_clinicians_never_fails_a_predictio
     with pytest.raises(GatewayError) as denied:  # a clinician cannot read the shadow's scores
         clinician.shadow(version)
     assert denied.value.status == 403
+    with pytest.raises(GatewayError) as denied:  # nor write any
+        clinician.post_shadow(stack.settings.model_name, version, [(stored[0]["prediction_id"], 0.5)])
+    assert denied.value.status == 403
+    with pytest.raises(GatewayError) as unknown:  # a score of no prediction stores nothing
+        stack.service.client.post_shadow(stack.settings.model_name, version, [(stored[0]["prediction_id"], 0.5),
+                                                                               (10**12, 0.5)])
+    assert unknown.value.status == 404
+    assert stack.service.client.post_shadow(stack.settings.model_name, version,
+                                            [(stored[0]["prediction_id"], 0.5)]) == 0  # stored once, kept
+    assert stack.client.shadow(version, after_prediction_id=last_id)[0]["probability"] == stored[0]["probability"]
     looks = [e for e in stack.events() if e["kind"] == "shadow-look"]
     assert looks and looks[0]["detail"]["rows"] >= stack.settings.loop_shadow_first_look
     assert all("[" in look["detail"]["reason"] for look in looks)  # each look states its interval
