@@ -27,7 +27,7 @@ def test_lm_db_upgrade_and_tokens_create(tmp_path: Path) -> None:
     env = {**os.environ, "LM_HOME": str(tmp_path / ".lm")}
     upgrade = subprocess.run([LM, "db", "upgrade"], capture_output=True, text=True, env=env, timeout=120)
     assert upgrade.returncode == 0, upgrade.stderr
-    assert "revision 0002" in upgrade.stderr
+    assert "revision 0003" in upgrade.stderr
     created = subprocess.run([LM, "tokens", "create", "--role", "data-scientist", "--name", "notebook"],
                              capture_output=True, text=True, env=env, timeout=120)
     assert created.returncode == 0, created.stderr
