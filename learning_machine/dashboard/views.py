@@ -18,9 +18,10 @@ from learning_machine.clients.gateway import GatewayError, LearningMachineClient
 from learning_machine.errors import LearningMachineError
 
 ADMIN, DATA_SCIENTIST, CLINICIAN = "admin", "data-scientist", "clinician"
-RETRAIN_KINDS = ("retrain-fired", "retrain-requested", "retrain-deferred", "retrain-started", "retrain-finished",
-                 "retrain-failed", "promoted", "refused", "gate-undecided", "shadow-started", "shadow-look",
-                 "shadow-failed", "monitor-rebaselined", "rolled-back")
+# The events marked on the timelines: the decisions a reader looks for (the rest, e.g. each shadow look, is in
+# the events table; marking all of them made the labels unreadable).
+RETRAIN_KINDS = ("retrain-requested", "retrain-fired", "retrain-failed", "shadow-started", "promoted", "refused",
+                 "rolled-back")
 # Events that carry the gate's paired evidence (differences with their intervals, clause by clause).
 GATE_KINDS = ("promoted", "refused", "gate-undecided", "shadow-look")
 MAX_HISTORY_ROWS = 2000  # monitoring rows read per kind: 500 a page, newest first
