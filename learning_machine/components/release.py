@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from learning_machine.errors import LearningMachineError
-from learning_machine.lifecycle.promotion import change_champion, serve
+from learning_machine.lifecycle.promotion import change_champion, clauses_summary, evidence_summary, serve
 from learning_machine.lifecycle.training import register_candidate
 from learning_machine.registry.names import CHAMPION, PREVIOUS_TAG
 from learning_machine.registry.runs import step_run
@@ -31,12 +31,8 @@ def register(settings: Settings, candidate_run_id: str, metrics_path: str | Path
         if gate:
             tags["lm.gate"] = str(gate.get("reason", ""))[:500]
         if summary.get("evidence"):
-            from learning_machine.components.steps import evidence_summary
-
             tags["lm.gate_evidence"] = evidence_summary(summary["evidence"])[:500]
         if gate.get("clauses"):
-            from learning_machine.components.steps import clauses_summary
-
             tags["lm.gate_clauses"] = clauses_summary(gate["clauses"])[:4000]
         run_tags, run_params = tracker.run_tags_and_params(candidate_run_id)
         for key in ("lm.dataset", "lm.kind", "lm.mode", "lm.continued_from", "lm.retrain_mode", "lm.candidates"):

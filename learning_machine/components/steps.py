@@ -34,6 +34,7 @@ from learning_machine.lifecycle.promotion import (
     PromotionDecision,
     check_policy,
     decide,
+    evidence_metrics,
 )
 from learning_machine.lifecycle.training import log_candidate
 from learning_machine.registry.names import CHAMPION
@@ -357,42 +358,6 @@ def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, me
         tracker.set_tag(run_id, "lm.gate", decision.reason)
     print(decision.reason)
     return GateDecision(**asdict(decision), champion_version=champion_version)
-
-
-def evidence_metrics(evidence: dict[str, Any] | None) -> dict[str, float]:
-    """The paired evidence as MLflow metrics: ``gate.auc_diff`` and its ``_ci_low``/``_ci_high``/``_p``, the
-    same for log loss and Brier (candidate minus champion)."""
-    out: dict[str, float] = {}
-    for metric in ("auc", "log_loss", "brier"):
-        found = (evidence or {}).get(metric)
-        if found:
-            out.update({f"gate.{metric}_diff": found["diff"], f"gate.{metric}_diff_ci_low": found["ci_low"],
-                        f"gate.{metric}_diff_ci_high": found["ci_high"], f"gate.{metric}_diff_p": found["p_value"]})
-    return out
-
-
-def evidence_summary(evidence: dict[str, Any] | None) -> str:
-    """One line for a version's tag and an event: each difference with its 95 % interval."""
-    parts = []
-    for metric in ("auc", "log_loss", "brier"):
-        found = (evidence or {}).get(metric)
-        if found:
-            parts.append(f"{metric} {found['diff']:+.4f} [{found['ci_low']:+.4f}, {found['ci_high']:+.4f}] "
-                         f"p={found['p_value']:.3g}")
-    return (f"candidate - champion on {evidence['rows']} paired rows: " + "; ".join(parts)) if parts and evidence \
-        else ""
-
-
-def clauses_summary(clauses: list[dict[str, Any]]) -> str:
-    """The evidence rule's clauses in one line: each with its verdict and the interval end it tested."""
-    def one(c: dict[str, Any]) -> str:
-        verdict = {True: "pass", False: "FAIL", None: "n/a"}[c.get("passed")]
-        if "ci_low" in c:
-            return f"{c['clause']}: {verdict} (low {c['ci_low']:+.4f} > {c['must_exceed']:+g})"
-        if "ci_high" in c:
-            return f"{c['clause']}: {verdict} (high {c['ci_high']:+.4f} < {c['must_be_below']:+g})"
-        return f"{c['clause']}: {verdict}"
-    return "; ".join(one(c) for c in clauses)
 
 
 # -- batch inference -------------------------------------------------------------------------------

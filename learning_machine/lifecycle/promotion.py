@@ -24,8 +24,10 @@ GATE_METRICS: dict[str, bool] = {"auc": True, "accuracy": True, "f1": True, "bri
 PROMOTE_POLICIES = ("gate", "always", "never", "if-first")
 # How the gate compares: on paired evidence (intervals, non-inferiority per subgroup) or on point estimates.
 GATE_RULES = ("evidence", "point")
-# Metrics with paired evidence (learning_machine.model.evaluation.paired_comparison).
-PAIRED_METRICS = ("auc", "log_loss", "brier")
+
+# The differences the paired comparison gives (learning_machine.model.evaluation.paired_comparison), each
+# with a 95 % interval, candidate minus champion.
+PAIRED_METRICS: tuple[str, ...] = ("auc", "log_loss", "brier")
 
 # Records one event (kind, detail, model version): the gateway's event log, a pipeline step's log, ...
 Recorder = Callable[[str, dict[str, Any], str | None], Any]
@@ -218,6 +220,47 @@ def proven_worse(evidence: Mapping[str, Any], rule: EvidenceRule, metric: str = 
         return False
     diff, se = float(found["diff"]), float(found["se"])
     return diff + rule.z * se < 0 if GATE_METRICS[metric] else diff - rule.z * se > 0
+
+
+def evidence_metrics(evidence: dict[str, Any] | None) -> dict[str, float]:
+    """The paired evidence as MLflow metrics: ``gate.auc_diff`` and its ``_ci_low``/``_ci_high``/``_p``, the
+    same for log loss and Brier (candidate minus champion)."""
+    out: dict[str, float] = {}
+    for metric in PAIRED_METRICS:
+        found = (evidence or {}).get(metric)
+        if found:
+            out.update({f"gate.{metric}_diff": found["diff"], f"gate.{metric}_diff_ci_low": found["ci_low"],
+                        f"gate.{metric}_diff_ci_high": found["ci_high"], f"gate.{metric}_diff_p": found["p_value"]})
+    return out
+
+
+def evidence_summary(evidence: dict[str, Any] | None) -> str:
+    """One line for a version's tag and an event: each difference with its 95 % interval."""
+    parts = []
+    for metric in PAIRED_METRICS:
+        found = (evidence or {}).get(metric)
+        if found:
+            parts.append(f"{metric} {found['diff']:+.4f} [{found['ci_low']:+.4f}, {found['ci_high']:+.4f}] "
+                         f"p={found['p_value']:.3g}")
+    return (f"candidate - champion on {evidence['rows']} paired rows: " + "; ".join(parts)) if parts and evidence \
+        else ""
+
+
+def clauses_summary(clauses: list[dict[str, Any]]) -> str:
+    """The evidence rule's clauses in one line: each with its verdict and the interval end it tested."""
+    def one(c: dict[str, Any]) -> str:
+        verdict = {True: "pass", False: "FAIL", None: "n/a"}[c.get("passed")]
+        if "ci_low" in c:
+            return f"{c['clause']}: {verdict} (low {c['ci_low']:+.4f} > {c['must_exceed']:+g})"
+        if "ci_high" in c:
+            return f"{c['clause']}: {verdict} (high {c['ci_high']:+.4f} < {c['must_be_below']:+g})"
+        return f"{c['clause']}: {verdict}"
+    return "; ".join(one(c) for c in clauses)
+
+
+def paired_metric(metric: str) -> str:
+    """The gate metric the paired evidence can judge: ``metric`` itself, else the AUC."""
+    return metric if metric in PAIRED_METRICS else "auc"
 
 
 def serve(settings: Settings, version: str, *, deployer: str | None = None, strict: bool = False) -> dict[str, Any]:

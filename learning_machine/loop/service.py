@@ -25,7 +25,16 @@ import pandas as pd
 from learning_machine.clients.gateway import GatewayError, LearningMachineClient
 from learning_machine.data.spec import DatasetSpec
 from learning_machine.errors import ConflictError, LearningMachineError, ServiceUnavailableError
-from learning_machine.lifecycle.promotion import champion_event
+from learning_machine.lifecycle.promotion import (
+    EvidenceRule,
+    champion_event,
+    change_champion,
+    clauses_summary,
+    decide_on_evidence,
+    evidence_summary,
+    paired_metric,
+    proven_worse,
+)
 from learning_machine.loop.monitor import Monitor, MonitorConfig
 from learning_machine.loop.policy import Decision, RetrainPolicy, decide
 from learning_machine.loop.shadow import Shadow, ShadowPlan, evidence_of, first_look_at, paired_rows
@@ -676,14 +685,11 @@ class LoopService:
         self._shadow_look(shadow, paired)
 
     def _shadow_look(self, shadow: Shadow, paired: pd.DataFrame) -> None:
-        from learning_machine.components.steps import clauses_summary, evidence_summary
-        from learning_machine.lifecycle.promotion import EvidenceRule, change_champion, decide_on_evidence, proven_worse
-
         evidence = evidence_of(self.spec, paired)
         rule = EvidenceRule.from_settings(self.settings, margin=self.settings.loop_gate_margin,
                                           looks=self.shadow_plan.looks)
-        verdict = decide_on_evidence(evidence, rule, metric=self.settings.gate_metric
-                                     if self.settings.gate_metric in ("auc", "log_loss", "brier") else "auc")
+        metric = paired_metric(self.settings.gate_metric)
+        verdict = decide_on_evidence(evidence, rule, metric=metric)
         look = {"look": len(shadow.looks) + 1, "rows": len(paired), "promote": verdict.promote,
                 "reason": verdict.reason, "evidence": evidence_summary(evidence),
                 "clauses": clauses_summary(list(verdict.clauses))}
@@ -700,8 +706,7 @@ class LoopService:
             self.shadow = None
             self._new_champion()
             return
-        worse = proven_worse(evidence, rule, self.settings.gate_metric
-                             if self.settings.gate_metric in ("auc", "log_loss", "brier") else "auc")
+        worse = proven_worse(evidence, rule, metric)
         if worse or shadow.next_look > self.shadow_plan.max_rows:
             self._end_shadow("refused", ("proven worse than the champion" if worse else
                                          f"not proven better on {len(paired)} live records (the plan's last look)"),
@@ -868,14 +873,6 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, LearningMachineError):
         return exc.message
     return f"{type(exc).__name__}: {str(exc)[:300]}"
-
-
-@contextmanager
-def _suppressed() -> Iterator[None]:
-    try:
-        yield
-    except Exception as exc:  # noqa: BLE001 - best effort while reporting another error
-        log.warning("could not record the failure: %s", _describe(exc))
 
 
 def serve_health(service: LoopService, host: str, port: int) -> ThreadingHTTPServer:
