@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from learning_machine.model.evaluation import MIN_SUBGROUP_ROWS, Z95
+from learning_machine.model.evaluation import MIN_SUBGROUP_ROWS, Z95, calibration_bins, midranks
 
 METRICS: tuple[str, ...] = ("auc", "brier", "prevalence", "ece")
 DRAWS = 1000
@@ -94,29 +94,12 @@ def expected_auc(proba: Any) -> float:
     return numerator / denominator if denominator > 0 else float("nan")
 
 
-def _midranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks with ties sharing their mean rank (vectorised)."""
-    order = np.argsort(x, kind="mergesort")
-    s = x[order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    ends = np.r_[starts[1:], len(s)]
-    mean_rank = (starts + ends + 1) / 2.0  # mean of the 1-based positions starts+1 .. ends
-    ranks = np.empty(len(x), dtype=float)
-    ranks[order] = np.repeat(mean_rank, ends - starts)
-    return ranks
-
-
-def _ece_bins(p: np.ndarray, bins: int = 10) -> np.ndarray:
-    """The equal-count bin of each row, exactly as :func:`calibration_table` makes them."""
-    return np.asarray(pd.qcut(pd.Series(p).rank(method="first"), q=min(bins, len(p)), labels=False), dtype=int)
-
-
 def _simulate(p: np.ndarray, draws: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The realised AUC and ECE of ``draws`` simulated outcome sets y ~ Bernoulli(p) (AUC NaN for a draw
     with one class only)."""
     n = len(p)
-    ranks = _midranks(p)
-    bins = _ece_bins(p)
+    ranks = midranks(p)
+    bins = calibration_bins(p)
     onehot = np.zeros((n, bins.max() + 1))
     onehot[np.arange(n), bins] = 1.0
     gap_p = p @ onehot  # predicted events per bin
