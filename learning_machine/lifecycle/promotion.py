@@ -7,7 +7,7 @@ promote and deploy steps all go through. The learning loop records a pipeline's 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from learning_machine.deployers import get_deployer
@@ -126,90 +126,70 @@ def decide(policy: str, *, has_champion: bool, metric: str = "auc", margin: floa
 
 def decide_on_evidence(evidence: Mapping[str, Any], rule: EvidenceRule, *, metric: str = "auc",
                        candidate: float | None = None, champion: float | None = None) -> PromotionDecision:
-    """Promote only when every clause holds, each on the worst end of its 95 % interval (differences are
-    candidate minus champion, on the same held-out rows):
+    """Promote only when every clause holds, each judged on the worst end of its interval (``rule.z``
+    standard errors; differences are candidate minus champion, on the same rows):
 
-    - **better**: on ``metric`` the candidate beats the champion by more than ``rule.margin`` (AUC: the
-      interval's lower end above the margin; log-loss and Brier: the upper end below minus the margin);
-    - **AUC not worse**, overall and on every subgroup with enough rows of both classes: the lower end above
-      ``-rule.noninferiority_auc``;
-    - **calibration not worse**: the log-loss difference's upper end below ``rule.noninferiority_log_loss``.
+    - **better** on ``metric`` or on one of ``rule.also_better_on`` (the one-sided error budget split between
+      them, Bonferroni): the interval's better end beyond ``rule.margin``;
+    - **AUC not worse** overall: the lower end above ``-rule.noninferiority_auc``;
+    - **calibration not worse**: the log-loss difference's upper end below ``rule.noninferiority_log_loss``;
+    - **AUC not worse on every subgroup** with ``rule.min_subgroup_events`` rows of each outcome: the lower
+      end above ``-rule.noninferiority_subgroup_auc`` (smaller subgroups are reported, not tested).
 
     Every clause is returned with its bound and verdict, so the decision can be shown and audited."""
-    clauses: list[dict[str, Any]] = []
+    from scipy.stats import norm
 
-    def clause(name: str, found: Mapping[str, Any] | None, *, lower: float | None = None,
-               upper: float | None = None, min_events: int = 0) -> None:
-        if not found:
-            clauses.append({"clause": name, "passed": None, "note": "not assessable on these rows"})
-            return
-        n = int(found.get("n", evidence.get("rows", 0)))
-        if min_events and "events" in found and min(found["events"], n - found["events"]) < min_events:
-            clauses.append({"clause": name, "passed": None, "diff": round(float(found["diff"]), 5), "n": n,
-                            "note": f"not tested: fewer than {min_events} rows of an outcome "
-                                    f"({int(found['events'])} events in {n})"})
-            return
-        diff, se = float(found["diff"]), float(found["se"])
-        if lower is not None:
-            low = diff - rule.z * se
-            passed = bool(low > lower)
-            test = {"ci_low": round(low, 5), "must_exceed": lower}
-        else:
-            assert upper is not None
-            high = diff + rule.z * se
-            passed = bool(high < upper)
-            test = {"ci_high": round(high, 5), "must_be_below": upper}
-        clauses.append({"clause": name, "passed": passed, "diff": round(diff, 5), **test, "n": n})
-
-    # Better on the gate metric or, where the gain is calibration (a prevalence shift), on the log-loss: the
-    # one-sided error budget is split between them (Bonferroni), and the clause passes if either does.
+    rows = int(evidence.get("rows", 0))
     better_on = [metric, *(m for m in rule.also_better_on if m != metric and evidence.get(m))]
-    z_one = rule.z
-    if len(better_on) > 1:
-        from scipy.stats import norm
-
-        rule = replace(rule, z=float(norm.isf(norm_sf(rule.z) / len(better_on))))
-    tried: list[dict[str, Any]] = []
-    for name in better_on:
-        if GATE_METRICS[name]:
-            clause(f"better: {name}", evidence.get(name), lower=rule.margin)
-        else:
-            clause(f"better: {name}", evidence.get(name), upper=-rule.margin)
-        tried.append(clauses.pop())
+    z_better = float(norm.isf(norm.sf(rule.z) / len(better_on)))
+    tried = [_clause(f"better: {m}", evidence.get(m), z_better, rows, lower=rule.margin if GATE_METRICS[m] else None,
+                     upper=None if GATE_METRICS[m] else -rule.margin) for m in better_on]
     best = next((c for c in tried if c["passed"]), tried[0])
-    clauses.append({**best, "clause": "better: " + " or ".join(better_on),
-                    **({"tried": tried} if len(tried) > 1 else {})})
-    rule = replace(rule, z=z_one)
-    clause("auc not worse", evidence.get("auc"), lower=-rule.noninferiority_auc)
-    clause("calibration not worse: log_loss", evidence.get("log_loss"), upper=rule.noninferiority_log_loss)
-    for group, by_label in sorted((evidence.get("subgroups") or {}).items()):
-        for label, found in sorted(by_label.items()):
-            clause(f"auc not worse: {group}={label}", found.get("auc"), lower=-rule.noninferiority_subgroup_auc,
-                   min_events=rule.min_subgroup_events)
+    clauses = [{**best, "clause": "better: " + " or ".join(better_on), **({"tried": tried} if len(tried) > 1 else {})},
+               _clause("auc not worse", evidence.get("auc"), rule.z, rows, lower=-rule.noninferiority_auc),
+               _clause("calibration not worse: log_loss", evidence.get("log_loss"), rule.z, rows,
+                       upper=rule.noninferiority_log_loss)]
+    clauses += [_clause(f"auc not worse: {group}={label}", found.get("auc"), rule.z, rows,
+                        lower=-rule.noninferiority_subgroup_auc, min_events=rule.min_subgroup_events)
+                for group, by_label in sorted((evidence.get("subgroups") or {}).items())
+                for label, found in sorted(by_label.items())]
     failed = [c["clause"] for c in clauses if c["passed"] is False]
     verdict = not failed and clauses[0]["passed"] is True
-    level = 100 * (1 - 2 * float(norm_sf(rule.z)))
+    level = 100 * (1 - 2 * float(norm.sf(z_better)))
     shown = []
     for name in better_on:
         found = evidence.get(name) or {}
         diff, se = float(found.get("diff", float("nan"))), float(found.get("se", float("nan")))
-        shown.append(f"{name} {diff:+.4f} [{diff - rule.z * se:+.4f}, {diff + rule.z * se:+.4f}]")
-    summary = f"candidate - champion {'; '.join(shown)} ({level:.1f} %) on {evidence.get('rows')} paired rows"
+        shown.append(f"{name} {diff:+.4f} [{diff - z_better * se:+.4f}, {diff + z_better * se:+.4f}]")
+    summary = f"candidate - champion {'; '.join(shown)} ({level:.1f} %) on {rows} paired rows"
     if verdict:
         tested = sum(c["passed"] is True for c in clauses) - 1
-        on = best["clause"].removeprefix("better: ")
-        reason = (f"{summary}: better on {on} with {level:.1f} % confidence (shared between {len(better_on)} "
-                  f"metric(s)) and not worse on {tested} other clause(s)")
+        reason = (f"{summary}: better on {best['clause'].removeprefix('better: ')} with {level:.1f} % confidence "
+                  f"and not worse on {tested} other clause(s)")
     else:
         reason = f"{summary}: failed {', '.join(failed) or 'better: ' + metric + ' (not assessable)'} - champion kept"
     return PromotionDecision(verdict, reason, metric, candidate, champion, tuple(clauses))
 
 
-def norm_sf(z: float) -> float:
-    """P(Z > z) for a standard normal."""
-    import math
-
-    return 0.5 * math.erfc(z / math.sqrt(2))
+def _clause(name: str, found: Mapping[str, Any] | None, z: float, rows: int, *, lower: float | None = None,
+            upper: float | None = None, min_events: int = 0) -> dict[str, Any]:
+    """One clause of the evidence rule: the difference's interval (``z`` standard errors) must end above
+    ``lower`` or below ``upper``; not assessable without evidence, not tested with too few events."""
+    if not found:
+        return {"clause": name, "passed": None, "note": "not assessable on these rows"}
+    n = int(found.get("n", rows))
+    diff, se = float(found["diff"]), float(found["se"])
+    if min_events and "events" in found and min(found["events"], n - found["events"]) < min_events:
+        return {"clause": name, "passed": None, "diff": round(diff, 5), "n": n,
+                "note": f"not tested: fewer than {min_events} rows of an outcome ({int(found['events'])} events in {n})"}
+    if lower is not None:
+        low = diff - z * se
+        return {"clause": name, "passed": bool(low > lower), "diff": round(diff, 5), "ci_low": round(low, 5),
+                "must_exceed": lower, "n": n}
+    assert upper is not None
+    high = diff + z * se
+    return {"clause": name, "passed": bool(high < upper), "diff": round(diff, 5), "ci_high": round(high, 5),
+            "must_be_below": upper, "n": n}
 
 
 def proven_worse(evidence: Mapping[str, Any], rule: EvidenceRule, metric: str = "auc") -> bool:
