@@ -348,6 +348,14 @@ class Monitor:
             bool(waiting["retrain"]), tuple(waiting.get("reasons") or ()), tuple(waiting.get("rules") or ()),
             waiting.get("suppressed"), dict(waiting.get("evidence") or {}))
 
+    def policy_decision(self, *, alarms: bool = True, cooldown: bool = True) -> Decision:
+        """What the policy says now about the windows (and the sequential alarms, unless ``alarms`` is
+        False), with the accepted drift and the serving version's validated AUC; records and starts nothing."""
+        return decide(list(self.windows), self.policy, now=self.clock(),
+                      last_retrain_at=self.last_retrain_at if cooldown else None,
+                      alarms=self.alarms if alarms else (), accepted=frozenset(self.accepted_drift),
+                      expected_auc=self.expected_auc)
+
     def decide(self, *, start: bool = True) -> Decision:
         """Ask the policy; a firing decision is recorded, and retraining started when a trigger is set (and
         ``start``: the learning loop starts it itself, after the step that fired it is saved). A
@@ -358,8 +366,7 @@ class Monitor:
             if start and (self.trigger is None or self._start(waiting)):
                 self.waiting = None
             return waiting
-        decision = decide(list(self.windows), self.policy, now=self.clock(), last_retrain_at=self.last_retrain_at,
-                          alarms=self.alarms, accepted=frozenset(self.accepted_drift), expected_auc=self.expected_auc)
+        decision = self.policy_decision()
         if decision.suppressed:
             self.sink.event("retrain-suppressed", decision.as_dict())
         if not decision.retrain:

@@ -36,7 +36,7 @@ from learning_machine.lifecycle.promotion import (
     proven_worse,
 )
 from learning_machine.loop.monitor import Monitor, MonitorConfig
-from learning_machine.loop.policy import Decision, RetrainPolicy, decide
+from learning_machine.loop.policy import Decision, RetrainPolicy
 from learning_machine.loop.shadow import Shadow, ShadowPlan, evidence_of, first_look_at, paired_rows
 from learning_machine.loop.shadow import score as shadow_score
 from learning_machine.registry.names import CHAMPION
@@ -609,18 +609,14 @@ class LoopService:
         the floor. Only then does a newer challenger (on more post-change rows) replace one in the shadow."""
         if any(a.stream == "outcomes" for a in self.monitor.alarms):
             return True
-        would = decide(list(self.monitor.windows), self.monitor.policy, now=self.monitor.clock(),
-                       last_retrain_at=None, expected_auc=self.monitor.expected_auc)
-        return "performance" in would.rules
+        return "performance" in self.monitor.policy_decision(alarms=False, cooldown=False).rules
 
     def _held(self, windows: Sequence[Any]) -> None:
         """While a retraining runs: what the policy would decide, recorded once per retraining."""
         busy: Any = self.job if self.job is not None else self.shadow
         if busy is None or getattr(busy, "held", False) or not (windows or self.monitor.alarms):
             return
-        would = decide(list(self.monitor.windows), self.monitor.policy, now=self.monitor.clock(),
-                       last_retrain_at=None, alarms=self.monitor.alarms,
-                       accepted=frozenset(self.monitor.accepted_drift), expected_auc=self.monitor.expected_auc)
+        would = self.monitor.policy_decision(cooldown=False)
         if would.retrain:
             busy.held = True
             what = "a retraining for this change is running" if self.job is not None else \
