@@ -137,8 +137,8 @@ class Settings(BaseSettings):
     policy_min_outcomes: int = Field(100, ge=10, description="Outcomes needed before realised AUC counts.")
     policy_schedule_s: float | None = Field(None, gt=0, description="Retrain at least this often (unset: never).")
     policy_cooldown_s: float = Field(0.0, ge=0, description="Minimum seconds between two retrainings (0: none; "
-                                     "the loop runs one retraining per change and retries a refused one only "
-                                     "when `loop_retry_outcomes` new outcomes have arrived).")
+                                     "the loop runs one retraining at a time and retries a change only when "
+                                     "`loop_retry_outcomes` new outcomes have arrived).")
     loop_retrain_rows: int = Field(2000, ge=50, description="Recent labelled records a retraining uses.")
     loop_min_retrain_rows: int = Field(200, ge=20, description="Retraining needs at least this many (labelled "
                                        "predictions made since the change, when the change point is known).")

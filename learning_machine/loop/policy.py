@@ -67,7 +67,7 @@ class RetrainPolicy:
     validated with (when known)."""
     cooldown_s: float = 0.0
     """A minimum gap between two retrainings (off by default: the learning loop retries a refused change when
-    enough new outcomes have arrived, and never runs two retrainings for one change)."""
+    enough new outcomes have arrived, and runs one retraining at a time)."""
 
     def __post_init__(self) -> None:
         if self.drift_windows < 1:
@@ -109,7 +109,7 @@ def decide(windows: Sequence[WindowSummary], policy: RetrainPolicy, *, now: floa
     """Apply the policy to the windows (oldest first) and the sequential test's alarms at time ``now``.
     ``accepted``: features whose drift was accepted as the new normal (a retraining on it was refused): a
     window that drifts only in those does not count as drifting. ``expected_auc``: the AUC the serving
-    version was validated with (held-out rows or shadow evidence), when known."""
+    version was registered with (its held-out AUC), when known."""
     reasons: list[str] = []
     if accepted:
         windows = [w if not w.drift or set(w.drifted_features) - accepted else
