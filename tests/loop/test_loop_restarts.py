@@ -194,3 +194,31 @@ def test_the_monitor_loop_survives_any_error_and_reports_it(env: Env):
     assert max(h["failures_in_a_row"] for h in degraded) == 2 and degraded[-1]["retry_in_s"] == 0.1
     assert sum("monitor step failed: RuntimeError" in s for s in said) == 2
     assert env.windows_stored() == [1] and len(service.monitor.pending) == 10
+
+
+def test_a_shadow_in_progress_and_the_last_attempt_survive_a_restart(env: Env):
+    """The shadow's progress (what it scored, its next look) and the retry rule's last attempt are saved with
+    the step and resumed by a new monitor, which scores the records after them and stores none twice."""
+    settings = env.gateway.settings
+    champion = Tracker(settings.tracking_uri).alias_version(settings.model_name, "champion").version
+    env.stream(60, seed=4)
+    first = env.service(calls=[])
+    first.step()
+    cut = first.read_cursor
+    first.trigger.last_attempt = {"since": None, "champion": champion, "outcome_cursor": 0, "cut_id": cut,
+                                  "rows": 60, "result": "refused", "at": 1.0}
+    # The challenger here is the serving version itself: what is tested is the state, not the evidence.
+    first.start_shadow(champion, champion, cut_id=cut)
+    env.stream(40, seed=5)
+    first.step()  # scores the 40 new records in the shadow and saves the step
+    scored = env.client("data-scientist").shadow(champion, after_prediction_id=cut)
+    assert len(scored) == 40 and first.shadow is not None and first.shadow.scored_up_to == first.read_cursor
+
+    second = env.service(calls=[])
+    second.load_state()
+    assert second.shadow is not None and second.shadow.as_state() == first.shadow.as_state()
+    assert second.trigger.last_attempt == {**first.trigger.last_attempt, "result": "shadow"}
+    env.stream(20, seed=6)
+    second.step()
+    assert len(env.client("data-scientist").shadow(champion, after_prediction_id=cut)) == 60  # each once
+    assert len(env.events("shadow-started")) >= 1

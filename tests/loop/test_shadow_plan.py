@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from learning_machine.data.sources import load_dataset
-from learning_machine.loop.shadow import Shadow, ShadowPlan, first_look_at, paired_rows
+from learning_machine.loop.shadow import ShadowPlan, first_look_at, paired_rows
 
 
 def test_the_plan_looks_at_each_doubling_and_shares_the_error_budget():
@@ -31,8 +31,3 @@ def test_only_independent_labelled_records_of_the_champion_are_paired():
     # outcome, 15 was not scored by the challenger: 11 and 12 remain, in prediction order.
     assert paired["prediction_id"].tolist() == [11, 12] and paired["challenger"].tolist() == [0.6, 0.7]
     assert paired["champion"].tolist() == [0.3, 0.3]
-
-
-def test_a_shadow_survives_a_restart_as_state():
-    shadow = Shadow("3", "2", 40, 1.0, "/tmp/x.csv", scored_up_to=90, next_look=200, looks=[{"look": 1}])
-    assert Shadow.from_state(shadow.as_state()) == shadow
