@@ -295,7 +295,7 @@ def data_scientist_page(client: LearningMachineClient, conn: views.Connection, m
                      width="stretch")
 
     st.subheader("The gate's evidence")
-    gate = views.gate_frame(events) if not events.empty and "detail" in events else pd.DataFrame()
+    gate = views.gate_frame(events)
     if gate.empty:
         st.info("No gate decisions yet: each retraining's challenger is compared with the champion on the same "
                 "held-out rows (then, if not yet proven, on live records in the shadow), with 95 % intervals.")

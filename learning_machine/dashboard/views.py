@@ -363,7 +363,7 @@ def gate_frame(events: pd.DataFrame) -> pd.DataFrame:
     """The gate's decisions, newest first: what was decided, why, and the paired evidence with its intervals
     (candidate minus champion) and each clause's verdict."""
     columns = ["created_at", "kind", "model_version", "decision", "evidence", "clauses"]
-    if events.empty:
+    if events.empty or "detail" not in events:
         return pd.DataFrame(columns=columns)
     found = events[events["kind"].isin(GATE_KINDS)].copy()
     found["decision"] = found["detail"].map(lambda d: str((d or {}).get("gate") or (d or {}).get("reason") or ""))
