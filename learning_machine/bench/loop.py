@@ -191,8 +191,8 @@ def bench_loop(quick: bool, progress: Progress, *, budget: float = FALSE_ALARM_B
             after_rows = _frame(scenario, kl_rows, seed + 100, 0).frame
             kl_f.append(kl_rate(pre, after_rows, features, seed, **kl_fit))
             kl_j.append(kl_rate(pre, after_rows, columns, seed, **kl_fit))
-            # Retrain as the loop does: the rows since the change, two candidates (the champion continued on
-            # 1,000 old rows plus them, and a fresh model on them), the better on unseen new rows kept.
+            # Retrain as the loop does: the rows since the change, three candidates (the champion continued
+            # on 1,000 old rows plus them, a fresh model on them and a simpler one), the best on unseen new rows.
             recent = LoadedDataset(reference.spec, data.frame.iloc[drift_start:].reset_index(drop=True), "bench", {})
             chosen, _ = retrain_best(champion, recent, reference.frame.sample(1000, random_state=seed), seed=seed)
             retrained = chosen.pipeline

@@ -77,15 +77,37 @@ def test_too_little_data_is_a_training_error(cohort):
         train_model(tiny)
 
 
-def test_retraining_keeps_the_better_of_continued_and_fresh_on_unseen_new_rows(cohort):
+def test_retraining_keeps_the_best_of_continued_fresh_and_simpler_on_unseen_new_rows(cohort):
     from learning_machine.data.sources import LoadedDataset, load_dataset
     from learning_machine.model.training import retrain_best
 
     base = train_model(cohort, seed=1).pipeline
     new = load_dataset("synthetic-cohort", n_rows=2500, seed=9, scenario="concept-drift", drift_start=0)
     result, scores = retrain_best(base, new, cohort.frame.head(500), seed=1)
-    assert set(scores) == {"warm-start", "scratch"} and all(0.5 < a < 1 for a in scores.values())
-    assert result.mode == max(scores, key=lambda m: (scores[m], m == "warm-start"))
+    assert set(scores) == {"warm-start", "scratch", "scratch-simple"} and all(0.5 < a < 1 for a in scores.values())
+    order = ("warm-start", "scratch-simple", "scratch")
+    assert result.mode == max(order, key=lambda m: (scores[m], -order.index(m)))
     # With no reference rows the continued candidate learns from the new rows alone.
     again, _ = retrain_best(base, LoadedDataset(new.spec, new.frame, "x", {}), None, seed=1)
-    assert again.mode in ("warm-start", "scratch")
+    assert again.mode in order
+
+
+def test_a_few_hundred_rows_since_a_concept_change_choose_the_simpler_fresh_model(cohort):
+    """The rows a retraining has soon after a change in the risk function: the default trees overfit them, the
+    simpler fresh model is chosen, is really simpler, and ranks fresh post-change patients better."""
+    from learning_machine.data.sources import load_dataset
+    from learning_machine.model.evaluation import binary_metrics
+    from learning_machine.model.training import predict_proba, retrain_best
+
+    base = train_model(cohort, seed=1).pipeline
+    new = load_dataset("synthetic-cohort", n_rows=450, seed=1001, scenario="concept-drift", drift_start=0)
+    result, scores = retrain_best(base, new, cohort.frame.head(1000), seed=1)
+    assert result.mode == "scratch-simple", scores
+    booster = result.pipeline.named_steps["model"]
+    assert booster.get_params()["max_depth"] == 2 and booster.get_params()["n_estimators"] == 100
+    test = load_dataset("synthetic-cohort", n_rows=3000, seed=305, scenario="concept-drift", drift_start=0)
+    y = test.frame["outcome"].to_numpy()
+    default = train_model(new, seed=1, test_fraction=0.1).pipeline
+    auc = {name: binary_metrics(y, predict_proba(p, test.spec, test.frame))["auc"]
+           for name, p in (("simpler", result.pipeline), ("default", default), ("champion", base))}
+    assert auc["simpler"] > auc["default"] + 0.01 and auc["simpler"] > auc["champion"] + 0.08, auc

@@ -117,9 +117,10 @@ def test_retraining_promotes_a_better_candidate(trained, settings, tracker):
     assert new.tags["lm.gate_evidence"].startswith(f"candidate - champion on {comparison['held_out_rows']} paired rows: auc +")
     assert int(new.version) > int(champion.version)
     assert new.tags[PREVIOUS_TAG] == champion.version
-    # Two candidates, the continued champion and a fresh model; the version says which won and by what.
-    assert set(json.loads(new.tags["lm.candidates"])) == {"warm-start", "scratch"}
-    assert new.tags["lm.retrain_mode"] in ("warm-start", "scratch")
+    # Three candidates, the continued champion, a fresh model and a simpler fresh one; the version says which
+    # won and by what.
+    assert set(json.loads(new.tags["lm.candidates"])) == {"warm-start", "scratch", "scratch-simple"}
+    assert new.tags["lm.retrain_mode"] in ("warm-start", "scratch", "scratch-simple")
     if new.tags["lm.retrain_mode"] == "warm-start":
         assert new.tags["lm.continued_from"] == champion.version
     assert "promote" in run.steps and "deploy" in run.steps
