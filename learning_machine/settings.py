@@ -57,8 +57,9 @@ class Settings(BaseSettings):
     seed: int = Field(42, description="Seed for data generation and training.")
     test_fraction: float = Field(0.25, gt=0.05, lt=0.9, description="Held-out fraction for evaluation.")
     retrain_candidates: Literal["best", "warm-start", "scratch"] = Field(
-        "best", description="What retraining trains: the better on unseen new rows of the champion continued and "
-                            "a fresh model (best), or only one of them.")
+        "best", description="What retraining trains: the best on unseen new rows of the champion continued, a "
+                            "fresh model and a fresh one at lower capacity (best), or only the continued or the fresh "
+                            "one.")
     max_invalid_fraction: float = Field(
         0.01, ge=0, le=1, description="Training refuses data with more feature cells than this that break the "
         "spec (out of range, wrong type, unseen category).")
@@ -113,6 +114,10 @@ class Settings(BaseSettings):
                                                     "subgroup, the candidate's AUC may be lower by at most this.")
     gate_min_subgroup_events: int = Field(30, ge=5, description="Evidence rule: a subgroup is tested only with at "
                                           "least this many rows of each outcome (else reported as not assessable).")
+    gate_underpowered_subgroups: Literal["no-harm", "hold"] = Field(
+        "no-harm", description="Evidence rule: a subgroup whose interval is wider than its margin cannot show "
+        "non-inferiority even at no difference; no-harm: it must then only not be worse beyond doubt (recorded "
+        "as such), hold: the candidate waits for more rows.")
     max_missing_fraction: float = Field(0.2, ge=0, le=1, description="Validation fails when more feature cells "
                                         "than this are missing.")
     # max_invalid_fraction (above) is also the validate step's limit for cells that break the spec.
@@ -134,6 +139,9 @@ class Settings(BaseSettings):
     policy_auc_drop: float = Field(0.05, ge=0, le=1, description="The AUC floor fires only when the realised AUC is "
                                    "also this much below the held-out AUC the serving version was registered with "
                                    "(a version promoted where no model reaches the floor is not retrained forever).")
+    policy_estimated_windows: int = Field(2, ge=0, description="Retrain when this many consecutive windows have an AUC "
+                                          "estimated from the model's scores (CBPE, before outcomes) whose 95 % upper "
+                                          "bound is below the floor's limit (0: show the estimate only).")
     policy_min_outcomes: int = Field(100, ge=10, description="Outcomes needed before realised AUC counts.")
     policy_schedule_s: float | None = Field(None, gt=0, description="Retrain at least this often (unset: never).")
     policy_cooldown_s: float = Field(0.0, ge=0, description="Minimum seconds between two retrainings (0: none; "

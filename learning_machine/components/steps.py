@@ -245,11 +245,11 @@ def train(settings: Settings, data_dir: str | Path, test_dir: str | Path, *, par
 
 def retrain(settings: Settings, new_dir: str | Path, test_dir: str | Path, *, reference_dir: str | Path | None = None,
             parent_run_id: str = "", base_ref: str = CHAMPION, params_json: str = "") -> tuple[str, dict[str, float]]:
-    """Two candidates from the training part of the new data: the registered ``base_ref`` model continued
+    """Three candidates from the training part of the new data: the registered ``base_ref`` model continued
     (warm start) on the reference (old) data plus the new rows, and a model trained from scratch on the new
-    rows; the better one on unseen new rows goes on (:func:`learning_machine.model.training.retrain_best`). The
-    held-out rows come from the new data only: the gate asks which model is better on the data the
-    platform sees now."""
+    rows, at the configured and at lower capacity; the best one on unseen new rows goes on
+    (:func:`learning_machine.model.training.retrain_best`). The held-out rows come from the new data only:
+    the gate asks which model is better on the data the platform sees now."""
     from learning_machine.model.training import retrain_best, split
 
     tracker = tracker_for(settings)
@@ -338,7 +338,8 @@ def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, me
                      "rule": "evidence" if decision.clauses else "point",
                      **({"noninferiority": {"auc": rule.noninferiority_auc, "log_loss": rule.noninferiority_log_loss,
                                             "subgroup_auc": rule.noninferiority_subgroup_auc,
-                                            "min_subgroup_events": rule.min_subgroup_events}, "z": rule.z}
+                                            "min_subgroup_events": rule.min_subgroup_events,
+                                            "underpowered_subgroups": rule.underpowered_subgroups}, "z": rule.z}
                         if rule is not None and decision.clauses else {}),
                      "clauses": list(decision.clauses), "promote": decision.promote, "reason": decision.reason},
             "candidate_run_id": candidate_run_id, "champion_version": champion_version,

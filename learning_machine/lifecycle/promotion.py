@@ -61,6 +61,11 @@ class EvidenceRule:
     min_subgroup_events: int = 30
     """A subgroup's AUC is tested only with at least this many rows of each outcome; below, it is reported
     as not assessable (an AUC on a handful of events has an interval wider than any sensible margin)."""
+    underpowered_subgroups: str = "no-harm"
+    """A tested subgroup whose interval is wider than its margin (half-width >= margin) cannot show
+    non-inferiority even when the candidate is exactly as good there: ``no-harm`` then tests only that it is
+    not worse beyond doubt (the interval's upper end not below 0), and says so in the clause; ``hold`` keeps
+    the non-inferiority test (the candidate waits for more rows)."""
     also_better_on: tuple[str, ...] = ("log_loss",)
     """Besides the gate metric, a candidate may prove itself better on these (a recalibrated model after a
     prevalence shift ranks the same but predicts better); the error budget is split between them."""
@@ -73,6 +78,8 @@ class EvidenceRule:
             raise ValueError("non-inferiority margins cannot be negative")
         if self.z <= 0:
             raise ValueError("z must be positive")
+        if self.underpowered_subgroups not in ("no-harm", "hold"):
+            raise UnknownNameError("underpowered subgroup rule", self.underpowered_subgroups, ["no-harm", "hold"])
 
     @classmethod
     def from_settings(cls, settings: Settings, *, margin: float | None = None, looks: int = 1) -> EvidenceRule:
@@ -82,7 +89,8 @@ class EvidenceRule:
 
         return cls(settings.gate_margin if margin is None else margin, settings.gate_noninferiority_auc,
                    settings.gate_noninferiority_log_loss, settings.gate_noninferiority_subgroup_auc,
-                   settings.gate_min_subgroup_events, z=float(norm.ppf(1 - 0.025 / max(1, looks))))
+                   settings.gate_min_subgroup_events, settings.gate_underpowered_subgroups,
+                   z=float(norm.ppf(1 - 0.025 / max(1, looks))))
 
 
 def check_policy(policy: str, metric: str = "auc") -> None:
@@ -134,7 +142,8 @@ def decide_on_evidence(evidence: Mapping[str, Any], rule: EvidenceRule, *, metri
     - **AUC not worse** overall: the lower end above ``-rule.noninferiority_auc``;
     - **calibration not worse**: the log-loss difference's upper end below ``rule.noninferiority_log_loss``;
     - **AUC not worse on every subgroup** with ``rule.min_subgroup_events`` rows of each outcome: the lower
-      end above ``-rule.noninferiority_subgroup_auc`` (smaller subgroups are reported, not tested).
+      end above ``-rule.noninferiority_subgroup_auc`` (smaller subgroups are reported, not tested); where the
+      interval is wider than that margin, by ``rule.underpowered_subgroups``: not worse beyond doubt, or held.
 
     Every clause is returned with its bound and verdict, so the decision can be shown and audited."""
     from scipy.stats import norm
@@ -150,7 +159,8 @@ def decide_on_evidence(evidence: Mapping[str, Any], rule: EvidenceRule, *, metri
                _clause("calibration not worse: log_loss", evidence.get("log_loss"), rule.z, rows,
                        upper=rule.noninferiority_log_loss)]
     clauses += [_clause(f"auc not worse: {group}={label}", found.get("auc"), rule.z, rows,
-                        lower=-rule.noninferiority_subgroup_auc, min_events=rule.min_subgroup_events)
+                        lower=-rule.noninferiority_subgroup_auc, min_events=rule.min_subgroup_events,
+                        no_harm_when_underpowered=rule.underpowered_subgroups == "no-harm")
                 for group, by_label in sorted((evidence.get("subgroups") or {}).items())
                 for label, found in sorted(by_label.items())]
     failed = [c["clause"] for c in clauses if c["passed"] is False]
@@ -172,9 +182,12 @@ def decide_on_evidence(evidence: Mapping[str, Any], rule: EvidenceRule, *, metri
 
 
 def _clause(name: str, found: Mapping[str, Any] | None, z: float, rows: int, *, lower: float | None = None,
-            upper: float | None = None, min_events: int = 0) -> dict[str, Any]:
+            upper: float | None = None, min_events: int = 0, no_harm_when_underpowered: bool = False
+            ) -> dict[str, Any]:
     """One clause of the evidence rule: the difference's interval (``z`` standard errors) must end above
-    ``lower`` or below ``upper``; not assessable without evidence, not tested with too few events."""
+    ``lower`` or below ``upper``; not assessable without evidence, not tested with too few events. With
+    ``no_harm_when_underpowered``, an interval wider than the margin ``-lower`` (which could not end above it
+    even at a difference of 0) need only not lie wholly below 0."""
     if not found:
         return {"clause": name, "passed": None, "note": "not assessable on these rows"}
     n = int(found.get("n", rows))
@@ -182,6 +195,12 @@ def _clause(name: str, found: Mapping[str, Any] | None, z: float, rows: int, *, 
     if min_events and "events" in found and min(found["events"], n - found["events"]) < min_events:
         return {"clause": name, "passed": None, "diff": round(diff, 5), "n": n,
                 "note": f"not tested: fewer than {min_events} rows of an outcome ({int(found['events'])} events in {n})"}
+    if lower is not None and no_harm_when_underpowered and lower < 0 and z * se >= -lower:
+        high = diff + z * se
+        return {"clause": name, "passed": bool(high >= 0), "diff": round(diff, 5), "ci_low": round(diff - z * se, 5),
+                "ci_high": round(high, 5), "must_not_be_below": 0.0, "n": n, "test": "no proven harm",
+                "note": f"too few rows to show non-inferiority (half-width {z * se:.3f} >= margin {-lower:g}): "
+                        "tested for harm only"}
     if lower is not None:
         low = diff - z * se
         return {"clause": name, "passed": bool(low > lower), "diff": round(diff, 5), "ci_low": round(low, 5),

@@ -280,6 +280,8 @@ class Monitor:
         rows += drift_results(drift)
         estimated, estimated_auc = estimation_results(self.spec, frame)
         rows += estimated
+        estimated_high = next((r["details"]["high"] for r in estimated
+                               if r["metric"] == "estimated_auc" and r["feature"] is None), None)
         auc = None
         n_outcomes = 0
         n_events = None
@@ -301,7 +303,8 @@ class Monitor:
                                 drift_p_value=_min_p(drift), drifted_features=tuple(drift.get("drifted_features") or ()),
                                 missing_fraction=missing, invalid_fraction=invalid, auc=auc, n_outcomes=n_outcomes,
                                 n_events=n_events, start_time=_first_time(frame),
-                                performance_since=performance_since, estimated_auc=estimated_auc)
+                                performance_since=performance_since, estimated_auc=estimated_auc,
+                                estimated_auc_high=estimated_high)
         self.windows.append(summary)
         self.sink.results(rows)
         if self.metrics_logger is not None:

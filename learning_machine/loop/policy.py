@@ -11,7 +11,12 @@ passed; then the decision records that it was suppressed and by how long):
    standard error, is under the floor): an AUC on a few hundred outcomes varies by several points, and a
    plain comparison fired on clean data;
 3. **schedule**: ``schedule_s`` seconds have passed since the last retraining (off by default);
-4. **sequential**: the monitor's sequential test (CUSUM on every feature, and on the model's log-loss once
+4. **estimated performance below the floor**: before any outcome arrives, the last ``estimated_windows``
+   windows all have an AUC estimated from the serving model's own scores (CBPE,
+   :mod:`learning_machine.model.estimation`) whose 95 % upper bound is below the same limit as rule 2. The
+   early signal of a population where the model cannot rank as it did (its scores crowd together); blind to
+   a change in the risk function itself, which only the outcomes show (rules 2 and 5);
+5. **sequential**: the monitor's sequential test (CUSUM on every feature, and on the model's log-loss once
    outcomes arrive; :mod:`learning_machine.model.sequential`) crossed its threshold, which is calibrated to a
    configured false-alarm budget (``LM_MONITOR_FALSE_ALARMS_PER_10K``). It reacts within tens of rows to
    a shift a windowed test sees only at the end of its windows.
@@ -50,8 +55,9 @@ class WindowSummary:
     (:func:`learning_machine.model.sequential.loss_change_point`), else the oldest of them (the change lies
     before them all)."""
     estimated_auc: float | None = None
-    """AUC estimated from the window's scores before outcomes arrive (CBPE; assumes a calibrated model).
-    Informational: the rules above read the realised AUC only."""
+    """AUC estimated from the window's scores before outcomes arrive (CBPE; assumes a calibrated model)."""
+    estimated_auc_high: float | None = None
+    """The upper end of the 95 % interval of the window's realised AUC, from the estimate (rule 4 reads it)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,8 @@ class RetrainPolicy:
     auc_drop: float = 0.05
     """The performance rule also needs the realised AUC this far below the AUC the serving version was
     validated with (when known)."""
+    estimated_windows: int = 2
+    """Consecutive windows whose estimated AUC must all be below the limit (0: the estimate is only shown)."""
     cooldown_s: float = 0.0
     """A minimum gap between two retrainings (off by default: the learning loop retries a refused change when
     enough new outcomes have arrived, and runs one retraining at a time)."""
@@ -74,6 +82,8 @@ class RetrainPolicy:
             raise ValueError("drift_windows must be at least 1")
         if self.min_outcomes < 10:
             raise ValueError("min_outcomes must be at least 10: an AUC on fewer outcomes is noise")
+        if self.estimated_windows < 0:
+            raise ValueError("estimated_windows cannot be negative (0 turns the estimate rule off)")
         if self.cooldown_s < 0:
             raise ValueError("cooldown_s cannot be negative")
 
@@ -141,11 +151,12 @@ def decide(windows: Sequence[WindowSummary], policy: RetrainPolicy, *, now: floa
 
     scored = [w for w in windows if w.auc is not None and w.n_outcomes >= policy.min_outcomes]
     latest = scored[-1] if scored else None
-    if policy.auc_floor is not None and latest is not None and latest.auc is not None:
+    # Below the floor, and below what the serving version was shown to reach (by more than auc_drop): a
+    # version promoted on a population where no model reaches the floor is not "lost" at its own level.
+    limit = None if policy.auc_floor is None else (
+        policy.auc_floor if expected_auc is None else min(policy.auc_floor, expected_auc - policy.auc_drop))
+    if limit is not None and latest is not None and latest.auc is not None:
         upper = latest.auc + 1.645 * auc_standard_error(latest.auc, latest.n_events, latest.n_outcomes)
-        # Below the floor, and below what the serving version was shown to reach (by more than auc_drop): a
-        # version promoted on a population where no model reaches the floor is not "lost" at its own level.
-        limit = policy.auc_floor if expected_auc is None else min(policy.auc_floor, expected_auc - policy.auc_drop)
         if upper < limit:
             rules.append("performance")
             reasons.append(f"realised AUC {latest.auc:.3f} on {latest.n_outcomes} outcomes is below the floor "
@@ -155,6 +166,22 @@ def decide(windows: Sequence[WindowSummary], policy: RetrainPolicy, *, now: floa
             evidence["performance_window"] = latest.window_id
             if latest.performance_since:
                 evidence["performance_since"] = latest.performance_since
+
+    estimated = list(windows)[-policy.estimated_windows:] if policy.estimated_windows else []
+    if (limit is not None and estimated and len(estimated) == policy.estimated_windows
+            and all(w.estimated_auc_high is not None and w.estimated_auc_high < limit for w in estimated)):
+        run = list(estimated)
+        for w in reversed(list(windows)[:-policy.estimated_windows]):  # back to the first window below the limit
+            if w.estimated_auc_high is None or w.estimated_auc_high >= limit:
+                break
+            run.insert(0, w)
+        rules.append("estimated")
+        reasons.append(f"estimated AUC {', '.join(f'{w.estimated_auc:.3f}' for w in estimated)} in the last "
+                       f"{len(estimated)} window(s), before their outcomes: every 95 % upper bound "
+                       f"(up to {max(w.estimated_auc_high or 0.0 for w in estimated):.3f}) is below {limit:.3f}")
+        evidence["estimated_windows"] = [w.window_id for w in estimated]
+        if run[0].start_time:
+            evidence["estimated_since"] = run[0].start_time
 
     if policy.schedule_s is not None and (last_retrain_at is None or now - last_retrain_at >= policy.schedule_s):
         rules.append("schedule")

@@ -110,7 +110,8 @@ def _jsonable_row(row: Mapping[str, Any]) -> dict[str, Any]:
 def change_point(decision: Decision) -> str | None:
     """When the change began, by the most precise rule that fired and said so: the sequential test's change
     point (row by row), else the performance rule's (where the loss rose among the outcomes), else the
-    drift rule's (the first drifted window). None: retrain on the most recent outcomes."""
+    drift rule's or the estimate rule's (the first window of the run that fired). None: retrain on the most
+    recent outcomes."""
     evidence = decision.evidence
     alarms = (evidence.get("sequential_alarms") or []) if "sequential" in decision.rules else []
     found = [a.get("since") for a in alarms if a.get("since")]
@@ -118,9 +119,9 @@ def change_point(decision: Decision) -> str | None:
         return str(min(found))
     if "performance" in decision.rules and evidence.get("performance_since"):
         return str(evidence["performance_since"])
-    if "drift" in decision.rules and evidence.get("drift_since"):
-        return str(evidence["drift_since"])
-    return None
+    windowed = [str(evidence[f"{rule}_since"]) for rule in ("drift", "estimated")
+                if rule in decision.rules and evidence.get(f"{rule}_since")]
+    return min(windowed) if windowed else None
 
 
 def builtin_spec_path(name: str) -> Path:
@@ -313,7 +314,7 @@ class LoopService:
             self.spec, MonitorConfig(window_rows=settings.monitor_window_rows,
                                      performance_rows=settings.monitor_performance_rows),
             RetrainPolicy(drift_windows=settings.policy_drift_windows, auc_floor=settings.policy_auc_floor,
-                          auc_drop=settings.policy_auc_drop,
+                          auc_drop=settings.policy_auc_drop, estimated_windows=settings.policy_estimated_windows,
                           min_outcomes=settings.policy_min_outcomes, schedule_s=settings.policy_schedule_s,
                           cooldown_s=settings.policy_cooldown_s),
             drift=lambda records: self.model_server.drift(settings.model_name, self.spec, list(records)),

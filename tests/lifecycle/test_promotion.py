@@ -192,3 +192,34 @@ def test_a_change_of_champion_whose_deployment_fails_leaves_the_alias(mlflow_sql
     assert [(k, v, d["champion_kept"], d["by"]) for k, d, v in events] == [
         ("promotion-failed", second.version.version, first.version.version, "alice")]
     assert "does not serve" in events[0][1]["error"]
+
+
+def test_a_subgroup_too_small_to_show_non_inferiority_is_tested_for_harm_and_says_so():
+    """After a change in the risk function a retrained model is far better overall while a subgroup of a
+    few hundred rows cannot show non-inferiority even at no difference (its interval is wider than the
+    margin): ``no-harm`` promotes unless it is worse there beyond doubt, ``hold`` waits for more rows."""
+    data = _scores(n=400)
+    a = data["groups"]["half"].to_numpy() == "a"
+    # Better on half b (the champion is bad there), as good on half a (another model of the same quality).
+    champion = data["same"].copy()
+    champion[~a] = data["worse"][~a]
+    evidence = paired_comparison(data["y"], data["good"], champion, data["groups"])
+    narrow = EvidenceRule(noninferiority_subgroup_auc=0.02, min_subgroup_events=10)
+    decision = decide("gate", has_champion=True, evidence=evidence, rule=narrow)
+    half_a = next(c for c in decision.clauses if c["clause"] == "auc not worse: half=a")
+    assert decision.promote, decision.reason
+    assert half_a["test"] == "no proven harm" and half_a["passed"] is True
+    assert half_a["ci_high"] - half_a["diff"] >= 0.02 and half_a["ci_low"] < -0.02 and "too few rows to show non-inferiority" in half_a["note"]
+    held = decide("gate", has_champion=True, evidence=evidence,
+                  rule=EvidenceRule(noninferiority_subgroup_auc=0.02, min_subgroup_events=10,
+                                    underpowered_subgroups="hold"))
+    assert not held.promote and "auc not worse: half=a" in held.reason
+    # Worse beyond doubt on half a: refused whatever the rule, though far better on half b.
+    harmful = data["good"].copy()
+    harmful[a] = data["worse"][a]
+    evidence = paired_comparison(data["y"], harmful, champion, data["groups"])
+    decision = decide("gate", has_champion=True, evidence=evidence, rule=narrow)
+    half_a = next(c for c in decision.clauses if c["clause"] == "auc not worse: half=a")
+    assert not decision.promote and half_a["passed"] is False and half_a["ci_high"] < 0
+    with pytest.raises(UnknownNameError):
+        EvidenceRule(underpowered_subgroups="maybe")

@@ -46,7 +46,9 @@ def _rows(scenario: str, n: int, seed: int) -> list[dict[str, Any]]:
     return [{**r, "probability": 0.2, "model_version": "1"} for r in frame.to_dict("records")]
 
 
-def _monitor(reference, detector, sink, clock, triggered=None) -> Monitor:
+def _monitor(reference, detector, sink, clock, triggered=None, *, estimated_windows: int = 0) -> Monitor:
+    """A monitor on real drift detection. ``estimated_windows`` 0 by default: most tests here feed one placeholder
+    score (0.2) to every row, a model that cannot rank at all, which the estimate rule would rightly flag."""
     def drift(records):
         return detect(detector, pd.DataFrame(list(records))[reference.spec.feature_names])
 
@@ -54,7 +56,8 @@ def _monitor(reference, detector, sink, clock, triggered=None) -> Monitor:
         triggered.append(decision)
         return {"state": "SUCCEEDED"}
 
-    return Monitor(reference.spec, MonitorConfig(window_rows=200), RetrainPolicy(drift_windows=2, cooldown_s=600),
+    return Monitor(reference.spec, MonitorConfig(window_rows=200), RetrainPolicy(drift_windows=2, cooldown_s=600,
+                                                                            estimated_windows=estimated_windows),
                    drift, sink, trigger if triggered is not None else None, clock=lambda: clock[0])
 
 
@@ -168,3 +171,37 @@ def test_saved_state_without_the_estimate_restores(reference, detector):
     monitor.windows.append(replace(monitor.windows[0], window_id=4, estimated_auc=0.74))
     again.restore(monitor.durable_state())
     assert [w.estimated_auc for w in again.windows] == [None, 0.74]
+
+
+def test_a_population_the_model_cannot_rank_fires_the_estimate_before_its_outcomes(reference, detector):
+    """A referral population of intermediate-risk patients only: the champion's scores crowd together, its
+    estimated AUC falls under the floor in two windows and the policy fires before a single outcome
+    arrives; the outcomes, when they come, confirm it (the realised AUC there is as low)."""
+    model = train_model(reference, seed=1).pipeline
+    sink, clock = Sink(), [0.0]
+    monitor = _monitor(reference, detector, sink, clock, estimated_windows=2)
+    frame = load_dataset("synthetic-cohort", n_rows=6000, seed=29).frame
+    scored = frame.assign(probability=predict_proba(model, reference.spec, frame), model_version="1")
+    times = pd.date_range("2026-12-06T10:00:00", periods=len(scored), freq="s").astype(str)
+    scored = scored.assign(created_at=times)
+
+    def windows(rows: pd.DataFrame) -> list[dict[str, Any]]:
+        return rows.drop(columns=["outcome"]).astype(object).where(rows.notna(), None).to_dict("records")
+
+    monitor.add(windows(scored.iloc[:400]))  # the usual population: estimated close to what it was validated at
+    assert not monitor.policy_decision().retrain
+    assert all(w.estimated_auc_high is not None and w.estimated_auc_high > 0.7 for w in monitor.windows)
+    low, high = scored["probability"].quantile([0.4, 0.6])
+    referral = scored.iloc[400:][scored["probability"].iloc[400:].between(low, high)].iloc[:400]
+    assert len(referral) == 400
+    monitor.add(windows(referral))
+    decision = monitor.policy_decision()
+    assert decision.retrain and "estimated" in decision.rules, decision
+    assert decision.evidence["estimated_windows"] == [3, 4]
+    assert decision.evidence["estimated_since"] == str(referral["created_at"].iloc[0])
+    assert all(w.n_outcomes == 0 and w.auc is None for w in monitor.windows)  # not one outcome read
+    from learning_machine.model.evaluation import binary_metrics
+
+    realised = binary_metrics(referral["outcome"].to_numpy(), referral["probability"].to_numpy())["auc"]
+    assert realised < 0.7 and all(w.estimated_auc is not None and abs(w.estimated_auc - realised) < 0.1
+                                  for w in list(monitor.windows)[-2:])

@@ -104,3 +104,29 @@ def test_the_floor_does_not_chase_a_version_at_its_own_validated_level():
     # A version promoted on the new population at 0.64 (no model reaches the floor there): at its own level.
     assert not decide(low, POLICY, now=2000, last_retrain_at=None, expected_auc=0.64).retrain
     assert decide(low, POLICY, now=2000, last_retrain_at=None).rules == ("performance",)  # unknown: the floor alone
+
+
+def test_the_estimate_fires_before_any_outcome_when_its_upper_bound_is_under_the_limit():
+    def est(i: int, auc: float, high: float) -> WindowSummary:
+        return WindowSummary(i, 1000.0 + i, 200, estimated_auc=auc, estimated_auc_high=high,
+                             start_time=f"2026-12-06T10:0{i}:00")
+
+    policy = RetrainPolicy(auc_floor=0.7, estimated_windows=2)
+    # One window under the limit is not enough; a wide interval reaching the limit is not either.
+    assert not decide([est(1, 0.78, 0.86), est(2, 0.55, 0.64)], policy, now=2000, last_retrain_at=None).retrain
+    assert not decide([est(1, 0.60, 0.71), est(2, 0.55, 0.64)], policy, now=2000, last_retrain_at=None).retrain
+    windows = [est(1, 0.78, 0.86), est(2, 0.58, 0.66), est(3, 0.56, 0.65), est(4, 0.55, 0.64)]
+    decision = decide(windows, policy, now=2000, last_retrain_at=None)
+    assert decision.retrain and decision.rules == ("estimated",) and decision.evidence["estimated_windows"] == [3, 4]
+    assert decision.evidence["estimated_since"] == "2026-12-06T10:02:00"  # the first window of the run below
+    assert "estimated AUC 0.560, 0.550 in the last 2 window(s), before their outcomes" in decision.reasons[0]
+    # The same limit as the realised rule: a version validated at 0.62 is not chased at its own level.
+    assert not decide(windows, policy, now=2000, last_retrain_at=None, expected_auc=0.62).retrain
+    # Off, or without a floor: shown only.
+    assert not decide(windows, RetrainPolicy(estimated_windows=0), now=2000, last_retrain_at=None).retrain
+    assert not decide(windows, RetrainPolicy(auc_floor=None), now=2000, last_retrain_at=None).retrain
+    from learning_machine.loop.service import change_point
+
+    assert change_point(decision) == "2026-12-06T10:02:00"
+    with pytest.raises(ValueError, match="estimated_windows"):
+        RetrainPolicy(estimated_windows=-1)
