@@ -249,6 +249,8 @@ def clauses_summary(clauses: list[dict[str, Any]]) -> str:
     """The evidence rule's clauses in one line: each with its verdict and the interval end it tested."""
     def one(c: dict[str, Any]) -> str:
         verdict = {True: "pass", False: "FAIL", None: "n/a"}[c.get("passed")]
+        if "must_not_be_below" in c:
+            return f"{c['clause']}: {verdict} (no proven harm: high {c['ci_high']:+.4f} >= {c['must_not_be_below']:+g})"
         if "ci_low" in c:
             return f"{c['clause']}: {verdict} (low {c['ci_low']:+.4f} > {c['must_exceed']:+g})"
         if "ci_high" in c:

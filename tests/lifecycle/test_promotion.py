@@ -12,7 +12,7 @@ import pytest
 
 from learning_machine.data.sources import load_dataset
 from learning_machine.errors import RegistryError, ServiceUnavailableError, UnknownNameError
-from learning_machine.lifecycle.promotion import EvidenceRule, change_champion, decide
+from learning_machine.lifecycle.promotion import EvidenceRule, change_champion, clauses_summary, decide
 from learning_machine.lifecycle.training import train_and_register
 from learning_machine.model.evaluation import paired_comparison
 from learning_machine.registry.names import CHAMPION
@@ -209,6 +209,7 @@ def test_a_subgroup_too_small_to_show_non_inferiority_is_tested_for_harm_and_say
     half_a = next(c for c in decision.clauses if c["clause"] == "auc not worse: half=a")
     assert decision.promote, decision.reason
     assert half_a["test"] == "no proven harm" and half_a["passed"] is True
+    assert "auc not worse: half=a: pass (no proven harm: high +" in clauses_summary(list(decision.clauses))
     assert half_a["ci_high"] - half_a["diff"] >= 0.02 and half_a["ci_low"] < -0.02 and "too few rows to show non-inferiority" in half_a["note"]
     held = decide("gate", has_champion=True, evidence=evidence,
                   rule=EvidenceRule(noninferiority_subgroup_auc=0.02, min_subgroup_events=10,
