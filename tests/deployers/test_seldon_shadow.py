@@ -156,9 +156,16 @@ def test_the_shadow_through_the_real_client_is_merge_patched_allowed_by_rbac_and
     assert deployer.end_shadow(MODEL, "3").changed
     assert server.store.objects[KEY]["spec"] == seldon_deployment(_settings(), MODEL, "3")["spec"]
     assert server.store.objects[DRIFT_KEY]["spec"] == drift_deployment(_settings(), MODEL, "3")["spec"]
+    # A promotion while a shadow runs: `deploy`'s patch (labels and the whole spec) leaves exactly v4.
+    deployer.start_shadow(MODEL, "3", "4")
+    deployer.deploy(MODEL, "4")
+    for key, rendered in [(KEY, seldon_deployment(_settings(), MODEL, "4")),
+                          (DRIFT_KEY, drift_deployment(_settings(), MODEL, "4"))]:
+        assert server.store.objects[key]["spec"] == rendered["spec"]
+        assert server.store.objects[key]["metadata"]["labels"] == rendered["metadata"]["labels"]
     # Every write was accepted (RBAC, merge-patch content type, and the CRD schemas where available).
     writes = [(r["verb"], r["status"]) for r in server.requests if r.get("verb") in ("create", "patch")]
-    assert writes == [("create", 201), ("create", 201), ("patch", 200), ("patch", 200)]
+    assert writes == [("create", 201), ("create", 201), *[("patch", 200)] * 5]
 
 
 def test_a_kubernetes_refusal_of_the_shadow_is_a_seldon_deploy_error_saying_why(kube_api):
