@@ -2,7 +2,8 @@
 the tests allow themselves; everything that talks to it is real (the kubernetes client, the `seldon` deployer).
 
 * :class:`FakeCustomObjectsApi`: an in-memory ``CustomObjectsApi`` (namespaced custom objects: get, create,
-  merge-patch of labels and spec) for in-process tests.
+  and a JSON merge patch as RFC 7386 defines it: maps merge, null deletes, lists are replaced whole) for
+  in-process tests.
 * :class:`FakeKubeApiServer`: the same store behind HTTPS, as a pod's in-cluster client reaches the API server
   (``https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT``, a ServiceAccount bearer token, the cluster
   CA). It authenticates the tokens it issued per ServiceAccount, authorises every call against the rendered
@@ -49,10 +50,26 @@ class FakeCustomObjectsApi:
 
     def patch_namespaced_custom_object(self, group, version, namespace, plural, name, body):
         self.calls.append(f"patch {name}")
-        current = self.objects[(group, version, namespace, plural, name)]
-        current["metadata"]["labels"] = body["metadata"]["labels"]  # merge patch: maps merge, lists replace
-        current["spec"] = copy.deepcopy(body["spec"])
-        return current
+        key = (group, version, namespace, plural, name)
+        if key not in self.objects:
+            raise ApiException(status=404, reason="Not Found")
+        self.objects[key] = merge_patch(self.objects[key], body)
+        return copy.deepcopy(self.objects[key])
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """``target`` with the JSON merge patch ``patch`` applied (RFC 7386, what the API server does with
+    ``application/merge-patch+json``): maps merge key by key, a null value deletes its key, anything else
+    (a list included) replaces what was there."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    merged = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
 
 
 PATH = re.compile(r"^/apis/(?P<group>[^/]+)/(?P<version>[^/]+)/namespaces/(?P<ns>[^/]+)/(?P<plural>[^/?]+)"
@@ -190,9 +207,8 @@ class FakeKubeApiServer:
             if verb in ("create", "patch"):
                 if verb == "patch" and content_type.split(";")[0] != "application/merge-patch+json":
                     return status(415, "UnsupportedMediaType", f"the fake serves merge patches only, not {content_type}")
-                candidate = body if verb == "create" else {
-                    **self.store.get_namespaced_custom_object(group, version, ns, plural, name),
-                    "spec": body.get("spec"), "metadata": {**body.get("metadata", {}), "name": name, "namespace": ns}}
+                candidate = body if verb == "create" else merge_patch(
+                    self.store.get_namespaced_custom_object(group, version, ns, plural, name), body)
                 problems = self.validate(candidate) if self.validate else []
                 if problems:
                     return status(422, "Invalid", "; ".join(problems))

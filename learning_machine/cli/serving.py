@@ -107,11 +107,15 @@ def deploy(ctx: typer.Context, version: Annotated[str, typer.Argument(help="Vers
 
 def manifests(ctx: typer.Context,
               out_dir: Annotated[Path, typer.Option("--out", help="Folder to write into.")] = Path("manifests"),
-              version: Annotated[str, typer.Option(help="Model version the manifests name.")] = "1") -> None:
+              version: Annotated[str, typer.Option(help="Model version the manifests name.")] = "1",
+              shadow_version: Annotated[str | None, typer.Option(
+                  help="Also render this challenger in the shadow of VERSION, under shadow/ (v1: the SeldonDeployment "
+                       "with a shadow predictor; v2: the challenger's Model and a mirroring Experiment).")] = None,
+              ) -> None:
     """Render the Seldon manifests (v1 SeldonDeployment, v2 Server/Model/Pipeline) with the current settings."""
     from learning_machine.k8s.manifests import write_manifests
 
-    for path in write_manifests(out_dir, settings_of(ctx), version=version):
+    for path in write_manifests(out_dir, settings_of(ctx), version=version, shadow_version=shadow_version):
         out.print(str(path))
 
 

@@ -40,6 +40,23 @@ class ModelDeployer(ABC):
     def deploy(self, model_name: str, version: str) -> DeployResult:
         """Make ``version`` of ``model_name`` the one that serves (idempotent)."""
 
+    def start_shadow(self, model_name: str, champion_version: str, challenger_version: str) -> DeployResult:
+        """Serve ``challenger_version`` in the shadow of ``champion_version``: it receives a copy of the live
+        traffic and its answers are discarded (idempotent; a shadow already running is replaced).
+
+        By default nothing is deployed: on the embedded stack the monitor scores the challenger itself, and
+        that is where the shadow's paired evidence comes from on every backend."""
+        return DeployResult(self.name, model_name, challenger_version, changed=False,
+                            detail=f"nothing deployed for the shadow of v{champion_version}: the {self.name!r} "
+                                   f"deployer has no shadow, the monitor scores v{challenger_version} itself",
+                            extra={"shadow": "monitor"})
+
+    def end_shadow(self, model_name: str, champion_version: str) -> DeployResult:
+        """Stop serving a shadow beside ``champion_version``; the champion is left as it serves (idempotent)."""
+        return DeployResult(self.name, model_name, champion_version, changed=False,
+                            detail=f"no shadow deployed by the {self.name!r} deployer: nothing to remove",
+                            extra={"shadow": "monitor"})
+
     def describe(self) -> dict[str, Any]:
         """Where the backend deploys to, for status output."""
         return {"backend": self.name}

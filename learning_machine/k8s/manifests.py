@@ -14,9 +14,16 @@ their offline validation lives with the tests (tests/crds.py: the CRD schemas ar
 * Seldon Core v2 (``mlops.seldon.io/v1alpha1``): a ``Server`` running the serving image, three ``Model``
   resources (model, explainer, drift detector) and a ``Pipeline`` that feeds every request to the model
   and, batched, to the drift detector.
+* The learning loop's shadow (a challenger scoring live traffic beside the champion, its answers never
+  returned): in v1 a second predictor with ``shadow: true`` in the champion's SeldonDeployment
+  (:func:`shadow_predictor`; Seldon's ingress mirrors requests to it and discards its responses), in v2 a
+  challenger ``Model`` and an ``Experiment`` that mirrors the champion's traffic to it
+  (:func:`seldon_v2_shadow_resources`). The paired evidence is not taken from either: the monitor scores
+  the challenger itself, as on the embedded stack.
 
-``manifests/`` in the repository holds these rendered with the default settings (`lm` regenerates them
-with :func:`write_manifests`; a test checks they are current).
+``manifests/`` in the repository holds these rendered with the default settings, and under ``shadow/``
+challenger v:data:`EXAMPLE_SHADOW_VERSION` in the shadow of v1 (`lm manifests --shadow-version 2`
+regenerates them with :func:`write_manifests`; a test checks they are current).
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ GRPC_PORT = 9500
 PREDICTOR_PORT = 8000  # the predictor's Service: Seldon v1's executor, which routes to the graph
 EXPLAINER_PORT = 9000  # Seldon v1's default port of an explainer's Service (our MLServer listens on it)
 PREDICTOR = "default"
+SHADOW_PREDICTOR = "shadow"  # the challenger's predictor while it runs in the shadow (Seldon v1)
+EXAMPLE_SHADOW_VERSION = "2"  # the challenger manifests/shadow/ is rendered with (beside champion v1)
 SERVER_CAPABILITY = "learning-machine"
 SERVING_UID = 10001  # USER of serving/Dockerfile
 TMP_MOUNT = "/tmp"  # noqa: S108 - an emptyDir: the only writable path under a read-only root filesystem
@@ -169,24 +178,21 @@ def infer_uri(settings: Settings, model_name: str) -> str:
 
 
 # -- Seldon Core v1 -----------------------------------------------------------------------------------
-def seldon_deployment(settings: Settings, model_name: str, version: str) -> Resource:
-    """The SeldonDeployment serving ``version`` with its explainer (no request logger: see the module doc)."""
+def seldon_deployment(settings: Settings, model_name: str, version: str, *, shadow_version: str | None = None
+                      ) -> Resource:
+    """The SeldonDeployment serving ``version`` with its explainer (no request logger: see the module doc);
+    with ``shadow_version``, that challenger runs beside it in the shadow (:func:`shadow_predictor`)."""
     name = deployment_name(settings, model_name)
     model_env = runtime_env(settings, model_name, MODEL_RUNTIME, model_name, version, {})
     explainer_env = runtime_env(settings, explainer_name(model_name), EXPLAINER_RUNTIME, model_name, version,
                                 {"explainer_type": "anchor_tabular", "infer_uri": infer_uri(settings, model_name)})
-    return _seldon_deployment(settings, name, _labels(model_name, version, "model"), {
+    sdep = _seldon_deployment(settings, name, _labels(model_name, version, "model"), {
         "name": PREDICTOR,
         "replicas": 1,
         "labels": {"learning-machine/model-version": str(version)},
         "componentSpecs": [{"spec": _pod_spec([_container(settings, model_name, model_env)])}],
         # No "logger": see the module's docstring (the gateway keeps every request; nothing else may).
-        "graph": {
-            "name": model_name,
-            "type": "MODEL",
-            "envSecretRefName": settings.seldon_secret_name,
-            "children": [],
-        },
+        "graph": _model_graph(settings, model_name),
         "explainer": {
             "type": "AnchorTabular",
             "replicas": 1,
@@ -194,6 +200,36 @@ def seldon_deployment(settings: Settings, model_name: str, version: str) -> Reso
             "containerSpec": _container(settings, "explainer", explainer_env, tmp_volume=False),
         },
     })
+    if shadow_version is not None:
+        if str(shadow_version) == str(version):
+            raise ConfigurationError(f"v{version} of {model_name} cannot run in its own shadow: the shadow is a "
+                                     "challenger, another version")
+        sdep["spec"]["predictors"].append(shadow_predictor(settings, model_name, shadow_version))
+    return sdep
+
+
+def _model_graph(settings: Settings, model_name: str) -> Resource:
+    return {"name": model_name, "type": "MODEL", "envSecretRefName": settings.seldon_secret_name, "children": []}
+
+
+def shadow_predictor(settings: Settings, model_name: str, version: str) -> Resource:
+    """The predictor that runs challenger ``version`` in the shadow of a SeldonDeployment's champion.
+
+    ``shadow: true``: Seldon v1's ingress (an Istio VirtualService ``mirror``, an Ambassador ``shadow``
+    Mapping) sends it a copy of every request to the deployment and discards its responses, so nothing it
+    answers reaches a clinician. ``traffic`` is the share Ambassador mirrors (Istio mirrors all). It serves
+    under the champion's model name, so a mirrored ``/v2/models/<model>/infer`` finds it; same image,
+    secret and restricted pod as the champion, no explainer (explanations are the champion's)."""
+    env = runtime_env(settings, model_name, MODEL_RUNTIME, model_name, version, {})
+    return {
+        "name": SHADOW_PREDICTOR,
+        "replicas": 1,
+        "shadow": True,
+        "traffic": 100,
+        "labels": {"learning-machine/model-version": str(version), "learning-machine/role": "shadow"},
+        "componentSpecs": [{"spec": _pod_spec([_container(settings, model_name, env)])}],
+        "graph": _model_graph(settings, model_name),
+    }
 
 
 def _seldon_deployment(settings: Settings, name: str, labels: dict[str, str], predictor: Resource) -> Resource:
@@ -222,14 +258,23 @@ def drift_deployment(settings: Settings, model_name: str, version: str, *, batch
 
 
 # -- Seldon Core v2 -----------------------------------------------------------------------------------
-def seldon_v2_resources(settings: Settings, model_name: str, version: str, *, storage_prefix: str = "s3://mlflow/serving",
+V2_SERVER = f"{SERVER_CAPABILITY}-mlserver"
+V2_STORAGE_PREFIX = "s3://mlflow/serving"
+
+
+def _v2_storage(storage_prefix: str, model_name: str, version: str) -> str:
+    """The folder of ``version``'s storage folders (one per served model, each holding a model-settings.json)."""
+    return f"{storage_prefix.rstrip('/')}/{model_name}/{version}"
+
+
+def seldon_v2_resources(settings: Settings, model_name: str, version: str, *, storage_prefix: str = V2_STORAGE_PREFIX,
                         drift_batch: int = 100) -> list[Resource]:
     """Server, Model (x3) and Pipeline for Seldon Core v2. Each Model's ``storageUri`` is a folder holding
     the ``model-settings.json`` from :func:`seldon_v2_model_settings` (upload them there); the runtimes then
     load the version from MLflow as everywhere else."""
     ns = settings.seldon_namespace
-    base = f"{storage_prefix.rstrip('/')}/{model_name}/{version}"
-    server = f"{SERVER_CAPABILITY}-mlserver"
+    base = _v2_storage(storage_prefix, model_name, version)
+    server = V2_SERVER
     meta = lambda name, component: {"name": name, "namespace": ns,  # noqa: E731 - a local shorthand
                                     "labels": _labels(model_name, version, component)}
     resources: list[Resource] = [
@@ -263,6 +308,40 @@ def seldon_v2_resources(settings: Settings, model_name: str, version: str, *, st
     return resources
 
 
+def shadow_model_name(model_name: str) -> str:
+    """The Seldon v2 Model that serves the challenger in the shadow (the champion's Model is ``model_name``)."""
+    return f"{model_name}-challenger"
+
+
+def seldon_v2_shadow_resources(settings: Settings, model_name: str, version: str, shadow_version: str, *,
+                               storage_prefix: str = V2_STORAGE_PREFIX) -> list[Resource]:
+    """Challenger ``shadow_version`` in the shadow of champion ``version`` on Seldon Core v2: the challenger
+    as its own ``Model`` and an ``Experiment`` on the champion's endpoint (``default``: requests to the
+    champion's Model name stay on it, its only candidate) that mirrors every request to the challenger
+    (``mirror``, percent 100); the mirror's responses are never returned. The challenger's ``storageUri``
+    has the layout of :func:`seldon_v2_resources` for that version (the model's ``model-settings.json`` from
+    :func:`seldon_v2_model_settings`). Delete the Experiment (and the Model) to end the shadow."""
+    if str(shadow_version) == str(version):
+        raise ConfigurationError(f"v{version} of {model_name} cannot run in its own shadow: the shadow is a "
+                                 "challenger, another version")
+    ns = settings.seldon_namespace
+    challenger = shadow_model_name(model_name)
+    return [
+        {"apiVersion": SELDON_V2, "kind": "Model",
+         "metadata": {"name": challenger, "namespace": ns,
+                      "labels": {**_labels(model_name, shadow_version, "model"), "learning-machine/role": "shadow"}},
+         "spec": {"storageUri": f"{_v2_storage(storage_prefix, model_name, shadow_version)}/{model_name}",
+                  "requirements": [SERVER_CAPABILITY], "secretName": settings.seldon_secret_name,
+                  "server": V2_SERVER}},
+        {"apiVersion": SELDON_V2, "kind": "Experiment",
+         "metadata": {"name": f"{model_name}-shadow", "namespace": ns,
+                      "labels": {**_labels(model_name, version, "shadow-experiment"),
+                                 "learning-machine/shadow-version": str(shadow_version)}},
+         "spec": {"default": model_name, "candidates": [{"name": model_name, "weight": 100}],
+                  "mirror": {"name": challenger, "percent": 100}}},
+    ]
+
+
 def seldon_v2_model_settings(settings: Settings, model_name: str, version: str) -> dict[str, dict[str, Any]]:
     """The ``model-settings.json`` for each Seldon v2 Model's storage folder."""
     from learning_machine.embedded.model_server import model_settings
@@ -273,34 +352,53 @@ def seldon_v2_model_settings(settings: Settings, model_name: str, version: str) 
     return docs
 
 
-def render_all(settings: Settings, model_name: str | None = None, version: str = "1") -> dict[str, list[Resource]]:
-    """Every serving manifest, by file name."""
+def render_all(settings: Settings, model_name: str | None = None, version: str = "1", *,
+               shadow_version: str | None = None) -> dict[str, list[Resource]]:
+    """Every serving manifest, by file name; with ``shadow_version``, also that challenger in the shadow of
+    ``version`` under ``shadow/`` (v1: the SeldonDeployment with its shadow predictor, which replaces the
+    plain one; v2: the challenger's Model and the mirroring Experiment, beside seldon-v2/serving.yaml)."""
     name = model_name or settings.model_name
-    return {
+    files = {
         "seldon-v1/seldondeployment.yaml": [seldon_deployment(settings, name, version)],
         "seldon-v1/drift-detector.yaml": [drift_deployment(settings, name, version)],
         "seldon-v2/serving.yaml": seldon_v2_resources(settings, name, version),
     }
+    if shadow_version is not None:
+        files["shadow/seldon-v1/seldondeployment.yaml"] = [
+            seldon_deployment(settings, name, version, shadow_version=shadow_version)]
+        files["shadow/seldon-v2/shadow.yaml"] = seldon_v2_shadow_resources(settings, name, version, shadow_version)
+    return files
 
 
 def to_yaml(resources: list[Resource]) -> str:
     return yaml.safe_dump_all(resources, sort_keys=False, width=120)
 
 
-def write_manifests(out_dir: Path, settings: Settings, model_name: str | None = None, version: str = "1") -> list[Path]:
-    """Write :func:`render_all` into ``out_dir`` (the repository's ``manifests/`` holds the defaults)."""
+def write_manifests(out_dir: Path, settings: Settings, model_name: str | None = None, version: str = "1", *,
+                    shadow_version: str | None = None) -> list[Path]:
+    """Write :func:`render_all` into ``out_dir`` (the repository's ``manifests/`` holds the defaults, and the
+    shadow of challenger :data:`EXAMPLE_SHADOW_VERSION`), with each Seldon v2 Model's model-settings.json."""
     header = ("# Rendered by learning_machine.k8s.manifests.write_manifests with the default settings; do not edit by\n"
               "# hand: the `seldon` deployer renders the same resources for the version it deploys.\n")
+    shadow_header = (f"# An example: challenger v{shadow_version} in the shadow of v{version} (`lm manifests --shadow-version "
+                     f"{shadow_version}`);\n# the `seldon` deployer's start_shadow adds the same shadow predictor to the "
+                     "running SeldonDeployment.\n")
     written = []
-    for rel, resources in render_all(settings, model_name, version).items():
+    for rel, resources in render_all(settings, model_name, version, shadow_version=shadow_version).items():
         path = out_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(header + to_yaml(resources))
+        path.write_text(header + (shadow_header if rel.startswith("shadow/") else "") + to_yaml(resources))
         written.append(path)
     name = model_name or settings.model_name
-    for served, document in seldon_v2_model_settings(settings, name, version).items():
-        path = out_dir / "seldon-v2" / "storage" / served / "model-settings.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(document, indent=2) + "\n")
-        written.append(path)
+    storage = {out_dir / "seldon-v2" / "storage": seldon_v2_model_settings(settings, name, version)}
+    if shadow_version is not None:
+        # The challenger's Model only (its explanations and drift checks are the champion's).
+        challenger = seldon_v2_model_settings(settings, name, shadow_version)
+        storage[out_dir / "shadow" / "seldon-v2" / "storage"] = {name: challenger[name]}
+    for folder, documents in storage.items():
+        for served, document in documents.items():
+            path = folder / served / "model-settings.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(document, indent=2) + "\n")
+            written.append(path)
     return written
