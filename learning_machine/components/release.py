@@ -9,12 +9,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from learning_machine.errors import LearningMachineError
+from learning_machine.errors import ConflictError, LearningMachineError
 from learning_machine.lifecycle.promotion import change_champion, clauses_summary, evidence_summary, serve
 from learning_machine.lifecycle.training import register_candidate
 from learning_machine.registry.names import CHAMPION, PREVIOUS_TAG
 from learning_machine.registry.runs import step_run
 from learning_machine.registry.tracker import tracker_for
+
+GATE_CHAMPION_TAG = "lm.gate_champion"
+"""The champion version the gate compared the candidate with (empty: there was none)."""
 from learning_machine.settings import Settings
 
 
@@ -34,6 +37,8 @@ def register(settings: Settings, candidate_run_id: str, metrics_path: str | Path
             tags["lm.gate_evidence"] = evidence_summary(summary["evidence"])[:500]
         if gate.get("clauses"):
             tags["lm.gate_clauses"] = clauses_summary(gate["clauses"])[:4000]
+        if "champion_version" in summary:
+            tags[GATE_CHAMPION_TAG] = str(summary["champion_version"] or "")  # the promote step checks it still serves
         run_tags, run_params = tracker.run_tags_and_params(candidate_run_id)
         for key in ("lm.dataset", "lm.kind", "lm.mode", "lm.continued_from", "lm.retrain_mode", "lm.candidates"):
             if key in run_tags:
@@ -49,8 +54,18 @@ def register(settings: Settings, candidate_run_id: str, metrics_path: str | Path
 
 def promote(settings: Settings, version: str, *, parent_run_id: str = "", reason: str = "") -> str:
     """Make ``version`` the champion (the gate passed), through the lifecycle's change of champion; the
-    event is recorded on the step's run (``promotion/event.json``) and the pipeline's deploy step serves it."""
+    event is recorded on the step's run (``promotion/event.json``) and the pipeline's deploy step serves it.
+    Refused (:class:`ConflictError`) when another version became champion after the gate judged this one
+    against the champion of that moment (a shadow challenger promoted meanwhile): it was never compared with
+    the version that serves now."""
     tracker = tracker_for(settings)
+    judged_against = tracker.version(settings.model_name, version).tags.get(GATE_CHAMPION_TAG)
+    current = tracker.alias_version(settings.model_name, CHAMPION)
+    if judged_against is not None and (current.version if current else "") != judged_against:
+        raise ConflictError(f"v{version} of {settings.model_name} was judged against "
+                            f"{'v' + judged_against if judged_against else 'no champion'}, but "
+                            f"{'v' + current.version if current else 'no version'} is champion now: not promoted "
+                            "(a new retraining compares with the version that serves)")
     with step_run(settings, tracker, "promote", parent_run_id) as run_id:
         def record(kind: str, detail: dict[str, Any], at: str | None) -> dict[str, Any]:
             tracker.log_params(run_id, {"model_name": settings.model_name, "version": at,

@@ -26,6 +26,7 @@ from learning_machine.clients.gateway import GatewayError, LearningMachineClient
 from learning_machine.data.spec import DatasetSpec
 from learning_machine.errors import ConflictError, LearningMachineError, ServiceUnavailableError
 from learning_machine.lifecycle.promotion import (
+    GATE_METRICS,
     EvidenceRule,
     champion_event,
     change_champion,
@@ -596,18 +597,27 @@ class LoopService:
         if running:
             self._held(windows)
             return None
-        if self.shadow is not None and not self.monitor.waiting and not self._performance_lost():
-            # A challenger is being judged on live traffic and the champion has not lost performance (only
-            # the features moved): more retrainings would only churn. Let the shadow's evidence decide.
+        if self.shadow is not None and not self.monitor.waiting and (self._shadow_ahead()
+                                                                     or not self._performance_lost()):
+            # A challenger is being judged on live traffic and is ahead of the champion, or the champion has
+            # not lost performance (only the features moved): another retraining for this change would only
+            # churn (and restart the evidence). Let the shadow's evidence decide.
             self._held(windows)
             return None
         if windows or self.monitor.alarms or self.monitor.waiting:
             return self.monitor.decide(start=False)
         return None
 
+    def _shadow_ahead(self) -> bool:
+        """The challenger in the shadow leads the champion on the paired rows so far (the point estimate of a
+        metric it may prove itself better on), or has not been looked at yet."""
+        shadow = self.shadow
+        return shadow is not None and (not shadow.looks or bool(shadow.looks[-1].get("ahead", True)))
+
     def _performance_lost(self) -> bool:
         """The serving model is worse than it was: the outcome stream alarmed, or the realised AUC is below
-        the floor. Only then does a newer challenger (on more post-change rows) replace one in the shadow."""
+        the floor. Only then, and only when the challenger in the shadow is not ahead, does a newer challenger
+        (on more post-change rows) replace it."""
         if any(a.stream == "outcomes" for a in self.monitor.alarms):
             return True
         return "performance" in self.monitor.policy_decision(alarms=False, cooldown=False).rules
@@ -621,8 +631,9 @@ class LoopService:
         if would.retrain:
             busy.held = True
             what = "a retraining for this change is running" if self.job is not None else \
-                (f"challenger v{self.shadow.version if self.shadow else '?'} is judged in the shadow and the "
-                 "champion's performance has not fallen")
+                (f"challenger v{self.shadow.version if self.shadow else '?'} is judged in the shadow and "
+                 + ("leads the champion so far" if self._shadow_ahead() else
+                    "the champion's performance has not fallen"))
             self.sink.event("retrain-held", {**would.as_dict(), "why": f"{what}; the monitor keeps watching"})
 
     # -- the shadow: a challenger scoring live traffic beside the champion --------------------------
@@ -638,6 +649,7 @@ class LoopService:
         if self.trigger.last_attempt and self.trigger.last_attempt.get("result") == "refused":
             self.trigger.last_attempt["result"] = "shadow"
         self.sink.event("shadow-started", {"challenger": version, "champion": champion, "after_prediction": cut_id,
+                                           "deployment": self._shadow_deployment(champion, version),
                                            "looks_at_rows": self.shadow_plan.look_sizes(),
                                            "confidence_per_look": round(
                                                100 * (1 - 0.05 / self.shadow_plan.looks), 2)}, version)
@@ -687,10 +699,12 @@ class LoopService:
                                           looks=self.shadow_plan.looks)
         metric = paired_metric(self.settings.gate_metric)
         verdict = decide_on_evidence(evidence, rule, metric=metric)
-        look = {"look": len(shadow.looks) + 1, "rows": len(paired), "promote": verdict.promote,
+        ahead = any(float((evidence.get(m) or {}).get("diff", 0.0)) * (1 if GATE_METRICS[m] else -1) > 0
+                    for m in dict.fromkeys((metric, *rule.also_better_on)))
+        look = {"look": len(shadow.looks) + 1, "rows": len(paired), "promote": verdict.promote, "ahead": ahead,
                 "reason": verdict.reason, "evidence": evidence_summary(evidence),
                 "clauses": clauses_summary(list(verdict.clauses))}
-        shadow.looks.append({k: look[k] for k in ("look", "rows", "promote")})
+        shadow.looks.append({k: look[k] for k in ("look", "rows", "promote", "ahead")})
         shadow.next_look = first_look_at(self.shadow_plan, len(paired) + 1)
         self.sink.event("shadow-look", look, shadow.version)
         if self.progress:
@@ -717,13 +731,28 @@ class LoopService:
         kind = {"refused": "refused", "failed": "shadow-failed", "ended": "shadow-ended",
                 "superseded": "shadow-ended"}[how]
         self.sink.event(kind, {"challenger": shadow.version, "champion": shadow.champion, "by": "shadow evaluation",
-                               "why": why, "looks": shadow.looks, **(dict(evidence) if evidence else {})},
+                               "why": why, "looks": shadow.looks, **(dict(evidence) if evidence else {}),
+                               "deployment": self._shadow_deployment(shadow.champion)},
                         shadow.champion)
         if self.trigger.last_attempt and self.trigger.last_attempt.get("result") == "shadow":
             self.trigger.last_attempt["result"] = "refused" if how == "refused" else how
         if how == "refused":
             self.monitor.alarms.clear()  # what they said was judged: the challenger was not better
             self._rebaseline(shadow.champion, shadow.data)
+
+    def _shadow_deployment(self, champion: str, challenger: str | None = None) -> dict[str, Any]:
+        """Start (with ``challenger``) or end the shadow in the serving backend: on Seldon a shadow predictor
+        mirrors live traffic to the challenger; the embedded deployers deploy nothing (the monitor scores it).
+        The paired evidence is the monitor's either way, so a refusal is recorded and the evaluation goes on."""
+        from learning_machine.deployers import get_deployer
+
+        try:
+            deployer = get_deployer(self.settings)
+            result = (deployer.start_shadow(self.settings.model_name, champion, challenger) if challenger else
+                      deployer.end_shadow(self.settings.model_name, champion))
+        except LearningMachineError as exc:
+            return {"deployer": self.settings.deployer, "error": _describe(exc)}
+        return {"deployer": result.backend, "changed": result.changed, "detail": result.detail}
 
     def _challenger_model(self, version: str) -> Any:
         if self._shadow_model is None or self._shadow_model[0] != version:

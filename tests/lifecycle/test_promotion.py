@@ -224,3 +224,33 @@ def test_a_subgroup_too_small_to_show_non_inferiority_is_tested_for_harm_and_say
     assert not decision.promote and half_a["passed"] is False and half_a["ci_high"] < 0
     with pytest.raises(UnknownNameError):
         EvidenceRule(underpowered_subgroups="maybe")
+
+
+def test_a_candidate_judged_against_an_earlier_champion_is_not_promoted(mlflow_sqlite: Settings, tmp_path):
+    """A retraining's gate compared its candidate with v1; a shadow challenger (v2) became champion before the
+    pipeline's promote step ran: the candidate was never compared with v2, so it is not promoted over it."""
+    import json
+
+    from learning_machine.components import release
+    from learning_machine.errors import ConflictError
+
+    settings = mlflow_sqlite.model_copy(update={"model_name": f"risk-{uuid.uuid4().hex[:8]}", "home": tmp_path,
+                                                "deployer": "none"})
+    tracker = Tracker(settings.tracking_uri)
+    data = load_dataset("synthetic-cohort", n_rows=600, seed=5)
+    first = train_and_register(settings, tracker, data, kind="logistic-regression", promote="if-first").version
+    shadow = train_and_register(settings, tracker, data, kind="logistic-regression", promote="never").version
+    comparison = tmp_path / "comparison.json"
+    comparison.write_text(json.dumps({"champion_version": first.version, "gate": {"reason": "better than v1"}}))
+    judged = release.register(settings, str(shadow.run_id), comparison)  # the pipeline's candidate
+    assert tracker.version(settings.model_name, judged).tags["lm.gate_champion"] == first.version
+    change_champion(settings, tracker, action="promote", version=shadow.version, reason="shadow", by="loop",
+                    deploy=False)
+    with pytest.raises(ConflictError, match=f"judged against v{first.version}, but v{shadow.version} is champion"):
+        release.promote(settings, judged)
+    assert tracker.alias_version(settings.model_name, CHAMPION).version == shadow.version
+    # Judged against the version that serves: promoted.
+    comparison.write_text(json.dumps({"champion_version": shadow.version, "gate": {"reason": "better than v2"}}))
+    again = release.register(settings, str(shadow.run_id), comparison)
+    assert release.promote(settings, again) == again
+    assert tracker.alias_version(settings.model_name, CHAMPION).version == again

@@ -307,6 +307,10 @@ def test_a_shadow_challenger_is_never_seen_by_clinicians_never_fails_a_predictio
     last_id = max(int(i["id"]) for i in stack.client.labelled(limit=1))
     keys = set(clinician.predict([next(iter(generated_records(1, seed=119, scenario="none", drift_start=0, id_prefix="before-")))[0]])[0])
     stack.service.start_shadow(version, champion, cut_id=last_id)
+    # The serving backend was asked to start the shadow: the local deployer has none (the monitor scores it).
+    started = [e for e in stack.events() if e["kind"] == "shadow-started"][-1]["detail"]
+    assert started["deployment"]["deployer"] == "local" and started["deployment"]["changed"] is False
+    assert "the monitor scores v" + version in started["deployment"]["detail"]
     promoted = None
     for seed in range(121, 131):
         records = list(generated_records(100, seed=seed, scenario="concept-drift", drift_start=0,

@@ -222,3 +222,34 @@ def test_a_shadow_in_progress_and_the_last_attempt_survive_a_restart(env: Env):
     second.step()
     assert len(env.client("data-scientist").shadow(champion, after_prediction_id=cut)) == 60  # each once
     assert len(env.events("shadow-started")) >= 1
+
+
+def test_a_challenger_ahead_in_the_shadow_holds_a_second_retraining_for_the_change(env: Env):
+    """The champion has lost performance (its log-loss alarmed) while a challenger for the change is in the
+    shadow: while the challenger leads on the paired rows so far the loop waits for its evidence (one
+    retraining per change); once it falls behind, a retraining on more post-change rows may replace it.
+    (The retraining trigger is recorded, not run: what is tested is the decision to start it.)"""
+    from learning_machine.model.sequential import Alarm
+
+    settings = env.gateway.settings
+    champion = Tracker(settings.tracking_uri).alias_version(settings.model_name, "champion").version
+    env.stream(60, seed=7)
+    calls: list[Any] = []
+    service = env.service(calls=calls)
+    service.step()
+    service.start_shadow(champion, champion, cut_id=service.read_cursor)
+    assert service.shadow is not None
+    service.shadow.looks.append({"look": 1, "rows": 120, "promote": False, "ahead": True})
+    lost = Alarm("outcomes", 400, 1.3, ["log-loss up"], 300)
+    service.monitor.alarms = [lost]
+    env.stream(60, seed=8)
+    assert service.step() is None and calls == []
+    held = env.events("retrain-held")
+    assert held and "leads the champion so far" in held[-1]["detail"]["why"]
+    service.shadow.looks.append({"look": 2, "rows": 240, "promote": False, "ahead": False})
+    service.monitor.alarms = [lost]
+    env.stream(60, seed=9)
+    decision = service.step()
+    assert decision is not None and decision.retrain and "sequential" in decision.rules
+    service.wait_retraining(timeout_s=30)
+    assert len(calls) == 1
