@@ -15,10 +15,10 @@ from learning_machine.lifecycle.training import register_candidate
 from learning_machine.registry.names import CHAMPION, PREVIOUS_TAG
 from learning_machine.registry.runs import step_run
 from learning_machine.registry.tracker import tracker_for
+from learning_machine.settings import Settings
 
 GATE_CHAMPION_TAG = "lm.gate_champion"
 """The champion version the gate compared the candidate with (empty: there was none)."""
-from learning_machine.settings import Settings
 
 
 def register(settings: Settings, candidate_run_id: str, metrics_path: str | Path | None = None, *,
