@@ -147,6 +147,9 @@ class RetrainViaPipeline:
     """The change the last retraining handled and how it ended (saved with the monitor's state): while the
     same champion serves, the same change is retried only once ``loop_retry_outcomes`` new outcomes of
     predictions made since it began have arrived (the evidence, not a clock, decides)."""
+    shadow_leads: bool = False
+    """Set by the loop: the challenger of the last attempt leads the champion in the shadow. A retry then
+    needs as many new outcomes as that challenger learnt from (twice its rows, or it would not be better)."""
 
     def __call__(self, decision: Decision) -> Mapping[str, Any]:
         from learning_machine.runners.base import get_runner
@@ -161,12 +164,18 @@ class RetrainViaPipeline:
         items = self._labelled_since(since)
         if retry is not None:
             fresh = sum(1 for i in items if int(i.get("outcome_id") or 0) > int(retry.get("outcome_cursor") or 0))
-            if fresh < self.settings.loop_retry_outcomes:
+            needed = self.settings.loop_retry_outcomes
+            leads = self.shadow_leads and retry.get("result") == "shadow"
+            if leads:
+                needed = max(needed, int(retry.get("rows") or 0))
+            if fresh < needed:
                 detail = {"error": f"the change since {retry.get('since') or 'the last retraining'} was already "
                                    f"retrained on {retry.get('rows')} rows ({retry.get('result')}); retrying once "
-                                   f"{self.settings.loop_retry_outcomes} new outcomes have arrived ({fresh} so far)",
+                                   f"{needed} new outcomes have arrived ({fresh} so far)"
+                                   + ("; its challenger leads the champion in the shadow, so a new one must learn "
+                                      "from twice the rows" if leads else ""),
                           "since": retry.get("since"), "new_outcomes": fresh,
-                          "needed": self.settings.loop_retry_outcomes, "last_attempt": retry,
+                          "needed": needed, "last_attempt": retry, "shadow_leads": leads,
                           "reasons": list(decision.reasons)}
                 return self._defer(decision, detail)
         data = self.export_recent(since, items)
@@ -597,11 +606,12 @@ class LoopService:
         if running:
             self._held(windows)
             return None
-        if self.shadow is not None and not self.monitor.waiting and (self._shadow_ahead()
-                                                                     or not self._performance_lost()):
-            # A challenger is being judged on live traffic and is ahead of the champion, or the champion has
-            # not lost performance (only the features moved): another retraining for this change would only
-            # churn (and restart the evidence). Let the shadow's evidence decide.
+        self.trigger.shadow_leads = self._shadow_ahead()
+        if self.shadow is not None and not self.monitor.waiting and not self._performance_lost():
+            # A challenger is being judged on live traffic and the champion has not lost performance (only the
+            # features moved): another retraining would only churn (and restart the evidence). Let the shadow's
+            # evidence decide. (When the champion has lost performance, a retry needs new outcomes: as many as
+            # the challenger learnt from while it leads, `RetrainViaPipeline.shadow_leads`.)
             self._held(windows)
             return None
         if windows or self.monitor.alarms or self.monitor.waiting:
@@ -616,8 +626,8 @@ class LoopService:
 
     def _performance_lost(self) -> bool:
         """The serving model is worse than it was: the outcome stream alarmed, or the realised AUC is below
-        the floor. Only then, and only when the challenger in the shadow is not ahead, does a newer challenger
-        (on more post-change rows) replace it."""
+        the floor. Only then does a newer challenger (on more post-change rows) replace the one in the shadow
+        (on twice its rows while it leads)."""
         if any(a.stream == "outcomes" for a in self.monitor.alarms):
             return True
         return "performance" in self.monitor.policy_decision(alarms=False, cooldown=False).rules
@@ -631,9 +641,8 @@ class LoopService:
         if would.retrain:
             busy.held = True
             what = "a retraining for this change is running" if self.job is not None else \
-                (f"challenger v{self.shadow.version if self.shadow else '?'} is judged in the shadow and "
-                 + ("leads the champion so far" if self._shadow_ahead() else
-                    "the champion's performance has not fallen"))
+                (f"challenger v{self.shadow.version if self.shadow else '?'} is judged in the shadow and the "
+                 "champion's performance has not fallen")
             self.sink.event("retrain-held", {**would.as_dict(), "why": f"{what}; the monitor keeps watching"})
 
     # -- the shadow: a challenger scoring live traffic beside the champion --------------------------

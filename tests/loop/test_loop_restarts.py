@@ -224,32 +224,43 @@ def test_a_shadow_in_progress_and_the_last_attempt_survive_a_restart(env: Env):
     assert len(env.events("shadow-started")) >= 1
 
 
-def test_a_challenger_ahead_in_the_shadow_holds_a_second_retraining_for_the_change(env: Env):
-    """The champion has lost performance (its log-loss alarmed) while a challenger for the change is in the
-    shadow: while the challenger leads on the paired rows so far the loop waits for its evidence (one
-    retraining per change); once it falls behind, a retraining on more post-change rows may replace it.
-    (The retraining trigger is recorded, not run: what is tested is the decision to start it.)"""
-    from learning_machine.model.sequential import Alarm
+def test_a_challenger_leading_in_the_shadow_is_replaced_only_by_one_on_twice_its_rows(env: Env):
+    """The champion has lost performance while the challenger of the last attempt is in the shadow. While that
+    challenger leads the champion on the paired rows so far, the change is retried only once as many new
+    outcomes have arrived as it learnt from (a new challenger on twice the rows); when it does not lead, after
+    ``LM_LOOP_RETRY_OUTCOMES`` as before. (The pipeline runner records the start instead of running it: what
+    is tested is whether the retraining starts.)"""
+    from learning_machine.errors import LearningMachineError
+    from learning_machine.loop.policy import Decision
+
+    started: list[dict[str, Any]] = []
+
+    class Recording:
+        def run(self, pipeline: str, params: dict[str, Any], **_: Any) -> Any:
+            started.append(params)
+            raise LearningMachineError("test: the retraining is recorded, not run")
 
     settings = env.gateway.settings
     champion = Tracker(settings.tracking_uri).alias_version(settings.model_name, "champion").version
     env.stream(60, seed=7)
-    calls: list[Any] = []
-    service = env.service(calls=calls)
+    service = env.service(runner=Recording())
     service.step()
-    service.start_shadow(champion, champion, cut_id=service.read_cursor)
+    cursor = max(int(i["outcome_id"]) for i in service.client.labelled(limit=500))
+    service.start_shadow(champion, champion, cut_id=service.read_cursor)  # the state is tested, not the evidence
     assert service.shadow is not None
+    service.shadow.next_look = 10**9  # its own looks (challenger = champion: never ahead) are not this test's
+    service.trigger.last_attempt = {"since": None, "champion": champion, "outcome_cursor": cursor, "rows": 400,
+                                    "cut_id": service.read_cursor, "result": "shadow", "at": 1.0}
+    env.stream(300, seed=8)  # ~290 new outcomes: more than LM_LOOP_RETRY_OUTCOMES (200), fewer than 400
     service.shadow.looks.append({"look": 1, "rows": 120, "promote": False, "ahead": True})
-    lost = Alarm("outcomes", 400, 1.3, ["log-loss up"], 300)
-    service.monitor.alarms = [lost]
-    env.stream(60, seed=8)
-    assert service.step() is None and calls == []
-    held = env.events("retrain-held")
-    assert held and "leads the champion so far" in held[-1]["detail"]["why"]
+    service.step()  # the loop tells the trigger whether the shadow's challenger leads
+    assert service.trigger.shadow_leads is True
+    lost = Decision(True, ("the champion's log-loss alarmed",), ("sequential",))
+    held = service.trigger(lost)
+    assert held["state"] == "DEFERRED" and held["needed"] == 400 and 200 <= held["new_outcomes"] < 400, held
+    assert held["shadow_leads"] and "twice the rows" in held["error"] and started == []
     service.shadow.looks.append({"look": 2, "rows": 240, "promote": False, "ahead": False})
-    service.monitor.alarms = [lost]
-    env.stream(60, seed=9)
-    decision = service.step()
-    assert decision is not None and decision.retrain and "sequential" in decision.rules
-    service.wait_retraining(timeout_s=30)
-    assert len(calls) == 1
+    service.step()
+    assert service.trigger.shadow_leads is False
+    retried = service.trigger(lost)
+    assert retried["state"] == "FAILED" and len(started) == 1  # started: the runner was asked to run it
