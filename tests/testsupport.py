@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -193,3 +193,26 @@ class FlakyProxy:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class Sink:
+    """An in-memory result sink for a monitor tested in process (the loop stores through the gateway)."""
+
+    def __init__(self) -> None:
+        self.rows: list[Mapping[str, Any]] = []
+        self.events: list[tuple[str, Mapping[str, Any]]] = []
+
+    def results(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        self.rows.extend(rows)
+
+    def event(self, kind: str, detail: Mapping[str, Any], model_version: str | None = None) -> None:
+        self.events.append((kind, detail))
+
+
+def placeholder_rows(scenario: str, n: int, seed: int) -> list[dict[str, Any]]:
+    """Generated records as the monitor reads them, each with one placeholder score (0.2) from version 1."""
+    from learning_machine.data.sources import load_dataset
+
+    data = load_dataset("synthetic-cohort", n_rows=n, seed=seed, scenario=scenario, drift_start=0)
+    frame = data.frame.drop(columns=["outcome"]).astype(object).where(data.frame.notna(), None)
+    return [{**r, "probability": 0.2, "model_version": "1"} for r in frame.to_dict("records")]

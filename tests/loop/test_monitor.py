@@ -4,30 +4,19 @@ stores them through the gateway."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 import pandas as pd
 import pytest
+from testsupport import Sink
+from testsupport import placeholder_rows as _rows
 
 from learning_machine.data.sources import load_dataset
 from learning_machine.loop.monitor import Monitor, MonitorConfig, performance_results
 from learning_machine.loop.policy import RetrainPolicy
 from learning_machine.model.drift import detect, fit_detector
 from learning_machine.model.training import predict_proba, train_model
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.rows: list[Mapping[str, Any]] = []
-        self.events: list[tuple[str, Mapping[str, Any]]] = []
-
-    def results(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        self.rows.extend(rows)
-
-    def event(self, kind: str, detail: Mapping[str, Any], model_version: str | None = None) -> None:
-        self.events.append((kind, detail))
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +27,6 @@ def reference():
 @pytest.fixture(scope="module")
 def detector(reference):
     return fit_detector(reference.spec, reference.frame)
-
-
-def _rows(scenario: str, n: int, seed: int) -> list[dict[str, Any]]:
-    data = load_dataset("synthetic-cohort", n_rows=n, seed=seed, scenario=scenario, drift_start=0)
-    frame = data.frame.drop(columns=["outcome"]).astype(object).where(data.frame.notna(), None)
-    return [{**r, "probability": 0.2, "model_version": "1"} for r in frame.to_dict("records")]
 
 
 def _monitor(reference, detector, sink, clock, triggered=None, *, estimated_windows: int = 0) -> Monitor:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_monitor import Sink, _rows
+from testsupport import Sink
+from testsupport import placeholder_rows as _rows
 
 from learning_machine.data.sources import load_dataset
 from learning_machine.loop.monitor import Monitor, MonitorConfig
@@ -39,6 +40,7 @@ def _fresh(detector):
     detector.reset()
     detector.rows_seen = detector.outcomes_seen = 0
     detector.outcome_threshold = None
+    detector._recent_loss.clear()
     return detector
 
 
@@ -141,6 +143,24 @@ def test_an_alarm_estimates_where_the_change_began(detector, model):
     data = _stream("covariate-shift", 1400, 10, 1000)
     first = _fresh(detector).update(data.frame)[0]
     assert 950 <= first.change_row <= 1010 < first.row, first
+
+
+def test_an_outcome_alarm_places_the_change_near_where_the_loss_rose(detector, model):
+    """The risk function changes at outcome 600 (after a burn-in of 500): the alarm's change point is the
+    single-shift estimate over the recent outcomes, near 600, not the start of the crossing chart's last
+    excursion (which lagged by up to 230 rows, so the retraining waited for outcomes it already had)."""
+    found = []
+    for seed in range(10, 18):
+        data = _stream("concept-drift", 2500, seed, 600)
+        d = _fresh(detector)
+        proba = predict_proba(model, data.spec, data.frame)
+        alarms = d.update_outcomes(data.frame["outcome"].to_numpy(), proba)
+        if alarms:
+            assert alarms[0].change_row <= alarms[0].row
+            found.append(alarms[0].change_row)
+    assert len(found) >= 6, found
+    # The crossing chart's excursion start gave a median of 864 on these streams (alarms at rows 812-1,164).
+    assert 540 <= float(np.median(found)) <= 720, found
 
 
 def test_a_retraining_waits_for_outcomes_after_the_change_then_starts(reference, detector):
