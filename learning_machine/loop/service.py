@@ -607,11 +607,9 @@ class LoopService:
             self._held(windows)
             return None
         self.trigger.shadow_leads = self._shadow_ahead()
-        if self.shadow is not None and not self.monitor.waiting and not self._performance_lost():
-            # A challenger is being judged on live traffic and the champion has not lost performance (only the
-            # features moved): another retraining would only churn (and restart the evidence). Let the shadow's
-            # evidence decide. (When the champion has lost performance, a retry needs new outcomes: as many as
-            # the challenger learnt from while it leads, `RetrainViaPipeline.shadow_leads`.)
+        if self.shadow is not None and not self.monitor.waiting and self._shadow_decides():
+            # A challenger is being judged on live traffic: another retraining would only churn (and restart
+            # the evidence). Let the shadow's evidence decide.
             self._held(windows)
             return None
         if windows or self.monitor.alarms or self.monitor.waiting:
@@ -624,10 +622,21 @@ class LoopService:
         shadow = self.shadow
         return shadow is not None and (not shadow.looks or bool(shadow.looks[-1].get("ahead", True)))
 
+    def _shadow_decides(self) -> bool:
+        """Whether the shadow's evidence alone decides this change: yes while the champion has not lost
+        performance (only the features moved), and while the challenger leads and the champion still ranks
+        (its log-loss alarmed, e.g. a prevalence shift, but its realised AUC is not under the floor). A newer
+        challenger on more post-change rows may replace it when the champion's performance is lost and the
+        challenger does not lead (after ``LM_LOOP_RETRY_OUTCOMES`` new outcomes), or when the champion's
+        discrimination is lost (then, while the challenger leads, on twice its rows)."""
+        ranks = "performance" not in self.monitor.policy_decision(alarms=False, cooldown=False).rules
+        alarmed = any(a.stream == "outcomes" for a in self.monitor.alarms)
+        lost = alarmed or not ranks
+        return not lost or (self._shadow_ahead() and ranks)
+
     def _performance_lost(self) -> bool:
         """The serving model is worse than it was: the outcome stream alarmed, or the realised AUC is below
-        the floor. Only then does a newer challenger (on more post-change rows) replace the one in the shadow
-        (on twice its rows while it leads)."""
+        the floor."""
         if any(a.stream == "outcomes" for a in self.monitor.alarms):
             return True
         return "performance" in self.monitor.policy_decision(alarms=False, cooldown=False).rules
@@ -641,8 +650,9 @@ class LoopService:
         if would.retrain:
             busy.held = True
             what = "a retraining for this change is running" if self.job is not None else \
-                (f"challenger v{self.shadow.version if self.shadow else '?'} is judged in the shadow and the "
-                 "champion's performance has not fallen")
+                (f"challenger v{self.shadow.version if self.shadow else '?'} is judged in the shadow and "
+                 + ("the champion's performance has not fallen" if not self._performance_lost() else
+                    "leads the champion, which still ranks (realised AUC not under the floor)"))
             self.sink.event("retrain-held", {**would.as_dict(), "why": f"{what}; the monitor keeps watching"})
 
     # -- the shadow: a challenger scoring live traffic beside the champion --------------------------

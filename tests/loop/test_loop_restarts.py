@@ -264,3 +264,14 @@ def test_a_challenger_leading_in_the_shadow_is_replaced_only_by_one_on_twice_its
     assert service.trigger.shadow_leads is False
     retried = service.trigger(lost)
     assert retried["state"] == "FAILED" and len(started) == 1  # started: the runner was asked to run it
+
+    # In the loop: the champion's log-loss alarmed but it still ranks (no AUC floor here). While the
+    # challenger leads, the shadow's evidence alone decides (a prevalence shift: a retraining would churn).
+    from learning_machine.model.sequential import Alarm
+
+    alarm = Alarm("outcomes", 900, 1.2, ["log-loss up"], 700)
+    service.shadow.looks.append({"look": 3, "rows": 480, "promote": False, "ahead": True})
+    service.monitor.alarms = [alarm]
+    env.stream(60, seed=10)
+    assert service.step() is None and len(started) == 1
+    assert "leads the champion, which still ranks" in env.events("retrain-held")[-1]["detail"]["why"]
