@@ -1,7 +1,7 @@
 """The ``local`` runner: the pipeline's own KFP graph run by ``kfp.local.SubprocessRunner(use_venv=False)``,
 each step a subprocess of this interpreter, artifacts under ``pipeline_root`` (``LM_HOME``/pipelines).
-The steps' processes are forked from a warm interpreter (:mod:`.warm`) so they do not each pay the
-imports again."""
+The steps' processes are forked from warm interpreters (:mod:`.warm`), kept for this process's later runs,
+so they do not each pay the imports again."""
 
 from __future__ import annotations
 
@@ -96,10 +96,10 @@ class LocalRunner(PipelineRunner):
         root = self.settings.pipeline_root_dir()
         (root / "logs").mkdir(parents=True, exist_ok=True)
         with contextlib.ExitStack() as warm:
-            # Started first, with the environment the steps get: it imports what they need while the
-            # pipeline is being built.
+            # Started first (unless an earlier run of this process left them warm), with the environment the
+            # steps get: they import what the steps need while the pipeline is being built.
             warm.enter_context(warm_steps(root / ".warm", {**os.environ, **settings_env(self.settings)},
-                                          log=root / "logs" / "warm.log"))
+                                          log=root / "logs" / "warm.log", keep=True))
             args = self.parameters(pipeline, params)
             args.setdefault("run_key", now_key())
             graph = build_pipeline(pipeline, LOCAL_OPTIONS)
