@@ -42,11 +42,19 @@ EXECUTOR = "kfp.dsl.executor_main"
 # What the steps import, in stages in the order a pipeline first needs them: each stage is served as soon
 # as it is imported, so the first (light) task does not wait for MLflow. A task that needs a module not
 # imported yet imports it itself, as a fresh interpreter would.
+# Besides the package's own modules, what the steps' first calls import lazily, measured in the tasks of
+# both training pipelines (each task paid them again): httpx's transport (every step's first MLflow
+# call), pandas' CSV writer and the generator (ingest), scikit-learn's dataframe layer (narwhals, from
+# preprocess on), matplotlib's pyplot and the PIL image plugins it loads to save a PNG (train, retrain).
 PRELOAD: tuple[tuple[str, ...], ...] = (
-    (EXECUTOR, "learning_machine.components", "learning_machine.registry.runs"),
-    ("learning_machine.components.steps", "learning_machine.components.release"),
-    ("learning_machine.model.training", "xgboost"),
-    ("learning_machine.registry.preload", "matplotlib.figure", "matplotlib.backends.backend_agg"),
+    (EXECUTOR, "learning_machine.components", "learning_machine.registry.runs", "httpcore"),
+    ("learning_machine.components.steps", "learning_machine.components.release", "pandas.io.formats.csvs",
+     "learning_machine.data.synthetic"),
+    ("learning_machine.model.training", "xgboost", "narwhals._pandas_like.namespace",
+     "narwhals._interchange.dataframe", "narwhals.stable.v2._namespace"),
+    ("learning_machine.registry.preload", "matplotlib.figure", "matplotlib.backends.backend_agg",
+     "matplotlib.pyplot", "PIL.BmpImagePlugin", "PIL.GifImagePlugin", "PIL.JpegImagePlugin",
+     "PIL.PpmImagePlugin"),
 )
 # The stage each component's function needs (its index in PRELOAD): its launcher waits for that stage
 # rather than importing the same modules again beside the interpreter importing them (two cores here).

@@ -115,3 +115,14 @@ def test_kept_interpreters_serve_the_next_run_until_the_environment_changes(tmp_
     finally:
         warm.stop_kept()
     assert warm._kept is None
+
+
+def test_every_preloaded_module_exists():
+    """A preloaded module that an upgrade renamed would only show as a line in warm.log and slower tasks."""
+    import importlib.util
+
+    from learning_machine.runners.warm import PRELOAD
+
+    for stage in PRELOAD:
+        for module in stage:
+            assert importlib.util.find_spec(module) is not None, module
