@@ -47,13 +47,15 @@ EXECUTOR = "kfp.dsl.executor_main"
 # both training pipelines (each task paid them again): httpx's transport (every step's first MLflow
 # call), pandas' CSV writer and the generator (ingest), scikit-learn's dataframe layer (narwhals, from
 # preprocess on), matplotlib's pyplot and the PIL image plugins it loads to save a PNG (train, retrain).
+# "module:function" also calls the function once imported (work cached per process: MLflow's map of
+# installed packages).
 PRELOAD: tuple[tuple[str, ...], ...] = (
     (EXECUTOR, "learning_machine.components", "learning_machine.registry.runs", "httpcore"),
     ("learning_machine.components.steps", "learning_machine.components.release", "pandas.io.formats.csvs",
      "learning_machine.data.synthetic"),
     ("learning_machine.model.training", "xgboost", "narwhals._pandas_like.namespace",
      "narwhals._interchange.dataframe", "narwhals.stable.v2._namespace"),
-    ("learning_machine.registry.preload", "matplotlib.figure", "matplotlib.backends.backend_agg",
+    ("learning_machine.registry.preload:warm", "matplotlib.figure", "matplotlib.backends.backend_agg",
      "matplotlib.pyplot", "PIL.BmpImagePlugin", "PIL.GifImagePlugin", "PIL.JpegImagePlugin",
      "PIL.PpmImagePlugin"),
 )
@@ -262,11 +264,14 @@ def serve(sockets: list[str], stages: tuple[tuple[str, ...], ...]) -> None:
     parent = os.getppid()
     gc.disable()  # no collections (and no freed holes in shared pages) between the imports and the forks
     for level, stage in enumerate(stages):
-        for module in stage:
+        for entry in stage:
+            module, _, function = entry.partition(":")
             try:
-                importlib.import_module(module)
+                imported = importlib.import_module(module)
+                if function:
+                    getattr(imported, function)()
             except Exception as exc:  # noqa: BLE001 - the task that needs it will fail with the real error
-                print(f"warm interpreter: could not preload {module}: {exc}", flush=True)
+                print(f"warm interpreter: could not preload {entry}: {exc}", flush=True)
         # What is imported stays for good: a task's garbage collections skip it. Otherwise each full
         # collection in a task walks the ~300,000 preloaded objects and, writing to their headers, copies
         # the pages it shares with this interpreter (measured: twice the page faults per task).

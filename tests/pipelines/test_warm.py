@@ -117,12 +117,17 @@ def test_kept_interpreters_serve_the_next_run_until_the_environment_changes(tmp_
     assert warm._kept is None
 
 
-def test_every_preloaded_module_exists():
-    """A preloaded module that an upgrade renamed would only show as a line in warm.log and slower tasks."""
+def test_every_preloaded_module_exists_and_its_warm_up_runs():
+    """A preloaded module that an upgrade renamed, or a warm-up whose library changed, would only show as a
+    line in warm.log and slower tasks."""
+    import importlib
     import importlib.util
 
     from learning_machine.runners.warm import PRELOAD
 
     for stage in PRELOAD:
-        for module in stage:
+        for entry in stage:
+            module, _, function = entry.partition(":")
             assert importlib.util.find_spec(module) is not None, module
+            if function:
+                getattr(importlib.import_module(module), function)()
