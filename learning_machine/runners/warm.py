@@ -48,9 +48,10 @@ EXECUTOR = "kfp.dsl.executor_main"
 # call), pandas' CSV writer and the generator (ingest), scikit-learn's dataframe layer (narwhals, from
 # preprocess on), matplotlib's pyplot and the PIL image plugins it loads to save a PNG (train, retrain).
 # "module:function" also calls the function once imported (work cached per process: MLflow's map of
-# installed packages).
+# installed packages, the TLS context).
 PRELOAD: tuple[tuple[str, ...], ...] = (
-    (EXECUTOR, "learning_machine.components", "learning_machine.registry.runs", "httpcore"),
+    (EXECUTOR, "learning_machine.components", "learning_machine.registry.runs", "httpcore",
+     "learning_machine.registry.rest:tls_context"),
     ("learning_machine.components.steps", "learning_machine.components.release", "pandas.io.formats.csvs",
      "learning_machine.data.synthetic"),
     ("learning_machine.model.training", "xgboost", "narwhals._pandas_like.namespace",
