@@ -114,8 +114,7 @@ def test_the_pipelines_section_has_a_retraining_case_beside_training(tmp_path: P
              "retraining kfp.local": [{"promoted": True, "reason": "better"}] * 2}
     section = bench.pipelines_section(times, per_step, statuses={"training": {"train": "SUCCEEDED"},
                                                                  "retraining": {"retrain": "SUCCEEDED"}},
-                                      gates=gates, labels={"training": "1,500", "retraining": "1,500 new"},
-                                      repeats=2)
+                                      gates=gates, labels={"training": "1,500", "retraining": "1,500 new"})
     rows = {row[0]: row for row in section.rows}
     assert list(rows) == ["direct", "kfp.local", "retraining direct", "retraining kfp.local"]
     assert rows["retraining kfp.local"][5] == pytest.approx(6.5 / 5.0)  # against its own direct calls
