@@ -77,9 +77,22 @@ def bench_training(quick: bool, progress: Progress, *, sizes: list[int] | None =
     return section
 
 
+# The two pipelines the section times, each against its own steps called directly; a mode's key in
+# ``raw`` (the training pipeline's keep their original names, "direct" and "kfp.local").
+PIPELINE_CASES = ("training", "retraining")
+PIPELINE_MODES = ("direct", "kfp.local")
+
+
+def pipeline_key(case: str, mode: str) -> str:
+    """The key (and table label) of ``case`` run in ``mode``: ``direct``, ``retraining kfp.local``, ..."""
+    return mode if case == "training" else f"{case} {mode}"
+
+
 def bench_pipelines(quick: bool, progress: Progress) -> Section:
-    """Wall time of the training pipeline under kfp.local (each step a subprocess, artifacts on disk)
-    against the same step functions called directly in one process, on the same data and MLflow server."""
+    """Wall time of the training and the retraining pipelines under kfp.local (each step a subprocess,
+    artifacts on disk) against the same step functions called directly in one process, on the same data
+    and MLflow server; per step too. The retraining continues the champion each training promoted, on the
+    rows after a change (concept drift) plus the original rows, and reaches the gate's decision both ways."""
     import contextlib
     import io
     import tempfile
@@ -88,7 +101,9 @@ def bench_pipelines(quick: bool, progress: Progress) -> Section:
     from learning_machine.data.sources import builtin_spec, load_dataset
     from learning_machine.embedded.processes import ProcessManager
     from learning_machine.embedded.stack import mlflow_service
-    from learning_machine.runners.inline import train_inline
+    from learning_machine.registry.names import CHAMPION
+    from learning_machine.registry.tracker import tracker_for
+    from learning_machine.runners.inline import retrain_inline, train_inline
     from learning_machine.runners.local import LocalRunner
     from learning_machine.settings import Settings
 
@@ -99,9 +114,26 @@ def bench_pipelines(quick: bool, progress: Progress) -> Section:
             sock.bind(("127.0.0.1", 0))
             return int(sock.getsockname()[1])
 
+    def champion_copy(settings: Settings, suffix: str) -> Settings:
+        """A new model whose champion is the settings' model's champion registered again (same run)."""
+        tracker = tracker_for(settings)
+        champion = tracker.alias_version(settings.model_name, CHAMPION)
+        if champion is None or champion.run_id is None:
+            raise BenchmarkError(f"the training did not promote a champion of {settings.model_name}")
+        copy = settings.model_copy(update={"model_name": settings.model_name + suffix})
+        tracker.register(copy.model_name, champion.run_id, metrics=champion.metrics, tags=champion.tags,
+                         alias=CHAMPION)
+        return copy
+
     rows, repeats = (1_500, 1) if quick else (5_000, 2)
-    section = Section("Training pipeline: kfp.local versus direct calls",
-                      ["mode", "rows", "median s", "min s", "max s", "overhead ratio"])
+    retrain_repeats = 3  # per training: a retraining takes seconds, and this machine is noisy
+    # The retraining's data, as the loop exports it: the labelled rows since the change point (a cut of a
+    # concept-drift stream), and the original rows regenerated as the reference (the loop's default size).
+    new_rows, reference_rows, cut = (1_500 if quick else 3_000), 1_000, 500
+    times: dict[str, list[float]] = {pipeline_key(c, m): [] for c in PIPELINE_CASES for m in PIPELINE_MODES}
+    step_seconds: dict[str, list[dict[str, float]]] = {key: [] for key in times}
+    statuses: dict[str, dict[str, str]] = {}
+    gates: dict[str, list[dict[str, Any]]] = {key: [] for key in times if key.startswith("retraining")}
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         settings = Settings(home=home, mlflow_port=free_port(), mlflow_workers=1)
@@ -111,38 +143,130 @@ def bench_pipelines(quick: bool, progress: Progress) -> Section:
         try:
             data = home / "cohort.csv"
             load_dataset("synthetic-cohort", n_rows=rows, seed=1).frame.to_csv(data, index=False)
+            new = home / "after-change.csv"
+            load_dataset("synthetic-cohort", n_rows=cut + new_rows, seed=2, scenario="concept-drift",
+                         drift_start=cut).frame.iloc[cut:].to_csv(new, index=False)
             spec = home / "spec.yaml"
             spec.write_text(builtin_spec("synthetic-cohort").model_dump_json())
             params = {"source": str(data), "spec_path": str(spec), "seed": 1}
-            times: dict[str, list[float]] = {"direct": [], "kfp.local": []}
+            retrain_params: dict[str, Any] = {
+                "source": str(new), "spec_path": str(spec), "seed": 2, "reference_source": "synthetic-cohort",
+                "reference_rows": reference_rows, "reference_seed": 1}
             for i in range(repeats):
-                # A fresh model name per measurement: both paths register a first model and promote it.
+                # A fresh model name per measurement and mode: each training registers a first model and
+                # promotes it; the retraining of the same mode then continues that champion.
                 direct = settings.model_copy(update={"model_name": f"bench-direct-{uuid.uuid4().hex[:6]}"})
+                local = settings.model_copy(update={"model_name": f"bench-kfp-{uuid.uuid4().hex[:6]}"})
                 progress(f"training steps called directly ({rows:,} rows, {i + 1}/{repeats})")
                 started = time.perf_counter()
                 with contextlib.redirect_stdout(io.StringIO()):
-                    train_inline(direct, source=str(data), spec_path=str(spec), seed=1)
+                    done = train_inline(direct, source=str(data), spec_path=str(spec), seed=1)
                 times["direct"].append(time.perf_counter() - started)
-                local = settings.model_copy(update={"model_name": f"bench-kfp-{uuid.uuid4().hex[:6]}"})
+                step_seconds["direct"].append(done["step_seconds"])
                 progress(f"training pipeline under kfp.local ({rows:,} rows, {i + 1}/{repeats})")
                 run = LocalRunner(local).run("training", params).raise_for_state()
                 times["kfp.local"].append(run.seconds)
-                section.raw.setdefault("steps", run.steps)
+                step_seconds["kfp.local"].append(run.step_seconds)
+                statuses.setdefault("training", run.steps)
+
+                for j in range(retrain_repeats):
+                    # Each retraining on its own copy of the champion just trained (same run, same model):
+                    # a retraining that promotes changes the champion the next one would start from.
+                    direct_copy, local_copy = (champion_copy(s, f"-r{j + 1}") for s in (direct, local))
+                    progress(f"retraining steps called directly ({new_rows:,} new rows, "
+                             f"{i * retrain_repeats + j + 1}/{repeats * retrain_repeats})")
+                    started = time.perf_counter()
+                    with contextlib.redirect_stdout(io.StringIO()):
+                        done = retrain_inline(direct_copy, **retrain_params)
+                    times["retraining direct"].append(time.perf_counter() - started)
+                    step_seconds["retraining direct"].append(done["step_seconds"])
+                    gates["retraining direct"].append({"promoted": done["promoted"], "reason": done["reason"]})
+                    progress(f"retraining pipeline under kfp.local ({new_rows:,} new rows, "
+                             f"{i * retrain_repeats + j + 1}/{repeats * retrain_repeats})")
+                    run = LocalRunner(local_copy).run("retraining", retrain_params).raise_for_state()
+                    times["retraining kfp.local"].append(run.seconds)
+                    step_seconds["retraining kfp.local"].append(run.step_seconds)
+                    statuses.setdefault("retraining", run.steps)
+                    comparison = Path(run.outputs_dir or "") / "evaluate" / "comparison"
+                    gate = json.loads(comparison.read_text())["gate"]
+                    gates["retraining kfp.local"].append({"promoted": gate["promote"], "reason": gate["reason"]})
         finally:
             manager.stop("mlflow")
-    base = statistics.median(times["direct"])
-    for mode, values in times.items():
-        med = statistics.median(values)
-        section.rows.append([mode, f"{rows:,}", med, min(values), max(values), med / base])
-        section.raw[mode] = {"median": med, "min": min(values), "max": max(values), "n": len(values)}
+    labels = {"training": f"{rows:,}", "retraining": f"{new_rows:,} new + {reference_rows:,} reference"}
+    return pipelines_section(times, step_seconds, statuses=statuses, gates=gates, labels=labels)
+
+
+def pipelines_section(times: dict[str, list[float]], step_seconds: dict[str, list[dict[str, float]]], *,
+                      statuses: dict[str, dict[str, str]], gates: dict[str, list[dict[str, Any]]],
+                      labels: dict[str, str]) -> Section:
+    """The pipelines section from its measurements: wall times per mode (keys of :func:`pipeline_key`),
+    each run's seconds per step, the kfp.local steps' states per case, the retraining gate's verdicts."""
+    section = Section("Pipelines: kfp.local versus direct calls",
+                      ["mode", "rows", "median s", "min s", "max s", "overhead ratio"])
+    for case in PIPELINE_CASES:
+        base_key = pipeline_key(case, "direct")
+        if not times.get(base_key):
+            continue
+        base = statistics.median(times[base_key])
+        for mode in PIPELINE_MODES:
+            key = pipeline_key(case, mode)
+            values = times.get(key) or []
+            if not values:
+                continue
+            med = statistics.median(values)
+            section.rows.append([key, labels.get(case, "-"), med, min(values), max(values), med / base])
+            section.raw[key] = {"median": med, "min": min(values), "max": max(values), "n": len(values)}
+        local = times.get(pipeline_key(case, "kfp.local"))
+        if local:
+            section.raw["overhead_ratio" if case == "training" else f"{case}_overhead_ratio"] = (
+                statistics.median(local) / base)
+    if "training" in statuses:
+        section.raw["steps"] = statuses["training"]
+    if "retraining" in statuses:
+        section.raw["retraining_steps"] = statuses["retraining"]
+    # Median seconds of each step, per mode: where the kfp.local time goes, next to the same call made directly.
+    medians = {key: {step: statistics.median(run[step] for run in runs if step in run)
+                     for step in dict.fromkeys(s for run in runs for s in run)}
+               for key, runs in step_seconds.items() if runs}
+    section.raw["step_seconds"] = medians
+    section.raw["gates"] = gates
+    for case in PIPELINE_CASES:
+        by_call = medians.get(pipeline_key(case, "direct"), {})
+        by_task = medians.get(pipeline_key(case, "kfp.local"), {})
+        if not by_task:
+            continue
+        table = Table(f"{case.capitalize()} pipeline per step (median s)", ["step", "direct", "kfp.local", "difference"])
+        for step in dict.fromkeys([*by_task, *by_call]):
+            d, k = by_call.get(step), by_task.get(step)
+            table.rows.append([step, d if d is not None else "-", k if k is not None else "-",
+                               k - d if d is not None and k is not None else "-"])
+        table.rows.append(["sum of steps", sum(by_call.values()), sum(by_task.values()),
+                           sum(by_task.values()) - sum(by_call.values())])
+        section.tables.append(table)
+    verdicts = {key: sorted({"promoted" if g["promoted"] else "refused" for g in found})
+                for key, found in gates.items() if found}
     steps = len(section.raw.get("steps", {})) or 1
-    section.raw["overhead_ratio"] = statistics.median(times["kfp.local"]) / base
-    section.notes.append(
+    training_local = times.get("kfp.local")
+    per_task = ((statistics.median(training_local) - statistics.median(times["direct"])) / steps
+                if training_local and times.get("direct") else float("nan"))
+    section.notes += [
         f"Same CSV, same MLflow server, same step functions (ingest, validate, preprocess, train, evaluate, "
-        f"register, promote, deploy; parent run opened and closed). kfp.local runs each of the {steps} tasks "
-        f"as its own process, forked from warm interpreters that import pandas, scikit-learn and MLflow once "
-        f"per run (learning_machine.runners.warm), and reads/writes its artifacts on disk: about "
-        f"{(statistics.median(times['kfp.local']) - base) / steps:.1f} s per task here. {repeats} repetition(s).")
+        f"register, promote, deploy; parent run opened and closed). kfp.local runs each of the {steps} training "
+        f"tasks as its own process, forked from warm interpreters that import pandas, scikit-learn and MLflow "
+        f"once (learning_machine.runners.warm), and reads/writes its artifacts on disk: about {per_task:.1f} s "
+        f"per task here. {len(times.get('direct', []))} run(s) per mode.",
+        f"Retraining, {len(times.get('retraining direct', []))} run(s) per mode: each continues its own copy "
+        "of the champion its mode's training just promoted (the same run registered again under a new name, "
+        "so that every retraining starts from the same model), on the rows after a concept-drift change point "
+        "(the loop's post-change export) plus the original rows regenerated as the reference; it trains two "
+        "candidates, evaluates the better against the champion on the same held-out rows and registers it, "
+        "and promotes and deploys it if the gate passes. Gate verdicts: "
+        + ("; ".join(f"{key} {', '.join(v)}" for key, v in verdicts.items()) or "-") + ". Both run after "
+        "their mode's training in the same process, as in the learning loop's monitor: the direct calls with "
+        "the imports that training paid, kfp.local with the warm interpreters the local runner keeps for a "
+        "process's later runs. The difference column of "
+        "the per-step tables is what each task costs beyond the same call made directly.",
+    ]
     return section
 
 

@@ -10,7 +10,9 @@ server refuses :class:`RegistryError`, each naming what was being done."""
 
 from __future__ import annotations
 
+import functools
 import os
+import ssl
 import time
 from typing import Any
 
@@ -38,13 +40,25 @@ def _bearer() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+def tls_context() -> ssl.SSLContext:
+    """This process's TLS context for the tracking server, as httpx builds it by default (the CA bundle, or
+    ``SSL_CERT_FILE``/``SSL_CERT_DIR``), built once: building one loads the CA bundle (~20 ms here), and
+    every pipeline step makes a client. The local runner's warm interpreters build it before they fork."""
+    return _tls_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+
+
+@functools.cache
+def _tls_context(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    return httpx.create_ssl_context()  # reads the same two variables itself
+
+
 class MlflowRest:
     """One tracking server's REST API over a pooled keep-alive connection."""
 
     def __init__(self, uri: str, *, timeout_s: float) -> None:
         self.uri = uri.rstrip("/")
         self.http = httpx.Client(base_url=self.uri, timeout=http_timeout_s(timeout_s), auth=_auth(),
-                                 headers=_bearer())
+                                 headers=_bearer(), verify=tls_context())
 
     def call(self, what: str, method: str, endpoint: str, *, json: dict[str, Any] | None = None,
              params: dict[str, Any] | None = None, content: bytes | None = None, api: str = API) -> Any:

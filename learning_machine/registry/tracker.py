@@ -89,7 +89,8 @@ class Tracker:
     def health(self) -> None:
         """Raise :class:`TrackingUnavailableError` unless the server answers ``/health``."""
         try:
-            response = httpx.get(f"{self.uri}/health", timeout=min(self.timeout_s, 5.0))
+            # On the REST client's connection, which the calls after it reuse.
+            response = self.rest.http.get("/health", timeout=min(self.timeout_s, 5.0))
         except httpx.HTTPError as exc:
             raise TrackingUnavailableError(
                 f"MLflow tracking server at {self.uri} is unreachable ({type(exc).__name__}); "

@@ -46,6 +46,8 @@ class PipelineRun:
     seconds: float = 0.0
     error: str | None = None
     steps: dict[str, str] = field(default_factory=dict)
+    step_seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time of each step, where the runner can tell (kfp.local: task start to task end)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -1,7 +1,7 @@
 """The ``local`` runner: the pipeline's own KFP graph run by ``kfp.local.SubprocessRunner(use_venv=False)``,
 each step a subprocess of this interpreter, artifacts under ``pipeline_root`` (``LM_HOME``/pipelines).
-The steps' processes are forked from a warm interpreter (:mod:`.warm`) so they do not each pay the
-imports again."""
+The steps' processes are forked from warm interpreters (:mod:`.warm`), kept for this process's later runs,
+so they do not each pay the imports again."""
 
 from __future__ import annotations
 
@@ -28,12 +28,15 @@ _ERROR = re.compile(r"^\s*((?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|E
 
 class _Tap:
     """Stands in for ``sys.stdout`` during a run: keeps every line in a log file, reports step starts and
-    ends as progress, and remembers error lines so a failure can be explained in one sentence."""
+    ends as progress, times each step (from kfp.local's "Executing task" line to its "finished" line), and
+    remembers error lines so a failure can be explained in one sentence."""
 
     def __init__(self, log: TextIO, progress: Progress | None, echo: TextIO | None) -> None:
         self.log, self.progress, self.echo = log, progress, echo
         self.errors: list[str] = []
         self.steps: dict[str, str] = {}
+        self.seconds: dict[str, float] = {}
+        self._started: dict[str, float] = {}
         self._partial = ""
 
     def write(self, text: str) -> int:
@@ -58,10 +61,13 @@ class _Tap:
             name, status = task.group(2), task.group(3)
             if task.group(1) == "Executing task":
                 self.steps[name] = "RUNNING"
+                self._started[name] = time.perf_counter()
                 if self.progress:
                     self.progress(f"step {name} ...")
             elif status:
                 self.steps[name] = "SUCCEEDED" if status == "SUCCESS" else "FAILED"
+                if name in self._started:
+                    self.seconds[name] = time.perf_counter() - self._started[name]
                 if self.progress:
                     self.progress(f"step {name}: {status.lower()}")
         elif "Skipping" in line and self.progress:
@@ -90,10 +96,10 @@ class LocalRunner(PipelineRunner):
         root = self.settings.pipeline_root_dir()
         (root / "logs").mkdir(parents=True, exist_ok=True)
         with contextlib.ExitStack() as warm:
-            # Started first, with the environment the steps get: it imports what they need while the
-            # pipeline is being built.
+            # Started first (unless an earlier run of this process left them warm), with the environment the
+            # steps get: they import what the steps need while the pipeline is being built.
             warm.enter_context(warm_steps(root / ".warm", {**os.environ, **settings_env(self.settings)},
-                                          log=root / "logs" / "warm.log"))
+                                          log=root / "logs" / "warm.log", keep=True))
             args = self.parameters(pipeline, params)
             args.setdefault("run_key", now_key())
             graph = build_pipeline(pipeline, LOCAL_OPTIONS)
@@ -119,7 +125,8 @@ class LocalRunner(PipelineRunner):
         new = sorted(p for p in set(root.iterdir()) - before if p.is_dir() and p.name.startswith(f"{graph.name}-"))
         result = PipelineRun(pipeline=graph.name, runner=self.name, run_key=args["run_key"], state=state,
                              parameters=args, outputs_dir=str(new[-1]) if new else None, log_path=str(log_path),
-                             seconds=seconds, error=error, steps=dict(tap.steps))
+                             seconds=seconds, error=error, steps=dict(tap.steps),
+                             step_seconds=dict(tap.seconds))
         settings = self.settings.model_copy(update={"experiment_name": args.get("experiment_name")
                                                     or self.settings.experiment_name})
         with contextlib.suppress(Exception):  # where to look is a courtesy: the run itself is what counts

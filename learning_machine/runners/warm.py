@@ -1,22 +1,29 @@
-"""A warm interpreter for the steps of a local pipeline run.
+"""Warm interpreters for the steps of local pipeline runs.
 
 ``kfp.local.SubprocessRunner`` starts every task as ``python3 -m kfp.dsl.executor_main ...`` in a fresh
 interpreter, and most of a task's time here was its imports (pandas, scikit-learn, MLflow: seconds per
-task, paid again by every task). For the length of one run, :func:`warm_steps` keeps warm interpreters that
-have imported what the steps import (:data:`PRELOAD`, stage by stage in the order the pipelines first need
-it) and points kfp.local's interpreter (``sys.executable``, which ``use_venv=False`` runs) at a small
-launcher. The launcher hands the task's command line, environment, working directory and standard streams
-to the warm interpreter that has imported the most so far, which forks: the task runs in its own process, exactly the command kfp.local built, with its
-own environment and streams and its own exit status, but without paying the imports again. Anything else
-started through ``sys.executable`` meanwhile, or any task when the warm interpreter is not answering, runs
-the real interpreter unchanged.
+task, paid again by every task). :func:`warm_steps` keeps warm interpreters that have imported what the
+steps import (:data:`PRELOAD`, stage by stage in the order the pipelines first need it) and points
+kfp.local's interpreter (``sys.executable``, which ``use_venv=False`` runs) at a small launcher. The
+launcher hands the task's command line, environment, working directory and standard streams to the warm
+interpreter that has imported the most so far, which forks: the task runs in its own process, exactly the
+command kfp.local built, with its own environment and streams and its own exit status, but without paying
+the imports again. Anything else started through ``sys.executable`` meanwhile, or any task when the warm
+interpreter is not answering, runs the real interpreter unchanged.
+
+The local runner keeps its warm interpreters from one run to the next (:func:`kept_interpreters`): the
+imports cost about 7 s of CPU here, which a process that runs pipelines again and again (the learning
+loop's monitor retrains through the ``retraining`` pipeline) would otherwise pay again every run, while the
+same steps called directly pay them once per process.
 
 Kubeflow on a cluster is untouched: there each task is a pod running the compiled command.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import gc
 import importlib
 import json
 import os
@@ -27,6 +34,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,11 +43,22 @@ EXECUTOR = "kfp.dsl.executor_main"
 # What the steps import, in stages in the order a pipeline first needs them: each stage is served as soon
 # as it is imported, so the first (light) task does not wait for MLflow. A task that needs a module not
 # imported yet imports it itself, as a fresh interpreter would.
+# Besides the package's own modules, what the steps' first calls import lazily, measured in the tasks of
+# both training pipelines (each task paid them again): httpx's transport (every step's first MLflow
+# call), pandas' CSV writer and the generator (ingest), scikit-learn's dataframe layer (narwhals, from
+# preprocess on), matplotlib's pyplot and the PIL image plugins it loads to save a PNG (train, retrain).
+# "module:function" also calls the function once imported (work cached per process: MLflow's map of
+# installed packages, the TLS context).
 PRELOAD: tuple[tuple[str, ...], ...] = (
-    (EXECUTOR, "learning_machine.components", "learning_machine.registry.runs"),
-    ("learning_machine.components.steps", "learning_machine.components.release"),
-    ("learning_machine.model.training", "xgboost"),
-    ("learning_machine.registry.preload", "matplotlib.figure", "matplotlib.backends.backend_agg"),
+    (EXECUTOR, "learning_machine.components", "learning_machine.registry.runs", "httpcore",
+     "learning_machine.registry.rest:tls_context"),
+    ("learning_machine.components.steps", "learning_machine.components.release", "pandas.io.formats.csvs",
+     "learning_machine.data.synthetic"),
+    ("learning_machine.model.training", "xgboost", "narwhals._pandas_like.namespace",
+     "narwhals._interchange.dataframe", "narwhals.stable.v2._namespace"),
+    ("learning_machine.registry.preload:warm", "matplotlib.figure", "matplotlib.backends.backend_agg",
+     "matplotlib.pyplot", "PIL.BmpImagePlugin", "PIL.GifImagePlugin", "PIL.JpegImagePlugin",
+     "PIL.PpmImagePlugin"),
 )
 # The stage each component's function needs (its index in PRELOAD): its launcher waits for that stage
 # rather than importing the same modules again beside the interpreter importing them (two cores here).
@@ -111,45 +130,111 @@ sys.exit(code if code >= 0 else 128 - code)
 '''
 
 
-@contextlib.contextmanager
-def warm_steps(folder: Path, env: dict[str, str], *, log: Path | None = None) -> Iterator[None]:
-    """For the ``with`` block, kfp.local's tasks (started through ``sys.executable``) run in processes
-    forked from warm interpreters started now with ``env`` (what the tasks' environment will be: they
-    import with it, as a fresh interpreter would); ``folder`` holds the launcher. Restores
-    ``sys.executable`` and stops the interpreters on the way out."""
-    folder.mkdir(parents=True, exist_ok=True)
-    real = sys.executable
-    # A short private folder: a Unix socket path is limited to about 100 characters.
-    private = Path(tempfile.mkdtemp(prefix="lm-warm-"))
-    sockets = [str(private / f"stage{i}.sock") for i in range(len(PRELOAD))]
-    launcher = folder / "python-warm"
-    script = folder / "python-warm.py"
-    script.write_text(_LAUNCHER.format(real=real, sockets=sockets, executor=EXECUTOR, needs=NEEDS))
-    launcher.write_text(f'#!/bin/sh\nexec "{real}" -I -S "{script}" "$@"\n')
-    launcher.chmod(0o755)
-    out: Any = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
-    server = subprocess.Popen([real, "-c", "from learning_machine.runners.warm import main; main()", *sockets],
-                              stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                              env={**env, "_KFP_RUNTIME": "true"})
-    sys.executable = str(launcher)
-    try:
-        yield
-    finally:
-        if sys.executable == str(launcher):
-            sys.executable = real
-        server.terminate()
+class WarmInterpreters:
+    """A chain of warm interpreters (one per stage of :data:`PRELOAD`) started with ``env``, what the tasks'
+    environment will be (they import with it, as a fresh interpreter would). It serves the tasks of any
+    number of runs, one :meth:`serving` block each, until :meth:`stop`."""
+
+    def __init__(self, env: dict[str, str], *, log: Path | None = None) -> None:
+        self.real = sys.executable
+        self.key = import_environment(env)
+        # A short private folder: a Unix socket path is limited to about 100 characters.
+        self.private = Path(tempfile.mkdtemp(prefix="lm-warm-"))
+        self.sockets = [str(self.private / f"stage{i}.sock") for i in range(len(PRELOAD))]
+        self._out: Any = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed by stop()
+        self.server = subprocess.Popen(
+            [self.real, "-c", "from learning_machine.runners.warm import main; main()", *self.sockets],
+            stdin=subprocess.DEVNULL, stdout=self._out, stderr=subprocess.STDOUT, env={**env, "_KFP_RUNTIME": "true"})
+
+    def running(self) -> bool:
+        return self.server.poll() is None
+
+    @contextlib.contextmanager
+    def serving(self, folder: Path) -> Iterator[None]:
+        """For the ``with`` block, kfp.local's tasks (started through ``sys.executable``) run forked from
+        these interpreters; ``folder`` holds the launcher. Restores ``sys.executable`` on the way out."""
+        folder.mkdir(parents=True, exist_ok=True)
+        launcher = folder / "python-warm"
+        script = folder / "python-warm.py"
+        script.write_text(_LAUNCHER.format(real=self.real, sockets=self.sockets, executor=EXECUTOR, needs=NEEDS))
+        launcher.write_text(f'#!/bin/sh\nexec "{self.real}" -I -S "{script}" "$@"\n')
+        launcher.chmod(0o755)
+        sys.executable = str(launcher)
         try:
-            server.wait(timeout=10)
+            yield
+        finally:
+            if sys.executable == str(launcher):
+                sys.executable = self.real
+
+    def stop(self) -> None:
+        """Stop the interpreters (and any task still running from them)."""
+        self.server.terminate()
+        try:
+            self.server.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        if log:
-            out.close()
-        for path in sockets:
+            self.server.kill()
+            self.server.wait()
+        if self._out is not subprocess.DEVNULL:
+            self._out.close()
+        for path in self.sockets:
             with contextlib.suppress(OSError):
                 os.unlink(path)
         with contextlib.suppress(OSError):
-            private.rmdir()
+            self.private.rmdir()
+
+
+def import_environment(env: dict[str, str]) -> dict[str, str]:
+    """What of an environment can change what an import does: all of it but the platform's own ``LM_*``
+    variables, which no module of the package reads at import time (settings are built at the entry
+    point) and which every task receives anyway with the rest of its own environment."""
+    return {key: value for key, value in env.items() if not key.startswith("LM_")}
+
+
+_kept: WarmInterpreters | None = None
+_kept_lock = threading.Lock()
+
+
+def kept_interpreters(env: dict[str, str], *, log: Path | None = None) -> WarmInterpreters:
+    """This process's warm interpreters, kept from one run to the next: started on first use, and again
+    when they have died or ``env`` differs from theirs in anything an import could read
+    (:func:`import_environment`). They stop when this process exits (and on their own if it dies)."""
+    global _kept
+    with _kept_lock:
+        if _kept is not None and _kept.running() and _kept.key == import_environment(env):
+            return _kept
+        if _kept is None:
+            atexit.register(stop_kept)
+        else:
+            _kept.stop()
+        _kept = WarmInterpreters(env, log=log)
+        return _kept
+
+
+def stop_kept() -> None:
+    """Stop this process's kept warm interpreters, if any."""
+    global _kept
+    with _kept_lock:
+        if _kept is not None:
+            _kept.stop()
+            _kept = None
+
+
+@contextlib.contextmanager
+def warm_steps(folder: Path, env: dict[str, str], *, log: Path | None = None, keep: bool = False) -> Iterator[None]:
+    """For the ``with`` block, kfp.local's tasks (started through ``sys.executable``) run in processes
+    forked from warm interpreters started with ``env`` (:class:`WarmInterpreters`); ``folder`` holds the
+    launcher. With ``keep`` they are this process's kept ones (:func:`kept_interpreters`: a later run
+    finds them warm); otherwise they are started now and stopped on the way out."""
+    if keep:
+        with kept_interpreters(env, log=log).serving(folder):
+            yield
+        return
+    interpreters = WarmInterpreters(env, log=log)
+    try:
+        with interpreters.serving(folder):
+            yield
+    finally:
+        interpreters.stop()
 
 
 # -- the warm interpreter --------------------------------------------------------------------------
@@ -178,12 +263,20 @@ def serve(sockets: list[str], stages: tuple[tuple[str, ...], ...]) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     parent = os.getppid()
+    gc.disable()  # no collections (and no freed holes in shared pages) between the imports and the forks
     for level, stage in enumerate(stages):
-        for module in stage:
+        for entry in stage:
+            module, _, function = entry.partition(":")
             try:
-                importlib.import_module(module)
+                imported = importlib.import_module(module)
+                if function:
+                    getattr(imported, function)()
             except Exception as exc:  # noqa: BLE001 - the task that needs it will fail with the real error
-                print(f"warm interpreter: could not preload {module}: {exc}", flush=True)
+                print(f"warm interpreter: could not preload {entry}: {exc}", flush=True)
+        # What is imported stays for good: a task's garbage collections skip it. Otherwise each full
+        # collection in a task walks the ~300,000 preloaded objects and, writing to their headers, copies
+        # the pages it shares with this interpreter (measured: twice the page faults per task).
+        gc.freeze()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(sockets[level] + ".new")
         listener.listen(8)
@@ -268,6 +361,7 @@ def _run_task(request: dict[str, Any], fds: list[int]) -> int:
     import runpy
     import traceback
 
+    gc.enable()  # as in a fresh interpreter; what the warm interpreter imported is frozen (see serve)
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)

@@ -100,3 +100,39 @@ def test_an_unknown_section_names_the_valid_ones(tmp_path: Path) -> None:
     assert check_sections(None) == list(bench.SECTIONS)
     assert set(check_sections(None, quick=True)) == set(bench.SECTIONS) - set(bench.FULL_ONLY)
     assert check_sections(["pipelines"], quick=True) == ["pipelines"]
+
+
+def test_the_pipelines_section_has_a_retraining_case_beside_training(tmp_path: Path) -> None:
+    """The section built from measurements (the real ones take an MLflow server and four pipeline runs):
+    retraining rows with their own ratio, raw keys, per-step tables, the summary row and the plot."""
+    steps = {"open-pipeline-run": 0.1, "ingest": 0.2, "retrain": 1.5, "evaluate": 0.5}
+    times = {"direct": [9.0, 11.0], "kfp.local": [12.0, 14.0], "retraining direct": [4.0, 6.0],
+             "retraining kfp.local": [6.0, 7.0]}
+    per_step = {key: [{**steps, "ingest-2": 0.1}] * 2 if key.startswith("retraining") else [steps] * 2
+                for key in times}
+    gates = {"retraining direct": [{"promoted": True, "reason": "better"}] * 2,
+             "retraining kfp.local": [{"promoted": True, "reason": "better"}] * 2}
+    section = bench.pipelines_section(times, per_step, statuses={"training": {"train": "SUCCEEDED"},
+                                                                 "retraining": {"retrain": "SUCCEEDED"}},
+                                      gates=gates, labels={"training": "1,500", "retraining": "1,500 new"})
+    rows = {row[0]: row for row in section.rows}
+    assert list(rows) == ["direct", "kfp.local", "retraining direct", "retraining kfp.local"]
+    assert rows["retraining kfp.local"][5] == pytest.approx(6.5 / 5.0)  # against its own direct calls
+    assert rows["kfp.local"][5] == pytest.approx(13.0 / 10.0)
+    raw = section.raw
+    assert raw["retraining_overhead_ratio"] == pytest.approx(1.3) and raw["overhead_ratio"] == pytest.approx(1.3)
+    assert raw["retraining kfp.local"]["median"] == 6.5 and raw["retraining_steps"] == {"retrain": "SUCCEEDED"}
+    assert raw["step_seconds"]["retraining kfp.local"]["ingest-2"] == 0.1
+    assert [t.title for t in section.tables] == ["Training pipeline per step (median s)",
+                                                 "Retraining pipeline per step (median s)"]
+    assert "retraining kfp.local promoted" in " ".join(section.notes)
+
+    add_figures("pipelines", section, tmp_path)
+    assert [name for name, _ in section.figures] == ["pipelines_overhead.png"]
+    assert (tmp_path / "pipelines_overhead.png").read_bytes().startswith(PNG)
+    write_report(tmp_path, {"pipelines": section}, quick=True, started=time.time(), elapsed=30.0)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "Retraining pipeline under kfp.local | 6.5 s | 1.3x the same steps called directly (5.0 s)" in summary
+    assert "Training pipeline under kfp.local | 13.0 s | 1.3x" in summary
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(bench.PIPELINE_MODES) <= set(results["sections"]["pipelines"]["raw"])

@@ -83,3 +83,51 @@ def test_without_the_warm_interpreter_tasks_still_run(tmp_path: Path):
     # After the block the warm interpreter is gone, but a launcher left behind still works.
     out = subprocess.run([launcher, "-m", warm.EXECUTOR, "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "KFP Component Executor" in out.stdout
+
+
+def test_kept_interpreters_serve_the_next_run_until_the_environment_changes(tmp_path: Path, monkeypatch):
+    """The local runner's warm interpreters outlive a run: the next run's tasks fork from the same ones
+    (its own LM_ settings still reach them), and an environment an import could read starts fresh ones."""
+    import json
+
+    from learning_machine.runners import warm
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
+               raise_on_error=True)
+
+    def run(folder: str) -> tuple[dict, int]:
+        with warm_steps(tmp_path / folder, dict(os.environ), keep=True):
+            result = json.loads(where(tag=folder).output)
+        assert warm._kept is not None and warm._kept.running()
+        return result, warm._kept.server.pid
+
+    try:
+        monkeypatch.setenv("LM_WARM_TEST", "first")
+        first, server = run("one")
+        monkeypatch.setenv("LM_WARM_TEST", "second")  # a setting: the same interpreters, the new value
+        second, again = run("two")
+        assert (first["env"], second["env"]) == ("first", "second") and again == server
+        assert second["preloaded"] is True and second["pid"] != first["pid"]
+        kept = warm._kept
+        monkeypatch.setenv("WARM_TEST_IMPORT_ENV", "changed")  # could change an import: fresh interpreters
+        _, fresh = run("three")
+        assert fresh != server and kept is not None and not kept.running()
+    finally:
+        warm.stop_kept()
+    assert warm._kept is None
+
+
+def test_every_preloaded_module_exists_and_its_warm_up_runs():
+    """A preloaded module that an upgrade renamed, or a warm-up whose library changed, would only show as a
+    line in warm.log and slower tasks."""
+    import importlib
+    import importlib.util
+
+    from learning_machine.runners.warm import PRELOAD
+
+    for stage in PRELOAD:
+        for entry in stage:
+            module, _, function = entry.partition(":")
+            assert importlib.util.find_spec(module) is not None, module
+            if function:
+                getattr(importlib.import_module(module), function)()
