@@ -346,6 +346,7 @@ class LoopService:
         self.monitor_run_id: str | None = None
         self.state_version: int | None = None
         self._state_loaded = False
+        self._runner_prepared = False
         self.steps = 0
         self.failures = 0
         self.last_error: str | None = None
@@ -805,8 +806,22 @@ class LoopService:
         self.steps += 1
         self.last_step_at = time.time()
         if decision is not None and decision.retrain and self.monitor.trigger is not None and self.job is None:
+            self.prepare_retraining()  # while it waits for outcomes after the change, the runner gets ready
             self._start_retraining(decision)
         return decision
+
+    def prepare_retraining(self) -> None:
+        """Let the pipeline runner get ready for a retraining (the local runner starts its warm interpreters,
+        ~7 s of imports the first run of a process would otherwise wait for); once per service, never fatal."""
+        if self._runner_prepared:
+            return
+        self._runner_prepared = True
+        from learning_machine.runners.base import get_runner
+
+        try:
+            (self.trigger.runner or get_runner(self.settings)).prepare()
+        except (LearningMachineError, OSError) as exc:  # an optimisation: the retraining reports what is wrong
+            log.warning("the pipeline runner could not get ready: %s", _describe(exc))
 
     def _start_retraining(self, decision: Decision) -> None:
         """Start the trigger for a saved ``retrain-fired`` decision (once: the decision is saved before) in a
@@ -852,7 +867,10 @@ class LoopService:
     def run(self, interval_s: float, stop: threading.Event, *, max_backoff_s: float = MAX_BACKOFF_S) -> None:
         """Step every ``interval_s`` until ``stop`` is set. A failing step, whatever the error, is logged with
         its traceback, reported by :meth:`health` (degraded) and retried after a delay that doubles with each
-        failure in a row, up to ``max_backoff_s``: one bad step never ends the monitor."""
+        failure in a row, up to ``max_backoff_s``: one bad step never ends the monitor. The pipeline runner is
+        readied first, so the first retraining does not wait for it."""
+        if self.monitor.trigger is not None:
+            self.prepare_retraining()
         while not stop.is_set():
             delay = interval_s
             try:

@@ -74,6 +74,9 @@ class PipelineRunner(ABC):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
+    def prepare(self) -> None:  # noqa: B027 - optional: most runners have nothing to prepare
+        """Get ready for a run that will come soon, without starting one (nothing by default)."""
+
     @abstractmethod
     def run(self, pipeline: str, params: dict[str, Any] | None = None, *,
             progress: Progress | None = None) -> PipelineRun:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from learning_machine.runners.base import PipelineRun, PipelineRunner, Progress, build_pipeline
-from learning_machine.runners.warm import warm_steps
+from learning_machine.runners.warm import kept_interpreters, warm_steps
 from learning_machine.settings import Settings, settings_env
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -82,6 +82,13 @@ class LocalRunner(PipelineRunner):
     def __init__(self, settings: Settings, *, echo: bool = False) -> None:
         super().__init__(settings)
         self.echo = echo
+
+    def prepare(self) -> None:
+        """Start this process's warm interpreters now (they import what the steps need in the background),
+        with the environment :meth:`run` gives the steps, so the next run finds them ready."""
+        root = self.settings.pipeline_root_dir()
+        (root / "logs").mkdir(parents=True, exist_ok=True)
+        kept_interpreters({**os.environ, **settings_env(self.settings)}, log=root / "logs" / "warm.log")
 
     def run(self, pipeline: str, params: dict[str, Any] | None = None, *,
             progress: Progress | None = None) -> PipelineRun:

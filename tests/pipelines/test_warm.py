@@ -117,6 +117,32 @@ def test_kept_interpreters_serve_the_next_run_until_the_environment_changes(tmp_
     assert warm._kept is None
 
 
+def test_the_local_runner_prepares_the_interpreters_its_next_run_forks_from(tmp_path: Path):
+    """The learning loop readies the runner when the policy fires (the retraining often waits for outcomes
+    after the change): the local runner then starts the kept interpreters, and a run's tasks fork from them."""
+    import json
+
+    from learning_machine.runners import warm
+    from learning_machine.runners.local import LocalRunner
+    from learning_machine.settings import Settings, settings_env
+
+    settings = Settings(home=tmp_path)
+    warm.stop_kept()
+    try:
+        LocalRunner(settings).prepare()
+        prepared = warm._kept
+        assert prepared is not None and prepared.running()
+        LocalRunner(settings).prepare()  # once ready, ready: the same interpreters
+        assert warm._kept is prepared
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
+                   raise_on_error=True)
+        with warm_steps(tmp_path / "run", {**os.environ, **settings_env(settings)}, keep=True):
+            result = json.loads(where(tag="after-prepare").output)
+        assert warm._kept is prepared and result["preloaded"] is True
+    finally:
+        warm.stop_kept()
+
+
 def test_every_preloaded_module_exists_and_its_warm_up_runs():
     """A preloaded module that an upgrade renamed, or a warm-up whose library changed, would only show as a
     line in warm.log and slower tasks."""
