@@ -104,7 +104,7 @@ def test_a_few_hundred_rows_since_a_concept_change_choose_the_simpler_fresh_mode
     result, scores = retrain_best(base, new, cohort.frame.head(1000), seed=1)
     assert result.mode == "scratch-simple", scores
     booster = result.pipeline.named_steps["model"]
-    assert booster.get_params()["max_depth"] == 2 and booster.get_params()["n_estimators"] == 100
+    assert booster.get_params()["max_depth"] == 2 and booster.get_params()["n_estimators"] == 50
     test = load_dataset("synthetic-cohort", n_rows=3000, seed=305, scenario="concept-drift", drift_start=0)
     y = test.frame["outcome"].to_numpy()
     default = train_model(new, seed=1, test_fraction=0.1).pipeline
