@@ -229,8 +229,10 @@ class RetrainViaPipeline:
         else:
             attempt["result"] = "refused"
             challenger = self.tracker.alias_version(model, "challenger")
-            # Not proven better on the held-out rows: with the shadow on, that is not the last word.
-            shadowed = self.settings.loop_shadow and challenger is not None and before is not None
+            # Not proven better on the held-out rows: with the shadow on, that is not the last word, unless
+            # it was proven worse there.
+            worse = challenger is not None and challenger.tags.get("lm.gate_proven_worse") == "true"
+            shadowed = self.settings.loop_shadow and challenger is not None and before is not None and not worse
             self.sink.event("gate-undecided" if shadowed else "refused", {
                                         "champion": before.version if before else None,
                                         "challenger": challenger.version if challenger else None,
@@ -238,9 +240,12 @@ class RetrainViaPipeline:
                                         "gate": challenger.tags.get("lm.gate") if challenger else None,
                                         "evidence": challenger.tags.get("lm.gate_evidence") if challenger else None,
                                         "clauses": challenger.tags.get("lm.gate_clauses") if challenger else None,
-                                        **({"next": "shadow evaluation on live traffic"} if shadowed else {})},
+                                        **({"next": "shadow evaluation on live traffic"} if shadowed else {}),
+                                        **({"why": "proven worse than the champion on the held-out rows: not "
+                                                   "judged in the shadow"} if worse else {})},
                             before.version if before else None)
             summary["refused"] = challenger.version if challenger else None
+            summary["shadow"] = shadowed
             if before is not None:
                 summary["champion"] = before.version
         return summary
@@ -524,7 +529,7 @@ class LoopService:
             self._new_champion()
             return
         champion, data = outcome.get("champion"), outcome.get("data")
-        if "refused" in outcome and outcome["refused"] and champion and self.settings.loop_shadow:
+        if outcome.get("refused") and champion and self.settings.loop_shadow and outcome.get("shadow", True):
             self.start_shadow(str(outcome["refused"]), str(champion), int(outcome.get("cut_id") or 0), data)
             return
         self._rebaseline(champion, data)

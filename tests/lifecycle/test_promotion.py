@@ -254,3 +254,30 @@ def test_a_candidate_judged_against_an_earlier_champion_is_not_promoted(mlflow_s
     again = release.register(settings, str(shadow.run_id), comparison)
     assert release.promote(settings, again) == again
     assert tracker.alias_version(settings.model_name, CHAMPION).version == again
+
+
+def test_a_candidate_proven_worse_on_the_held_out_rows_is_tagged_so_and_never_shadowed(mlflow_sqlite: Settings,
+                                                                                         tmp_path):
+    """The register step records whether the gate's paired evidence showed the candidate worse than the
+    champion beyond doubt; the learning loop does not judge such a candidate in the shadow."""
+    import json
+
+    from learning_machine.components import release
+    from learning_machine.model.evaluation import paired_comparison
+
+    settings = mlflow_sqlite.model_copy(update={"model_name": f"risk-{uuid.uuid4().hex[:8]}", "home": tmp_path,
+                                                "deployer": "none"})
+    tracker = Tracker(settings.tracking_uri)
+    data = load_dataset("synthetic-cohort", n_rows=600, seed=5)
+    first = train_and_register(settings, tracker, data, kind="logistic-regression", promote="if-first").version
+    other = train_and_register(settings, tracker, data, kind="logistic-regression", promote="never").version
+    scores = _scores()
+    comparison = tmp_path / "comparison.json"
+    tags = {}
+    for candidate, champion in (("worse", "good"), ("same", "good")):
+        evidence = paired_comparison(scores["y"], scores[candidate], scores[champion], scores["groups"])
+        comparison.write_text(json.dumps({"champion_version": first.version, "evidence": evidence,
+                                          "gate": {"metric": "auc", "z": 2.576, "reason": "test"}}))
+        version = release.register(settings, str(other.run_id), comparison)
+        tags[candidate] = tracker.version(settings.model_name, version).tags.get("lm.gate_proven_worse")
+    assert tags == {"worse": "true", "same": "false"}
