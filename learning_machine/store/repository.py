@@ -60,29 +60,41 @@ class Page:
 # -- writes -------------------------------------------------------------------------------------------
 def store_predictions(db: Database, items: Sequence[NewPrediction], *, model_name: str, latency_ms: float,
                       request_id: str, source: str = "api") -> list[dict[str, Any]]:
-    """Store every record (new, or identical to the stored one) with its prediction, all in one transaction."""
+    """Store every record (new, or identical to the stored one) with its prediction, all in one transaction.
+    Concurrent requests carrying the same new record are both stored: the one that loses the race to insert
+    the record reads the winner's and goes on (a :class:`ConflictError` only when the features differ)."""
+    for attempt in range(3):
+        try:
+            return _store_predictions_once(db, items, model_name=model_name, latency_ms=latency_ms,
+                                           request_id=request_id, source=source)
+        except IntegrityError as exc:
+            # Another request stored one of these records between our read and our insert: read it again
+            # (the whole transaction was rolled back, nothing of this attempt is stored).
+            if attempt == 2:
+                raise ConflictError("a record in this request was stored concurrently by another request; "
+                                    "send it again") from exc
+    raise AssertionError("unreachable")
+
+
+def _store_predictions_once(db: Database, items: Sequence[NewPrediction], *, model_name: str, latency_ms: float,
+                            request_id: str, source: str) -> list[dict[str, Any]]:
     now = utcnow()
     # Core inserts, not ORM objects: this is the gateway's hot path and the unit of work's bookkeeping
     # cost more than the SQL here.
     predictions = [{"record_id": i.record_id, "model_name": model_name, "model_version": i.model_version,
                     "probability": float(i.probability), "label": int(i.label), "latency_ms": float(latency_ms),
                     "request_id": request_id, "created_at": now} for i in items]
-    try:
-        with db.transaction() as session:
-            stored = _stored_features(session, [i.record_id for i in items])
-            new_records = _new_records(stored, [(i.record_id, i.features) for i in items], source, now)
-            if new_records:  # records first: the predictions reference them
-                session.execute(insert(Record), new_records)
-            labelled = [(i.record_id, i.outcome) for i in items if i.outcome is not None]
-            if labelled:
-                new_outcomes = _new_outcomes(session, labelled, source, now)
-                if new_outcomes:
-                    session.execute(insert(Outcome), new_outcomes)
-            session.execute(insert(Prediction), predictions)
-    except IntegrityError as exc:
-        # Another request stored one of these record ids between our read and our write.
-        raise ConflictError("a record in this request was stored concurrently by another request; "
-                            "send it again") from exc
+    with db.transaction() as session:
+        stored = _stored_features(session, [i.record_id for i in items])
+        new_records = _new_records(stored, [(i.record_id, i.features) for i in items], source, now)
+        if new_records:  # records first: the predictions reference them
+            session.execute(insert(Record), new_records)
+        labelled = [(i.record_id, i.outcome) for i in items if i.outcome is not None]
+        if labelled:
+            new_outcomes = _new_outcomes(session, labelled, source, now)
+            if new_outcomes:
+                session.execute(insert(Outcome), new_outcomes)
+        session.execute(insert(Prediction), predictions)
     return [{**p, "created_at": _iso(now)} for p in predictions]
 
 

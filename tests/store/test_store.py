@@ -106,6 +106,36 @@ def test_a_prediction_is_stored_with_its_record(db: Database) -> None:
     assert [p["model_version"] for p in history["predictions"]] == ["2", "1"]
 
 
+def test_concurrent_requests_with_the_same_new_record_are_all_stored(db: Database) -> None:
+    """Eight requests carrying the same new record at once (a client retrying, two clinics sending the
+    same patient): before, the losers of the race to insert the record got a 409; now every prediction is
+    stored against the one record. Different features for it still conflict."""
+    import threading
+
+    for _ in range(5):  # several rounds: the race is not hit every time
+        r, barrier, errors = rid(), threading.Barrier(8), []
+        before = repository.counts(db)
+
+        def send(i: int, record: str, barrier: threading.Barrier, errors: list[Exception]) -> None:
+            barrier.wait()
+            try:
+                repository.store_predictions(db, [pred(record)], model_name="m", latency_ms=1,
+                                             request_id=f"race-{i}")
+            except Exception as exc:  # every failure is the finding
+                errors.append(exc)
+
+        threads = [threading.Thread(target=send, args=(i, r, barrier, errors)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert errors == []
+        after = repository.counts(db)
+        assert after["records"] == before["records"] + 1 and after["predictions"] == before["predictions"] + 8
+    with pytest.raises(ConflictError, match="age"):
+        repository.store_predictions(db, [pred(r, age=51)], model_name="m", latency_ms=1, request_id="other")
+
+
 def test_a_batch_with_one_conflicting_record_stores_nothing(db: Database) -> None:
     r = rid()
     repository.store_predictions(db, [pred(r)], model_name="m", latency_ms=1, request_id="a")
