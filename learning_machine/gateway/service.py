@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,8 +136,8 @@ def predict(ctx: GatewayContext, payload: Mapping[str, Any], request_id: str, *,
         for record, answer in zip(records, answers, strict=True)]
     stored = repository.store_predictions(ctx.db, items, model_name=ctx.model_name, latency_ms=latency_ms,
                                           request_id=request_id)
-    for row in stored:
-        ctx.metrics.predictions.labels(row["model_version"]).inc()
+    for version, count in Counter(row["model_version"] for row in stored).items():
+        ctx.metrics.predictions.labels(version).inc(count)
     return _answer(stored, request_id, batch)
 
 

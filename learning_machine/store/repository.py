@@ -95,7 +95,8 @@ def _store_predictions_once(db: Database, items: Sequence[NewPrediction], *, mod
             if new_outcomes:
                 session.execute(insert(Outcome), new_outcomes)
         session.execute(insert(Prediction), predictions)
-    return [{**p, "created_at": _iso(now)} for p in predictions]
+    created = _iso(now)  # once: one transaction, one time
+    return [{**p, "created_at": created} for p in predictions]
 
 
 def store_explanation(db: Database, *, record_id: str, features: Mapping[str, Any] | None, model_name: str,

@@ -48,6 +48,14 @@ def test_predict_a_batch_in_one_transaction(gateway: RunningGateway) -> None:
     # The same records again: new predictions, no new records.
     assert gateway.client("clinician").post("/v1/predictions", json={"records": records}).status_code == 200
     assert gateway.counts()["records"] == after["records"]
+    # The answer is serialised without the response model's validation: it must still be exactly what the
+    # OpenAPI document promises (no field missing, none added, the right types).
+    from learning_machine.gateway.schemas import BatchPredictionOut, PredictionOut
+
+    assert BatchPredictionOut.model_validate(body).model_dump() == body
+    one = gateway.client("clinician").post("/v1/predictions", json=make_records(1, seed=31)[0]).json()
+    assert PredictionOut.model_validate(one).model_dump() == one
+    assert set(one) == set(PredictionOut.model_fields) and set(body) == set(BatchPredictionOut.model_fields)
 
 
 def test_explain_a_stored_record_and_a_full_record(gateway: RunningGateway) -> None:
