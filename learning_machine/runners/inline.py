@@ -33,30 +33,36 @@ class _Clock:
             self.seconds[name] = time.perf_counter() - started
 
 
+@contextmanager
+def _pipeline_run(settings: Settings, name: str, source: str) -> Iterator[tuple[_Clock, Path, str]]:
+    """The parent MLflow run a pipeline's steps nest under (opened and closed as kfp.local's first and last
+    tasks are, and timed as they are), a clock and a scratch folder for the artifacts between the steps."""
+    quiet_mlflow()
+    clock = _Clock()
+    key = now_key()
+    with clock.step("open-pipeline-run"):
+        parent = start_pipeline_run(settings, name, key, {"source": source})
+    state = "FAILED"
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            yield clock, Path(tmp), parent
+        state = "SUCCEEDED"
+    finally:
+        with clock.step("close-pipeline-run"):
+            finish_pipeline_run(settings, key, state)
+
+
 def train_inline(settings: Settings, *, source: str, spec_path: str = "", rows: int = 0, seed: int = 42,
                  model_kind: str = "", promote_policy: str = "gate") -> dict[str, Any]:
     """ingest -> validate -> preprocess -> train -> evaluate -> register -> (gate) promote -> deploy, nested
     under one parent MLflow run, without KFP. ``seed`` is the pipeline's ``seed`` parameter (the data's and
     the model's). Returns the parent run id, the version, the gate's verdict and each step's seconds."""
-    quiet_mlflow()
     settings = settings.model_copy(update={"seed": seed})
-    clock = _Clock()
-    key = now_key()
-    with clock.step("open-pipeline-run"):
-        parent = start_pipeline_run(settings, "training-inline", key, {"source": source})
-    state = "FAILED"
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            root = Path(tmp)
-            _clean_data(settings, clock, root, source, parent=parent, spec_path=spec_path, rows=rows, seed=seed)
-            with clock.step("train"):
-                run_id, _ = steps.train(settings, root / "clean", root / "test", parent_run_id=parent,
-                                        kind=model_kind)
-            result = _gate_and_serve(settings, clock, root, run_id, parent=parent, promote_policy=promote_policy)
-        state = "SUCCEEDED"
-    finally:
-        with clock.step("close-pipeline-run"):
-            finish_pipeline_run(settings, key, state)
+    with _pipeline_run(settings, "training-inline", source) as (clock, root, parent):
+        _clean_data(settings, clock, root, source, parent=parent, spec_path=spec_path, rows=rows, seed=seed)
+        with clock.step("train"):
+            run_id, _ = steps.train(settings, root / "clean", root / "test", parent_run_id=parent, kind=model_kind)
+        result = _gate_and_serve(settings, clock, root, run_id, parent=parent, promote_policy=promote_policy)
     return {**result, "step_seconds": clock.seconds}
 
 
@@ -64,32 +70,21 @@ def retrain_inline(settings: Settings, *, source: str, spec_path: str = "", rows
                    reference_source: str = "", reference_rows: int = 0, reference_seed: int = 42,
                    base_ref: str = CHAMPION, model_params: str = "{}", promote_policy: str = "gate") -> dict[str, Any]:
     """The retraining pipeline's steps: ingest -> validate -> preprocess, ingest the reference (old) rows
-    (the pipeline's task ``ingest-2``), retrain (``base_ref`` continued and a fresh model; the better goes
-    on) -> evaluate against the champion -> register -> (gate) promote -> deploy, nested under one parent
-    MLflow run, without KFP. ``seed`` is the pipeline's ``seed`` parameter (the new data's and the
-    retraining's). Returns the parent run id, the version, the gate's verdict and each step's seconds."""
-    quiet_mlflow()
+    (the pipeline's task ``ingest-2``), retrain (``base_ref`` continued, a fresh model and a simpler fresh
+    one; the best goes on) -> evaluate against the champion -> register -> (gate) promote -> deploy, nested
+    under one parent MLflow run, without KFP. ``seed`` is the pipeline's ``seed`` parameter (the new data's
+    and the retraining's). Returns the parent run id, the version, the gate's verdict and each step's
+    seconds."""
     settings = settings.model_copy(update={"seed": seed})
-    clock = _Clock()
-    key = now_key()
-    with clock.step("open-pipeline-run"):
-        parent = start_pipeline_run(settings, "retraining-inline", key, {"source": source})
-    state = "FAILED"
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            root = Path(tmp)
-            _clean_data(settings, clock, root, source, parent=parent, spec_path=spec_path, rows=rows, seed=seed)
-            with clock.step("ingest-2"):
-                steps.ingest(settings, reference_source, root / "reference", parent_run_id=parent,
-                             spec_path=spec_path, rows=reference_rows, seed=reference_seed)
-            with clock.step("retrain"):
-                run_id, _ = steps.retrain(settings, root / "clean", root / "test", reference_dir=root / "reference",
-                                          parent_run_id=parent, base_ref=base_ref, params_json=model_params)
-            result = _gate_and_serve(settings, clock, root, run_id, parent=parent, promote_policy=promote_policy)
-        state = "SUCCEEDED"
-    finally:
-        with clock.step("close-pipeline-run"):
-            finish_pipeline_run(settings, key, state)
+    with _pipeline_run(settings, "retraining-inline", source) as (clock, root, parent):
+        _clean_data(settings, clock, root, source, parent=parent, spec_path=spec_path, rows=rows, seed=seed)
+        with clock.step("ingest-2"):
+            steps.ingest(settings, reference_source, root / "reference", parent_run_id=parent,
+                         spec_path=spec_path, rows=reference_rows, seed=reference_seed)
+        with clock.step("retrain"):
+            run_id, _ = steps.retrain(settings, root / "clean", root / "test", reference_dir=root / "reference",
+                                      parent_run_id=parent, base_ref=base_ref, params_json=model_params)
+        result = _gate_and_serve(settings, clock, root, run_id, parent=parent, promote_policy=promote_policy)
     return {**result, "step_seconds": clock.seconds}
 
 
