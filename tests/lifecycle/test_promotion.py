@@ -3,6 +3,7 @@ real `mlflow server`; the same function the CLI and the gateway's admin routes c
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -226,20 +227,25 @@ def test_a_subgroup_too_small_to_show_non_inferiority_is_tested_for_harm_and_say
         EvidenceRule(underpowered_subgroups="maybe")
 
 
-def test_a_candidate_judged_against_an_earlier_champion_is_not_promoted(mlflow_sqlite: Settings, tmp_path):
-    """A retraining's gate compared its candidate with v1; a shadow challenger (v2) became champion before the
-    pipeline's promote step ran: the candidate was never compared with v2, so it is not promoted over it."""
-    import json
-
-    from learning_machine.components import release
-    from learning_machine.errors import ConflictError
-
+@pytest.fixture
+def two_versions(mlflow_sqlite: Settings, tmp_path) -> tuple[Settings, Tracker, Any, Any]:
+    """A fresh model with a champion (v1) and a second registered version that does not serve (v2)."""
     settings = mlflow_sqlite.model_copy(update={"model_name": f"risk-{uuid.uuid4().hex[:8]}", "home": tmp_path,
                                                 "deployer": "none"})
     tracker = Tracker(settings.tracking_uri)
     data = load_dataset("synthetic-cohort", n_rows=600, seed=5)
     first = train_and_register(settings, tracker, data, kind="logistic-regression", promote="if-first").version
-    shadow = train_and_register(settings, tracker, data, kind="logistic-regression", promote="never").version
+    second = train_and_register(settings, tracker, data, kind="logistic-regression", promote="never").version
+    return settings, tracker, first, second
+
+
+def test_a_candidate_judged_against_an_earlier_champion_is_not_promoted(two_versions, tmp_path):
+    """A retraining's gate compared its candidate with v1; a shadow challenger (v2) became champion before the
+    pipeline's promote step ran: the candidate was never compared with v2, so it is not promoted over it."""
+    from learning_machine.components import release
+    from learning_machine.errors import ConflictError
+
+    settings, tracker, first, shadow = two_versions
     comparison = tmp_path / "comparison.json"
     comparison.write_text(json.dumps({"champion_version": first.version, "gate": {"reason": "better than v1"}}))
     judged = release.register(settings, str(shadow.run_id), comparison)  # the pipeline's candidate
@@ -256,21 +262,12 @@ def test_a_candidate_judged_against_an_earlier_champion_is_not_promoted(mlflow_s
     assert tracker.alias_version(settings.model_name, CHAMPION).version == again
 
 
-def test_a_candidate_proven_worse_on_the_held_out_rows_is_tagged_so_and_never_shadowed(mlflow_sqlite: Settings,
-                                                                                         tmp_path):
+def test_the_register_step_tags_a_candidate_proven_worse_on_the_held_out_rows(two_versions, tmp_path):
     """The register step records whether the gate's paired evidence showed the candidate worse than the
-    champion beyond doubt; the learning loop does not judge such a candidate in the shadow."""
-    import json
-
+    champion beyond doubt (the learning loop reads the tag and does not judge such a candidate in the shadow)."""
     from learning_machine.components import release
-    from learning_machine.model.evaluation import paired_comparison
 
-    settings = mlflow_sqlite.model_copy(update={"model_name": f"risk-{uuid.uuid4().hex[:8]}", "home": tmp_path,
-                                                "deployer": "none"})
-    tracker = Tracker(settings.tracking_uri)
-    data = load_dataset("synthetic-cohort", n_rows=600, seed=5)
-    first = train_and_register(settings, tracker, data, kind="logistic-regression", promote="if-first").version
-    other = train_and_register(settings, tracker, data, kind="logistic-regression", promote="never").version
+    settings, tracker, first, other = two_versions
     scores = _scores()
     comparison = tmp_path / "comparison.json"
     tags = {}
