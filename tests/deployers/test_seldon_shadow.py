@@ -8,18 +8,18 @@ so what it holds after a patch is what a real API server would hold."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import kubernetes
 import pytest
 from crds import crd_problems, crds_available
 from fake_kube import FakeCustomObjectsApi, FakeKubeApiServer
+from testsupport import free_port
 
 from learning_machine.deployers.base import NoDeployer
 from learning_machine.deployers.local import LocalDeployer
 from learning_machine.deployers.seldon import SeldonDeployer, SeldonDeployError
-from learning_machine.errors import ConfigurationError, ConflictError, ModelNotFoundError, ServiceUnavailableError
+from learning_machine.errors import ConfigurationError, ConflictError, ModelNotFoundError
 from learning_machine.k8s.manifests import drift_deployment, seldon_deployment, shadow_predictor
 from learning_machine.settings import Settings
 
@@ -186,24 +186,9 @@ def test_a_kubernetes_refusal_of_the_shadow_is_a_seldon_deploy_error_saying_why(
     assert [p["name"] for p in allowed.store.objects[KEY]["spec"]["predictors"]] == ["default", "shadow"]
 
 
-def test_an_unreachable_kubernetes_api_is_service_unavailable_for_the_shadow_too():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = kubernetes.client.Configuration(host=f"http://127.0.0.1:{port}")
-    config.retries = 0
-    deployer = SeldonDeployer(_settings(), api=kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(config)))
-    with pytest.raises(ServiceUnavailableError, match="unreachable"):
-        deployer.start_shadow(MODEL, "3", "4")
-    with pytest.raises(ServiceUnavailableError, match="unreachable"):
-        deployer.end_shadow(MODEL, "3")
-
-
 # -- the backends without a shadow ------------------------------------------------------------------
 def test_none_and_local_deploy_no_shadow_and_call_nothing(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    closed = f"http://127.0.0.1:{free_port()}"
     settings = Settings(home=tmp_path, model_name=MODEL)
     # The local deployer pointed at a closed port: any call to a model server would fail.
     for deployer in [NoDeployer(settings), LocalDeployer(settings, repository=tmp_path / "repo", url=closed)]:

@@ -7,7 +7,6 @@ is tested with the real kubernetes client pointed at a closed port."""
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import kubernetes
@@ -15,6 +14,7 @@ import pytest
 import yaml
 from crds import CRD_FILES, crd_problems, requires_crds, validate_resource
 from fake_kube import FakeCustomObjectsApi
+from testsupport import free_port
 
 from learning_machine.deployers import get_deployer
 from learning_machine.deployers.seldon import SeldonDeployer
@@ -189,12 +189,14 @@ def test_the_deployer_creates_then_patches_and_every_emitted_resource_validates(
 
 
 def test_an_unreachable_kubernetes_api_is_service_unavailable():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = kubernetes.client.Configuration(host=f"http://127.0.0.1:{port}")
+    config = kubernetes.client.Configuration(host=f"http://127.0.0.1:{free_port()}")
     config.retries = 0
     api = kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(config))  # the real client
     deployer = SeldonDeployer(_settings(), api=api)
     with pytest.raises(ServiceUnavailableError, match="unreachable"):
         deployer.deploy("clinical-risk", "3")
+    # The learning loop's shadow goes through the same calls.
+    with pytest.raises(ServiceUnavailableError, match="unreachable"):
+        deployer.start_shadow("clinical-risk", "3", "4")
+    with pytest.raises(ServiceUnavailableError, match="unreachable"):
+        deployer.end_shadow("clinical-risk", "3")
