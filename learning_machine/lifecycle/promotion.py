@@ -221,6 +221,13 @@ def proven_worse(evidence: Mapping[str, Any], rule: EvidenceRule, metric: str = 
     return diff + rule.z * se < 0 if GATE_METRICS[metric] else diff - rule.z * se > 0
 
 
+def leads(evidence: Mapping[str, Any], rule: EvidenceRule, metric: str = "auc") -> bool:
+    """The candidate is ahead of the champion on the point estimate of a metric it may prove itself better on
+    (``metric`` or one of ``rule.also_better_on``), proven or not."""
+    return any(float((evidence.get(m) or {}).get("diff", 0.0)) * (1 if GATE_METRICS[m] else -1) > 0
+               for m in dict.fromkeys((metric, *rule.also_better_on)))
+
+
 def evidence_metrics(evidence: dict[str, Any] | None) -> dict[str, float]:
     """The paired evidence as MLflow metrics: ``gate.auc_diff`` and its ``_ci_low``/``_ci_high``/``_p``, the
     same for log loss and Brier (candidate minus champion)."""

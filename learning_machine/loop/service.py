@@ -26,13 +26,13 @@ from learning_machine.clients.gateway import GatewayError, LearningMachineClient
 from learning_machine.data.spec import DatasetSpec
 from learning_machine.errors import ConflictError, LearningMachineError, ServiceUnavailableError
 from learning_machine.lifecycle.promotion import (
-    GATE_METRICS,
     EvidenceRule,
     champion_event,
     change_champion,
     clauses_summary,
     decide_on_evidence,
     evidence_summary,
+    leads,
     paired_metric,
     proven_worse,
 )
@@ -635,20 +635,19 @@ class LoopService:
         challenger on more post-change rows may replace it when the champion's performance is lost and the
         challenger does not lead (after ``LM_LOOP_RETRY_OUTCOMES`` new outcomes), or when the champion's
         discrimination is lost (then, while the challenger leads, on twice its rows)."""
-        ranks = "performance" not in self.monitor.policy_decision(alarms=False, cooldown=False).rules
-        alarmed = any(a.stream == "outcomes" for a in self.monitor.alarms)
-        lost = alarmed or not ranks
-        return not lost or (self._shadow_ahead() and ranks)
+        return not self._performance_lost() or (self._shadow_ahead() and not self._discrimination_lost())
 
-    def _performance_lost(self) -> bool:
-        """The serving model is worse than it was: the outcome stream alarmed, or the realised AUC is below
-        the floor."""
-        if any(a.stream == "outcomes" for a in self.monitor.alarms):
-            return True
+    def _discrimination_lost(self) -> bool:
+        """The serving model no longer ranks: its realised AUC is under the floor (the policy's rule)."""
         return "performance" in self.monitor.policy_decision(alarms=False, cooldown=False).rules
 
+    def _performance_lost(self) -> bool:
+        """The serving model is worse than it was: the outcome stream alarmed, or it no longer ranks."""
+        return any(a.stream == "outcomes" for a in self.monitor.alarms) or self._discrimination_lost()
+
     def _held(self, windows: Sequence[Any]) -> None:
-        """While a retraining runs: what the policy would decide, recorded once per retraining."""
+        """While a retraining runs or the shadow decides: what the policy would decide, recorded once per
+        retraining or shadow."""
         busy: Any = self.job if self.job is not None else self.shadow
         if busy is None or getattr(busy, "held", False) or not (windows or self.monitor.alarms):
             return
@@ -724,9 +723,8 @@ class LoopService:
                                           looks=self.shadow_plan.looks)
         metric = paired_metric(self.settings.gate_metric)
         verdict = decide_on_evidence(evidence, rule, metric=metric)
-        ahead = any(float((evidence.get(m) or {}).get("diff", 0.0)) * (1 if GATE_METRICS[m] else -1) > 0
-                    for m in dict.fromkeys((metric, *rule.also_better_on)))
-        look = {"look": len(shadow.looks) + 1, "rows": len(paired), "promote": verdict.promote, "ahead": ahead,
+        look = {"look": len(shadow.looks) + 1, "rows": len(paired), "promote": verdict.promote,
+                "ahead": leads(evidence, rule, metric),
                 "reason": verdict.reason, "evidence": evidence_summary(evidence),
                 "clauses": clauses_summary(list(verdict.clauses))}
         shadow.looks.append({k: look[k] for k in ("look", "rows", "promote", "ahead")})

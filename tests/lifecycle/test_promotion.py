@@ -13,7 +13,7 @@ import pytest
 
 from learning_machine.data.sources import load_dataset
 from learning_machine.errors import RegistryError, ServiceUnavailableError, UnknownNameError
-from learning_machine.lifecycle.promotion import EvidenceRule, change_champion, clauses_summary, decide
+from learning_machine.lifecycle.promotion import EvidenceRule, change_champion, clauses_summary, decide, leads
 from learning_machine.lifecycle.training import train_and_register
 from learning_machine.model.evaluation import paired_comparison
 from learning_machine.registry.names import CHAMPION
@@ -122,6 +122,19 @@ def test_the_evidence_gate_needs_evidence_for_every_metric_it_can_judge():
                       champion=0.7).clauses
     with pytest.raises(ValueError, match="non-inferiority margins cannot be negative"):
         EvidenceRule(noninferiority_auc=-0.1)
+
+
+def test_a_candidate_leads_on_a_point_estimate_it_may_win_on_proven_or_not():
+    """What holds a second retraining while a challenger is in the shadow: ahead on AUC, or on log-loss (a
+    recalibration), even before the evidence proves it; behind on both is not leading."""
+    data = _scores(n=120)
+    rule = EvidenceRule()
+    ahead = paired_comparison(data["y"], data["good"], data["worse"], data["groups"])
+    behind = paired_comparison(data["y"], data["worse"], data["good"], data["groups"])
+    assert leads(ahead, rule) and not leads(behind, rule)
+    calibrated = paired_comparison(data["y"], data["good"], data["overconfident"], data["groups"])
+    assert calibrated["auc"]["diff"] == pytest.approx(0, abs=1e-9) and leads(calibrated, rule)  # log-loss only
+    assert not leads(calibrated, EvidenceRule(also_better_on=()))
 
 
 def test_a_subgroup_with_too_few_events_is_reported_not_tested_and_more_looks_widen_the_intervals():
