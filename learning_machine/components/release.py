@@ -10,15 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from learning_machine.errors import ConflictError, LearningMachineError
-from learning_machine.lifecycle.promotion import (
-    PAIRED_METRICS,
-    EvidenceRule,
-    change_champion,
-    clauses_summary,
-    evidence_summary,
-    proven_worse,
-    serve,
-)
+from learning_machine.lifecycle.promotion import change_champion, clauses_summary, evidence_summary, serve
 from learning_machine.lifecycle.training import register_candidate
 from learning_machine.registry.names import CHAMPION, PREVIOUS_TAG
 from learning_machine.registry.runs import step_run
@@ -47,10 +39,8 @@ def register(settings: Settings, candidate_run_id: str, metrics_path: str | Path
             tags["lm.gate_evidence"] = evidence_summary(summary["evidence"])[:500]
         if gate.get("clauses"):
             tags["lm.gate_clauses"] = clauses_summary(gate["clauses"])[:4000]
-        if summary.get("evidence") and gate.get("z") and gate.get("metric") in PAIRED_METRICS:
-            # Worse than the champion beyond doubt on the held-out rows: no shadow can make it better.
-            worse = proven_worse(summary["evidence"], EvidenceRule(z=float(gate["z"])), gate["metric"])
-            tags[PROVEN_WORSE_TAG] = "true" if worse else "false"
+        if "proven_worse" in gate:
+            tags[PROVEN_WORSE_TAG] = "true" if gate["proven_worse"] else "false"  # the loop does not shadow it
         if "champion_version" in summary:
             tags[GATE_CHAMPION_TAG] = str(summary["champion_version"] or "")  # the promote step checks it still serves
         run_tags, run_params = tracker.run_tags_and_params(candidate_run_id)

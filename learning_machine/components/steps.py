@@ -35,6 +35,7 @@ from learning_machine.lifecycle.promotion import (
     check_policy,
     decide,
     evidence_metrics,
+    proven_worse,
 )
 from learning_machine.lifecycle.training import log_candidate
 from learning_machine.registry.names import CHAMPION
@@ -339,7 +340,9 @@ def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, me
                      **({"noninferiority": {"auc": rule.noninferiority_auc, "log_loss": rule.noninferiority_log_loss,
                                             "subgroup_auc": rule.noninferiority_subgroup_auc,
                                             "min_subgroup_events": rule.min_subgroup_events,
-                                            "underpowered_subgroups": rule.underpowered_subgroups}, "z": rule.z}
+                                            "underpowered_subgroups": rule.underpowered_subgroups}, "z": rule.z,
+                         # Worse than the champion beyond doubt: no shadow evaluation can make it better.
+                         "proven_worse": proven_worse(evidence or {}, rule, metric)}
                         if rule is not None and decision.clauses else {}),
                      "clauses": list(decision.clauses), "promote": decision.promote, "reason": decision.reason},
             "candidate_run_id": candidate_run_id, "champion_version": champion_version,

@@ -481,6 +481,7 @@ class LoopService:
     def _labelled(self) -> pd.DataFrame:
         """Realised performance of the model that serves now: its recent predictions with outcomes."""
         champion = self.tracker.alias_version(self.settings.model_name, CHAMPION)
+        # The champion is looked up here anyway: the AUC it was validated with goes to the policy with it.
         found = champion.metrics.get("auc") if champion is not None else None
         self.monitor.expected_auc = float(found) if found is not None else None
         items = self.client.labelled(limit=self.settings.monitor_performance_rows,

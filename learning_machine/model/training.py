@@ -229,8 +229,9 @@ def retrain_best(base: Pipeline, new: LoadedDataset, reference: pd.DataFrame | N
     Why all three: after a covariate shift the continued model keeps what still holds, but after a change in
     the risk relationship its old trees mislead (measured here on the generator's concept drift: the
     continued model ended 0.02-0.03 AUC short of an oracle, a fresh one within 0.003-0.017 on thousands of
-    rows); and the few hundred rows since a change overfit a model sized for thousands (default trees
-    0.03-0.05 short on 300-900 rows, the simpler ones 0.01-0.02). A tie keeps the history, then the simpler."""
+    rows); and the few hundred rows since a change overfit a model sized for thousands (on 200-900 such rows
+    the default trees ended 0.04-0.06 short of that oracle, the simpler ones 0.003-0.028: see
+    :meth:`XGBoostKind.simpler`). A tie keeps the history, then the simpler."""
     if candidates not in ("best", "warm-start", "scratch"):
         raise UnknownNameError("retraining candidates", candidates, ["best", "warm-start", "scratch"])
     kind = kind_of(base)

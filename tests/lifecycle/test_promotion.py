@@ -273,21 +273,3 @@ def test_a_candidate_judged_against_an_earlier_champion_is_not_promoted(two_vers
     again = release.register(settings, str(shadow.run_id), comparison)
     assert release.promote(settings, again) == again
     assert tracker.alias_version(settings.model_name, CHAMPION).version == again
-
-
-def test_the_register_step_tags_a_candidate_proven_worse_on_the_held_out_rows(two_versions, tmp_path):
-    """The register step records whether the gate's paired evidence showed the candidate worse than the
-    champion beyond doubt (the learning loop reads the tag and does not judge such a candidate in the shadow)."""
-    from learning_machine.components import release
-
-    settings, tracker, first, other = two_versions
-    scores = _scores()
-    comparison = tmp_path / "comparison.json"
-    tags = {}
-    for candidate, champion in (("worse", "good"), ("same", "good")):
-        evidence = paired_comparison(scores["y"], scores[candidate], scores[champion], scores["groups"])
-        comparison.write_text(json.dumps({"champion_version": first.version, "evidence": evidence,
-                                          "gate": {"metric": "auc", "z": 2.576, "reason": "test"}}))
-        version = release.register(settings, str(other.run_id), comparison)
-        tags[candidate] = tracker.version(settings.model_name, version).tags.get("lm.gate_proven_worse")
-    assert tags == {"worse": "true", "same": "false"}

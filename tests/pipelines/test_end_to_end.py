@@ -120,6 +120,8 @@ def test_retraining_promotes_a_better_candidate(trained, settings, tracker):
     assert new.tags["lm.gate_evidence"].startswith(f"candidate - champion on {comparison['held_out_rows']} paired rows: auc +")
     assert int(new.version) > int(champion.version)
     assert new.tags[PREVIOUS_TAG] == champion.version
+    assert comparison["gate"]["proven_worse"] is False and new.tags["lm.gate_proven_worse"] == "false"
+    assert new.tags["lm.gate_champion"] == champion.version  # what its promote step checked still served
     # Three candidates, the continued champion, a fresh model and a simpler fresh one; the version says which
     # won and by what.
     assert set(json.loads(new.tags["lm.candidates"])) == {"warm-start", "scratch", "scratch-simple"}
@@ -158,6 +160,10 @@ def test_retraining_refuses_a_worse_candidate(trained, settings, tracker, tmp_pa
     assert tracker.version(settings.model_name, CHAMPION).version == champion.version
     refused = tracker.version(settings.model_name, CHALLENGER)  # registered, waiting, not serving
     assert int(refused.version) > int(champion.version) and "champion kept" in refused.tags["lm.gate"]
+    # Worse beyond doubt on the held-out rows: the version says so, and the learning loop will not judge it
+    # in the shadow (only a candidate the rows could not tell from the champion goes there).
+    assert comparison["evidence"]["auc"]["ci_high"] < 0 and comparison["gate"]["proven_worse"] is True
+    assert refused.tags["lm.gate_proven_worse"] == "true"
 
 
 def test_batch_inference_from_the_command_line_writes_json_lines(trained, settings, tracker, tmp_path):
