@@ -183,6 +183,10 @@ class Settings(BaseSettings):
         "(default: the model server; in Seldon v1 the detector is a SeldonDeployment of its own).")
     max_request_bytes: int = Field(1_000_000, ge=1024, description="Largest request body the gateway accepts.")
     max_batch_rows: int = Field(1000, ge=1, description="Most records one prediction request may carry.")
+    token_cache_s: float = Field(
+        1.0, ge=0, description="Seconds the gateway remembers a valid API token before asking the database "
+        "again (expiry is checked on every request): a revoked token is refused within this time. 0: ask on "
+        "every request.")
     token_ttl_days: float = Field(90, ge=0, description="Days a new API token stays valid (`lm tokens create` and "
                                   "the tokens `lm up` makes); 0: it never expires. Tokens a deployment registers "
                                   "from its Secret (`lm tokens import`) are rotated with the Secret instead.")

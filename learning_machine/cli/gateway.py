@@ -109,7 +109,7 @@ def tokens_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--jso
 @tokens_app.command("revoke")
 def tokens_revoke(ctx: typer.Context, token_id: Annotated[int, typer.Argument(help="Id from `lm tokens list`.")],
                   ) -> None:
-    """Revoke a token: the gateway refuses it from the next request on."""
+    """Revoke a token: a running gateway refuses it within LM_TOKEN_CACHE_S (1 s by default)."""
     from learning_machine.store.tokens import revoke_token
 
     revoke_token(_database(settings_of(ctx)), token_id)

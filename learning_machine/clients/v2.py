@@ -22,12 +22,12 @@ of alibi-detect's ``data`` dict (``is_drift``, ``p_val``, ``threshold``, ``dista
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import orjson
 
 from learning_machine.data.spec import DatasetSpec
 from learning_machine.errors import LearningMachineError, ModelNotFoundError, ServiceUnavailableError
@@ -41,6 +41,7 @@ EXPLAIN_PARAMETERS = "explain_parameters"
 EXPLAIN_METHODS = ("exact", "anchors")
 # Drift outputs that are per feature (lists even when there is one feature); the others are scalars.
 LIST_OUTPUTS = frozenset({"p_val", "distance", "feature_names", "drifted_features"})
+_JSON = {"content-type": "application/json"}
 
 
 class ModelServerError(LearningMachineError):
@@ -80,19 +81,6 @@ def drift_name(model: str) -> str:
 
 
 # -- encoding ----------------------------------------------------------------------------------------
-def _number(value: Any) -> float | None:
-    if value is None:
-        return None
-    number = float(value)
-    return None if math.isnan(number) else number
-
-
-def _category(value: Any) -> str | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return str(value)
-
-
 def encode_request(spec: DatasetSpec, records: Sequence[Mapping[str, Any]], *,
                    parameters: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A V2 InferenceRequest (JSON) for ``records``, in MLServer's pandas codec (see the module doc).
@@ -100,18 +88,21 @@ def encode_request(spec: DatasetSpec, records: Sequence[Mapping[str, Any]], *,
     n = len(records)
     inputs: list[dict[str, Any]] = []
     for feature in spec.features:
+        name = feature.name
+        column = [r.get(name) for r in records]  # one pass per feature: the gateway's batches are 1,000 rows
         if feature.type == "categorical":
-            values = [_category(r.get(feature.name)) for r in records]
-            if any(v is None for v in values):
-                inputs.append({"name": feature.name, "datatype": "BYTES", "shape": [n, 1],
+            values = [None if v is None or v != v else v if type(v) is str else str(v) for v in column]
+            if None in values:
+                inputs.append({"name": name, "datatype": "BYTES", "shape": [n, 1],
                                "parameters": {"content_type": "pd_json"},
                                "data": [json.dumps(v) for v in values]})
             else:
-                inputs.append({"name": feature.name, "datatype": "BYTES", "shape": [n, 1],
+                inputs.append({"name": name, "datatype": "BYTES", "shape": [n, 1],
                                "parameters": {"content_type": "str"}, "data": values})
         else:
-            inputs.append({"name": feature.name, "datatype": "FP64", "shape": [n, 1],
-                           "data": [_number(r.get(feature.name)) for r in records]})
+            numbers = [None if v is None else float(v) for v in column]
+            inputs.append({"name": name, "datatype": "FP64", "shape": [n, 1],
+                           "data": [None if v is None or v != v else v for v in numbers]})
     rid = spec.record_id.name
     ids = [None if r.get(rid) is None else str(r.get(rid)) for r in records]
     params: dict[str, Any] = {"content_type": "pd"}
@@ -184,13 +175,16 @@ class ModelServerClient:
                  model: str | None = None, url: str | None = None, setting: str = "LM_MODEL_SERVER_URL"
                  ) -> httpx.Response:
         url = url or self.url
+        # orjson, not httpx's json=: a 1,000-row request encodes in a fraction of the time (NaN becomes null).
+        content = None if body is None else orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+        headers = _JSON if body is not None else None
         try:
             try:
-                response = self._clients[url].request(method, path, json=body)
+                response = self._clients[url].request(method, path, content=content, headers=headers)
             except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
                 # A kept-alive connection to a server that restarted (or died) since: the pool drops it,
                 # and the call (side-effect free: inference, health, metadata) goes once more on a new one.
-                response = self._clients[url].request(method, path, json=body)
+                response = self._clients[url].request(method, path, content=content, headers=headers)
         except (httpx.TransportError, httpx.TimeoutException) as exc:
             raise ServiceUnavailableError(
                 f"model server at {url} is unreachable ({type(exc).__name__}); start it with `lm serve` "
@@ -214,7 +208,7 @@ class ModelServerClient:
                setting: str = "LM_MODEL_SERVER_URL") -> dict[str, Any]:
         response = self._request("POST", f"/v2/models/{model}/infer", body=body, model=model, url=url,
                                  setting=setting)
-        return dict(response.json())
+        return dict(orjson.loads(response.content))
 
     # -- health and metadata ------------------------------------------------------------------------
     def ready(self) -> bool:

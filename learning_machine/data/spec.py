@@ -22,6 +22,7 @@ FeatureType = Literal["numeric", "integer", "categorical"]
 RECORD_ID_MAX_CHARS = 128
 """A record id is a string of 1 to 128 printable characters without surrounding spaces, or an integer."""
 MAX_INTEGER_ID = 10**15 - 1
+_LARGEST_NUMBER = 10**15  # an integer feature value beyond this is out of range (float() of huge ones overflows)
 """Integer record ids beyond 15 digits are refused (they do not survive a trip through a float)."""
 
 
@@ -203,6 +204,10 @@ class DatasetSpec(_Strict):
             problems.append(Problem(self.target.name, None, "required", f"the outcome {self.target.name!r} is required", rid))
         return problems
 
+    def record_check(self) -> RecordCheck:
+        """A fast, conservative check of records against this spec (see :class:`RecordCheck`)."""
+        return RecordCheck(self)
+
     def _check_target(self, value: Any, rid: Any) -> list[Problem]:
         if parse_label(value) is None:
             return [Problem(self.target.name, _jsonable(value), "category",
@@ -337,6 +342,58 @@ def _jsonable(value: Any) -> Any:
     return encodable(value)
 
 
+class RecordCheck:
+    """The common case of :meth:`DatasetSpec.validate_record`, compiled once per spec: :meth:`valid` is True
+    only for a record that the full check accepts (a JSON object with a sane id, every feature present and of
+    its type, in range or among its categories, an outcome spelled as 0/1 if any). False means "not sure":
+    the caller runs :meth:`DatasetSpec.validate_record`, which names every problem. So the answers never
+    differ; this only skips the per-field Problem machinery on the hot path (the gateway's batches)."""
+
+    def __init__(self, spec: DatasetSpec) -> None:
+        self.id_field = spec.record_id.name
+        self.target = spec.target.name
+        self.required = frozenset([self.id_field, *spec.feature_names])
+        self.allowed = frozenset([*self.required, self.target])
+        # (name, nullable, categories or None, low, high, whole numbers only)
+        self.fields = [(f.name, f.nullable, frozenset(f.categories or ()) if f.type == "categorical" else None,
+                        *(f.range or (0.0, 0.0)), f.type == "integer") for f in spec.features]
+
+    def valid(self, record: Any) -> bool:
+        if type(record) is not dict:
+            return False
+        keys = record.keys()
+        if not (self.required <= keys and keys <= self.allowed):
+            return False
+        rid = record[self.id_field]
+        if type(rid) is str:
+            if not (0 < len(rid) <= RECORD_ID_MAX_CHARS and rid.isascii() and rid.isprintable()
+                    and rid[0] != " " and rid[-1] != " "):
+                return False
+        elif type(rid) is not int or not -MAX_INTEGER_ID <= rid <= MAX_INTEGER_ID:
+            return False
+        for name, nullable, categories, low, high, whole in self.fields:
+            value = record[name]
+            if value is None:
+                if not nullable:
+                    return False
+            elif categories is not None:
+                if type(value) is not str or value not in categories:
+                    return False
+            elif type(value) is int:
+                if not (low <= value <= high and -_LARGEST_NUMBER <= value <= _LARGEST_NUMBER):
+                    return False
+            elif type(value) is float:
+                # NaN fails the comparison: the full check decides (a missing value where nullable).
+                if not (low <= value <= high and math.isfinite(value)) or (whole and not value.is_integer()):
+                    return False
+            else:
+                return False
+        if self.target in record:
+            value = record[self.target]
+            return value is None or (value in (0, 1) and type(value) in (int, bool))
+        return True
+
+
 def check_record_id(field_name: str, value: Any) -> Problem | None:
     """The one rule for record ids, wherever one arrives (a record, an outcome, an explanation request):
     a string of 1 to 128 printable characters without surrounding spaces, or an integer of at most 15
@@ -388,7 +445,7 @@ def _check_value(feat: FeatureSpec, value: Any, rid: Any) -> list[Problem]:
         return []
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         return [Problem(feat.name, _jsonable(value), "type", f"{feat.name!r} must be a number", rid)]
-    if isinstance(value, int) and abs(value) > 10**15:  # float() of a 400-digit integer overflows
+    if isinstance(value, int) and abs(value) > _LARGEST_NUMBER:  # float() of a 400-digit integer overflows
         return [Problem(feat.name, _jsonable(value), "range", f"{feat.name!r} must be between "
                         f"{feat.range[0]:g} and {feat.range[1]:g}" if feat.range else f"{feat.name!r} is too large",
                         rid)]

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from learning_machine.clients.v2 import ModelServerClient
 from learning_machine.data.sources import spec_for
 from learning_machine.gateway import admin_routes, monitor_routes, problems, service
+from learning_machine.gateway.auth import TokenCache
 from learning_machine.gateway.edge import EdgeMiddleware, Metrics
 from learning_machine.gateway.routes import router
 from learning_machine.gateway.service import GatewayContext
@@ -30,12 +31,14 @@ Every route under `/v1` needs `Authorization: Bearer <token>`; a token carries o
 
 def build_context(settings: Settings) -> GatewayContext:
     """The app's long-lived parts. Nothing connects yet: the database is migrated at start-up."""
+    db = Database(settings.database_uri())
     return GatewayContext(
         settings=settings,
-        db=Database(settings.database_uri()),
+        db=db,
         model_server=ModelServerClient.from_settings(settings),
         spec=spec_for(settings.dataset, settings.dataset_spec),
         metrics=Metrics(),
+        tokens=TokenCache(db, settings.token_cache_s),
     )
 
 
@@ -47,6 +50,7 @@ def create_app(settings: Settings, *, context: GatewayContext | None = None) -> 
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(ctx.db.upgrade)
         yield
+        await run_in_threadpool(ctx.predictions.close)  # answer what is queued before the connections go
         ctx.model_server.close()
         ctx.db.dispose()
 

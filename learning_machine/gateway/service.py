@@ -11,25 +11,32 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
-from learning_machine.clients.v2 import ModelServerClient
-from learning_machine.data.spec import DatasetSpec, parse_label
+from learning_machine.clients.v2 import ModelServerClient, Prediction
+from learning_machine.data.spec import DatasetSpec, RecordCheck, parse_label
 from learning_machine.errors import (
     BadRequestError,
     ConflictError,
+    LearningMachineError,
     ModelNotFoundError,
     PayloadTooLargeError,
     Problem,
     RecordValidationError,
     ServiceUnavailableError,
+    encodable,
 )
+from learning_machine.gateway.auth import TokenCache
 from learning_machine.gateway.edge import Metrics
 from learning_machine.settings import Settings
 from learning_machine.store import repository
 from learning_machine.store.db import Database
+
+if TYPE_CHECKING:
+    from learning_machine.gateway.batching import PredictionBatcher
 
 
 @dataclass
@@ -41,12 +48,24 @@ class GatewayContext:
     model_server: ModelServerClient
     spec: DatasetSpec
     metrics: Metrics
+    tokens: TokenCache
     _tracker: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def model_name(self) -> str:
         return self.settings.model_name
+
+    @cached_property
+    def record_check(self) -> RecordCheck:
+        return self.spec.record_check()
+
+    @cached_property
+    def predictions(self) -> PredictionBatcher:
+        """Groups concurrent prediction requests into one model call and one transaction (group commit)."""
+        from learning_machine.gateway.batching import PredictionBatcher
+
+        return PredictionBatcher(self, max_rows=self.settings.max_batch_rows)
 
     def tracker(self) -> Any:
         """The registry client, made on first use."""
@@ -76,9 +95,15 @@ def split_payload(payload: Mapping[str, Any], max_rows: int) -> tuple[list[Any],
     return records, True
 
 
-def validate_records(spec: DatasetSpec, records: list[Any], *, batch: bool) -> list[Mapping[str, Any]]:
+def validate_records(spec: DatasetSpec, records: list[Any], *, batch: bool,
+                     check: RecordCheck | None = None) -> list[Mapping[str, Any]]:
     """The records, unchanged, when every one is valid; else :class:`RecordValidationError` listing
-    every problem of every record (with its index in the batch)."""
+    every problem of every record (with its index in the batch). ``check``: the spec's compiled fast check
+    (:meth:`DatasetSpec.record_check`); a batch it passes whole is not checked field by field again."""
+    if check is not None:
+        ids = {str(r[check.id_field]) for r in records if check.valid(r)}
+        if len(ids) == len(records):  # all valid, no id twice
+            return records
     problems: list[tuple[int, Problem]] = []
     seen: dict[str, int] = {}
     for index, record in enumerate(records):
@@ -109,39 +134,60 @@ def _is_nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
-def predict(ctx: GatewayContext, payload: Mapping[str, Any], request_id: str, *, retry: bool = False,
-            ) -> dict[str, Any]:
-    """Validate, predict, store; the response mirrors the request (one record or a batch). ``retry``: the
-    caller chose the request id, so this may be a retry of a request that was stored but whose answer was
-    lost; then the stored answer is returned (one indexed lookup, only for caller-chosen ids)."""
+def prepare(ctx: GatewayContext, payload: Any) -> tuple[list[Mapping[str, Any]], bool]:
+    """The records of a prediction request body, validated, and whether it was a batch. Nothing is asked or
+    stored yet: a request refused here (400, 413, 422 listing every problem) leaves no trace."""
+    if not isinstance(payload, Mapping):
+        raise RecordValidationError([Problem("<body>", encodable(payload), "type",
+                                             "the body must be a JSON object: one record, or {\"records\": [...]}")])
     raw, batch = split_payload(payload, ctx.settings.max_batch_rows)
-    records = validate_records(ctx.spec, raw, batch=batch)
-    if retry:
-        stored = repository.predictions_for_request(ctx.db, request_id)
-        if stored:
-            return _answer(_replayed(ctx, records, stored, request_id), request_id, batch)
+    return validate_records(ctx.spec, raw, batch=batch, check=ctx.record_check), batch
+
+
+def predict_records(ctx: GatewayContext, records: Sequence[Mapping[str, Any]]) -> list[Prediction]:
+    """The model server's answers for ``records`` (of one request or of several grouped), in order."""
     started = time.perf_counter()
     try:
-        answers = ctx.model_server.predict(ctx.model_name, ctx.spec, records)
+        return ctx.model_server.predict(ctx.model_name, ctx.spec, records)
     except ModelNotFoundError as exc:
         raise _not_served(ctx, exc) from exc
     finally:
         ctx.metrics.model_server_seconds.labels("predict").observe(time.perf_counter() - started)
-    latency_ms = (time.perf_counter() - started) * 1000
+
+
+def store_answers(ctx: GatewayContext, requests: Sequence[tuple[Sequence[Mapping[str, Any]], Sequence[Prediction],
+                                                                 str, float]],
+                  ) -> list[list[dict[str, Any]] | LearningMachineError]:
+    """Store each request's records and predictions (``(records, answers, request id, model-call ms)``), all
+    in one transaction; per request its stored predictions or the error that refused it alone."""
     rid, target = ctx.spec.record_id.name, ctx.spec.target.name
-    items = [repository.NewPrediction(
-        record_id=str(record[rid]), features=features_of(ctx.spec, record), probability=answer.probability,
-        label=answer.label, model_version=answer.model_version,
+    names = ctx.spec.feature_names
+    batch = [repository.PredictionRequest([repository.NewPrediction(
+        record_id=str(record[rid]),
+        features={n: None if (v := record.get(n)) != v else v for n in names},  # NaN (never equal) is missing
+        probability=answer.probability, label=answer.label, model_version=answer.model_version,
         outcome=parse_label(record[target]) if record.get(target) is not None else None)
-        for record, answer in zip(records, answers, strict=True)]
-    stored = repository.store_predictions(ctx.db, items, model_name=ctx.model_name, latency_ms=latency_ms,
-                                          request_id=request_id)
-    for version, count in Counter(row["model_version"] for row in stored).items():
+        for record, answer in zip(records, answers, strict=True)], request_id, latency_ms)
+        for records, answers, request_id, latency_ms in requests]
+    results = repository.store_prediction_requests(ctx.db, batch, model_name=ctx.model_name)
+    versions = Counter(row["model_version"] for result in results if not isinstance(result, Exception)
+                       for row in result)
+    for version, count in versions.items():
         ctx.metrics.predictions.labels(version).inc(count)
-    return _answer(stored, request_id, batch)
+    return results
 
 
-def _answer(stored: list[dict[str, Any]], request_id: str, batch: bool) -> dict[str, Any]:
+def stored_answer(ctx: GatewayContext, records: Sequence[Mapping[str, Any]], request_id: str,
+                  ) -> list[dict[str, Any]] | None:
+    """For a caller-chosen request id (a retry after a lost answer): the predictions stored by the first
+    request with this id, in the order of ``records``, or None when nothing is stored under it (one indexed
+    lookup). A request id reused for other records is a :class:`ConflictError`."""
+    stored = repository.predictions_for_request(ctx.db, request_id)
+    return _replayed(ctx, records, stored, request_id) if stored else None
+
+
+def answer(stored: list[dict[str, Any]], request_id: str, batch: bool) -> dict[str, Any]:
+    """The response body: one prediction, or the batch's in request order."""
     out = [{"record_id": r["record_id"], "probability": r["probability"], "label": r["label"],
             "model_version": r["model_version"], "request_id": request_id} for r in stored]
     if not batch:
@@ -149,7 +195,7 @@ def _answer(stored: list[dict[str, Any]], request_id: str, batch: bool) -> dict[
     return {"request_id": request_id, "predictions": out}
 
 
-def _replayed(ctx: GatewayContext, records: list[Mapping[str, Any]], stored: list[dict[str, Any]],
+def _replayed(ctx: GatewayContext, records: Sequence[Mapping[str, Any]], stored: list[dict[str, Any]],
               request_id: str) -> list[dict[str, Any]]:
     """The stored predictions of a retried request, in the order of its records; a request id reused for
     other records is a conflict (the caller must use a fresh id per batch)."""

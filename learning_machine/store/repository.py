@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Connection, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from learning_machine.errors import ConflictError, NotFoundError
+from learning_machine.errors import ConflictError, LearningMachineError, NotFoundError, ServiceUnavailableError
+from learning_machine.store.bulk import insert_rows
 from learning_machine.store.db import Database
 from learning_machine.store.models import (
     ApiToken,
@@ -58,17 +59,62 @@ class Page:
 
 
 # -- writes -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PredictionRequest:
+    """The predictions of one API request, to store all or none."""
+
+    items: Sequence[NewPrediction]
+    request_id: str
+    latency_ms: float
+
+
 def store_predictions(db: Database, items: Sequence[NewPrediction], *, model_name: str, latency_ms: float,
                       request_id: str, source: str = "api") -> list[dict[str, Any]]:
-    """Store every record (new, or identical to the stored one) with its prediction, all in one transaction.
-    Concurrent requests carrying the same new record are both stored: the one that loses the race to insert
-    the record reads the winner's and goes on (a :class:`ConflictError` only when the features differ)."""
+    """Store every record (new, or identical to the stored one) with its prediction, all in one transaction;
+    the stored predictions, or the error (a :class:`ConflictError` when a record or outcome is stored with
+    other values) with nothing stored."""
+    result = store_prediction_requests(db, [PredictionRequest(items, request_id, latency_ms)],
+                                       model_name=model_name, source=source)[0]
+    if isinstance(result, LearningMachineError):
+        raise result
+    return result
+
+
+def store_prediction_requests(db: Database, requests: Sequence[PredictionRequest], *, model_name: str,
+                              source: str = "api") -> list[list[dict[str, Any]] | LearningMachineError]:
+    """Store several requests' predictions in one transaction (group commit: the gateway groups concurrent
+    requests, and one commit costs the same for one row or many). Each request is still all or nothing and
+    gets its own result, in order: its stored predictions, or the error that refused it with nothing of it
+    stored. A request whose record contradicts a stored one (or an earlier request of the group) is refused
+    alone; when the database itself refuses the group (a value it cannot hold), each request is stored on its
+    own so that only the offending one fails. Concurrent writers of the same new record (other processes)
+    are both stored: the one that loses the race to insert it reads the winner's row and goes on."""
+    try:
+        return _with_retries(db, requests, model_name=model_name, source=source)
+    except ServiceUnavailableError as exc:
+        return [exc] * len(requests)
+    except LearningMachineError as exc:
+        if len(requests) == 1:
+            return [exc]
+    results: list[list[dict[str, Any]] | LearningMachineError] = []
+    for request in requests:
+        results += store_prediction_requests(db, [request], model_name=model_name, source=source)
+    return results
+
+
+def _with_retries(db: Database, requests: Sequence[PredictionRequest], *, model_name: str, source: str,
+                  ) -> list[list[dict[str, Any]] | LearningMachineError]:
+    try:
+        # The common case, new records: insert without reading first (no round trip, no 1,000-id lookup).
+        # A record or outcome stored already makes the insert fail and roll back whole; then the careful way.
+        return _store_requests_once(db, requests, model_name=model_name, source=source, optimistic=True)
+    except IntegrityError:
+        pass
     for attempt in range(3):
         try:
-            return _store_predictions_once(db, items, model_name=model_name, latency_ms=latency_ms,
-                                           request_id=request_id, source=source)
+            return _store_requests_once(db, requests, model_name=model_name, source=source, optimistic=False)
         except IntegrityError as exc:
-            # Another request stored one of these records between our read and our insert: read it again
+            # Another process stored one of these records between our read and our insert: read it again
             # (the whole transaction was rolled back, nothing of this attempt is stored).
             if attempt == 2:
                 raise ConflictError("a record in this request was stored concurrently by another request; "
@@ -76,27 +122,49 @@ def store_predictions(db: Database, items: Sequence[NewPrediction], *, model_nam
     raise AssertionError("unreachable")
 
 
-def _store_predictions_once(db: Database, items: Sequence[NewPrediction], *, model_name: str, latency_ms: float,
-                            request_id: str, source: str) -> list[dict[str, Any]]:
+def _store_requests_once(db: Database, requests: Sequence[PredictionRequest], *, model_name: str, source: str,
+                         optimistic: bool) -> list[list[dict[str, Any]] | LearningMachineError]:
+    """One transaction for the group. ``optimistic``: assume every record and outcome is new (the database's
+    unique constraints refuse the transaction when one is not); else read which exist first, and refuse the
+    requests that contradict them."""
     now = utcnow()
-    # Core inserts, not ORM objects: this is the gateway's hot path and the unit of work's bookkeeping
-    # cost more than the SQL here.
-    predictions = [{"record_id": i.record_id, "model_name": model_name, "model_version": i.model_version,
-                    "probability": float(i.probability), "label": int(i.label), "latency_ms": float(latency_ms),
-                    "request_id": request_id, "created_at": now} for i in items]
-    with db.transaction() as session:
-        stored = _stored_features(session, [i.record_id for i in items])
-        new_records = _new_records(stored, [(i.record_id, i.features) for i in items], source, now)
-        if new_records:  # records first: the predictions reference them
-            session.execute(insert(Record), new_records)
-        labelled = [(i.record_id, i.outcome) for i in items if i.outcome is not None]
-        if labelled:
-            new_outcomes = _new_outcomes(session, labelled, source, now)
-            if new_outcomes:
-                session.execute(insert(Outcome), new_outcomes)
-        session.execute(insert(Prediction), predictions)
     created = _iso(now)  # once: one transaction, one time
-    return [{**p, "created_at": created} for p in predictions]
+    results: list[list[dict[str, Any]] | LearningMachineError] = []
+    records: list[dict[str, Any]] = []
+    outcomes: list[dict[str, Any]] = []
+    predictions: list[dict[str, Any]] = []
+    with db.connection() as session:  # Core: no ORM session on the hot path
+        stored: dict[str, dict[str, Any]] = {}
+        known_outcomes: dict[str, int] = {}
+        if not optimistic:  # one read for the whole group: which records (and outcomes) exist already
+            stored = _stored_features(session, [i.record_id for r in requests for i in r.items])
+            labelled = {i.record_id for r in requests for i in r.items if i.outcome is not None}
+            if labelled:
+                known_outcomes = dict(session.execute(select(Outcome.record_id, Outcome.outcome).where(
+                    Outcome.record_id.in_(labelled))).tuples().all())
+        for request in requests:
+            try:
+                new_records = _new_records(stored, [(i.record_id, i.features) for i in request.items], source, now)
+                new_outcomes = _new_outcomes(known_outcomes, [(i.record_id, i.outcome) for i in request.items
+                                                              if i.outcome is not None], source, now)
+            except ConflictError as exc:
+                results.append(exc)
+                continue
+            stored.update((r["record_id"], r["features"]) for r in new_records)
+            known_outcomes.update((o["record_id"], o["outcome"]) for o in new_outcomes)
+            records += new_records
+            outcomes += new_outcomes
+            rows = [{"record_id": i.record_id, "model_name": model_name, "model_version": i.model_version,
+                     "probability": float(i.probability), "label": int(i.label),
+                     "latency_ms": float(request.latency_ms), "request_id": request.request_id, "created_at": now}
+                    for i in request.items]
+            predictions += rows
+            results.append([{**p, "created_at": created} for p in rows])
+        # Records first: the predictions reference them. Straight through the driver (store.bulk).
+        insert_rows(session, Record.__table__, records)  # type: ignore[arg-type]
+        insert_rows(session, Outcome.__table__, outcomes)  # type: ignore[arg-type]
+        insert_rows(session, Prediction.__table__, predictions)  # type: ignore[arg-type]
+    return results
 
 
 def store_explanation(db: Database, *, record_id: str, features: Mapping[str, Any] | None, model_name: str,
@@ -273,7 +341,7 @@ def save_monitor_state(db: Database, name: str, state: Mapping[str, Any], *, ver
         raise ConflictError(f"the monitor state {name!r} was created concurrently; read it again") from exc
 
 
-def _stored_features(session: Session, record_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+def _stored_features(session: Session | Connection, record_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     if not record_ids:
         return {}
     rows = session.execute(select(Record.record_id, Record.features).where(Record.record_id.in_(set(record_ids))))
@@ -287,38 +355,39 @@ def _outcomes_by_id(session: Session, record_ids: Sequence[str]) -> dict[str, Ou
     return {r.record_id: r for r in rows}
 
 
-def _new_records(stored: dict[str, dict[str, Any]], records: Sequence[tuple[str, Mapping[str, Any]]], source: str,
-                 now: datetime) -> list[dict[str, Any]]:
-    """Rows to insert for records not stored yet. A record id names one encounter: sending it again is
-    fine, with other values it is a conflict (and the whole request is refused)."""
-    new = []
+def _new_records(stored: Mapping[str, Mapping[str, Any]], records: Sequence[tuple[str, Mapping[str, Any]]],
+                 source: str, now: datetime) -> list[dict[str, Any]]:
+    """Rows to insert for records not stored yet (``stored`` is left as it is). A record id names one
+    encounter: sending it again is fine, with other values it is a conflict (and the whole request is refused)."""
+    new: dict[str, dict[str, Any]] = {}
     for record_id, features in records:
         known = stored.get(record_id)
+        if known is None and record_id in new:
+            known = new[record_id]["features"]
         if known is None:
-            stored[record_id] = dict(features)
-            new.append({"record_id": record_id, "features": dict(features), "received_at": now, "source": source})
+            new[record_id] = {"record_id": record_id, "features": dict(features), "received_at": now,
+                              "source": source}
         elif not same_features(known, features):
             changed = sorted(k for k in {*known, *features} if not _same_value(known.get(k), features.get(k)))
             raise ConflictError(f"record {record_id!r} is already stored with other values for "
                                 f"{', '.join(changed)}; use a new record id",
                                 detail={"record_id": record_id, "fields": changed})
-    return new
+    return list(new.values())
 
 
-def _new_outcomes(session: Session, labelled: Sequence[tuple[str, int]], source: str,
+def _new_outcomes(stored: Mapping[str, int], labelled: Sequence[tuple[str, int]], source: str,
                   now: datetime) -> list[dict[str, Any]]:
-    """Rows to insert for outcomes sent with their records; one that contradicts a stored outcome is a conflict."""
-    stored = dict(session.execute(select(Outcome.record_id, Outcome.outcome)
-                                  .where(Outcome.record_id.in_({rid for rid, _ in labelled}))).tuples().all())
-    new = []
+    """Rows to insert for outcomes sent with their records (``stored``: the outcomes already stored, left as
+    it is); one that contradicts a stored outcome is a conflict."""
+    new: dict[str, dict[str, Any]] = {}
     for record_id, outcome in labelled:
-        if record_id not in stored:
-            stored[record_id] = outcome
-            new.append({"record_id": record_id, "outcome": outcome, "received_at": now, "source": source})
-        elif stored[record_id] != outcome:
-            raise ConflictError(f"record {record_id!r} already has outcome {stored[record_id]}, not {outcome}",
-                                detail={"record_id": record_id, "stored": stored[record_id], "sent": outcome})
-    return new
+        known = stored.get(record_id, new[record_id]["outcome"] if record_id in new else None)
+        if known is None:
+            new[record_id] = {"record_id": record_id, "outcome": outcome, "received_at": now, "source": source}
+        elif known != outcome:
+            raise ConflictError(f"record {record_id!r} already has outcome {known}, not {outcome}",
+                                detail={"record_id": record_id, "stored": known, "sent": outcome})
+    return list(new.values())
 
 
 def same_features(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:

@@ -64,6 +64,14 @@ def create_token(db: Database, role: str, name: str = "", ttl_days: float | None
 
 def authenticate(db: Database, token: str | None) -> Principal:
     """The principal of a valid, unrevoked token; :class:`AuthenticationError` otherwise."""
+    principal, expires_at = lookup_token(db, token)
+    check_expiry(principal, expires_at)
+    return principal
+
+
+def lookup_token(db: Database, token: str | None) -> tuple[Principal, datetime | None]:
+    """The principal of a known, unrevoked token and when it expires (None: never); whether it has expired
+    is :func:`check_expiry`'s question (a cache of this answer asks it on every use)."""
     if not token:
         raise AuthenticationError("a bearer token is required: send 'Authorization: Bearer <token>' "
                                   "(create one with `lm tokens create --role ROLE`)")
@@ -71,10 +79,14 @@ def authenticate(db: Database, token: str | None) -> Principal:
         row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
     if row is None or row.revoked:
         raise AuthenticationError("the bearer token is unknown or revoked")
-    if row.expires_at is not None and _aware(row.expires_at) <= utcnow():
-        raise AuthenticationError(f"the bearer token {row.name!r} expired at {_aware(row.expires_at).isoformat()}; "
+    return Principal(row.id, row.name, row.role), None if row.expires_at is None else _aware(row.expires_at)
+
+
+def check_expiry(principal: Principal, expires_at: datetime | None) -> None:
+    """Raise :class:`AuthenticationError` when the token expired."""
+    if expires_at is not None and expires_at <= utcnow():
+        raise AuthenticationError(f"the bearer token {principal.name!r} expired at {expires_at.isoformat()}; "
                                   "ask an admin for a new one (`lm tokens create --role ROLE`)")
-    return Principal(row.id, row.name, row.role)
 
 
 def _aware(moment: datetime) -> datetime:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -16,8 +16,7 @@ import pytest
 from gateway_harness import RunningGateway, make_records, problem, sqlite_gateway
 
 from learning_machine.data.spec import RecordIdSpec
-from learning_machine.store.models import ApiToken, utcnow
-from learning_machine.store.tokens import create_token
+from learning_machine.store.tokens import create_token, revoke_token
 
 
 def raw_post(gateway: RunningGateway, path: str, body: bytes | str, role: str = "data-scientist",
@@ -155,13 +154,25 @@ def test_sixteen_clients_posting_the_same_outcome_all_succeed(gateway: RunningGa
 
 
 def test_an_expired_token_is_refused_saying_so(gateway: RunningGateway) -> None:
-    token, principal = create_token(gateway.db, "clinician", "short-lived", ttl_days=1)
+    # The gateway remembers valid tokens (LM_TOKEN_CACHE_S) but checks their expiry on every request: a token
+    # that expires while remembered is refused at once.
+    lifetime_s = 1.5
+    token, _ = create_token(gateway.db, "clinician", "short-lived", ttl_days=lifetime_s / 86400)
     with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {token}"}) as client:
         assert client.get("/v1/whoami").status_code == 200
-        with gateway.db.transaction() as session:
-            session.get(ApiToken, principal.token_id).expires_at = utcnow() - timedelta(seconds=1)
+        time.sleep(lifetime_s + 0.1)
         body = problem(client.get("/v1/whoami"), 401)
     assert "expired" in body["detail"] and token not in json.dumps(body)
+
+
+def test_a_revoked_token_is_refused_within_the_token_cache_time(gateway: RunningGateway) -> None:
+    token, principal = create_token(gateway.db, "clinician", "revoked soon")
+    with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {token}"}) as client:
+        assert client.get("/v1/whoami").status_code == 200
+        revoke_token(gateway.db, principal.token_id)
+        time.sleep(gateway.settings.token_cache_s + 0.1)
+        body = problem(client.get("/v1/whoami"), 401)
+    assert "revoked" in body["detail"]
 
 
 def test_the_openapi_document_types_the_records_by_the_dataset_spec(gateway: RunningGateway) -> None:

@@ -1,0 +1,212 @@
+"""Group commit for predictions: concurrent prediction requests share one model-server call and one database
+transaction, and each is answered only once its rows are committed.
+
+Two worker threads form a two-stage pipeline, so that the model server and the database work at the same time:
+
+* the **model stage** takes every request waiting (up to ``max_rows`` records), asks the model server once
+  for all their records (:func:`service.predict_records`) and hands the group to the store stage;
+* the **store stage** takes every group waiting and stores all their records and predictions in one
+  transaction (:func:`repository.store_prediction_requests`), then answers each request.
+
+A request that waits alone is sent alone, at once: there is no timer, so one client sees no added delay and
+many clients see fewer, larger calls. Each request stays all or nothing: a request whose record contradicts a
+stored one is refused alone; when the grouped model call fails for a reason that may be one request's
+(anything but the model server being down), every request of the group is sent again on its own, so only
+the offending one fails. The logic lives in :mod:`learning_machine.gateway.service` and the store; this
+module is only the wiring."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from learning_machine.clients.v2 import Prediction
+from learning_machine.errors import ServiceUnavailableError
+
+if TYPE_CHECKING:
+    from learning_machine.gateway.service import GatewayContext
+
+log = logging.getLogger("learning_machine.gateway")
+
+
+@dataclass(eq=False)
+class Job:
+    """One prediction request on its way through the stages."""
+
+    records: Sequence[Mapping[str, Any]]
+    request_id: str
+    retry: bool
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[list[dict[str, Any]]]
+    answers: list[Prediction] = field(default_factory=list)
+    latency_ms: float = 0.0
+
+    def finish(self, result: list[dict[str, Any]] | BaseException) -> None:
+        """Hand the result to the request's event loop (from a worker thread)."""
+        self.loop.call_soon_threadsafe(_settle, self.future, result)
+
+
+def _settle(future: asyncio.Future[list[dict[str, Any]]], result: list[dict[str, Any]] | BaseException) -> None:
+    if future.done():  # the client went away; what was stored stays stored (a retry gets it back)
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+_STOP = object()
+
+
+class PredictionBatcher:
+    """The two stages (threads started on first use) and their queues; :meth:`submit` from the event loop."""
+
+    def __init__(self, ctx: GatewayContext, *, max_rows: int) -> None:
+        self.ctx = ctx
+        self.max_rows = max_rows
+        self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._stores: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._carry: Job | None = None
+
+    async def submit(self, records: Sequence[Mapping[str, Any]], request_id: str, *, retry: bool = False,
+                     ) -> list[dict[str, Any]]:
+        """Predict and store ``records`` (validated); the stored predictions, in order, once committed."""
+        self._start()
+        loop = asyncio.get_running_loop()
+        job = Job(records, request_id, retry, loop, loop.create_future())
+        self._calls.put(job)
+        return await job.future
+
+    def _start(self) -> None:
+        if self._threads:
+            return
+        with self._lock:
+            if not self._threads:
+                self._threads = [threading.Thread(target=self._guard, args=(stage,), name=f"predictions-{name}",
+                                                  daemon=True)
+                                 for name, stage in (("model", self._model_stage), ("store", self._store_stage))]
+                for thread in self._threads:
+                    thread.start()
+
+    def close(self, timeout_s: float = 30) -> None:
+        """Finish the requests already queued, then stop the threads."""
+        with self._lock:
+            threads, self._threads = self._threads, []
+        if threads:
+            self._calls.put(_STOP)
+            for thread in threads:
+                thread.join(timeout=timeout_s)
+
+    # -- the stages (worker threads) ---------------------------------------------------------------------
+    def _guard(self, stage: Any) -> None:
+        try:
+            stage()
+        except BaseException:  # pragma: no cover - a bug in a stage must be loud, not a hung gateway
+            log.exception("the prediction worker %s stopped", threading.current_thread().name)
+            raise
+
+    def _take(self, first: Any) -> tuple[list[Job], bool]:
+        """``first`` and every job waiting behind it, up to ``max_rows`` records; and whether to stop after."""
+        group: list[Job] = [first]
+        rows = len(first.records)
+        while True:
+            try:
+                job = self._calls.get_nowait()
+            except queue.Empty:
+                return group, False
+            if job is _STOP:
+                return group, True
+            if rows + len(job.records) > self.max_rows:
+                self._carry = job  # the next group starts with it
+                return group, False
+            group.append(job)
+            rows += len(job.records)
+
+    def _model_stage(self) -> None:
+        from learning_machine.gateway import service
+
+        while True:
+            first = self._carry if self._carry is not None else self._calls.get()
+            self._carry = None
+            if first is _STOP:
+                break
+            group, stop = self._take(first)
+            waiting = [job for job in group if not self._replayed(job)]
+            if waiting:
+                for job, result in zip(waiting, self._predict(service, waiting), strict=True):
+                    if isinstance(result, BaseException):
+                        job.finish(result)
+                    else:
+                        job.answers, job.latency_ms = result
+                self._stores.put([job for job in waiting if job.answers])
+            if stop:
+                break
+        self._stores.put(_STOP)
+
+    def _replayed(self, job: Job) -> bool:
+        """A caller-chosen request id that is stored already: answer with the stored predictions."""
+        from learning_machine.gateway import service
+
+        if not job.retry:
+            return False
+        try:
+            stored = service.stored_answer(self.ctx, job.records, job.request_id)
+        except Exception as exc:  # noqa: BLE001 - the request's own error (a conflict, the database down)
+            job.finish(exc)
+            return True
+        if stored is None:
+            return False
+        job.finish(stored)
+        return True
+
+    def _predict(self, service: Any, jobs: list[Job]) -> list[tuple[list[Prediction], float] | BaseException]:
+        records = [r for job in jobs for r in job.records]
+        started = time.perf_counter()
+        try:
+            answers = service.predict_records(self.ctx, records)
+        except ServiceUnavailableError as exc:
+            return [exc] * len(jobs)
+        except Exception as exc:  # noqa: BLE001 - whose fault it is, each request alone tells
+            if len(jobs) == 1:
+                return [exc]
+            return [one for job in jobs for one in self._predict(service, [job])]
+        latency_ms = (time.perf_counter() - started) * 1000
+        out: list[tuple[list[Prediction], float] | BaseException] = []
+        start = 0
+        for job in jobs:
+            out.append((answers[start:start + len(job.records)], latency_ms))
+            start += len(job.records)
+        return out
+
+    def _store_stage(self) -> None:
+        from learning_machine.gateway import service
+
+        stop = False
+        while not stop:
+            groups = [self._stores.get()]
+            while True:
+                try:
+                    groups.append(self._stores.get_nowait())
+                except queue.Empty:
+                    break
+            if _STOP in groups:
+                stop = True
+                groups = [g for g in groups if g is not _STOP]
+            jobs = [job for group in groups for job in group]
+            if not jobs:
+                continue
+            try:
+                results: list[Any] = service.store_answers(self.ctx, [(job.records, job.answers, job.request_id,
+                                                                       job.latency_ms) for job in jobs])
+            except Exception as exc:  # noqa: BLE001 - answered to every request of the group, never lost
+                results = [exc] * len(jobs)
+            for job, result in zip(jobs, results, strict=True):
+                job.finish(result)
