@@ -4,7 +4,9 @@ side in one run on this machine. Everything is started on free ports and stopped
 * MLServer with our runtime (``learning_machine.serving.runtimes.ModelRuntime``), called directly (V2);
 * MLServer's built-in sklearn runtime (``mlserver_sklearn``) serving the same pipeline saved with joblib;
 * ``mlflow models serve --env-manager local`` (pyfunc) on the registered version;
-* the gateway (`lm gateway`: validation, database write, then the V2 call to our MLServer);
+* the gateway (`lm gateway`: validation, database write, then the V2 call to our MLServer) twice, in front
+  of the same MLServer: on SQLite (a file, the embedded default) and on PostgreSQL (a fresh database on the
+  server of ``LM_BENCH_POSTGRES_URL``, default the local one; skipped with a note when it cannot be reached);
 * in-process calls: our fast path, and the scikit-learn pipeline's own ``predict_proba``;
 * explanations per method (exact attributions, anchors) through the explainer runtime.
 
@@ -25,23 +27,34 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pandas as pd
 
 from learning_machine.bench.report import free_port, require_extra
 
+if TYPE_CHECKING:
+    from learning_machine.store import Database
+
 Progress = Callable[[str], None]
 OURS = "MLServer, our runtime (V2)"
 BUILTIN = "MLServer, built-in sklearn runtime (V2)"
 PYFUNC = "mlflow models serve (pyfunc)"
-GATEWAY = "gateway (REST -> MLServer, stored)"
+GATEWAY = "gateway on SQLite (REST -> MLServer, stored)"
+GATEWAY_PG = "gateway on PostgreSQL (REST -> MLServer, stored)"
+GATEWAYS = {GATEWAY: "SQLite", GATEWAY_PG: "PostgreSQL"}
 FAST = "in-process, our fast path"
 SKLEARN = "in-process, sklearn pipeline.predict_proba"
+# The PostgreSQL server the PostgreSQL gateway's database is made on: an admin URL (a user that may create
+# databases), the local trust-auth server unless this variable names another one.
+POSTGRES_URL_ENV = "LM_BENCH_POSTGRES_URL"
+POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 @dataclass
@@ -98,6 +111,15 @@ def throughput(make_call: Callable[[], Callable[[], Any]], clients: int, seconds
     return {"rps": sum(counts) / elapsed, "requests": float(sum(counts)), "errors": float(sum(errors))}
 
 
+@dataclass
+class _Gateway:
+    """A started gateway: its URL, the headers with its token, and its database (to count what it stored)."""
+
+    url: str
+    headers: dict[str, str]
+    db: Database
+
+
 class _Processes:
     """Processes started by the benchmark, stopped (process group) at the end."""
 
@@ -148,10 +170,35 @@ class _Processes:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
+@contextmanager
+def fresh_postgres_database(admin_url: str) -> Iterator[str]:
+    """A new, empty database ``lm_bench_<hex>`` on the PostgreSQL server of ``admin_url`` (its URL yielded),
+    dropped at the end even when the run fails; WITH (FORCE) ends any connection the gateway left open.
+    Raises SQLAlchemy's ``OperationalError`` when the server cannot be reached."""
+    from sqlalchemy import text
+    from sqlalchemy.pool import NullPool
+
+    from learning_machine.store.db import make_engine
+
+    name = f"lm_bench_{uuid.uuid4().hex[:10]}"
+    admin = make_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield admin.url.set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
 def run(quick: bool, progress: Progress) -> dict[str, Any]:
     """Start everything, measure, stop everything; the raw numbers."""
     require_extra("mlserver_sklearn")
     import joblib
+    from sqlalchemy.exc import OperationalError
 
     from learning_machine.clients.v2 import ModelServerClient, encode_request
     from learning_machine.data.sources import load_dataset
@@ -170,6 +217,8 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
     from learning_machine.model.inference import Predictor, request_columns
     from learning_machine.registry.tracker import Tracker
     from learning_machine.settings import Settings
+    from learning_machine.store import Database
+    from learning_machine.store.tokens import CLINICIAN, create_token
 
     n_latency = 100 if quick else 600
     n_batch = {100: 12 if quick else 60, 1000: 5 if quick else 25}
@@ -177,10 +226,20 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
     n_anchor = 5 if quick else 20
     rows = 2000 if quick else 5000
     results: dict[str, Any] = {"latency": {}, "batch": {}, "throughput": {}, "explain": {}, "notes": [],
+                               "skipped": {},
                                "settings": {"n_latency": n_latency, "n_batch": n_batch, "seconds": seconds,
                                             "batches": list(BATCHES), "concurrency": list(CONCURRENCY)}}
-    with tempfile.TemporaryDirectory(prefix="lm-bench-serving-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="lm-bench-serving-") as tmp, ExitStack() as cleanup:
         home = Path(tmp)
+        databases = {GATEWAY: f"sqlite:///{home / 'lm.db'}"}
+        # Entered first, so dropped last: after the gateway using it has stopped.
+        try:
+            databases[GATEWAY_PG] = cleanup.enter_context(fresh_postgres_database(
+                os.environ.get(POSTGRES_URL_ENV, POSTGRES_ADMIN_URL)))
+        except OperationalError as exc:
+            reason = str(exc.orig or exc).strip().splitlines()[0]
+            results["skipped"][GATEWAY_PG] = f"PostgreSQL not reachable (set {POSTGRES_URL_ENV}): {reason}"
+            progress(f"serving bench: {GATEWAY_PG} skipped: {reason}")
         settings = Settings(home=home, mlflow_port=free_port(), mlflow_workers=1, model_name="bench-risk",
                             train_rows=rows)
         manager = ProcessManager(settings.run_dir)
@@ -205,9 +264,9 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
             (builtin / "model-settings.json").write_text(json.dumps({
                 "name": "builtin-sklearn", "implementation": "mlserver_sklearn.SKLearnModel",
                 "parameters": {"uri": "./model.joblib", "version": version}}))
-            # MLServer, `mlflow models serve` and the gateway start side by side, then we wait for all three.
+            # MLServer, `mlflow models serve` and the gateways start side by side, then we wait for them all.
             progress("serving bench: starting MLServer (our runtimes + built-in sklearn), `mlflow models serve` "
-                     "and the gateway")
+                     "and the gateways")
             procs.start("mlserver", mlserver_command(root), mlserver_env(settings.tracking_uri),
                         f"{ports.url}/v2/health/live", wait=False)
             pyfunc_port = free_port()
@@ -220,21 +279,19 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
                         f"http://127.0.0.1:{pyfunc_port}/ping",
                         wait=False)
 
-            gateway_url = token = None
-            try:
-                from learning_machine.store import Database
-                from learning_machine.store.tokens import CLINICIAN, create_token
-
+            # Each gateway: its own database (migrated), its own clinician token, the same MLServer.
+            gateways: dict[str, _Gateway] = {}
+            for name, url in databases.items():
                 gw = settings.model_copy(update={"gateway_port": free_port(), "model_server_url": ports.url,
-                                                 "database_url": f"sqlite:///{home / 'lm.db'}"})
+                                                 "database_url": url})
                 db = Database(gw.database_uri())
+                cleanup.callback(db.dispose)
                 db.upgrade()
                 token, _ = create_token(db, CLINICIAN, "bench")
                 service = gateway_service(gw)
-                procs.start("gateway", service.command, service.env, service.health_url, wait=False)
-                gateway_url = gw.gateway_url
-            except ImportError as exc:
-                results["notes"].append(f"gateway not measured: {exc}")
+                procs.start(f"gateway-{GATEWAYS[name].lower()}", service.command, service.env,
+                            service.health_url, wait=False)
+                gateways[name] = _Gateway(gw.gateway_url, {"Authorization": f"Bearer {token}"}, db)
             procs.wait_all()
             wait_models_ready(ports.url, [*served_names(settings.model_name), "builtin-sklearn"], timeout_s=300)
             progress("serving bench: all servers ready")
@@ -275,12 +332,11 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
                     PYFUNC: http_call(f"http://127.0.0.1:{pyfunc_port}/invocations",
                                       {"dataframe_split": json.loads(Xn.to_json(orient="split", index=False))}),
                 }
-                if gateway_url:
-                    clean = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
-                             for r in records]
-                    out[GATEWAY] = http_call(f"{gateway_url}/v1/predictions",
-                                             clean[0] if n == 1 else {"records": clean},
-                                             {"Authorization": f"Bearer {token}"})
+                clean = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+                         for r in records]
+                for name, gateway in gateways.items():
+                    out[name] = http_call(f"{gateway.url}/v1/predictions",
+                                          clean[0] if n == 1 else {"records": clean}, gateway.headers)
                 return out
 
             def local(n: int) -> dict[str, Callable[[], Any]]:
@@ -377,7 +433,6 @@ def to_section(results: dict[str, Any], quick: bool) -> Any:
                              int(stats["n"])])
     section.tables = [batches, explain]
     ours = lat.get(OURS, {}).get("p50")
-    gateway = lat.get(GATEWAY, {}).get("p50")
     exact = next((v["p50"] for k, v in results["explain"].items() if k.startswith("exact")), None)
     exact_compute = next((v["p50"] for k, v in results["explain"].items() if k.startswith("exact, in-process")),
                          None)
@@ -385,12 +440,14 @@ def to_section(results: dict[str, Any], quick: bool) -> Any:
     if ours and anchor:
         section.notes.append(f"Our runtime vs the built-in sklearn runtime (p50): {ours / anchor:.2f}x "
                              f"(target: no slower, <= 1.0x) -> {'met' if ours <= anchor else 'NOT met'}.")
-    if ours and gateway:
-        section.notes.append(f"Gateway vs direct MLServer (p50): {gateway / ours:.2f}x (target <= 1.2x) -> "
-                             f"{'met' if gateway <= 1.2 * ours else 'NOT met'}; the gateway also validates the "
-                             "record and writes it and its prediction to the database.")
-    elif not gateway:
-        section.notes.append("Gateway not measured (learning_machine.gateway unavailable).")
+    for name in GATEWAYS:
+        gateway = lat.get(name, {}).get("p50")
+        if ours and gateway:
+            section.notes.append(f"{name} vs direct MLServer (p50): {gateway / ours:.2f}x (target <= 1.2x) -> "
+                                 f"{'met' if gateway <= 1.2 * ours else 'NOT met'}; the gateway also validates "
+                                 "the record and writes it and its prediction to the database.")
+        elif name in results.get("skipped", {}):
+            section.notes.append(f"{name} not measured: {results['skipped'][name]}.")
     if exact is not None and exact_compute is not None:
         section.notes.append(f"Exact attributions p50: {exact_compute:.2f} ms to compute (target < 5 ms -> "
                              f"{'met' if exact_compute < 5 else 'NOT met'}), {exact:.2f} ms through MLServer "
