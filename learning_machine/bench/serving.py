@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ class Target:
 
 BATCHES = (1, 100, 1000)
 CONCURRENCY = (1, 8, 32)
+SOAK_CLIENTS = 32
 
 
 class RecordIds:
@@ -143,6 +145,67 @@ class _Gateway:
     url: str
     headers: dict[str, str]
     db: Database
+
+
+def soak(url: str, headers: dict[str, str], new_body: Callable[[str], dict[str, Any]], clients: int,
+         seconds: float) -> dict[str, Any]:
+    """``clients`` threads (each its own keep-alive connection) post one new record each request to ``url``
+    for ``seconds``; the record ids are ``soak-<run>-<n>`` with a prefix new to this call, so that what was
+    stored can be counted afterwards (:func:`stored_rows`). Acknowledged = HTTP 200; every other answer and
+    every exception is a failure, counted by status or exception type. Latency is over the answered
+    requests (whatever their status)."""
+    prefix = f"soak-{uuid.uuid4().hex[:8]}"
+    new_id = RecordIds(prefix)
+    acknowledged = [0] * clients
+    failures: list[Counter[str]] = [Counter() for _ in range(clients)]
+    times: list[list[float]] = [[] for _ in range(clients)]
+    stop = threading.Event()
+    timeout_s = 60.0
+
+    def worker(i: int) -> None:
+        with httpx.Client(timeout=timeout_s, headers=headers) as client:
+            while not stop.is_set():
+                started = time.perf_counter()
+                try:
+                    response = client.post(url, json=new_body(new_id()))
+                except Exception as exc:  # noqa: BLE001 - a benchmark counts failures, whatever they are
+                    failures[i][type(exc).__name__] += 1
+                    continue
+                times[i].append((time.perf_counter() - started) * 1000)
+                if response.status_code == 200:
+                    acknowledged[i] += 1
+                else:
+                    failures[i][f"HTTP {response.status_code}"] += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        # Longer than a request may take: a thread still waiting would answer after the count.
+        t.join(timeout=timeout_s + 10)
+    elapsed = time.perf_counter() - started
+    answered = sorted(t for per in times for t in per)
+    failed = sum(failures, Counter())
+    return {"prefix": prefix, "clients": clients, "seconds": seconds, "elapsed_s": elapsed,
+            "acknowledged": sum(acknowledged), "failed": sum(failed.values()), "failures": dict(failed),
+            "rps": sum(acknowledged) / elapsed,
+            "p50": statistics.median(answered) if answered else None,
+            "p99": answered[min(len(answered) - 1, int(len(answered) * 0.99))] if answered else None}
+
+
+def stored_rows(db: Database, prefix: str) -> dict[str, int]:
+    """Predictions and records the gateway stored under record ids ``<prefix>-*``, counted in its database."""
+    from sqlalchemy import func, select
+
+    from learning_machine.store.models import Prediction, Record
+
+    with db.engine.connect() as conn:
+        return {table.__tablename__: int(conn.execute(select(func.count()).select_from(table).where(
+                    table.record_id.like(f"{prefix}-%"))).scalar_one())
+                for table in (Prediction, Record)}
 
 
 class _Processes:
@@ -248,11 +311,13 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
     n_latency = 100 if quick else 600
     n_batch = {100: 12 if quick else 60, 1000: 5 if quick else 25}
     seconds = 2.0 if quick else 8.0
+    soak_seconds = 10.0 if quick else 60.0
     n_anchor = 5 if quick else 20
     rows = 2000 if quick else 5000
-    results: dict[str, Any] = {"latency": {}, "batch": {}, "throughput": {}, "explain": {}, "notes": [],
-                               "skipped": {},
+    results: dict[str, Any] = {"latency": {}, "batch": {}, "throughput": {}, "soak": {}, "explain": {},
+                               "notes": [], "skipped": {},
                                "settings": {"n_latency": n_latency, "n_batch": n_batch, "seconds": seconds,
+                                            "soak_seconds": soak_seconds, "soak_clients": SOAK_CLIENTS,
                                             "batches": list(BATCHES), "concurrency": list(CONCURRENCY)}}
     with tempfile.TemporaryDirectory(prefix="lm-bench-serving-") as tmp, ExitStack() as cleanup:
         home = Path(tmp)
@@ -363,8 +428,7 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
                     PYFUNC: http_call(f"http://127.0.0.1:{pyfunc_port}/invocations",
                                       {"dataframe_split": json.loads(Xn.to_json(orient="split", index=False))}),
                 }
-                clean = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
-                         for r in records]
+                clean = [_json_safe(r) for r in records]
                 for name, gateway in gateways.items():
                     out[name] = http_call(f"{gateway.url}/v1/predictions", new_records(clean, rid, bench_ids),
                                           gateway.headers)
@@ -393,6 +457,15 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
                 for clients in CONCURRENCY:
                     progress(f"serving bench: throughput of {name} ({clients} clients, {seconds:.0f} s)")
                     results["throughput"][name][str(clients)] = throughput(make, clients, seconds)
+            clean_record = _json_safe(record)
+            for name, gateway in gateways.items():
+                progress(f"serving bench: soak of {name} ({SOAK_CLIENTS} clients, {soak_seconds:.0f} s)")
+                found = soak(f"{gateway.url}/v1/predictions", gateway.headers,
+                             lambda record_id: {**clean_record, rid: record_id}, SOAK_CLIENTS, soak_seconds)
+                stored = stored_rows(gateway.db, found["prefix"])
+                results["soak"][name] = {
+                    **found, "stored_predictions": stored["predictions"], "stored_records": stored["records"],
+                    "stored_equals_acknowledged": stored["predictions"] == stored["records"] == found["acknowledged"]}
             results["check"] = {"fast_path_equals_pipeline": bool(abs(
                 float(predictor.proba(columns)[0]) - float(pipeline.predict_proba(X)[0, 1])) < 1e-9)}
 
@@ -420,6 +493,11 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
             procs.stop()
             manager.stop("mlflow")
     return results
+
+
+def _json_safe(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with NaN as None (JSON has no NaN; the gateway reads null as missing)."""
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in record.items()}
 
 
 def _cycle(fn: Callable[[Any], Any], items: list[Any]) -> Callable[[], Any]:
@@ -462,7 +540,17 @@ def to_section(results: dict[str, Any], quick: bool) -> Any:
     for name, stats in results["explain"].items():
         explain.rows.append([name, stats["p50"], stats["p99"], f"{stats['min']:.1f}-{stats['max']:.1f}",
                              int(stats["n"])])
-    section.tables = [batches, explain]
+    soaks = Table("Soak: one new record per request, every gateway for the same time",
+                  ["gateway", "clients", "seconds", "acknowledged (HTTP 200)", "failed", "failures by kind",
+                   "stored predictions", "stored records", "stored = acknowledged", "req/s", "p50 ms", "p99 ms"])
+    for name, run in results.get("soak", {}).items():
+        soaks.rows.append([name, run["clients"], run["seconds"], f"{run['acknowledged']:,}", f"{run['failed']:,}",
+                           ", ".join(f"{kind}: {n:,}" for kind, n in run["failures"].items()) or "-",
+                           f"{run['stored_predictions']:,}", f"{run['stored_records']:,}",
+                           "yes" if run["stored_equals_acknowledged"] else "NO", run["rps"],
+                           run["p50"] if run["p50"] is not None else "-",
+                           run["p99"] if run["p99"] is not None else "-"])
+    section.tables = [batches, *([soaks] if soaks.rows else []), explain]
     ours = lat.get(OURS, {}).get("p50")
     exact = next((v["p50"] for k, v in results["explain"].items() if k.startswith("exact")), None)
     exact_compute = next((v["p50"] for k, v in results["explain"].items() if k.startswith("exact, in-process")),
@@ -496,6 +584,10 @@ def to_section(results: dict[str, Any], quick: bool) -> Any:
         f"Throughput = 1, 8 and 32 client threads for {settings.get('seconds', '?')} s each, on the same 2 cores "
         "as the servers (the Python clients compete for the CPU), so it is a floor and the ratios are what to "
         "compare. In-process rows have no throughput: they are the anchors without HTTP.",
+        f"Soak: {settings.get('soak_clients', '?')} client threads post one new record per request "
+        f"(ids soak-<run>-<n>) to each gateway in turn for {settings.get('soak_seconds', '?')} s; acknowledged = "
+        "HTTP 200, failed = any other status or an exception; stored predictions and records are then counted in "
+        "that gateway's database by the run's id prefix. p50/p99 are over the answered requests.",
         "Explanations: exact = per-feature contributions (XGBoost's TreeSHAP, pred_contribs) mapped back to the "
         "input features; anchors = AnchorTabular's rule that locally fixes the prediction (sampling: many model "
         "calls per explanation); drift = TabularDrift (KS / chi-squared) on a 200-row batch. "
