@@ -87,7 +87,7 @@ def plot_training(raw: dict[str, Any], out_dir: Path) -> list[Plot]:
 
 # -- serving ----------------------------------------------------------------------------------------
 def _short(name: str) -> str:
-    return (name.replace("gateway (REST -> MLServer, stored)", "gateway (validated, stored)")
+    return (name.replace(" (REST -> MLServer, stored)", " (validated, stored)")
             .replace("MLServer, ", "MLServer ").replace(" (V2)", "").replace("in-process, ", "in-process ")
             .replace("sklearn pipeline.predict_proba", "sklearn predict_proba"))
 

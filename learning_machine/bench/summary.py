@@ -52,7 +52,7 @@ def training(raw: dict[str, Any]) -> list[Row]:
 
 
 def serving(raw: dict[str, Any]) -> list[Row]:
-    from learning_machine.bench.serving import BUILTIN, FAST, GATEWAY, OURS, PYFUNC
+    from learning_machine.bench.serving import BUILTIN, FAST, GATEWAYS, OURS, PYFUNC, gateway_checks
 
     lat = raw.get("latency", {})
     tp = raw.get("throughput", {})
@@ -64,7 +64,6 @@ def serving(raw: dict[str, Any]) -> list[Row]:
         rows.append([f"Serving one row, p50 (p99): {BUILTIN}", f"{_ms(builtin)} ({_ms(lat[BUILTIN]['p99'])})",
                      "anchor"])
     for name, base, what in ((OURS, builtin, "MLServer built-in sklearn runtime"),
-                             (GATEWAY, ours, "MLServer direct (our runtime)"),
                              (PYFUNC, ours, "MLServer direct (our runtime)"),
                              (FAST, ours, "MLServer direct (our runtime)")):
         if name in lat:
@@ -76,15 +75,20 @@ def serving(raw: dict[str, Any]) -> list[Row]:
         if ours_tp:
             rows.append([f"Requests/s, {clients} clients: our runtime", _rate(ours_tp),
                          _x(ours_tp, base_tp, "built-in sklearn runtime")])
-    gw_tp = tp.get(GATEWAY, {}).get("8", {}).get("rps")
-    if gw_tp:
-        rows.append(["Requests/s, 8 clients: gateway (validated, stored)", _rate(gw_tp),
-                     _x(gw_tp, tp.get(OURS, {}).get("8", {}).get("rps"), "MLServer direct")])
     big = batch.get("1000", {})
-    for name, what in ((OURS, BUILTIN), (GATEWAY, OURS), (PYFUNC, BUILTIN)):
+    for name, what in ((OURS, BUILTIN), (PYFUNC, BUILTIN)):
         if name in big:
             rows.append([f"Rows/s in batches of 1,000: {name}", _rate(big[name]["rows_per_s"]),
                          _x(big[name]["rows_per_s"], big.get(what, {}).get("rows_per_s"), what)])
+    # The gateways: one row per target, each compared with direct MLServer in this run and judged.
+    checks = gateway_checks(raw)
+    skipped = raw.get("skipped", {})
+    for name, backend in GATEWAYS.items():
+        for check in checks.get(name, []):
+            rows.append([f"Gateway on {backend}: {check.what}", check.result,
+                         f"{check.versus}; target {check.target}: {check.verdict}"])
+        if name not in checks and name in skipped:
+            rows.append([f"Gateway on {backend}", "not measured", skipped[name]])
     for method, stats in raw.get("explain", {}).items():
         if "via MLServer" in method:
             rows.append([f"Explanation p50: {method}", _ms(stats["p50"]), "-"])

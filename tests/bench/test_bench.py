@@ -136,3 +136,171 @@ def test_the_pipelines_section_has_a_retraining_case_beside_training(tmp_path: P
     assert "Training pipeline under kfp.local | 13.0 s | 1.3x" in summary
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(bench.PIPELINE_MODES) <= set(results["sections"]["pipelines"]["raw"])
+
+
+def _stats(p50: float, p99: float, rows: int = 1) -> dict[str, float]:
+    return {"p50": p50, "p99": p99, "mean": p50, "min": 0.8 * p50, "max": 1.2 * p99, "n": 100.0,
+            "rows_per_s": rows * 1000 / p50}
+
+
+def _rates(at8: float, at32: float) -> dict[str, dict[str, float]]:
+    return {"1": {"rps": at8 / 2, "requests": at8, "errors": 0.0}, "8": {"rps": at8, "requests": 8 * at8, "errors": 0.0},
+            "32": {"rps": at32, "requests": 8 * at32, "errors": 0.0}}
+
+
+def _soak(acknowledged: int, failures: dict[str, int], predictions: int, records: int) -> dict[str, Any]:
+    return {"prefix": "soak-0a1b2c3d", "clients": 32, "seconds": 60.0, "elapsed_s": 61.0,
+            "acknowledged": acknowledged, "failed": sum(failures.values()), "failures": failures,
+            "rps": acknowledged / 61.0, "p50": 30.0, "p99": 80.0, "stored_predictions": predictions,
+            "stored_records": records, "stored_equals_acknowledged": predictions == records == acknowledged}
+
+
+def serving_raw() -> dict[str, Any]:
+    """Made-up measurements of the serving section: the SQLite gateway meets every target; the PostgreSQL
+    one misses all but one (32-client throughput), its soak failing three requests and losing a prediction."""
+    from learning_machine.bench.serving import BUILTIN, FAST, GATEWAY, GATEWAY_PG, OURS
+
+    single = {OURS: _stats(5.0, 9.0), BUILTIN: _stats(20.0, 40.0), GATEWAY: _stats(6.0, 12.0),
+              GATEWAY_PG: _stats(7.5, 30.0), FAST: _stats(1.0, 2.0)}
+    per_1000 = {OURS: _stats(20.0, 25.0, 1000), BUILTIN: _stats(40.0, 50.0, 1000),
+                GATEWAY: _stats(33.0, 40.0, 1000), GATEWAY_PG: _stats(50.0, 70.0, 1000)}
+    return {"latency": single, "batch": {"1": single, "1000": per_1000},
+            "throughput": {OURS: _rates(200.0, 180.0), BUILTIN: _rates(50.0, 40.0), GATEWAY: _rates(150.0, 120.0),
+                           GATEWAY_PG: _rates(90.0, 100.0)},
+            "soak": {GATEWAY: _soak(6_000, {}, 6_000, 6_000), GATEWAY_PG: _soak(5_400, {"HTTP 503": 3}, 5_399, 5_400)},
+            "explain": {"exact (XGBoost TreeSHAP, via MLServer)": _stats(7.0, 12.0),
+                        "exact, in-process (the attribution computation)": _stats(1.0, 2.0),
+                        "anchors (AnchorTabular, via MLServer)": _stats(90.0, 150.0)},
+            "notes": [], "skipped": {},
+            "settings": {"n_latency": 600, "seconds": 8.0, "soak_seconds": 60.0, "soak_clients": 32}}
+
+
+def test_the_serving_section_judges_each_gateway_against_direct_mlserver(tmp_path: Path) -> None:
+    """Both gateways' targets from synthetic raw numbers (the real section takes every server): met and
+    NOT met per target and backend, in the notes, the soak table, the summary rows and the plots."""
+    from learning_machine.bench import serving
+    from learning_machine.bench.serving import GATEWAY, GATEWAY_PG
+
+    raw = serving_raw()
+    checks = serving.gateway_checks(raw)
+    assert [c.what for c in checks[GATEWAY]] == [
+        "one row, p50 overhead over MLServer direct", "one row, p99 over its own p50", "requests/s, 8 clients",
+        "requests/s, 32 clients", "rows/s in batches of 1,000", "soak, 32 clients for 60 s"]
+    assert [c.met for c in checks[GATEWAY]] == [True] * 6
+    assert [c.met for c in checks[GATEWAY_PG]] == [False, False, False, True, False, False]
+    assert checks[GATEWAY_PG][0].result == "2.50 ms" and checks[GATEWAY][2].versus.startswith("0.75x")
+
+    section = serving.to_section(raw, quick=False)
+    notes = " ".join(section.notes)
+    assert (f"Targets of the {GATEWAY}: one row, p50 overhead over MLServer direct: 1.00 ms (p50 6.00 ms vs "
+            "5.00 ms; target <= 1.5 ms) -> met") in notes
+    assert "one row, p99 over its own p50: 4.00x (p99 30.00 ms, p50 7.50 ms; target <= 3x) -> NOT met" in notes
+    assert "requests/s, 8 clients: 90 (0.45x MLServer direct (200); target >= 0.5x) -> NOT met" in notes
+    assert [row[0] for row in section.rows if row[0] in (GATEWAY, GATEWAY_PG)] == [GATEWAY, GATEWAY_PG]
+    soak = next(t for t in section.tables if t.title.startswith("Soak"))
+    assert [row[0] for row in soak.rows] == [GATEWAY, GATEWAY_PG]
+    assert soak.rows[1][5] == "HTTP 503: 3" and soak.rows[1][8] == "NO" and soak.rows[0][8] == "yes"
+
+    add_figures("serving", section, tmp_path)
+    assert {name for name, _ in section.figures} == {"serving_latency.png", "serving_throughput.png",
+                                                     "serving_batches.png", "serving_explanations.png"}
+    write_report(tmp_path, {"serving": section}, quick=False, started=time.time(), elapsed=600.0)
+    summary = (tmp_path / "summary.md").read_text()
+    assert ("| Gateway on SQLite: one row, p50 overhead over MLServer direct | 1.00 ms | p50 6.00 ms vs 5.00 ms; "
+            "target <= 1.5 ms: met |") in summary
+    assert "| Gateway on PostgreSQL: requests/s, 8 clients | 90 | 0.45x MLServer direct (200); target >= 0.5x: " \
+           "NOT met |" in summary
+    assert "| Gateway on PostgreSQL: requests/s, 32 clients | 100 | 0.56x MLServer direct (180); target >= 0.5x: " \
+           "met |" in summary
+    assert ("| Gateway on PostgreSQL: soak, 32 clients for 60 s | 5,400 acknowledged, 3 failed; stored 5,399 "
+            "predictions, 5,400 records |") in summary
+    assert summary.count("target 0 failed, stored = acknowledged: met") == 1
+    assert summary.count(": NOT met |") == 5
+
+
+def test_a_gateway_not_measured_is_said_so_and_a_target_without_its_anchor_is_left_out(tmp_path: Path) -> None:
+    from learning_machine.bench import serving
+    from learning_machine.bench.serving import GATEWAY, GATEWAY_PG, OURS
+
+    raw = serving_raw()
+    for part in ("latency", "throughput", "soak"):
+        del raw[part][GATEWAY_PG]
+    del raw["batch"]["1000"][GATEWAY_PG]
+    raw["skipped"] = {GATEWAY_PG: "PostgreSQL not reachable (set LM_BENCH_POSTGRES_URL): connection refused"}
+    del raw["throughput"][OURS]
+    checks = serving.gateway_checks(raw)
+    assert list(checks) == [GATEWAY]
+    assert not any(c.what.startswith("requests/s") for c in checks[GATEWAY])
+
+    section = serving.to_section(raw, quick=True)
+    assert f"{GATEWAY_PG} not measured: PostgreSQL not reachable" in " ".join(section.notes)
+    write_report(tmp_path, {"serving": section}, quick=True, started=time.time(), elapsed=180.0)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| Gateway on PostgreSQL | not measured | PostgreSQL not reachable" in summary
+    assert "Gateway on SQLite: rows/s in batches of 1,000" in summary
+
+
+def test_the_soak_counts_acknowledged_and_failed_requests_by_kind() -> None:
+    """Against a real local HTTP server that refuses every tenth record: each request carries a new record
+    id under the run's prefix, and every answer is counted once, as acknowledged or by its status."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from learning_machine.bench.serving import soak
+
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            record_id = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["id"]
+            seen.append(record_id)
+            self.send_response(503 if int(record_id.rsplit("-", 1)[1]) % 10 == 9 else 200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        run = soak(f"http://127.0.0.1:{server.server_port}/", {}, lambda record_id: {"id": record_id, "x": 1},
+                   clients=4, seconds=1.0)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert run["acknowledged"] + run["failed"] == len(seen) == len(set(seen)) > 20
+    assert run["failures"] == {"HTTP 503": sum(int(r.rsplit("-", 1)[1]) % 10 == 9 for r in seen)}
+    assert all(r.startswith(run["prefix"] + "-") for r in seen) and run["prefix"].startswith("soak-")
+    assert run["p50"] is not None and run["p99"] >= run["p50"] and run["rps"] > 0
+
+
+def test_stored_rows_are_counted_by_the_run_prefix_in_a_fresh_postgres_database() -> None:
+    """The bench's own throwaway PostgreSQL database: made, migrated, counted in by prefix, then dropped;
+    an unreachable server raises (the section then skips the PostgreSQL gateway)."""
+    import psycopg
+    from sqlalchemy.exc import OperationalError
+    from testsupport import PG_ADMIN_URL
+
+    from learning_machine.bench.serving import fresh_postgres_database, stored_rows
+    from learning_machine.store import Database
+    from learning_machine.store.models import Prediction, Record
+
+    with fresh_postgres_database(PG_ADMIN_URL) as url:
+        name = url.rsplit("/", 1)[1]
+        assert name.startswith("lm_bench_")
+        db = Database(url)
+        db.upgrade()
+        with db.transaction() as session:
+            session.add_all([Record(record_id=r, features={}) for r in ("soak-a-0", "soak-a-1", "soak-b-0")])
+            session.flush()
+            session.add_all([Prediction(record_id=r, model_name="m", model_version="1", probability=0.5, label=1,
+                                        latency_ms=1.0, request_id="q") for r in ("soak-a-0", "soak-b-0")])
+        assert stored_rows(db, "soak-a") == {"predictions": 1, "records": 2}
+        db.dispose()
+    with psycopg.connect(PG_ADMIN_URL) as conn:
+        assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None
+    with pytest.raises(OperationalError), fresh_postgres_database("postgresql://postgres@127.0.0.1:1/postgres"):
+        pass
