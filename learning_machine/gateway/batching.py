@@ -141,6 +141,7 @@ class PredictionBatcher:
             group, stop = self._take(first)
             waiting = [job for job in group if not self._replayed(job)]
             if waiting:
+                self.ctx.metrics.group_requests.observe(len(waiting))
                 for job, result in zip(waiting, self._predict(service, waiting), strict=True):
                     if isinstance(result, BaseException):
                         job.finish(result)

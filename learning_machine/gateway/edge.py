@@ -33,6 +33,9 @@ class Metrics:
         self.model_server_seconds = Histogram("lm_gateway_model_server_seconds", "Model-server call latency",
                                               ["call"], registry=self.registry,
                                               buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
+        self.group_requests = Histogram("lm_gateway_prediction_group_requests",
+                                        "Prediction requests sharing one model-server call and one commit",
+                                        registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 
 
 class EdgeMiddleware:

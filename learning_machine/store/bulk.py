@@ -9,7 +9,8 @@ SQLAlchemy's (``IntegrityError``, ``DataError``, ``OperationalError``), which th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -18,31 +19,61 @@ from sqlalchemy import exc as sa_exc
 
 from learning_machine.store.db import dump_json
 
-# From this many rows on, PostgreSQL gets COPY (two round trips, then the rows stream); fewer go as one
-# INSERT executed per row in one pipeline (one round trip), which is faster for the gateway's single rows.
+# From this many rows on, PostgreSQL gets COPY (two round trips, then the rows stream); fewer go as one INSERT
+# executed per row (psycopg pipelines them: one round trip), which is faster for the gateway's single rows.
 COPY_ROWS = 50
 
 
-def insert_rows(connection: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert ``rows`` (dicts with the same keys, column names of ``table``) in the connection's transaction."""
-    if not rows:
+def insert_rows(connection: Connection, tables: Sequence[tuple[Table, Sequence[dict[str, Any]]]]) -> None:
+    """Insert each table's rows (dicts with the same keys, column names of the table), in order (a table whose
+    rows reference another's comes after it), in the connection's transaction."""
+    postgresql = connection.dialect.name == "postgresql"
+    work = [(table, *_values(table, rows, connection.dialect.name)) for table, rows in tables if rows]
+    if not postgresql:
+        for table, names, values in work:
+            connection.exec_driver_sql(_insert(table, names, "?"), values)
         return
-    columns = list(rows[0])
-    # Column by column (one comprehension each, conversions only where a type needs one), then zipped to rows.
-    data = [[row[name] for row in rows] for name in columns]
-    for index, name in enumerate(columns):
-        convert = _converter(table, name, connection.dialect.name)
+    driver: Any = connection.connection.driver_connection
+    with _as_sqlalchemy_errors(), driver.cursor() as cursor:
+        for table, names, values in work:
+            if len(values) >= COPY_ROWS:
+                with cursor.copy(f"COPY {table.name} ({', '.join(names)}) FROM STDIN") as copy:
+                    for row in values:
+                        copy.write_row(row)
+            else:
+                cursor.executemany(_insert(table, names, "%s"), values)
+
+
+def _insert(table: Table, names: list[str], mark: str) -> str:
+    # Names are the table's own columns (each looked up in it); values travel as parameters.
+    return f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join([mark] * len(names))})"  # noqa: S608
+
+
+def _values(table: Table, rows: Sequence[dict[str, Any]], dialect: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """The column names and the rows as tuples, converted as SQLAlchemy would for ``dialect``: column by column
+    (one comprehension each, conversions only where a type needs one), then zipped to rows."""
+    names = list(rows[0])
+    data = [[row[name] for row in rows] for name in names]
+    for index, name in enumerate(names):
+        convert = _converter(table, name, dialect)
         if convert is not None:
             data[index] = [convert(value) for value in data[index]]
-    values = list(zip(*data, strict=True))
-    names = ", ".join(columns)
-    postgresql = connection.dialect.name == "postgresql"
-    if postgresql and len(values) >= COPY_ROWS:
-        _copy(connection.connection.driver_connection, f"COPY {table.name} ({names}) FROM STDIN", values)
-        return
-    marks = ", ".join(["%s" if postgresql else "?"] * len(columns))
-    # Names are the table's own columns (each looked up in it above); values travel as parameters.
-    connection.exec_driver_sql(f"INSERT INTO {table.name} ({names}) VALUES ({marks})", values)  # noqa: S608
+    return names, list(zip(*data, strict=True))
+
+
+@contextmanager
+def _as_sqlalchemy_errors() -> Iterator[None]:
+    """psycopg's errors as SQLAlchemy's, which the callers handle (a conflict, a refused value, the server gone)."""
+    import psycopg
+
+    try:
+        yield
+    except psycopg.IntegrityError as exc:
+        raise sa_exc.IntegrityError("bulk insert", None, exc) from exc
+    except psycopg.DataError as exc:
+        raise sa_exc.DataError("bulk insert", None, exc) from exc
+    except psycopg.OperationalError as exc:
+        raise sa_exc.OperationalError("bulk insert", None, exc) from exc
 
 
 def _converter(table: Table, name: str, dialect: str) -> Callable[[Any], Any] | None:
@@ -71,18 +102,3 @@ class _SqliteDatetime:
             self.last = (value, f"{value.year:04d}-{value.month:02d}-{value.day:02d} {value.hour:02d}:"
                                 f"{value.minute:02d}:{value.second:02d}.{value.microsecond:06d}")
         return self.last[1]
-
-
-def _copy(driver_connection: Any, statement: str, values: list[tuple[Any, ...]]) -> None:
-    import psycopg
-
-    try:
-        with driver_connection.cursor() as cursor, cursor.copy(statement) as copy:
-            for row in values:
-                copy.write_row(row)
-    except psycopg.IntegrityError as exc:
-        raise sa_exc.IntegrityError(statement, None, exc) from exc
-    except psycopg.DataError as exc:
-        raise sa_exc.DataError(statement, None, exc) from exc
-    except psycopg.OperationalError as exc:
-        raise sa_exc.OperationalError(statement, None, exc) from exc

@@ -161,9 +161,9 @@ def _store_requests_once(db: Database, requests: Sequence[PredictionRequest], *,
             predictions += rows
             results.append([{**p, "created_at": created} for p in rows])
         # Records first: the predictions reference them. Straight through the driver (store.bulk).
-        insert_rows(session, Record.__table__, records)  # type: ignore[arg-type]
-        insert_rows(session, Outcome.__table__, outcomes)  # type: ignore[arg-type]
-        insert_rows(session, Prediction.__table__, predictions)  # type: ignore[arg-type]
+        tables: list[Any] = [(Record.__table__, records), (Outcome.__table__, outcomes),
+                             (Prediction.__table__, predictions)]
+        insert_rows(session, tables)
     return results
 
 

@@ -45,6 +45,36 @@ def test_each_rule(field, value, rule):
     assert problems[0].field == field
 
 
+@pytest.mark.parametrize("record", [
+    GOOD, {**GOOD, "bmi": None, "smoking": None}, {**GOOD, "outcome": 1}, {**GOOD, "outcome": False},
+    {**GOOD, "record_id": 7}, {**GOOD, "age": 61},
+])
+def test_the_fast_check_passes_valid_records(record):
+    assert SPEC.record_check().valid(record) and SPEC.validate_record(record) == []
+
+
+@pytest.mark.parametrize(("change", "valid"), [
+    ({"age": None}, False), ({"age": True}, False), ({"age": "61"}, False), ({"age": 17}, False),
+    ({"age": 10**20}, False), ({"age": math.inf}, False), ({"sex": 1}, False), ({"sex": "other"}, False),
+    ({"record_id": None}, False), ({"record_id": [1]}, False), ({"record_id": " P1"}, False),
+    ({"record_id": "P\x001"}, False), ({"record_id": ""}, False), ({"record_id": 10**15}, False),
+    ({"record_id": True}, False), ({"outcome": "maybe"}, False), ({"shoe_size": 44}, False),
+    # Valid, but not the common case: the full check says so.
+    ({"bmi": math.nan}, True), ({"record_id": "é-1"}, True), ({"outcome": "1"}, True), ({"outcome": 1.0}, True),
+])
+def test_the_fast_check_leaves_anything_else_to_the_full_check(change, valid):
+    """The fast check never passes a record the full check refuses; False only means "ask the full check"."""
+    record = {**GOOD, **change}
+    assert not SPEC.record_check().valid(record)
+    assert (SPEC.validate_record(record) == []) is valid
+
+
+def test_the_fast_check_refuses_a_record_without_a_feature_or_not_an_object():
+    check = SPEC.record_check()
+    assert not check.valid({k: v for k, v in GOOD.items() if k != "egfr"})
+    assert not check.valid(["not", "a", "dict"])
+
+
 def test_a_record_that_is_not_an_object_is_a_problem_not_a_crash():
     assert [p.rule for p in SPEC.validate_record(["not", "a", "dict"])] == ["type"]  # type: ignore[arg-type]
 

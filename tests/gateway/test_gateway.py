@@ -4,6 +4,7 @@ Every rejected request is checked to have stored nothing (row counts before and 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,50 @@ def test_predict_a_batch_in_one_transaction(gateway: RunningGateway) -> None:
     one = gateway.client("clinician").post("/v1/predictions", json=make_records(1, seed=31)[0]).json()
     assert PredictionOut.model_validate(one).model_dump() == one
     assert set(one) == set(PredictionOut.model_fields) and set(body) == set(BatchPredictionOut.model_fields)
+
+
+def test_concurrent_requests_share_model_calls_and_commits_and_each_stands_alone(gateway: RunningGateway) -> None:
+    """Group commit: 24 clients at once, one request per record plus a few batches; one request contradicts a
+    stored record. Every other request is answered with its own predictions, and stored exactly once; the
+    contradicting one alone is refused with nothing of it stored; and the gateway's metrics show requests
+    that shared a model call."""
+    import re
+    import uuid
+    from concurrent.futures import ThreadPoolExecutor
+
+    prefix = f"group-{uuid.uuid4().hex[:6]}"
+    taken = make_records(1, seed=41, prefix=f"{prefix}-taken")[0]
+    assert gateway.client("clinician").post("/v1/predictions", json=taken).status_code == 200
+    singles = make_records(96, seed=42, prefix=f"{prefix}-one")
+    batches = [make_records(10, seed=43 + i, prefix=f"{prefix}-batch{i}") for i in range(4)]
+    contradicting = {"records": [*make_records(2, seed=50, prefix=f"{prefix}-bad"),
+                                 {**taken, "age": taken["age"] + 1}]}
+    bodies: list[Any] = [*singles, *({"records": b} for b in batches), contradicting]
+    before = gateway.counts()
+    local = threading.local()
+
+    def send(body: Any) -> httpx.Response:
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(base_url=gateway.url, timeout=60,
+                                        headers={"Authorization": f"Bearer {gateway.tokens['clinician']}"})
+        return local.client.post("/v1/predictions", json=body)
+
+    with ThreadPoolExecutor(24) as pool:
+        responses = list(pool.map(send, bodies))
+    *fine, refused = responses
+    assert [r.status_code for r in fine] == [200] * (len(bodies) - 1)
+    assert refused.status_code == 409 and "age" in refused.json()["detail"]
+    for body, response in zip(bodies, fine, strict=False):
+        sent = [r["record_id"] for r in body.get("records", [body])]
+        got = response.json()
+        assert [p["record_id"] for p in got.get("predictions", [got])] == sent
+    after = gateway.counts()
+    assert after["predictions"] - before["predictions"] == 96 + 40
+    assert gateway.stored_predictions(f"{prefix}-bad") == 0 and gateway.stored_predictions(f"{prefix}-one") == 96
+    metrics = gateway.client(None).get("/metrics").text
+    count = float(re.search(r"^lm_gateway_prediction_group_requests_count (\S+)$", metrics, re.M).group(1))
+    total = float(re.search(r"^lm_gateway_prediction_group_requests_sum (\S+)$", metrics, re.M).group(1))
+    assert total > count, "no two requests shared a model call"
 
 
 def test_explain_a_stored_record_and_a_full_record(gateway: RunningGateway) -> None:

@@ -146,6 +146,43 @@ def test_a_batch_with_one_conflicting_record_stores_nothing(db: Database) -> Non
     assert repository.counts(db) == before
 
 
+def test_a_group_of_requests_commits_once_and_each_request_stands_alone(db: Database) -> None:
+    """Group commit (the gateway's concurrent requests in one transaction): every request is still all or
+    nothing. A request contradicting a stored record, or an earlier request of the same group, is refused
+    alone; the same new record in two requests with the same values is stored once, predicted twice; a batch
+    with an outcome and more rows than COPY_ROWS goes the bulk way on PostgreSQL; the others are stored."""
+    from learning_machine.store.bulk import COPY_ROWS
+
+    stored, shared, fresh = rid(), rid(), rid()
+    repository.store_predictions(db, [pred(stored)], model_name="m", latency_ms=1, request_id="first")
+    before = repository.counts(db)
+    big = [pred(rid(), outcome=i % 2) for i in range(COPY_ROWS + 5)]
+    requests = [
+        repository.PredictionRequest([pred(shared), pred(rid())], "g-1", 2.0),
+        repository.PredictionRequest([pred(rid()), pred(stored, age=70)], "g-2", 2.0),  # contradicts a stored one
+        repository.PredictionRequest([pred(shared)], "g-3", 2.0),  # the same new record again: fine
+        repository.PredictionRequest([pred(shared, age=33)], "g-4", 2.0),  # contradicts g-1's new record
+        repository.PredictionRequest([pred(fresh, outcome=1)], "g-5", 2.0),
+        repository.PredictionRequest([pred(fresh, outcome=0)], "g-6", 2.0),  # contradicts g-5's outcome
+        repository.PredictionRequest(big, "g-7", 2.0),
+    ]
+    results = repository.store_prediction_requests(db, requests, model_name="m")
+    refused = {request.request_id: str(result) for request, result in zip(requests, results, strict=True)
+               if isinstance(result, ConflictError)}
+    assert set(refused) == {"g-2", "g-4", "g-6"} and "age" in refused["g-2"] and "age" in refused["g-4"]
+    assert "outcome" in refused["g-6"]
+    assert [len(r) for r in results if not isinstance(r, ConflictError)] == [2, 1, 1, COPY_ROWS + 5]
+    after = repository.counts(db)
+    assert after["predictions"] - before["predictions"] == 2 + 1 + 1 + COPY_ROWS + 5
+    assert after["records"] - before["records"] == 2 + 1 + COPY_ROWS + 5  # shared stored once
+    assert after["outcomes"] - before["outcomes"] == 1 + COPY_ROWS + 5
+    assert [p["record_id"] for p in repository.predictions_for_request(db, "g-7")] == [i.record_id for i in big]
+    assert repository.patient(db, fresh)["outcome"]["outcome"] == 1
+    # The rows written straight through the driver read back as SQLAlchemy wrote them before.
+    history = repository.patient(db, shared)
+    assert history["features"] == {"age": 50, "sex": "male"} and len(history["predictions"]) == 2
+
+
 def test_outcomes_are_idempotent_and_conflicts_need_overwrite(db: Database) -> None:
     r = rid()
     repository.store_predictions(db, [pred(r)], model_name="m", latency_ms=1, request_id="a")
