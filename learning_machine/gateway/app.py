@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -49,6 +50,10 @@ def create_app(settings: Settings, *, context: GatewayContext | None = None) -> 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(ctx.db.upgrade)
+        # Everything imported and built so far lives as long as the process: out of the collector's sight,
+        # so that a full collection under load walks only what requests allocate (its pauses were the p99).
+        gc.collect()
+        gc.freeze()
         yield
         await run_in_threadpool(ctx.predictions.close)  # answer what is queued before the connections go
         ctx.model_server.close()
