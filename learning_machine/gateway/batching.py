@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from learning_machine.clients.v2 import Prediction
-from learning_machine.errors import ServiceUnavailableError
+from learning_machine.errors import LearningMachineError, ServiceUnavailableError
+from learning_machine.gateway.problems import as_platform_error
 
 if TYPE_CHECKING:
     from learning_machine.gateway.service import GatewayContext
@@ -48,8 +49,16 @@ class Job:
     latency_ms: float = 0.0
 
     def finish(self, result: list[dict[str, Any]] | BaseException) -> None:
-        """Hand the result to the request's event loop (from a worker thread)."""
-        self.loop.call_soon_threadsafe(_settle, self.future, result)
+        """Hand the result to the request's event loop (from a worker thread). An error no handler expects is
+        logged here with the request id and answered as a plain 500 problem (not raised through the app, which
+        would make the server drop the client's kept-alive connection)."""
+        if isinstance(result, Exception) and not isinstance(result, LearningMachineError):
+            log.error("prediction request %s failed", self.request_id, exc_info=result)
+            result = as_platform_error(result)
+        try:
+            self.loop.call_soon_threadsafe(_settle, self.future, result)
+        except RuntimeError:  # the loop is closed: nobody waits for this answer any more
+            pass
 
 
 def _settle(future: asyncio.Future[list[dict[str, Any]]], result: list[dict[str, Any]] | BaseException) -> None:
@@ -109,7 +118,7 @@ class PredictionBatcher:
     def _guard(self, stage: Any) -> None:
         try:
             stage()
-        except BaseException:  # pragma: no cover - a bug in a stage must be loud, not a hung gateway
+        except BaseException:  # pragma: no cover - each group's errors are caught in the stage; this is last resort
             log.exception("the prediction worker %s stopped", threading.current_thread().name)
             raise
 
@@ -139,15 +148,20 @@ class PredictionBatcher:
             if first is _STOP:
                 break
             group, stop = self._take(first)
-            waiting = [job for job in group if not self._replayed(job)]
-            if waiting:
-                self.ctx.metrics.group_requests.observe(len(waiting))
-                for job, result in zip(waiting, self._predict(service, waiting), strict=True):
-                    if isinstance(result, BaseException):
-                        job.finish(result)
-                    else:
-                        job.answers, job.latency_ms = result
-                self._stores.put([job for job in waiting if job.answers])
+            try:
+                waiting = [job for job in group if not self._replayed(job)]
+                if waiting:
+                    self.ctx.metrics.group_requests.observe(len(waiting))
+                    for job, result in zip(waiting, self._predict(service, waiting), strict=True):
+                        if isinstance(result, BaseException):
+                            job.finish(result)
+                        else:
+                            job.answers, job.latency_ms = result
+                    self._stores.put([job for job in waiting if job.answers])
+            except Exception as exc:  # noqa: BLE001 - a bug must fail this group, not stop the gateway
+                log.error("the model stage failed a group of %d request(s)", len(group))
+                for job in group:
+                    job.finish(exc)
             if stop:
                 break
         self._stores.put(_STOP)
@@ -207,7 +221,8 @@ class PredictionBatcher:
             try:
                 results: list[Any] = service.store_answers(self.ctx, [(job.records, job.answers, job.request_id,
                                                                        job.latency_ms) for job in jobs])
-            except Exception as exc:  # noqa: BLE001 - answered to every request of the group, never lost
+            except Exception as exc:  # noqa: BLE001 - every request of the group is answered, none hangs
+                log.error("the store stage failed a group of %d request(s)", len(jobs))
                 results = [exc] * len(jobs)
             for job, result in zip(jobs, results, strict=True):
                 job.finish(result)

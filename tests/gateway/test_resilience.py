@@ -21,6 +21,30 @@ def gw(tmp_path_factory, model_server) -> Iterator[RunningGateway]:
         yield running
 
 
+def test_an_unexpected_failure_in_a_prediction_stage_fails_that_request_not_the_gateway(gw, monkeypatch):
+    """Fault injection into the real gateway (it runs in this process): the store step raises something no
+    handler expects, once. That request gets a 500 problem with nothing stored; the worker threads that group
+    requests keep running, so the next request is predicted and stored."""
+    from learning_machine.gateway import service
+
+    real = service.store_answers
+    calls = {"n": 0}
+
+    def fails_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("injected")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service, "store_answers", fails_once)
+    client = gw.client("clinician")
+    broken = client.post("/v1/predictions", json=make_records(1, prefix="bug-a")[0])
+    assert broken.status_code == 500 and "injected" not in broken.text and broken.json()["request_id"]
+    assert gw.stored_predictions("bug-a") == 0
+    assert client.post("/v1/predictions", json=make_records(1, prefix="bug-b")[0]).status_code == 200
+    assert gw.stored_predictions("bug-b") == 1
+
+
 def test_a_prediction_request_sent_again_with_its_request_id_is_answered_from_what_was_stored(gw):
     records = make_records(3, prefix="ida")
     client = gw.client("clinician")
