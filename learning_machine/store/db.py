@@ -94,31 +94,26 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A session whose work is committed at the end, or rolled back entirely on any error."""
-        try:
-            with self.sessions.begin() as session:
-                yield session
-        except DataError as exc:
-            raise _refused(exc) from exc
-        except (OperationalError, DisconnectionError) as exc:
-            raise _unavailable(exc, self.url) from exc
+        with self._errors(), self.sessions.begin() as session:
+            yield session
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
         """:meth:`transaction` without the ORM session, for Core statements on the hot path (the gateway's
         predictions): the session's setup and bookkeeping cost more than a one-row insert."""
-        try:
-            with self.engine.begin() as connection:
-                yield connection
-        except DataError as exc:
-            raise _refused(exc) from exc
-        except (OperationalError, DisconnectionError) as exc:
-            raise _unavailable(exc, self.url) from exc
+        with self._errors(), self.engine.begin() as connection:
+            yield connection
 
     @contextmanager
     def read(self) -> Iterator[Session]:
+        with self._errors(), self.sessions() as session:
+            yield session
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """The database's errors as the platform's: a refused value (400), the database unreachable (503)."""
         try:
-            with self.sessions() as session:
-                yield session
+            yield
         except DataError as exc:
             raise _refused(exc) from exc
         except (OperationalError, DisconnectionError) as exc:
