@@ -200,6 +200,15 @@ def throughput(make_call: Callable[[], Callable[[], Any]], clients: int, seconds
             except Exception:  # noqa: BLE001 - a benchmark counts failures, whatever they are
                 errors[i] += 1
 
+    elapsed = _run_clients(worker, clients, seconds, stop, join_timeout_s=60)
+    return {"rps": sum(counts) / elapsed, "requests": float(sum(counts)), "errors": float(sum(errors))}
+
+
+def _run_clients(worker: Callable[[int], None], clients: int, seconds: float, stop: threading.Event, *,
+                 join_timeout_s: float) -> float:
+    """Run ``worker(i)`` in ``clients`` threads for ``seconds``, then set ``stop`` and wait for them (each up to
+    ``join_timeout_s``: longer than a request may take, so no thread answers after the count); the seconds
+    elapsed."""
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
     started = time.perf_counter()
     for t in threads:
@@ -207,9 +216,8 @@ def throughput(make_call: Callable[[], Callable[[], Any]], clients: int, seconds
     time.sleep(seconds)
     stop.set()
     for t in threads:
-        t.join(timeout=60)
-    elapsed = time.perf_counter() - started
-    return {"rps": sum(counts) / elapsed, "requests": float(sum(counts)), "errors": float(sum(errors))}
+        t.join(timeout=join_timeout_s)
+    return time.perf_counter() - started
 
 
 @dataclass
@@ -251,16 +259,7 @@ def soak(url: str, headers: dict[str, str], new_body: Callable[[str], dict[str, 
                 else:
                     failures[i][f"HTTP {response.status_code}"] += 1
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in threads:
-        # Longer than a request may take: a thread still waiting would answer after the count.
-        t.join(timeout=timeout_s + 10)
-    elapsed = time.perf_counter() - started
+    elapsed = _run_clients(worker, clients, seconds, stop, join_timeout_s=timeout_s + 10)
     answered = sorted(t for per in times for t in per)
     failed = sum(failures, Counter())
     return {"prefix": prefix, "clients": clients, "seconds": seconds, "elapsed_s": elapsed,
