@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from learning_machine.clients.v2 import Prediction
 from learning_machine.errors import LearningMachineError, ServiceUnavailableError
+from learning_machine.gateway import service
 from learning_machine.gateway.problems import as_platform_error
 
 if TYPE_CHECKING:
@@ -140,8 +141,6 @@ class PredictionBatcher:
             rows += len(job.records)
 
     def _model_stage(self) -> None:
-        from learning_machine.gateway import service
-
         while True:
             first = self._carry if self._carry is not None else self._calls.get()
             self._carry = None
@@ -152,7 +151,7 @@ class PredictionBatcher:
                 waiting = [job for job in group if not self._replayed(job)]
                 if waiting:
                     self.ctx.metrics.group_requests.observe(len(waiting))
-                    for job, result in zip(waiting, self._predict(service, waiting), strict=True):
+                    for job, result in zip(waiting, self._predict(waiting), strict=True):
                         if isinstance(result, BaseException):
                             job.finish(result)
                         else:
@@ -168,8 +167,6 @@ class PredictionBatcher:
 
     def _replayed(self, job: Job) -> bool:
         """A caller-chosen request id that is stored already: answer with the stored predictions."""
-        from learning_machine.gateway import service
-
         if not job.retry:
             return False
         try:
@@ -182,7 +179,7 @@ class PredictionBatcher:
         job.finish(stored)
         return True
 
-    def _predict(self, service: Any, jobs: list[Job]) -> list[tuple[list[Prediction], float] | BaseException]:
+    def _predict(self, jobs: list[Job]) -> list[tuple[list[Prediction], float] | BaseException]:
         records = [r for job in jobs for r in job.records]
         started = time.perf_counter()
         try:
@@ -192,7 +189,7 @@ class PredictionBatcher:
         except Exception as exc:  # noqa: BLE001 - whose fault it is, each request alone tells
             if len(jobs) == 1:
                 return [exc]
-            return [one for job in jobs for one in self._predict(service, [job])]
+            return [one for job in jobs for one in self._predict([job])]
         latency_ms = (time.perf_counter() - started) * 1000
         out: list[tuple[list[Prediction], float] | BaseException] = []
         start = 0
@@ -202,8 +199,6 @@ class PredictionBatcher:
         return out
 
     def _store_stage(self) -> None:
-        from learning_machine.gateway import service
-
         stop = False
         while not stop:
             groups = [self._stores.get()]
