@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from learning_machine.cli import bench, data, gateway, loop, models, pipelines, serving, stack
+from learning_machine.cli import bench, data, gateway, loop, models, pipelines, plan, serving, stack
 from learning_machine.cli.common import console
 from learning_machine.errors import LearningMachineError
 from learning_machine.registry.config import quiet_mlflow
@@ -16,7 +16,7 @@ from learning_machine.settings import load_settings
 
 app = typer.Typer(help="Learning Machine: a self-monitoring, self-retraining clinical model platform.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-for group in (stack, data, models, pipelines, loop, gateway, serving, bench):
+for group in (stack, data, models, pipelines, loop, gateway, serving, plan, bench):
     group.register(app)
 
 

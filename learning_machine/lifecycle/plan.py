@@ -1,0 +1,326 @@
+"""The change-control plan: which changes the learning loop may make to a clinical model on its own, the
+acceptance criteria a changed model must meet, and how a change is undone, as one versioned YAML file.
+
+It follows the structure of the FDA's guidance on predetermined change control plans (December 2024): a
+description of the allowed modifications (``changes``), a modification protocol whose performance evaluation
+has pre-specified acceptance criteria on data independent of training (``acceptance``), and the update and
+rollback procedure (``rollback``). :func:`judge` checks a candidate against the plan clause by clause: a
+candidate inside the plan may be promoted automatically; one that is better than the champion but outside the
+plan waits for a person's approval (``awaiting-approval``); one that shows no improvement, or on too few rows,
+leaves the champion in place.
+
+The evidence clauses are the evidence gate's own (:func:`learning_machine.lifecycle.promotion.decide_on_evidence`,
+configured here instead of by ``LM_GATE_*``); the plan adds the candidate's calibration slope and intercept
+bounds, per-subgroup floors, the minimum post-change rows, the independence of the test rows, and which kinds
+of change are pre-authorised."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from learning_machine.errors import SpecError
+
+PLANS = Path(__file__).parent / "plans"
+"""The example plans shipped with the package, one per built-in dataset (``<dataset>.yaml``), and the plan
+file's JSON schema (``plan.schema.json``, kept equal to :func:`plan_schema` by a test)."""
+SCHEMA = PLANS / "plan.schema.json"
+
+ChangeKind = Literal["retrain", "recalibrate"]
+"""``retrain``: refit the model on newer rows with the same features and the same training code;
+``recalibrate``: keep the champion's scores and refit only the map from score to probability."""
+
+Decision = Literal["promote", "awaiting-approval", "keep-champion"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Bounds(_Strict):
+    """A closed interval ``[low, high]``."""
+
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Bounds:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low:g}) is above high ({self.high:g})")
+        return self
+
+
+class Discrimination(_Strict):
+    metric: Literal["auc", "log_loss", "brier"] = Field(
+        "auc", description="The metric on which the candidate must be better than the champion.")
+    margin: float = Field(0.0, ge=0, le=1, description="By more than this (the interval's better end).")
+    also_better_on: tuple[Literal["auc", "log_loss", "brier"], ...] = Field(
+        ("log_loss",), description="Other metrics on which proving itself better is enough (a recalibrated model "
+                                   "ranks the same but predicts better); the error budget is split.")
+    noninferiority_auc: float = Field(0.03, ge=0, le=0.5,
+                                      description="The AUC may be at most this much below the champion's.")
+
+
+class Calibration(_Strict):
+    noninferiority_log_loss: float = Field(0.02, ge=0, le=1,
+                                           description="The log-loss may be at most this much above the champion's.")
+    slope: Bounds = Field(Bounds(low=0.8, high=1.2),
+                          description="The candidate's calibration slope on the test rows must lie here (1 is ideal; "
+                                      "below 1, predictions are too extreme).")
+    intercept: Bounds = Field(Bounds(low=-0.2, high=0.2),
+                              description="The candidate's calibration-in-the-large (logit scale; 0 is ideal).")
+
+
+class Subgroups(_Strict):
+    noninferiority_auc: float = Field(0.10, ge=0, le=0.5,
+                                      description="On every subgroup tested, the AUC may be at most this much "
+                                                  "below the champion's.")
+    min_events: int = Field(30, ge=5, description="A subgroup is tested only with this many rows of each outcome.")
+    underpowered: Literal["no-harm", "hold"] = Field(
+        "no-harm", description="A subgroup whose interval is wider than its margin: test only for proven harm, "
+                               "or hold the candidate.")
+    floors: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="The candidate's own AUC on each label of a subgroup must reach "
+                                          "this (``{subgroup: {label or '*': floor}}``).")
+
+    @model_validator(mode="after")
+    def _floors(self) -> Subgroups:
+        for group, labels in self.floors.items():
+            for label, floor in labels.items():
+                if not 0.5 <= floor <= 1:
+                    raise ValueError(f"floor of {group}={label} must be between 0.5 and 1, not {floor:g}")
+        return self
+
+
+class Acceptance(_Strict):
+    discrimination: Discrimination = Discrimination()
+    calibration: Calibration = Calibration()
+    subgroups: Subgroups = Subgroups()
+    min_post_change_rows: int = Field(500, ge=50, description="Rows with outcomes, after the change point, "
+                                                             "that the comparison must be made on.")
+    independent_test_rows: bool = Field(True, description="The test rows must be rows the candidate was not "
+                                                          "trained on (checked from the data manifest).")
+
+
+class Rollback(_Strict):
+    to: Literal["previous-champion"] = "previous-champion"
+    auc_floor: float = Field(0.70, ge=0.5, le=1, description="Realised AUC of the serving model below this, on "
+                                                             "`window_rows` labelled rows: roll back.")
+    window_rows: int = Field(500, ge=50, description="Labelled rows the realised AUC is measured on.")
+    automatic: bool = Field(True, description="Roll back without waiting for a person (the event is recorded).")
+
+
+class ChangePlan(_Strict):
+    """A change-control plan (see the module's documentation)."""
+
+    plan: str = Field(description="The plan's name.")
+    version: str = Field(description="The plan's version; every decision records it (with the file's digest).")
+    dataset: str = Field(description="The dataset spec (its name) the plan applies to.")
+    description: str = ""
+    changes: tuple[ChangeKind, ...] = Field(
+        ("retrain",), description="The changes the loop may make without a person's approval.")
+    acceptance: Acceptance = Acceptance()
+    rollback: Rollback = Rollback()
+    digest: str = Field("", description="sha256 of the plan file (set when loaded; not written in the file).")
+
+    @model_validator(mode="after")
+    def _changes(self) -> ChangePlan:
+        if len(set(self.changes)) != len(self.changes):
+            raise ValueError("a change kind is listed twice")
+        return self
+
+    def evidence_rule(self, looks: int = 1) -> Any:
+        """The evidence gate these acceptance criteria configure (``looks``: as in
+        :meth:`~learning_machine.lifecycle.promotion.EvidenceRule.from_settings`)."""
+        from scipy.stats import norm
+
+        from learning_machine.lifecycle.promotion import EvidenceRule
+
+        a = self.acceptance
+        return EvidenceRule(a.discrimination.margin, a.discrimination.noninferiority_auc,
+                            a.calibration.noninferiority_log_loss, a.subgroups.noninferiority_auc,
+                            a.subgroups.min_events, a.subgroups.underpowered, a.discrimination.also_better_on,
+                            z=float(norm.ppf(1 - 0.025 / max(1, looks))))
+
+    def check_against(self, spec: Any) -> None:
+        """Raise :class:`SpecError` unless the plan fits the dataset spec: its name, and every subgroup with a
+        floor defined by the spec."""
+        if self.dataset != spec.name:
+            raise SpecError(f"change-control plan {self.plan!r} is for dataset {self.dataset!r}, not {spec.name!r}")
+        known = {g.name for g in spec.subgroups}
+        unknown = sorted(set(self.acceptance.subgroups.floors) - known)
+        if unknown:
+            raise SpecError(f"change-control plan {self.plan!r} sets floors for subgroups {', '.join(unknown)}, "
+                            f"which dataset {spec.name!r} does not define (it has: {', '.join(sorted(known)) or 'none'})")
+
+    def identity(self) -> dict[str, str]:
+        return {"plan": self.plan, "version": self.version, "digest": self.digest}
+
+
+def load_plan(path: str | Path) -> ChangePlan:
+    """Read and check a plan file; a malformed one raises :class:`SpecError` naming every bad field."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError as exc:
+        raise SpecError(f"change-control plan {str(path)!r} does not exist") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"change-control plan {str(path)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, Mapping):
+        raise SpecError(f"change-control plan {str(path)!r} must be a mapping at the top level")
+    if "digest" in raw:
+        raise SpecError(f"change-control plan {str(path)!r}: 'digest' is computed from the file, not written in it")
+    try:
+        plan = ChangePlan.model_validate(raw)
+    except ValidationError as exc:
+        listed = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '<plan>'}: {err['msg']}"
+                           for err in exc.errors())
+        raise SpecError(f"change-control plan {str(path)!r} is invalid: {listed}",
+                        detail=[{"field": ".".join(str(p) for p in err["loc"]), "problem": err["msg"]}
+                                for err in exc.errors()]) from exc
+    return plan.model_copy(update={"digest": hashlib.sha256(text.encode()).hexdigest()})
+
+
+def plan_for(dataset: str, path: str | Path | None = None) -> ChangePlan:
+    """The plan at ``path``, else the example shipped for ``dataset``; it must name that dataset."""
+    if path is None:
+        path = PLANS / f"{dataset}.yaml"
+        if not path.exists():
+            known = sorted(p.stem for p in PLANS.glob("*.yaml"))
+            raise SpecError(f"no change-control plan ships for dataset {dataset!r} (shipped: {', '.join(known)}): "
+                            "write one (see docs/change-control.md)")
+    plan = load_plan(path)
+    if plan.dataset != dataset:
+        raise SpecError(f"change-control plan {str(path)!r} is for dataset {plan.dataset!r}, not {dataset!r}")
+    return plan
+
+
+def plan_schema() -> dict[str, Any]:
+    """The plan file's JSON schema (for editors and CI), without the computed ``digest``."""
+    schema = ChangePlan.model_json_schema()
+    schema["properties"].pop("digest", None)
+    schema["additionalProperties"] = False
+    return schema
+
+
+# -- calibration ----------------------------------------------------------------------------------------
+def calibration_slope_intercept(y_true: Sequence[int] | np.ndarray, proba: Sequence[float] | np.ndarray,
+                                ) -> dict[str, float]:
+    """The calibration slope (logistic regression of the outcome on the logit of the predicted probability)
+    and calibration-in-the-large (the intercept with the logit as an offset), by Newton's method. A perfectly
+    calibrated model has slope 1 and intercept 0 (Van Calster et al., J Clin Epidemiol 2016)."""
+    y = np.asarray(y_true, dtype=float)
+    p = np.clip(np.asarray(proba, dtype=float), 1e-6, 1 - 1e-6)
+    if len(y) == 0 or y.min() == y.max():
+        raise ValueError("calibration needs rows of both outcomes")
+    lp = np.log(p / (1 - p))
+    X = np.column_stack([np.ones_like(lp), lp])
+    beta = np.array([0.0, 1.0])
+    for _ in range(50):
+        mu = 1 / (1 + np.exp(-(X @ beta)))
+        w = mu * (1 - mu)
+        delta = np.linalg.solve(X.T @ (X * w[:, None]) + 1e-9 * np.eye(2), X.T @ (y - mu))
+        beta = beta + delta
+        if np.abs(delta).max() < 1e-10:
+            break
+    a = 0.0
+    for _ in range(50):
+        fitted = 1 / (1 + np.exp(-(a + lp)))
+        step = float((y - fitted).sum() / max(float((fitted * (1 - fitted)).sum()), 1e-12))
+        a += step
+        if abs(step) < 1e-10:
+            break
+    return {"slope": float(beta[1]), "intercept": float(a)}
+
+
+# -- the judgement ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PlanVerdict:
+    """What the plan says of a candidate, with every clause (its bound, value and verdict)."""
+
+    decision: Decision
+    reason: str
+    clauses: tuple[dict[str, Any], ...]
+    plan: dict[str, str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"decision": self.decision, "reason": self.reason, "clauses": list(self.clauses), "plan": self.plan}
+
+
+def judge(plan: ChangePlan, *, change: ChangeKind, evidence: Mapping[str, Any], candidate: Mapping[str, Any],
+          independent_test_rows: bool, looks: int = 1) -> PlanVerdict:
+    """Check a candidate against ``plan``:
+
+    - ``evidence``: the paired comparison with the champion on the test rows
+      (:func:`learning_machine.model.evaluation.paired_comparison`);
+    - ``candidate``: the candidate's own results on those rows: ``calibration`` (``slope``, ``intercept``,
+      from :func:`calibration_slope_intercept`) and ``subgroups`` (``{group: {label: {"auc": ...}}}``, as
+      :func:`learning_machine.model.evaluation.evaluate` gives);
+    - ``independent_test_rows``: whether the data manifest shows no test row among the training rows.
+
+    ``keep-champion`` when the candidate is not shown better (the evidence gate's first clause) or the rows
+    are fewer than the plan's minimum; else ``promote`` when every other clause holds; else
+    ``awaiting-approval``, naming the clauses outside the plan."""
+    from learning_machine.lifecycle.promotion import decide_on_evidence
+
+    a = plan.acceptance
+    gate = decide_on_evidence(evidence, plan.evidence_rule(looks), metric=a.discrimination.metric)
+    clauses: list[dict[str, Any]] = [{**c, "source": "evidence gate"} for c in gate.clauses]
+    rows = int(evidence.get("rows", 0))
+    clauses.append({"clause": "rows after the change", "passed": rows >= a.min_post_change_rows, "value": rows,
+                    "must_be_at_least": a.min_post_change_rows})
+    clauses.append({"clause": f"change allowed: {change}", "passed": change in plan.changes, "value": change,
+                    "allowed": list(plan.changes)})
+    clauses.append({"clause": "test rows independent of training", "passed": bool(independent_test_rows)
+                    if a.independent_test_rows else None, "value": bool(independent_test_rows),
+                    **({} if a.independent_test_rows else {"note": "not required by this plan"})})
+    calibration = candidate.get("calibration") or {}
+    for name in ("slope", "intercept"):
+        bounds: Bounds = getattr(a.calibration, name)
+        value = calibration.get(name)
+        clauses.append({"clause": f"calibration {name}", "passed": None if value is None
+                        else bool(bounds.low <= float(value) <= bounds.high),
+                        "value": None if value is None else round(float(value), 4), "bounds": [bounds.low, bounds.high],
+                        **({"note": "not assessable: no calibration on these rows"} if value is None else {})})
+    found = candidate.get("subgroups") or {}
+    for group, floors in sorted(a.subgroups.floors.items()):
+        labels = found.get(group) or {}
+        wanted = sorted(labels) if "*" in floors else sorted(k for k in floors if k != "*")
+        if not wanted:
+            clauses.append({"clause": f"subgroup floor: {group}", "passed": None,
+                            "note": "not assessable: no rows of this subgroup"})
+        for label in wanted:
+            floor = floors.get(label, floors.get("*"))
+            found_auc = (labels.get(label) or {}).get("auc")
+            auc = None if found_auc is None or found_auc != found_auc else float(found_auc)  # NaN: not assessable
+            value = None if auc is None else round(auc, 4)
+            ok = None if auc is None or floor is None else bool(auc >= floor)
+            clauses.append({"clause": f"subgroup floor: {group}={label}", "passed": ok,
+                            "value": value, "must_be_at_least": floor,
+                            **({"note": "not assessable: too few rows of this subgroup"} if ok is None else {})})
+    better = clauses[0]
+    outside = [c["clause"] for c in clauses[1:] if c["passed"] is False and c["clause"] != "rows after the change"]
+    if better["passed"] is not True:
+        decision: Decision = "keep-champion"
+        reason = f"not shown better than the champion: {gate.reason}"
+    elif rows < a.min_post_change_rows:
+        decision = "keep-champion"
+        reason = f"only {rows} rows after the change; the plan needs {a.min_post_change_rows}"
+    elif outside:
+        decision = "awaiting-approval"
+        reason = f"better than the champion but outside plan {plan.plan} {plan.version}: {', '.join(outside)}"
+    else:
+        decision = "promote"
+        reason = f"inside plan {plan.plan} {plan.version}: {gate.reason}"
+    return PlanVerdict(decision, reason, tuple(json.loads(json.dumps(c, default=float)) for c in clauses),
+                       plan.identity())
