@@ -93,6 +93,12 @@ class Settings(BaseSettings):
                                  "local (kfp.local, this machine) or kubeflow (a KFP API server at `kfp_host`).")
     kfp_host: str | None = Field(None, description="URL of the Kubeflow Pipelines API (runner `kubeflow`, "
                                  "`lm pipelines submit/schedule`).")
+    kfp_token_path: Path = Field(
+        Path("/var/run/secrets/kubeflow/pipelines/token"),
+        validation_alias=AliasChoices("kfp_token_path", "LM_KFP_TOKEN_PATH", "KF_PIPELINES_SA_TOKEN_PATH"),
+        description="Projected service-account token (audience pipelines.kubeflow.org) that authenticates to "
+        "a multi-user Kubeflow Pipelines API from inside the cluster; KFP's own KF_PIPELINES_SA_TOKEN_PATH is "
+        "read too. No file there: the client sends no credentials.")
     pipeline_root: Path | None = Field(None, description="Where local pipeline runs keep their artifacts "
                                        "(default: `home`/pipelines).")
     gate_metric: str = Field("auc", description="Metric the champion/challenger gate compares on the same held-out "

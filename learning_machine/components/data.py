@@ -2,7 +2,7 @@
 come from the settings)."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Output
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
 
 from learning_machine.components import PLATFORM_IMAGE
 
@@ -22,10 +22,13 @@ def ingest(source: str, raw: Output[Dataset], parent_run_id: str, seed: int, spe
 
 
 @dsl.component(base_image=PLATFORM_IMAGE, install_kfp_package=False)
-def validate(raw: Input[Dataset], report: Output[Artifact], parent_run_id: str, max_missing_fraction: float,
-             max_invalid_fraction: float, tracking_uri: str = "", experiment_name: str = "") -> bool:
-    """Data-quality report against the spec; fails the pipeline above the thresholds."""
+def validate(raw: Input[Dataset], report: Output[Artifact], metrics: Output[Metrics], parent_run_id: str,
+             max_missing_fraction: float, max_invalid_fraction: float, tracking_uri: str = "",
+             experiment_name: str = "") -> bool:
+    """Data-quality report against the spec; fails the pipeline above the thresholds. Publishes the
+    report's figures (rows, missing and invalid fractions, duplicate ids...) as KFP metrics."""
     from learning_machine.components import step_settings
+    from learning_machine.components.kfp_outputs import publish_metrics
     from learning_machine.components.steps import validate as run
 
     settings = step_settings(mlflow_tracking_uri=tracking_uri, experiment_name=experiment_name)
@@ -33,6 +36,7 @@ def validate(raw: Input[Dataset], report: Output[Artifact], parent_run_id: str, 
                  max_missing_fraction=max_missing_fraction, max_invalid_fraction=max_invalid_fraction)
     report.metadata.update({"missing_fraction": result["missing_fraction"],
                             "invalid_fraction": result["invalid_fraction"]})
+    publish_metrics(metrics, result)
     return bool(result["passed"])
 
 

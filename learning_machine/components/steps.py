@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +48,10 @@ DATA_FILE = "data.csv"
 SPEC_FILE = "spec.yaml"
 SOURCE_FILE = "source.json"
 FEATURES_FILE = "features.csv"
+
+Scores = Callable[[Any, Any], None]
+"""Called with (labels, probabilities) of the held-out rows a step scored: how a KFP component publishes
+the ROC curve and confusion matrix (:mod:`.kfp_outputs`) of what the step computed."""
 
 
 # -- dataset folders -------------------------------------------------------------------------------
@@ -227,7 +232,8 @@ def _params(params_json: str | dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def train(settings: Settings, data_dir: str | Path, test_dir: str | Path, *, parent_run_id: str = "",
-          kind: str = "", params_json: str = "") -> tuple[str, dict[str, float]]:
+          kind: str = "", params_json: str = "",
+          on_scores: Scores | None = None) -> tuple[str, dict[str, float]]:
     """Train preprocessing + classifier from scratch and log the run (not registered yet). Writes the
     held-out rows to ``test_dir`` so evaluation scores candidate and champion on the same rows."""
     from learning_machine.model.training import train_model
@@ -241,11 +247,14 @@ def train(settings: Settings, data_dir: str | Path, test_dir: str | Path, *, par
                            parent_run_id=parent_run_id, progress=print)
     write_dataset(test_dir, result.test, data.spec, {"source_uri": data.source_uri, "params": data.params,
                                                      "rows": len(result.test), "role": "held-out"})
+    if on_scores is not None:
+        on_scores(result.test_labels, result.test_proba)
     return run_id, result.evaluation.metrics
 
 
 def retrain(settings: Settings, new_dir: str | Path, test_dir: str | Path, *, reference_dir: str | Path | None = None,
-            parent_run_id: str = "", base_ref: str = CHAMPION, params_json: str = "") -> tuple[str, dict[str, float]]:
+            parent_run_id: str = "", base_ref: str = CHAMPION, params_json: str = "",
+            on_scores: Scores | None = None) -> tuple[str, dict[str, float]]:
     """Three candidates from the training part of the new data: the registered ``base_ref`` model continued
     (warm start) on the reference (old) data plus the new rows, and a model trained from scratch on the new
     rows, at the configured and at lower capacity; the best one on unseen new rows goes on
@@ -284,6 +293,8 @@ def retrain(settings: Settings, new_dir: str | Path, test_dir: str | Path, *, re
                            parent_run_id=parent_run_id, progress=print)
     write_dataset(test_dir, new_test, new.spec, {"source_uri": new.source_uri, "params": new.params,
                                                  "rows": len(new_test), "role": "held-out (new data)"})
+    if on_scores is not None:
+        on_scores(result.test_labels, result.test_proba)
     return run_id, result.evaluation.metrics
 
 
@@ -296,7 +307,7 @@ class GateDecision(PromotionDecision):
 
 def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, metrics_path: str | Path, *,
              parent_run_id: str = "", gate_metric: str = "", gate_margin: float | None = None,
-             policy: str = "gate") -> GateDecision:
+             policy: str = "gate", on_scores: Scores | None = None) -> GateDecision:
     """Score the candidate and the current champion on the same held-out rows (overall and per subgroup)
     and decide whether the candidate should become champion. ``policy``: ``gate`` (compare on the gate
     metric with a margin), ``always``, ``never`` or ``if-first`` (only when there is no champion)."""
@@ -361,6 +372,8 @@ def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, me
         tracker.log_text(run_id, json.dumps(summary, indent=2), "evaluation/comparison.json")
         tracker.set_tag(run_id, "lm.gate", decision.reason)
     print(decision.reason)
+    if on_scores is not None:
+        on_scores(labels, cand_proba)
     return GateDecision(**asdict(decision), champion_version=champion_version)
 
 

@@ -56,7 +56,8 @@ def gate_and_serve(options: ClusterOptions, trained: Any, *, parent: Any, model_
                                         comparison=judged.outputs["comparison"], parent_run_id=parent,
                                         model_name=model_name, **mlflow))
     with dsl.If(judged.outputs["Output"] == True, name=gate_name):  # noqa: E712
-        promoted = options.apply(promote(version=registered.output, comparison=judged.outputs["comparison"],
-                                         parent_run_id=parent, model_name=model_name, **mlflow))
+        promoted = options.apply(promote(version=registered.outputs["Output"],
+                                         comparison=judged.outputs["comparison"], parent_run_id=parent,
+                                         model_name=model_name, **mlflow))
         options.apply(deploy(version=promoted.output, parent_run_id=parent, model_name=model_name,
                              deployer=deployer, **mlflow))

@@ -30,17 +30,32 @@ class Uploaded:
     experiment_id: str
 
 
-def kfp_client(host: str | None) -> Any:
-    """A ``kfp.Client`` for ``host`` (the KFP API URL)."""
+def kfp_credentials(token_path: Path) -> Any | None:
+    """In-cluster credentials for the KFP API: the projected service-account token at ``token_path``
+    (audience ``pipelines.kubeflow.org``, refreshed by the kubelet; multi-user Kubeflow requires it), read
+    afresh before each request by ``kfp.client.ServiceAccountTokenVolumeCredentials``. None when there is
+    no token file (outside a cluster, or a single-user install): the client then sends no credentials."""
+    if not token_path.is_file():
+        return None
+    from kfp.client import ServiceAccountTokenVolumeCredentials
+
+    return ServiceAccountTokenVolumeCredentials(path=str(token_path))
+
+
+def kfp_client(host: str | None, token_path: Path | None = None) -> Any:
+    """A ``kfp.Client`` for ``host`` (the KFP API URL), with the service-account token at ``token_path`` as
+    credentials when that file exists (:func:`kfp_credentials`). kfp.Client applies such credentials on its
+    own only when it finds the host itself; given a host, it has to be handed them."""
     if not host:
         raise ConfigurationError("no Kubeflow Pipelines host: pass --host URL or set LM_KFP_HOST")
     import warnings
 
     import kfp
 
+    credentials = kfp_credentials(token_path) if token_path is not None else None
     with _kfp_errors(host, "connecting"), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # "only works with KFP v2.0.0-beta.2 and later"
-        return kfp.Client(host=host)
+        return kfp.Client(host=host, credentials=credentials)
 
 
 @contextmanager
@@ -103,7 +118,7 @@ class KubeflowRunner(PipelineRunner):
     def run(self, pipeline: str, params: dict[str, Any] | None = None, *,
             progress: Progress | None = None) -> PipelineRun:
         """Upload the pipeline and start one run; returns at once (state as the server reports it)."""
-        client = kfp_client(self.host)
+        client = kfp_client(self.host, self.settings.kfp_token_path)
         args = self.parameters(pipeline, params, from_settings=False)
         with tempfile.TemporaryDirectory() as tmp:
             uploaded = upload(client, self.host, pipeline, self._package(pipeline, tmp),
@@ -123,7 +138,7 @@ class KubeflowRunner(PipelineRunner):
     def schedule(self, pipeline: str, cron: str, params: dict[str, Any] | None = None, *,
                  name: str | None = None) -> dict[str, Any]:
         """Upload the pipeline and create a recurring run on ``cron`` (one run at a time, no catch-up)."""
-        client = kfp_client(self.host)
+        client = kfp_client(self.host, self.settings.kfp_token_path)
         args = self.parameters(pipeline, params, from_settings=False)
         expression = kfp_cron(cron)
         with tempfile.TemporaryDirectory() as tmp:

@@ -1,77 +1,184 @@
 """The ``local`` runner: the pipeline's own KFP graph run by ``kfp.local.SubprocessRunner(use_venv=False)``,
 each step a subprocess of this interpreter, artifacts under ``pipeline_root`` (``LM_HOME``/pipelines).
 The steps' processes are forked from warm interpreters (:mod:`.warm`), kept for this process's later runs,
-so they do not each pay the imports again."""
+so they do not each pay the imports again.
+
+Progress comes from kfp.local's own per-task call (:func:`record_tasks`): which step runs, how it ended, its
+outputs; a failed step's reason is the error its process recorded (:data:`ERROR_FILE`). The log file keeps
+everything kfp.local and the steps printed, for reading, not for parsing."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from learning_machine.components import ERROR_FILE
 from learning_machine.runners.base import PipelineRun, PipelineRunner, Progress, build_pipeline
 from learning_machine.runners.warm import kept_interpreters, warm_steps
 from learning_machine.settings import Settings, settings_env
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-# kfp.local's own log lines ("12:00:00.000 - INFO - Executing task 'x'"; failures are logged as ERROR).
-_TASK = re.compile(r" - (?:INFO|ERROR|WARNING) - (Executing task|Task) '([\w-]+)'(?: finished with status (\w+))?")
-# The last line of a step's traceback, e.g. "learning_machine.errors.DataQualityError: dataset ... failed".
-_ERROR = re.compile(r"^\s*((?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit)): (.+)$")
 
+class _Tee:
+    """Stands in for ``sys.stdout`` during a run: kfp.local's own log lines and the steps' streamed output go
+    to the run's log file (and, with ``echo``, to the terminal). Nothing is read back from the text: what
+    the run did comes from kfp.local's task calls (:class:`TaskRecord`)."""
 
-class _Tap:
-    """Stands in for ``sys.stdout`` during a run: keeps every line in a log file, reports step starts and
-    ends as progress, times each step (from kfp.local's "Executing task" line to its "finished" line), and
-    remembers error lines so a failure can be explained in one sentence."""
-
-    def __init__(self, log: TextIO, progress: Progress | None, echo: TextIO | None) -> None:
-        self.log, self.progress, self.echo = log, progress, echo
-        self.errors: list[str] = []
-        self.steps: dict[str, str] = {}
-        self.seconds: dict[str, float] = {}
-        self._started: dict[str, float] = {}
-        self._partial = ""
+    def __init__(self, log: TextIO, echo: TextIO | None) -> None:
+        self.log, self.echo = log, echo
 
     def write(self, text: str) -> int:
         self.log.write(text)
         if self.echo is not None:
             self.echo.write(text)
-        self._partial += text
-        *lines, self._partial = self._partial.split("\n")
-        for line in lines:
-            self._line(_ANSI.sub("", line))
         return len(text)
 
     def flush(self) -> None:
         self.log.flush()
+        if self.echo is not None:
+            self.echo.flush()
 
-    def _line(self, line: str) -> None:
-        found = _ERROR.match(line)
-        if found and not found.group(1).startswith(("RuntimeError", "subprocess")):
-            self.errors.append(f"{found.group(1).rsplit('.', 1)[-1]}: {found.group(2).strip()}")
-        task = _TASK.search(line)
-        if task:
-            name, status = task.group(2), task.group(3)
-            if task.group(1) == "Executing task":
-                self.steps[name] = "RUNNING"
-                self._started[name] = time.perf_counter()
-                if self.progress:
-                    self.progress(f"step {name} ...")
-            elif status:
-                self.steps[name] = "SUCCEEDED" if status == "SUCCESS" else "FAILED"
-                if name in self._started:
-                    self.seconds[name] = time.perf_counter() - self._started[name]
-                if self.progress:
-                    self.progress(f"step {name}: {status.lower()}")
-        elif "Skipping" in line and self.progress:
-            self.progress(line.split(" - ", 2)[-1].strip())
+
+@dataclass
+class TaskRecord:
+    """What kfp.local's tasks did, recorded as kfp.local runs them: each task's state (``RUNNING``,
+    ``SUCCEEDED``, ``FAILED``), wall time, outputs (parameters, and artifacts as type, uri and metadata:
+    what the Kubeflow UI would show), and the error its step recorded when it failed (:data:`ERROR_FILE`)."""
+
+    progress: Progress | None = None
+    steps: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def started(self, task: str) -> None:
+        self.steps[task] = "RUNNING"
+        if self.progress:
+            self.progress(f"step {task} ...")
+
+    def finished(self, task: str, succeeded: bool, seconds: float, outputs: dict[str, Any],
+                 task_root: Path | None) -> None:
+        self.steps[task] = "SUCCEEDED" if succeeded else "FAILED"
+        self.seconds[task] = seconds
+        if succeeded:
+            self.outputs[task] = {name: _output(value) for name, value in outputs.items()}
+        else:
+            self.errors[task] = _step_error(task_root)
+        if self.progress:
+            self.progress(f"step {task}: {'success' if succeeded else 'failure'}"
+                          + ("" if succeeded else f" ({self.errors[task]})"))
+
+    @property
+    def failed(self) -> list[str]:
+        return [task for task, state in self.steps.items() if state == "FAILED"]
+
+
+_recording: TaskRecord | None = None
+_hook_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def record_tasks(progress: Progress | None = None) -> Iterator[TaskRecord]:
+    """For the ``with`` block, every task kfp.local runs in this process is recorded (:class:`TaskRecord`)
+    and reported to ``progress`` as it starts and ends. The observable is kfp.local's own per-task call
+    (``kfp.local.orchestrator.task_executor.execute_single_task``: both of its DAG orchestrators run every
+    container task through it, and it returns the task's outputs and status), wrapped once per process;
+    nothing is parsed from the log."""
+    global _recording
+    _observe_kfp_tasks()
+    record = TaskRecord(progress)
+    previous, _recording = _recording, record
+    try:
+        yield record
+    finally:
+        _recording = previous
+
+
+def _observe_kfp_tasks() -> None:
+    from kfp.local.orchestrator import task_executor
+
+    with _hook_lock:
+        original = task_executor.execute_single_task
+        if getattr(original, "lm_observed", False):
+            return
+
+        def execute_single_task(*args: Any, **kwargs: Any) -> Any:
+            record, task = _recording, kwargs.get("task_name")
+            if record is None or not isinstance(task, str):
+                return original(*args, **kwargs)
+            record.started(task)
+            started = time.perf_counter()
+            try:
+                outputs, task_status = original(*args, **kwargs)
+            except BaseException:
+                record.finished(task, False, time.perf_counter() - started, {}, _task_root(kwargs))
+                raise
+            record.finished(task, task_status.name == "SUCCESS", time.perf_counter() - started, outputs or {},
+                            _task_root(kwargs))
+            return outputs, task_status
+
+        execute_single_task.lm_observed = True  # type: ignore[attr-defined]
+        task_executor.execute_single_task = execute_single_task
+
+
+def _task_root(kwargs: dict[str, Any]) -> Path | None:
+    """The folder kfp.local gives the task (its outputs, executor output and, on failure, the step's
+    :data:`ERROR_FILE`), from the same arguments kfp.local builds it from."""
+    from kfp.local import executor_input_utils
+
+    try:
+        name = executor_input_utils.get_local_task_resource_name(kwargs["task_spec"].component_ref.name)
+        return Path(executor_input_utils.construct_local_task_root(
+            pipeline_root=kwargs["pipeline_root"], pipeline_resource_name=kwargs["pipeline_resource_name"],
+            task_resource_name=name))
+    except (KeyError, AttributeError, TypeError):
+        return None
+
+
+def _step_error(task_root: Path | None) -> str:
+    """``Type: message`` of the exception that ended the task's step, as the step recorded it."""
+    try:
+        found = json.loads((task_root / ERROR_FILE).read_text()) if task_root else None
+    except (OSError, ValueError):
+        found = None
+    if not isinstance(found, dict) or not found.get("type"):
+        return "it left no error record: see the log"
+    message = str(found.get("message") or "").strip()
+    return f"{found['type']}: {message}" if message else str(found["type"])
+
+
+def _output(value: Any) -> Any:
+    """A task output as plain data: a parameter as it is, an artifact as its type, uri and metadata."""
+    schema = getattr(value, "schema_title", None)
+    if schema is None:
+        return value
+    return {"type": schema, "uri": getattr(value, "uri", ""), "metadata": dict(getattr(value, "metadata", {}))}
+
+
+def _leaf_tasks(spec: Any) -> list[str]:
+    """The names kfp.local gives the container tasks of a compiled pipeline spec, sub-DAGs included."""
+    components = dict(spec.components.items())
+    names: list[str] = []
+
+    def walk(dag: Any) -> None:
+        for name, task in dag.tasks.items():
+            component = components.get(task.component_ref.name)
+            if component is not None and component.WhichOneof("implementation") == "dag":
+                walk(component.dag)
+            else:
+                names.append(name)
+
+    walk(spec.root.dag)
+    return names
 
 
 class LocalRunner(PipelineRunner):
@@ -117,23 +224,30 @@ class LocalRunner(PipelineRunner):
             state, error = "SUCCEEDED", None
             if progress:
                 progress(f"running pipeline {graph.name} locally (kfp.local), log: {log_path}")
-            with open(log_path, "w") as log:
-                tap = _Tap(log, progress, sys.__stdout__ if self.echo else None)
+            with open(log_path, "w") as log, record_tasks(progress) as tasks:
                 try:
-                    with contextlib.redirect_stdout(tap), warnings.catch_warnings(), _environment(self.settings):
+                    with contextlib.redirect_stdout(_Tee(log, sys.__stdout__ if self.echo else None)), \
+                            warnings.catch_warnings(), _environment(self.settings):
                         # kfp.local warns, per task, that cluster settings and the platform image are not used here.
                         warnings.simplefilter("ignore", UserWarning)
                         warnings.simplefilter("ignore", RuntimeWarning)
                         graph(**args)
-                except RuntimeError as exc:
+                except RuntimeError as exc:  # kfp.local raises this when a task failed (raise_on_error)
                     state = "FAILED"
-                    error = tap.errors[-1] if tap.errors else _ANSI.sub("", str(exc))
+                    failed = tasks.failed
+                    # The first failure is the cause; an exit handler that failed after it is not.
+                    error = tasks.errors[failed[0]] if failed else f"kfp.local: {_plain(str(exc))}"
             seconds = time.perf_counter() - started
+            not_run = [t for t in _leaf_tasks(graph.pipeline_spec) if t not in tasks.steps]
+            if progress and not_run:
+                why = "a step before them failed" if state == "FAILED" else "their condition was not met"
+                progress(f"not run: {', '.join(not_run)} ({why})")
         new = sorted(p for p in set(root.iterdir()) - before if p.is_dir() and p.name.startswith(f"{graph.name}-"))
         result = PipelineRun(pipeline=graph.name, runner=self.name, run_key=args["run_key"], state=state,
                              parameters=args, outputs_dir=str(new[-1]) if new else None, log_path=str(log_path),
-                             seconds=seconds, error=error, steps=dict(tap.steps),
-                             step_seconds=dict(tap.seconds))
+                             seconds=seconds, error=error, steps=dict(tasks.steps),
+                             step_seconds=dict(tasks.seconds))
+        result.extra["outputs"] = tasks.outputs
         settings = self.settings.model_copy(update={"experiment_name": args.get("experiment_name")
                                                     or self.settings.experiment_name})
         with contextlib.suppress(Exception):  # where to look is a courtesy: the run itself is what counts
@@ -167,7 +281,13 @@ def _artifacts(folder: Path) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for task in sorted(p for p in folder.iterdir() if p.is_dir()):
         files = [str(f.relative_to(folder)) for f in sorted(task.rglob("*"))
-                 if f.is_file() and f.name != "executor_output.json"]
+                 if f.is_file() and f.name not in ("executor_output.json", ERROR_FILE)]
         if files:
             out[task.name] = files
     return out
+
+
+
+def _plain(text: str) -> str:
+    """kfp.local's message without its terminal colours."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)

@@ -378,7 +378,13 @@ def _run_task(request: dict[str, Any], fds: list[int]) -> int:
     except SystemExit as exc:
         code = _exit_code(exc)
     except BaseException:  # noqa: BLE001 - reported as the interpreter reports an uncaught exception
-        traceback.print_exc()
+        # Through sys.excepthook, as the interpreter does: the step's own hook records why it failed
+        # (learning_machine.components.report_errors) before the traceback is printed.
+        kind, error, trace = sys.exc_info()
+        try:
+            sys.excepthook(kind, error, trace)  # type: ignore[arg-type]
+        except BaseException:  # noqa: BLE001 - a broken hook must not hide the step's own failure
+            traceback.print_exc()
         code = 1
     with contextlib.suppress(BaseException):
         atexit._run_exitfuncs()

@@ -578,6 +578,31 @@ def test_the_service_account_can_manage_seldon_deployments_and_nothing_else(defa
             assert "kube-api-access" not in {v["name"] for v in _pod_spec(resource).get("volumes", [])}
 
 
+def test_only_the_monitor_mounts_a_kfp_token_and_only_when_it_calls_kfp(default, parts_off):
+    """The monitor submits retraining runs to the KFP API (kfp.host): it gets a projected token of its
+    ServiceAccount for KFP's audience at KFP's default path, which its kfp.Client sends (multi-user
+    Kubeflow requires it). No other pod gets one; without a KFP host, or switched off, neither does it."""
+    monitor = _one(default, "Deployment", "-monitor")
+    volume = next(v for v in _pod_spec(monitor)["volumes"] if v["name"] == "kfp-token")
+    assert volume["projected"]["sources"] == [{"serviceAccountToken": {
+        "path": "token", "audience": "pipelines.kubeflow.org", "expirationSeconds": 7200}}]
+    container = _pod_spec(monitor)["containers"][0]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "kfp-token")
+    assert mount == {"name": "kfp-token", "mountPath": "/var/run/secrets/kubeflow/pipelines", "readOnly": True}
+    assert _env(container)["LM_KFP_TOKEN_PATH"] == mount["mountPath"] + "/" + volume["projected"]["sources"][0][
+        "serviceAccountToken"]["path"]
+    for resource in default:
+        if resource["kind"] in WORKLOADS and resource is not monitor:
+            assert "kfp-token" not in {v["name"] for v in _pod_spec(resource).get("volumes", [])}
+    no_host = _one(parts_off[("kfp.host=", "kfp.pipelinesNamespace=kubeflow", "kfp.serviceAccount=")],
+                   "Deployment", "-monitor")
+    assert "kfp-token" not in {v["name"] for v in _pod_spec(no_host)["volumes"]}
+    switched_off = _one(render(sets=("kfp.serviceAccountToken.enabled=false",)), "Deployment", "-monitor")
+    assert "kfp-token" not in {v["name"] for v in _pod_spec(switched_off)["volumes"]}
+    assert "LM_KFP_TOKEN_PATH" not in _env(_pod_spec(switched_off)["containers"][0])
+    assert "expirationSeconds" in _fails("kfp.serviceAccountToken.expirationSeconds=60")
+
+
 def _policy(resources: list[Resource], component: str) -> Resource:
     return _one(resources, "NetworkPolicy", f"-allow-{component}")
 

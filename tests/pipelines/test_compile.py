@@ -105,3 +105,29 @@ def test_the_gates_are_conditions_on_the_evaluation(tmp_path: Path):
         conditions = [t["triggerPolicy"]["condition"] for c in spec["components"].values() if "dag" in c
                       for t in c["dag"]["tasks"].values() if t.get("triggerPolicy", {}).get("condition")]
         assert conditions == ["inputs.parameter_values['pipelinechannel--evaluate-Output'] == true"], name
+
+
+# The artifacts the Kubeflow UI renders, per pipeline: component -> output name -> schema title.
+UI_OUTPUTS = {
+    "training": {"comp-validate": {"metrics": "system.Metrics"},
+                 "comp-train": {"metrics": "system.Metrics", "classification": "system.ClassificationMetrics",
+                                "model": "system.Model"},
+                 "comp-evaluate": {"metrics": "system.Metrics", "classification": "system.ClassificationMetrics"},
+                 "comp-register": {"model": "system.Model"}},
+    "retraining": {"comp-validate": {"metrics": "system.Metrics"},
+                   "comp-retrain": {"metrics": "system.Metrics", "classification": "system.ClassificationMetrics",
+                                    "model": "system.Model"},
+                   "comp-evaluate": {"metrics": "system.Metrics",
+                                     "classification": "system.ClassificationMetrics"},
+                   "comp-register": {"model": "system.Model"}},
+    "batch_inference": {"comp-batch-infer": {"metrics": "system.Metrics"}},
+}
+
+
+@pytest.mark.parametrize("name", PIPELINE_NAMES)
+def test_the_steps_declare_the_metrics_and_model_artifacts_the_kubeflow_ui_renders(name: str):
+    spec, _ = _docs(COMPILED_DIR / f"{name}.yaml")
+    for component, outputs in UI_OUTPUTS[name].items():
+        declared = spec["components"][component]["outputDefinitions"]["artifacts"]
+        titles = {key: value["artifactType"]["schemaTitle"] for key, value in declared.items()}
+        assert titles.items() >= outputs.items(), (component, titles)

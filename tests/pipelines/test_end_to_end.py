@@ -97,6 +97,41 @@ def test_training_pipeline_logs_nested_runs_registers_and_promotes_the_first_mod
     assert set(comparison["candidate"]["subgroups"]) == {"sex", "age_band"}
 
 
+def _published(outputs: Path, task: str) -> dict[str, dict]:
+    """The artifacts a task handed back to kfp.local (its executor output, what a cluster's launcher puts in
+    the metadata store the Kubeflow UI reads): name -> uri, metadata. Their types are the compiled spec's
+    (tests/pipelines/test_compile.py)."""
+    written = json.loads((outputs / task / "executor_output.json").read_text())
+    return {name: {"uri": found["artifacts"][0]["uri"], "metadata": found["artifacts"][0].get("metadata", {})}
+            for name, found in written["artifacts"].items()}
+
+
+def test_the_run_publishes_metrics_roc_confusion_matrix_and_the_model_for_the_kubeflow_ui(trained, settings,
+                                                                                         tracker):
+    assert trained["state"] == "SUCCEEDED"
+    outputs = Path(trained["outputs"])
+    train = _published(outputs, "train")
+    roc = train["classification"]["metadata"]["confidenceMetrics"]
+    assert 2 < len(roc) <= 200 and {"falsePositiveRate", "recall", "confidenceThreshold"} <= set(roc[0])
+    matrix = train["classification"]["metadata"]["confusionMatrix"]
+    assert [s["displayName"] for s in matrix["annotationSpecs"]] == ["0", "1"]
+    held_out = len((outputs / "train" / "test" / "data.csv").read_text().splitlines()) - 1
+    assert sum(sum(row["row"]) for row in matrix["rows"]) == held_out == 375  # 25 % of 1,500 rows
+    # The scalar metrics are the run's own: the same AUC MLflow has for the candidate's run.
+    run_id = train["model"]["metadata"]["run_id"]
+    assert train["metrics"]["metadata"]["auc"] == pytest.approx(tracker.client.get_run(run_id).data.metrics["auc"])
+    assert train["model"]["metadata"]["model_uri"] == f"runs:/{run_id}/model"
+    evaluate = _published(outputs, "evaluate")
+    assert evaluate["classification"]["metadata"]["confidenceMetrics"]
+    assert evaluate["metrics"]["metadata"]["candidate.auc"] == pytest.approx(train["metrics"]["metadata"]["auc"])
+    assert evaluate["metrics"]["metadata"]["promote"] == 1.0
+    registered = _published(outputs, "register")["model"]
+    assert registered["metadata"]["model_uri"] == f"models:/{settings.model_name}/1"
+    assert (registered["metadata"]["version"], registered["metadata"]["run_id"]) == ("1", run_id)
+    assert json.loads(Path(registered["uri"]).read_text())["model_uri"] == registered["metadata"]["model_uri"]
+    assert _published(outputs, "validate")["metrics"]["metadata"]["n_rows"] == 1500
+
+
 def test_retraining_promotes_a_better_candidate(trained, settings, tracker):
     assert trained["state"] == "SUCCEEDED"
     champion = tracker.version(settings.model_name, CHAMPION)
@@ -129,6 +164,23 @@ def test_retraining_promotes_a_better_candidate(trained, settings, tracker):
     if new.tags["lm.retrain_mode"] == "warm-start":
         assert new.tags["lm.continued_from"] == champion.version
     assert sorted(run.steps) == sorted(RETRAIN_STEPS)  # what the steps called directly are timed as
+    # What kfp.local handed back for each task, with the artifacts' types: what the Kubeflow UI renders.
+    retrained = run.extra["outputs"]["retrain"]
+    assert retrained["classification"]["type"] == "system.ClassificationMetrics"
+    assert 2 < len(retrained["classification"]["metadata"]["confidenceMetrics"]) <= 200
+    # Retrain's plots are on the rows its own evaluation (its metrics) used: new rows none of the candidates
+    # trained on; evaluate's are on the held-out rows the gate judged.
+    assert retrained["metrics"]["type"] == "system.Metrics"
+    assert sum(sum(r["row"]) for r in retrained["classification"]["metadata"]["confusionMatrix"]["rows"]) == \
+        retrained["metrics"]["metadata"]["n"]
+    judged = run.extra["outputs"]["evaluate"]["classification"]["metadata"]["confusionMatrix"]["rows"]
+    assert sum(sum(r["row"]) for r in judged) == comparison["held_out_rows"]
+    assert retrained["model"]["type"] == "system.Model"
+    assert retrained["model"]["metadata"]["run_id"] == comparison["candidate_run_id"]
+    assert run.extra["outputs"]["register"]["model"]["metadata"]["model_uri"] == \
+        f"models:/{settings.model_name}/{new.version}"
+    assert run.extra["outputs"]["evaluate"]["metrics"]["metadata"]["champion.auc"] == pytest.approx(
+        comparison["champion"]["metrics"]["auc"])
     # The promote step went through the lifecycle's change of champion: its event is on the step's run.
     promote_run = _children(tracker, settings, run.parent_run_id)["promote"]
     event = tracker.run_json(promote_run.info.run_id, "promotion/event.json")
@@ -202,6 +254,7 @@ def test_bad_data_fails_the_run_at_validation_and_leaves_the_champion(trained, s
     assert run.error.startswith("DataQualityError: dataset 'synthetic-cohort' failed validation")
     assert "age (100)" in run.error
     assert run.steps["validate"] == "FAILED" and "train" not in run.steps
+    assert run.steps["close-pipeline-run"] == "SUCCEEDED"  # the exit handler ran after the failure
     with pytest.raises(PipelineError, match="pipeline 'training' failed: DataQualityError"):
         run.raise_for_state()
     assert [(v.version, v.aliases) for v in tracker.list_versions(settings.model_name)] == [

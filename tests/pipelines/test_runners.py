@@ -6,12 +6,15 @@ for ``kfp.Client`` (the only fake in these tests); everything else is real."""
 from __future__ import annotations
 
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import yaml
+from kfp.client import ServiceAccountTokenVolumeCredentials
 from typer.testing import CliRunner
 
 from learning_machine.cli.pipelines import parse_params
@@ -23,7 +26,7 @@ from learning_machine.errors import (
 )
 from learning_machine.pipelines.cluster import CREDENTIALS_SECRET
 from learning_machine.runners.base import get_runner
-from learning_machine.runners.kubeflow import KubeflowRunner, kfp_cron
+from learning_machine.runners.kubeflow import KubeflowRunner, kfp_client, kfp_credentials, kfp_cron
 from learning_machine.runners.local import LocalRunner
 from learning_machine.settings import Settings, load_settings
 
@@ -76,8 +79,9 @@ class RecordingClient:
 
     instances: list[RecordingClient] = []
 
-    def __init__(self, host: str) -> None:
+    def __init__(self, host: str, credentials: Any = None) -> None:
         self.host = host
+        self.credentials = credentials
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.packages: list[dict] = []
         RecordingClient.instances.append(self)
@@ -123,6 +127,7 @@ def test_submit_uploads_the_cluster_pipeline_and_starts_an_uncached_run(kfp_api,
     result = get_runner(settings).run("retraining", {"rows": "800", "scenario": "concept-drift"})
     client = kfp_api.instances[-1]
     assert client.host == "http://kfp.example:8888"
+    assert client.credentials is None  # no service-account token on this machine
     names = [c[0] for c in client.calls]
     assert names == ["get_pipeline_id", "upload_pipeline", "upload_pipeline_version", "create_experiment",
                      "run_pipeline"]
@@ -169,3 +174,79 @@ def test_compile_command_writes_the_three_pipelines(tmp_path: Path):
     assert sorted(p.name for p in tmp_path.glob("*.yaml")) == ["batch_inference.yaml", "retraining.yaml",
                                                                "training.yaml"]
     assert "nvidia.com/gpu" in (tmp_path / "training.yaml").read_text()
+
+
+class FakeKfpApi(ThreadingHTTPServer):
+    """Stands in for the Kubeflow Pipelines API server (none can run here): answers the two calls below as
+    KFP's v2beta1 REST API does and records the Authorization header of every request."""
+
+    def __init__(self) -> None:
+        self.authorization: list[tuple[str, str | None]] = []
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?")[0]
+                api.authorization.append((path, self.headers.get("Authorization")))
+                body = {"/apis/v2beta1/healthz": {"multi_user": True},
+                        "/apis/v2beta1/pipelines": {"pipelines": [], "total_size": 0}}.get(path)
+                self.send_response(200 if body is not None else 404)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(json.dumps(body or {}).encode())
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.fixture
+def fake_kfp_api() -> Any:
+    api = FakeKfpApi()
+    thread = threading.Thread(target=api.serve_forever, daemon=True)
+    thread.start()
+    yield api
+    api.shutdown()
+    api.server_close()
+    thread.join(timeout=10)
+
+
+def test_the_kfp_client_sends_the_projected_service_account_token_when_the_pod_has_one(fake_kfp_api, tmp_path: Path,
+                                                                                     monkeypatch):
+    """The real kfp.Client against a stand-in API server: with a token file (what the chart projects into the
+    pod, audience pipelines.kubeflow.org) every request carries it as a bearer token, read afresh each time
+    (the kubelet rotates it); without one, no credentials are sent."""
+    token = tmp_path / "token"
+    token.write_text("first-token\n")
+    client = kfp_client(fake_kfp_api.url, token)
+    assert client.get_pipeline_id("learning-machine-training") is None
+    token.write_text("rotated-token\n")
+    client.get_pipeline_id("learning-machine-training")
+    assert fake_kfp_api.authorization == [("/apis/v2beta1/healthz", "Bearer first-token"),
+                                          ("/apis/v2beta1/pipelines", "Bearer first-token"),
+                                          ("/apis/v2beta1/pipelines", "Bearer rotated-token")]
+
+    fake_kfp_api.authorization.clear()
+    kfp_client(fake_kfp_api.url, tmp_path / "absent").get_pipeline_id("learning-machine-training")
+    assert [auth for _, auth in fake_kfp_api.authorization] == [None, None]
+    # KFP's own variable names the token file too; the runner passes the settings' path to the client.
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token))
+    assert Settings(home=tmp_path).kfp_token_path == token
+    monkeypatch.delenv("KF_PIPELINES_SA_TOKEN_PATH")
+    assert str(Settings(home=tmp_path).kfp_token_path) == "/var/run/secrets/kubeflow/pipelines/token"
+    assert isinstance(kfp_credentials(token), ServiceAccountTokenVolumeCredentials)
+    assert kfp_credentials(tmp_path / "absent") is None
+
+
+def test_the_kubeflow_runner_hands_the_client_the_settings_token(kfp_api, tmp_path: Path):
+    token = tmp_path / "token"
+    token.write_text("t")
+    settings = Settings(home=tmp_path, pipeline_runner="kubeflow", kfp_host="http://kfp.example", kfp_token_path=token)
+    get_runner(settings).run("batch_inference")
+    credentials = kfp_api.instances[-1].credentials
+    assert isinstance(credentials, ServiceAccountTokenVolumeCredentials) and credentials._token_path == str(token)

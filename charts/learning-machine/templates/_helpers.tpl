@@ -389,6 +389,29 @@ automountServiceAccountToken: false); the same files the in-cluster client confi
   readOnly: true
 {{- end -}}
 
+{{/* The token a pod sends to the Kubeflow Pipelines API (kfp.client.ServiceAccountTokenVolumeCredentials):
+the pod's ServiceAccount token projected for KFP's audience, at KFP's default path. */}}
+{{- define "lm.kfpTokenPath" -}}
+/var/run/secrets/kubeflow/pipelines/token
+{{- end -}}
+
+{{- define "lm.kfpTokenVolume" -}}
+- name: kfp-token
+  projected:
+    defaultMode: 0444
+    sources:
+      - serviceAccountToken:
+          path: token
+          audience: pipelines.kubeflow.org
+          expirationSeconds: {{ .Values.kfp.serviceAccountToken.expirationSeconds }}
+{{- end -}}
+
+{{- define "lm.kfpTokenMount" -}}
+- name: kfp-token
+  mountPath: {{ include "lm.kfpTokenPath" . | dir }}
+  readOnly: true
+{{- end -}}
+
 {{/* NetworkPolicy selectors: a component of this release, the Seldon pods (labelled by the operator with
 their SeldonDeployment), or a named outside peer. */}}
 {{- define "lm.npSelector" -}}
