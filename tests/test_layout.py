@@ -305,3 +305,20 @@ def test_each_image_installs_its_extra():
     for dockerfile, extra in ((ROOT / "Dockerfile", "platform"), (ROOT / "serving" / "Dockerfile", "serving")):
         syncs = [line for line in dockerfile.read_text().splitlines() if "uv sync" in line]
         assert len(syncs) == 2 and all(f"--no-dev --extra {extra} " in line for line in syncs), (dockerfile, syncs)
+
+
+def test_lm_names_the_extra_when_the_install_lacks_it():
+    """From the base install (the client), `lm` says which extra it needs instead of a traceback."""
+    code = "import sys; sys.modules['typer'] = None; from learning_machine.cli import main; main()"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 1, result.stderr
+    assert "learning-machine[platform]" in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_the_model_server_names_the_extra_when_mlserver_is_missing(monkeypatch, tmp_path):
+    from learning_machine.embedded import model_server, processes
+    from learning_machine.errors import ConfigurationError
+
+    monkeypatch.setattr(processes, "venv_tool", lambda name: str(tmp_path / name))
+    with pytest.raises(ConfigurationError, match=r"learning-machine\[serving\]"):
+        model_server.mlserver_command(tmp_path)
