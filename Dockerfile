@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1.7
 # checkov:skip=CKV_DOCKER_2: one image runs many processes (gateway, monitor, dashboard, MLflow, KFP steps); Kubernetes probes each by its own path
-# The platform image: the locked dependencies plus the learning_machine package, nothing else. Every KFP
-# component runs in it (PLATFORM_IMAGE in learning_machine/components/__init__.py), so nothing is pip-installed at run time.
+# The platform image: the locked dependencies of the `platform` extra (gateway, monitor, dashboard, MLflow, `lm`
+# and the pipelines) plus the learning_machine package, nothing else: no MLServer, alibi or alibi-detect, which
+# only the serving image (serving/Dockerfile) carries. Every KFP component runs in it (PLATFORM_IMAGE in
+# learning_machine/components/__init__.py), so nothing is pip-installed at run time.
 #   docker build -t ghcr.io/learning-machine/platform:0.1.0 .
 # It cannot be built on the development machines (no Docker there); see docs/pipelines.md.
 ARG PYTHON_VERSION=3.11
@@ -15,12 +17,12 @@ ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never UV_PROJECT
 WORKDIR /src
 # Dependencies first: this layer is rebuilt only when uv.lock changes.
 COPY pyproject.toml uv.lock ./
-RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --no-install-project
+RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --extra platform --no-install-project
 # Then the package as a real wheel (not editable). The top-level components/, pipelines/, serving/ and
 # dashboard/ are links into learning_machine/, which holds them: copying the package copies them all.
 COPY README.md ./
 COPY learning_machine ./learning_machine
-RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --no-editable
+RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --extra platform --no-editable
 
 FROM python:${PYTHON_VERSION}-slim-bookworm
 # libgomp1: the OpenMP runtime xgboost's wheel expects from the system.

@@ -12,10 +12,10 @@ RUN := $(UV) run --frozen
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-install: ## Install uv (if missing) and the locked dependencies into .venv
+install: ## Install uv (if missing) and the locked dependencies, every extra (docs/install.md), into .venv
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
 		$(PYTHON) -m pip install --quiet --user "uv==$(UV_VERSION)"
-	$(UV) sync --frozen --extra bench
+	$(UV) sync --frozen --all-extras
 
 browsers: ## Debian's Chromium and ChromeDriver for the browser tests (Playwright drives them; no download)
 	@command -v chromium >/dev/null 2>&1 || { \

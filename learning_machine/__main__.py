@@ -1,5 +1,5 @@
 """`python -m learning_machine` is the `lm` command."""
 
-from learning_machine.cli.app import main
+from learning_machine.cli import main
 
 main()

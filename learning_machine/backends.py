@@ -21,7 +21,7 @@ PIPELINE_RUNNERS: dict[str, str] = {
     "local": "learning_machine.runners.local:LocalRunner",
     "kubeflow": "learning_machine.runners.kubeflow:KubeflowRunner",
 }
-# Model kinds (learning_machine.model.training) and drift detectors (learning_machine.model.drift): their
+# Model kinds (learning_machine.model.training) and drift detectors (learning_machine.model.drift_detector): their
 # objects are cheap and live in those modules; the names are here so settings can check them.
 MODEL_KINDS: tuple[str, ...] = ("xgboost", "logistic-regression")
 DRIFT_DETECTORS: tuple[str, ...] = ("TabularDrift", "ChiSquareDrift", "KSDrift")

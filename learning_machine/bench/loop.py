@@ -21,7 +21,7 @@ from learning_machine.data.sources import LoadedDataset, load_dataset
 from learning_machine.data.synthetic import SCENARIOS
 from learning_machine.loop.monitor import performance_results
 from learning_machine.loop.policy import RetrainPolicy, WindowSummary, decide
-from learning_machine.model.drift import detect, fit_detector
+from learning_machine.model.drift_detector import detect, fit_detector
 from learning_machine.model.evaluation import binary_metrics
 from learning_machine.model.sequential import SequentialDetector, fit_sequential
 from learning_machine.model.training import predict_proba, retrain_best, train_model

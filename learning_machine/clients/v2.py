@@ -26,19 +26,21 @@ import json
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import orjson
 
-from learning_machine.data.spec import DatasetSpec
 from learning_machine.errors import (
     ConfigurationError,
     LearningMachineError,
     ModelNotFoundError,
     ServiceUnavailableError,
 )
-from learning_machine.settings import Settings
+
+if TYPE_CHECKING:  # types only: the client installs with httpx and orjson alone (no pandas, no pydantic)
+    from learning_machine.data.spec import DatasetSpec
+    from learning_machine.settings import Settings
 
 LABEL_OUTPUT = "label"
 PROBABILITY_OUTPUT = "probability"

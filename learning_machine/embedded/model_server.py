@@ -13,6 +13,7 @@ a promotion rewrites it and asks MLServer to reload through the repository API
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import httpx
 
 from learning_machine.clients.v2 import drift_name, explainer_name
 from learning_machine.embedded.processes import ServiceSpec
-from learning_machine.errors import ServiceStartError, ServiceUnavailableError
+from learning_machine.errors import ConfigurationError, ServiceStartError, ServiceUnavailableError
 from learning_machine.registry.names import model_uri
 from learning_machine.settings import Settings, settings_env
 
@@ -164,9 +165,14 @@ def model_server_service(settings: Settings) -> ServiceSpec:
 
 
 def mlserver_command(root: Path) -> list[str]:
+    """``mlserver start`` from this environment; MLServer comes with the serving extra only."""
     from learning_machine.embedded.processes import venv_tool
 
-    return [venv_tool("mlserver"), "start", str(root)]
+    mlserver = venv_tool("mlserver")
+    if shutil.which(mlserver) is None:
+        raise ConfigurationError("the model server runs MLServer, which this install lacks: install the serving "
+                                 "extra (pip install 'learning-machine[serving]'; `make install` installs every extra)")
+    return [mlserver, "start", str(root)]
 
 
 def mlserver_env(tracking_uri: str) -> dict[str, str]:

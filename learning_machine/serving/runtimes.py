@@ -190,7 +190,7 @@ class DriftRuntime(_Base):
     """Data drift of a batch against the version's training reference, alibi-detect compatible."""
 
     async def load(self) -> bool:
-        from learning_machine.model.drift import fit_detector
+        from learning_machine.model.drift_detector import fit_detector
 
         extra = self._extra()
         self._served = await asyncio.to_thread(self._load_version)
@@ -209,7 +209,7 @@ class DriftRuntime(_Base):
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         import pandas as pd
 
-        from learning_machine.model.drift import detect
+        from learning_machine.model.drift_detector import detect
         from learning_machine.model.inference import columns_frame
 
         frame = columns_frame(self._served.spec, self._columns(payload))

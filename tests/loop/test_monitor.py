@@ -15,7 +15,7 @@ from testsupport import placeholder_rows as _rows
 from learning_machine.data.sources import load_dataset
 from learning_machine.loop.monitor import Monitor, MonitorConfig, performance_results
 from learning_machine.loop.policy import RetrainPolicy
-from learning_machine.model.drift import detect, fit_detector
+from learning_machine.model.drift_detector import detect, fit_detector
 from learning_machine.model.training import predict_proba, train_model
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from learning_machine.clients.v2 import encode_request
 from learning_machine.data.sources import load_dataset
-from learning_machine.model.drift import DriftEncoding, detect, fit_detector
+from learning_machine.model.drift import DriftEncoding
+from learning_machine.model.drift_detector import detect, fit_detector
 from learning_machine.model.explain import Explainer, source_features
 from learning_machine.model.features import feature_frame
 from learning_machine.model.inference import Predictor, request_columns
