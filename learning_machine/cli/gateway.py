@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from learning_machine.cli.common import console, out, settings_of
+from learning_machine.cli.common import console, out, progress_for, settings_of
 from learning_machine.errors import ConfigurationError
 from learning_machine.settings import Settings
 
@@ -48,8 +48,9 @@ def gateway(ctx: typer.Context,
     configure_logging(settings.log_format, log_level)
     from learning_machine.store.db import safe_url
 
-    console.print(f"gateway on {settings.gateway_url} (docs {settings.gateway_url}/docs), database "
-                  f"{safe_url(settings.database_uri())}, model server {settings.model_server_base_url()}")
+    progress_for(settings, "learning_machine.gateway")(
+        f"gateway on {settings.gateway_url} (docs {settings.gateway_url}/docs), database "
+        f"{safe_url(settings.database_uri())}, model server {settings.model_server_base_url()}")
     uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port, log_level=log_level,
                 access_log=False, server_header=False, log_config=None)  # None: keep the handler set above
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from learning_machine.cli.common import console, out, say, settings_of, token_for
+from learning_machine.cli.common import console, out, progress_for, say, settings_of, token_for
 
 
 def stream(
@@ -90,7 +90,8 @@ def monitor(
     configure_logging(settings.log_format, "INFO", quiet=("httpx",))
     client = LearningMachineClient(gateway or settings.gateway_url, token_for(settings, token, role="monitor"),
                                    timeout_s=settings.request_timeout_s * 3)
-    service = LoopService(settings, client, progress=say)
+    progress = progress_for(settings, "learning_machine.loop")
+    service = LoopService(settings, client, progress=progress)
     if once:
         decision = service.step()
         if service.wait_retraining() is not None:  # a retraining it started runs beside; wait and record it
@@ -101,7 +102,7 @@ def monitor(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     health = serve_health(service, settings.monitor_host, settings.monitor_port)
-    say(f"monitor reading {client.url} every {interval or settings.monitor_interval_s:g} s; "
+    progress(f"monitor reading {client.url} every {interval or settings.monitor_interval_s:g} s; "
          f"health at {settings.monitor_health_url}/health, metrics at {settings.monitor_health_url}/metrics")
     try:
         service.run(interval or settings.monitor_interval_s, stop)
@@ -110,7 +111,7 @@ def monitor(
     finally:
         health.shutdown()
         client.close()
-    say(f"monitor stopped after {service.steps} step(s), {service.monitor.next_window_id - 1} window(s)")
+    progress(f"monitor stopped after {service.steps} step(s), {service.monitor.next_window_id - 1} window(s)")
 
 
 def register(app: typer.Typer) -> None:
