@@ -96,3 +96,17 @@ def dict_config(log_format: str, level: str = "INFO") -> dict[str, Any]:
             "root": {"handlers": ["lm"], "level": level},
             "loggers": {name: {"handlers": [], "propagate": True}
                         for name in ("mlserver", "uvicorn", "uvicorn.error", "uvicorn.access")}}
+
+
+def reformat(prefix: str, log_format: str) -> int:
+    """Give our formatter to the handlers a library installed on its own loggers (Streamlit's, which do not
+    propagate to the root logger); returns how many handlers were changed. Loggers it creates later keep its
+    format."""
+    chosen = formatter(log_format)
+    changed = 0
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and (name == prefix or name.startswith(prefix + ".")):
+            for handler in logger.handlers:
+                handler.setFormatter(chosen)
+                changed += 1
+    return changed

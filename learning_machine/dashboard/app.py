@@ -343,7 +343,18 @@ def data_scientist_page(client: LearningMachineClient, conn: views.Connection, m
             st.success(f"Rolled back from v{event['detail']['from']} to v{event['detail']['to']}.")
 
 
+@st.cache_resource  # once per process: LM_LOG_FORMAT for our lines and Streamlit's
+def _logging() -> None:
+    from learning_machine.logs import configure_logging, reformat
+    from learning_machine.settings import load_settings
+
+    log_format = load_settings().log_format
+    configure_logging(log_format, "INFO")
+    reformat("streamlit", log_format)
+
+
 def main() -> None:
+    _logging()
     st.set_page_config(page_title="Learning Machine", layout="wide")
     client, conn, me, page = sidebar()
     if not conn.token:  # nothing to show a visitor who has not signed in, and no request to make

@@ -37,6 +37,8 @@ class Metrics:
         self.stored_rows = Counter("lm_gateway_stored_rows_total",
                                    "Rows the gateway committed to the platform database, by kind (prediction, "
                                    "outcome, explanation)", ["kind"], registry=self.registry)
+        for kind in ("prediction", "outcome", "explanation"):  # at 0 from the start: "none for N minutes" alerts
+            self.stored_rows.labels(kind)
         self.model_server_seconds = Histogram("lm_gateway_model_server_seconds", "Model-server call latency",
                                               ["call"], registry=self.registry,
                                               buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))

@@ -91,6 +91,11 @@ class MonitorMetrics:
                             registry=r)
         for rule in RULES:
             self.rule.labels(rule).set(0)
+        # Series the alert rules read exist from the start at 0, so that the first failure is an increase.
+        for kind in ("retrain-fired", "retrain-failed", "promoted", "refused"):
+            self.events.labels(kind)
+        for result in ("succeeded", "failed"):
+            self.retraining_seconds.labels(result)
 
     # -- what a saved step produced -------------------------------------------------------------------
     def stored(self, results: Iterable[Mapping[str, Any]] = (), events: Iterable[Mapping[str, Any]] = ()) -> None:
