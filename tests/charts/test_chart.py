@@ -170,14 +170,15 @@ def test_the_raw_manifests_kustomize_and_validate(kustomized, validated):
 
 
 @pytest.fixture(scope="module")
-def checkov_reports(renders, kustomized, tmp_path_factory) -> list[Resource]:
-    """One checkov run (it takes ~15 s to start) over every render, the kustomized manifests and both
-    Dockerfiles (static checks only: no Docker engine exists here to build them)."""
+def checkov_reports(renders, kustomized, monitoring, tmp_path_factory) -> list[Resource]:
+    """One checkov run (it takes ~15 s to start) over every render (and the one with Prometheus and Grafana on),
+    the kustomized manifests and both Dockerfiles (static checks only: no Docker engine exists here to build
+    them)."""
     exe = checkov()
     if exe is None:
         pytest.fail("checkov is not installed: run `make checkov` (tools/checkov, its own locked environment)")
     folder = tmp_path_factory.mktemp("checkov")
-    for name, resources in renders.items():
+    for name, resources in {**renders, "monitoring": monitoring}.items():
         (folder / f"{name}.yaml").write_text(yaml.safe_dump_all(resources))
     for name, resources in kustomized.items():
         (folder / f"kustomized-{name}.yaml").write_text(yaml.safe_dump_all(resources))
@@ -227,7 +228,7 @@ def _parts_off_name(sets: tuple[str, ...]) -> str:
 
 
 @pytest.fixture(scope="module")
-def validated(renders, kustomized, parts_off, tmp_path_factory) -> dict[str, list[str]]:
+def validated(renders, kustomized, parts_off, monitoring, tmp_path_factory) -> dict[str, list[str]]:
     """kubernetes-validate's problems (strict, 1.33) with each group of built-in objects: every render, the
     kustomized manifests and the renders with parts switched off, in one run of its CLI (tools/checkov's
     environment, `make checkov`); custom resources are checked against their CRDs instead."""
@@ -235,6 +236,9 @@ def validated(renders, kustomized, parts_off, tmp_path_factory) -> dict[str, lis
     groups |= {f"kustomized-{name}": resources for name, resources in kustomized.items()}
     groups |= {_parts_off_name(sets): resources for sets, resources in parts_off.items()}
     groups = {name: [r for r in resources if r["kind"] not in CUSTOM_KINDS] for name, resources in groups.items()}
+    # The Prometheus Operator's kinds have no schema here (no CRD in ../shared/crds): the test of the
+    # monitoring objects checks their structure instead.
+    groups["monitoring"] = [r for r in monitoring if r["kind"] not in CUSTOM_KINDS | MONITORING_KINDS]
     groups[CONTROL] = _control_objects(renders["default"])
     try:
         return validate_strictly(groups, tmp_path_factory.mktemp("kubernetes-validate"), VALIDATE_VERSION)
@@ -738,7 +742,8 @@ def _matches(selector: Resource, labels: dict[str, str]) -> bool:
 
 
 def test_monitoring_is_off_by_default_and_renders_service_monitors_rules_and_dashboard_when_on(
-        renders, monitoring):
+        renders, monitoring, validated):
+    assert validated["monitoring"] == []  # the built-in objects of that render (the ConfigMap, NetworkPolicies)
     for name, resources in renders.items():
         assert not [r for r in resources if r["kind"] in MONITORING_KINDS] and not _dashboard(resources), name
     lint = _helm("lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION,
