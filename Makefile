@@ -7,7 +7,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 UV_VERSION := 0.13.9
 RUN := $(UV) run --frozen
 
-.PHONY: help install browsers checkov up down status test test-fast lint format bench bench-quick clean
+.PHONY: help install browsers checkov promtool up down status test test-fast lint format bench bench-quick clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,6 +28,13 @@ checkov: ## checkov and kubernetes-validate in their own locked environment (too
 		$(PYTHON) -m pip install --quiet --user "uv==$(UV_VERSION)"
 	cd tools/checkov && $(UV) sync --frozen
 
+promtool: ## Prometheus's promtool for the chart tests: taken from Debian's prometheus package into .lm/tools (nothing installed, no service started)
+	@if [ -x .lm/tools/promtool ] || command -v promtool >/dev/null 2>&1; then exit 0; fi; \
+	command -v apt-get >/dev/null || { echo "promtool needs Debian's prometheus package (apt-get download prometheus)"; exit 1; }; \
+	rm -rf .lm/tools/deb && mkdir -p .lm/tools/deb && cd .lm/tools/deb && \
+	{ apt-get download -qq prometheus 2>/dev/null || { apt-get update -qq && apt-get download -qq prometheus; }; } && \
+	dpkg-deb -x prometheus_*.deb root && cp root/usr/bin/promtool ../promtool && cd .. && rm -rf deb && ./promtool --version | head -n1
+
 up: install ## Start MLflow (and every other service) in the background; train a first model if none
 	$(RUN) lm up
 
@@ -45,10 +52,10 @@ lint: install ## Ruff, the import contracts (pyproject.toml) and mypy on the pac
 format: install ## Apply ruff's fixes
 	$(RUN) ruff check --fix .
 
-test: install browsers checkov lint ## Lint, then every test (real MLflow, PostgreSQL, S3 servers started by fixtures)
+test: install browsers checkov promtool lint ## Lint, then every test (real MLflow, PostgreSQL, S3 servers started by fixtures)
 	$(RUN) pytest
 
-test-fast: install checkov ## Tests without the slow end-to-end ones
+test-fast: install checkov promtool ## Tests without the slow end-to-end ones
 	$(RUN) pytest -m "not slow"
 
 bench: install ## Full benchmarks: report in bench-results/

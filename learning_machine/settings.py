@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     experiment_name: str = Field("learning-machine", description="MLflow experiment for training runs.")
     request_timeout_s: float = Field(10.0, gt=0, description="Timeout of one call to a service.")
     startup_timeout_s: float = Field(180.0, gt=0, description="How long `lm up` waits for a service to be healthy.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines of the long-running services (gateway, monitor, dashboard, the model "
+        "server's runtimes): `text` for a terminal, or `json` (one object per line: time, level, logger, message, "
+        "request_id, exc_info) for a log collector; the Helm chart sets `json`.")
 
     model_name: str = Field("clinical-risk", min_length=1, description="Registered model name in MLflow.")
     dataset: str = Field("synthetic-cohort", description="Dataset to train on: a built-in name or a CSV path.")

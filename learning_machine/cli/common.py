@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 import typer
 from rich.console import Console
@@ -24,6 +25,16 @@ def settings_of(ctx: typer.Context) -> Settings:
 def say(message: str) -> None:
     """One progress line, with the time."""
     console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}", highlight=False)
+
+
+def progress_for(settings: Settings, logger: str) -> Callable[[str], None]:
+    """Where a long-running service's progress lines go: :func:`say` for a terminal, or its logger (INFO) when
+    the log format is JSON, so every line of its log is one JSON object."""
+    if settings.log_format == "json":
+        import logging
+
+        return logging.getLogger(logger).info
+    return say
 
 
 def token_for(settings: Settings, token: str | None, role: str = "data-scientist") -> str | None:

@@ -4,13 +4,12 @@ Registered on the main app by :func:`register`; heavy imports stay inside the co
 from __future__ import annotations
 
 import json
-import logging
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from learning_machine.cli.common import console, out, settings_of
+from learning_machine.cli.common import console, out, progress_for, settings_of
 from learning_machine.errors import ConfigurationError
 from learning_machine.settings import Settings
 
@@ -39,18 +38,21 @@ def gateway(ctx: typer.Context,
     import uvicorn
 
     from learning_machine.gateway import create_app
+    from learning_machine.logs import configure_logging
 
     settings = settings_of(ctx)
     updates = {k: v for k, v in {"gateway_host": host, "gateway_port": port}.items() if v is not None}
     settings = settings.model_copy(update=updates)
-    # Our own log lines (one per refused or failed request, with its request id) beside uvicorn's.
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Our own log lines (one per refused or failed request) and uvicorn's, in one format (LM_LOG_FORMAT), each
+    # with the id of the request it belongs to.
+    configure_logging(settings.log_format, log_level)
     from learning_machine.store.db import safe_url
 
-    console.print(f"gateway on {settings.gateway_url} (docs {settings.gateway_url}/docs), database "
-                  f"{safe_url(settings.database_uri())}, model server {settings.model_server_base_url()}")
+    progress_for(settings, "learning_machine.gateway")(
+        f"gateway on {settings.gateway_url} (docs {settings.gateway_url}/docs), database "
+        f"{safe_url(settings.database_uri())}, model server {settings.model_server_base_url()}")
     uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port, log_level=log_level,
-                access_log=False, server_header=False)
+                access_log=False, server_header=False, log_config=None)  # None: keep the handler set above
 
 
 @tokens_app.command("create")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from learning_machine.cli.common import console, out, say, settings_of, token_for
+from learning_machine.cli.common import console, out, progress_for, say, settings_of, token_for
 
 
 def stream(
@@ -76,21 +76,22 @@ def monitor(
     token: Annotated[str | None, typer.Option(help="Monitor API token (default: LM_TOKEN, else lm up's).")] = None,
 ) -> None:
     """Run the learning loop's monitor: windows of predictions -> drift, quality, performance -> policy ->
-    retraining through the pipeline runner. Serves /health on LM_MONITOR_PORT. Stops on Ctrl-C or SIGTERM."""
-    import logging
+    retraining through the pipeline runner. Serves /health and /metrics (Prometheus) on LM_MONITOR_PORT. Stops on Ctrl-C or SIGTERM."""
     import signal
     import threading
 
     from learning_machine.clients.gateway import LearningMachineClient
+    from learning_machine.logs import configure_logging
     from learning_machine.loop.service import LoopService, serve_health
 
-    # A failed step is logged with its traceback (to the service's log under `lm up`).
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request every few seconds is noise
     settings = settings_of(ctx)
+    # A failed step is logged with its traceback (to the service's log under `lm up`), in LM_LOG_FORMAT; one
+    # httpx line per request every few seconds is noise.
+    configure_logging(settings.log_format, "INFO", quiet=("httpx",))
     client = LearningMachineClient(gateway or settings.gateway_url, token_for(settings, token, role="monitor"),
                                    timeout_s=settings.request_timeout_s * 3)
-    service = LoopService(settings, client, progress=say)
+    progress = progress_for(settings, "learning_machine.loop")
+    service = LoopService(settings, client, progress=progress)
     if once:
         decision = service.step()
         if service.wait_retraining() is not None:  # a retraining it started runs beside; wait and record it
@@ -101,8 +102,8 @@ def monitor(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     health = serve_health(service, settings.monitor_host, settings.monitor_port)
-    say(f"monitor reading {client.url} every {interval or settings.monitor_interval_s:g} s; "
-         f"health at {settings.monitor_health_url}/health")
+    progress(f"monitor reading {client.url} every {interval or settings.monitor_interval_s:g} s; "
+         f"health at {settings.monitor_health_url}/health, metrics at {settings.monitor_health_url}/metrics")
     try:
         service.run(interval or settings.monitor_interval_s, stop)
     except KeyboardInterrupt:
@@ -110,7 +111,7 @@ def monitor(
     finally:
         health.shutdown()
         client.close()
-    say(f"monitor stopped after {service.steps} step(s), {service.monitor.next_window_id - 1} window(s)")
+    progress(f"monitor stopped after {service.steps} step(s), {service.monitor.next_window_id - 1} window(s)")
 
 
 def register(app: typer.Typer) -> None:

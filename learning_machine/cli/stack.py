@@ -88,14 +88,15 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", h
 
 
 def _print_status(result: list[Any]) -> None:
-    table = Table("service", "url", "state", "pid")
+    table = Table("service", "url", "state", "pid", "metrics")
     for s in result:
         if s.orphans:
             state = "[red]orphan[/red]"
         else:
             state = "[green]healthy[/green]" if s.healthy else ("[yellow]starting/unhealthy[/yellow]" if s.running
                                                                else "[red]down[/red]")
-        table.add_row(s.name, s.url, state + (f" ({s.detail})" if s.detail else ""), str(s.pid or "-"))
+        table.add_row(s.name, s.url, state + (f" ({s.detail})" if s.detail else ""), str(s.pid or "-"),
+                      s.metrics or "-")
     out.print(table)
 
 

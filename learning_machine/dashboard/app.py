@@ -343,7 +343,20 @@ def data_scientist_page(client: LearningMachineClient, conn: views.Connection, m
             st.success(f"Rolled back from v{event['detail']['from']} to v{event['detail']['to']}.")
 
 
+@st.cache_resource  # once per process
+def _logging() -> None:
+    """With LM_LOG_FORMAT=json, Streamlit's log lines (its loggers have handlers of their own and do not
+    propagate) are JSON objects too; the text format keeps Streamlit's own."""
+    from learning_machine.logs import reformat
+    from learning_machine.settings import load_settings
+
+    log_format = load_settings().log_format
+    if log_format == "json":
+        reformat("streamlit", log_format)
+
+
 def main() -> None:
+    _logging()
     st.set_page_config(page_title="Learning Machine", layout="wide")
     client, conn, me, page = sidebar()
     if not conn.token:  # nothing to show a visitor who has not signed in, and no request to make

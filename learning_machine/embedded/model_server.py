@@ -47,6 +47,11 @@ class ServerPorts:
     def url(self) -> str:
         return f"http://{self.host}:{self.http}"
 
+    @property
+    def metrics_url(self) -> str:
+        """MLServer's own Prometheus metrics (requests, latency, queue sizes per model)."""
+        return f"http://{self.host}:{self.metrics}/metrics"
+
 
 def model_settings(model_name: str, ref: str, tracking_uri: str, *, infer_uri: str | None = None,
                    drift_detector: str = "TabularDrift", drift_p_val: float = 0.05) -> dict[str, dict[str, Any]]:
@@ -76,10 +81,12 @@ def model_settings(model_name: str, ref: str, tracking_uri: str, *, infer_uri: s
 
 def write_repository(root: Path, *, model_name: str, ref: str, tracking_uri: str, ports: ServerPorts,
                      drift_detector: str = "TabularDrift", drift_p_val: float = 0.05,
-                     load_at_startup: bool = True) -> Path:
+                     load_at_startup: bool = True, log_format: str = "text") -> Path:
     """Write an MLServer model repository: ``settings.json`` and one folder per served model.
     ``load_at_startup=False`` starts the server empty (MLServer 1.7 exits when a model fails to load at
-    startup, e.g. before the first champion exists); the models are then loaded through the repository API."""
+    startup, e.g. before the first champion exists); the models are then loaded through the repository API.
+    ``log_format="json"``: MLServer's own log lines and our runtimes' are JSON too (its ``logging_settings``).
+    MLServer serves its Prometheus metrics on ``ports.metrics`` at ``/metrics``."""
     root.mkdir(parents=True, exist_ok=True)
     server = {
         "host": ports.host, "http_port": ports.http, "grpc_port": ports.grpc, "metrics_port": ports.metrics,
@@ -88,6 +95,10 @@ def write_repository(root: Path, *, model_name: str, ref: str, tracking_uri: str
         "parallel_workers": 0, "load_models_at_startup": load_at_startup, "debug": False,
         "model_repository_root": str(root.resolve()),
     }
+    if log_format == "json":
+        from learning_machine.logs import dict_config
+
+        server["logging_settings"] = dict_config("json")
     (root / "settings.json").write_text(json.dumps(server, indent=2))
     infer_uri = f"{ports.url}/v2/models/{model_name}/infer"
     documents = model_settings(model_name, ref, tracking_uri, infer_uri=infer_uri, drift_detector=drift_detector,
@@ -136,7 +147,7 @@ def write_repository_for(settings: Settings, *, load_at_startup: bool = True) ->
     return write_repository(repository_dir(settings), model_name=settings.model_name, ref=settings.model_ref,
                             tracking_uri=settings.tracking_uri, ports=ports_of(settings),
                             drift_detector=settings.drift_detector, drift_p_val=settings.drift_p_val,
-                            load_at_startup=load_at_startup)
+                            load_at_startup=load_at_startup, log_format=settings.log_format)
 
 
 def version_exists(settings: Settings) -> bool:
@@ -161,7 +172,8 @@ def model_server_service(settings: Settings) -> ServiceSpec:
 
     env = settings_env(settings)
     command = [venv_tool("lm"), "serve", "--ref", settings.model_ref, "--port", str(settings.model_server_port)]
-    return ServiceSpec("model-server", command, ports_of(settings).url, "/v2/health/live", env=env)
+    return ServiceSpec("model-server", command, ports_of(settings).url, "/v2/health/live", env=env,
+                       metrics_url=ports_of(settings).metrics_url)
 
 
 def mlserver_command(root: Path) -> list[str]:

@@ -37,6 +37,8 @@ class ServiceSpec:
     # Folders the process needs, created when it starts (never when the description is built: the chart
     # renderer builds the same descriptions).
     folders: tuple[Path, ...] = ()
+    metrics_url: str | None = None
+    """Where Prometheus scrapes the service (None: it serves no metrics)."""
 
     @property
     def health_url(self) -> str:
@@ -56,6 +58,8 @@ class ServiceStatus:
     detail: str = ""
     orphans: list[int] = field(default_factory=list)
     """Processes of the service's group still running after the recorded process died (``lm down`` stops them)."""
+    metrics: str | None = None
+    """Its Prometheus metrics endpoint, if it serves one."""
 
     @property
     def ok(self) -> bool:
@@ -63,7 +67,8 @@ class ServiceStatus:
 
     def as_dict(self) -> dict[str, object]:
         return {"name": self.name, "url": self.url, "pid": self.pid, "running": self.running,
-                "healthy": self.healthy, "managed": self.managed, "detail": self.detail, "orphans": self.orphans}
+                "healthy": self.healthy, "managed": self.managed, "detail": self.detail, "orphans": self.orphans,
+                "metrics": self.metrics}
 
 
 def venv_tool(name: str) -> str:

@@ -35,7 +35,8 @@ def gateway_service(settings: Settings) -> ServiceSpec:
     env.update({"LM_DATABASE_URL": settings.database_uri(), "LM_MODEL_SERVER_URL": settings.model_server_base_url()})
     command = [venv_tool("lm"), "gateway", "--host", settings.gateway_host, "--port", str(settings.gateway_port),
                "--log-level", "warning"]
-    return ServiceSpec("gateway", command, settings.gateway_url, "/healthz", env=env)
+    return ServiceSpec("gateway", command, settings.gateway_url, "/healthz", env=env,
+                       metrics_url=f"{settings.gateway_url}/metrics")
 
 
 def monitor_service(settings: Settings) -> ServiceSpec:
@@ -44,7 +45,8 @@ def monitor_service(settings: Settings) -> ServiceSpec:
     env = settings_env(settings)
     env.update({"LM_DATABASE_URL": settings.database_uri(), "LM_MODEL_SERVER_URL": settings.model_server_base_url()})
     env["LM_DEPLOYER"] = settings.serving_deployer()
-    return ServiceSpec("monitor", [venv_tool("lm"), "monitor"], settings.monitor_health_url, "/health", env=env)
+    return ServiceSpec("monitor", [venv_tool("lm"), "monitor"], settings.monitor_health_url, "/health", env=env,
+                       metrics_url=f"{settings.monitor_health_url}/metrics")
 
 
 def dashboard_service(settings: Settings) -> ServiceSpec:
@@ -126,7 +128,10 @@ def stop_all(settings: Settings) -> list[str]:
 def statuses(settings: Settings) -> list[ServiceStatus]:
     """Each service with its URL and health; external services are checked but not managed."""
     manager = ProcessManager(settings.run_dir)
-    out = [manager.status(spec) for spec in embedded_services(settings)]
+    specs = embedded_services(settings)
+    out = [manager.status(spec) for spec in specs]
+    for spec, status in zip(specs, out, strict=True):
+        status.metrics = spec.metrics_url
     for status in out:
         if status.name == "gateway" and status.healthy:
             status.detail = gateway_readiness(settings.gateway_url)

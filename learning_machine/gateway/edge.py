@@ -1,6 +1,7 @@
 """What every request passes through before a route: a request id, the body-size limit, text no store can
 hold (NUL characters, unpaired surrogates: refused before any route runs) and the Prometheus metrics. One
-plain ASGI middleware (no BaseHTTPMiddleware), so the hot path stays cheap."""
+plain ASGI middleware (no BaseHTTPMiddleware), so the hot path stays cheap. The request id is also set in
+:data:`learning_machine.logs.REQUEST_ID` for the whole request, so every log line written meanwhile carries it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from learning_machine.errors import BadRequestError, PayloadTooLargeError
 from learning_machine.gateway.problems import problem_response
+from learning_machine.logs import REQUEST_ID
 
 REQUEST_ID_HEADER = b"x-request-id"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -25,11 +27,18 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.requests = Counter("lm_gateway_requests_total", "HTTP requests by route and status",
                                 ["method", "route", "status"], registry=self.registry)
-        self.latency = Histogram("lm_gateway_request_seconds", "HTTP request latency by route",
-                                 ["method", "route"], registry=self.registry,
+        self.latency = Histogram("lm_gateway_request_seconds",
+                                 "HTTP request latency by route and outcome (success, client_error, server_error)",
+                                 ["method", "route", "outcome"], registry=self.registry,
                                  buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-        self.predictions = Counter("lm_gateway_predictions_total", "Predictions served by model version",
+        self.predictions = Counter("lm_gateway_predictions_total",
+                                   "Predictions stored (committed with their records) by model version",
                                    ["model_version"], registry=self.registry)
+        self.stored_rows = Counter("lm_gateway_stored_rows_total",
+                                   "Rows the gateway committed to the platform database, by kind (prediction, "
+                                   "outcome, explanation)", ["kind"], registry=self.registry)
+        for kind in ("prediction", "outcome", "explanation"):  # at 0 from the start: "none for N minutes" alerts
+            self.stored_rows.labels(kind)
         self.model_server_seconds = Histogram("lm_gateway_model_server_seconds", "Model-server call latency",
                                               ["call"], registry=self.registry,
                                               buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
@@ -52,6 +61,7 @@ class EdgeMiddleware:
         request_id, given = _request_id(scope)
         state = scope.setdefault("state", {})
         state["request_id"], state["request_id_given"] = request_id, given
+        context = REQUEST_ID.set(request_id)
         status = 500
 
         async def send_with_id(message: Message) -> None:
@@ -88,7 +98,8 @@ class EdgeMiddleware:
             label = getattr(route, "path", None) or "<unmatched>"
             method = scope["method"]
             self.metrics.requests.labels(method, label, str(status)).inc()
-            self.metrics.latency.labels(method, label).observe(time.perf_counter() - started)
+            self.metrics.latency.labels(method, label, outcome(status)).observe(time.perf_counter() - started)
+            REQUEST_ID.reset(context)
 
     async def _read_limited(self, scope: Scope, receive: Receive) -> bytes | None:
         """The whole body, or None as soon as it (or its declared Content-Length) passes the limit."""
@@ -113,6 +124,12 @@ class EdgeMiddleware:
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
+
+
+def outcome(status: int) -> str:
+    """The outcome label of a response status: ``success`` (below 400), ``client_error`` (4xx) or
+    ``server_error`` (5xx, and a request that ended without a response)."""
+    return "success" if status < 400 else "client_error" if status < 500 else "server_error"
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")

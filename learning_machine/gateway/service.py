@@ -168,6 +168,7 @@ def store_answers(ctx: GatewayContext, requests: Sequence[tuple[Sequence[Mapping
                        for row in result)
     for version, count in versions.items():
         ctx.metrics.predictions.labels(version).inc(count)
+    ctx.metrics.stored_rows.labels("prediction").inc(sum(versions.values()))
     return results
 
 
@@ -241,6 +242,7 @@ def explain(ctx: GatewayContext, *, record_id: str | int | None, record: Mapping
         ctx.db, record_id=rid, features=features, model_name=ctx.model_name,
         model_version=None if version is None else str(version), method=method, explanation=explanation,
         request_id=request_id)
+    ctx.metrics.stored_rows.labels("explanation").inc()
     return {"record_id": rid, "method": method, "model_version": stored["model_version"],
             "explanation": explanation, "request_id": request_id, "created_at": stored["created_at"]}
 
@@ -255,7 +257,10 @@ def record_outcome(ctx: GatewayContext, record_id: str | int, outcome: Any, *, o
                                              else repr(outcome)[:200], "category",
                                              f"the outcome must be 0 or 1 ({target.negative_label} or "
                                              f"{target.positive_label})", str(record_id))])
-    return repository.store_outcome(ctx.db, str(record_id), label, overwrite=overwrite, by=by)
+    stored, status = repository.store_outcome(ctx.db, str(record_id), label, overwrite=overwrite, by=by)
+    if status != "unchanged":
+        ctx.metrics.stored_rows.labels("outcome").inc()
+    return stored, status
 
 
 # -- models and readiness ------------------------------------------------------------------------------

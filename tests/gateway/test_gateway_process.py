@@ -67,3 +67,35 @@ def test_embedded_gateway_process_with_its_tokens_and_status(tmp_path: Path) -> 
     finally:
         assert manager.stop("gateway")
     assert not next(s for s in statuses(settings) if s.name == "gateway").healthy
+
+
+def test_the_gateway_process_logs_one_json_object_per_line_with_the_request_id(tmp_path: Path) -> None:
+    """LM_LOG_FORMAT=json (the chart's default): what `lm gateway` writes while answering a request carries that
+    request's X-Request-ID, so a log collector joins the lines of one request across services."""
+    settings = Settings(home=tmp_path / ".lm", gateway_port=free_port(), log_format="json",
+                        model_server_url=f"http://127.0.0.1:{free_port()}",  # nothing listens: a logged 503
+                        mlflow_tracking_uri="http://127.0.0.1:9")
+    prepare_for_gateway(settings)
+    tokens = json.loads(settings.tokens_path().read_text())
+    manager = ProcessManager(settings.run_dir)
+    service = gateway_service(settings)
+    assert service.env["LM_LOG_FORMAT"] == "json"  # `lm up` passes the format to every service it starts
+    manager.start(service, timeout_s=90)
+    try:
+        response = httpx.post(settings.gateway_url + "/v1/predictions", json=make_records(1)[0], timeout=30,
+                              headers={"Authorization": f"Bearer {tokens['clinician']}", "X-Request-ID": "trace-7f3a"})
+        assert response.status_code == 503 and response.headers["x-request-id"] == "trace-7f3a"
+        unnamed = httpx.post(settings.gateway_url + "/v1/predictions", json=make_records(1)[0], timeout=30,
+                             headers={"Authorization": f"Bearer {tokens['clinician']}"})
+        generated = unnamed.headers["x-request-id"]  # none given: the gateway's own id, in the answer and the log
+    finally:
+        assert manager.stop("gateway")
+    text = manager.log_path("gateway").read_text()
+    # Every line the process wrote is one JSON object (`lm up`'s process manager marks each start with "--- ").
+    lines = [json.loads(line) for line in text.splitlines() if line.strip() and not line.startswith("--- ")]
+    mine = [line for line in lines if line["request_id"] == "trace-7f3a"]
+    assert mine, text
+    assert mine[0]["level"] == "WARNING" and mine[0]["logger"] == "learning_machine.gateway"
+    assert "/v1/predictions" in mine[0]["message"] and mine[0]["time"].endswith("Z")
+    assert all({"time", "level", "logger", "message", "request_id"} <= line.keys() for line in lines)
+    assert [line["request_id"] for line in lines if "/v1/predictions" in line["message"]] == ["trace-7f3a", generated]

@@ -151,3 +151,53 @@ def test_client_errors_name_the_server(model_server, client):
         assert down in str(info.value)
         with pytest.raises(ServiceUnavailableError):
             nowhere.ready()
+
+
+def test_mlserver_serves_its_own_prometheus_metrics_where_lm_status_says(model_server, client, records):
+    """MLServer's own metrics (requests and latency per served model) on its metrics port: the address the
+    model server's service description gives `lm status`, parsed by prometheus_client's parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from learning_machine.embedded.model_server import model_server_service
+
+    url = model_server_service(model_server.settings).metrics_url
+    assert url == f"http://127.0.0.1:{model_server.settings.model_server_metrics_port}/metrics"
+
+    def successes() -> float:
+        text = httpx.get(url, timeout=30).text
+        samples = {(s.name, s.labels.get("model")): s.value
+                   for family in text_string_to_metric_families(text) for s in family.samples}
+        return samples.get(("model_infer_request_success_total", model_server.model_name), 0.0)
+
+    before = successes()
+    client.predict(model_server.model_name, model_server.spec, [_clean(r) for r in records[:3]])
+    assert successes() == before + 1  # one V2 call for the three records
+
+
+def test_a_json_log_format_makes_mlservers_own_lines_json(tmp_path, capsys):
+    """LM_LOG_FORMAT=json reaches MLServer through its settings.json (`logging_settings`), which MLServer's own
+    loader applies: its lines and our runtimes' become one JSON object each."""
+    import json
+    import logging
+
+    from mlserver.logging import apply_logging_file
+
+    from learning_machine.embedded.model_server import ServerPorts, write_repository
+
+    root = write_repository(tmp_path, model_name="m", ref="champion", tracking_uri="http://127.0.0.1:9",
+                            ports=ServerPorts(), log_format="json")
+    settings = json.loads((root / "settings.json").read_text())
+    assert "logging_settings" not in json.loads(write_repository(
+        tmp_path / "text", model_name="m", ref="champion", tracking_uri="http://127.0.0.1:9",
+        ports=ServerPorts()).joinpath("settings.json").read_text())
+    kept = logging.getLogger().handlers[:], logging.getLogger().level, logging.getLogger("mlserver").handlers[:]
+    try:
+        apply_logging_file(settings["logging_settings"])
+        logging.getLogger("mlserver").info("Loaded model 'm' succesfully.")
+        logging.getLogger("learning_machine.serving").warning("a runtime line")
+    finally:
+        logging.getLogger().handlers[:], logging.getLogger("mlserver").handlers[:] = kept[0], kept[2]
+        logging.getLogger().setLevel(kept[1])
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(line["logger"], line["level"], line["message"]) for line in lines] == [
+        ("mlserver", "INFO", "Loaded model 'm' succesfully."), ("learning_machine.serving", "WARNING", "a runtime line")]

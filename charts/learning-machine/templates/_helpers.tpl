@@ -441,6 +441,10 @@ matchLabels:
   podSelector:
     matchLabels:
       {{- toYaml $.Values.networkPolicy.pipelinePodLabels | nindent 6 }}
+{{- else if eq $name "@prometheus" -}}
+- namespaceSelector:
+    matchLabels:
+      {{- toYaml $.Values.metrics.serviceMonitor.prometheusNamespaceSelector | nindent 6 }}
 {{- else if eq $name "@kfp" -}}
 - namespaceSelector:
     matchLabels:
