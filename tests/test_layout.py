@@ -144,6 +144,7 @@ OWNERS: dict[str, str | None] = {
     "learning_machine.errors": None,
     "learning_machine.backends": None,
     "learning_machine.clients": None,
+    "learning_machine.logs": None,
     "learning_machine.settings": "core",
     "learning_machine.data": "core",
     "learning_machine.model": "core",
