@@ -113,9 +113,11 @@ class Tracker:
                 raise ModelNotFoundError(f"{what}: {exc.message}") from exc
             raise RegistryError(f"{what}: {exc.message}") from exc
         except MlflowException as exc:
-            if "API request" in str(exc) or "Max retries" in str(exc) or "Connection" in str(exc):
-                raise TrackingUnavailableError(f"{what}: MLflow at {self.uri} is unreachable") from exc
-            raise RegistryError(f"{what}: {exc}") from exc
+            network = unreachable(exc)
+            if network is not None:
+                raise TrackingUnavailableError(
+                    f"{what}: MLflow at {self.uri} is unreachable ({type(network).__name__})") from exc
+            raise RegistryError(f"{what}: {exc.message}") from exc
         except (OSError, httpx.HTTPError) as exc:
             raise TrackingUnavailableError(f"{what}: MLflow at {self.uri} is unreachable ({exc})") from exc
 
@@ -173,12 +175,14 @@ class Tracker:
         """Record ``dataset`` as an MLflow input of the run; returns its digest."""
         from mlflow.data import pandas_dataset
         from mlflow.data.code_dataset_source import CodeDatasetSource
-        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.entities import Dataset, DatasetInput, InputTag
 
         source = CodeDatasetSource(tags={"uri": dataset.source_uri, **{k: str(v) for k, v in dataset.params.items()}})
         mlds = pandas_dataset.from_pandas(dataset.frame, source=source, targets=dataset.spec.target.name,
                                        name=dataset.name, digest=dataset.digest)
-        entity = DatasetInput(mlds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
+        # Dataset.to_dict() is the public form of the dataset (name, digest, source, source type, schema, profile),
+        # the fields of the tracking entity.
+        entity = DatasetInput(Dataset(**mlds.to_dict()), tags=[InputTag("mlflow.data.context", context)])
         self._call("logging the dataset", lambda: self.client.log_inputs(run_id, datasets=[entity]))
         return dataset.digest
 
@@ -523,3 +527,23 @@ def _info(mv: dict[str, Any], aliases: list[str] | None = None) -> VersionInfo:
 def tracker_for(settings: Settings) -> Tracker:
     """The tracker of the server the settings name, with their request timeout."""
     return Tracker(settings.tracking_uri, timeout_s=settings.request_timeout_s)
+
+def unreachable(exc: BaseException) -> BaseException | None:
+    """The network error behind ``exc`` when MLflow's client could not reach the server, else None: a refused
+    or dropped connection, a timeout or retries run out (``requests``' errors, which MLflow's client raises
+    from and wraps in an ``MlflowException``), found in the exception's ``__cause__``/``__context__`` chain;
+    or the server saying it is temporarily unavailable."""
+    import requests  # MLflow's HTTP client
+
+    network = (requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError, ConnectionError,
+               TimeoutError, httpx.TransportError)
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, network):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    if getattr(exc, "error_code", None) == "TEMPORARILY_UNAVAILABLE":
+        return exc
+    return None

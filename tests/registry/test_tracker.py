@@ -194,3 +194,36 @@ def test_the_servers_refusals_come_back_as_the_platforms_errors(mlflow_sqlite: S
     assert tracker.run_json(run_id, "checks/ok.json") == {"ok": True}
     tracker.end_run(run_id)
     assert tracker.client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_mlflow_client_failures_are_told_apart_by_type_not_by_message():
+    """MLflow's client wraps a network failure in an MlflowException whose message is all that says so: the
+    tracker finds the network error in the exception's chain instead."""
+    import requests
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+
+    from learning_machine.registry.tracker import unreachable
+
+    tracker = Tracker("http://127.0.0.1:9")  # nothing listens there
+    started = time.monotonic()
+    with pytest.raises(TrackingUnavailableError, match=r"listing artifacts: MLflow at http://127\.0\.0\.1:9 is "
+                                                       r"unreachable \(ConnectionError\)") as caught:
+        tracker.artifact_names("0" * 32)  # through MlflowClient, not the platform's REST transport
+    assert isinstance(caught.value.__cause__, MlflowException) and time.monotonic() - started < 30
+
+    def wrapped(cause: BaseException) -> MlflowException:
+        try:
+            raise cause
+        except BaseException:
+            try:
+                raise MlflowException("API request to http://mlflow/api failed with exception ...")
+            except MlflowException as exc:
+                return exc
+
+    assert isinstance(unreachable(wrapped(requests.ConnectionError("refused"))), requests.ConnectionError)
+    assert isinstance(unreachable(wrapped(requests.exceptions.RetryError("too many 503s"))), requests.RequestException)
+    assert unreachable(MlflowException("Connection refused, Max retries exceeded")) is None  # words are not a cause
+    assert unreachable(MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE)) is not None
+    with pytest.raises(RegistryError, match="Connection refused"), tracker._errors("reading"):
+        raise MlflowException("Connection refused")  # e.g. a message relayed from elsewhere: not this server
