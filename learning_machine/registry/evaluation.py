@@ -41,8 +41,9 @@ RISK_METRICS = {"prevalence": False, "mean_predicted": False, "brier": False, "e
                 "log_loss": False}
 # Only where the rows are all there: per subgroup they would be noise on a few dozen rows.
 CALIBRATION = {"calibration_slope": True, "calibration_intercept": False}
-# Every metric of binary_metrics, the per-subgroup set.
-SUBGROUP_METRICS = {**{name: True for name in BUILTIN}, **RISK_METRICS}
+# Every metric of binary_metrics (in its order), the per-subgroup set, and whether higher is better.
+SUBGROUP_METRICS = {"n": True, "prevalence": False, "mean_predicted": False, "accuracy": True, "f1": True,
+                    "brier": False, "ece": False, "auc": True, "log_loss": False}
 TARGET, PREDICTION, PROBABILITY = "label", "prediction", "probability"
 
 
@@ -114,12 +115,14 @@ def evaluate_predictions(tracking_uri: str, run_id: str, *, labels: np.ndarray, 
                   for group, labels_found in plan.items() for label in labels_found
                   for name, better in SUBGROUP_METRICS.items()]
 
-    data = from_pandas(frame, targets=TARGET, predictions=PREDICTION, name=dataset_name)
     config = {"pos_label": 1, "label_list": [0, 1], "log_model_explainability": False,  # SHAP is not installed
               **({"metric_prefix": prefix} if prefix else {})}
     with _resumed(tracking_uri, run_id), _quiet("mlflow.models.evaluation"), warnings.catch_warnings():
-        # MLflow's precision on rows where the model predicts no event at the threshold is 0, as it says.
+        # MLflow's precision on rows where the model predicts no event at the threshold is 0, as it says; the
+        # labels are integers, as a classifier's are (MLflow hints that integers cannot be missing).
         warnings.simplefilter("ignore", UndefinedMetricWarning)
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+        data = from_pandas(frame, targets=TARGET, predictions=PREDICTION, name=dataset_name)
         result = mlflow.models.evaluate(data=data, model_type="classifier", evaluator_config=config,
                                         extra_metrics=extra, model_id=model_id)
     found = {key[len(prefix):]: float(value) for key, value in result.metrics.items() if key.startswith(prefix)}
