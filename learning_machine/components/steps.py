@@ -311,7 +311,6 @@ def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, me
     """Score the candidate and the current champion on the same held-out rows (overall and per subgroup)
     and decide whether the candidate should become champion. ``policy``: ``gate`` (compare on the gate
     metric with a margin), ``always``, ``never`` or ``if-first`` (only when there is no champion)."""
-    from learning_machine.model.evaluation import evaluate as score
     from learning_machine.model.evaluation import paired_comparison
     from learning_machine.model.training import predict_proba
 
@@ -326,14 +325,19 @@ def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, me
         groups = spec.subgroup_labels(test.frame)
         candidate = tracker.load_run_model(candidate_run_id)
         cand_proba = predict_proba(candidate, spec, test.frame)
-        cand_eval = score(labels, cand_proba, groups)
+        # mlflow.models.evaluate, into this step's run (candidate.*), linked to the candidate's logged model and
+        # the held-out rows; the champion's the same way (champion.*).
+        held_out = f"{test.name}-held-out"
+        cand_eval = tracker.evaluate(run_id, labels, cand_proba, groups, prefix="candidate.", dataset_name=held_out,
+                                     model_id=tracker.run_model_id(candidate_run_id))
         champion_info = tracker.alias_version(settings.model_name, CHAMPION)
         champ_eval = None
         evidence: dict[str, Any] | None = None
         if champion_info is not None:
             champion, _ = tracker.load_pipeline(settings.model_name, champion_info.version)
             champ_proba = predict_proba(champion, spec, test.frame)
-            champ_eval = score(labels, champ_proba, groups)
+            champ_eval = tracker.evaluate(run_id, labels, champ_proba, groups, prefix="champion.",
+                                          dataset_name=held_out, model_id=champion_info.model_id)
             # Paired evidence on the same rows (DeLong for AUC, paired loss differences), kept with the decision.
             evidence = paired_comparison(labels, cand_proba, champ_proba, groups)
         if metric not in cand_eval.metrics:
@@ -366,9 +370,7 @@ def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, me
                                     "gate_rule": summary["gate"]["rule"],
                                     "candidate_run_id": candidate_run_id,
                                     "champion_version": summary["champion_version"]})
-        tracker.log_metrics(run_id, {**{f"candidate.{k}": v for k, v in cand_eval.flat().items()},
-                                     **({f"champion.{k}": v for k, v in champ_eval.flat().items()} if champ_eval
-                                        else {}), **evidence_metrics(evidence), "promote": float(decision.promote)})
+        tracker.log_metrics(run_id, {**evidence_metrics(evidence), "promote": float(decision.promote)})
         tracker.log_text(run_id, json.dumps(summary, indent=2), "evaluation/comparison.json")
         tracker.set_tag(run_id, "lm.gate", decision.reason)
     print(decision.reason)

@@ -26,13 +26,18 @@ class Evaluation:
         out = dict(self.metrics)
         for group, by_label in self.subgroups.items():
             for label, metrics in by_label.items():
-                safe = str(label).replace("<", "lt").replace(">", "gt").replace("+", "plus").replace(" ", "_")
                 for name, value in metrics.items():
-                    out[f"{name}.{group}.{safe}"] = value
+                    out[flat_name(name, group, label)] = value
         return out
 
     def as_dict(self) -> dict[str, Any]:
         return {"metrics": self.metrics, "calibration": self.calibration, "subgroups": self.subgroups}
+
+
+def flat_name(metric: str, group: str, label: object) -> str:
+    """The MLflow name of a subgroup's metric: ``auc.sex.female``, ``n.age_band.75plus``."""
+    safe = str(label).replace("<", "lt").replace(">", "gt").replace("+", "plus").replace(" ", "_")
+    return f"{metric}.{group}.{safe}"
 
 
 def binary_metrics(y_true: np.ndarray, proba: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
@@ -80,6 +85,37 @@ def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, bins: int 
     if not total:
         return float("nan")
     return float(sum(row["n"] * abs(row["mean_predicted"] - row["observed"]) for row in table) / total)
+
+
+def calibration_slope_intercept(y_true: np.ndarray, proba: np.ndarray) -> tuple[float, float]:
+    """Logistic recalibration of the predicted risks (Cox 1958; Van Calster et al. 2019): the **slope** of
+    ``logit P(y=1) = a + b * logit(p)`` (1 when the risks spread as much as they should, below 1 when they are
+    too extreme) and the **intercept** of ``logit P(y=1) = a + logit(p)`` (calibration-in-the-large: 0 when the
+    risks are right on average, above 0 when they are too low). NaN for both when only one outcome is present."""
+    from scipy.special import expit, logit
+
+    y = np.asarray(y_true, dtype=float)
+    lp = logit(np.clip(np.asarray(proba, dtype=float), 1e-7, 1 - 1e-7))
+    if len(y) < 2 or len(np.unique(y)) < 2:
+        return float("nan"), float("nan")
+    # Newton-Raphson on the two log-likelihoods (concave; a handful of steps converge).
+    coef = np.array([0.0, 1.0])  # (a, b)
+    design = np.column_stack([np.ones_like(lp), lp])
+    for _ in range(50):
+        mu = expit(design @ coef)
+        w = np.maximum(mu * (1 - mu), 1e-12)
+        delta = np.linalg.solve(design.T @ (design * w[:, None]), design.T @ (y - mu))
+        coef = coef + delta
+        if np.abs(delta).max() < 1e-10:
+            break
+    offset = 0.0
+    for _ in range(50):
+        mu = expit(offset + lp)
+        shift = float((y - mu).sum() / max(float((mu * (1 - mu)).sum()), 1e-12))
+        offset += shift
+        if abs(shift) < 1e-12:
+            break
+    return float(coef[1]), float(offset)
 
 
 def evaluate(y_true: np.ndarray, proba: np.ndarray, subgroups: dict[str, pd.Series] | None = None,

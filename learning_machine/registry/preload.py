@@ -1,7 +1,7 @@
 """What logging and loading a model imports from MLflow (the sklearn flavour and the pyfunc flavour it
-adds, signatures, datasets, artifacts and the client's REST calls behind them), and the drift reference
-written beside every model (Parquet): seconds of imports, which the local runner's warm interpreter
-(:mod:`learning_machine.runners.warm`) pays once instead of once per step. Importing this module and
+adds, signatures, datasets, artifacts, ``mlflow.models.evaluate``'s classifier evaluator and the client's REST
+calls behind them), and the drift reference written beside every model (Parquet): seconds of imports, which
+the local runner's warm interpreter (:mod:`learning_machine.runners.warm`) pays once instead of once per step. Importing this module and
 calling :func:`warm` are its only uses."""
 
 # ruff: noqa: F401 - every import is here for its cost, none is used
@@ -12,6 +12,7 @@ import mlflow.data.pandas_dataset
 import mlflow.entities
 import mlflow.exceptions
 import mlflow.models
+import mlflow.models.evaluation.evaluators.classifier
 import mlflow.pyfunc
 import mlflow.sklearn
 import mlflow.tracking.request_header.registry
@@ -21,6 +22,7 @@ import pyarrow.pandas_compat
 import pyarrow.parquet
 
 import learning_machine.model.drift
+import learning_machine.registry.evaluation
 
 
 def warm() -> None:

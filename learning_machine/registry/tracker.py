@@ -1,9 +1,13 @@
-"""Tracking and registry on an MLflow server, through ``MlflowClient`` only (no fluent global run state).
+"""Tracking and registry on an MLflow server, through ``MlflowClient`` only (no fluent global run state, but for
+the length of one ``mlflow.models.evaluate`` call, which knows no other: :mod:`learning_machine.registry.evaluation`).
 
-Every training run logs its parameters, metrics (overall and per subgroup), the dataset as an input
-with its digest, evaluation plots and the model (pipeline with preprocessing, signature, input example).
-Registered versions carry their metrics as tags; the aliases ``champion`` and ``challenger`` mark what
-serves and what waits. Each promotion records the champion it replaced, so a rollback is one call.
+Every training run logs its parameters, the dataset as an input with its digest, the model as an MLflow 3
+logged model (pipeline with preprocessing, signature, input example, dataset spec and drift reference; an
+output of the run, with the run's parameters), its evaluation on the held-out rows through
+``mlflow.models.evaluate`` (metrics overall and per subgroup, linked to the run, the logged model and the
+held-out dataset) and evaluation plots. A registered version's source is its logged model
+(``models:/<model_id>``); versions carry their metrics as tags; the aliases ``champion`` and ``challenger``
+mark what serves and what waits. Each promotion records the champion it replaced, so a rollback is one call.
 """
 
 from __future__ import annotations
@@ -60,12 +64,15 @@ class VersionInfo:
     created_at: float
     source: str
     status: str = "READY"
+    model_id: str | None = None
+    """The MLflow 3 logged model the version was registered from (None for versions registered from a run's
+    artifacts, before logged models)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "run_id": self.run_id, "aliases": self.aliases,
                 "metrics": self.metrics, "tags": self.tags, "created_at": self.created_at, "source": self.source,
-                "status": self.status}
+                "status": self.status, "model_id": self.model_id}
 
 
 class Tracker:
@@ -113,9 +120,11 @@ class Tracker:
                 raise ModelNotFoundError(f"{what}: {exc.message}") from exc
             raise RegistryError(f"{what}: {exc.message}") from exc
         except MlflowException as exc:
-            if "API request" in str(exc) or "Max retries" in str(exc) or "Connection" in str(exc):
-                raise TrackingUnavailableError(f"{what}: MLflow at {self.uri} is unreachable") from exc
-            raise RegistryError(f"{what}: {exc}") from exc
+            network = unreachable(exc)
+            if network is not None:
+                raise TrackingUnavailableError(
+                    f"{what}: MLflow at {self.uri} is unreachable ({type(network).__name__})") from exc
+            raise RegistryError(f"{what}: {exc.message}") from exc
         except (OSError, httpx.HTTPError) as exc:
             raise TrackingUnavailableError(f"{what}: MLflow at {self.uri} is unreachable ({exc})") from exc
 
@@ -173,12 +182,14 @@ class Tracker:
         """Record ``dataset`` as an MLflow input of the run; returns its digest."""
         from mlflow.data import pandas_dataset
         from mlflow.data.code_dataset_source import CodeDatasetSource
-        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.entities import Dataset, DatasetInput, InputTag
 
         source = CodeDatasetSource(tags={"uri": dataset.source_uri, **{k: str(v) for k, v in dataset.params.items()}})
         mlds = pandas_dataset.from_pandas(dataset.frame, source=source, targets=dataset.spec.target.name,
                                        name=dataset.name, digest=dataset.digest)
-        entity = DatasetInput(mlds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
+        # Dataset.to_dict() is the public form of the dataset (name, digest, source, source type, schema, profile),
+        # the fields of the tracking entity.
+        entity = DatasetInput(Dataset(**mlds.to_dict()), tags=[InputTag("mlflow.data.context", context)])
         self._call("logging the dataset", lambda: self.client.log_inputs(run_id, datasets=[entity]))
         return dataset.digest
 
@@ -246,9 +257,10 @@ class Tracker:
         import mlflow.artifacts
         import pandas as pd
 
+        root = self.download_uri(info.name, info.version)
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                path = mlflow.artifacts.download_artifacts(artifact_uri=f"{info.source}/{artifact_file}",
+                path = mlflow.artifacts.download_artifacts(artifact_uri=f"{root.rstrip('/')}/{artifact_file}",
                                                            dst_path=tmp, tracking_uri=self.uri)
             except Exception:  # noqa: BLE001 - older versions have no such artifact
                 return None
@@ -258,10 +270,37 @@ class Tracker:
         """The fitted pipeline a run logged (a candidate, before it is registered)."""
         import mlflow.sklearn
 
+        model_id = self.run_model_id(run_id)
         with tempfile.TemporaryDirectory() as tmp:
-            path = self._call("downloading the candidate", lambda: self.client.download_artifacts(
-                run_id, MODEL_ARTIFACT, tmp))
-            return mlflow.sklearn.load_model(path)
+            if model_id is None:  # a run from before logged models: the model is among its artifacts
+                path = self._call("downloading the candidate", lambda: self.client.download_artifacts(
+                    run_id, MODEL_ARTIFACT, tmp))
+            else:
+                path = self._download(f"downloading the candidate {model_id}", self.logged_model_uri(model_id),
+                                      Path(tmp))
+            return mlflow.sklearn.load_model(str(path))
+
+    def run_model_id(self, run_id: str) -> str | None:
+        """The logged model a run produced (its last model output), or None (runs from before logged models)."""
+        return _model_id_of(self._run(run_id))
+
+    def logged_model_uri(self, model_id: str) -> str:
+        """Where a logged model's files are (its artifact location)."""
+        found = self.rest.call(f"reading logged model {model_id}", "GET", f"logged-models/{model_id}")
+        return str(found["model"]["info"]["artifact_uri"])
+
+    def download_uri(self, model_name: str, version: str) -> str:
+        """Where a registered version's files are: its logged model's artifact location (or, for versions
+        registered from a run's artifacts, that folder), as the registry resolves it."""
+        found = self.rest.call(f"locating {model_name} v{version}", "GET", "model-versions/get-download-uri",
+                               params={"name": model_name, "version": version})
+        return str(found["artifact_uri"])
+
+    def _download(self, what: str, artifact_uri: str, dst: Path) -> Path:
+        import mlflow.artifacts
+
+        return Path(self._call(what, lambda: mlflow.artifacts.download_artifacts(
+            artifact_uri=artifact_uri, dst_path=str(dst), tracking_uri=self.uri)))
 
     def log_dir(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
         self._call("uploading artifacts", lambda: self.client.log_artifacts(run_id, str(local_dir), artifact_path))
@@ -269,35 +308,88 @@ class Tracker:
     def log_training(self, result: TrainingResult, dataset: LoadedDataset, *, experiment: str, run_name: str,
                      tags: dict[str, str] | None = None, parent_run_id: str | None = None,
                      progress: Callable[[str], None] | None = None) -> str:
-        """One complete training run; it is marked FAILED (and nothing registered) if any part fails."""
+        """One complete training run; it is marked FAILED (and nothing registered) if any part fails.
+
+        The model becomes a logged model of the run (:meth:`log_model`) and is evaluated on the held-out rows
+        with ``mlflow.models.evaluate``, linked to that model and to the held-out dataset; ``result.evaluation``
+        becomes that evaluation (the same numbers as the training's own, plus calibration slope and intercept)."""
         run_id = self.start_run(experiment, run_name, parent_run_id=parent_run_id,
                                 tags={"lm.kind": result.kind, "lm.dataset": dataset.name, "lm.mode": result.mode,
                                       **(tags or {})})
+        model_id: str | None = None
         try:
             if progress:
                 progress(f"logging run {run_id} to {self.uri}")
-            self.log_params(run_id, {
-                "model_kind": result.kind, "training_mode": result.mode, "dataset": dataset.name,
-                "dataset_digest": dataset.digest, "dataset_source": dataset.source_uri,
-                "train_rows": len(result.train), "test_rows": len(result.test),
-                **{f"model.{k}": v for k, v in result.params.items()},
-                **{f"data.{k}": v for k, v in dataset.params.items()},
-            })
-            self.log_metrics(run_id, {**result.evaluation.flat(), "training_seconds": result.seconds})
+            params = {"model_kind": result.kind, "training_mode": result.mode, "dataset": dataset.name,
+                      "dataset_digest": dataset.digest, "dataset_source": dataset.source_uri,
+                      "train_rows": len(result.train), "test_rows": len(result.test),
+                      **{f"model.{k}": v for k, v in result.params.items()},
+                      **{f"data.{k}": v for k, v in dataset.params.items()}}
+            self.log_params(run_id, params)
             self.log_dataset(run_id, dataset)
             with tempfile.TemporaryDirectory() as tmp:
+                model_id = self.log_model(run_id, experiment, result, dataset, Path(tmp) / MODEL_ARTIFACT,
+                                          params=params)
+                result.evaluation = self.evaluate(
+                    run_id, result.test_labels, result.test_proba, dataset.spec.subgroup_labels(result.test),
+                    model_id=model_id, dataset_name=f"{dataset.name}-held-out")
+                self.log_metrics(run_id, {"training_seconds": result.seconds})
                 self._write_evaluation(result, Path(tmp) / "evaluation")
                 self.log_dir(run_id, Path(tmp) / "evaluation", "evaluation")
-                self._write_model(result, dataset, Path(tmp) / MODEL_ARTIFACT)
-                self.log_dir(run_id, Path(tmp) / MODEL_ARTIFACT, MODEL_ARTIFACT)
         except BaseException:
             try:
+                if model_id is not None:
+                    self._call("marking the logged model failed",
+                               lambda: self.client.finalize_logged_model(model_id, "FAILED"))
                 self.end_run(run_id, "FAILED")
             except LearningMachineError:
                 pass  # the server is gone; the run stays RUNNING there and is never registered
             raise
         self.end_run(run_id)
         return run_id
+
+    def evaluate(self, run_id: str, labels: Any, proba: Any, subgroups: dict[str, Any] | None = None, *,
+                 model_id: str | None = None, dataset_name: str = "held-out", prefix: str = "") -> Any:
+        """Score predicted probabilities with ``mlflow.models.evaluate`` into the run ``run_id`` (metric names
+        after ``prefix``), linked to the logged model ``model_id`` and the scored rows; returns the
+        :class:`~learning_machine.model.evaluation.Evaluation` (see :mod:`learning_machine.registry.evaluation`)."""
+        from learning_machine.registry.evaluation import evaluate_predictions
+
+        with self._errors(f"evaluating on {dataset_name}"):
+            return evaluate_predictions(self.uri, run_id, labels=labels, proba=proba, subgroups=subgroups,
+                                        model_id=model_id, dataset_name=dataset_name, prefix=prefix)
+
+    def log_model(self, run_id: str, experiment: str, result: TrainingResult, dataset: LoadedDataset, folder: Path,
+                  *, params: dict[str, Any] | None = None) -> str:
+        """Log the fitted pipeline as an MLflow 3 logged model, an output of the run with the run's parameters,
+        and return its id. Its files (written to ``folder`` first): the sklearn flavour (cloudpickle, signature,
+        input example), the dataset spec and the training reference the drift detector and the anchors
+        explainer are fitted on."""
+        from mlflow.entities import LoggedModelOutput
+        from mlflow.models import Model
+
+        what = "logging the model"
+        created = self._call(what, lambda: self.client.create_logged_model(
+            experiment_id=self.experiment_id(experiment), name=MODEL_ARTIFACT, source_run_id=run_id,
+            params={k: str(v)[:6000] for k, v in (params or {}).items()}, model_type="classifier",
+            tags={"lm.kind": result.kind, "lm.mode": result.mode, "lm.dataset": dataset.name,
+                  "lm.dataset_digest": dataset.digest}))
+        model_id = str(created.model_id)
+        try:
+            self._call(what, lambda: self.client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)]))
+            # The MLmodel file names the logged model (as mlflow.<flavor>.log_model writes it).
+            self._write_model(result, dataset, folder, Model(artifact_path=created.artifact_location,
+                                                             model_uuid=model_id, run_id=run_id, model_id=model_id))
+            self._call(what, lambda: self.client.log_model_artifacts(model_id, str(folder)))
+            self._call(what, lambda: self.client.finalize_logged_model(model_id, "READY"))
+        except BaseException:
+            try:
+                self._call("marking the logged model failed",
+                           lambda: self.client.finalize_logged_model(model_id, "FAILED"))
+            except LearningMachineError:
+                pass
+            raise
+        return model_id
 
     @staticmethod
     def _write_evaluation(result: TrainingResult, folder: Path) -> None:
@@ -313,7 +405,7 @@ class Tracker:
             plt.close(fig)
 
     @staticmethod
-    def _write_model(result: TrainingResult, dataset: LoadedDataset, folder: Path) -> None:
+    def _write_model(result: TrainingResult, dataset: LoadedDataset, folder: Path, mlflow_model: Any = None) -> None:
         import mlflow.sklearn
         import sklearn
         from mlflow.models import infer_signature
@@ -333,7 +425,7 @@ class Tracker:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # MLflow's integer-column hint; our columns are floats
             mlflow.sklearn.save_model(
-                result.pipeline, str(folder), serialization_format="cloudpickle",
+                result.pipeline, str(folder), mlflow_model=mlflow_model, serialization_format="cloudpickle",
                 signature=infer_signature(example, proba), input_example=example, pip_requirements=requirements,
                 metadata={"dataset": dataset.name, "dataset_digest": dataset.digest, "kind": result.kind})
         (folder / SPEC_FILE).write_text(yaml.safe_dump(dataset.spec.model_dump(mode="json"), sort_keys=False))
@@ -357,12 +449,17 @@ class Tracker:
                                json={"name": model_name, "description": "Learning Machine risk model"})
             except RegistryError:
                 pass  # created meanwhile: the version below will say if it really is not there
-        info = self._run(run_id)["info"]
+        run = self._run(run_id)
+        info = run["info"]
         if info["status"] != "FINISHED":
             raise RegistryError(f"run {run_id} is {info['status']}; only finished runs are registered")
-        source = f"{info['artifact_uri']}/{MODEL_ARTIFACT}"
+        model_id = _model_id_of(run)
+        # The version points at the run's logged model (MLflow 3); a run from before logged models has its
+        # model among its artifacts.
+        source = f"models:/{model_id}" if model_id else f"{info['artifact_uri']}/{MODEL_ARTIFACT}"
         created = self.rest.call("registering a version", "POST", "model-versions/create", json={
-            "name": model_name, "source": source, "run_id": run_id, "tags": tags_list({"lm.run_id": run_id})})
+            "name": model_name, "source": source, "run_id": run_id, **({"model_id": model_id} if model_id else {}),
+            "tags": tags_list({"lm.run_id": run_id})})
         number = str(created["model_version"]["version"])
         try:
             self._wait_ready(model_name, number)
@@ -490,14 +587,12 @@ class Tracker:
         return current, self.version(model_name, target)
 
     def download_model(self, model_name: str, ref: str, dst: Path) -> tuple[Path, VersionInfo]:
-        """Download a version's model folder (pipeline + spec) into ``dst``."""
+        """Download a version's model folder (pipeline + spec + drift reference) into ``dst``: its logged
+        model's files, or the run's ``model`` folder for versions registered before logged models."""
         info = self.version(model_name, ref)
-        run_id = info.run_id
-        if not run_id:
-            raise ModelNotFoundError(f"{model_name} v{info.version} has no run to download from")
-        path = self._call(f"downloading {model_name} v{info.version}", lambda: self.client.download_artifacts(
-            run_id, MODEL_ARTIFACT, str(dst)))
-        return Path(path), info
+        path = self._download(f"downloading {model_name} v{info.version}",
+                              self.download_uri(model_name, info.version), dst)
+        return path, info
 
     def load_pipeline(self, model_name: str, ref: str = CHAMPION) -> tuple[Any, VersionInfo]:
         """The fitted pipeline of a version (by number or alias) and its registry info."""
@@ -517,9 +612,45 @@ def _info(mv: dict[str, Any], aliases: list[str] | None = None) -> VersionInfo:
         aliases=sorted(aliases if aliases is not None else [str(a) for a in mv.get("aliases", []) or []]),
         metrics=metrics, tags={k: v for k, v in tags.items() if not k.startswith("metric.")},
         created_at=int(mv.get("creation_timestamp") or 0) / 1000, source=str(mv.get("source", "")),
-        status=str(mv.get("status", "READY")))
+        status=str(mv.get("status", "READY")), model_id=mv.get("model_id") or _logged_model_in(str(mv.get("source", ""))))
+
+
+def _logged_model_in(source: str) -> str | None:
+    """The logged model a version's source names (``models:/<model_id>``; MLflow's REST API does not return
+    a version's model id itself), or None for a source in a run's artifacts."""
+    rest = source[len("models:/"):] if source.startswith("models:/") else ""
+    return rest if rest and "/" not in rest and "@" not in rest else None
+
+
+def _model_id_of(run: dict[str, Any]) -> str | None:
+    """The logged model a run (as MLflow's REST API returns it) produced last, or None."""
+    outputs = (run.get("outputs") or {}).get("model_outputs") or []
+    if not outputs:
+        return None
+    return str(max(outputs, key=lambda o: int(o.get("step", 0) or 0))["model_id"])
 
 
 def tracker_for(settings: Settings) -> Tracker:
     """The tracker of the server the settings name, with their request timeout."""
     return Tracker(settings.tracking_uri, timeout_s=settings.request_timeout_s)
+
+
+def unreachable(exc: BaseException) -> BaseException | None:
+    """The network error behind ``exc`` when MLflow's client could not reach the server, else None: a refused
+    or dropped connection, a timeout or retries run out (``requests``' errors, which MLflow's client raises
+    from and wraps in an ``MlflowException``), found in the exception's ``__cause__``/``__context__`` chain;
+    or the server saying it is temporarily unavailable."""
+    import requests  # MLflow's HTTP client
+
+    network = (requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError, ConnectionError,
+               TimeoutError, httpx.TransportError)
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, network):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    if getattr(exc, "error_code", None) == "TEMPORARILY_UNAVAILABLE":
+        return exc
+    return None

@@ -111,3 +111,20 @@ def test_a_few_hundred_rows_since_a_concept_change_choose_the_simpler_fresh_mode
     auc = {name: binary_metrics(y, predict_proba(p, test.spec, test.frame))["auc"]
            for name, p in (("simpler", result.pipeline), ("default", default), ("champion", base))}
     assert auc["simpler"] > auc["default"] + 0.01 and auc["simpler"] > auc["champion"] + 0.08, auc
+
+
+def test_calibration_slope_and_intercept_find_overconfident_and_underestimated_risks():
+    from scipy.special import expit, logit
+
+    from learning_machine.model.evaluation import calibration_slope_intercept
+
+    rng = np.random.default_rng(5)
+    true_risk = expit(rng.normal(-1.0, 1.0, 20_000))
+    y = rng.random(true_risk.size) < true_risk
+    slope, intercept = calibration_slope_intercept(y, true_risk)
+    assert slope == pytest.approx(1.0, abs=0.05) and intercept == pytest.approx(0.0, abs=0.05)
+    slope, _ = calibration_slope_intercept(y, expit(2 * logit(true_risk)))  # twice as extreme as it should be
+    assert slope == pytest.approx(0.5, abs=0.05)
+    _, intercept = calibration_slope_intercept(y, expit(logit(true_risk) - 0.5))  # every risk too low
+    assert intercept == pytest.approx(0.5, abs=0.05)
+    assert all(np.isnan(calibration_slope_intercept(np.ones(50), np.full(50, 0.3))))  # one outcome: undefined

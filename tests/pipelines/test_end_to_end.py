@@ -132,6 +132,39 @@ def test_the_run_publishes_metrics_roc_confusion_matrix_and_the_model_for_the_ku
     assert _published(outputs, "validate")["metrics"]["metadata"]["n_rows"] == 1500
 
 
+def test_lm_train_leaves_a_logged_model_with_its_metrics_that_the_version_points_at(trained, settings, tracker):
+    """MLflow 3's view of `lm train`: the train step's run has a logged model (MLflow's logged-model API), linked
+    to the run, with its parameters and its held-out metrics (linked to the held-out dataset); the registered
+    version's source is that logged model, and the evaluate step linked its scores to it too."""
+    children = _children(tracker, settings, trained["parent_run_id"])
+    train_run = children["train"]
+    found = tracker.client.search_logged_models(experiment_ids=[train_run.info.experiment_id],
+                                                filter_string=f"source_run_id = '{train_run.info.run_id}'")
+    assert len(found) == 1
+    model = tracker.client.get_logged_model(found[0].model_id)
+    assert (model.source_run_id, model.name, str(model.status)) == (train_run.info.run_id, "model", "READY")
+    assert [o.model_id for o in train_run.outputs.model_outputs] == [model.model_id]
+    assert model.params["model_kind"] == "xgboost" and model.params["train_rows"] == "1125"
+    metrics = {m.key: m for m in model.metrics}
+    for key in ("auc", "log_loss", "brier", "ece", "accuracy_score", "f1_score", "calibration_slope",
+                "auc.sex.female"):
+        assert key in metrics, key
+    assert metrics["auc"].value == train_run.data.metrics["auc"] and 0.6 < metrics["auc"].value <= 1.0
+    assert metrics["auc"].dataset_name == "synthetic-cohort-held-out" and metrics["auc"].dataset_digest
+    # The evaluate step scored the candidate with mlflow.models.evaluate: on its run and on the logged model.
+    assert children["evaluate"].data.metrics["candidate.auc"] == metrics["candidate.auc"].value
+    evaluate_run = tracker.client.get_run(children["evaluate"].info.run_id)  # (search results omit model inputs)
+    assert [m.model_id for m in evaluate_run.inputs.model_inputs] == [model.model_id]
+
+    version = tracker.version(settings.model_name, "1")
+    assert (version.source, version.model_id, version.run_id) == (f"models:/{model.model_id}", model.model_id,
+                                                                  train_run.info.run_id)
+    # MLflow's server knows the link both ways: it tagged the logged model with the version registered from it.
+    model = tracker.client.get_logged_model(model.model_id)
+    assert [(v["name"], str(v["version"])) for v in json.loads(model.tags["mlflow.modelVersions"])] == [
+        (settings.model_name, "1")]
+
+
 def test_retraining_promotes_a_better_candidate(trained, settings, tracker):
     assert trained["state"] == "SUCCEEDED"
     champion = tracker.version(settings.model_name, CHAMPION)

@@ -43,8 +43,10 @@ def test_model_and_plots_are_stored_in_the_bucket(mlflow_s3: Settings, s3_env: d
                       aws_secret_access_key="testing", region_name="us-east-1")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="mlflow/").get("Contents", [])]
     run_keys = [k for k in keys if outcome.run_id in k]
-    assert any(k.endswith("model/model.pkl") for k in run_keys), keys
     assert any(k.endswith("evaluation/roc.png") for k in run_keys), keys
+    # The model is a logged model: its files are under the experiment's models/<model_id>/artifacts.
+    model_id = outcome.version.model_id
+    assert model_id and any(k.endswith(f"models/{model_id}/artifacts/model.pkl") for k in keys), keys
     # And the registry serves the model back through the proxy.
     pipeline, info = tracker.load_pipeline(mlflow_s3.model_name, CHAMPION)
     assert info.version == outcome.version.version

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -40,34 +41,50 @@ def test_training_run_records_params_metrics_dataset_plots_and_model(tracking_se
     assert run.data.params["model_kind"] == "xgboost"
     assert run.data.params["dataset_digest"] == small_data.digest
     assert run.data.params["model.n_estimators"] == "200"
-    for metric in ("auc", "accuracy", "f1", "brier", "ece", "auc.sex.female", "auc.age_band.60-74"):
+    # mlflow.models.evaluate's own metrics (accuracy_score, f1_score) and ours (make_metric), per subgroup too
+    for metric in ("auc", "accuracy_score", "f1_score", "brier", "ece", "log_loss", "calibration_slope",
+                   "calibration_intercept", "auc.sex.female", "auc.age_band.60-74", "training_seconds"):
         assert metric in run.data.metrics, metric
     assert 0.6 < run.data.metrics["auc"] <= 1.0
 
-    inputs = run.inputs.dataset_inputs
-    assert len(inputs) == 1
-    assert inputs[0].dataset.name == "synthetic-cohort"
-    assert inputs[0].dataset.digest == small_data.digest
-    assert {t.key: t.value for t in inputs[0].tags}["mlflow.data.context"] == "training"
+    # The training data (context "training") and the held-out rows mlflow.models.evaluate scored.
+    inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"synthetic-cohort", "synthetic-cohort-held-out"}
+    assert inputs["synthetic-cohort"].dataset.digest == small_data.digest
+    assert {t.key: t.value for t in inputs["synthetic-cohort"].tags}["mlflow.data.context"] == "training"
 
     evaluation = {f.path for f in tracker.client.list_artifacts(outcome.run_id, "evaluation")}
     assert {"evaluation/roc.png", "evaluation/calibration.png", "evaluation/confusion_matrix.png",
             "evaluation/feature_importance.png", "evaluation/evaluation.json"} <= evaluation
-    model_files = {f.path for f in tracker.client.list_artifacts(outcome.run_id, "model")}
-    assert {"model/MLmodel", "model/input_example.json", "model/dataset_spec.yaml"} <= model_files
+    # The model is an MLflow 3 logged model of the run: an output of it, with its files, the run's parameters
+    # and its held-out metrics linked to the held-out dataset.
+    model_id = tracker.run_model_id(outcome.run_id)
+    assert model_id and [o.model_id for o in run.outputs.model_outputs] == [model_id]
+    logged = tracker.client.get_logged_model(model_id)
+    assert (logged.source_run_id, logged.name, str(logged.status)) == (outcome.run_id, "model", "READY")
+    assert logged.params["model_kind"] == "xgboost" and logged.params["dataset_digest"] == small_data.digest
+    model_metrics = {m.key: m for m in logged.metrics}
+    assert model_metrics["auc"].value == run.data.metrics["auc"]
+    assert model_metrics["auc"].dataset_name == "synthetic-cohort-held-out"
+    assert "auc.sex.female" in model_metrics
+    model_files = {f.path for f in tracker.client.list_logged_model_artifacts(model_id)}
+    assert {"MLmodel", "input_example.json", "dataset_spec.yaml", "reference.parquet"} <= model_files
 
     # The registered version carries its metrics, is the champion (first model) and predicts like the
     # in-memory pipeline: preprocessing is inside the one artifact.
     assert outcome.promoted
     assert outcome.version.aliases == [CHAMPION]
     assert outcome.version.metrics["auc"] == pytest.approx(run.data.metrics["auc"], rel=1e-4)
+    assert (outcome.version.source, outcome.version.model_id) == (f"models:/{model_id}", model_id)
     pipeline, info = tracker.load_pipeline(settings.model_name, CHAMPION)
     assert info.version == outcome.version.version
     rows = small_data.frame.head(50)
     np.testing.assert_allclose(predict_proba(pipeline, small_data.spec, rows),
                                predict_proba(outcome.result.pipeline, small_data.spec, rows), rtol=1e-6)
-    mlmodel = (tracker.client.download_artifacts(outcome.run_id, "model/MLmodel"))
-    assert "signature" in Path(mlmodel).read_text()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, _ = tracker.download_model(settings.model_name, CHAMPION, Path(tmp))
+        mlmodel = (folder / "MLmodel").read_text()
+    assert "signature" in mlmodel and f"model_id: {model_id}" in mlmodel
 
 
 def test_aliases_promotion_and_rollback(tracking_server: Settings, small_data):
@@ -194,3 +211,36 @@ def test_the_servers_refusals_come_back_as_the_platforms_errors(mlflow_sqlite: S
     assert tracker.run_json(run_id, "checks/ok.json") == {"ok": True}
     tracker.end_run(run_id)
     assert tracker.client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_mlflow_client_failures_are_told_apart_by_type_not_by_message():
+    """MLflow's client wraps a network failure in an MlflowException whose message is all that says so: the
+    tracker finds the network error in the exception's chain instead."""
+    import requests
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+
+    from learning_machine.registry.tracker import unreachable
+
+    tracker = Tracker("http://127.0.0.1:9")  # nothing listens there
+    started = time.monotonic()
+    with pytest.raises(TrackingUnavailableError, match=r"listing artifacts: MLflow at http://127\.0\.0\.1:9 is "
+                                                       r"unreachable \(ConnectionError\)") as caught:
+        tracker.artifact_names("0" * 32)  # through MlflowClient, not the platform's REST transport
+    assert isinstance(caught.value.__cause__, MlflowException) and time.monotonic() - started < 30
+
+    def wrapped(cause: BaseException) -> MlflowException:
+        try:
+            raise cause
+        except BaseException:
+            try:
+                raise MlflowException("API request to http://mlflow/api failed with exception ...")
+            except MlflowException as exc:
+                return exc
+
+    assert isinstance(unreachable(wrapped(requests.ConnectionError("refused"))), requests.ConnectionError)
+    assert isinstance(unreachable(wrapped(requests.exceptions.RetryError("too many 503s"))), requests.RequestException)
+    assert unreachable(MlflowException("Connection refused, Max retries exceeded")) is None  # words are not a cause
+    assert unreachable(MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE)) is not None
+    with pytest.raises(RegistryError, match="Connection refused"), tracker._errors("reading"):
+        raise MlflowException("Connection refused")  # e.g. a message relayed from elsewhere: not this server
