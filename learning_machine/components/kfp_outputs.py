@@ -74,3 +74,15 @@ def publish_model(artifact: Any, **metadata: Any) -> None:
     artifact.metadata.update(values)
     Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
     Path(artifact.path).write_text(json.dumps(values, indent=2, default=str))
+
+
+def candidate_model(settings: Any, run_id: str) -> dict[str, str]:
+    """Where a training run's candidate model is in MLflow: its logged model (``models:/<model_id>``, MLflow 3),
+    or the run's model folder for a run from before logged models."""
+    from learning_machine.registry.names import MODEL_ARTIFACT
+    from learning_machine.registry.tracker import tracker_for
+
+    model_id = tracker_for(settings).run_model_id(run_id)
+    if model_id is None:
+        return {"model_uri": f"runs:/{run_id}/{MODEL_ARTIFACT}"}
+    return {"model_uri": f"models:/{model_id}", "model_id": model_id}

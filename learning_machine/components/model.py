@@ -21,9 +21,13 @@ def train(data: Input[Dataset], test: Output[Dataset], model: Output[Model], met
     """Fit preprocessing + model from scratch, log the run; returns its id. Writes the held-out rows and
     publishes the held-out metrics, ROC curve, confusion matrix and the candidate model's MLflow URI."""
     from learning_machine.components import step_settings
-    from learning_machine.components.kfp_outputs import publish_classification, publish_metrics, publish_model
+    from learning_machine.components.kfp_outputs import (
+        candidate_model,
+        publish_classification,
+        publish_metrics,
+        publish_model,
+    )
     from learning_machine.components.steps import train as run
-    from learning_machine.registry.names import MODEL_ARTIFACT
 
     settings = step_settings(mlflow_tracking_uri=tracking_uri, experiment_name=experiment_name, seed=seed,
                              test_fraction=test_fraction)
@@ -32,7 +36,7 @@ def train(data: Input[Dataset], test: Output[Dataset], model: Output[Model], met
                          on_scores=lambda labels, proba: publish_classification(classification, labels, proba))
     test.metadata.update({"candidate_run_id": run_id, "auc": scores.get("auc")})
     publish_metrics(metrics, scores)
-    publish_model(model, model_uri=f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id=run_id,
+    publish_model(model, **candidate_model(settings, run_id), run_id=run_id,
                   tracking_uri=settings.tracking_uri, model_kind=model_kind or settings.model_kind,
                   registered=False)
     return run_id
@@ -47,9 +51,13 @@ def retrain(data: Input[Dataset], reference: Input[Dataset], test: Output[Datase
     Publishes its evaluation's metrics, ROC curve and confusion matrix (new rows none of the candidates
     trained on) and the candidate model's MLflow URI."""
     from learning_machine.components import step_settings
-    from learning_machine.components.kfp_outputs import publish_classification, publish_metrics, publish_model
+    from learning_machine.components.kfp_outputs import (
+        candidate_model,
+        publish_classification,
+        publish_metrics,
+        publish_model,
+    )
     from learning_machine.components.steps import retrain as run
-    from learning_machine.registry.names import MODEL_ARTIFACT
 
     settings = step_settings(mlflow_tracking_uri=tracking_uri, experiment_name=experiment_name, seed=seed,
                              test_fraction=test_fraction, model_name=model_name)
@@ -58,7 +66,7 @@ def retrain(data: Input[Dataset], reference: Input[Dataset], test: Output[Datase
                          on_scores=lambda labels, proba: publish_classification(classification, labels, proba))
     test.metadata.update({"candidate_run_id": run_id, "auc": scores.get("auc")})
     publish_metrics(metrics, scores)
-    publish_model(model, model_uri=f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id=run_id,
+    publish_model(model, **candidate_model(settings, run_id), run_id=run_id,
                   tracking_uri=settings.tracking_uri, continued_from=f"{settings.model_name}@{base_ref}",
                   registered=False)
     return run_id

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -213,36 +212,6 @@ def plan_schema() -> dict[str, Any]:
     return schema
 
 
-# -- calibration ----------------------------------------------------------------------------------------
-def calibration_slope_intercept(y_true: Sequence[int] | np.ndarray, proba: Sequence[float] | np.ndarray,
-                                ) -> dict[str, float]:
-    """The calibration slope (logistic regression of the outcome on the logit of the predicted probability)
-    and calibration-in-the-large (the intercept with the logit as an offset), by Newton's method. A perfectly
-    calibrated model has slope 1 and intercept 0 (Van Calster et al., J Clin Epidemiol 2016)."""
-    y = np.asarray(y_true, dtype=float)
-    p = np.clip(np.asarray(proba, dtype=float), 1e-6, 1 - 1e-6)
-    if len(y) == 0 or y.min() == y.max():
-        raise ValueError("calibration needs rows of both outcomes")
-    lp = np.log(p / (1 - p))
-    X = np.column_stack([np.ones_like(lp), lp])
-    beta = np.array([0.0, 1.0])
-    for _ in range(50):
-        mu = 1 / (1 + np.exp(-(X @ beta)))
-        w = mu * (1 - mu)
-        delta = np.linalg.solve(X.T @ (X * w[:, None]) + 1e-9 * np.eye(2), X.T @ (y - mu))
-        beta = beta + delta
-        if np.abs(delta).max() < 1e-10:
-            break
-    a = 0.0
-    for _ in range(50):
-        fitted = 1 / (1 + np.exp(-(a + lp)))
-        step = float((y - fitted).sum() / max(float((fitted * (1 - fitted)).sum()), 1e-12))
-        a += step
-        if abs(step) < 1e-10:
-            break
-    return {"slope": float(beta[1]), "intercept": float(a)}
-
-
 # -- the judgement ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PlanVerdict:
@@ -263,9 +232,9 @@ def judge(plan: ChangePlan, *, change: ChangeKind, evidence: Mapping[str, Any], 
 
     - ``evidence``: the paired comparison with the champion on the test rows
       (:func:`learning_machine.model.evaluation.paired_comparison`);
-    - ``candidate``: the candidate's own results on those rows: ``calibration`` (``slope``, ``intercept``,
-      from :func:`calibration_slope_intercept`) and ``subgroups`` (``{group: {label: {"auc": ...}}}``, as
-      :func:`learning_machine.model.evaluation.evaluate` gives);
+    - ``candidate``: the candidate's own results on those rows: ``calibration`` (``slope``, ``intercept``, from
+      :func:`learning_machine.model.evaluation.calibration_slope_intercept`) and ``subgroups``
+      (``{group: {label: {"auc": ...}}}``, as :func:`learning_machine.model.evaluation.evaluate` gives);
     - ``independent_test_rows``: whether the data manifest shows no test row among the training rows.
 
     ``keep-champion`` when the candidate is not shown better (the evidence gate's first clause) or the rows
@@ -288,6 +257,8 @@ def judge(plan: ChangePlan, *, change: ChangeKind, evidence: Mapping[str, Any], 
     for name in ("slope", "intercept"):
         bounds: Bounds = getattr(a.calibration, name)
         value = calibration.get(name)
+        if value is not None and value != value:  # NaN: one outcome only on these rows
+            value = None
         clauses.append({"clause": f"calibration {name}", "passed": None if value is None
                         else bool(bounds.low <= float(value) <= bounds.high),
                         "value": None if value is None else round(float(value), 4), "bounds": [bounds.low, bounds.high],

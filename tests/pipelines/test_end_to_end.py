@@ -120,7 +120,10 @@ def test_the_run_publishes_metrics_roc_confusion_matrix_and_the_model_for_the_ku
     # The scalar metrics are the run's own: the same AUC MLflow has for the candidate's run.
     run_id = train["model"]["metadata"]["run_id"]
     assert train["metrics"]["metadata"]["auc"] == pytest.approx(tracker.client.get_run(run_id).data.metrics["auc"])
-    assert train["model"]["metadata"]["model_uri"] == f"runs:/{run_id}/model"
+    # The candidate is the run's MLflow 3 logged model, which the registered version points at too.
+    model_id = tracker.run_model_id(run_id)
+    assert model_id and train["model"]["metadata"]["model_id"] == model_id
+    assert train["model"]["metadata"]["model_uri"] == f"models:/{model_id}"
     evaluate = _published(outputs, "evaluate")
     assert evaluate["classification"]["metadata"]["confidenceMetrics"]
     assert evaluate["metrics"]["metadata"]["candidate.auc"] == pytest.approx(train["metrics"]["metadata"]["auc"])
