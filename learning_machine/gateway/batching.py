@@ -54,7 +54,9 @@ class Job:
         logged here with the request id and answered as a plain 500 problem (not raised through the app, which
         would make the server drop the client's kept-alive connection)."""
         if isinstance(result, Exception) and not isinstance(result, LearningMachineError):
-            log.error("prediction request %s failed", self.request_id, exc_info=result)
+            # The request id as the record's own field: this runs in a worker thread, outside the request's context.
+            log.error("prediction request %s failed", self.request_id, exc_info=result,
+                      extra={"request_id": self.request_id})
             result = as_platform_error(result)
         try:
             self.loop.call_soon_threadsafe(_settle, self.future, result)
@@ -72,6 +74,12 @@ def _settle(future: asyncio.Future[list[dict[str, Any]]], result: list[dict[str,
 
 
 _STOP = object()
+
+
+def _ids(jobs: Sequence[Job], most: int = 20) -> str:
+    """The request ids of a group, for a log line about the whole group (each request's own line follows)."""
+    ids = ", ".join(job.request_id for job in jobs[:most])
+    return ids + (f" and {len(jobs) - most} more" if len(jobs) > most else "")
 
 
 class PredictionBatcher:
@@ -158,7 +166,7 @@ class PredictionBatcher:
                             job.answers, job.latency_ms = result
                     self._stores.put([job for job in waiting if job.answers])
             except Exception as exc:  # noqa: BLE001 - a bug must fail this group, not stop the gateway
-                log.error("the model stage failed a group of %d request(s)", len(group))
+                log.error("the model stage failed a group of %d request(s): %s", len(group), _ids(group))
                 for job in group:
                     job.finish(exc)
             if stop:
@@ -217,7 +225,7 @@ class PredictionBatcher:
                 results: list[Any] = service.store_answers(self.ctx, [(job.records, job.answers, job.request_id,
                                                                        job.latency_ms) for job in jobs])
             except Exception as exc:  # noqa: BLE001 - every request of the group is answered, none hangs
-                log.error("the store stage failed a group of %d request(s)", len(jobs))
+                log.error("the store stage failed a group of %d request(s): %s", len(jobs), _ids(jobs))
                 results = [exc] * len(jobs)
             for job, result in zip(jobs, results, strict=True):
                 job.finish(result)

@@ -5,6 +5,8 @@ results and events. Real gateway, real model server."""
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +14,7 @@ from gateway_harness import RunningGateway, make_records, sqlite_gateway
 from testsupport import FlakyProxy
 
 from learning_machine.clients.gateway import GatewayError, LearningMachineClient
+from learning_machine.logs import JsonFormatter
 from learning_machine.loop.stream import StreamPlan, generated_records, run_stream
 
 
@@ -21,10 +24,11 @@ def gw(tmp_path_factory, model_server) -> Iterator[RunningGateway]:
         yield running
 
 
-def test_an_unexpected_failure_in_a_prediction_stage_fails_that_request_not_the_gateway(gw, monkeypatch):
+def test_an_unexpected_failure_in_a_prediction_stage_fails_that_request_not_the_gateway(gw, monkeypatch, caplog):
     """Fault injection into the real gateway (it runs in this process): the store step raises something no
-    handler expects, once. That request gets a 500 problem with nothing stored; the worker threads that group
-    requests keep running, so the next request is predicted and stored."""
+    handler expects, once. That request gets a 500 problem with nothing stored, and the error is logged with
+    that request's id as the log record's own field (the worker thread is outside the request's context); the
+    worker threads that group requests keep running, so the next request is predicted and stored."""
     from learning_machine.gateway import service
 
     real = service.store_answers
@@ -38,8 +42,14 @@ def test_an_unexpected_failure_in_a_prediction_stage_fails_that_request_not_the_
 
     monkeypatch.setattr(service, "store_answers", fails_once)
     client = gw.client("clinician")
-    broken = client.post("/v1/predictions", json=make_records(1, prefix="bug-a")[0])
+    with caplog.at_level(logging.ERROR, logger="learning_machine.gateway"):
+        broken = client.post("/v1/predictions", json=make_records(1, prefix="bug-a")[0])
     assert broken.status_code == 500 and "injected" not in broken.text and broken.json()["request_id"]
+    logged = [r for r in caplog.records if r.getMessage().startswith("prediction request")]
+    assert [getattr(r, "request_id", None) for r in logged] == [broken.json()["request_id"]]
+    group = [r.getMessage() for r in caplog.records if r.getMessage().startswith("the store stage failed")]
+    assert group == [f"the store stage failed a group of 1 request(s): {broken.json()['request_id']}"]
+    assert "injected" in json.loads(JsonFormatter().format(logged[0]))["exc_info"]
     assert gw.stored_predictions("bug-a") == 0
     assert client.post("/v1/predictions", json=make_records(1, prefix="bug-b")[0]).status_code == 200
     assert gw.stored_predictions("bug-b") == 1
