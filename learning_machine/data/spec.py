@@ -8,7 +8,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -28,6 +28,9 @@ _LARGEST_NUMBER = 10**15  # an integer feature value beyond this is out of range
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_Document = TypeVar("_Document", bound=BaseModel)
 
 
 class FeatureSpec(_Strict):
@@ -465,29 +468,43 @@ def _check_value(feat: FeatureSpec, value: Any, rid: Any) -> list[Problem]:
 
 def load_spec(path: str | Path) -> DatasetSpec:
     """Read a spec file; a malformed one raises :class:`SpecError` naming every bad field."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError as exc:
-        raise SpecError(f"dataset spec file {str(path)!r} does not exist") from exc
-    except yaml.YAMLError as exc:
-        raise SpecError(f"dataset spec {str(path)!r} is not valid YAML: {exc}") from exc
+    _, raw = read_yaml(path, "dataset spec")
     return parse_spec(raw, source=str(path))
 
 
 def parse_spec(raw: Any, *, source: str = "<spec>") -> DatasetSpec:
     """Build a spec from parsed YAML/JSON; errors name the file and each bad field."""
-    if not isinstance(raw, Mapping):
-        raise SpecError(f"dataset spec {source!r} must be a mapping at the top level")
+    return validate_document(DatasetSpec, raw, "dataset spec", source)
+
+
+def read_yaml(path: str | Path, what: str) -> tuple[str, Any]:
+    """The text of a YAML file (a dataset spec, a change-control plan) and what it parses to; a missing file
+    or one that is not YAML raises :class:`SpecError` naming ``what`` and the file."""
+    path = Path(path)
     try:
-        return DatasetSpec.model_validate(raw)
+        text = path.read_text()
+    except FileNotFoundError as exc:
+        raise SpecError(f"{what} file {str(path)!r} does not exist") from exc
+    try:
+        return text, yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{what} {str(path)!r} is not valid YAML: {exc}") from exc
+
+
+def validate_document(model: type[_Document], raw: Any, what: str, source: str) -> _Document:
+    """``raw`` (a parsed YAML/JSON document) as ``model``; anything else raises :class:`SpecError` naming
+    ``what``, the source and every bad field (list entries by their ``name`` where they have one)."""
+    if not isinstance(raw, Mapping):
+        raise SpecError(f"{what} {source!r} must be a mapping at the top level")
+    try:
+        return model.model_validate(raw)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             where = ".".join(_loc_name(raw, err["loc"]))
-            problems.append({"field": where or "<spec>", "problem": err["msg"]})
+            problems.append({"field": where or "<document>", "problem": err["msg"]})
         listed = "; ".join(f"{p['field']}: {p['problem']}" for p in problems)
-        raise SpecError(f"dataset spec {source!r} is invalid: {listed}", detail=problems) from exc
+        raise SpecError(f"{what} {source!r} is invalid: {listed}", detail=problems) from exc
 
 
 def _loc_name(raw: Any, loc: Sequence[int | str]) -> list[str]:

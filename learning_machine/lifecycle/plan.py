@@ -21,12 +21,15 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from learning_machine.data.spec import read_yaml, validate_document
 from learning_machine.errors import SpecError
+
+if TYPE_CHECKING:
+    from learning_machine.lifecycle.promotion import EvidenceRule
 
 PLANS = Path(__file__).parent / "plans"
 """The example plans shipped with the package, one per built-in dataset (``<dataset>.yaml``), and the plan
@@ -136,18 +139,16 @@ class ChangePlan(_Strict):
             raise ValueError("a change kind is listed twice")
         return self
 
-    def evidence_rule(self, looks: int = 1) -> Any:
+    def evidence_rule(self, looks: int = 1) -> EvidenceRule:
         """The evidence gate these acceptance criteria configure (``looks``: as in
         :meth:`~learning_machine.lifecycle.promotion.EvidenceRule.from_settings`)."""
-        from scipy.stats import norm
-
-        from learning_machine.lifecycle.promotion import EvidenceRule
+        from learning_machine.lifecycle.promotion import EvidenceRule, interval_z
 
         a = self.acceptance
         return EvidenceRule(a.discrimination.margin, a.discrimination.noninferiority_auc,
                             a.calibration.noninferiority_log_loss, a.subgroups.noninferiority_auc,
                             a.subgroups.min_events, a.subgroups.underpowered, a.discrimination.also_better_on,
-                            z=float(norm.ppf(1 - 0.025 / max(1, looks))))
+                            z=interval_z(looks))
 
     def check_against(self, spec: Any) -> None:
         """Raise :class:`SpecError` unless the plan fits the dataset spec: its name, and every subgroup with a
@@ -166,27 +167,10 @@ class ChangePlan(_Strict):
 
 def load_plan(path: str | Path) -> ChangePlan:
     """Read and check a plan file; a malformed one raises :class:`SpecError` naming every bad field."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError as exc:
-        raise SpecError(f"change-control plan {str(path)!r} does not exist") from exc
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SpecError(f"change-control plan {str(path)!r} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, Mapping):
-        raise SpecError(f"change-control plan {str(path)!r} must be a mapping at the top level")
-    if "digest" in raw:
+    text, raw = read_yaml(path, "change-control plan")
+    if isinstance(raw, Mapping) and "digest" in raw:
         raise SpecError(f"change-control plan {str(path)!r}: 'digest' is computed from the file, not written in it")
-    try:
-        plan = ChangePlan.model_validate(raw)
-    except ValidationError as exc:
-        listed = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '<plan>'}: {err['msg']}"
-                           for err in exc.errors())
-        raise SpecError(f"change-control plan {str(path)!r} is invalid: {listed}",
-                        detail=[{"field": ".".join(str(p) for p in err["loc"]), "problem": err["msg"]}
-                                for err in exc.errors()]) from exc
+    plan = validate_document(ChangePlan, raw, "change-control plan", str(path))
     return plan.model_copy(update={"digest": hashlib.sha256(text.encode()).hexdigest()})
 
 

@@ -85,12 +85,17 @@ class EvidenceRule:
     def from_settings(cls, settings: Settings, *, margin: float | None = None, looks: int = 1) -> EvidenceRule:
         """The rule the settings configure; ``looks``: how many times the evidence will be looked at (the
         95 % budget is shared between them, Bonferroni)."""
-        from scipy.stats import norm
-
         return cls(settings.gate_margin if margin is None else margin, settings.gate_noninferiority_auc,
                    settings.gate_noninferiority_log_loss, settings.gate_noninferiority_subgroup_auc,
-                   settings.gate_min_subgroup_events, settings.gate_underpowered_subgroups,
-                   z=float(norm.ppf(1 - 0.025 / max(1, looks))))
+                   settings.gate_min_subgroup_events, settings.gate_underpowered_subgroups, z=interval_z(looks))
+
+
+def interval_z(looks: int = 1) -> float:
+    """The intervals' width in standard errors when the evidence is looked at ``looks`` times as it grows: the
+    two-sided 95 % budget shared between the looks (Bonferroni); 1.96 for one look."""
+    from scipy.stats import norm
+
+    return float(norm.ppf(1 - 0.025 / max(1, looks)))
 
 
 def check_policy(policy: str, metric: str = "auc") -> None:

@@ -41,9 +41,9 @@ def test_a_malformed_plan_names_every_bad_field(tmp_path):
     with pytest.raises(SpecError) as caught:
         load_plan(bad)
     message = caught.value.message
-    for field in ("acceptance.calibration.slope", "changes.1", "floor of sex=* must be between 0.5 and 1", "owner"):
+    for field in ("acceptance.calibration.slope", "changes[1]", "floor of sex=* must be between 0.5 and 1", "owner"):
         assert field in message, (field, message)
-    assert {p["field"] for p in caught.value.detail} >= {"owner", "changes.1"}
+    assert {p["field"] for p in caught.value.detail} >= {"owner", "changes[1]"}
 
 
 def test_a_plan_must_fit_the_dataset(tmp_path):
