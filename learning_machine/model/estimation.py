@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from learning_machine.model.evaluation import MIN_SUBGROUP_ROWS, Z95, calibration_bins, midranks
+from learning_machine.model.evaluation import Z95, calibration_bins, midranks, subgroup_masks
 
 METRICS: tuple[str, ...] = ("auc", "brier", "prevalence", "ece")
 DRAWS = 1000
@@ -155,13 +155,8 @@ def estimated_performance(proba: Any, subgroups: Mapping[str, pd.Series] | None 
     p = np.asarray(proba, dtype=float).ravel()
     result = EstimatedPerformance(estimate_group(p, draws=draws, seed=seed))
     for group, labels in (subgroups or {}).items():
-        labels = pd.Series(labels).reset_index(drop=True)
-        by_label: dict[str, GroupEstimate] = {}
-        for label in sorted(labels.dropna().unique(), key=str):
-            mask = (labels == label).to_numpy()
-            if mask.sum() >= MIN_SUBGROUP_ROWS:
-                by_label[str(label)] = estimate_group(p[mask], draws=draws, seed=seed)
-        result.subgroups[group] = by_label
+        result.subgroups[group] = {label: estimate_group(p[mask], draws=draws, seed=seed)
+                                   for label, mask in subgroup_masks(labels)}
     return result
 
 

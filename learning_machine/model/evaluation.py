@@ -126,14 +126,17 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, subgroups: dict[str, pd.Seri
     proba = np.asarray(proba, dtype=float)
     result = Evaluation(binary_metrics(y_true, proba, threshold), calibration_table(y_true, proba))
     for group, labels in (subgroups or {}).items():
-        labels = pd.Series(labels).reset_index(drop=True)
-        by_label: dict[str, dict[str, float]] = {}
-        for label in sorted(labels.dropna().unique(), key=str):
-            mask = (labels == label).to_numpy()
-            if mask.sum() >= MIN_SUBGROUP_ROWS:
-                by_label[str(label)] = binary_metrics(y_true[mask], proba[mask], threshold)
-        result.subgroups[group] = by_label
+        result.subgroups[group] = {label: binary_metrics(y_true[mask], proba[mask], threshold)
+                                   for label, mask in subgroup_masks(labels)}
     return result
+
+
+def subgroup_masks(labels: Any) -> list[tuple[str, np.ndarray]]:
+    """Each label of a subgroup (one per row, missing where unknown) with at least ``MIN_SUBGROUP_ROWS`` rows,
+    in the order of its text, and the rows that have it: the labels every per-subgroup metric is given for."""
+    labels = pd.Series(labels).reset_index(drop=True)
+    masks = ((str(label), (labels == label).to_numpy()) for label in sorted(labels.dropna().unique(), key=str))
+    return [(label, mask) for label, mask in masks if mask.sum() >= MIN_SUBGROUP_ROWS]
 
 
 def evaluation_figures(y_true: np.ndarray, proba: np.ndarray, evaluation: Evaluation,

@@ -32,6 +32,7 @@ from learning_machine.model.evaluation import (
     calibration_slope_intercept,
     calibration_table,
     flat_name,
+    subgroup_masks,
 )
 
 # The platform's names of what MLflow's classifier evaluator computes itself from the predicted labels.
@@ -97,11 +98,8 @@ def evaluate_predictions(tracking_uri: str, run_id: str, *, labels: np.ndarray, 
             return _number(metrics_of((group, label, len(targets)), targets, probability, mask).get(name))
         return _with_params(fn, ["predictions", "targets", PROBABILITY, columns[group]])
 
-    plan: dict[str, list[str]] = {}  # the subgroup labels with enough rows, as evaluate() picks them
-    for group, column in columns.items():
-        present = frame[column].dropna()
-        plan[group] = [label for label in sorted(present.unique(), key=str)
-                       if int((present == label).sum()) >= MIN_SUBGROUP_ROWS]
+    # The subgroup labels with enough rows, as evaluate() picks them.
+    plan = {group: [label for label, _ in subgroup_masks(frame[column])] for group, column in columns.items()}
     # (make_metric warns that a subgroup metric's name, "auc.age_band.60-74", cannot name a parameter of a
     # derived metric: none does.)
     with _quiet("mlflow.models.evaluation"):
