@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from learning_machine.errors import DataQualityError
 from learning_machine.lifecycle.promotion import decide
+from learning_machine.lifecycle.record import record_version
 from learning_machine.registry.names import CHAMPION
+from learning_machine.registry.runs import step_run
 from learning_machine.registry.tracker import Tracker, VersionInfo
 from learning_machine.settings import Settings
 
@@ -83,12 +85,21 @@ def train_and_register(settings: Settings, tracker: Tracker, dataset: LoadedData
         tags = {}
     run_id = log_candidate(settings, tracker, result, dataset, run_name=f"train-{result.kind}-{dataset.name}",
                            tags=tags, parent_run_id=parent_run_id, progress=progress)
-    version = register_candidate(settings, tracker, run_id, result.evaluation.metrics,
-                                 {"lm.dataset": dataset.name, "lm.dataset_digest": dataset.digest,
-                                  "lm.kind": result.kind, "lm.mode": result.mode, **tags})
+    champion = tracker.alias_version(settings.model_name, CHAMPION)
+    decision = decide(promote, has_champion=champion is not None)
+    with step_run(settings, tracker, "register", parent_run_id or "") as register_run_id:
+        version = register_candidate(settings, tracker, run_id, result.evaluation.metrics,
+                                     {"lm.dataset": dataset.name, "lm.dataset_digest": dataset.digest,
+                                      "lm.kind": result.kind, "lm.mode": result.mode, **tags})
+        # No comparison with a champion here (`lm up`'s first model, `lm train`): the record says what was decided.
+        record_version(settings, tracker, version, {
+            "change": "retrain" if continue_from else "train", "candidate": result.evaluation.as_dict(),
+            "held_out_rows": len(result.test), "champion": None,
+            "champion_version": champion.version if champion else "",
+            "gate": {"policy": promote, "promote": decision.promote, "reason": decision.reason, "clauses": []}},
+            candidate_run_id=run_id, register_run_id=register_run_id)
     if progress:
         progress(f"registered {settings.model_name} v{version.version} as challenger")
-    decision = decide(promote, has_champion=tracker.alias_version(settings.model_name, CHAMPION) is not None)
     if decision.promote:
         version = tracker.promote(settings.model_name, version.version,
                                   reason="first model" if promote == "if-first" else "promoted at training")

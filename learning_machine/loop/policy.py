@@ -102,17 +102,6 @@ class Decision:
         return asdict(self)
 
 
-def auc_standard_error(auc: float, n_events: int | None, n_outcomes: int) -> float:
-    """Hanley & McNeil's (1982) standard error of an AUC on ``n_events`` events among ``n_outcomes``;
-    0 when the counts are unknown."""
-    if n_events is None or n_events < 1 or n_outcomes - n_events < 1:
-        return 0.0
-    n1, n0 = n_events, n_outcomes - n_events
-    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
-    variance = (auc * (1 - auc) + (n1 - 1) * (q1 - auc * auc) + (n0 - 1) * (q2 - auc * auc)) / (n1 * n0)
-    return float(max(variance, 0.0) ** 0.5)
-
-
 def decide(windows: Sequence[WindowSummary], policy: RetrainPolicy, *, now: float,
            last_retrain_at: float | None, alarms: Sequence[Alarm] = (),
            accepted: frozenset[str] = frozenset(), expected_auc: float | None = None) -> Decision:
@@ -156,6 +145,8 @@ def decide(windows: Sequence[WindowSummary], policy: RetrainPolicy, *, now: floa
     limit = None if policy.auc_floor is None else (
         policy.auc_floor if expected_auc is None else min(policy.auc_floor, expected_auc - policy.auc_drop))
     if limit is not None and latest is not None and latest.auc is not None:
+        from learning_machine.model.evaluation import auc_standard_error  # scikit-learn: only here
+
         upper = latest.auc + 1.645 * auc_standard_error(latest.auc, latest.n_events, latest.n_outcomes)
         if upper < limit:
             rules.append("performance")

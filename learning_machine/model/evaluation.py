@@ -34,6 +34,17 @@ class Evaluation:
         return {"metrics": self.metrics, "calibration": self.calibration, "subgroups": self.subgroups}
 
 
+def auc_standard_error(auc: float, n_events: int | None, n_outcomes: int) -> float:
+    """Hanley & McNeil's (1982) standard error of an AUC on ``n_events`` events among ``n_outcomes``;
+    0 when the counts are unknown."""
+    if n_events is None or n_events < 1 or n_outcomes - n_events < 1:
+        return 0.0
+    n1, n0 = n_events, n_outcomes - n_events
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    variance = (auc * (1 - auc) + (n1 - 1) * (q1 - auc * auc) + (n0 - 1) * (q2 - auc * auc)) / (n1 * n0)
+    return float(max(variance, 0.0) ** 0.5)
+
+
 def flat_name(metric: str, group: str, label: object) -> str:
     """The MLflow name of a subgroup's metric: ``auc.sex.female``, ``n.age_band.75plus``."""
     safe = str(label).replace("<", "lt").replace(">", "gt").replace("+", "plus").replace(" ", "_")

@@ -197,6 +197,16 @@ class Tracker:
         if not self._upload(run_id, artifact_file, text.encode()):
             self._call(f"logging {artifact_file}", lambda: self.client.log_text(run_id, text, artifact_file))
 
+    def log_bytes(self, run_id: str, data: bytes, artifact_file: str) -> None:
+        """Store ``data`` byte for byte as an artifact of the run (a digest taken before is the stored one's)."""
+        if not self._upload(run_id, artifact_file, data):
+            with tempfile.TemporaryDirectory() as tmp:
+                local = Path(tmp) / Path(artifact_file).name
+                local.write_bytes(data)
+                folder = str(Path(artifact_file).parent)
+                self._call(f"logging {artifact_file}", lambda: self.client.log_artifact(
+                    run_id, str(local), None if folder == "." else folder))
+
     def _upload(self, run_id: str, artifact_file: str, data: bytes) -> bool:
         """PUT a small artifact through the server's artifact proxy (``--serve-artifacts``, how `lm up` and
         the chart run MLflow); False when the run's artifacts live elsewhere (then MlflowClient uploads)."""
@@ -239,8 +249,8 @@ class Tracker:
             self._call("uploading an artifact", lambda: self.client.log_artifact(run_id, str(local_file),
                                                                                  artifact_path))
 
-    def run_json(self, run_id: str, artifact_file: str) -> Any:
-        """A JSON artifact of a run, parsed; None when the run has no such artifact."""
+    def run_bytes(self, run_id: str, artifact_file: str) -> bytes | None:
+        """An artifact of a run as stored, byte for byte; None when the run has no such artifact."""
         import mlflow.artifacts
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -249,7 +259,12 @@ class Tracker:
                                                            tracking_uri=self.uri)
             except Exception:  # noqa: BLE001 - MLflow raises several kinds for "not there"
                 return None
-            return json.loads(Path(path).read_text())
+            return Path(path).read_bytes()
+
+    def run_json(self, run_id: str, artifact_file: str) -> Any:
+        """A JSON artifact of a run, parsed; None when the run has no such artifact."""
+        data = self.run_bytes(run_id, artifact_file)
+        return json.loads(data) if data is not None else None
 
     def version_frame(self, info: VersionInfo, artifact_file: str) -> Any:
         """A parquet artifact stored beside a version's model (e.g. its training reference) as a
@@ -496,6 +511,10 @@ class Tracker:
     def _version_tag(self, model_name: str, number: str, key: str, value: str) -> None:
         self.rest.call("tagging the version", "POST", "model-versions/set-tag",
                        json={"name": model_name, "version": number, "key": key, "value": value})
+
+    def set_version_tag(self, model_name: str, version: str, key: str, value: str) -> None:
+        """Set one tag of a registered version."""
+        self._version_tag(model_name, version, key, value)
 
     def _set_alias(self, model_name: str, alias: str, number: str) -> None:
         self.rest.call(f"setting {alias}", "POST", "registered-models/alias",
