@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway_harness import Nowhere, RunningGateway, free_port, problem, sqlite_gateway
+from gateway_harness import Nowhere, RunningGateway, free_port, problem, sqlite_gateway, train_two_versions
 
-from learning_machine.components import release, steps
 from learning_machine.data.sources import load_dataset
-from learning_machine.data.synthetic import generate_cohort
 from learning_machine.lifecycle.label import SECTIONS, diff, label, to_html, to_markdown
 from learning_machine.lifecycle.record import ARTIFACT, DIGEST_TAG, LOCATION_TAG, SCHEMA, code_provenance
 from learning_machine.lifecycle.training import train_and_register
@@ -48,24 +46,16 @@ def _head() -> str:
 
 @pytest.fixture(scope="module")
 def versions(mlflow_sqlite: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Versions]:
-    """v1 trained and registered as `lm up` trains its first model (promoted: no champion), then v2 from the
-    retraining pipeline's steps on rows after a concept drift, compared with v1; a gateway over that model."""
+    """A first version and a retrained one (:func:`gateway_harness.train_two_versions`) of a model of their own,
+    and a gateway over that model (no model server: promotions only move the alias)."""
     home = tmp_path_factory.mktemp("record")
     settings = mlflow_sqlite.model_copy(update={"model_name": f"risk-record-{uuid.uuid4().hex[:8]}", "home": home,
                                                 "deployer": "none"})
-    tracker = Tracker(settings.tracking_uri)
-    data = load_dataset("synthetic-cohort", n_rows=1500, seed=21)
-    first = train_and_register(settings, tracker, data, promote="if-first").version.version
-    new = generate_cohort(1500, seed=22, scenario="concept-drift", drift_start=0, id_prefix="N")
-    steps.write_dataset(home / "new", new.frame, data.spec, {"source_uri": "generated:concept-drift",
-                                                              "params": {"seed": 22}})
-    run_id, _ = steps.retrain(settings, home / "new", home / "test")
-    steps.evaluate(settings, run_id, home / "test", home / "comparison.json", policy="gate")
-    retrained = release.register(settings, run_id, home / "comparison.json")
-    comparison = json.loads((home / "comparison.json").read_text())
+    two = train_two_versions(settings, home)
     with sqlite_gateway(home / "gw", Nowhere(f"http://127.0.0.1:{free_port()}", settings.model_name,
-                                             settings.tracking_uri), data.spec, deployer="none") as gateway:
-        yield Versions(settings, tracker, gateway, first, retrained, comparison, run_id)
+                                             settings.tracking_uri), two.spec, deployer="none") as gateway:
+        yield Versions(settings, Tracker(settings.tracking_uri), gateway, two.first, two.retrained, two.comparison,
+                       two.retrain_run)
 
 
 def _record(v: Versions, version: str, role: str = "clinician") -> dict[str, Any]:
