@@ -11,7 +11,6 @@ from typing import Any
 
 from learning_machine.errors import ConflictError, LearningMachineError
 from learning_machine.lifecycle.promotion import change_champion, clauses_summary, evidence_summary, serve
-from learning_machine.lifecycle.record import record_version
 from learning_machine.lifecycle.training import register_candidate
 from learning_machine.registry.names import CHAMPION, PREVIOUS_TAG
 from learning_machine.registry.runs import step_run
@@ -50,10 +49,9 @@ def register(settings: Settings, candidate_run_id: str, metrics_path: str | Path
                 tags[key] = run_tags[key]
         if "dataset_digest" in run_params:
             tags["lm.dataset_digest"] = run_params["dataset_digest"]
-        info = register_candidate(settings, tracker, candidate_run_id, metrics, tags)
-        # The version's change record, written once, beside this step's run (lm.change_record, its sha256).
-        record_version(settings, tracker, info, {**summary, "pipeline_run_id": parent_run_id or None},
-                       candidate_run_id=candidate_run_id, register_run_id=run_id)
+        # With its change record, written once, in this step's run (lm.change_record, lm.change_record_sha256).
+        info = register_candidate(settings, tracker, candidate_run_id, metrics, tags,
+                                  summary={**summary, "pipeline_run_id": parent_run_id or None}, register_run_id=run_id)
         tracker.log_params(run_id, {"model_name": settings.model_name, "version": info.version,
                                     "candidate_run_id": candidate_run_id})
     print(f"registered {settings.model_name} v{info.version} as challenger")

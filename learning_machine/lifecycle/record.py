@@ -89,7 +89,8 @@ def build_record(*, settings: Settings, version: VersionInfo, summary: Mapping[s
         "registered_at": _iso(version.created_at),
         "change": change,
         "plan": {"in_force": dict(plan_in_force) if plan_in_force else None,
-                 "applied": dict(verdict["plan"]) if verdict and verdict.get("plan") else None},
+                 # The plan the evaluate step judged by (its verdict names it; else the summary's plan_applied).
+                 "applied": dict((verdict or {}).get("plan") or summary.get("plan_applied") or {}) or None},
         "data": {
             "dataset": candidate_params.get("dataset") or candidate_tags.get("lm.dataset"),
             "digest": candidate_params.get("dataset_digest"),

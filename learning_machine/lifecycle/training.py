@@ -5,7 +5,7 @@ train, retrain and register steps use the same :func:`log_candidate` and :func:`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -87,17 +87,16 @@ def train_and_register(settings: Settings, tracker: Tracker, dataset: LoadedData
                            tags=tags, parent_run_id=parent_run_id, progress=progress)
     champion = tracker.alias_version(settings.model_name, CHAMPION)
     decision = decide(promote, has_champion=champion is not None)
+    # No comparison with a champion here (`lm up`'s first model, `lm train`): the record says what was decided.
+    summary = {"change": "retrain" if continue_from else "train", "candidate": result.evaluation.as_dict(),
+               "held_out_rows": len(result.test), "champion": None,
+               "champion_version": champion.version if champion else "",
+               "gate": {"policy": promote, "promote": decision.promote, "reason": decision.reason, "clauses": []}}
     with step_run(settings, tracker, "register", parent_run_id or "") as register_run_id:
         version = register_candidate(settings, tracker, run_id, result.evaluation.metrics,
                                      {"lm.dataset": dataset.name, "lm.dataset_digest": dataset.digest,
-                                      "lm.kind": result.kind, "lm.mode": result.mode, **tags})
-        # No comparison with a champion here (`lm up`'s first model, `lm train`): the record says what was decided.
-        record_version(settings, tracker, version, {
-            "change": "retrain" if continue_from else "train", "candidate": result.evaluation.as_dict(),
-            "held_out_rows": len(result.test), "champion": None,
-            "champion_version": champion.version if champion else "",
-            "gate": {"policy": promote, "promote": decision.promote, "reason": decision.reason, "clauses": []}},
-            candidate_run_id=run_id, register_run_id=register_run_id)
+                                      "lm.kind": result.kind, "lm.mode": result.mode, **tags},
+                                     summary=summary, register_run_id=register_run_id)
     if progress:
         progress(f"registered {settings.model_name} v{version.version} as challenger")
     if decision.promote:
@@ -117,6 +116,14 @@ def log_candidate(settings: Settings, tracker: Tracker, result: TrainingResult, 
 
 
 def register_candidate(settings: Settings, tracker: Tracker, run_id: str, metrics: dict[str, float],
-                       tags: dict[str, str]) -> VersionInfo:
-    """Register the run's model as a new version of the settings' model (alias ``challenger``)."""
-    return tracker.register(settings.model_name, run_id, metrics=metrics, tags=tags)
+                       tags: dict[str, str], *, summary: Mapping[str, Any] | None = None,
+                       register_run_id: str = "") -> VersionInfo:
+    """Register the run's model as a new version of the settings' model (alias ``challenger``) with its change
+    record (:func:`learning_machine.lifecycle.record.record_version`, from the evaluation ``summary``, stored in
+    the run ``register_run_id``): a version whose record cannot be written is not registered."""
+    def record(version: VersionInfo) -> None:
+        record_version(settings, tracker, version, summary or {}, candidate_run_id=run_id,
+                       register_run_id=register_run_id)
+
+    return tracker.register(settings.model_name, run_id, metrics=metrics, tags=tags,
+                            then=record if register_run_id else None)

@@ -452,9 +452,11 @@ class Tracker:
 
     # -- registry ----------------------------------------------------------------------------------
     def register(self, model_name: str, run_id: str, *, metrics: dict[str, float] | None = None,
-                 tags: dict[str, str] | None = None, alias: str | None = CHALLENGER) -> VersionInfo:
-        """Register the run's model as a new version tagged with its metrics, and give it ``alias``.
-        On any failure the half-made version is deleted, so the registry never shows it."""
+                 tags: dict[str, str] | None = None, alias: str | None = CHALLENGER,
+                 then: Callable[[VersionInfo], object] | None = None) -> VersionInfo:
+        """Register the run's model as a new version tagged with its metrics, call ``then`` with it (e.g. write its
+        change record), and give it ``alias``. On any failure (``then``'s too) the half-made version is deleted, so
+        the registry never shows it."""
         try:
             self.rest.call(f"reading registered model {model_name!r}", "GET", "registered-models/get",
                            params={"name": model_name})
@@ -482,6 +484,8 @@ class Tracker:
                         **(tags or {})}
             for key, value in all_tags.items():
                 self._version_tag(model_name, number, key, value)
+            if then is not None:
+                then(self.version(model_name, number))
             if alias:
                 self._set_alias(model_name, alias, number)
         except BaseException:

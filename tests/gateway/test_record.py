@@ -260,6 +260,24 @@ def test_a_tampered_record_is_reported_not_served(versions: Versions):
     assert _record(v, v.first)["verified"] is True
 
 
+def test_a_version_whose_record_cannot_be_written_is_not_registered(versions: Versions, monkeypatch):
+    """The record is part of the registration: when it cannot be stored, no version is left without one."""
+    from learning_machine.errors import TrackingUnavailableError
+
+    v = versions
+    tracker = Tracker(v.settings.tracking_uri)
+    before = [x.version for x in tracker.list_versions(v.settings.model_name)]
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise TrackingUnavailableError("uploading change-record/record.json: the artifact store went away")
+
+    monkeypatch.setattr(tracker, "log_bytes", broken)
+    with pytest.raises(TrackingUnavailableError, match="artifact store went away"):
+        train_and_register(v.settings, tracker, load_dataset("synthetic-cohort", n_rows=600, seed=24),
+                           kind="logistic-regression", promote="never")
+    assert [x.version for x in tracker.list_versions(v.settings.model_name)] == before
+
+
 def test_unknown_versions_roles_and_mlflow_down(versions: Versions, gateway_without_model_server: RunningGateway):
     v = versions
     assert problem(v.gateway.client("clinician").get("/v1/models/999/record"), 404)["detail"]
@@ -281,3 +299,30 @@ def test_the_code_commit_falls_back_to_the_setting_outside_git(versions: Version
     settings = versions.settings.model_copy(update={"code_commit": "abc1234", "image": "registry/lm@sha256:0f"})
     assert code_provenance(settings) == {"commit": "abc1234", "uncommitted_changes": None,
                                          "source": "LM_CODE_COMMIT", "image": "registry/lm@sha256:0f"}
+
+
+def test_lm_models_record_and_label(versions: Versions, monkeypatch, tmp_path):
+    """`lm models record` prints the verified record; `lm models label` the label in each format, or writes it."""
+    from typer.testing import CliRunner
+
+    from learning_machine.cli.app import app
+
+    v = versions
+    for key, value in {"LM_MLFLOW_TRACKING_URI": v.settings.tracking_uri, "LM_MODEL_NAME": v.settings.model_name,
+                       "LM_HOME": str(tmp_path), "LM_GATEWAY_PORT": str(v.gateway.settings.gateway_port),
+                       "LM_TOKEN": v.gateway.tokens["data-scientist"]}.items():
+        monkeypatch.setenv(key, value)
+    shown = CliRunner().invoke(app, ["models", "record", v.retrained])
+    assert shown.exit_code == 0, shown.output
+    found = json.loads(shown.output)
+    assert found["sha256"] == v.tracker.version(v.settings.model_name, v.retrained).tags[DIGEST_TAG]
+    assert found["record"]["evaluation"]["champion"]["version"] == v.first
+    markdown = CliRunner().invoke(app, ["models", "label", v.first])
+    assert markdown.exit_code == 0 and f"# Model facts: {v.settings.model_name} v{v.first}\n" in markdown.output, \
+        markdown.output
+    written = CliRunner().invoke(app, ["models", "label", v.retrained, "--format", "html", "-o", str(tmp_path / "l.html")])
+    assert written.exit_code == 0, written.output
+    assert _sections((tmp_path / "l.html").read_text()) == list(SECTIONS)
+    missing = CliRunner().invoke(app, ["models", "record", "999"])
+    assert missing.exit_code != 0 and "no version '999'" in str(missing.exception)
+
