@@ -51,10 +51,12 @@ def code_provenance(settings: Settings) -> dict[str, Any]:
     root = Path(__file__).resolve().parents[2]
     commit, dirty, source = "", None, None
     try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10, check=False)
-        if head.returncode == 0 and head.stdout.strip():
-            commit, source = head.stdout.strip(), "git"
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=False)
+        lines = head.stdout.split()
+        # Only the checkout this package is: an installed copy may sit inside someone else's repository (a venv).
+        if head.returncode == 0 and len(lines) == 2 and Path(lines[0]).resolve() == root:
+            commit, source = lines[1], "git"
             status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
                                     capture_output=True, text=True, timeout=10, check=False)
             dirty = bool(status.stdout.strip()) if status.returncode == 0 else None

@@ -299,6 +299,14 @@ def test_the_code_commit_falls_back_to_the_setting_outside_git(versions: Version
     settings = versions.settings.model_copy(update={"code_commit": "abc1234", "image": "registry/lm@sha256:0f"})
     assert code_provenance(settings) == {"commit": "abc1234", "uncommitted_changes": None,
                                          "source": "LM_CODE_COMMIT", "image": "registry/lm@sha256:0f"}
+    # An installed copy inside another repository (a virtual environment in a project's checkout) does not take
+    # that repository's commit for its own.
+    repo = tmp_path / "project"
+    (repo / "venv" / "site" / "learning_machine" / "lifecycle").mkdir(parents=True)
+    for args in (["init", "-q"], ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "x"]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True)
+    monkeypatch.setattr(record_module, "__file__", str(repo / "venv" / "site" / "learning_machine" / "lifecycle" / "r.py"))
+    assert code_provenance(settings)["commit"] == "abc1234"
 
 
 def test_lm_models_record_and_label(versions: Versions, monkeypatch, tmp_path):
