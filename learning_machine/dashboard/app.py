@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from learning_machine.clients.gateway import LearningMachineClient
+from learning_machine.clients.gateway import GatewayError, LearningMachineClient
 from learning_machine.dashboard import views  # the installed name of this folder (a symlink)
 
 PAGES = {"patients": "Patients", "clinician": "Clinician", "data-scientist": "Data scientist"}
@@ -34,6 +34,21 @@ def _model_card(url: str, token: str) -> dict[str, Any]:
 def _label(url: str, token: str, version: str, format: str = "json") -> Any:
     """A version's model-facts label (a promotion or a rollback changes only its rollout lines: 30 s is fresh enough)."""
     return _client(url, token).label(version, format)
+
+
+def _serving_label(conn: views.Connection) -> dict[str, Any] | None:
+    """The serving version's label; a version registered before change records were kept has none (said, not an
+    error: the rest of the page works)."""
+    try:
+        return dict(_label(conn.gateway_url, conn.token, "champion"))
+    except GatewayError as exc:
+        if exc.status == 404:
+            st.info(f"No model-facts label for the version that answers now: {exc.message}.")
+            return None
+        st.error(f"Could not read the model facts label. {views.explain_error(exc)}")
+    except Exception as exc:  # noqa: BLE001 - every error is shown, not raised
+        st.error(f"Could not read the model facts label. {views.explain_error(exc)}")
+    return None
 
 
 def show_label(facts: dict[str, Any]) -> None:
@@ -174,7 +189,7 @@ def patients_page(client: LearningMachineClient, conn: views.Connection, me: dic
 # -- clinician -------------------------------------------------------------------------------------
 def clinician_page(client: LearningMachineClient, conn: views.Connection, me: dict[str, Any] | None) -> None:
     st.header("Clinician")
-    facts = _guard("read the model facts label", lambda: _label(conn.gateway_url, conn.token, "champion"))
+    facts = _serving_label(conn)
     if facts:
         with st.expander(f"Model facts: {facts['summary']['model']}, the version that answers now", expanded=False):
             show_label(facts)

@@ -139,6 +139,29 @@ def test_data_scientist_reads_each_versions_label_what_changed_and_its_record(mo
     assert "no earlier label to compare with" in texts and "there was no champion to compare it with" in texts
 
 
+def test_a_serving_version_without_a_change_record_is_said_not_an_error(monkeypatch, record_gateway, tmp_path):
+    """A version registered before change records were kept serves: the clinician is told it has no label, and
+    the rest of the page works."""
+    import uuid
+
+    from gateway_harness import Nowhere, free_port, sqlite_gateway
+
+    from learning_machine.registry.tracker import Tracker
+
+    gateway, two = record_gateway
+    tracker = Tracker(gateway.settings.tracking_uri)
+    name = f"risk-old-{uuid.uuid4().hex[:8]}"
+    old = tracker.register(name, two.retrain_run, metrics={"auc": 0.7})  # no change record, as before records
+    tracker.promote(name, old.version)
+    with sqlite_gateway(tmp_path, Nowhere(f"http://127.0.0.1:{free_port()}", name, gateway.settings.tracking_uri),
+                        two.spec, deployer="none") as older:
+        at = _app(monkeypatch, older.url, older.tokens["clinician"], "clinician")
+        assert not at.error, _texts(at)
+        assert f"No model-facts label for the version that answers now: v{old.version} of {name} has no change " \
+               "record" in _texts(at)
+        assert "No patients yet" in _texts(at)  # the rest of the page
+
+
 # -- data scientist ------------------------------------------------------------------------------------
 def test_data_scientist_page_shows_timelines_events_and_versions(monkeypatch, history_gateway: RunningGateway):
     # A shadow look as the learning loop records it (the end-to-end loop test makes real ones).
