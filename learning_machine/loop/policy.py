@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from learning_machine.model.evaluation import auc_standard_error
+
 if TYPE_CHECKING:
     from learning_machine.model.sequential import Alarm
 
@@ -100,17 +102,6 @@ class Decision:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def auc_standard_error(auc: float, n_events: int | None, n_outcomes: int) -> float:
-    """Hanley & McNeil's (1982) standard error of an AUC on ``n_events`` events among ``n_outcomes``;
-    0 when the counts are unknown."""
-    if n_events is None or n_events < 1 or n_outcomes - n_events < 1:
-        return 0.0
-    n1, n0 = n_events, n_outcomes - n_events
-    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
-    variance = (auc * (1 - auc) + (n1 - 1) * (q1 - auc * auc) + (n0 - 1) * (q2 - auc * auc)) / (n1 * n0)
-    return float(max(variance, 0.0) ** 0.5)
 
 
 def decide(windows: Sequence[WindowSummary], policy: RetrainPolicy, *, now: float,

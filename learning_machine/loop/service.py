@@ -23,25 +23,33 @@ from typing import Any
 import pandas as pd
 
 from learning_machine.clients.gateway import GatewayError, LearningMachineClient
+from learning_machine.data.sources import write_window
 from learning_machine.data.spec import DatasetSpec
 from learning_machine.errors import ConflictError, LearningMachineError, ServiceUnavailableError
+from learning_machine.lifecycle.plan import judge, plan_for_settings
 from learning_machine.lifecycle.promotion import (
-    EvidenceRule,
     champion_event,
     change_champion,
     clauses_summary,
-    decide_on_evidence,
     evidence_summary,
+    hold_for_approval,
     leads,
-    paired_metric,
     proven_worse,
 )
+from learning_machine.lifecycle.training import CHANGE_TAG
 from learning_machine.loop.metrics import MonitorMetrics
 from learning_machine.loop.monitor import Monitor, MonitorConfig
 from learning_machine.loop.policy import Decision, RetrainPolicy
-from learning_machine.loop.shadow import Shadow, ShadowPlan, evidence_of, first_look_at, paired_rows
+from learning_machine.loop.shadow import (
+    Shadow,
+    ShadowPlan,
+    challenger_results,
+    evidence_of,
+    first_look_at,
+    paired_rows,
+)
 from learning_machine.loop.shadow import score as shadow_score
-from learning_machine.registry.names import CHAMPION
+from learning_machine.registry.names import APPROVAL_TAG, CHAMPION, PLAN_TAG
 from learning_machine.registry.tracker import Tracker, tracker_for
 from learning_machine.settings import Settings
 
@@ -233,6 +241,10 @@ class RetrainViaPipeline:
                                                        clauses=after.tags.get("lm.gate_clauses")), after.version)
             summary["promoted"] = after.version
             attempt["result"] = "promoted"
+        elif (held := self._held_for_approval(before)) is not None:
+            attempt["result"] = "awaiting-approval"
+            self.sink.event("awaiting-approval", held, held["version"])
+            summary["awaiting_approval"] = held["version"]
         else:
             attempt["result"] = "refused"
             challenger = self.tracker.alias_version(model, "challenger")
@@ -256,6 +268,17 @@ class RetrainViaPipeline:
             if before is not None:
                 summary["champion"] = before.version
         return summary
+
+    def _held_for_approval(self, before: Any) -> dict[str, Any] | None:
+        """The event of a challenger the pipeline's change-control plan held for an admin (better than the
+        champion but outside the plan), or None."""
+        challenger = self.tracker.alias_version(self.settings.model_name, "challenger")
+        if challenger is None or challenger.tags.get(APPROVAL_TAG) != "awaiting":
+            return None
+        return {"version": challenger.version, "champion": before.version if before else None,
+                "reason": challenger.tags.get("lm.gate"), "clauses": challenger.tags.get("lm.gate_clauses"),
+                "evidence": challenger.tags.get("lm.gate_evidence"), "plan": challenger.tags.get(PLAN_TAG),
+                "next": "an admin approves or rejects it (dashboard, POST /v1/models/{version}/approval)"}
 
     def _defer(self, decision: Decision, detail: dict[str, Any]) -> dict[str, Any]:
         """Not yet: say so once per decision (a restored one too), and come back at the next step."""
@@ -302,6 +325,9 @@ class RetrainViaPipeline:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"retrain-{time.strftime('%Y%m%d-%H%M%S')}.csv"
         frame.to_csv(path, index=False)
+        times = sorted(str(i["created_at"]) for i in items)
+        write_window(path, {"first_at": times[0], "last_at": times[-1], "since": since or "",
+                            "cut_id": max(int(i["id"]) for i in items)})
         return path.resolve()
 
 
@@ -348,6 +374,9 @@ class LoopService:
         self.job: RetrainJob | None = None
         self.shadow: Shadow | None = None
         self.shadow_plan = ShadowPlan(settings.loop_shadow_first_look, settings.loop_shadow_max_rows)
+        self.plan = plan_for_settings(settings, self.spec)
+        """The change-control plan every promotion the loop makes is judged by (the pipeline's evaluate step
+        loads the same one)."""
         self._shadow_model: tuple[str, Any] | None = None
         self._detectors: dict[str, Any] = {}
         self._metrics: list[tuple[dict[str, float], int]] = []
@@ -730,27 +759,40 @@ class LoopService:
         self._shadow_look(shadow, paired)
 
     def _shadow_look(self, shadow: Shadow, paired: pd.DataFrame) -> None:
+        """Judge the challenger on the paired live rows by the change-control plan, with the error budget
+        shared between the shadow's looks: inside the plan it is promoted; better but outside the plan it waits
+        for an admin; otherwise the shadow goes on to its next look (or ends, when it is proven worse or the
+        last look has passed). Live rows after the cut were never training rows: they are independent."""
         evidence = evidence_of(self.spec, paired)
-        rule = EvidenceRule.from_settings(self.settings, margin=self.settings.loop_gate_margin,
-                                          looks=self.shadow_plan.looks)
-        metric = paired_metric(self.settings.gate_metric)
-        verdict = decide_on_evidence(evidence, rule, metric=metric)
-        look = {"look": len(shadow.looks) + 1, "rows": len(paired), "promote": verdict.promote,
-                "ahead": leads(evidence, rule, metric),
+        looks = self.shadow_plan.looks
+        rule = self.plan.evidence_rule(looks, self.settings.loop_gate_margin)
+        metric = self.plan.acceptance.discrimination.metric
+        change = str(self.tracker.version(self.settings.model_name, shadow.version).tags.get(CHANGE_TAG, "retrain"))
+        verdict = judge(self.plan, change="recalibrate" if change == "recalibrate" else "retrain", evidence=evidence,
+                        candidate=challenger_results(self.spec, paired), independent_test_rows=True, looks=looks,
+                        margin=self.settings.loop_gate_margin)
+        look = {"look": len(shadow.looks) + 1, "rows": len(paired), "promote": verdict.decision == "promote",
+                "decision": verdict.decision, "ahead": leads(evidence, rule, metric),
                 "reason": verdict.reason, "evidence": evidence_summary(evidence),
-                "clauses": clauses_summary(list(verdict.clauses))}
+                "clauses": clauses_summary(list(verdict.clauses)), "plan": verdict.plan}
         shadow.looks.append({k: look[k] for k in ("look", "rows", "promote", "ahead")})
         shadow.next_look = first_look_at(self.shadow_plan, len(paired) + 1)
         self.sink.event("shadow-look", look, shadow.version)
         if self.progress:
             self.progress(f"shadow look {look['look']} at v{shadow.version}: {verdict.reason}")
-        if verdict.promote:
+        if verdict.decision == "promote":
             change_champion(self.settings, self.tracker, action="promote", version=shadow.version,
                             reason=f"shadow evaluation on {len(paired)} live records: {verdict.reason}",
                             by="learning loop (shadow)", record=self._record_event)
             self.trigger.last_attempt = {**(self.trigger.last_attempt or {}), "result": "promoted"}
             self.shadow = None
             self._new_champion()
+            return
+        if verdict.decision == "awaiting-approval":
+            hold_for_approval(self.tracker, self.settings.model_name, shadow.version, verdict=verdict.as_dict(),
+                              judged_against=shadow.champion, record=self._record_event)
+            self._end_shadow("awaiting-approval", f"better than the champion on {len(paired)} live records but "
+                                                  f"outside the change-control plan: {verdict.reason}", evidence=look)
             return
         worse = proven_worse(evidence, rule, metric)
         if worse or shadow.next_look > self.shadow_plan.max_rows:
@@ -764,7 +806,7 @@ class LoopService:
         shadow, self.shadow = self.shadow, None
         assert shadow is not None
         kind = {"refused": "refused", "failed": "shadow-failed", "ended": "shadow-ended",
-                "superseded": "shadow-ended"}[how]
+                "superseded": "shadow-ended", "awaiting-approval": "shadow-ended"}[how]
         self.sink.event(kind, {"challenger": shadow.version, "champion": shadow.champion, "by": "shadow evaluation",
                                "why": why, "looks": shadow.looks, **(dict(evidence) if evidence else {}),
                                "deployment": self._shadow_deployment(shadow.champion)},

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import yaml
 from sklearn.metrics import roc_auc_score
 from testsupport import CuttableProxy, free_port
 
@@ -21,6 +22,7 @@ from learning_machine.data.sources import load_dataset
 from learning_machine.embedded.model_server import model_server_service, served_names, wait_models_ready
 from learning_machine.embedded.processes import ProcessManager
 from learning_machine.embedded.stack import gateway_service
+from learning_machine.lifecycle.plan import PLANS
 from learning_machine.lifecycle.training import train_and_register
 from learning_machine.loop.policy import Decision
 from learning_machine.loop.service import LoopService, RetrainViaPipeline
@@ -59,7 +61,14 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(mlflow_sqlite: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("loop")
+    # The shipped change-control plan asks for 500 rows after the change; this test's stream is a tenth of a
+    # clinic's, so its plan (otherwise the shipped one) asks for 200.
+    plan = yaml.safe_load((PLANS / "synthetic-cohort.yaml").read_text())
+    plan["version"] = "1.0.0-test-stream"
+    plan["acceptance"]["min_post_change_rows"] = 200
+    (home / "plan.yaml").write_text(yaml.safe_dump(plan))
     settings = mlflow_sqlite.model_copy(update={
+        "change_plan": home / "plan.yaml",
         "home": home, "model_name": f"risk-loop-{uuid.uuid4().hex[:8]}", "train_rows": 2000, "seed": 42,
         "model_server_port": free_port(), "model_server_grpc_port": free_port(),
         "model_server_metrics_port": free_port(), "model_ref": CHAMPION, "gateway_port": free_port(),
