@@ -49,7 +49,14 @@ from learning_machine.loop.shadow import (
     paired_rows,
 )
 from learning_machine.loop.shadow import score as shadow_score
-from learning_machine.registry.names import APPROVAL_TAG, CHAMPION, PLAN_TAG
+from learning_machine.registry.names import (
+    APPROVAL_TAG,
+    CHAMPION,
+    PLAN_TAG,
+    PREVIOUS_TAG,
+    PROMOTED_AT_TAG,
+    ROLLOUT_TAG,
+)
 from learning_machine.registry.tracker import Tracker, tracker_for
 from learning_machine.settings import Settings
 
@@ -375,6 +382,7 @@ class LoopService:
         self.shadow: Shadow | None = None
         self.shadow_plan = ShadowPlan(settings.loop_shadow_first_look, settings.loop_shadow_max_rows)
         self.plan = plan_for_settings(settings, self.spec)
+        self._rollout_judged: set[str] = set()
         """The change-control plan every promotion the loop makes is judged by (the pipeline's evaluate step
         loads the same one)."""
         self._shadow_model: tuple[str, Any] | None = None
@@ -861,6 +869,7 @@ class LoopService:
                 self._state_loaded = False  # another writer moved the state on: resume from it
             raise
         self._flush_metrics()
+        self._check_rollout()
         self._observe(decision, collected)
         self.steps += 1
         self.last_step_at = time.time()
@@ -868,6 +877,62 @@ class LoopService:
             self.prepare_retraining()  # while it waits for outcomes after the change, the runner gets ready
             self._start_retraining(decision)
         return decision
+
+    def _check_rollout(self) -> None:
+        """The change-control plan's rollback rule, once per champion that replaced another: on the first
+        ``window_rows`` labelled predictions it made, its realised AUC must not be shown below ``auc_floor``
+        (the 95 % interval's upper end, Hanley-McNeil). Below: rolled back to the champion it replaced
+        (``rolled-back`` by the learning loop), or, when the plan does not roll back without a person, a
+        ``rollback-recommended`` event. The outcome is tagged on the version (``lm.rollout``), so it is
+        judged once, across restarts. A failure to check is logged and retried at the next step."""
+        from sklearn.metrics import roc_auc_score
+
+        from learning_machine.model.evaluation import auc_standard_error
+
+        rule = self.plan.rollback
+        model = self.settings.model_name
+        try:
+            champion = self.tracker.alias_version(model, CHAMPION)
+            if (champion is None or champion.version in self._rollout_judged or ROLLOUT_TAG in champion.tags
+                    or not champion.tags.get(PREVIOUS_TAG)):
+                if champion is not None and (ROLLOUT_TAG in champion.tags or not champion.tags.get(PREVIOUS_TAG)):
+                    self._rollout_judged.add(champion.version)
+                return
+            promoted_at = float(champion.tags.get(PROMOTED_AT_TAG) or 0)
+            items = [i for i in self.client.labelled(limit=20_000, model_version=champion.version)
+                     if pd.Timestamp(i["created_at"]).timestamp() >= promoted_at - 1]
+        except (LearningMachineError, GatewayError) as exc:
+            log.warning("the rollback rule could not be checked: %s", _describe(exc))
+            return
+        if len(items) < rule.window_rows:
+            return
+        first = sorted(items, key=lambda i: int(i["id"]))[:rule.window_rows]
+        y = [int(i["outcome"]) for i in first]
+        events = sum(y)
+        if events in (0, len(y)):
+            return  # one outcome only: no AUC yet; judged when both have arrived
+        auc = float(roc_auc_score(y, [float(i["probability"]) for i in first]))
+        upper = auc + 1.959963984540054 * auc_standard_error(auc, events, len(y))
+        previous = champion.tags[PREVIOUS_TAG]
+        detail = {"version": champion.version, "previous": previous, "rows": len(y), "auc": round(auc, 4),
+                  "upper_95": round(upper, 4), "auc_floor": rule.auc_floor, "plan": self.plan.identity()}
+        self._rollout_judged.add(champion.version)
+        if upper >= rule.auc_floor:
+            self.tracker.tag_version(model, champion.version, {ROLLOUT_TAG: f"confirmed: AUC {auc:.3f} on {len(y)}"})
+            self.sink.event("rollout-confirmed", detail, champion.version)
+            return
+        why = (f"realised AUC {auc:.3f} (95 % upper end {upper:.3f}) on the first {len(y)} labelled predictions of "
+               f"v{champion.version} is below the change-control plan's rollback floor {rule.auc_floor:g}")
+        if not rule.automatic:
+            self.tracker.tag_version(model, champion.version, {ROLLOUT_TAG: "rollback-recommended"})
+            self.sink.event("rollback-recommended", {**detail, "why": why}, champion.version)
+            return
+        change_champion(self.settings, self.tracker, action="rollback", version=previous, reason=why,
+                        by="learning loop (change-control plan)", record=self._record_event)
+        self.tracker.tag_version(model, champion.version, {ROLLOUT_TAG: f"rolled-back: AUC {auc:.3f} on {len(y)}"})
+        if self.shadow is not None:
+            self._end_shadow("ended", f"v{champion.version} was rolled back")
+        self._new_champion()
 
     def _observe(self, decision: Decision | None, collected: RetrainJob | None) -> None:
         """A saved step's decision, the serving version's sequential statistics and a retraining it collected,

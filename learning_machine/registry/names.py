@@ -21,6 +21,9 @@ APPROVAL_TAG = "lm.approval"
 APPROVAL_BY_TAG = "lm.approval_by"
 APPROVAL_REASON_TAG = "lm.approval_reason"
 APPROVAL_AT_TAG = "lm.approval_at"
+ROLLOUT_TAG = "lm.rollout"
+"""How a champion's rollout ended under the plan's rollback rule: ``confirmed`` or ``rolled-back`` (or
+``rollback-recommended`` when the plan does not roll back without a person), with the realised AUC."""
 MODEL_ARTIFACT = "model"
 SPEC_FILE = "dataset_spec.yaml"
 

@@ -358,3 +358,38 @@ def test_a_shadow_challenger_is_never_seen_by_clinicians_never_fails_a_predictio
     record, _ = next(iter(generated_records(1, seed=140, scenario="concept-drift", drift_start=0, id_prefix="after-")))
     assert clinician.predict([record])[0]["model_version"] == version
     clinician.close()
+
+
+def test_a_champion_whose_first_outcomes_are_below_the_plans_floor_is_rolled_back(stack: Stack, monkeypatch):
+    """The change-control plan's rollback rule: a new champion's first `window_rows` labelled predictions
+    must not show its AUC below `auc_floor`; here they do (its outcomes are the opposite of what it predicts),
+    and the loop puts the champion it replaced back, serving it, with the event and the version's tag."""
+    from learning_machine.lifecycle.promotion import change_champion
+
+    monkeypatch.setattr(stack.service.monitor, "trigger", None)  # the policy fires too: not this test's subject
+    model = stack.settings.model_name
+    before = stack.tracker.version(model, CHAMPION).version
+    fresh = train_and_register(stack.settings, stack.tracker, load_dataset("synthetic-cohort", n_rows=1500, seed=77),
+                               promote="never").version.version
+    change_champion(stack.settings, stack.tracker, action="promote", version=fresh, reason="test: a new champion",
+                    by="test")
+    rule = stack.service.plan.rollback
+    assert rule.automatic and rule.window_rows == 500 and rule.auc_floor == 0.65
+    stack.stream(300, seed=150, flip_outcomes=True)
+    stack.service.step()
+    assert stack.tracker.version(model, CHAMPION).version == fresh  # 250 labelled rows: too few to judge
+    stack.stream(300, seed=151, flip_outcomes=True)
+    stack.service.step()
+    assert stack.tracker.version(model, CHAMPION).version == before
+    rolled = [e for e in stack.events() if e["kind"] == "rolled-back"][-1]
+    assert rolled["detail"]["from"] == fresh and rolled["detail"]["to"] == before
+    assert rolled["detail"]["by"] == "learning loop (change-control plan)"
+    assert f"first 500 labelled predictions of v{fresh}" in rolled["detail"]["reason"]
+    assert "rollback floor 0.65" in rolled["detail"]["reason"] and rolled["detail"]["deployed"]["changed"]
+    assert stack.tracker.version(model, fresh).tags["lm.rollout"].startswith("rolled-back: AUC 0.")
+    stack.stream(30, seed=152)
+    assert {a["model_version"] for a in stack.client.labelled(limit=5)} == {before}  # served again
+    rolled_back = [e for e in stack.events() if e["kind"] == "rolled-back"]
+    stack.service.step()  # the version put back was judged on its own predictions, which were right: it stays
+    assert stack.tracker.version(model, CHAMPION).version == before
+    assert [e for e in stack.events() if e["kind"] == "rolled-back"] == rolled_back
