@@ -133,6 +133,10 @@ class Settings(BaseSettings):
         "no-harm", description="Evidence rule: a subgroup whose interval is wider than its margin cannot show "
         "non-inferiority even at no difference; no-harm: it must then only not be worse beyond doubt (recorded "
         "as such), hold: the candidate waits for more rows.")
+    change_plan: Path | None = Field(
+        None, description="The change-control plan (YAML, docs/change-control.md) every automatic promotion is "
+        "checked against; default: the plan shipped for the dataset, else one made of the `gate_*` settings. A "
+        "candidate outside the plan waits for an admin's approval.")
     max_missing_fraction: float = Field(0.2, ge=0, le=1, description="Validation fails when more feature cells "
                                         "than this are missing.")
     # max_invalid_fraction (above) is also the validate step's limit for cells that break the spec.

@@ -70,6 +70,52 @@ def models_rollback(ctx: typer.Context, to: Annotated[str | None, typer.Option(
     _change(settings_of(ctx), "rollback", to, "rollback")
 
 
+@models_app.command("awaiting")
+def models_awaiting(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Versions the change-control plan held for a person's decision (better than the champion, outside the
+    plan), with the plan's reason."""
+    from learning_machine.lifecycle.promotion import awaiting_approval
+
+    settings = settings_of(ctx)
+    versions = awaiting_approval(tracker_for(settings), settings.model_name)
+    if as_json:
+        out.print_json(json.dumps([v.as_dict() for v in versions]))
+        return
+    if not versions:
+        say("no version is awaiting approval")
+        return
+    table = Table("version", "plan", "judged against", "why it waits")
+    for v in versions:
+        table.add_row(v.version, v.tags.get("lm.plan", ""), v.tags.get("lm.gate_champion", ""), v.tags.get("lm.gate", ""))
+    out.print(table)
+
+
+@models_app.command("approve")
+def models_approve(ctx: typer.Context, version: Annotated[str, typer.Argument(help="Version number.")],
+                   reason: Annotated[str, typer.Option(help="Why it may serve although outside the plan "
+                                                            "(recorded with your name).")],
+                   by: Annotated[str, typer.Option(help="Who approves (recorded).")] = "lm") -> None:
+    """Approve a version the change-control plan held: it becomes the champion and serves."""
+    _decide(settings_of(ctx), version, True, by, reason)
+
+
+@models_app.command("reject")
+def models_reject(ctx: typer.Context, version: Annotated[str, typer.Argument(help="Version number.")],
+                  reason: Annotated[str, typer.Option(help="Why it must not serve (recorded).")],
+                  by: Annotated[str, typer.Option(help="Who rejects (recorded).")] = "lm") -> None:
+    """Reject a version the change-control plan held: it never serves."""
+    _decide(settings_of(ctx), version, False, by, reason)
+
+
+def _decide(settings: Settings, version: str, approve: bool, by: str, why: str) -> None:
+    from learning_machine.lifecycle.promotion import decide_approval
+
+    result = decide_approval(settings, tracker_for(settings), version=version, approve=approve, by=by, why=why,
+                             record=lambda kind, event, at: _record(settings, kind, event, at))
+    console.print(f"{settings.model_name} v{version} {result['decision']}"
+                  + (" and now the champion" if approve else ""))
+
+
 def _change(settings: Settings, action: Literal["promote", "rollback"], version: str | None, reason: str) -> None:
     """The lifecycle's change of champion (served first, then the alias moves; a failed deployment leaves the
     champion where it was and exits non-zero), recorded in the gateway's event log when the gateway is up."""

@@ -119,6 +119,15 @@ class LearningMachineClient:
     def rollback(self, to_version: str | None = None) -> dict[str, Any]:
         return dict(self._call("POST", "/v1/models/rollback", json={"to_version": to_version}))
 
+    def awaiting_approval(self) -> list[dict[str, Any]]:
+        """Versions the change-control plan held for an admin's decision."""
+        return list(self._call("GET", "/v1/models/awaiting-approval"))
+
+    def decide_approval(self, version: str, decision: str, reason: str) -> dict[str, Any]:
+        """``decision``: ``approve`` (it becomes the champion) or ``reject``; ``reason`` is recorded."""
+        return dict(self._call("POST", f"/v1/models/{version}/approval",
+                               json={"decision": decision, "reason": reason}))
+
     def request_retraining(self, reason: str = "manual") -> dict[str, Any]:
         return dict(self._call("POST", "/v1/retrain", json={"reason": reason}))
 

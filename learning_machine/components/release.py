@@ -10,15 +10,26 @@ from pathlib import Path
 from typing import Any
 
 from learning_machine.errors import ConflictError, LearningMachineError
-from learning_machine.lifecycle.promotion import change_champion, clauses_summary, evidence_summary, serve
-from learning_machine.lifecycle.training import register_candidate
-from learning_machine.registry.names import CHAMPION, PREVIOUS_TAG
+from learning_machine.lifecycle.promotion import (
+    change_champion,
+    clauses_summary,
+    evidence_summary,
+    serve,
+)
+from learning_machine.lifecycle.training import CHANGE_TAG, register_candidate
+from learning_machine.registry.names import (
+    APPROVAL_TAG,
+    CHAMPION,
+    GATE_CHAMPION_TAG,
+    PLAN_DECISION_TAG,
+    PLAN_DIGEST_TAG,
+    PLAN_TAG,
+    PREVIOUS_TAG,
+)
 from learning_machine.registry.runs import step_run
 from learning_machine.registry.tracker import tracker_for
 from learning_machine.settings import Settings
 
-GATE_CHAMPION_TAG = "lm.gate_champion"
-"""The champion version the gate compared the candidate with (empty: there was none)."""
 PROVEN_WORSE_TAG = "lm.gate_proven_worse"
 """``true`` when the gate's paired evidence shows the candidate worse than the champion beyond doubt."""
 
@@ -43,8 +54,18 @@ def register(settings: Settings, candidate_run_id: str, metrics_path: str | Path
             tags[PROVEN_WORSE_TAG] = "true" if gate["proven_worse"] else "false"  # the loop does not shadow it
         if "champion_version" in summary:
             tags[GATE_CHAMPION_TAG] = str(summary["champion_version"] or "")  # the promote step checks it still serves
+        verdict = summary.get("plan") or {}
+        applied = verdict.get("plan") or summary.get("plan_applied") or {}
+        if applied:
+            tags[PLAN_TAG] = f"{applied.get('plan')} {applied.get('version')}"
+            tags[PLAN_DIGEST_TAG] = str(applied.get("digest", ""))
+        if verdict:
+            tags[PLAN_DECISION_TAG] = str(verdict.get("decision"))
+            if verdict.get("decision") == "awaiting-approval":
+                tags[APPROVAL_TAG] = "awaiting"  # an admin approves or rejects it (lifecycle.promotion.approve)
         run_tags, run_params = tracker.run_tags_and_params(candidate_run_id)
-        for key in ("lm.dataset", "lm.kind", "lm.mode", "lm.continued_from", "lm.retrain_mode", "lm.candidates"):
+        for key in ("lm.dataset", "lm.kind", "lm.mode", "lm.continued_from", "lm.retrain_mode", "lm.candidates",
+                    CHANGE_TAG):
             if key in run_tags:
                 tags[key] = run_tags[key]
         if "dataset_digest" in run_params:

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from learning_machine.data.sources import SOURCES, LoadedDataset, load_dataset
+from learning_machine.data.sources import SOURCES, LoadedDataset, load_dataset, read_window
 from learning_machine.data.spec import DatasetSpec, load_spec, parse_spec
 from learning_machine.errors import (
     DataQualityError,
@@ -29,16 +29,22 @@ from learning_machine.errors import (
     ModelNotFoundError,
     TrainingError,
 )
+from learning_machine.lifecycle.plan import judge, plan_for_settings
 from learning_machine.lifecycle.promotion import (
     GATE_METRICS,
-    EvidenceRule,
     PromotionDecision,
     check_policy,
     decide,
     evidence_metrics,
     proven_worse,
 )
-from learning_machine.lifecycle.training import log_candidate
+from learning_machine.lifecycle.training import (
+    CHANGE_TAG,
+    MANIFEST_FILE,
+    data_manifest,
+    log_candidate,
+    log_manifest,
+)
 from learning_machine.registry.names import CHAMPION
 from learning_machine.registry.runs import STEP_TAG, step_run
 from learning_machine.registry.tracker import tracker_for
@@ -144,7 +150,8 @@ def _read_files(source: str, spec_path: str | Path | None) -> tuple[DatasetSpec,
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             raise DatasetError(f"dataset file {str(file)!r} is not a readable CSV: {exc}") from exc
     frame = pd.concat(frames, ignore_index=True)
-    return spec, frame, path.resolve().as_uri(), {"rows": len(frame), "files": len(files)}
+    window = read_window(files[0]) if len(files) == 1 else {}
+    return spec, frame, path.resolve().as_uri(), {"rows": len(frame), "files": len(files), **window}
 
 
 def validate(settings: Settings, data_dir: str | Path, report_path: str | Path, *, parent_run_id: str = "",
@@ -243,8 +250,9 @@ def train(settings: Settings, data_dir: str | Path, test_dir: str | Path, *, par
     data = read_dataset(data_dir)
     result = train_model(data, kind=kind or settings.model_kind, params=_params(params_json), seed=settings.seed,
                          test_fraction=settings.test_fraction, progress=print)
-    run_id = log_candidate(settings, tracker, result, data, run_name="train", tags={STEP_TAG: "train"},
-                           parent_run_id=parent_run_id, progress=print)
+    run_id = log_candidate(settings, tracker, result, data, run_name="train",
+                           tags={STEP_TAG: "train", CHANGE_TAG: "train"}, parent_run_id=parent_run_id, progress=print)
+    log_manifest(tracker, run_id, data_manifest(data.spec, result.train, result.test, data.params))
     write_dataset(test_dir, result.test, data.spec, {"source_uri": data.source_uri, "params": data.params,
                                                      "rows": len(result.test), "role": "held-out"})
     if on_scores is not None:
@@ -284,13 +292,14 @@ def retrain(settings: Settings, new_dir: str | Path, test_dir: str | Path, *, re
                          if reference is not None and result.mode == "warm-start" else new_train, new.source_uri,
                          {**new.params, "reference_rows": len(reference) if reference is not None
                           and result.mode == "warm-start" else 0})
-    tags = {STEP_TAG: "retrain", "lm.retrain_mode": result.mode}
+    tags = {STEP_TAG: "retrain", CHANGE_TAG: "retrain", "lm.retrain_mode": result.mode}
     if scores:
         tags["lm.candidates"] = json.dumps({m: round(a, 4) for m, a in scores.items()})
     if result.mode == "warm-start":
         tags["lm.continued_from"] = base_info.version
     run_id = log_candidate(settings, tracker, result, used, run_name="retrain", tags=tags,
                            parent_run_id=parent_run_id, progress=print)
+    log_manifest(tracker, run_id, data_manifest(new.spec, used.frame, new_test, new.params))
     write_dataset(test_dir, new_test, new.spec, {"source_uri": new.source_uri, "params": new.params,
                                                  "rows": len(new_test), "role": "held-out (new data)"})
     if on_scores is not None:
@@ -311,7 +320,7 @@ def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, me
     """Score the candidate and the current champion on the same held-out rows (overall and per subgroup)
     and decide whether the candidate should become champion. ``policy``: ``gate`` (compare on the gate
     metric with a margin), ``always``, ``never`` or ``if-first`` (only when there is no champion)."""
-    from learning_machine.model.evaluation import paired_comparison
+    from learning_machine.model.evaluation import calibration_fit, paired_comparison
     from learning_machine.model.training import predict_proba
 
     metric = gate_metric or settings.gate_metric
@@ -345,9 +354,26 @@ def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, me
                                 f"({len(labels)} rows, {len(set(labels))} outcome value(s))")
         cand_value = cand_eval.metrics[metric]
         champ_value = champ_eval.metrics.get(metric) if champ_eval else None
-        rule = EvidenceRule.from_settings(settings, margin=margin) if settings.gate_rule == "evidence" else None
+        run_tags = tracker.run_tags_and_params(candidate_run_id)[0]
+        change = run_tags.get(CHANGE_TAG, "retrain" if run_tags.get(STEP_TAG) == "retrain" else "train")
+        manifest = tracker.run_json(candidate_run_id, MANIFEST_FILE)
+        plan = verdict = None
+        rule = None
+        if settings.gate_rule == "evidence":
+            # The change-control plan's acceptance criteria are the evidence rule (a stricter margin of the
+            # caller's only tightens it); a gated promotion against a champion is judged by the whole plan.
+            plan = plan_for_settings(settings, spec)
+            rule = plan.evidence_rule(margin=margin)
         decision = decide(policy, has_champion=champion_info is not None, metric=metric, margin=margin,
                           candidate=cand_value, champion=champ_value, evidence=evidence, rule=rule)
+        if plan is not None and policy == "gate" and evidence is not None:
+            verdict = judge(plan, change="recalibrate" if change == "recalibrate" else "retrain",
+                            evidence=evidence, margin=margin,
+                            candidate={"calibration": calibration_fit(labels, cand_proba),
+                                       "subgroups": cand_eval.subgroups},
+                            independent_test_rows=bool(manifest and manifest.get("independent")))
+            decision = PromotionDecision(verdict.decision == "promote", verdict.reason, decision.metric,
+                                         decision.candidate_value, decision.champion_value, verdict.clauses)
         champion_version = champion_info.version if champion_info else ""
         summary: dict[str, Any] = {
             "gate": {"policy": policy, "metric": metric, "margin": margin, "higher_is_better": GATE_METRICS[metric],
@@ -360,6 +386,8 @@ def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, me
                          "proven_worse": proven_worse(evidence or {}, rule, metric)}
                         if rule is not None and decision.clauses else {}),
                      "clauses": list(decision.clauses), "promote": decision.promote, "reason": decision.reason},
+            "change": change, "plan": verdict.as_dict() if verdict else None,
+            "plan_applied": plan.identity() if plan is not None else None, "manifest": manifest,
             "candidate_run_id": candidate_run_id, "champion_version": champion_version,
             "held_out_rows": len(labels), "candidate": cand_eval.as_dict(),
             "champion": champ_eval.as_dict() if champ_eval else None, "evidence": evidence,

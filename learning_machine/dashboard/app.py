@@ -8,6 +8,7 @@ lays it out and turns every error into a message."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pandas as pd
@@ -364,6 +365,8 @@ def data_scientist_page(client: LearningMachineClient, conn: views.Connection, m
     else:
         st.dataframe(pair.astype(str), width="stretch")
 
+    _approvals(client, role)
+
     label_section(client, conn, models)
 
     st.subheader("Actions")
@@ -385,6 +388,36 @@ def data_scientist_page(client: LearningMachineClient, conn: views.Connection, m
         event = _guard("roll back", lambda: client.rollback())
         if event:
             st.success(f"Rolled back from v{event['detail']['from']} to v{event['detail']['to']}.")
+
+
+def _approvals(client: LearningMachineClient, role: str | None) -> None:
+    """Versions the change-control plan held (better than the champion, outside the plan): why, and for an
+    admin, approve or reject with a reason (recorded with the admin's name)."""
+    st.subheader("Awaiting approval")
+    held = _guard("list the versions awaiting approval", client.awaiting_approval)
+    if held is None:
+        return
+    if not held:
+        st.caption("No version is awaiting approval: every change so far was inside the change-control plan "
+                    "or was not shown better than the champion.")
+        return
+    st.dataframe(views.approvals_frame(held), hide_index=True, width="stretch")
+    if role != views.ADMIN:
+        st.caption("An admin approves or rejects these versions.")
+        return
+    a, b = st.columns([1, 2])
+    version = a.selectbox("Held version", [str(v["version"]) for v in held], key="approval_version")
+    why = b.text_input("Why (recorded with your name)", key="approval_reason")
+    approve, reject = st.columns(2)
+    for column, decision, label in ((approve, "approve", "Approve and serve"), (reject, "reject", "Reject")):
+        if column.button(label, key=f"approval_{decision}"):
+            if len(why.strip()) < 3:
+                st.error("Say why: the reason is recorded with the decision.")
+                continue
+            result = _guard(f"{decision} v{version}", partial(client.decide_approval, version, decision, why))
+            if result:
+                st.success(f"v{version} {result['decision']}"
+                           + ("; it is the champion now" if result["decision"] == "approved" else "") + ".")
 
 
 def label_section(client: LearningMachineClient, conn: views.Connection, models: pd.DataFrame) -> None:

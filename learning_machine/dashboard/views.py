@@ -541,3 +541,12 @@ def champion_vs_challenger(models: pd.DataFrame) -> pd.DataFrame | None:
         return None
     pair = models[models["role"].isin(["champion", "challenger"])].set_index("role")
     return pair[["version", "auc", "brier", "ece", "dataset digest", "created"]].T
+
+
+def approvals_frame(held: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per version the change-control plan held: the plan, the champion it was judged against, and
+    the plan's reason (the clauses outside it)."""
+    return pd.DataFrame([{"version": str(v.get("version")), "plan": (v.get("tags") or {}).get("lm.plan", ""),
+                          "judged against": (v.get("tags") or {}).get("lm.gate_champion", ""),
+                          "why it waits": (v.get("tags") or {}).get("lm.gate", "")} for v in held],
+                        columns=["version", "plan", "judged against", "why it waits"])

@@ -14,6 +14,32 @@ import pandas as pd
 from learning_machine.data.spec import DataQualityReport, DatasetSpec, load_spec, parse_spec
 from learning_machine.errors import DatasetError, UnknownNameError
 
+WINDOW_SUFFIX = ".window.json"
+"""Beside an exported CSV (``rows.csv`` -> ``rows.csv.window.json``): when its rows were predicted
+(``first_at``, ``last_at``), the change point they were taken after (``since``) and the last prediction id
+(``cut_id``). Reading the CSV adds these to the dataset's parameters, and so to the data manifest."""
+
+
+def write_window(csv: Path, window: dict[str, Any]) -> None:
+    import json
+
+    Path(str(csv) + WINDOW_SUFFIX).write_text(json.dumps(window, default=str))
+
+
+def read_window(csv: Path) -> dict[str, Any]:
+    """The window written beside ``csv`` (:func:`write_window`), only its known scalar keys; {} without one."""
+    import json
+
+    path = Path(str(csv) + WINDOW_SUFFIX)
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{str(path)!r} is not a readable window file: {exc}") from exc
+    return {k: raw[k] for k in ("first_at", "last_at", "since", "cut_id")
+            if isinstance(raw, dict) and isinstance(raw.get(k), str | int)}
+
 
 @dataclass
 class LoadedDataset:

@@ -15,12 +15,12 @@ from fastapi.responses import HTMLResponse, PlainTextResponse
 from pydantic import Field
 
 from learning_machine.errors import NotFoundError, ServiceUnavailableError
-from learning_machine.gateway.auth import ADMINISTRATION, CLINICAL, require
+from learning_machine.gateway.auth import ADMINISTRATION, CLINICAL, SCIENCE, require
 from learning_machine.gateway.routes import Ctx
 from learning_machine.gateway.schemas import In
 from learning_machine.gateway.service import GatewayContext
 from learning_machine.lifecycle.label import diff, label, to_html, to_markdown
-from learning_machine.lifecycle.promotion import change_champion
+from learning_machine.lifecycle.promotion import awaiting_approval, change_champion, decide_approval
 from learning_machine.lifecycle.record import LIFECYCLE_KINDS, missing, read_record, rollout
 from learning_machine.store import repository
 from learning_machine.store.tokens import Principal
@@ -31,6 +31,7 @@ TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$"  # free text: any printable text, no 
 
 Clinical = Annotated[Principal, Depends(require(CLINICAL))]
 Admin = Annotated[Principal, Depends(require(ADMINISTRATION))]
+Science = Annotated[Principal, Depends(require(SCIENCE))]
 
 # Model facts per version: a registered version never changes, so its card is read from MLflow once.
 _cards: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -46,6 +47,13 @@ class PromoteIn(In):
 class RollbackIn(In):
     to_version: str | None = Field(None, max_length=64, pattern=VERSION,
                                    description="Default: the version the champion replaced.")
+
+
+class ApprovalIn(In):
+    decision: Literal["approve", "reject"] = Field(description="approve: the version becomes the champion and "
+                                                   "serves; reject: it never serves.")
+    reason: str = Field(min_length=3, max_length=500, pattern=TEXT,
+                        description="Why (recorded on the version with the caller's name).")
 
 
 class RetrainIn(In):
@@ -202,6 +210,24 @@ def promote(request: Request, c: Ctx, _: Admin, body: PromoteIn) -> Any:
 def rollback(request: Request, c: Ctx, _: Admin, body: RollbackIn) -> Any:
     return change_champion(c.settings, c.tracker(), action="rollback", version=body.to_version,
                            reason="rollback", by=request.state.principal.name, record=partial(repository.add_event, c.db))
+
+
+@router.get("/models/awaiting-approval", tags=["models"],
+            summary="Versions the change-control plan held for an admin's decision")
+def awaiting(c: Ctx, _: Science) -> Any:
+    return [v.as_dict() for v in awaiting_approval(c.tracker(), c.model_name)]
+
+
+@router.post("/models/{version}/approval", tags=["models"],
+             summary="Approve or reject a version held by the change-control plan (admin)")
+def approval(request: Request, c: Ctx, _: Admin, body: ApprovalIn,
+             version: Annotated[str, Path(max_length=64, pattern=r"^[0-9]+$", description="Version number.")]) -> Any:
+    """Approve: the version becomes the champion through the same change of champion as a promotion (served
+    first, the `promoted` event recorded), then an `approved` event with who and why. Reject: a `rejected`
+    event. 409 when the version is not awaiting approval, or when another version became champion after it
+    was judged."""
+    return decide_approval(c.settings, c.tracker(), version=version, approve=body.decision == "approve",
+                           by=request.state.principal.name, why=body.reason, record=partial(repository.add_event, c.db))
 
 
 @router.post("/retrain", tags=["models"], status_code=202, summary="Ask the learning loop for a retraining (admin)")

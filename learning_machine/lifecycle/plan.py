@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from learning_machine.data.spec import read_yaml, validate_document
 from learning_machine.errors import SpecError
+from learning_machine.settings import Settings
 
 if TYPE_CHECKING:
     from learning_machine.lifecycle.promotion import EvidenceRule
@@ -79,6 +80,10 @@ class Calibration(_Strict):
                                       "below 1, predictions are too extreme).")
     intercept: Bounds = Field(Bounds(low=-0.2, high=0.2),
                               description="The candidate's calibration-in-the-large (logit scale; 0 is ideal).")
+    judged_on: Literal["interval", "point"] = Field(
+        "interval", description="interval: a bound fails only when the 95 % interval of the slope or intercept "
+                                "lies wholly outside it (miscalibration shown, not a noisy estimate on few rows); "
+                                "point: the estimate itself must lie within the bounds.")
 
 
 class Subgroups(_Strict):
@@ -89,6 +94,10 @@ class Subgroups(_Strict):
     underpowered: Literal["no-harm", "hold"] = Field(
         "no-harm", description="A subgroup whose interval is wider than its margin: test only for proven harm, "
                                "or hold the candidate.")
+    floors_judged_on: Literal["interval", "point"] = Field(
+        "interval", description="interval: a floor fails only when the AUC's 95 % interval (Hanley-McNeil) lies "
+                                "wholly below it; point: the estimate itself must reach it. Either way a label is "
+                                "judged only with `min_events` rows of each outcome.")
     floors: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="The candidate's own AUC on each label of a subgroup must reach "
                                           "this (``{subgroup: {label or '*': floor}}``).")
@@ -139,13 +148,14 @@ class ChangePlan(_Strict):
             raise ValueError("a change kind is listed twice")
         return self
 
-    def evidence_rule(self, looks: int = 1) -> EvidenceRule:
+    def evidence_rule(self, looks: int = 1, margin: float | None = None) -> EvidenceRule:
         """The evidence gate these acceptance criteria configure (``looks``: as in
-        :meth:`~learning_machine.lifecycle.promotion.EvidenceRule.from_settings`)."""
+        :meth:`~learning_machine.lifecycle.promotion.EvidenceRule.from_settings`; ``margin``: a caller's own
+        margin, which can only make the plan's stricter)."""
         from learning_machine.lifecycle.promotion import EvidenceRule, interval_z
 
         a = self.acceptance
-        return EvidenceRule(a.discrimination.margin, a.discrimination.noninferiority_auc,
+        return EvidenceRule(max(a.discrimination.margin, margin or 0.0), a.discrimination.noninferiority_auc,
                             a.calibration.noninferiority_log_loss, a.subgroups.noninferiority_auc,
                             a.subgroups.min_events, a.subgroups.underpowered, a.discrimination.also_better_on,
                             z=interval_z(looks))
@@ -188,6 +198,50 @@ def plan_for(dataset: str, path: str | Path | None = None) -> ChangePlan:
     return plan
 
 
+def plan_from_settings(settings: Settings, dataset: str) -> ChangePlan:
+    """The plan a dataset without one gets: the evidence gate's ``gate_*`` settings as its acceptance
+    criteria, retraining as the one pre-authorised change, no calibration bounds and no subgroup floors (the
+    gate as it was before plans), and the smallest allowed minimum of rows. Its digest is that of those
+    settings, so a decision still records exactly which rule was applied."""
+    from learning_machine.lifecycle.promotion import paired_metric
+
+    values = {"margin": max(settings.gate_margin, 0.0), "noninferiority_auc": settings.gate_noninferiority_auc,
+              "noninferiority_log_loss": settings.gate_noninferiority_log_loss,
+              "subgroup_auc": settings.gate_noninferiority_subgroup_auc,
+              "min_subgroup_events": settings.gate_min_subgroup_events,
+              "underpowered": settings.gate_underpowered_subgroups,
+              "metric": paired_metric(settings.gate_metric)}
+    unbounded = Bounds(low=-1e9, high=1e9)
+    plan = ChangePlan(
+        plan="gate-settings", version="LM_GATE", dataset=dataset,
+        description="No change-control plan was given for this dataset: the evidence gate's LM_GATE_* settings.",
+        changes=("retrain",),
+        acceptance=Acceptance(
+            discrimination=Discrimination(metric=values["metric"], margin=values["margin"],
+                                          noninferiority_auc=values["noninferiority_auc"]),
+            calibration=Calibration(noninferiority_log_loss=values["noninferiority_log_loss"], slope=unbounded,
+                                    intercept=unbounded),
+            subgroups=Subgroups(noninferiority_auc=values["subgroup_auc"],
+                                min_events=values["min_subgroup_events"], underpowered=values["underpowered"]),
+            min_post_change_rows=50))
+    digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+    return plan.model_copy(update={"digest": digest})
+
+
+def plan_for_settings(settings: Settings, spec: Any) -> ChangePlan:
+    """The plan that governs ``spec``'s model: ``settings.change_plan`` when set, else the one shipped for the
+    dataset, else :func:`plan_from_settings`. A plan that does not fit the dataset is refused
+    (:class:`SpecError`)."""
+    if settings.change_plan is not None:
+        plan = load_plan(settings.change_plan)
+    elif (PLANS / f"{spec.name}.yaml").exists():
+        plan = load_plan(PLANS / f"{spec.name}.yaml")
+    else:
+        return plan_from_settings(settings, spec.name)
+    plan.check_against(spec)
+    return plan
+
+
 def plan_schema() -> dict[str, Any]:
     """The plan file's JSON schema (for editors and CI), without the computed ``digest``."""
     schema = ChangePlan.model_json_schema()
@@ -197,6 +251,50 @@ def plan_schema() -> dict[str, Any]:
 
 
 # -- the judgement ---------------------------------------------------------------------------------------
+def _floor_clause(name: str, floor: float | None, metrics: Mapping[str, Any], rule: Subgroups,
+                  z: float) -> dict[str, Any]:
+    """A subgroup label's floor clause, from its metrics (``auc``, ``n``, ``prevalence``): not assessable with
+    fewer than ``min_events`` rows of either outcome; else on the estimate or on its interval."""
+    from learning_machine.model.evaluation import auc_standard_error
+
+    clause: dict[str, Any] = {"clause": f"subgroup floor: {name}", "must_be_at_least": floor}
+    auc, n, prevalence = metrics.get("auc"), metrics.get("n"), metrics.get("prevalence")
+    if auc is None or auc != auc or floor is None or n is None or prevalence is None:
+        return {**clause, "passed": None, "value": None, "note": "not assessable: too few rows of this subgroup"}
+    auc, rows = float(auc), int(n)
+    events = round(float(prevalence) * rows)
+    clause.update(value=round(auc, 4), rows=rows, events=events)
+    if min(events, rows - events) < rule.min_events:
+        return {**clause, "passed": None, "note": f"not assessable: fewer than {rule.min_events} rows of each "
+                                                  "outcome in this subgroup"}
+    if rule.floors_judged_on == "point":
+        return {**clause, "passed": auc >= floor, "judged_on": "point"}
+    se = auc_standard_error(auc, events, rows)
+    low, high = auc - z * se, auc + z * se
+    return {**clause, "passed": high >= floor, "judged_on": "interval", "interval": [round(low, 4), round(high, 4)],
+            **({"note": "estimate below the floor, but not shown to be: its interval reaches it"}
+               if auc < floor <= high else {})}
+
+
+def _calibration_clause(name: str, bounds: Bounds, value: Any, se: Any, z: float | None) -> dict[str, Any]:
+    """A calibration bound's clause: on the estimate (``z`` None, or no standard error), or on its interval
+    (it fails only when the whole interval is outside the bounds)."""
+    clause: dict[str, Any] = {"clause": f"calibration {name}", "bounds": [bounds.low, bounds.high]}
+    if value is None or value != value:  # NaN: one outcome only on these rows
+        return {**clause, "passed": None, "value": None, "note": "not assessable: no calibration on these rows"}
+    value = float(value)
+    clause["value"] = round(value, 4)
+    inside = bounds.low <= value <= bounds.high
+    if z is None or se is None or se != se:
+        return {**clause, "passed": bool(inside), "judged_on": "point"}
+    low, high = value - z * float(se), value + z * float(se)
+    passed = high >= bounds.low and low <= bounds.high
+    return {**clause, "passed": bool(passed), "judged_on": "interval", "interval": [round(low, 4), round(high, 4)],
+            **({} if inside or not passed else {"note": "estimate outside the bounds, but not shown to be: its "
+                                                        "interval reaches them"})}
+
+
+
 @dataclass(frozen=True)
 class PlanVerdict:
     """What the plan says of a candidate, with every clause (its bound, value and verdict)."""
@@ -211,7 +309,7 @@ class PlanVerdict:
 
 
 def judge(plan: ChangePlan, *, change: ChangeKind, evidence: Mapping[str, Any], candidate: Mapping[str, Any],
-          independent_test_rows: bool, looks: int = 1) -> PlanVerdict:
+          independent_test_rows: bool, looks: int = 1, margin: float | None = None) -> PlanVerdict:
     """Check a candidate against ``plan``:
 
     - ``evidence``: the paired comparison with the champion on the test rows
@@ -219,7 +317,8 @@ def judge(plan: ChangePlan, *, change: ChangeKind, evidence: Mapping[str, Any], 
     - ``candidate``: the candidate's own results on those rows: ``calibration`` (``slope``, ``intercept``, from
       :func:`learning_machine.model.evaluation.calibration_slope_intercept`) and ``subgroups``
       (``{group: {label: {"auc": ...}}}``, as :func:`learning_machine.model.evaluation.evaluate` gives);
-    - ``independent_test_rows``: whether the data manifest shows no test row among the training rows.
+    - ``independent_test_rows``: whether the data manifest shows no test row among the training rows;
+    - ``looks``, ``margin``: as in :meth:`ChangePlan.evidence_rule`.
 
     ``keep-champion`` when the candidate is not shown better (the evidence gate's first clause) or the rows
     are fewer than the plan's minimum; else ``promote`` when every other clause holds; else
@@ -227,7 +326,7 @@ def judge(plan: ChangePlan, *, change: ChangeKind, evidence: Mapping[str, Any], 
     from learning_machine.lifecycle.promotion import decide_on_evidence
 
     a = plan.acceptance
-    gate = decide_on_evidence(evidence, plan.evidence_rule(looks), metric=a.discrimination.metric)
+    gate = decide_on_evidence(evidence, plan.evidence_rule(looks, margin), metric=a.discrimination.metric)
     clauses: list[dict[str, Any]] = [{**c, "source": "evidence gate"} for c in gate.clauses]
     rows = int(evidence.get("rows", 0))
     clauses.append({"clause": "rows after the change", "passed": rows >= a.min_post_change_rows, "value": rows,
@@ -238,15 +337,11 @@ def judge(plan: ChangePlan, *, change: ChangeKind, evidence: Mapping[str, Any], 
                     if a.independent_test_rows else None, "value": bool(independent_test_rows),
                     **({} if a.independent_test_rows else {"note": "not required by this plan"})})
     calibration = candidate.get("calibration") or {}
+    z = plan.evidence_rule(looks).z
     for name in ("slope", "intercept"):
-        bounds: Bounds = getattr(a.calibration, name)
-        value = calibration.get(name)
-        if value is not None and value != value:  # NaN: one outcome only on these rows
-            value = None
-        clauses.append({"clause": f"calibration {name}", "passed": None if value is None
-                        else bool(bounds.low <= float(value) <= bounds.high),
-                        "value": None if value is None else round(float(value), 4), "bounds": [bounds.low, bounds.high],
-                        **({"note": "not assessable: no calibration on these rows"} if value is None else {})})
+        clauses.append(_calibration_clause(name, getattr(a.calibration, name), calibration.get(name),
+                                           calibration.get(f"{name}_se"), z if a.calibration.judged_on == "interval"
+                                           else None))
     found = candidate.get("subgroups") or {}
     for group, floors in sorted(a.subgroups.floors.items()):
         labels = found.get(group) or {}
@@ -255,14 +350,8 @@ def judge(plan: ChangePlan, *, change: ChangeKind, evidence: Mapping[str, Any], 
             clauses.append({"clause": f"subgroup floor: {group}", "passed": None,
                             "note": "not assessable: no rows of this subgroup"})
         for label in wanted:
-            floor = floors.get(label, floors.get("*"))
-            found_auc = (labels.get(label) or {}).get("auc")
-            auc = None if found_auc is None or found_auc != found_auc else float(found_auc)  # NaN: not assessable
-            value = None if auc is None else round(auc, 4)
-            ok = None if auc is None or floor is None else bool(auc >= floor)
-            clauses.append({"clause": f"subgroup floor: {group}={label}", "passed": ok,
-                            "value": value, "must_be_at_least": floor,
-                            **({"note": "not assessable: too few rows of this subgroup"} if ok is None else {})})
+            clauses.append(_floor_clause(f"{group}={label}", floors.get(label, floors.get("*")),
+                                         labels.get(label) or {}, a.subgroups, z))
     better = clauses[0]
     outside = [c["clause"] for c in clauses[1:] if c["passed"] is False and c["clause"] != "rows after the change"]
     if better["passed"] is not True:

@@ -6,14 +6,31 @@ promote and deploy steps all go through. The learning loop records a pipeline's 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from learning_machine.deployers import get_deployer
 from learning_machine.embedded.processes import is_healthy
-from learning_machine.errors import LearningMachineError, ServiceUnavailableError, UnknownNameError
-from learning_machine.registry.names import CHAMPION
+from learning_machine.errors import (
+    BadRequestError,
+    ConflictError,
+    LearningMachineError,
+    ServiceUnavailableError,
+    UnknownNameError,
+)
+from learning_machine.registry.names import (
+    APPROVAL_AT_TAG,
+    APPROVAL_BY_TAG,
+    APPROVAL_REASON_TAG,
+    APPROVAL_TAG,
+    CHAMPION,
+    GATE_CHAMPION_TAG,
+    PLAN_DECISION_TAG,
+    PLAN_DIGEST_TAG,
+    PLAN_TAG,
+)
 from learning_machine.registry.tracker import Tracker, VersionInfo
 from learning_machine.settings import Settings
 
@@ -343,3 +360,66 @@ def change_champion(settings: Settings, tracker: Tracker, *, action: Literal["pr
     if served is not None:
         detail["deployed"] = served
     return record(kind, detail, after.version) if record is not None else detail
+
+
+# -- approval of a change outside the plan ------------------------------------------------------------------
+def awaiting_approval(tracker: Tracker, model: str) -> list[VersionInfo]:
+    """The versions held by the change-control plan for a person's decision, newest first."""
+    return [v for v in tracker.list_versions(model) if v.tags.get(APPROVAL_TAG) == "awaiting"]
+
+
+def hold_for_approval(tracker: Tracker, model: str, version: str, *, verdict: Mapping[str, Any],
+                      judged_against: str | None, record: Recorder | None = None) -> dict[str, Any]:
+    """Mark ``version`` as waiting for an admin (``lm.approval=awaiting``, with the plan's decision) and
+    record an ``awaiting-approval`` event naming the clauses outside the plan."""
+    plan = verdict.get("plan") or {}
+    tracker.tag_version(model, version, {
+        APPROVAL_TAG: "awaiting", PLAN_DECISION_TAG: str(verdict.get("decision")),
+        PLAN_TAG: f"{plan.get('plan')} {plan.get('version')}", PLAN_DIGEST_TAG: str(plan.get("digest", "")),
+        GATE_CHAMPION_TAG: judged_against or ""})
+    outside = [c for c in verdict.get("clauses", []) if c.get("passed") is False]
+    detail = {"version": version, "champion": judged_against, "reason": verdict.get("reason"),
+              "outside_plan": [c.get("clause") for c in outside], "plan": plan,
+              "next": "an admin approves or rejects it (dashboard, POST /v1/models/{version}/approval)"}
+    return record("awaiting-approval", detail, version) if record is not None else detail
+
+
+def decide_approval(settings: Settings, tracker: Tracker, *, version: str, approve: bool, by: str, why: str,
+                    record: Recorder | None = None, deployer: str | None = None) -> Any:
+    """An admin's decision on a version outside the change-control plan. Approved: it becomes the champion
+    through :func:`change_champion` (served first, the event recorded), refused (:class:`ConflictError`) when
+    another version became champion after it was judged (it was never compared with the one that serves
+    now). Rejected: it stays a registered version that never serves. Either way the version is tagged with
+    the decision, who made it and why, and an ``approved`` / ``rejected`` event is recorded."""
+    if not why.strip():
+        raise BadRequestError("an approval or rejection says why (a reason is required)")
+    tracker.health()
+    model = settings.model_name
+    info = tracker.version(model, version)
+    state = info.tags.get(APPROVAL_TAG)
+    if state != "awaiting":
+        raise ConflictError(f"v{info.version} of {model} is not awaiting approval "
+                            f"({'it was ' + state if state else 'the change-control plan did not hold it'})",
+                            detail={"version": info.version, "approval": state})
+    judged_against = info.tags.get(GATE_CHAMPION_TAG) or None
+    current = tracker.alias_version(model, CHAMPION)
+    serving = current.version if current else None
+    if approve and judged_against != serving:
+        against = f"v{judged_against}" if judged_against else "no champion"
+        raise ConflictError(f"v{info.version} was judged against {against}, but "
+                            f"{'v' + serving if serving else 'no version'} is champion now: it cannot be approved "
+                            "(reject it; a new retraining compares with the version that serves)",
+                            detail={"version": info.version, "judged_against": judged_against, "champion": serving})
+    decision = {"version": info.version, "by": by, "why": why, "champion": serving,
+                "plan": info.tags.get(PLAN_TAG), "plan_decision": info.tags.get(PLAN_DECISION_TAG)}
+    promoted = None
+    if approve:
+        promoted = change_champion(settings, tracker, action="promote", version=info.version,
+                                   reason=f"approved outside the change-control plan by {by}: {why}", by=by,
+                                   record=record, deployer=deployer)
+    tracker.tag_version(model, info.version, {APPROVAL_TAG: "approved" if approve else "rejected",
+                                              APPROVAL_BY_TAG: by, APPROVAL_REASON_TAG: why[:500],
+                                              APPROVAL_AT_TAG: f"{time.time():.0f}"})
+    kind = "approved" if approve else "rejected"
+    event = record(kind, decision, info.version) if record is not None else decision
+    return {"decision": kind, "event": event, **({"promoted": promoted} if promoted is not None else {})}

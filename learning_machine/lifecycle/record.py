@@ -91,8 +91,8 @@ def build_record(*, settings: Settings, version: VersionInfo, summary: Mapping[s
         "registered_at": _iso(version.created_at),
         "change": change,
         "plan": {"in_force": dict(plan_in_force) if plan_in_force else None,
-                 # The plan the evaluate step judged by (its verdict names it; else the summary's plan_applied).
-                 "applied": dict((verdict or {}).get("plan") or summary.get("plan_applied") or {}) or None},
+                 # The plan the candidate was judged by (none when there was no champion to judge it against).
+                 "applied": dict(verdict["plan"]) if verdict and verdict.get("plan") else None},
         "data": {
             "dataset": candidate_params.get("dataset") or candidate_tags.get("lm.dataset"),
             "digest": candidate_params.get("dataset_digest"),
@@ -151,8 +151,7 @@ def write_record(tracker: Tracker, model_name: str, version: str, run_id: str,
     data = encode(record)
     tracker.log_bytes(run_id, data, ARTIFACT)
     tags = {LOCATION_TAG: f"runs:/{run_id}/{ARTIFACT}", DIGEST_TAG: hashlib.sha256(data).hexdigest()}
-    for key, value in tags.items():
-        tracker.set_version_tag(model_name, version, key, value)
+    tracker.tag_version(model_name, version, tags)
     return tags
 
 
@@ -165,22 +164,28 @@ def record_version(settings: Settings, tracker: Tracker, version: VersionInfo, s
     manifest = summary.get("manifest") or tracker.run_json(candidate_run_id, "data/manifest.json")
     record = build_record(settings=settings, version=version, summary=summary, candidate_tags=tags,
                           candidate_params=params, register_run_id=register_run_id, manifest=manifest,
-                          plan_in_force=_plan_in_force(settings, params.get("dataset") or tags.get("lm.dataset")),
+                          plan_in_force=_plan_in_force(settings, summary,
+                                                       params.get("dataset") or tags.get("lm.dataset")),
                           code=code_provenance(settings))
     return write_record(tracker, settings.model_name, version.version, register_run_id, record)
 
 
-def _plan_in_force(settings: Settings, dataset: str | None) -> dict[str, str] | None:
-    """The change-control plan in force when the version was registered (its name, version and digest), or
-    None when the dataset has none."""
+def _plan_in_force(settings: Settings, summary: Mapping[str, Any], dataset: str | None) -> dict[str, str]:
+    """The change-control plan in force when the version was registered (name, version, digest): the one the
+    evaluate step applied (``plan_applied``) or the caller resolved (``plan_in_force``), else the one the
+    settings name now (an evaluation from before plans were applied)."""
     from learning_machine.errors import SpecError
-    from learning_machine.lifecycle.plan import plan_for
+    from learning_machine.lifecycle.plan import load_plan, plan_for, plan_from_settings
 
-    path = getattr(settings, "change_plan", None)  # LM_CHANGE_PLAN, where the settings have it
+    found = summary.get("plan_in_force") or summary.get("plan_applied")
+    if found:
+        return {k: str(v) for k, v in dict(found).items()}
+    name = str(dataset or settings.dataset)
     try:
-        return plan_for(str(dataset or settings.dataset), path).identity()
+        plan = load_plan(settings.change_plan) if settings.change_plan else plan_for(name)
     except SpecError:
-        return None
+        plan = plan_from_settings(settings, name)
+    return plan.identity()
 
 
 def read_record(tracker: Tracker, model_name: str, ref: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from learning_machine.errors import DataQualityError
+from learning_machine.lifecycle.plan import plan_for_settings
 from learning_machine.lifecycle.promotion import decide
 from learning_machine.lifecycle.record import record_version
 from learning_machine.registry.names import CHAMPION
@@ -18,6 +19,8 @@ from learning_machine.registry.tracker import Tracker, VersionInfo
 from learning_machine.settings import Settings
 
 if TYPE_CHECKING:  # pandas, scikit-learn and XGBoost load only where data or a model is handled
+    import pandas as pd
+
     from learning_machine.data.sources import LoadedDataset
     from learning_machine.model.training import TrainingResult
 
@@ -84,14 +87,17 @@ def train_and_register(settings: Settings, tracker: Tracker, dataset: LoadedData
                              test_fraction=settings.test_fraction, progress=progress)
         tags = {}
     run_id = log_candidate(settings, tracker, result, dataset, run_name=f"train-{result.kind}-{dataset.name}",
-                           tags=tags, parent_run_id=parent_run_id, progress=progress)
+                           tags={CHANGE_TAG: "retrain" if continue_from else "train", **tags},
+                           parent_run_id=parent_run_id, progress=progress)
+    log_manifest(tracker, run_id, data_manifest(dataset.spec, result.train, result.test, dataset.params))
     champion = tracker.alias_version(settings.model_name, CHAMPION)
     decision = decide(promote, has_champion=champion is not None)
     # No comparison with a champion here (`lm up`'s first model, `lm train`): the record says what was decided.
     summary = {"change": "retrain" if continue_from else "train", "candidate": result.evaluation.as_dict(),
                "held_out_rows": len(result.test), "champion": None,
                "champion_version": champion.version if champion else "",
-               "gate": {"policy": promote, "promote": decision.promote, "reason": decision.reason, "clauses": []}}
+               "gate": {"policy": promote, "promote": decision.promote, "reason": decision.reason, "clauses": []},
+               "plan_in_force": plan_for_settings(settings, dataset.spec).identity()}
     with step_run(settings, tracker, "register", parent_run_id or "") as register_run_id:
         version = register_candidate(settings, tracker, run_id, result.evaluation.metrics,
                                      {"lm.dataset": dataset.name, "lm.dataset_digest": dataset.digest,
@@ -113,6 +119,52 @@ def log_candidate(settings: Settings, tracker: Tracker, result: TrainingResult, 
     """Log a trained candidate as a run of the settings' experiment (nested under ``parent_run_id``)."""
     return tracker.log_training(result, dataset, experiment=settings.experiment_name, run_name=run_name,
                                 tags=tags or {}, parent_run_id=parent_run_id or None, progress=progress)
+
+
+CHANGE_TAG = "lm.change"
+"""What kind of change a candidate run (and the version registered from it) is: ``train`` (from scratch, no
+champion to change), ``retrain`` or ``recalibrate`` (the change-control plan's kinds)."""
+MANIFEST_FILE = "data/manifest.json"
+"""The candidate run's data manifest (:func:`data_manifest`), read by the evaluate step and the change record."""
+WINDOW_KEYS = ("first_at", "last_at", "since", "cut_id")
+"""What a dataset's parameters may say of when its rows were predicted (the learning loop's exports say it)."""
+
+
+def data_manifest(spec: Any, train: pd.DataFrame, test: pd.DataFrame, params: Mapping[str, Any]) -> dict[str, Any]:
+    """What a candidate learnt from and was tested on: each part's rows and content digest, the time window
+    of the rows (when the source says it: the learning loop's exports do; a generated cohort has none), the
+    change point the rows were taken after, and whether any test row is also a training row (by record id,
+    else by identical content)."""
+    from learning_machine.data.sources import LoadedDataset
+
+    window = {k: params.get(k) for k in ("first_at", "last_at")}
+
+    def part(frame: pd.DataFrame) -> dict[str, Any]:
+        return {"rows": len(frame), "digest": LoadedDataset(spec, frame, "", {}).digest, **window}
+
+    rid = spec.record_id.name
+    if rid in train.columns and rid in test.columns:
+        overlap = len(set(train[rid].astype(str)) & set(test[rid].astype(str)))
+        by = "record id"
+    else:
+        import pandas as pd
+
+        def rows(frame: pd.DataFrame) -> set[int]:
+            return set(pd.util.hash_pandas_object(frame, index=False).tolist())
+
+        overlap = len(rows(train) & rows(test))
+        by = "row content"
+    cut = params.get("cut_id")
+    return {"train": part(train), "test": part(test), "overlap_rows": overlap, "overlap_by": by,
+            "independent": overlap == 0, "since": params.get("since") or None,
+            "cut_id": int(cut) if cut not in (None, "") else None}
+
+
+def log_manifest(tracker: Tracker, run_id: str, manifest: Mapping[str, Any]) -> None:
+    """Store a candidate's data manifest with its run (:data:`MANIFEST_FILE`)."""
+    import json
+
+    tracker.log_text(run_id, json.dumps(manifest, indent=2, default=str), MANIFEST_FILE)
 
 
 def register_candidate(settings: Settings, tracker: Tracker, run_id: str, metrics: dict[str, float],

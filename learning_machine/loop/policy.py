@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from learning_machine.model.evaluation import auc_standard_error
+
 if TYPE_CHECKING:
     from learning_machine.model.sequential import Alarm
 
@@ -145,8 +147,6 @@ def decide(windows: Sequence[WindowSummary], policy: RetrainPolicy, *, now: floa
     limit = None if policy.auc_floor is None else (
         policy.auc_floor if expected_auc is None else min(policy.auc_floor, expected_auc - policy.auc_drop))
     if limit is not None and latest is not None and latest.auc is not None:
-        from learning_machine.model.evaluation import auc_standard_error  # scikit-learn: only here
-
         upper = latest.auc + 1.645 * auc_standard_error(latest.auc, latest.n_events, latest.n_outcomes)
         if upper < limit:
             rules.append("performance")

@@ -23,25 +23,40 @@ from typing import Any
 import pandas as pd
 
 from learning_machine.clients.gateway import GatewayError, LearningMachineClient
+from learning_machine.data.sources import write_window
 from learning_machine.data.spec import DatasetSpec
 from learning_machine.errors import ConflictError, LearningMachineError, ServiceUnavailableError
+from learning_machine.lifecycle.plan import judge, plan_for_settings
 from learning_machine.lifecycle.promotion import (
-    EvidenceRule,
     champion_event,
     change_champion,
     clauses_summary,
-    decide_on_evidence,
     evidence_summary,
+    hold_for_approval,
     leads,
-    paired_metric,
     proven_worse,
 )
+from learning_machine.lifecycle.training import CHANGE_TAG
 from learning_machine.loop.metrics import MonitorMetrics
 from learning_machine.loop.monitor import Monitor, MonitorConfig
 from learning_machine.loop.policy import Decision, RetrainPolicy
-from learning_machine.loop.shadow import Shadow, ShadowPlan, evidence_of, first_look_at, paired_rows
+from learning_machine.loop.shadow import (
+    Shadow,
+    ShadowPlan,
+    challenger_results,
+    evidence_of,
+    first_look_at,
+    paired_rows,
+)
 from learning_machine.loop.shadow import score as shadow_score
-from learning_machine.registry.names import CHAMPION
+from learning_machine.registry.names import (
+    APPROVAL_TAG,
+    CHAMPION,
+    PLAN_TAG,
+    PREVIOUS_TAG,
+    PROMOTED_AT_TAG,
+    ROLLOUT_TAG,
+)
 from learning_machine.registry.tracker import Tracker, tracker_for
 from learning_machine.settings import Settings
 
@@ -233,6 +248,10 @@ class RetrainViaPipeline:
                                                        clauses=after.tags.get("lm.gate_clauses")), after.version)
             summary["promoted"] = after.version
             attempt["result"] = "promoted"
+        elif (held := self._held_for_approval(before)) is not None:
+            attempt["result"] = "awaiting-approval"
+            self.sink.event("awaiting-approval", held, held["version"])
+            summary["awaiting_approval"] = held["version"]
         else:
             attempt["result"] = "refused"
             challenger = self.tracker.alias_version(model, "challenger")
@@ -256,6 +275,17 @@ class RetrainViaPipeline:
             if before is not None:
                 summary["champion"] = before.version
         return summary
+
+    def _held_for_approval(self, before: Any) -> dict[str, Any] | None:
+        """The event of a challenger the pipeline's change-control plan held for an admin (better than the
+        champion but outside the plan), or None."""
+        challenger = self.tracker.alias_version(self.settings.model_name, "challenger")
+        if challenger is None or challenger.tags.get(APPROVAL_TAG) != "awaiting":
+            return None
+        return {"version": challenger.version, "champion": before.version if before else None,
+                "reason": challenger.tags.get("lm.gate"), "clauses": challenger.tags.get("lm.gate_clauses"),
+                "evidence": challenger.tags.get("lm.gate_evidence"), "plan": challenger.tags.get(PLAN_TAG),
+                "next": "an admin approves or rejects it (dashboard, POST /v1/models/{version}/approval)"}
 
     def _defer(self, decision: Decision, detail: dict[str, Any]) -> dict[str, Any]:
         """Not yet: say so once per decision (a restored one too), and come back at the next step."""
@@ -302,6 +332,9 @@ class RetrainViaPipeline:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"retrain-{time.strftime('%Y%m%d-%H%M%S')}.csv"
         frame.to_csv(path, index=False)
+        times = sorted(str(i["created_at"]) for i in items)
+        write_window(path, {"first_at": times[0], "last_at": times[-1], "since": since or "",
+                            "cut_id": max(int(i["id"]) for i in items)})
         return path.resolve()
 
 
@@ -348,6 +381,10 @@ class LoopService:
         self.job: RetrainJob | None = None
         self.shadow: Shadow | None = None
         self.shadow_plan = ShadowPlan(settings.loop_shadow_first_look, settings.loop_shadow_max_rows)
+        self.plan = plan_for_settings(settings, self.spec)
+        self._rollout_judged: set[str] = set()
+        """The change-control plan every promotion the loop makes is judged by (the pipeline's evaluate step
+        loads the same one)."""
         self._shadow_model: tuple[str, Any] | None = None
         self._detectors: dict[str, Any] = {}
         self._metrics: list[tuple[dict[str, float], int]] = []
@@ -730,27 +767,40 @@ class LoopService:
         self._shadow_look(shadow, paired)
 
     def _shadow_look(self, shadow: Shadow, paired: pd.DataFrame) -> None:
+        """Judge the challenger on the paired live rows by the change-control plan, with the error budget
+        shared between the shadow's looks: inside the plan it is promoted; better but outside the plan it waits
+        for an admin; otherwise the shadow goes on to its next look (or ends, when it is proven worse or the
+        last look has passed). Live rows after the cut were never training rows: they are independent."""
         evidence = evidence_of(self.spec, paired)
-        rule = EvidenceRule.from_settings(self.settings, margin=self.settings.loop_gate_margin,
-                                          looks=self.shadow_plan.looks)
-        metric = paired_metric(self.settings.gate_metric)
-        verdict = decide_on_evidence(evidence, rule, metric=metric)
-        look = {"look": len(shadow.looks) + 1, "rows": len(paired), "promote": verdict.promote,
-                "ahead": leads(evidence, rule, metric),
+        looks = self.shadow_plan.looks
+        rule = self.plan.evidence_rule(looks, self.settings.loop_gate_margin)
+        metric = self.plan.acceptance.discrimination.metric
+        change = str(self.tracker.version(self.settings.model_name, shadow.version).tags.get(CHANGE_TAG, "retrain"))
+        verdict = judge(self.plan, change="recalibrate" if change == "recalibrate" else "retrain", evidence=evidence,
+                        candidate=challenger_results(self.spec, paired), independent_test_rows=True, looks=looks,
+                        margin=self.settings.loop_gate_margin)
+        look = {"look": len(shadow.looks) + 1, "rows": len(paired), "promote": verdict.decision == "promote",
+                "decision": verdict.decision, "ahead": leads(evidence, rule, metric),
                 "reason": verdict.reason, "evidence": evidence_summary(evidence),
-                "clauses": clauses_summary(list(verdict.clauses))}
+                "clauses": clauses_summary(list(verdict.clauses)), "plan": verdict.plan}
         shadow.looks.append({k: look[k] for k in ("look", "rows", "promote", "ahead")})
         shadow.next_look = first_look_at(self.shadow_plan, len(paired) + 1)
         self.sink.event("shadow-look", look, shadow.version)
         if self.progress:
             self.progress(f"shadow look {look['look']} at v{shadow.version}: {verdict.reason}")
-        if verdict.promote:
+        if verdict.decision == "promote":
             change_champion(self.settings, self.tracker, action="promote", version=shadow.version,
                             reason=f"shadow evaluation on {len(paired)} live records: {verdict.reason}",
                             by="learning loop (shadow)", record=self._record_event)
             self.trigger.last_attempt = {**(self.trigger.last_attempt or {}), "result": "promoted"}
             self.shadow = None
             self._new_champion()
+            return
+        if verdict.decision == "awaiting-approval":
+            hold_for_approval(self.tracker, self.settings.model_name, shadow.version, verdict=verdict.as_dict(),
+                              judged_against=shadow.champion, record=self._record_event)
+            self._end_shadow("awaiting-approval", f"better than the champion on {len(paired)} live records but "
+                                                  f"outside the change-control plan: {verdict.reason}", evidence=look)
             return
         worse = proven_worse(evidence, rule, metric)
         if worse or shadow.next_look > self.shadow_plan.max_rows:
@@ -764,7 +814,7 @@ class LoopService:
         shadow, self.shadow = self.shadow, None
         assert shadow is not None
         kind = {"refused": "refused", "failed": "shadow-failed", "ended": "shadow-ended",
-                "superseded": "shadow-ended"}[how]
+                "superseded": "shadow-ended", "awaiting-approval": "shadow-ended"}[how]
         self.sink.event(kind, {"challenger": shadow.version, "champion": shadow.champion, "by": "shadow evaluation",
                                "why": why, "looks": shadow.looks, **(dict(evidence) if evidence else {}),
                                "deployment": self._shadow_deployment(shadow.champion)},
@@ -819,6 +869,7 @@ class LoopService:
                 self._state_loaded = False  # another writer moved the state on: resume from it
             raise
         self._flush_metrics()
+        self._check_rollout()
         self._observe(decision, collected)
         self.steps += 1
         self.last_step_at = time.time()
@@ -826,6 +877,62 @@ class LoopService:
             self.prepare_retraining()  # while it waits for outcomes after the change, the runner gets ready
             self._start_retraining(decision)
         return decision
+
+    def _check_rollout(self) -> None:
+        """The change-control plan's rollback rule, once per champion that replaced another: on the first
+        ``window_rows`` labelled predictions it made, its realised AUC must not be shown below ``auc_floor``
+        (the 95 % interval's upper end, Hanley-McNeil). Below: rolled back to the champion it replaced
+        (``rolled-back`` by the learning loop), or, when the plan does not roll back without a person, a
+        ``rollback-recommended`` event. The outcome is tagged on the version (``lm.rollout``), so it is
+        judged once, across restarts. A failure to check is logged and retried at the next step."""
+        from sklearn.metrics import roc_auc_score
+
+        from learning_machine.model.evaluation import auc_standard_error
+
+        rule = self.plan.rollback
+        model = self.settings.model_name
+        try:
+            champion = self.tracker.alias_version(model, CHAMPION)
+            if (champion is None or champion.version in self._rollout_judged or ROLLOUT_TAG in champion.tags
+                    or not champion.tags.get(PREVIOUS_TAG)):
+                if champion is not None and (ROLLOUT_TAG in champion.tags or not champion.tags.get(PREVIOUS_TAG)):
+                    self._rollout_judged.add(champion.version)
+                return
+            promoted_at = float(champion.tags.get(PROMOTED_AT_TAG) or 0)
+            items = [i for i in self.client.labelled(limit=20_000, model_version=champion.version)
+                     if pd.Timestamp(i["created_at"]).timestamp() >= promoted_at - 1]
+        except (LearningMachineError, GatewayError) as exc:
+            log.warning("the rollback rule could not be checked: %s", _describe(exc))
+            return
+        if len(items) < rule.window_rows:
+            return
+        first = sorted(items, key=lambda i: int(i["id"]))[:rule.window_rows]
+        y = [int(i["outcome"]) for i in first]
+        events = sum(y)
+        if events in (0, len(y)):
+            return  # one outcome only: no AUC yet; judged when both have arrived
+        auc = float(roc_auc_score(y, [float(i["probability"]) for i in first]))
+        upper = auc + 1.959963984540054 * auc_standard_error(auc, events, len(y))
+        previous = champion.tags[PREVIOUS_TAG]
+        detail = {"version": champion.version, "previous": previous, "rows": len(y), "auc": round(auc, 4),
+                  "upper_95": round(upper, 4), "auc_floor": rule.auc_floor, "plan": self.plan.identity()}
+        self._rollout_judged.add(champion.version)
+        if upper >= rule.auc_floor:
+            self.tracker.tag_version(model, champion.version, {ROLLOUT_TAG: f"confirmed: AUC {auc:.3f} on {len(y)}"})
+            self.sink.event("rollout-confirmed", detail, champion.version)
+            return
+        why = (f"realised AUC {auc:.3f} (95 % upper end {upper:.3f}) on the first {len(y)} labelled predictions of "
+               f"v{champion.version} is below the change-control plan's rollback floor {rule.auc_floor:g}")
+        if not rule.automatic:
+            self.tracker.tag_version(model, champion.version, {ROLLOUT_TAG: "rollback-recommended"})
+            self.sink.event("rollback-recommended", {**detail, "why": why}, champion.version)
+            return
+        change_champion(self.settings, self.tracker, action="rollback", version=previous, reason=why,
+                        by="learning loop (change-control plan)", record=self._record_event)
+        self.tracker.tag_version(model, champion.version, {ROLLOUT_TAG: f"rolled-back: AUC {auc:.3f} on {len(y)}"})
+        if self.shadow is not None:
+            self._end_shadow("ended", f"v{champion.version} was rolled back")
+        self._new_champion()
 
     def _observe(self, decision: Decision | None, collected: RetrainJob | None) -> None:
         """A saved step's decision, the serving version's sequential statistics and a retraining it collected,

@@ -98,6 +98,18 @@ def paired_rows(spec: DatasetSpec, labelled: Sequence[Mapping[str, Any]], scores
     return frame.drop_duplicates("prediction_id").sort_values("prediction_id", kind="stable").reset_index(drop=True)
 
 
+def challenger_results(spec: DatasetSpec, paired: pd.DataFrame) -> dict[str, Any]:
+    """The challenger's own results on the paired rows that the change-control plan checks
+    (:func:`learning_machine.lifecycle.plan.judge`): its calibration slope and intercept, and its metrics per
+    subgroup label."""
+    from learning_machine.model.evaluation import calibration_fit, evaluate
+
+    labels = paired["outcome"].to_numpy(dtype=int)
+    proba = paired["challenger"].to_numpy(dtype=float)
+    return {"calibration": calibration_fit(labels, proba),
+            "subgroups": evaluate(labels, proba, spec.subgroup_labels(paired)).subgroups}
+
+
 def evidence_of(spec: DatasetSpec, paired: pd.DataFrame) -> dict[str, Any]:
     """The gate's paired evidence (challenger minus champion) on the paired rows, overall and per subgroup."""
     from learning_machine.model.evaluation import paired_comparison

@@ -34,17 +34,6 @@ class Evaluation:
         return {"metrics": self.metrics, "calibration": self.calibration, "subgroups": self.subgroups}
 
 
-def auc_standard_error(auc: float, n_events: int | None, n_outcomes: int) -> float:
-    """Hanley & McNeil's (1982) standard error of an AUC on ``n_events`` events among ``n_outcomes``;
-    0 when the counts are unknown."""
-    if n_events is None or n_events < 1 or n_outcomes - n_events < 1:
-        return 0.0
-    n1, n0 = n_events, n_outcomes - n_events
-    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
-    variance = (auc * (1 - auc) + (n1 - 1) * (q1 - auc * auc) + (n0 - 1) * (q2 - auc * auc)) / (n1 * n0)
-    return float(max(variance, 0.0) ** 0.5)
-
-
 def flat_name(metric: str, group: str, label: object) -> str:
     """The MLflow name of a subgroup's metric: ``auc.sex.female``, ``n.age_band.75plus``."""
     safe = str(label).replace("<", "lt").replace(">", "gt").replace("+", "plus").replace(" ", "_")
@@ -98,17 +87,36 @@ def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, bins: int 
     return float(sum(row["n"] * abs(row["mean_predicted"] - row["observed"]) for row in table) / total)
 
 
+def auc_standard_error(auc: float, n_events: int | None, n_outcomes: int) -> float:
+    """Hanley & McNeil's (1982) standard error of an AUC on ``n_events`` events among ``n_outcomes``;
+    0 when the counts are unknown."""
+    if n_events is None or n_events < 1 or n_outcomes - n_events < 1:
+        return 0.0
+    n1, n0 = n_events, n_outcomes - n_events
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    variance = (auc * (1 - auc) + (n1 - 1) * (q1 - auc * auc) + (n0 - 1) * (q2 - auc * auc)) / (n1 * n0)
+    return float(max(variance, 0.0) ** 0.5)
+
+
 def calibration_slope_intercept(y_true: np.ndarray, proba: np.ndarray) -> tuple[float, float]:
     """Logistic recalibration of the predicted risks (Cox 1958; Van Calster et al. 2019): the **slope** of
     ``logit P(y=1) = a + b * logit(p)`` (1 when the risks spread as much as they should, below 1 when they are
     too extreme) and the **intercept** of ``logit P(y=1) = a + logit(p)`` (calibration-in-the-large: 0 when the
     risks are right on average, above 0 when they are too low). NaN for both when only one outcome is present."""
+    fit = calibration_fit(y_true, proba)
+    return fit["slope"], fit["intercept"]
+
+
+def calibration_fit(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    """:func:`calibration_slope_intercept` with the standard errors of both (from the fits' Fisher
+    information): ``slope``, ``slope_se``, ``intercept``, ``intercept_se``; all NaN when only one outcome is
+    present."""
     from scipy.special import expit, logit
 
     y = np.asarray(y_true, dtype=float)
     lp = logit(np.clip(np.asarray(proba, dtype=float), 1e-7, 1 - 1e-7))
     if len(y) < 2 or len(np.unique(y)) < 2:
-        return float("nan"), float("nan")
+        return dict.fromkeys(("slope", "slope_se", "intercept", "intercept_se"), float("nan"))
     # Newton-Raphson on the two log-likelihoods (concave; a handful of steps converge).
     coef = np.array([0.0, 1.0])  # (a, b)
     design = np.column_stack([np.ones_like(lp), lp])
@@ -119,6 +127,9 @@ def calibration_slope_intercept(y_true: np.ndarray, proba: np.ndarray) -> tuple[
         coef = coef + delta
         if np.abs(delta).max() < 1e-10:
             break
+    mu = expit(design @ coef)
+    information = design.T @ (design * np.maximum(mu * (1 - mu), 1e-12)[:, None])
+    slope_se = float(np.sqrt(np.linalg.inv(information)[1, 1]))
     offset = 0.0
     for _ in range(50):
         mu = expit(offset + lp)
@@ -126,7 +137,8 @@ def calibration_slope_intercept(y_true: np.ndarray, proba: np.ndarray) -> tuple[
         offset += shift
         if abs(shift) < 1e-12:
             break
-    return float(coef[1]), float(offset)
+    intercept_se = float(1 / np.sqrt(max(float((mu * (1 - mu)).sum()), 1e-12)))
+    return {"slope": float(coef[1]), "slope_se": slope_se, "intercept": float(offset), "intercept_se": intercept_se}
 
 
 def evaluate(y_true: np.ndarray, proba: np.ndarray, subgroups: dict[str, pd.Series] | None = None,

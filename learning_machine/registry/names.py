@@ -10,6 +10,20 @@ CHALLENGER = "challenger"
 PREVIOUS_TAG = "lm.previous_champion"
 PROMOTED_AT_TAG = "lm.promoted_at"
 PROMOTION_REASON_TAG = "lm.promotion_reason"
+GATE_CHAMPION_TAG = "lm.gate_champion"
+"""The champion version the gate compared a candidate with (empty: there was none)."""
+# Change control (learning_machine.lifecycle.plan): the plan a version was judged by and its decision, and,
+# for a version outside the plan, the approval it waits for or was given (awaiting, approved, rejected).
+PLAN_TAG = "lm.plan"
+PLAN_DIGEST_TAG = "lm.plan_digest"
+PLAN_DECISION_TAG = "lm.plan_decision"
+APPROVAL_TAG = "lm.approval"
+APPROVAL_BY_TAG = "lm.approval_by"
+APPROVAL_REASON_TAG = "lm.approval_reason"
+APPROVAL_AT_TAG = "lm.approval_at"
+ROLLOUT_TAG = "lm.rollout"
+"""How a champion's rollout ended under the plan's rollback rule: ``confirmed`` or ``rolled-back`` (or
+``rollback-recommended`` when the plan does not roll back without a person), with the realised AUC."""
 MODEL_ARTIFACT = "model"
 SPEC_FILE = "dataset_spec.yaml"
 

@@ -516,9 +516,12 @@ class Tracker:
         self.rest.call("tagging the version", "POST", "model-versions/set-tag",
                        json={"name": model_name, "version": number, "key": key, "value": value})
 
-    def set_version_tag(self, model_name: str, version: str, key: str, value: str) -> None:
-        """Set one tag of a registered version."""
-        self._version_tag(model_name, version, key, value)
+    def tag_version(self, model_name: str, version: str, tags: dict[str, str]) -> VersionInfo:
+        """Set tags on a version (a number or an alias); returns the version as it is now."""
+        number = self.version(model_name, version).version
+        for key, value in tags.items():
+            self._version_tag(model_name, number, key, value[:5000])
+        return self.version(model_name, number)
 
     def _set_alias(self, model_name: str, alias: str, number: str) -> None:
         self.rest.call(f"setting {alias}", "POST", "registered-models/alias",

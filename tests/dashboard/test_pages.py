@@ -212,6 +212,46 @@ def test_admin_requests_retraining_and_promotes(monkeypatch, history_gateway: Ru
     assert any("Could not roll back" in e.value for e in at.error) and not at.exception
 
 
+def test_a_version_held_by_the_change_control_plan_is_listed_and_an_admin_decides_with_a_reason(
+        monkeypatch, history_gateway: RunningGateway, model_server):
+    from learning_machine.data.sources import load_dataset
+    from learning_machine.lifecycle.promotion import hold_for_approval
+    from learning_machine.lifecycle.training import train_and_register
+    from learning_machine.registry.tracker import Tracker
+
+    tracker = Tracker(model_server.tracking_uri)
+    held = train_and_register(model_server.settings, tracker, load_dataset("synthetic-cohort", n_rows=600, seed=9),
+                              promote="never").version.version
+    champion = tracker.version(model_server.model_name, "champion").version
+    hold_for_approval(tracker, model_server.model_name, held, judged_against=champion, verdict={
+        "decision": "awaiting-approval", "reason": "better than the champion but outside plan p 1: subgroup floor",
+        "clauses": [{"clause": "subgroup floor: sex=female", "passed": False}],
+        "plan": {"plan": "p", "version": "1", "digest": "d"}})
+    tracker.tag_version(model_server.model_name, held, {"lm.gate": "outside plan p 1: subgroup floor: sex=female"})
+
+    scientist = _app(monkeypatch, history_gateway.url, history_gateway.tokens["data-scientist"], "data-scientist")
+    listed = next(d.value for d in scientist.dataframe if "why it waits" in d.value.columns)
+    assert list(listed["version"]) == [held] and listed["judged against"].iloc[0] == champion
+    assert "subgroup floor: sex=female" in listed["why it waits"].iloc[0]
+    assert "An admin approves or rejects these versions." in _texts(scientist)
+    assert not {b.key for b in scientist.button} & {"approval_approve", "approval_reject"}
+
+    admin = _app(monkeypatch, history_gateway.url, history_gateway.tokens["admin"], "data-scientist")
+    admin.selectbox(key="approval_version").set_value(held)
+    admin.button(key="approval_reject").click().run()  # no reason yet: refused on the page, nothing recorded
+    assert any("Say why" in e.value for e in admin.error), _texts(admin)
+    assert tracker.version(model_server.model_name, held).tags["lm.approval"] == "awaiting"
+    admin.text_input(key="approval_reason").set_value("trained on too few women")
+    admin.button(key="approval_reject").click().run()
+    assert any(f"v{held} rejected" in s.value for s in admin.success), _texts(admin)
+    tags = tracker.version(model_server.model_name, held).tags
+    assert tags["lm.approval"] == "rejected" and tags["lm.approval_by"] == "test admin"
+    assert tags["lm.approval_reason"] == "trained on too few women"
+    event = history_gateway.client("admin").get("/v1/events", params={"kind": "rejected"}).json()["items"][0]
+    assert event["model_version"] == held and event["detail"]["why"] == "trained on too few women"
+    assert tracker.version(model_server.model_name, "champion").version == champion
+
+
 def test_a_clinician_token_sees_no_data_science_or_admin_actions(monkeypatch, history_gateway: RunningGateway):
     at = _app(monkeypatch, history_gateway.url, history_gateway.tokens["clinician"], "data-scientist")
     assert "needs a data-scientist or admin token; yours is clinician" in _texts(at)

@@ -144,6 +144,7 @@ def test_the_retrained_versions_record_has_the_comparison_and_the_decision(versi
     else:
         assert record["decision"]["plan"] is None and "decision.plan" in found["missing"]
     _manifest_expectation(v, v.retrain_run, found)
+    assert set(found["missing"]) <= {"data.manifest", "decision.plan"}  # each as the checks above say
     assert found["rollout"]["serving_now"] is False and found["rollout"]["serving"] == []
 
 

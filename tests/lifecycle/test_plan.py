@@ -16,7 +16,7 @@ from learning_machine.cli.app import app
 from learning_machine.data.sources import spec_for
 from learning_machine.errors import SpecError
 from learning_machine.lifecycle.plan import PLANS, SCHEMA, judge, load_plan, plan_for, plan_schema
-from learning_machine.model.evaluation import calibration_slope_intercept, evaluate, paired_comparison
+from learning_machine.model.evaluation import calibration_fit, evaluate, paired_comparison
 
 
 @pytest.mark.parametrize("dataset", ["synthetic-cohort", "breast-cancer"])
@@ -85,8 +85,7 @@ def _cohort(rows: int, seed: int = 3) -> tuple[np.ndarray, np.ndarray, dict[str,
 def _results(y, candidate, champion, groups):
     evidence = paired_comparison(y, candidate, champion, groups)
     own = evaluate(y, candidate, groups)
-    slope, intercept = calibration_slope_intercept(y, candidate)
-    return evidence, {"calibration": {"slope": slope, "intercept": intercept}, "subgroups": own.subgroups}
+    return evidence, {"calibration": calibration_fit(y, candidate), "subgroups": own.subgroups}
 
 
 def _noisy(risk: np.ndarray, scale: float, seed: int) -> np.ndarray:
@@ -172,3 +171,35 @@ def test_the_cli_checks_a_plan_and_prints_its_schema(tmp_path: Path):
     assert "listed twice" in str(refused.exception) or "listed twice" in refused.output
     schema = runner.invoke(app, ["plan", "schema"])
     assert schema.exit_code == 0 and json.loads(schema.output) == plan_schema()
+
+
+def test_calibration_bounds_and_subgroup_floors_fail_only_when_shown_outside_by_their_intervals(tmp_path):
+    """On few rows a slope or a subgroup's AUC is a noisy estimate: by default (`judged_on: interval`) a
+    bound fails only when the whole 95 % interval is outside it; `point` judges the estimate itself."""
+    risk, y, groups = _cohort(3000)
+    evidence, _ = _results(y, _noisy(risk, 0.2, 1), _noisy(risk, 1.5, 2), groups)
+    candidate = {"calibration": {"slope": 0.7, "slope_se": 0.1, "intercept": 0.5, "intercept_se": 0.1},
+                 "subgroups": {"sex": {"female": {"auc": 0.62, "n": 200.0, "prevalence": 0.3},    # 60 events
+                                       "male": {"auc": 0.62, "n": 2000.0, "prevalence": 0.3}},   # 600 events
+                               "age_band": {"75+": {"auc": 0.40, "n": 100.0, "prevalence": 0.2}}}}  # 20 events
+    plan = plan_for("synthetic-cohort")
+    clauses = {c["clause"]: c for c in judge(plan, change="retrain", evidence=evidence, candidate=candidate,
+                                             independent_test_rows=True).clauses}
+    slope = clauses["calibration slope"]
+    assert slope["passed"] is True and slope["interval"] == [round(0.7 - 1.959964 * 0.1, 4), round(0.7 + 0.195996, 4)]
+    assert "not shown to be" in slope["note"]
+    assert clauses["calibration intercept"]["passed"] is False  # 0.5 +- 0.2: wholly above 0.2
+    female, male = clauses["subgroup floor: sex=female"], clauses["subgroup floor: sex=male"]
+    assert female["passed"] is True and female["interval"][1] > 0.65 and female["events"] == 60
+    assert male["passed"] is False and male["interval"][1] < 0.65
+    old = clauses["subgroup floor: age_band=75+"]
+    assert old["passed"] is None and "fewer than 30 rows of each outcome" in old["note"]
+
+    point = tmp_path / "point.yaml"
+    point.write_text((PLANS / "synthetic-cohort.yaml").read_text().replace("judged_on: interval", "judged_on: point")
+                     .replace("floors_judged_on: interval", "floors_judged_on: point"))
+    clauses = {c["clause"]: c for c in judge(load_plan(point), change="retrain", evidence=evidence,
+                                             candidate=candidate, independent_test_rows=True).clauses}
+    assert clauses["calibration slope"]["passed"] is False and clauses["calibration slope"]["judged_on"] == "point"
+    assert clauses["subgroup floor: sex=female"]["passed"] is False
+    assert clauses["subgroup floor: age_band=75+"]["passed"] is None  # too few events either way

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import yaml
 from sklearn.metrics import roc_auc_score
 from testsupport import CuttableProxy, free_port
 
@@ -21,6 +22,7 @@ from learning_machine.data.sources import load_dataset
 from learning_machine.embedded.model_server import model_server_service, served_names, wait_models_ready
 from learning_machine.embedded.processes import ProcessManager
 from learning_machine.embedded.stack import gateway_service
+from learning_machine.lifecycle.plan import PLANS
 from learning_machine.lifecycle.training import train_and_register
 from learning_machine.loop.policy import Decision
 from learning_machine.loop.service import LoopService, RetrainViaPipeline
@@ -59,7 +61,14 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(mlflow_sqlite: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("loop")
+    # The shipped change-control plan asks for 500 rows after the change; this test's stream is a tenth of a
+    # clinic's, so its plan (otherwise the shipped one) asks for 200.
+    plan = yaml.safe_load((PLANS / "synthetic-cohort.yaml").read_text())
+    plan["version"] = "1.0.0-test-stream"
+    plan["acceptance"]["min_post_change_rows"] = 200
+    (home / "plan.yaml").write_text(yaml.safe_dump(plan))
     settings = mlflow_sqlite.model_copy(update={
+        "change_plan": home / "plan.yaml",
         "home": home, "model_name": f"risk-loop-{uuid.uuid4().hex[:8]}", "train_rows": 2000, "seed": 42,
         "model_server_port": free_port(), "model_server_grpc_port": free_port(),
         "model_server_metrics_port": free_port(), "model_ref": CHAMPION, "gateway_port": free_port(),
@@ -349,3 +358,38 @@ def test_a_shadow_challenger_is_never_seen_by_clinicians_never_fails_a_predictio
     record, _ = next(iter(generated_records(1, seed=140, scenario="concept-drift", drift_start=0, id_prefix="after-")))
     assert clinician.predict([record])[0]["model_version"] == version
     clinician.close()
+
+
+def test_a_champion_whose_first_outcomes_are_below_the_plans_floor_is_rolled_back(stack: Stack, monkeypatch):
+    """The change-control plan's rollback rule: a new champion's first `window_rows` labelled predictions
+    must not show its AUC below `auc_floor`; here they do (its outcomes are the opposite of what it predicts),
+    and the loop puts the champion it replaced back, serving it, with the event and the version's tag."""
+    from learning_machine.lifecycle.promotion import change_champion
+
+    monkeypatch.setattr(stack.service.monitor, "trigger", None)  # the policy fires too: not this test's subject
+    model = stack.settings.model_name
+    before = stack.tracker.version(model, CHAMPION).version
+    fresh = train_and_register(stack.settings, stack.tracker, load_dataset("synthetic-cohort", n_rows=1500, seed=77),
+                               promote="never").version.version
+    change_champion(stack.settings, stack.tracker, action="promote", version=fresh, reason="test: a new champion",
+                    by="test")
+    rule = stack.service.plan.rollback
+    assert rule.automatic and rule.window_rows == 500 and rule.auc_floor == 0.65
+    stack.stream(300, seed=150, flip_outcomes=True)
+    stack.service.step()
+    assert stack.tracker.version(model, CHAMPION).version == fresh  # 250 labelled rows: too few to judge
+    stack.stream(300, seed=151, flip_outcomes=True)
+    stack.service.step()
+    assert stack.tracker.version(model, CHAMPION).version == before
+    rolled = [e for e in stack.events() if e["kind"] == "rolled-back"][-1]
+    assert rolled["detail"]["from"] == fresh and rolled["detail"]["to"] == before
+    assert rolled["detail"]["by"] == "learning loop (change-control plan)"
+    assert f"first 500 labelled predictions of v{fresh}" in rolled["detail"]["reason"]
+    assert "rollback floor 0.65" in rolled["detail"]["reason"] and rolled["detail"]["deployed"]["changed"]
+    assert stack.tracker.version(model, fresh).tags["lm.rollout"].startswith("rolled-back: AUC 0.")
+    stack.stream(30, seed=152)
+    assert {a["model_version"] for a in stack.client.labelled(limit=5)} == {before}  # served again
+    rolled_back = [e for e in stack.events() if e["kind"] == "rolled-back"]
+    stack.service.step()  # the version put back was judged on its own predictions, which were right: it stays
+    assert stack.tracker.version(model, CHAMPION).version == before
+    assert [e for e in stack.events() if e["kind"] == "rolled-back"] == rolled_back
