@@ -90,6 +90,7 @@ def label(record: Mapping[str, Any], card: Mapping[str, Any], rollout: Mapping[s
             "approval": approval.get("state"), "approved by": approval.get("by"),
             "training run": training.get("run_id"), "change record sha256": sha256 or None,
             "rollbacks": len((rollout or {}).get("rollbacks") or []),
+            "rollback rule": (rollout or {}).get("rollout_check"),
             "reference": "Sendak MP et al. Presenting machine learning model information to clinical end users "
                          "with model facts labels. npj Digit Med 3, 41 (2020).",
         },

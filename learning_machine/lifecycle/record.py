@@ -222,7 +222,8 @@ def concerns(event: Mapping[str, Any], version: str) -> bool:
 def rollout(version: VersionInfo, events: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """What happened to ``version`` after it was registered, from the gateway's events (oldest first): the approval
     (``awaiting-approval``, ``approved``, ``rejected``), the shadow evaluation, each period it served (from a
-    promotion or a rollback to it, until another version replaced it or it was rolled back), and the rollbacks."""
+    promotion or a rollback to it, until another version replaced it or it was rolled back), the rollbacks, and
+    the plan's rollback rule (its verdict, tag ``lm.rollout``; ``rollback-recommended`` events)."""
     v = version.version
     mine = [e for e in sorted(events, key=lambda e: int(e.get("id") or 0)) if concerns(e, v)]
     approval: dict[str, Any] = {"state": version.tags.get("lm.approval") or None, "by": None, "why": None, "at": None}
@@ -230,12 +231,15 @@ def rollout(version: VersionInfo, events: Iterable[Mapping[str, Any]]) -> dict[s
     serving: list[dict[str, Any]] = []
     rollbacks: list[dict[str, Any]] = []
     refusals: list[dict[str, Any]] = []
+    recommended: list[dict[str, Any]] = []
     for e in mine:
         kind, detail, at = str(e.get("kind")), dict(e.get("detail") or {}), e.get("created_at")
         if kind in ("awaiting-approval", "approved", "rejected") and str(e.get("model_version")) == v:
             state = {"awaiting-approval": "awaiting"}.get(kind, kind)
             approval = {"state": state, "by": detail.get("by"), "why": detail.get("why") or detail.get("reason"),
                         "at": at}
+        elif kind == "rollback-recommended" and str(e.get("model_version")) == v:
+            recommended.append({"at": at, "why": detail.get("why")})
         elif kind == "shadow-started" and str(e.get("model_version")) == v:
             shadow = {"started_at": at, "champion": detail.get("champion"), "looks": [], "ended": None}
         elif kind == "shadow-look" and str(e.get("model_version")) == v:
@@ -274,6 +278,8 @@ def rollout(version: VersionInfo, events: Iterable[Mapping[str, Any]]) -> dict[s
                         "replaced": version.tags.get("lm.previous_champion"), "ended_by": None})
     return {"serving_now": "champion" in version.aliases, "aliases": list(version.aliases),
             "approval": approval, "shadow": shadow, "serving": serving, "rollbacks": rollbacks, "refused": refusals,
+            # The plan's rollback rule, judged once on the version's first labelled predictions (lm.rollout).
+            "rollout_check": version.tags.get("lm.rollout") or None, "rollback_recommended": recommended,
             "events": [int(e["id"]) for e in mine if e.get("id") is not None]}
 
 

@@ -160,6 +160,10 @@ def test_records_are_unchanged_by_promotion_and_rollback_which_the_rollout_shows
                                                 "model_version": v.retrained}).status_code == 201
     promoted = admin.post("/v1/models/promote", json={"version": v.retrained, "reason": "shadow evidence"})
     assert promoted.status_code == 200, promoted.text
+    # The plan's rollback rule judged it, as the learning loop records it: a tag on the version and an event.
+    v.tracker.tag_version(v.settings.model_name, v.retrained, {"lm.rollout": "rollback-recommended"})
+    assert monitor.post("/v1/events", json={"kind": "rollback-recommended", "detail": {"why": "AUC 0.61 < 0.70"},
+                                            "model_version": v.retrained}).status_code == 201
     rolled = admin.post("/v1/models/rollback", json={})
     assert rolled.status_code == 200, rolled.text
     for n, (data, found) in before.items():
@@ -175,7 +179,8 @@ def test_records_are_unchanged_by_promotion_and_rollback_which_the_rollout_shows
     assert period["ended_by"] == "rolled back" and period["replaced"] == v.first
     assert second["rollbacks"] == [{"at": rolled.json()["created_at"], "to": v.first, "by": "test admin",
                                     "reason": "rollback"}]
-    assert second["serving_now"] is False
+    assert second["serving_now"] is False and second["rollout_check"] == "rollback-recommended"
+    assert [r["why"] for r in second["rollback_recommended"]] == ["AUC 0.61 < 0.70"]
     first = _record(v, v.first)["rollout"]
     assert [p["ended_by"] for p in first["serving"]] == [f"replaced by v{v.retrained}", None]
     assert first["serving"][1]["how"] == "rolled back to" and first["serving_now"] is True
