@@ -12,7 +12,7 @@ from typing import Any
 from learning_machine.errors import ConflictError, LearningMachineError
 from learning_machine.lifecycle.promotion import change_champion, clauses_summary, evidence_summary, serve
 from learning_machine.lifecycle.training import register_candidate
-from learning_machine.registry.names import CHAMPION, PREVIOUS_TAG
+from learning_machine.registry.names import CHAMPION, CHANGE_TAG, PREVIOUS_TAG, RECALIBRATION_TAG
 from learning_machine.registry.runs import step_run
 from learning_machine.registry.tracker import tracker_for
 from learning_machine.settings import Settings
@@ -44,7 +44,8 @@ def register(settings: Settings, candidate_run_id: str, metrics_path: str | Path
         if "champion_version" in summary:
             tags[GATE_CHAMPION_TAG] = str(summary["champion_version"] or "")  # the promote step checks it still serves
         run_tags, run_params = tracker.run_tags_and_params(candidate_run_id)
-        for key in ("lm.dataset", "lm.kind", "lm.mode", "lm.continued_from", "lm.retrain_mode", "lm.candidates"):
+        for key in ("lm.dataset", "lm.kind", "lm.mode", "lm.continued_from", "lm.retrain_mode", "lm.candidates",
+                    CHANGE_TAG, RECALIBRATION_TAG, "lm.recalibrated_from"):
             if key in run_tags:
                 tags[key] = run_tags[key]
         if "dataset_digest" in run_params:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from learning_machine.errors import DataQualityError
 from learning_machine.lifecycle.promotion import decide
-from learning_machine.registry.names import CHAMPION
+from learning_machine.registry.names import CHAMPION, CHANGE_TAG
 from learning_machine.registry.tracker import Tracker, VersionInfo
 from learning_machine.settings import Settings
 
@@ -76,11 +76,11 @@ def train_and_register(settings: Settings, tracker: Tracker, dataset: LoadedData
             progress(f"continuing from {settings.model_name} v{base_info.version}")
         result = retrain_model(base, dataset, params=params, seed=settings.seed,
                                test_fraction=settings.test_fraction, progress=progress)
-        tags = {"lm.continued_from": base_info.version}
+        tags = {"lm.continued_from": base_info.version, CHANGE_TAG: "retrain"}
     else:
         result = train_model(dataset, kind=kind or settings.model_kind, params=params, seed=settings.seed,
                              test_fraction=settings.test_fraction, progress=progress)
-        tags = {}
+        tags = {CHANGE_TAG: "train"}
     run_id = log_candidate(settings, tracker, result, dataset, run_name=f"train-{result.kind}-{dataset.name}",
                            tags=tags, parent_run_id=parent_run_id, progress=progress)
     version = register_candidate(settings, tracker, run_id, result.evaluation.metrics,

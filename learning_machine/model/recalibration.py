@@ -93,6 +93,45 @@ def fit_logistic(y: Any, proba: Any) -> tuple[float, float]:
 
 
 @dataclass(frozen=True)
+class CalibrationFit:
+    """The calibration of risks on labelled rows, with standard errors (from the observed information at the
+    maximum): calibration-in-the-large (the intercept with the model's logit as an offset; 0 is ideal) and
+    the calibration slope (1 is ideal), as :func:`learning_machine.model.evaluation.calibration_slope_intercept`."""
+
+    intercept: float
+    intercept_se: float
+    slope: float
+    slope_se: float
+    rows: int
+
+    def interval(self, name: str, z: float = 1.959963984540054) -> tuple[float, float]:
+        """The 95 % (by default) interval of ``intercept`` or ``slope``."""
+        value, se = (self.intercept, self.intercept_se) if name == "intercept" else (self.slope, self.slope_se)
+        return value - z * se, value + z * se
+
+
+def calibration_fit(y: Any, proba: Any) -> CalibrationFit | None:
+    """Calibration-in-the-large and slope of ``proba`` for the outcomes ``y``, with their standard errors;
+    None without rows of both outcomes."""
+    y = np.asarray(y, dtype=float)
+    if len(y) < 3 or len(np.unique(y)) < 2:
+        return None
+    lp = logit(proba)
+    a1 = fit_intercept(y, proba)
+    mu = sigmoid(a1 + lp)
+    a1_se = float(1.0 / np.sqrt(max(float((mu * (1 - mu)).sum()), 1e-12)))
+    a2, b2 = fit_logistic(y, proba)
+    mu = sigmoid(a2 + b2 * lp)
+    design = np.column_stack([np.ones_like(lp), lp])
+    information = design.T @ (design * np.maximum(mu * (1 - mu), 1e-12)[:, None])
+    try:
+        b2_se = float(np.sqrt(max(np.linalg.inv(information)[1, 1], 0.0)))
+    except np.linalg.LinAlgError:  # every score the same: no slope can be measured
+        b2_se = float("inf")
+    return CalibrationFit(a1, a1_se, b2, b2_se, len(y))
+
+
+@dataclass(frozen=True)
 class RecalibrationMap:
     """``logit p' = intercept + slope * logit p``, and the method that chose it (identity for ``none``)."""
 
@@ -196,7 +235,7 @@ class RecalibratedClassifier(ClassifierMixin, BaseEstimator):
     @property
     def mapping(self) -> RecalibrationMap:
         method = self.method if self.method in METHODS else "logistic"
-        return RecalibrationMap(float(self.intercept), float(self.slope), method)  # type: ignore[arg-type]
+        return RecalibrationMap(float(self.intercept), float(self.slope), method)
 
     @property
     def classes_(self) -> np.ndarray:

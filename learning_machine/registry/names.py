@@ -10,6 +10,11 @@ CHALLENGER = "challenger"
 PREVIOUS_TAG = "lm.previous_champion"
 PROMOTED_AT_TAG = "lm.promoted_at"
 PROMOTION_REASON_TAG = "lm.promotion_reason"
+CHANGE_TAG = "lm.change"
+"""The kind of change a candidate run (and the version registered from it) is: ``train``, ``retrain`` or
+``recalibrate``. The evaluate step judges the candidate against the change-control plan's allowed changes."""
+RECALIBRATION_TAG = "lm.recalibration"
+"""A recalibrated candidate's map (``intercept``, ``slope``, ``method``) as JSON."""
 MODEL_ARTIFACT = "model"
 SPEC_FILE = "dataset_spec.yaml"
 

@@ -115,7 +115,7 @@ def test_a_recalibrated_champion_ranks_the_same_and_predicts_shifted_rows_better
 
 
 def test_a_recalibrated_model_pickles_serves_and_explains_as_its_champion_does(champion, shifted):
-    data, fit_rows, test_rows = shifted
+    data, _, test_rows = shifted
     mapping = RecalibrationMap(0.9, 0.8, "logistic")
     model = pickle.loads(pickle.dumps(recalibrated_pipeline(champion.pipeline, mapping)))
     assert kind_of(model).name == "xgboost"
