@@ -246,7 +246,10 @@ class RetrainViaPipeline:
             # Not proven better on the held-out rows: with the shadow on, that is not the last word, unless
             # it was proven worse there.
             worse = challenger is not None and challenger.tags.get("lm.gate_proven_worse") == "true"
-            shadowed = self.settings.loop_shadow and challenger is not None and before is not None and not worse
+            # A recalibration whose closed test found no update needed is the champion itself: nothing to judge.
+            same = challenger is not None and challenger.tags.get("lm.retrain_mode") == "recalibrate-none"
+            shadowed = self.settings.loop_shadow and challenger is not None and before is not None and not worse \
+                and not same
             self.sink.event("gate-undecided" if shadowed else "refused", {
                                         "champion": before.version if before else None,
                                         "challenger": challenger.version if challenger else None,
@@ -257,7 +260,9 @@ class RetrainViaPipeline:
                                         "change": change,
                                         **({"next": "shadow evaluation on live traffic"} if shadowed else {}),
                                         **({"why": "proven worse than the champion on the held-out rows: not "
-                                                   "judged in the shadow"} if worse else {})},
+                                                   "judged in the shadow"} if worse else {}),
+                                        **({"why": "the closed test found no recalibration needed: the challenger "
+                                                   "is the champion"} if same else {})},
                             before.version if before else None)
             summary["refused"] = challenger.version if challenger else None
             summary["shadow"] = shadowed
