@@ -139,3 +139,37 @@ def test_on_a_calibration_drift_stream_the_loop_recalibrates_the_champion_instea
     stored = stack.client.page("/v1/monitoring", kind="performance", limit=500)["items"]
     assert {r["model_version"] for r in stored if r["metric"] == "calibration_intercept" and r["feature"] is None} \
         >= {stack.first_version}
+
+
+def test_a_recalibration_whose_closed_test_found_no_update_is_refused_without_a_shadow(stack: Stack):
+    """The closed test may find the champion's calibration fine on the rows after all (its first test not
+    significant): the candidate is then the champion itself, and judging it in the shadow would compare a model
+    with itself for up to LM_LOOP_SHADOW_MAX_ROWS records. The loop refuses it at once, saying why. (The pipeline
+    runner registers what the pipeline's register step would, the champion's run as a challenger tagged as such.)"""
+    from types import SimpleNamespace
+
+    from learning_machine.loop.policy import Decision
+    from learning_machine.loop.service import RetrainViaPipeline
+
+    champion = stack.tracker.version(stack.settings.model_name, CHAMPION)
+    asked: list[dict[str, object]] = []
+
+    class Unchanged:
+        def run(self, pipeline: str, params: dict[str, object], **_: object) -> SimpleNamespace:
+            asked.append(params)
+            assert champion.run_id is not None
+            stack.tracker.register(stack.settings.model_name, champion.run_id,
+                                   tags={"lm.change": "recalibrate", "lm.retrain_mode": "recalibrate-none"})
+            return SimpleNamespace(state="SUCCEEDED", succeeded=True, run_key="test", mlflow_url="", seconds=0.1,
+                                   error=None, log_path=None)
+
+    stack.stream(260, seed=220, scenario="prevalence-shift")  # labelled rows to recalibrate on
+    trigger = RetrainViaPipeline(stack.settings, stack.client, stack.service.sink, stack.tracker,
+                                 stack.service.spec, runner=Unchanged())
+    outcome = trigger(Decision(True, ("test: calibration drifted",), ("calibration",), change="recalibrate"))
+    assert asked and asked[0]["change"] == "recalibrate" and asked[0]["reference_source"] == ""
+    assert outcome["state"] == "SUCCEEDED" and outcome["refused"] and outcome["shadow"] is False, outcome
+    refused = [e for e in stack.events() if e["kind"] in ("refused", "gate-undecided")][-1]
+    assert refused["kind"] == "refused" and refused["detail"]["change"] == "recalibrate"
+    assert "no recalibration needed" in refused["detail"]["why"]
+    assert stack.tracker.version(stack.settings.model_name, CHAMPION).version == champion.version
