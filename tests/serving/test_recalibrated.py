@@ -93,3 +93,13 @@ def test_a_recalibrated_version_is_registered_served_and_explained_with_its_map(
         # Put the session's server back on the first version for the tests that follow.
         tracker.rollback(settings.model_name, first)
         get_deployer(settings).deploy(settings.model_name, first)
+
+
+def test_the_retrain_step_knows_its_changes(tmp_path):
+    """An unknown change is refused before any work, naming the valid ones (no server is reached)."""
+    from learning_machine.errors import UnknownNameError
+    from learning_machine.settings import Settings
+
+    settings = Settings(home=tmp_path, mlflow_tracking_uri="http://127.0.0.1:9")
+    with pytest.raises(UnknownNameError, match=r"unknown change 'refit'; valid changes are: recalibrate, retrain"):
+        retrain(settings, tmp_path / "new", tmp_path / "test", change="refit")
