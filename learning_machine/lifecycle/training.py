@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from learning_machine.errors import DataQualityError
 from learning_machine.lifecycle.promotion import decide
-from learning_machine.registry.names import CHAMPION
+from learning_machine.registry.names import CHAMPION, CHANGE_TAG
 from learning_machine.registry.tracker import Tracker, VersionInfo
 from learning_machine.settings import Settings
 
@@ -78,14 +78,13 @@ def train_and_register(settings: Settings, tracker: Tracker, dataset: LoadedData
             progress(f"continuing from {settings.model_name} v{base_info.version}")
         result = retrain_model(base, dataset, params=params, seed=settings.seed,
                                test_fraction=settings.test_fraction, progress=progress)
-        tags = {"lm.continued_from": base_info.version}
+        tags = {"lm.continued_from": base_info.version, CHANGE_TAG: "retrain"}
     else:
         result = train_model(dataset, kind=kind or settings.model_kind, params=params, seed=settings.seed,
                              test_fraction=settings.test_fraction, progress=progress)
-        tags = {}
+        tags = {CHANGE_TAG: "train"}
     run_id = log_candidate(settings, tracker, result, dataset, run_name=f"train-{result.kind}-{dataset.name}",
-                           tags={CHANGE_TAG: "retrain" if continue_from else "train", **tags},
-                           parent_run_id=parent_run_id, progress=progress)
+                           tags=tags, parent_run_id=parent_run_id, progress=progress)
     log_manifest(tracker, run_id, data_manifest(dataset.spec, result.train, result.test, dataset.params))
     version = register_candidate(settings, tracker, run_id, result.evaluation.metrics,
                                  {"lm.dataset": dataset.name, "lm.dataset_digest": dataset.digest,
@@ -109,9 +108,6 @@ def log_candidate(settings: Settings, tracker: Tracker, result: TrainingResult, 
                                 tags=tags or {}, parent_run_id=parent_run_id or None, progress=progress)
 
 
-CHANGE_TAG = "lm.change"
-"""What kind of change a candidate run (and the version registered from it) is: ``train`` (from scratch, no
-champion to change), ``retrain`` or ``recalibrate`` (the change-control plan's kinds)."""
 MANIFEST_FILE = "data/manifest.json"
 """The candidate run's data manifest (:func:`data_manifest`), read by the evaluate step and the change record."""
 WINDOW_KEYS = ("first_at", "last_at", "since", "cut_id")
