@@ -174,12 +174,19 @@ class RetrainViaPipeline:
     shadow_leads: bool = False
     """Set by the loop: the challenger of the last attempt leads the champion in the shadow. A retry then
     needs as many new outcomes as that challenger learnt from (twice its rows, or it would not be better)."""
+    allowed_changes: tuple[str, ...] = ("retrain", "recalibrate")
+    """Set by the loop from the change-control plan: the changes it may make without a person. A recalibration
+    the plan does not pre-authorise is made a retraining (which the plan does), and the events say so."""
 
     def __call__(self, decision: Decision) -> Mapping[str, Any]:
         from learning_machine.runners.base import get_runner
 
         model = self.settings.model_name
         change = decision.change  # retrain or recalibrate: every event of this retraining names it
+        if change not in self.allowed_changes and "retrain" in self.allowed_changes:
+            log.info("the policy asks for a %s, which the change-control plan does not pre-authorise: retraining",
+                     change)
+            change = "retrain"
         since = change_point(decision)
         before = self.tracker.alias_version(model, CHAMPION)
         retry = None if "requested" in decision.rules else self._same_change(before.version if before else None,
@@ -398,6 +405,7 @@ class LoopService:
         self.shadow: Shadow | None = None
         self.shadow_plan = ShadowPlan(settings.loop_shadow_first_look, settings.loop_shadow_max_rows)
         self.plan = plan_for_settings(settings, self.spec)
+        self.trigger.allowed_changes = tuple(self.plan.changes)
         self._rollout_judged: set[str] = set()
         """The change-control plan every promotion the loop makes is judged by (the pipeline's evaluate step
         loads the same one)."""
