@@ -78,7 +78,7 @@ def retrain(data: Input[Dataset], reference: Input[Dataset], test: Output[Datase
 def evaluate(candidate_run_id: str, test: Input[Dataset], comparison: Output[Artifact], metrics: Output[Metrics],
              classification: Output[ClassificationMetrics], parent_run_id: str, gate_margin: float,
              model_name: str = "", gate_metric: str = "", promote_policy: str = "gate", tracking_uri: str = "",
-             experiment_name: str = "") -> bool:
+             experiment_name: str = "", change_plan: str = "") -> bool:
     """Candidate versus champion on the same held-out rows (with subgroups); returns the gate's verdict
     (one boolean output: kfp.local 2.17 resolves a dsl.If on a task's single output only). Publishes both
     models' metrics and the gate's verdict, and the candidate's ROC curve and confusion matrix."""
@@ -91,7 +91,7 @@ def evaluate(candidate_run_id: str, test: Input[Dataset], comparison: Output[Art
     settings = step_settings(mlflow_tracking_uri=tracking_uri, experiment_name=experiment_name,
                              model_name=model_name)
     decision = run(settings, candidate_run_id, test.path, comparison.path, parent_run_id=parent_run_id,
-                   gate_metric=gate_metric, gate_margin=gate_margin, policy=promote_policy,
+                   gate_metric=gate_metric, gate_margin=gate_margin, policy=promote_policy, change_plan=change_plan,
                    on_scores=lambda labels, proba: publish_classification(classification, labels, proba))
     comparison.metadata.update({"metric": decision.metric, "candidate": decision.candidate_value,
                                 "champion": decision.champion_value, "champion_version": decision.champion_version,

@@ -341,10 +341,11 @@ class GateDecision(PromotionDecision):
 
 def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, metrics_path: str | Path, *,
              parent_run_id: str = "", gate_metric: str = "", gate_margin: float | None = None,
-             policy: str = "gate", on_scores: Scores | None = None) -> GateDecision:
+             policy: str = "gate", change_plan: str = "", on_scores: Scores | None = None) -> GateDecision:
     """Score the candidate and the current champion on the same held-out rows (overall and per subgroup)
     and decide whether the candidate should become champion. ``policy``: ``gate`` (compare on the gate
-    metric with a margin), ``always``, ``never`` or ``if-first`` (only when there is no champion)."""
+    metric with a margin), ``always``, ``never`` or ``if-first`` (only when there is no champion).
+    ``change_plan``: the change-control plan's text (the learning loop's own plan), else the settings' plan."""
     from learning_machine.model.evaluation import paired_comparison
     from learning_machine.model.recalibration import calibration_fit
     from learning_machine.model.training import predict_proba
@@ -388,7 +389,7 @@ def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, me
         if settings.gate_rule == "evidence":
             # The change-control plan's acceptance criteria are the evidence rule (a stricter margin of the
             # caller's only tightens it); a gated promotion against a champion is judged by the whole plan.
-            plan = plan_for_settings(settings, spec)
+            plan = plan_for_settings(settings, spec, change_plan)
             rule = plan.evidence_rule(margin=margin)
         decision = decide(policy, has_champion=champion_info is not None, metric=metric, margin=margin,
                           candidate=cand_value, champion=champ_value, evidence=evidence, rule=rule)

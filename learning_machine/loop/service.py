@@ -174,6 +174,9 @@ class RetrainViaPipeline:
     shadow_leads: bool = False
     """Set by the loop: the challenger of the last attempt leads the champion in the shadow. A retry then
     needs as many new outcomes as that challenger learnt from (twice its rows, or it would not be better)."""
+    plan_text: str = ""
+    """Set by the loop: its change-control plan's file text, given to the pipeline (``change_plan``), so that its
+    evaluate step, in a pod or a kfp.local subprocess without the monitor's file, judges by the same plan."""
     allowed_changes: tuple[str, ...] = ("retrain", "recalibrate")
     """Set by the loop from the change-control plan: the changes it may make without a person. A recalibration
     the plan does not pre-authorise is made a retraining (which the plan does), and the events say so."""
@@ -235,7 +238,7 @@ class RetrainViaPipeline:
         params = {"source": str(data), "spec_path": str(self._spec_path()), "model_name": model,
                   "tracking_uri": self.settings.tracking_uri, "deployer": self.settings.deployer,
                   "gate_margin": self.settings.loop_gate_margin, "reference_rows": self.settings.loop_reference_rows,
-                  "reference_seed": self.settings.seed, "change": change}
+                  "reference_seed": self.settings.seed, "change": change, "change_plan": self.plan_text}
         if self.settings.loop_reference_rows == 0 or self.spec.name != "synthetic-cohort" or change == "recalibrate":
             # (a recalibration refits only the champion's score map, on the new rows: no old rows needed)
             params["reference_source"] = ""  # only the generator can regenerate the original training rows
@@ -406,6 +409,7 @@ class LoopService:
         self.shadow_plan = ShadowPlan(settings.loop_shadow_first_look, settings.loop_shadow_max_rows)
         self.plan = plan_for_settings(settings, self.spec)
         self.trigger.allowed_changes = tuple(self.plan.changes)
+        self.trigger.plan_text = self.plan.text
         self._rollout_judged: set[str] = set()
         """The change-control plan every promotion the loop makes is judged by (the pipeline's evaluate step
         loads the same one)."""
