@@ -64,6 +64,10 @@ class Settings(BaseSettings):
         "best", description="What retraining trains: the best on unseen new rows of the champion continued, a "
                             "fresh model and a fresh one at lower capacity (best), or only the continued or the fresh "
                             "one.")
+    recalibration_alpha: float = Field(
+        0.05, gt=0, lt=1, description="Level of the closed test that chooses a recalibration's map (no update, "
+        "recalibration-in-the-large or logistic recalibration; Vergouwe et al. 2017): each likelihood-ratio test "
+        "must be significant at this level to choose the larger map.")
     max_invalid_fraction: float = Field(
         0.01, ge=0, le=1, description="Training refuses data with more feature cells than this that break the "
         "spec (out of range, wrong type, unseen category).")
@@ -162,6 +166,16 @@ class Settings(BaseSettings):
                                           "estimated from the model's scores (CBPE, before outcomes) whose 95 % upper "
                                           "bound is below the floor's limit (0: show the estimate only).")
     policy_min_outcomes: int = Field(100, ge=10, description="Outcomes needed before realised AUC counts.")
+    policy_recalibrate: bool = Field(True, description="When the serving model's calibration drifted but it still "
+                                     "ranks (realised AUC not below its validated AUC beyond the 95 % noise), ask "
+                                     "for a `recalibrate` change (refit only the score-to-probability map) instead "
+                                     "of a retraining.")
+    policy_calibration_intercept: float = Field(0.2, gt=0, le=5, description="Calibration drifted when the 95 % "
+                                                "interval of the realised calibration-in-the-large (logit scale, 0 "
+                                                "ideal) lies beyond plus or minus this.")
+    policy_calibration_slope_low: float = Field(0.8, gt=0, le=1, description="... or the 95 % interval of the "
+                                                "realised calibration slope (1 ideal) lies below this ...")
+    policy_calibration_slope_high: float = Field(1.2, ge=1, le=10, description="... or above this.")
     policy_schedule_s: float | None = Field(None, gt=0, description="Retrain at least this often (unset: never).")
     policy_cooldown_s: float = Field(0.0, ge=0, description="Minimum seconds between two retrainings (0: none; "
                                      "the loop runs one retraining at a time and retries a change only when "

@@ -33,17 +33,21 @@ def plan_check(path: PlanFile = None, dataset: Dataset = "synthetic-cohort") -> 
                   f"{', '.join(a.discrimination.also_better_on) or '-'}) by more than {a.discrimination.margin:g}")
     table.add_row("AUC not worse", f"by at most {a.discrimination.noninferiority_auc:g}")
     table.add_row("log-loss not worse", f"by at most {a.calibration.noninferiority_log_loss:g}")
-    table.add_row("calibration slope", f"{a.calibration.slope.low:g} to {a.calibration.slope.high:g}")
-    table.add_row("calibration intercept", f"{a.calibration.intercept.low:g} to {a.calibration.intercept.high:g}")
+    judged = {"interval": "unless its 95 % interval lies wholly outside", "point": "the estimate"}
+    table.add_row("calibration slope", f"{a.calibration.slope.low:g} to {a.calibration.slope.high:g} "
+                  f"({judged[a.calibration.judged_on]})")
+    table.add_row("calibration intercept", f"{a.calibration.intercept.low:g} to {a.calibration.intercept.high:g} "
+                  f"({judged[a.calibration.judged_on]})")
     table.add_row("subgroups", f"AUC not worse by more than {a.subgroups.noninferiority_auc:g} "
                   f"(tested from {a.subgroups.min_events} events; underpowered: {a.subgroups.underpowered})")
     for group, floors in sorted(a.subgroups.floors.items()):
-        table.add_row(f"floor: {group}", ", ".join(f"{k}: AUC >= {v:g}" for k, v in sorted(floors.items())))
+        table.add_row(f"floor: {group}", ", ".join(f"{k}: AUC >= {v:g}" for k, v in sorted(floors.items()))
+                      + f" ({'unless shown below by its 95 % interval' if a.subgroups.floors_judged_on == 'interval' else 'the estimate'}; from {a.subgroups.min_events} events)")
     table.add_row("rows after the change", f"at least {a.min_post_change_rows}")
     table.add_row("test rows independent", "required" if a.independent_test_rows else "not required")
     r = plan.rollback
-    table.add_row("rollback", f"to the {r.to} when realised AUC < {r.auc_floor:g} on {r.window_rows} labelled rows"
-                  f" ({'automatic' if r.automatic else 'after approval'})")
+    table.add_row("rollback", f"to the {r.to} when a new champion's realised AUC on its first {r.window_rows} "
+                  f"labelled predictions is shown below {r.auc_floor:g} ({'automatic' if r.automatic else 'recommended: a person rolls back'})")
     out.print(table)
     console.print(f"plan {plan.plan} {plan.version} is valid for dataset {dataset!r}")
 

@@ -46,10 +46,12 @@ def train(data: Input[Dataset], test: Output[Dataset], model: Output[Model], met
 def retrain(data: Input[Dataset], reference: Input[Dataset], test: Output[Dataset], model: Output[Model],
             metrics: Output[Metrics], classification: Output[ClassificationMetrics], parent_run_id: str, seed: int,
             test_fraction: float, base_ref: str = "champion", model_params: str = "{}", model_name: str = "",
-            tracking_uri: str = "", experiment_name: str = "") -> str:
-    """Continue the champion on old (``reference``, may be empty) plus new data, log the run; returns its id.
-    Publishes its evaluation's metrics, ROC curve and confusion matrix (new rows none of the candidates
-    trained on) and the candidate model's MLflow URI."""
+            change: str = "retrain", tracking_uri: str = "", experiment_name: str = "") -> str:
+    """The candidate of a ``change``: ``retrain`` continues the champion on old (``reference``, may be empty)
+    plus new data (or trains afresh on the new rows), ``recalibrate`` refits only the champion's map from score
+    to probability on the new rows; logs the run (tag ``lm.change``) and returns its id. Publishes its
+    evaluation's metrics, ROC curve and confusion matrix (new rows the candidate was not fitted on) and the
+    candidate model's MLflow URI."""
     from learning_machine.components import step_settings
     from learning_machine.components.kfp_outputs import (
         candidate_model,
@@ -62,13 +64,13 @@ def retrain(data: Input[Dataset], reference: Input[Dataset], test: Output[Datase
     settings = step_settings(mlflow_tracking_uri=tracking_uri, experiment_name=experiment_name, seed=seed,
                              test_fraction=test_fraction, model_name=model_name)
     run_id, scores = run(settings, data.path, test.path, reference_dir=reference.path,
-                         parent_run_id=parent_run_id, base_ref=base_ref, params_json=model_params,
+                         parent_run_id=parent_run_id, base_ref=base_ref, params_json=model_params, change=change,
                          on_scores=lambda labels, proba: publish_classification(classification, labels, proba))
-    test.metadata.update({"candidate_run_id": run_id, "auc": scores.get("auc")})
+    test.metadata.update({"candidate_run_id": run_id, "auc": scores.get("auc"), "change": change})
     publish_metrics(metrics, scores)
     publish_model(model, **candidate_model(settings, run_id), run_id=run_id,
                   tracking_uri=settings.tracking_uri, continued_from=f"{settings.model_name}@{base_ref}",
-                  registered=False)
+                  change=change, registered=False)
     return run_id
 
 
@@ -76,7 +78,7 @@ def retrain(data: Input[Dataset], reference: Input[Dataset], test: Output[Datase
 def evaluate(candidate_run_id: str, test: Input[Dataset], comparison: Output[Artifact], metrics: Output[Metrics],
              classification: Output[ClassificationMetrics], parent_run_id: str, gate_margin: float,
              model_name: str = "", gate_metric: str = "", promote_policy: str = "gate", tracking_uri: str = "",
-             experiment_name: str = "") -> bool:
+             experiment_name: str = "", change_plan: str = "") -> bool:
     """Candidate versus champion on the same held-out rows (with subgroups); returns the gate's verdict
     (one boolean output: kfp.local 2.17 resolves a dsl.If on a task's single output only). Publishes both
     models' metrics and the gate's verdict, and the candidate's ROC curve and confusion matrix."""
@@ -89,7 +91,7 @@ def evaluate(candidate_run_id: str, test: Input[Dataset], comparison: Output[Art
     settings = step_settings(mlflow_tracking_uri=tracking_uri, experiment_name=experiment_name,
                              model_name=model_name)
     decision = run(settings, candidate_run_id, test.path, comparison.path, parent_run_id=parent_run_id,
-                   gate_metric=gate_metric, gate_margin=gate_margin, policy=promote_policy,
+                   gate_metric=gate_metric, gate_margin=gate_margin, policy=promote_policy, change_plan=change_plan,
                    on_scores=lambda labels, proba: publish_classification(classification, labels, proba))
     comparison.metadata.update({"metric": decision.metric, "candidate": decision.candidate_value,
                                 "champion": decision.champion_value, "champion_version": decision.champion_version,

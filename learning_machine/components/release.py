@@ -16,15 +16,17 @@ from learning_machine.lifecycle.promotion import (
     evidence_summary,
     serve,
 )
-from learning_machine.lifecycle.training import CHANGE_TAG, register_candidate
+from learning_machine.lifecycle.training import register_candidate
 from learning_machine.registry.names import (
     APPROVAL_TAG,
     CHAMPION,
+    CHANGE_TAG,
     GATE_CHAMPION_TAG,
     PLAN_DECISION_TAG,
     PLAN_DIGEST_TAG,
     PLAN_TAG,
     PREVIOUS_TAG,
+    RECALIBRATION_TAG,
 )
 from learning_machine.registry.runs import step_run
 from learning_machine.registry.tracker import tracker_for
@@ -65,7 +67,7 @@ def register(settings: Settings, candidate_run_id: str, metrics_path: str | Path
                 tags[APPROVAL_TAG] = "awaiting"  # an admin approves or rejects it (lifecycle.promotion.approve)
         run_tags, run_params = tracker.run_tags_and_params(candidate_run_id)
         for key in ("lm.dataset", "lm.kind", "lm.mode", "lm.continued_from", "lm.retrain_mode", "lm.candidates",
-                    CHANGE_TAG):
+                    CHANGE_TAG, RECALIBRATION_TAG, "lm.recalibrated_from"):
             if key in run_tags:
                 tags[key] = run_tags[key]
         if "dataset_digest" in run_params:

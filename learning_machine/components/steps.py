@@ -28,6 +28,7 @@ from learning_machine.errors import (
     DatasetError,
     ModelNotFoundError,
     TrainingError,
+    UnknownNameError,
 )
 from learning_machine.lifecycle.plan import judge, plan_for_settings
 from learning_machine.lifecycle.promotion import (
@@ -39,13 +40,12 @@ from learning_machine.lifecycle.promotion import (
     proven_worse,
 )
 from learning_machine.lifecycle.training import (
-    CHANGE_TAG,
     MANIFEST_FILE,
     data_manifest,
     log_candidate,
     log_manifest,
 )
-from learning_machine.registry.names import CHAMPION
+from learning_machine.registry.names import CHAMPION, CHANGE_TAG, RECALIBRATION_TAG
 from learning_machine.registry.runs import STEP_TAG, step_run
 from learning_machine.registry.tracker import tracker_for
 from learning_machine.settings import Settings
@@ -54,6 +54,8 @@ DATA_FILE = "data.csv"
 SPEC_FILE = "spec.yaml"
 SOURCE_FILE = "source.json"
 FEATURES_FILE = "features.csv"
+CHANGES = ("retrain", "recalibrate")
+"""The changes the retrain step makes (the change kinds of :mod:`learning_machine.lifecycle.plan`)."""
 
 Scores = Callable[[Any, Any], None]
 """Called with (labels, probabilities) of the held-out rows a step scored: how a KFP component publishes
@@ -127,8 +129,6 @@ def ingest(settings: Settings, source: str, out_dir: str | Path, *, parent_run_i
 
 
 def _read_files(source: str, spec_path: str | Path | None) -> tuple[DatasetSpec, pd.DataFrame, str, dict[str, Any]]:
-    from learning_machine.errors import UnknownNameError
-
     path = Path(source)
     if path.is_dir():
         files = sorted(path.glob("*.csv"))
@@ -261,14 +261,24 @@ def train(settings: Settings, data_dir: str | Path, test_dir: str | Path, *, par
 
 
 def retrain(settings: Settings, new_dir: str | Path, test_dir: str | Path, *, reference_dir: str | Path | None = None,
-            parent_run_id: str = "", base_ref: str = CHAMPION, params_json: str = "",
+            parent_run_id: str = "", base_ref: str = CHAMPION, params_json: str = "", change: str = "retrain",
             on_scores: Scores | None = None) -> tuple[str, dict[str, float]]:
-    """Three candidates from the training part of the new data: the registered ``base_ref`` model continued
-    (warm start) on the reference (old) data plus the new rows, and a model trained from scratch on the new
-    rows, at the configured and at lower capacity; the best one on unseen new rows goes on
-    (:func:`learning_machine.model.training.retrain_best`). The held-out rows come from the new data only:
-    the gate asks which model is better on the data the platform sees now."""
-    from learning_machine.model.training import retrain_best, split
+    """The candidate of a ``change`` from the training part of the new data, tagged ``lm.change``.
+
+    ``retrain``: three candidates, the registered ``base_ref`` model continued (warm start) on the reference
+    (old) data plus the new rows, and a model trained from scratch on the new rows, at the configured and at
+    lower capacity; the best one on unseen new rows goes on (:func:`learning_machine.model.training.retrain_best`).
+    ``recalibrate``: ``base_ref`` itself with a new map from its score to probability, fitted on those rows and
+    chosen by the closed test (:func:`learning_machine.model.training.recalibrate_model`; the map and the test's
+    statistics are the run's ``model.recalibration.*`` parameters and ``recalibration/closed_test.json``); the
+    reference rows are not used.
+
+    The held-out rows come from the new data only, the same split for either change: the gate asks which model
+    is better on the data the platform sees now."""
+    from learning_machine.model.training import recalibrate_model, retrain_best, split
+
+    if change not in CHANGES:
+        raise UnknownNameError("change", change, list(CHANGES))
 
     tracker = tracker_for(settings)
     tracker.health()
@@ -283,6 +293,21 @@ def retrain(settings: Settings, new_dir: str | Path, test_dir: str | Path, *, re
     if reference_dir and (Path(reference_dir) / DATA_FILE).exists():
         reference = read_dataset(reference_dir).frame
     fresh = LoadedDataset(new.spec, new_train, new.source_uri, new.params)
+    if change == "recalibrate":
+        print(f"recalibrating {settings.model_name} v{base_info.version} on {len(new_train):,} new rows")
+        recalibrated, found = recalibrate_model(base, fresh, new_test, alpha=settings.recalibration_alpha,
+                                                progress=print)
+        run_id = log_candidate(settings, tracker, recalibrated, fresh, run_name="recalibrate", tags={
+            STEP_TAG: "retrain", CHANGE_TAG: "recalibrate", "lm.retrain_mode": recalibrated.mode,
+            "lm.recalibrated_from": base_info.version, RECALIBRATION_TAG: json.dumps(found.map.as_dict())},
+            parent_run_id=parent_run_id, progress=print)
+        tracker.log_text(run_id, json.dumps(found.as_dict(), indent=2), "recalibration/closed_test.json")
+        log_manifest(tracker, run_id, data_manifest(new.spec, new_train, new_test, new.params))
+        write_dataset(test_dir, new_test, new.spec, {"source_uri": new.source_uri, "params": new.params,
+                                                     "rows": len(new_test), "role": "held-out (new data)"})
+        if on_scores is not None:
+            on_scores(recalibrated.test_labels, recalibrated.test_proba)
+        return run_id, recalibrated.evaluation.metrics
     print(f"retraining {settings.model_name} v{base_info.version}: {len(new_train):,} new rows"
           + (f" plus {len(reference):,} reference rows for the continued candidate" if reference is not None else ""))
     result, scores = retrain_best(base, fresh, reference, params=_params(params_json), seed=settings.seed,
@@ -316,11 +341,13 @@ class GateDecision(PromotionDecision):
 
 def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, metrics_path: str | Path, *,
              parent_run_id: str = "", gate_metric: str = "", gate_margin: float | None = None,
-             policy: str = "gate", on_scores: Scores | None = None) -> GateDecision:
+             policy: str = "gate", change_plan: str = "", on_scores: Scores | None = None) -> GateDecision:
     """Score the candidate and the current champion on the same held-out rows (overall and per subgroup)
     and decide whether the candidate should become champion. ``policy``: ``gate`` (compare on the gate
-    metric with a margin), ``always``, ``never`` or ``if-first`` (only when there is no champion)."""
-    from learning_machine.model.evaluation import calibration_fit, paired_comparison
+    metric with a margin), ``always``, ``never`` or ``if-first`` (only when there is no champion).
+    ``change_plan``: the change-control plan's text (the learning loop's own plan), else the settings' plan."""
+    from learning_machine.model.evaluation import paired_comparison
+    from learning_machine.model.recalibration import calibration_fit
     from learning_machine.model.training import predict_proba
 
     metric = gate_metric or settings.gate_metric
@@ -362,14 +389,14 @@ def evaluate(settings: Settings, candidate_run_id: str, test_dir: str | Path, me
         if settings.gate_rule == "evidence":
             # The change-control plan's acceptance criteria are the evidence rule (a stricter margin of the
             # caller's only tightens it); a gated promotion against a champion is judged by the whole plan.
-            plan = plan_for_settings(settings, spec)
+            plan = plan_for_settings(settings, spec, change_plan)
             rule = plan.evidence_rule(margin=margin)
         decision = decide(policy, has_champion=champion_info is not None, metric=metric, margin=margin,
                           candidate=cand_value, champion=champ_value, evidence=evidence, rule=rule)
         if plan is not None and policy == "gate" and evidence is not None:
             verdict = judge(plan, change="recalibrate" if change == "recalibrate" else "retrain",
                             evidence=evidence, margin=margin,
-                            candidate={"calibration": calibration_fit(labels, cand_proba),
+                            candidate={"calibration": fit.as_dict() if (fit := calibration_fit(labels, cand_proba)) else {},
                                        "subgroups": cand_eval.subgroups},
                             independent_test_rows=bool(manifest and manifest.get("independent")))
             decision = PromotionDecision(verdict.decision == "promote", verdict.reason, decision.metric,

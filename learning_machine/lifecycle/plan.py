@@ -141,6 +141,7 @@ class ChangePlan(_Strict):
     acceptance: Acceptance = Acceptance()
     rollback: Rollback = Rollback()
     digest: str = Field("", description="sha256 of the plan file (set when loaded; not written in the file).")
+    text: str = Field("", exclude=True, description="The plan file's text (set when loaded; a pipeline is given it).")
 
     @model_validator(mode="after")
     def _changes(self) -> ChangePlan:
@@ -178,10 +179,28 @@ class ChangePlan(_Strict):
 def load_plan(path: str | Path) -> ChangePlan:
     """Read and check a plan file; a malformed one raises :class:`SpecError` naming every bad field."""
     text, raw = read_yaml(path, "change-control plan")
-    if isinstance(raw, Mapping) and "digest" in raw:
-        raise SpecError(f"change-control plan {str(path)!r}: 'digest' is computed from the file, not written in it")
-    plan = validate_document(ChangePlan, raw, "change-control plan", str(path))
-    return plan.model_copy(update={"digest": hashlib.sha256(text.encode()).hexdigest()})
+    return _checked(text, raw, str(path))
+
+
+def parse_plan(text: str, source: str = "<pipeline parameter change_plan>") -> ChangePlan:
+    """A plan from its file's text (how a pipeline receives the loop's plan: a pod has no file of the monitor's),
+    checked and digested exactly as :func:`load_plan` does with the file."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"change-control plan {source!r} is not valid YAML: {exc}") from exc
+    return _checked(text, raw, source)
+
+
+def _checked(text: str, raw: Any, source: str) -> ChangePlan:
+    for computed in ("digest", "text"):
+        if isinstance(raw, Mapping) and computed in raw:
+            raise SpecError(f"change-control plan {source!r}: {computed!r} is computed from the file, not written "
+                            "in it")
+    plan = validate_document(ChangePlan, raw, "change-control plan", source)
+    return plan.model_copy(update={"digest": hashlib.sha256(text.encode()).hexdigest(), "text": text})
 
 
 def plan_for(dataset: str, path: str | Path | None = None) -> ChangePlan:
@@ -228,11 +247,13 @@ def plan_from_settings(settings: Settings, dataset: str) -> ChangePlan:
     return plan.model_copy(update={"digest": digest})
 
 
-def plan_for_settings(settings: Settings, spec: Any) -> ChangePlan:
-    """The plan that governs ``spec``'s model: ``settings.change_plan`` when set, else the one shipped for the
-    dataset, else :func:`plan_from_settings`. A plan that does not fit the dataset is refused
-    (:class:`SpecError`)."""
-    if settings.change_plan is not None:
+def plan_for_settings(settings: Settings, spec: Any, text: str = "") -> ChangePlan:
+    """The plan that governs ``spec``'s model: ``text`` (a plan file's text, the pipelines' ``change_plan``
+    parameter) when given, else ``settings.change_plan`` when set, else the one shipped for the dataset, else
+    :func:`plan_from_settings`. A plan that does not fit the dataset is refused (:class:`SpecError`)."""
+    if text:
+        plan = parse_plan(text)
+    elif settings.change_plan is not None:
         plan = load_plan(settings.change_plan)
     elif (PLANS / f"{spec.name}.yaml").exists():
         plan = load_plan(PLANS / f"{spec.name}.yaml")
@@ -243,9 +264,10 @@ def plan_for_settings(settings: Settings, spec: Any) -> ChangePlan:
 
 
 def plan_schema() -> dict[str, Any]:
-    """The plan file's JSON schema (for editors and CI), without the computed ``digest``."""
+    """The plan file's JSON schema (for editors and CI), without the computed ``digest`` and ``text``."""
     schema = ChangePlan.model_json_schema()
     schema["properties"].pop("digest", None)
+    schema["properties"].pop("text", None)
     schema["additionalProperties"] = False
     return schema
 

@@ -13,7 +13,7 @@ from learning_machine.errors import DataQualityError
 from learning_machine.lifecycle.plan import plan_for_settings
 from learning_machine.lifecycle.promotion import decide
 from learning_machine.lifecycle.record import record_version
-from learning_machine.registry.names import CHAMPION
+from learning_machine.registry.names import CHAMPION, CHANGE_TAG
 from learning_machine.registry.runs import step_run
 from learning_machine.registry.tracker import Tracker, VersionInfo
 from learning_machine.settings import Settings
@@ -81,19 +81,18 @@ def train_and_register(settings: Settings, tracker: Tracker, dataset: LoadedData
             progress(f"continuing from {settings.model_name} v{base_info.version}")
         result = retrain_model(base, dataset, params=params, seed=settings.seed,
                                test_fraction=settings.test_fraction, progress=progress)
-        tags = {"lm.continued_from": base_info.version}
+        tags = {"lm.continued_from": base_info.version, CHANGE_TAG: "retrain"}
     else:
         result = train_model(dataset, kind=kind or settings.model_kind, params=params, seed=settings.seed,
                              test_fraction=settings.test_fraction, progress=progress)
-        tags = {}
+        tags = {CHANGE_TAG: "train"}
     run_id = log_candidate(settings, tracker, result, dataset, run_name=f"train-{result.kind}-{dataset.name}",
-                           tags={CHANGE_TAG: "retrain" if continue_from else "train", **tags},
-                           parent_run_id=parent_run_id, progress=progress)
+                           tags=tags, parent_run_id=parent_run_id, progress=progress)
     log_manifest(tracker, run_id, data_manifest(dataset.spec, result.train, result.test, dataset.params))
     champion = tracker.alias_version(settings.model_name, CHAMPION)
     decision = decide(promote, has_champion=champion is not None)
     # No comparison with a champion here (`lm up`'s first model, `lm train`): the record says what was decided.
-    summary = {"change": "retrain" if continue_from else "train", "candidate": result.evaluation.as_dict(),
+    summary = {"change": tags[CHANGE_TAG], "candidate": result.evaluation.as_dict(),
                "held_out_rows": len(result.test), "champion": None,
                "champion_version": champion.version if champion else "",
                "gate": {"policy": promote, "promote": decision.promote, "reason": decision.reason, "clauses": []},
@@ -121,9 +120,6 @@ def log_candidate(settings: Settings, tracker: Tracker, result: TrainingResult, 
                                 tags=tags or {}, parent_run_id=parent_run_id or None, progress=progress)
 
 
-CHANGE_TAG = "lm.change"
-"""What kind of change a candidate run (and the version registered from it) is: ``train`` (from scratch, no
-champion to change), ``retrain`` or ``recalibrate`` (the change-control plan's kinds)."""
 MANIFEST_FILE = "data/manifest.json"
 """The candidate run's data manifest (:func:`data_manifest`), read by the evaluate step and the change record."""
 WINDOW_KEYS = ("first_at", "last_at", "since", "cut_id")

@@ -13,9 +13,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from learning_machine.loop.policy import change_for
+
 OVERALL = "all"
 """The ``feature`` / ``subgroup`` label of a value over every row (the monitoring rows' feature None)."""
-RULES = ("drift", "performance", "estimated", "sequential", "schedule", "requested")
+RULES = ("drift", "performance", "estimated", "sequential", "calibration", "schedule", "requested")
 """The policy's rules (:mod:`learning_machine.loop.policy`) and a retraining someone asked for."""
 REALISED, ESTIMATED = "realised", "estimated"
 # Monitoring row metric -> (gauge attribute, source) for performance rows.
@@ -60,6 +62,15 @@ class MonitorMetrics:
         self.prevalence = Gauge("lm_monitor_prevalence", "Share of events per subgroup", labels, registry=r)
         self.rows = Gauge("lm_monitor_performance_rows", "Rows behind the latest performance value per subgroup",
                           labels, registry=r)
+        self.calibration_slope = Gauge("lm_monitor_calibration_slope", "Realised calibration slope per subgroup on "
+                                       "the recent outcomes (1 ideal; below 1 the risks are too extreme)",
+                                       ["subgroup"], registry=r)
+        self.calibration_intercept = Gauge("lm_monitor_calibration_intercept", "Realised calibration-in-the-large per "
+                                           "subgroup on the recent outcomes (logit scale; 0 ideal, above 0 the risks "
+                                           "are too low)", ["subgroup"], registry=r)
+        self.calibration_se = Gauge("lm_monitor_calibration_standard_error", "Standard error of the realised "
+                                    "calibration slope or intercept per subgroup (the calibration rule asks for "
+                                    "its 95 % interval beyond the bounds)", ["subgroup", "measure"], registry=r)
         self.estimated_auc_high = Gauge("lm_monitor_estimated_auc_upper", "Upper end of the 95 % interval of the "
                                         "estimated AUC (the estimate rule fires when it is under the floor)",
                                         ["subgroup"], registry=r)
@@ -75,6 +86,8 @@ class MonitorMetrics:
                           "drift confirmed; performance: realised AUC below the floor; ...)", ["rule"], registry=r)
         self.retrain_decision = Gauge("lm_monitor_policy_retrain", "1 when the policy's latest decision was to "
                                       "retrain", registry=r)
+        self.change = Gauge("lm_monitor_policy_change", "1 for the change the policy's latest firing rules ask for "
+                            "(retrain, recalibrate), 0 for the other", ["change"], registry=r)
         self.events = Counter("lm_monitor_events_total", "Loop events the monitor stored, by kind (retrain-fired, "
                               "retrain-failed, promoted, refused, ...)", ["kind"], registry=r)
         self.windows = Counter("lm_monitor_windows_total", "Windows of predictions assessed", registry=r)
@@ -140,6 +153,11 @@ class MonitorMetrics:
                 self.rows.labels(feature, source).set(float(details["n"]))
             if metric == "estimated_auc" and details.get("high") is not None:
                 self.estimated_auc_high.labels(feature).set(float(details["high"]))
+        elif kind == "performance" and metric in ("calibration_slope", "calibration_intercept"):
+            measure = str(metric).removeprefix("calibration_")
+            getattr(self, str(metric)).labels(feature).set(value)
+            if details.get("se") is not None:
+                self.calibration_se.labels(feature, measure).set(float(details["se"]))
         elif kind == "performance" and str(metric).startswith("estimate_error_"):
             name = str(metric).removeprefix("estimate_error_")
             self.estimate_error.labels(name).set(value)
@@ -151,6 +169,10 @@ class MonitorMetrics:
         for rule in RULES:
             self.rule.labels(rule).set(float(rule in held))
         self.retrain_decision.set(float(retrain))
+        if held:
+            asked = change_for(sorted(held))
+            for change in ("retrain", "recalibrate"):
+                self.change.labels(change).set(float(change == asked))
 
     def sequential(self, statistics: Mapping[str, float]) -> None:
         """The serving version's sequential test, stream by stream (:meth:`SequentialDetector.statistics`)."""

@@ -12,7 +12,7 @@ import json
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -21,7 +21,8 @@ import pandas as pd
 from learning_machine.data.spec import DatasetSpec
 from learning_machine.loop.policy import Decision, RetrainPolicy, WindowSummary, decide
 from learning_machine.model.estimation import estimate_group, estimated_performance, reconcile
-from learning_machine.model.evaluation import evaluate
+from learning_machine.model.evaluation import evaluate, subgroup_masks
+from learning_machine.model.recalibration import calibration_fit
 from learning_machine.model.sequential import Alarm, SequentialDetector, loss_change_point
 
 Progress = Callable[[str], None]
@@ -94,12 +95,19 @@ def drift_results(drift: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def performance_results(spec: DatasetSpec, labelled: pd.DataFrame) -> tuple[list[dict[str, Any]], float | None]:
-    """Realised AUC, Brier score and calibration error on predictions whose outcome has arrived, overall
-    and per subgroup (prevalence overall). ``labelled`` has the features, ``probability`` and ``outcome``."""
+    """Realised AUC, Brier score, calibration error, calibration slope and calibration-in-the-large (with their
+    standard errors and 95 % intervals in ``details``) on predictions whose outcome has arrived, overall and per
+    subgroup (prevalence overall). ``labelled`` has the features, ``probability`` and ``outcome``."""
     if labelled.empty or labelled["outcome"].nunique() < 2:
         return [], None
-    evaluation = evaluate(labelled["outcome"].astype(int).to_numpy(), labelled["probability"].to_numpy(dtype=float),
-                          spec.subgroup_labels(labelled))
+    y = labelled["outcome"].astype(int).to_numpy()
+    proba = labelled["probability"].to_numpy(dtype=float)
+    groups = spec.subgroup_labels(labelled)
+    evaluation = evaluate(y, proba, groups)
+    calibration = calibration_results(y, proba, None)
+    for group, labels in groups.items():
+        for label, mask in subgroup_masks(labels):
+            calibration += calibration_results(y[mask], proba[mask], f"{group}={label}")
     rows = [{"kind": "performance", "metric": name, "feature": None, "value": value,
              "details": {"n": len(labelled)}}
             for name, value in evaluation.metrics.items() if name in ("auc", "brier", "ece", "prevalence")]
@@ -110,7 +118,22 @@ def performance_results(spec: DatasetSpec, labelled: pd.DataFrame) -> tuple[list
                 if name in metrics:
                     rows.append({"kind": "performance", "metric": name, "feature": f"{group}={label}",
                                  "value": metrics[name], "details": {"n": int(metrics["n"])}})
-    return rows, evaluation.metrics.get("auc")
+    return rows + calibration, evaluation.metrics.get("auc")
+
+
+def calibration_results(y: Any, proba: Any, feature: str | None) -> list[dict[str, Any]]:
+    """``calibration_intercept`` (calibration-in-the-large) and ``calibration_slope`` of one set of labelled
+    rows, each with its standard error and 95 % interval (:func:`learning_machine.model.recalibration.
+    calibration_fit`); none without both outcomes."""
+    fit = calibration_fit(y, proba)
+    if fit is None:
+        return []
+    rows = []
+    for name, value, se in (("intercept", fit.intercept, fit.intercept_se), ("slope", fit.slope, fit.slope_se)):
+        low, high = fit.interval(name)
+        rows.append({"kind": "performance", "metric": f"calibration_{name}", "feature": feature, "value": value,
+                     "details": {"n": fit.rows, "se": _finite(se), "low": _finite(low), "high": _finite(high)}})
+    return rows
 
 
 def estimation_results(spec: DatasetSpec, window: pd.DataFrame) -> tuple[list[dict[str, Any]], float | None]:
@@ -290,6 +313,7 @@ class Monitor:
         if labelled is None and self.labelled is not None:
             labelled = self.labelled()
         performance_since = None
+        calibration: dict[str, tuple[float, float | None]] = {}
         if labelled is not None and not labelled.empty:
             perf, auc = performance_results(self.spec, labelled)
             rows += perf
@@ -297,6 +321,8 @@ class Monitor:
             n_outcomes = len(labelled)
             n_events = int(pd.to_numeric(labelled["outcome"], errors="coerce").fillna(0).sum())
             performance_since = loss_change_time(labelled)
+            calibration = {r["metric"]: (r["value"], r["details"]["se"]) for r in perf
+                           if r["feature"] is None and str(r["metric"]).startswith("calibration_")}
         for row in rows:
             row.setdefault("details", {})
             row.update(window_rows=len(window), model_version=model_version)
@@ -306,7 +332,11 @@ class Monitor:
                                 missing_fraction=missing, invalid_fraction=invalid, auc=auc, n_outcomes=n_outcomes,
                                 n_events=n_events, start_time=_first_time(frame),
                                 performance_since=performance_since, estimated_auc=estimated_auc,
-                                estimated_auc_high=estimated_high)
+                                estimated_auc_high=estimated_high,
+                                calibration_intercept=calibration.get("calibration_intercept", (None, None))[0],
+                                calibration_intercept_se=calibration.get("calibration_intercept", (None, None))[1],
+                                calibration_slope=calibration.get("calibration_slope", (None, None))[0],
+                                calibration_slope_se=calibration.get("calibration_slope", (None, None))[1])
         self.windows.append(summary)
         self.sink.results(rows)
         if self.metrics_logger is not None:
@@ -351,7 +381,7 @@ class Monitor:
         waiting = state.get("waiting")
         self.waiting = None if not waiting else Decision(
             bool(waiting["retrain"]), tuple(waiting.get("reasons") or ()), tuple(waiting.get("rules") or ()),
-            waiting.get("suppressed"), dict(waiting.get("evidence") or {}))
+            waiting.get("suppressed"), dict(waiting.get("evidence") or {}), str(waiting.get("change") or "retrain"))
 
     def policy_decision(self, *, alarms: bool = True, cooldown: bool = True) -> Decision:
         """What the policy says now about the windows (and the sequential alarms, unless ``alarms`` is
@@ -367,7 +397,7 @@ class Monitor:
         retraining that waits for outcomes after the change is tried again first (returned again while
         it waits, when not ``start``)."""
         if self.waiting is not None:
-            waiting = self.waiting
+            waiting = self.waiting = self._current_change(self.waiting)
             if start and (self.trigger is None or self._start(waiting)):
                 self.waiting = None
             return waiting
@@ -382,6 +412,21 @@ class Monitor:
         if start and self.trigger is not None and not self._start(decision):
             self.waiting = decision
         return decision
+
+    def _current_change(self, waiting: Decision) -> Decision:
+        """A decision that waits for outcomes asks for the change the evidence supports now: a sequential alarm
+        fires within tens of rows, before the outcomes that show whether only the calibration moved (then it
+        becomes a ``recalibrate``) or the model no longer ranks (then a ``retrain``)."""
+        now = self.policy_decision(alarms=False, cooldown=False)
+        if "calibration" in now.rules and now.change != waiting.change:
+            return replace(waiting, change=now.change, rules=tuple(dict.fromkeys((*waiting.rules, "calibration"))),
+                           reasons=(*waiting.reasons, *(r for r in now.reasons if r.startswith("calibration"))),
+                           evidence={**waiting.evidence, **{k: v for k, v in now.evidence.items()
+                                                             if k.startswith("calibration")}})
+        if {"performance", "estimated"} & set(now.rules) and waiting.change != "retrain":
+            return replace(waiting, change="retrain", rules=tuple(dict.fromkeys((*waiting.rules, *now.rules))),
+                           reasons=(*waiting.reasons, *now.reasons))
+        return waiting
 
     def _start(self, decision: Decision) -> bool:
         """Start the retraining; False when it must wait for more outcomes after the change."""

@@ -19,7 +19,19 @@ passed; then the decision records that it was suppressed and by how long):
 5. **sequential**: the monitor's sequential test (CUSUM on every feature, and on the model's log-loss once
    outcomes arrive; :mod:`learning_machine.model.sequential`) crossed its threshold, which is calibrated to a
    configured false-alarm budget (``LM_MONITOR_FALSE_ALARMS_PER_10K``). It reacts within tens of rows to
-   a shift a windowed test sees only at the end of its windows.
+   a shift a windowed test sees only at the end of its windows;
+6. **calibration**: on the latest window with at least ``min_outcomes`` outcomes, the serving model's
+   calibration drifted with 95 % confidence (the interval of its calibration-in-the-large lies beyond
+   ``calibration_intercept`` either way, or the interval of its calibration slope lies outside
+   ``calibration_slope``) while its discrimination held (the one-sided 95 % upper bound of its realised AUC is
+   not below the AUC it was validated with, or the floor when that is unknown): the scores still rank, only
+   the map from score to probability is off (a prevalence shift, a new case mix of the same disease).
+
+Every decision names the **change** it asks for: ``recalibrate`` (refit only that map on the champion,
+:mod:`learning_machine.model.recalibration`) when the calibration rule holds and no rule that says the model
+no longer ranks (performance, estimated) fired; ``retrain`` otherwise, as before. A sequential or drift alarm
+that comes with the calibration rule is the same change seen earlier (a prevalence shift moves the features
+and the log-loss too), so it is recalibrated.
 """
 
 from __future__ import annotations
@@ -60,6 +72,12 @@ class WindowSummary:
     """AUC estimated from the window's scores before outcomes arrive (CBPE; assumes a calibrated model)."""
     estimated_auc_high: float | None = None
     """The upper end of the 95 % interval of the window's realised AUC, from the estimate (rule 4 reads it)."""
+    calibration_intercept: float | None = None
+    """Calibration-in-the-large of the serving model on the outcomes its realised AUC was measured on (rule 6)."""
+    calibration_intercept_se: float | None = None
+    calibration_slope: float | None = None
+    """Calibration slope on those outcomes (rule 6)."""
+    calibration_slope_se: float | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +96,12 @@ class RetrainPolicy:
     cooldown_s: float = 0.0
     """A minimum gap between two retrainings (off by default: the learning loop retries a refused change when
     enough new outcomes have arrived, and runs one retraining at a time)."""
+    recalibrate: bool = True
+    """Rule 6 on: calibration drift with discrimination held asks for a ``recalibrate`` change."""
+    calibration_intercept: float = 0.2
+    """Rule 6: calibration-in-the-large beyond plus or minus this (logit scale), with 95 % confidence."""
+    calibration_slope: tuple[float, float] = (0.8, 1.2)
+    """Rule 6: a calibration slope outside these bounds, with 95 % confidence."""
 
     def __post_init__(self) -> None:
         if self.drift_windows < 1:
@@ -88,6 +112,8 @@ class RetrainPolicy:
             raise ValueError("estimated_windows cannot be negative (0 turns the estimate rule off)")
         if self.cooldown_s < 0:
             raise ValueError("cooldown_s cannot be negative")
+        if self.calibration_intercept <= 0 or not 0 < self.calibration_slope[0] <= 1 <= self.calibration_slope[1]:
+            raise ValueError("calibration bounds must hold the ideal: intercept bound above 0, slope low <= 1 <= high")
 
 
 @dataclass(frozen=True)
@@ -99,6 +125,8 @@ class Decision:
     rules: tuple[str, ...] = ()
     suppressed: str | None = None
     evidence: dict[str, Any] = field(default_factory=dict)
+    change: str = "retrain"
+    """The change asked for: ``retrain`` or ``recalibrate`` (a change kind of the change-control plan)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -174,14 +202,63 @@ def decide(windows: Sequence[WindowSummary], policy: RetrainPolicy, *, now: floa
         if run[0].start_time:
             evidence["estimated_since"] = run[0].start_time
 
+    drifted = calibration_drift(latest, policy, expected_auc)
+    if drifted is not None:
+        rules.append("calibration")
+        reasons.append(drifted[0])
+        evidence["calibration"] = drifted[1]
+        evidence["calibration_window"] = latest.window_id if latest is not None else None
+        if latest is not None and latest.performance_since:
+            evidence["calibration_since"] = latest.performance_since
+
     if policy.schedule_s is not None and (last_retrain_at is None or now - last_retrain_at >= policy.schedule_s):
         rules.append("schedule")
         reasons.append(f"scheduled: no retraining for {policy.schedule_s:.0f} s")
 
     if not reasons:
         return Decision(False, evidence=evidence)
+    change = change_for(rules)
     if last_retrain_at is not None and now - last_retrain_at < policy.cooldown_s:
         wait = policy.cooldown_s - (now - last_retrain_at)
         return Decision(False, tuple(reasons), tuple(rules), f"cooldown: {wait:.0f} s left of {policy.cooldown_s:.0f} s",
-                        evidence)
-    return Decision(True, tuple(reasons), tuple(rules), None, evidence)
+                        evidence, change)
+    return Decision(True, tuple(reasons), tuple(rules), None, evidence, change)
+
+
+def change_for(rules: Sequence[str]) -> str:
+    """The change a set of firing rules asks for: ``recalibrate`` when the calibration rule holds and no rule
+    says the model no longer ranks, else ``retrain``."""
+    return "recalibrate" if "calibration" in rules and not {"performance", "estimated"} & set(rules) else "retrain"
+
+
+def calibration_drift(window: WindowSummary | None, policy: RetrainPolicy,
+                      expected_auc: float | None) -> tuple[str, dict[str, Any]] | None:
+    """Rule 6 on one window (the latest with enough outcomes): (the reason, the evidence) when its calibration
+    drifted with 95 % confidence and its discrimination held; else None."""
+    if (not policy.recalibrate or window is None or window.auc is None or window.calibration_intercept is None
+            or window.calibration_slope is None):
+        return None
+    z = 1.959963984540054
+    outside: list[str] = []
+    a, a_se = window.calibration_intercept, window.calibration_intercept_se or 0.0
+    if a - z * a_se > policy.calibration_intercept or a + z * a_se < -policy.calibration_intercept:
+        outside.append(f"calibration-in-the-large {a:+.3f} (95 % interval {a - z * a_se:+.3f} to {a + z * a_se:+.3f}) "
+                       f"beyond ±{policy.calibration_intercept:g}")
+    b, b_se = window.calibration_slope, window.calibration_slope_se or 0.0
+    low, high = policy.calibration_slope
+    if b - z * b_se > high or b + z * b_se < low:
+        outside.append(f"calibration slope {b:.3f} (95 % interval {b - z * b_se:.3f} to {b + z * b_se:.3f}) outside "
+                       f"{low:g}-{high:g}")
+    if not outside:
+        return None
+    # Discrimination held: the realised AUC is not below the AUC the version was validated with beyond its
+    # noise (one-sided 95 %), or, without that AUC, not below the floor.
+    reference = expected_auc if expected_auc is not None else policy.auc_floor
+    upper = window.auc + 1.645 * auc_standard_error(window.auc, window.n_events, window.n_outcomes)
+    if reference is not None and upper < reference:
+        return None
+    evidence = {"intercept": a, "intercept_se": a_se, "slope": b, "slope_se": b_se, "auc": window.auc,
+                "auc_upper": upper, "validated_auc": expected_auc, "outcomes": window.n_outcomes}
+    return (f"calibration drifted on {window.n_outcomes} outcomes: {'; '.join(outside)}; discrimination held "
+            f"(realised AUC {window.auc:.3f}, 95 % upper bound {upper:.3f}"
+            + (f", validated {expected_auc:.3f})" if expected_auc is not None else ")"), evidence)

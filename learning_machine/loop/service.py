@@ -36,7 +36,6 @@ from learning_machine.lifecycle.promotion import (
     leads,
     proven_worse,
 )
-from learning_machine.lifecycle.training import CHANGE_TAG
 from learning_machine.loop.metrics import MonitorMetrics
 from learning_machine.loop.monitor import Monitor, MonitorConfig
 from learning_machine.loop.policy import Decision, RetrainPolicy
@@ -52,6 +51,7 @@ from learning_machine.loop.shadow import score as shadow_score
 from learning_machine.registry.names import (
     APPROVAL_TAG,
     CHAMPION,
+    CHANGE_TAG,
     PLAN_TAG,
     PREVIOUS_TAG,
     PROMOTED_AT_TAG,
@@ -142,6 +142,8 @@ def change_point(decision: Decision) -> str | None:
         return str(min(found))
     if "performance" in decision.rules and evidence.get("performance_since"):
         return str(evidence["performance_since"])
+    if "calibration" in decision.rules and evidence.get("calibration_since"):
+        return str(evidence["calibration_since"])  # where the loss rose among the outcomes, as for performance
     windowed = [str(evidence[f"{rule}_since"]) for rule in ("drift", "estimated")
                 if rule in decision.rules and evidence.get(f"{rule}_since")]
     return min(windowed) if windowed else None
@@ -172,11 +174,22 @@ class RetrainViaPipeline:
     shadow_leads: bool = False
     """Set by the loop: the challenger of the last attempt leads the champion in the shadow. A retry then
     needs as many new outcomes as that challenger learnt from (twice its rows, or it would not be better)."""
+    plan_text: str = ""
+    """Set by the loop: its change-control plan's file text, given to the pipeline (``change_plan``), so that its
+    evaluate step, in a pod or a kfp.local subprocess without the monitor's file, judges by the same plan."""
+    allowed_changes: tuple[str, ...] = ("retrain", "recalibrate")
+    """Set by the loop from the change-control plan: the changes it may make without a person. A recalibration
+    the plan does not pre-authorise is made a retraining (which the plan does), and the events say so."""
 
     def __call__(self, decision: Decision) -> Mapping[str, Any]:
         from learning_machine.runners.base import get_runner
 
         model = self.settings.model_name
+        change = decision.change  # retrain or recalibrate: every event of this retraining names it
+        if change not in self.allowed_changes and "retrain" in self.allowed_changes:
+            log.info("the policy asks for a %s, which the change-control plan does not pre-authorise: retraining",
+                     change)
+            change = "retrain"
         since = change_point(decision)
         before = self.tracker.alias_version(model, CHAMPION)
         retry = None if "requested" in decision.rules else self._same_change(before.version if before else None,
@@ -198,42 +211,45 @@ class RetrainViaPipeline:
                                       "from twice the rows" if leads else ""),
                           "since": retry.get("since"), "new_outcomes": fresh,
                           "needed": needed, "last_attempt": retry, "shadow_leads": leads,
-                          "reasons": list(decision.reasons)}
+                          "reasons": list(decision.reasons), "change": change}
                 return self._defer(decision, detail)
         data = self.export_recent(since, items)
         if data is None and since is not None:
             # Fast detection is no use if the new model learns from rows before the change: wait for
             # enough outcomes of predictions made since the change point (and say so once).
             detail = {"error": f"waiting for {self.settings.loop_min_retrain_rows} outcomes of predictions made "
-                               f"since the change at {since}", "since": since, "reasons": list(decision.reasons)}
+                               f"since the change at {since}", "since": since, "reasons": list(decision.reasons),
+                      "change": change}
             return self._defer(decision, detail)
         attempt = {"since": since, "champion": before.version if before else None,
                    "outcome_cursor": max((int(i.get("outcome_id") or 0) for i in items), default=0),
                    "cut_id": max((int(i["id"]) for i in items), default=0),
-                   "rows": len(items), "result": "running", "at": time.time()}
+                   "rows": len(items), "result": "running", "at": time.time(), "change": change}
         self.last_attempt = attempt
         self.sink.event("retrain-started", {"reasons": list(decision.reasons), "rules": list(decision.rules),
-                                            **({"since": since} if since else {})},
+                                            "change": change, **({"since": since} if since else {})},
                         before.version if before else None)
         if data is None:
-            detail = {"error": f"fewer than {self.settings.loop_min_retrain_rows} labelled records to retrain on"}
+            detail = {"error": f"fewer than {self.settings.loop_min_retrain_rows} labelled records to retrain on",
+                      "change": change}
             self.sink.event("retrain-failed", detail, before.version if before else None)
             return {"state": "SKIPPED", **detail}
         runner = self.runner or get_runner(self.settings)
         params = {"source": str(data), "spec_path": str(self._spec_path()), "model_name": model,
                   "tracking_uri": self.settings.tracking_uri, "deployer": self.settings.deployer,
                   "gate_margin": self.settings.loop_gate_margin, "reference_rows": self.settings.loop_reference_rows,
-                  "reference_seed": self.settings.seed}
-        if self.settings.loop_reference_rows == 0 or self.spec.name != "synthetic-cohort":
+                  "reference_seed": self.settings.seed, "change": change, "change_plan": self.plan_text}
+        if self.settings.loop_reference_rows == 0 or self.spec.name != "synthetic-cohort" or change == "recalibrate":
+            # (a recalibration refits only the champion's score map, on the new rows: no old rows needed)
             params["reference_source"] = ""  # only the generator can regenerate the original training rows
         attempt["result"] = "failed"  # until it says otherwise
         try:
             run = runner.run("retraining", params, progress=self.progress)
         except LearningMachineError as exc:
-            self.sink.event("retrain-failed", {"error": exc.message}, before.version if before else None)
-            return {"state": "FAILED", "error": exc.message}
+            self.sink.event("retrain-failed", {"error": exc.message, "change": change}, before.version if before else None)
+            return {"state": "FAILED", "error": exc.message, "change": change}
         summary = {"state": run.state, "run_key": run.run_key, "mlflow_url": run.mlflow_url,
-                   "seconds": round(run.seconds, 1), "data": str(data), "cut_id": attempt["cut_id"]}
+                   "seconds": round(run.seconds, 1), "data": str(data), "cut_id": attempt["cut_id"], "change": change}
         self.runs.append(summary)
         if not run.succeeded:
             self.sink.event("retrain-failed", {**summary, "error": run.error, "log": run.log_path},
@@ -242,10 +258,11 @@ class RetrainViaPipeline:
         after = self._champion_after_run()
         self.sink.event("retrain-finished", summary, after.version if after else None)
         if after is not None and (before is None or after.version != before.version):
-            self.sink.event("promoted", champion_event(before, after, metrics=after.metrics, by="learning loop",
+            self.sink.event("promoted", {**champion_event(before, after, metrics=after.metrics, by="learning loop",
                                                        reason="retraining passed the gate",
                                                        evidence=after.tags.get("lm.gate_evidence"),
-                                                       clauses=after.tags.get("lm.gate_clauses")), after.version)
+                                                       clauses=after.tags.get("lm.gate_clauses")),
+                                         "change": change}, after.version)
             summary["promoted"] = after.version
             attempt["result"] = "promoted"
         elif (held := self._held_for_approval(before)) is not None:
@@ -258,7 +275,10 @@ class RetrainViaPipeline:
             # Not proven better on the held-out rows: with the shadow on, that is not the last word, unless
             # it was proven worse there.
             worse = challenger is not None and challenger.tags.get("lm.gate_proven_worse") == "true"
-            shadowed = self.settings.loop_shadow and challenger is not None and before is not None and not worse
+            # A recalibration whose closed test found no update needed is the champion itself: nothing to judge.
+            same = challenger is not None and challenger.tags.get("lm.retrain_mode") == "recalibrate-none"
+            shadowed = self.settings.loop_shadow and challenger is not None and before is not None and not worse \
+                and not same
             self.sink.event("gate-undecided" if shadowed else "refused", {
                                         "champion": before.version if before else None,
                                         "challenger": challenger.version if challenger else None,
@@ -266,9 +286,12 @@ class RetrainViaPipeline:
                                         "gate": challenger.tags.get("lm.gate") if challenger else None,
                                         "evidence": challenger.tags.get("lm.gate_evidence") if challenger else None,
                                         "clauses": challenger.tags.get("lm.gate_clauses") if challenger else None,
+                                        "change": change,
                                         **({"next": "shadow evaluation on live traffic"} if shadowed else {}),
                                         **({"why": "proven worse than the champion on the held-out rows: not "
-                                                   "judged in the shadow"} if worse else {})},
+                                                   "judged in the shadow"} if worse else {}),
+                                        **({"why": "the closed test found no recalibration needed: the challenger "
+                                                   "is the champion"} if same else {})},
                             before.version if before else None)
             summary["refused"] = challenger.version if challenger else None
             summary["shadow"] = shadowed
@@ -373,7 +396,10 @@ class LoopService:
             RetrainPolicy(drift_windows=settings.policy_drift_windows, auc_floor=settings.policy_auc_floor,
                           auc_drop=settings.policy_auc_drop, estimated_windows=settings.policy_estimated_windows,
                           min_outcomes=settings.policy_min_outcomes, schedule_s=settings.policy_schedule_s,
-                          cooldown_s=settings.policy_cooldown_s),
+                          cooldown_s=settings.policy_cooldown_s, recalibrate=settings.policy_recalibrate,
+                          calibration_intercept=settings.policy_calibration_intercept,
+                          calibration_slope=(settings.policy_calibration_slope_low,
+                                             settings.policy_calibration_slope_high)),
             drift=lambda records: self.model_server.drift(settings.model_name, self.spec, list(records)),
             sink=self.sink, trigger=self.trigger, metrics_logger=self._log_metrics, labelled=self._labelled,
             sequential=self._sequential_detector if settings.monitor_sequential else None, progress=progress)
@@ -382,6 +408,8 @@ class LoopService:
         self.shadow: Shadow | None = None
         self.shadow_plan = ShadowPlan(settings.loop_shadow_first_look, settings.loop_shadow_max_rows)
         self.plan = plan_for_settings(settings, self.spec)
+        self.trigger.allowed_changes = tuple(self.plan.changes)
+        self.trigger.plan_text = self.plan.text
         self._rollout_judged: set[str] = set()
         """The change-control plan every promotion the loop makes is judged by (the pipeline's evaluate step
         loads the same one)."""
@@ -975,7 +1003,8 @@ class LoopService:
         job, self.job = self.job, None
         assert job is not None
         if job.error is not None:
-            self.sink.event("retrain-failed", {"error": _describe(job.error), "reasons": list(job.decision.reasons)})
+            self.sink.event("retrain-failed", {"error": _describe(job.error), "reasons": list(job.decision.reasons),
+                                               "change": job.decision.change})
             if self.trigger.last_attempt and self.trigger.last_attempt.get("result") == "running":
                 self.trigger.last_attempt["result"] = "failed"
             self.monitor.alarms.clear()
@@ -1066,7 +1095,7 @@ class RetrainJob:
             self.done.set()
 
     def state(self) -> dict[str, Any]:
-        return {"started_at": self.started_at, "rules": list(self.decision.rules),
+        return {"started_at": self.started_at, "rules": list(self.decision.rules), "change": self.decision.change,
                 "reasons": list(self.decision.reasons)[:3], "running": not self.done.is_set()}
 
 

@@ -102,11 +102,13 @@ def challenger_results(spec: DatasetSpec, paired: pd.DataFrame) -> dict[str, Any
     """The challenger's own results on the paired rows that the change-control plan checks
     (:func:`learning_machine.lifecycle.plan.judge`): its calibration slope and intercept, and its metrics per
     subgroup label."""
-    from learning_machine.model.evaluation import calibration_fit, evaluate
+    from learning_machine.model.evaluation import evaluate
+    from learning_machine.model.recalibration import calibration_fit
 
     labels = paired["outcome"].to_numpy(dtype=int)
     proba = paired["challenger"].to_numpy(dtype=float)
-    return {"calibration": calibration_fit(labels, proba),
+    fit = calibration_fit(labels, proba)
+    return {"calibration": fit.as_dict() if fit else {},
             "subgroups": evaluate(labels, proba, spec.subgroup_labels(paired)).subgroups}
 
 

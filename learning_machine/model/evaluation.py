@@ -103,42 +103,14 @@ def calibration_slope_intercept(y_true: np.ndarray, proba: np.ndarray) -> tuple[
     ``logit P(y=1) = a + b * logit(p)`` (1 when the risks spread as much as they should, below 1 when they are
     too extreme) and the **intercept** of ``logit P(y=1) = a + logit(p)`` (calibration-in-the-large: 0 when the
     risks are right on average, above 0 when they are too low). NaN for both when only one outcome is present."""
-    fit = calibration_fit(y_true, proba)
-    return fit["slope"], fit["intercept"]
-
-
-def calibration_fit(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
-    """:func:`calibration_slope_intercept` with the standard errors of both (from the fits' Fisher
-    information): ``slope``, ``slope_se``, ``intercept``, ``intercept_se``; all NaN when only one outcome is
-    present."""
-    from scipy.special import expit, logit
+    from learning_machine.model.recalibration import fit_intercept, fit_logistic
 
     y = np.asarray(y_true, dtype=float)
-    lp = logit(np.clip(np.asarray(proba, dtype=float), 1e-7, 1 - 1e-7))
     if len(y) < 2 or len(np.unique(y)) < 2:
-        return dict.fromkeys(("slope", "slope_se", "intercept", "intercept_se"), float("nan"))
-    # Newton-Raphson on the two log-likelihoods (concave; a handful of steps converge).
-    coef = np.array([0.0, 1.0])  # (a, b)
-    design = np.column_stack([np.ones_like(lp), lp])
-    for _ in range(50):
-        mu = expit(design @ coef)
-        w = np.maximum(mu * (1 - mu), 1e-12)
-        delta = np.linalg.solve(design.T @ (design * w[:, None]), design.T @ (y - mu))
-        coef = coef + delta
-        if np.abs(delta).max() < 1e-10:
-            break
-    mu = expit(design @ coef)
-    information = design.T @ (design * np.maximum(mu * (1 - mu), 1e-12)[:, None])
-    slope_se = float(np.sqrt(np.linalg.inv(information)[1, 1]))
-    offset = 0.0
-    for _ in range(50):
-        mu = expit(offset + lp)
-        shift = float((y - mu).sum() / max(float((mu * (1 - mu)).sum()), 1e-12))
-        offset += shift
-        if abs(shift) < 1e-12:
-            break
-    intercept_se = float(1 / np.sqrt(max(float((mu * (1 - mu)).sum()), 1e-12)))
-    return {"slope": float(coef[1]), "slope_se": slope_se, "intercept": float(offset), "intercept_se": intercept_se}
+        return float("nan"), float("nan")
+    # The maps a recalibration would fit (model.recalibration): the slope of logistic recalibration and
+    # the offset of recalibration-in-the-large.
+    return fit_logistic(y, proba)[1], fit_intercept(y, proba)
 
 
 def evaluate(y_true: np.ndarray, proba: np.ndarray, subgroups: dict[str, pd.Series] | None = None,

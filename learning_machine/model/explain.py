@@ -29,6 +29,7 @@ from learning_machine.data.spec import DatasetSpec
 from learning_machine.errors import LearningMachineError, UnknownNameError
 from learning_machine.model.features import feature_frame
 from learning_machine.model.inference import Columns, Predictor, columns_frame, frame_columns
+from learning_machine.model.recalibration import unwrap
 
 METHODS = ("exact", "anchors")
 # alibi-explain's explainer_type names, mapped to our methods (the runtime accepts both spellings).
@@ -97,8 +98,12 @@ class Explainer:
                                    "has a remote inference URL")
         columns = self._columns(record)
         Xt = self._predictor.transform(columns)
-        model = self.pipeline.named_steps["model"]
+        model, mapping = unwrap(self.pipeline.named_steps["model"])
         contribs, base = self._contributions(model, Xt)
+        if mapping is not None:
+            # A recalibrated model's log-odds are a + b * (the original's): the attributions scale by b and the
+            # base value moves with a, so they still sum exactly to the margin of the probability it serves.
+            contribs, base = mapping.slope * contribs, mapping.intercept + mapping.slope * base
         per_feature = np.zeros(len(self.spec.feature_names))
         np.add.at(per_feature, self._groups, contribs)
         margin = float(base + contribs.sum())

@@ -22,6 +22,7 @@ import pandas as pd
 
 from learning_machine.data.spec import DatasetSpec
 from learning_machine.model.features import feature_frame
+from learning_machine.model.recalibration import RecalibrationMap, unwrap
 
 Columns = dict[str, Any]  # feature name -> float array (numeric) or list of str | None (categorical)
 
@@ -193,11 +194,13 @@ class Predictor:
     fast: FastPreprocessor | None
     threshold: float = 0.5
     booster: Any = None
+    mapping: RecalibrationMap | None = None
+    """A recalibrated model's map, applied to its original classifier's probability (the booster's too)."""
 
     @classmethod
     def build(cls, pipeline: Any, spec: DatasetSpec, reference: pd.DataFrame | None = None) -> Predictor:
         predictor = cls(pipeline, spec, FastPreprocessor.build(pipeline.named_steps["preprocess"], spec, reference))
-        model = pipeline.named_steps["model"]
+        model, predictor.mapping = unwrap(pipeline.named_steps["model"])
         if hasattr(model, "get_booster") and reference is not None and len(reference):
             booster = model.get_booster().copy()
             booster.set_param({"nthread": 1})
@@ -218,9 +221,10 @@ class Predictor:
     def proba(self, columns: Columns) -> np.ndarray:
         """Event probability per row."""
         Xt = self.transform(columns)
-        if self.booster is not None:
-            return np.asarray(self.booster.inplace_predict(Xt), dtype=float)
-        return np.asarray(self.pipeline.named_steps["model"].predict_proba(Xt)[:, 1])
+        if self.booster is None:
+            return np.asarray(self.pipeline.named_steps["model"].predict_proba(Xt)[:, 1])
+        proba = np.asarray(self.booster.inplace_predict(Xt), dtype=float)
+        return proba if self.mapping is None else self.mapping.apply(proba)
 
     def predict(self, columns: Columns) -> tuple[np.ndarray, np.ndarray]:
         """(labels, probabilities)."""

@@ -23,6 +23,7 @@ from learning_machine.data.spec import DatasetSpec
 from learning_machine.errors import TrainingError, UnknownNameError
 from learning_machine.model.evaluation import Evaluation, evaluate
 from learning_machine.model.features import build_preprocessor, feature_frame
+from learning_machine.model.recalibration import ClosedTest, closed_test, recalibrated_pipeline, unwrap
 
 Progress = Callable[[str], None]
 
@@ -138,8 +139,8 @@ def model_kind(name: str) -> ModelKind:
 
 
 def kind_of(pipeline: Pipeline) -> ModelKind:
-    """The model kind of a fitted pipeline's classifier."""
-    classifier = pipeline.named_steps["model"]
+    """The model kind of a fitted pipeline's classifier (of the original one, for a recalibrated model)."""
+    classifier, _ = unwrap(pipeline.named_steps["model"])
     for kind in MODEL_KINDS.values():
         if kind.owns(classifier):
             return kind
@@ -201,7 +202,8 @@ def train_model(dataset: LoadedDataset, *, kind: str = "xgboost", params: dict[s
 def retrain_model(base: Pipeline, dataset: LoadedDataset, *, params: dict[str, Any] | None = None, seed: int = 0,
                   test_fraction: float = 0.25, progress: Progress | None = None) -> TrainingResult:
     """Continue training ``base`` (a registered model) on new data: its fitted preprocessing is kept so
-    the earlier trees or coefficients stay meaningful, and the classifier continues from where it was."""
+    the earlier trees or coefficients stay meaningful, and the classifier continues from where it was (a
+    recalibrated model's original classifier: the new trees or coefficients learn what the map corrected)."""
     model = kind_of(base)
     merged = model.params(params)
     train, test = split(dataset, test_fraction, seed)
@@ -210,7 +212,8 @@ def retrain_model(base: Pipeline, dataset: LoadedDataset, *, params: dict[str, A
     preprocess = copy.deepcopy(base.named_steps["preprocess"])
     X, y = _xy(dataset.spec, train)
     try:
-        classifier = model.continue_fit(base.named_steps["model"], preprocess.transform(X), y, merged, seed)
+        classifier = model.continue_fit(unwrap(base.named_steps["model"])[0], preprocess.transform(X), y, merged,
+                                        seed)
     except ValueError as exc:
         raise TrainingError(f"retraining {model.name} on {dataset.name!r} failed: {exc}") from exc
     pipeline = Pipeline([("preprocess", preprocess), ("model", classifier)])
@@ -279,13 +282,43 @@ def retrain_best(base: Pipeline, new: LoadedDataset, reference: pd.DataFrame | N
     return final, scores
 
 
+def recalibrate_model(base: Pipeline, dataset: LoadedDataset, test: pd.DataFrame, *, alpha: float = 0.05,
+                      progress: Progress | None = None) -> tuple[TrainingResult, ClosedTest]:
+    """Recalibrate ``base`` (a registered model) on the labelled rows of ``dataset``: the closed test
+    (:func:`learning_machine.model.recalibration.closed_test`) chooses no update, recalibration-in-the-large
+    or logistic recalibration of its scores there, and the result is ``base`` with that map (mode
+    ``recalibrate-<method>``), evaluated on ``test``, rows the map was not fitted on. Its training rows, the
+    reference saved with the version, are the rows the map was fitted on: the population it is calibrated to."""
+    spec = dataset.spec
+    kind = kind_of(base)
+    frame = dataset.frame[dataset.frame[spec.target.name].notna()].reset_index(drop=True)
+    X, y = _xy(spec, frame)
+    if len(frame) < 20 or len(np.unique(y)) < 2:
+        raise TrainingError(f"recalibrating needs at least 20 labelled rows with both outcomes; {dataset.name!r} "
+                            f"has {len(frame)} rows and {len(np.unique(y))} outcome value(s)")
+    started = time.perf_counter()
+    found = closed_test(y, base.predict_proba(X)[:, 1], alpha=alpha)
+    pipeline = recalibrated_pipeline(base, found.map)
+    seconds = time.perf_counter() - started
+    step1 = found.tests[0]
+    _say(progress, f"closed test on {len(frame):,} rows ({found.events} events): logistic recalibration against "
+         f"none p={step1['p_value']:.3g}" + (f", against the intercept only p={found.tests[1]['p_value']:.3g}"
+                                            if found.tests[1]["step"] == 2 else "")
+         + f"; chose {found.method} (a={found.map.intercept:+.3f}, b={found.map.slope:.3f})")
+    params = {"recalibration.method": found.method, "recalibration.intercept": round(found.map.intercept, 6),
+              "recalibration.slope": round(found.map.slope, 6), "recalibration.alpha": alpha}
+    result = _finish(spec, pipeline, kind, params, frame, test.reset_index(drop=True), seconds,
+                     f"recalibrate-{found.method}", progress)
+    return result, found
+
+
 def _finish(spec: DatasetSpec, pipeline: Pipeline, model: ModelKind, params: dict[str, Any], train: pd.DataFrame,
             test: pd.DataFrame, seconds: float, mode: str, progress: Progress | None) -> TrainingResult:
     X_test, y_test = _xy(spec, test)
     proba = pipeline.predict_proba(X_test)[:, 1]
     evaluation = evaluate(y_test, proba, spec.subgroup_labels(test))
     names = list(pipeline.named_steps["preprocess"].get_feature_names_out())
-    importance = model.importance(pipeline.named_steps["model"], names)
+    importance = model.importance(unwrap(pipeline.named_steps["model"])[0], names)
     _say(progress, f"held-out AUC {evaluation.metrics.get('auc', float('nan')):.3f}, "
          f"Brier {evaluation.metrics['brier']:.3f} ({seconds:.1f} s)")
     return TrainingResult(pipeline, model.name, params, evaluation, train, test, y_test, proba, importance, seconds,

@@ -46,12 +46,13 @@ def clean_data(options: ClusterOptions, *, source: str, spec_path: str, rows: in
 
 def gate_and_serve(options: ClusterOptions, trained: Any, *, parent: Any, model_name: str, gate_metric: str,
                    gate_margin: float, promote_policy: str, deployer: str, mlflow: dict[str, Any],
-                   gate_name: str) -> None:
+                   gate_name: str, change_plan: Any = "") -> None:
     """Score the candidate and the champion on the same held-out rows, register the candidate, and when
     the promotion rule says so promote it and deploy it."""
     judged = options.apply(evaluate(candidate_run_id=trained.outputs["Output"], test=trained.outputs["test"],
                                     parent_run_id=parent, model_name=model_name, gate_metric=gate_metric,
-                                    gate_margin=gate_margin, promote_policy=promote_policy, **mlflow))
+                                    gate_margin=gate_margin, promote_policy=promote_policy,
+                                    change_plan=change_plan, **mlflow))
     registered = options.apply(register(candidate_run_id=trained.outputs["Output"],
                                         comparison=judged.outputs["comparison"], parent_run_id=parent,
                                         model_name=model_name, **mlflow))

@@ -1,5 +1,6 @@
 """The retraining pipeline: the training pipeline with `retrain` (the champion continued on old plus new
-data, and a model trained from scratch on the new rows; the better one goes on) and the
+data, and a model trained from scratch on the new rows; the better one goes on; or, with ``change`` =
+``recalibrate``, the champion with a new map from score to probability fitted on the new rows) and the
 champion/challenger gate: the candidate is promoted and deployed only when it beats the champion on the
 same held-out rows of the new data."""
 
@@ -27,7 +28,7 @@ def build(options: ClusterOptions = DEFAULT_OPTIONS) -> GraphComponent:
                    max_invalid_fraction: float = D.max_invalid_fraction, gate_metric: str = D.gate_metric,
                    gate_margin: float = D.gate_margin, promote_policy: str = "gate", model_name: str = D.model_name,
                    deployer: str = "", tracking_uri: str = "", experiment_name: str = D.experiment_name,
-                   run_key: str = "") -> str:
+                   run_key: str = "", change: str = "retrain", change_plan: str = "") -> str:
         mlflow = {"tracking_uri": tracking_uri, "experiment_name": experiment_name}
         parent, closing = parent_run(options, "retraining", run_key=run_key, model_name=model_name,
                                      source=source, mlflow=mlflow)
@@ -40,11 +41,11 @@ def build(options: ClusterOptions = DEFAULT_OPTIONS) -> GraphComponent:
                                       .set_display_name("ingest-reference"))
             trained = options.apply(retrain(data=clean.outputs["clean"], reference=reference.outputs["raw"],
                                             parent_run_id=parent, base_ref=base_ref, model_params=model_params,
-                                            model_name=model_name, seed=seed, test_fraction=test_fraction,
-                                            **mlflow), train=True)
+                                            model_name=model_name, change=change, seed=seed,
+                                            test_fraction=test_fraction, **mlflow), train=True)
             gate_and_serve(options, trained, parent=parent, model_name=model_name, gate_metric=gate_metric,
                            gate_margin=gate_margin, promote_policy=promote_policy, deployer=deployer,
-                           mlflow=mlflow, gate_name="champion-challenger-gate")
+                           mlflow=mlflow, gate_name="champion-challenger-gate", change_plan=change_plan)
         return parent
 
     return retraining

@@ -22,7 +22,7 @@ def build(options: ClusterOptions = DEFAULT_OPTIONS) -> GraphComponent:
                  max_invalid_fraction: float = D.max_invalid_fraction, gate_metric: str = D.gate_metric,
                  gate_margin: float = D.gate_margin, promote_policy: str = "gate", model_name: str = D.model_name,
                  deployer: str = "", tracking_uri: str = "", experiment_name: str = D.experiment_name,
-                 run_key: str = "") -> str:
+                 run_key: str = "", change_plan: str = "") -> str:
         mlflow = {"tracking_uri": tracking_uri, "experiment_name": experiment_name}
         parent, closing = parent_run(options, "training", run_key=run_key, model_name=model_name, source=source,
                                      mlflow=mlflow)
@@ -35,7 +35,7 @@ def build(options: ClusterOptions = DEFAULT_OPTIONS) -> GraphComponent:
                                           **mlflow), train=True)
             gate_and_serve(options, trained, parent=parent, model_name=model_name, gate_metric=gate_metric,
                            gate_margin=gate_margin, promote_policy=promote_policy, deployer=deployer,
-                           mlflow=mlflow, gate_name="gate-passed")
+                           mlflow=mlflow, gate_name="gate-passed", change_plan=change_plan)
         return parent
 
     return training

@@ -24,7 +24,12 @@ class ServedVersion:
 
     @property
     def kind(self) -> str:
-        return type(self.pipeline.named_steps["model"]).__name__
+        """The classifier's type (``XGBClassifier``); ``XGBClassifier+recalibrated-intercept`` for a recalibrated
+        one (:mod:`learning_machine.model.recalibration`)."""
+        from learning_machine.model.recalibration import unwrap
+
+        base, mapping = unwrap(self.pipeline.named_steps["model"])
+        return type(base).__name__ + (f"+recalibrated-{mapping.method}" if mapping is not None else "")
 
 
 def env_tracking_uri() -> str | None:

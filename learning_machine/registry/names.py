@@ -24,6 +24,11 @@ APPROVAL_AT_TAG = "lm.approval_at"
 ROLLOUT_TAG = "lm.rollout"
 """How a champion's rollout ended under the plan's rollback rule: ``confirmed`` or ``rolled-back`` (or
 ``rollback-recommended`` when the plan does not roll back without a person), with the realised AUC."""
+CHANGE_TAG = "lm.change"
+"""The kind of change a candidate run (and the version registered from it) is: ``train``, ``retrain`` or
+``recalibrate``. The evaluate step judges the candidate against the change-control plan's allowed changes."""
+RECALIBRATION_TAG = "lm.recalibration"
+"""A recalibrated candidate's map (``intercept``, ``slope``, ``method``) as JSON."""
 MODEL_ARTIFACT = "model"
 SPEC_FILE = "dataset_spec.yaml"
 

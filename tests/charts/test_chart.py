@@ -914,3 +914,35 @@ def test_the_alert_rules_pass_promtool_and_fire_on_the_series_they_watch(monitor
     spec.write_text(yaml.safe_dump(tests))
     result = subprocess.run([exe, "test", "rules", str(spec)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
+
+
+def test_a_change_control_plan_given_to_the_chart_reaches_the_monitor_as_its_file(tmp_path):
+    """`monitor.changePlan`: the plan's text in a ConfigMap, mounted into the monitor as LM_CHANGE_PLAN, read
+    back by the platform's own loader to the same plan and digest as the file; the pod restarts when it
+    changes; text that is not a plan is refused at render time; without it, nothing of the kind renders."""
+    import hashlib
+
+    from learning_machine.lifecycle.plan import PLANS, load_plan
+
+    shipped = PLANS / "breast-cancer.yaml"
+    values = tmp_path / "plan-values.yaml"
+    values.write_text(yaml.safe_dump({"monitor": {"changePlan": shipped.read_text()}}))
+    resources = render(values)
+    config = _one(resources, "ConfigMap", "-change-plan")
+    (tmp_path / "mounted.yaml").write_text(config["data"]["plan.yaml"])
+    mounted = load_plan(tmp_path / "mounted.yaml")
+    assert mounted == load_plan(shipped) and mounted.digest == hashlib.sha256(shipped.read_bytes()).hexdigest()
+    monitor = _one(resources, "Deployment", "-monitor")
+    container = next(c for c in _containers(monitor) if c["name"] == "monitor")
+    assert _env(container)["LM_CHANGE_PLAN"] == "/etc/learning-machine-plan/plan.yaml"
+    assert {"name": "change-plan", "mountPath": "/etc/learning-machine-plan", "readOnly": True} in \
+        container["volumeMounts"]
+    volume = next(v for v in _pod_spec(monitor)["volumes"] if v["name"] == "change-plan")
+    assert volume["configMap"]["name"] == config["metadata"]["name"]
+    annotations = monitor["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["checksum/change-plan"] == hashlib.sha256(shipped.read_bytes()).hexdigest()
+    assert "a top-level `plan:` key" in _fails("monitor.changePlan=nonsense: 1")
+    plain = render()
+    assert not [r for r in plain if r["metadata"]["name"].endswith("-change-plan")]
+    plain_monitor = _one(plain, "Deployment", "-monitor")
+    assert "LM_CHANGE_PLAN" not in _env(next(c for c in _containers(plain_monitor) if c["name"] == "monitor"))

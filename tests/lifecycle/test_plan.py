@@ -16,7 +16,8 @@ from learning_machine.cli.app import app
 from learning_machine.data.sources import spec_for
 from learning_machine.errors import SpecError
 from learning_machine.lifecycle.plan import PLANS, SCHEMA, judge, load_plan, plan_for, plan_schema
-from learning_machine.model.evaluation import calibration_fit, evaluate, paired_comparison
+from learning_machine.model.evaluation import evaluate, paired_comparison
+from learning_machine.model.recalibration import calibration_fit
 
 
 @pytest.mark.parametrize("dataset", ["synthetic-cohort", "breast-cancer"])
@@ -85,7 +86,8 @@ def _cohort(rows: int, seed: int = 3) -> tuple[np.ndarray, np.ndarray, dict[str,
 def _results(y, candidate, champion, groups):
     evidence = paired_comparison(y, candidate, champion, groups)
     own = evaluate(y, candidate, groups)
-    return evidence, {"calibration": calibration_fit(y, candidate), "subgroups": own.subgroups}
+    fit = calibration_fit(y, candidate)
+    return evidence, {"calibration": fit.as_dict() if fit else {}, "subgroups": own.subgroups}
 
 
 def _noisy(risk: np.ndarray, scale: float, seed: int) -> np.ndarray:

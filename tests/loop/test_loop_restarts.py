@@ -275,3 +275,37 @@ def test_a_challenger_leading_in_the_shadow_is_replaced_only_by_one_on_twice_its
     env.stream(60, seed=10)
     assert service.step() is None and len(started) == 1
     assert "leads the champion, which still ranks" in env.events("retrain-held")[-1]["detail"]["why"]
+
+
+def test_a_recalibration_the_plan_does_not_allow_is_asked_as_a_retraining(env: Env, tmp_path):
+    """The loop makes only the changes its change-control plan pre-authorises: a plan that allows retraining
+    alone turns the policy's recalibration into a retraining (the pipeline is asked for `retrain`, and the
+    started event says so). (The runner records the run instead of running it: what is tested is what the
+    pipeline is asked for.)"""
+    import yaml
+
+    from learning_machine.errors import LearningMachineError
+    from learning_machine.lifecycle.plan import PLANS
+    from learning_machine.loop.policy import Decision
+
+    asked: list[dict[str, Any]] = []
+
+    class Recording:
+        def run(self, pipeline: str, params: dict[str, Any], **_: Any) -> Any:
+            asked.append(params)
+            raise LearningMachineError("test: the retraining is recorded, not run")
+
+    plan = yaml.safe_load((PLANS / "synthetic-cohort.yaml").read_text())
+    plan["changes"] = ["retrain"]
+    (tmp_path / "retrain-only.yaml").write_text(yaml.safe_dump(plan))
+    env.stream(250, seed=21)
+    recalibrate = Decision(True, ("calibration drifted, ranking held",), ("calibration",), change="recalibrate")
+    strict = env.gateway.settings.model_copy(update={"change_plan": tmp_path / "retrain-only.yaml"})
+    service = LoopService(strict, env.client("monitor"), tracker=Tracker(strict.tracking_uri), runner=Recording())
+    assert service.trigger(recalibrate)["state"] == "FAILED"
+    assert [p["change"] for p in asked] == ["retrain"]
+    assert env.events("retrain-started")[0]["detail"]["change"] == "retrain"
+    shipped = env.service(runner=Recording())  # the shipped plan allows both
+    assert shipped.trigger.allowed_changes == ("retrain", "recalibrate")
+    assert shipped.trigger(recalibrate)["state"] == "FAILED"
+    assert [p["change"] for p in asked] == ["retrain", "recalibrate"]

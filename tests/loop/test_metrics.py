@@ -136,10 +136,27 @@ def test_a_drift_stream_shows_in_the_monitor_and_gateway_metrics(gateway: Runnin
             assert value(samples, "lm_monitor_calibration_error", subgroup=subgroup, source="estimated") == \
                 pytest.approx(latest[("performance", "estimated_ece", subgroup)]["value"])
         assert value(samples, "lm_monitor_performance_rows", subgroup="all", source="realised") >= 100
+        # Calibration slope and calibration-in-the-large over time, per subgroup, with their standard errors.
+        calibrated = {r["feature"] or "all" for r in latest.values() if r["metric"] == "calibration_slope"}
+        assert {"all", *subgroups} <= calibrated
+        assert label_values(samples, "lm_monitor_calibration_slope", "subgroup") == calibrated
+        for subgroup in calibrated:
+            feature = None if subgroup == "all" else subgroup
+            for measure in ("slope", "intercept"):
+                row = latest[("performance", f"calibration_{measure}", feature)]
+                assert value(samples, f"lm_monitor_calibration_{measure}", subgroup=subgroup) == pytest.approx(
+                    row["value"])
+                assert value(samples, "lm_monitor_calibration_standard_error", subgroup=subgroup,
+                             measure=measure) == pytest.approx(row["details"]["se"])
+        slope = latest[("performance", "calibration_slope", None)]["details"]
+        assert slope["low"] < latest[("performance", "calibration_slope", None)]["value"] < slope["high"]
         assert value(samples, "lm_monitor_auc_floor") == settings.policy_auc_floor
 
         # The policy said drift confirmed; every stored event is counted by kind.
         assert value(samples, "lm_monitor_policy_rule", rule="drift") == 1
+        # A lab shift moves the features: the change it asks for is a retraining.
+        assert value(samples, "lm_monitor_policy_change", change="retrain") == 1
+        assert value(samples, "lm_monitor_policy_change", change="recalibrate") == 0
         events = reader.page("/v1/events", limit=500)["items"]
         kinds = {e["kind"] for e in events}
         assert "retrain-fired" in kinds

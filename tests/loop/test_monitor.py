@@ -188,3 +188,48 @@ def test_a_population_the_model_cannot_rank_fires_the_estimate_before_its_outcom
     realised = binary_metrics(referral["outcome"].to_numpy(), referral["probability"].to_numpy())["auc"]
     assert realised < 0.7 and all(w.estimated_auc is not None and abs(w.estimated_auc - realised) < 0.1
                                   for w in list(monitor.windows)[-2:])
+
+
+def test_a_prevalence_shift_is_seen_as_calibration_drift_and_asks_for_a_recalibration(reference, detector):
+    """Twice the events, the same patients per outcome: the serving model's calibration-in-the-large moves up
+    with confidence while its realised AUC holds; the windows store calibration slope and intercept (overall and
+    per subgroup, with their intervals), and the policy asks for a recalibration, not a retraining. A retraining
+    the sequential test fired earlier, still waiting for outcomes, becomes that recalibration."""
+    from learning_machine.loop.policy import Decision
+
+    result = train_model(reference, seed=1)
+    model, validated = result.pipeline, result.evaluation.metrics["auc"]
+    sink, clock = Sink(), [0.0]
+    monitor = _monitor(reference, detector, sink, clock)
+    monitor.expected_auc = validated
+
+    def scored(scenario: str, seed: int) -> pd.DataFrame:
+        frame = load_dataset("synthetic-cohort", n_rows=400, seed=seed, scenario=scenario, drift_start=0).frame
+        return frame.assign(probability=predict_proba(model, reference.spec, frame), model_version="1")
+
+    def window(rows: pd.DataFrame) -> list[dict[str, Any]]:
+        return rows.iloc[:200].drop(columns=["outcome"]).astype(object).where(rows.iloc[:200].notna(),
+                                                                                None).to_dict("records")
+
+    clean = scored("none", 51)
+    calm = monitor.assess(window(clean), labelled=clean).summary
+    assert calm.calibration_intercept is not None and abs(calm.calibration_intercept) < 0.3
+    assert "calibration" not in monitor.policy_decision().rules
+    monitor.waiting = Decision(True, ("sequential test alarmed",), ("sequential",))  # waits for outcomes
+
+    shifted = scored("prevalence-shift", 52)
+    summary = monitor.assess(window(shifted), labelled=shifted).summary
+    rows = {(r["metric"], r["feature"]): r for r in sink.rows if r["details"]["window_id"] == 2}
+    overall = rows[("calibration_intercept", None)]
+    assert overall["value"] == summary.calibration_intercept > 0.5  # risks too low: more events than predicted
+    assert overall["details"]["low"] > 0.2 and overall["details"]["se"] == summary.calibration_intercept_se
+    assert ("calibration_slope", None) in rows and ("calibration_slope", "sex=female") in rows
+    assert summary.auc is not None and summary.auc > validated - 0.06  # it still ranks
+    decision = monitor.policy_decision()
+    assert decision.retrain and "calibration" in decision.rules and decision.change == "recalibrate", decision
+    waited = monitor.decide(start=False)  # the waiting decision, tried again, asks for what the evidence supports
+    assert waited.change == "recalibrate" and waited.rules == ("sequential", "calibration")
+    assert monitor.waiting == waited
+    again = _monitor(reference, detector, Sink(), [0.0])
+    again.restore(monitor.durable_state())  # and a restart keeps it
+    assert again.waiting == waited and again.windows[-1].calibration_intercept == summary.calibration_intercept

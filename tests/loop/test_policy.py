@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from learning_machine.loop.policy import Decision, RetrainPolicy, WindowSummary, decide
@@ -130,3 +132,59 @@ def test_the_estimate_fires_before_any_outcome_when_its_upper_bound_is_under_the
     assert change_point(decision) == "2026-12-06T10:02:00"
     with pytest.raises(ValueError, match="estimated_windows"):
         RetrainPolicy(estimated_windows=-1)
+
+
+def cal(i: int, *, intercept: float, slope: float = 1.0, auc: float = 0.76, outcomes: int = 300, events: int = 90,
+        se: float = 0.13) -> WindowSummary:
+    """A window whose outcomes measured the serving model's calibration (intercept and slope with a standard error)."""
+    return WindowSummary(i, 1000.0 + i, 200, auc=auc, n_outcomes=outcomes, n_events=events,
+                         performance_since="2026-12-06T10:05:00", calibration_intercept=intercept,
+                         calibration_intercept_se=se, calibration_slope=slope, calibration_slope_se=se)
+
+
+def test_calibration_drift_with_discrimination_held_asks_for_a_recalibration():
+    policy = RetrainPolicy(auc_floor=0.7, min_outcomes=100)
+    # Risks too low on average (more events than predicted, as after a prevalence shift), ranking as validated.
+    decision = decide([cal(1, intercept=0.0), cal(2, intercept=0.9)], policy, now=2000, last_retrain_at=None,
+                      expected_auc=0.77)
+    assert decision.retrain and decision.rules == ("calibration",) and decision.change == "recalibrate"
+    assert decision.reasons[0].startswith("calibration drifted on 300 outcomes: calibration-in-the-large +0.900")
+    assert "discrimination held (realised AUC 0.760" in decision.reasons[0]
+    assert decision.evidence["calibration"]["intercept"] == 0.9 and decision.evidence["calibration_window"] == 2
+    assert decision.as_dict()["change"] == "recalibrate"  # what the retrain-fired event carries
+    from learning_machine.loop.service import change_point
+
+    assert change_point(decision) == "2026-12-06T10:05:00"  # where the loss rose among the outcomes
+    # Too extreme (slope well below 1) is a calibration drift too; too low on average by a negative offset as well.
+    assert decide([cal(1, intercept=0.0, slope=0.5)], policy, now=2000, last_retrain_at=None).change == "recalibrate"
+    assert decide([cal(1, intercept=-0.7)], policy, now=2000, last_retrain_at=None).rules == ("calibration",)
+
+
+def test_calibration_within_its_noise_or_with_ranking_lost_is_not_a_recalibration():
+    policy = RetrainPolicy(auc_floor=0.7, min_outcomes=100)
+    # The interval reaches the bound: no evidence (0.4 - 1.96 * 0.13 < 0.2).
+    assert not decide([cal(1, intercept=0.4)], policy, now=2000, last_retrain_at=None).retrain
+    assert not decide([cal(1, intercept=0.0, slope=0.8)], policy, now=2000, last_retrain_at=None).retrain
+    # Too few outcomes for the window to count.
+    assert not decide([cal(1, intercept=0.9, outcomes=80, events=20)], policy, now=2000, last_retrain_at=None).retrain
+    # The model no longer ranks as it was validated (0.66 on 300 outcomes: upper bound under 0.77): not the
+    # calibration rule; the performance rule fires (the floor and 0.05 below 0.77) and asks for a retraining.
+    lost = decide([cal(1, intercept=0.9, auc=0.62)], policy, now=2000, last_retrain_at=None, expected_auc=0.77)
+    assert lost.rules == ("performance",) and lost.change == "retrain"
+    # Off by setting.
+    off = RetrainPolicy(auc_floor=0.7, min_outcomes=100, recalibrate=False)
+    assert not decide([cal(1, intercept=0.9)], off, now=2000, last_retrain_at=None).retrain
+
+
+def test_the_change_follows_the_rules_that_fired():
+    from learning_machine.loop.policy import change_for
+
+    assert change_for(("sequential", "drift", "calibration")) == "recalibrate"  # a prevalence shift, seen early
+    assert change_for(("calibration", "estimated")) == "retrain"
+    assert change_for(("sequential",)) == "retrain" and change_for(()) == "retrain"
+    drifted = replace(cal(2, intercept=0.9), drift=True, drifted_features=("age",))
+    decision = decide([drifted], RetrainPolicy(drift_windows=1, auc_floor=0.7, min_outcomes=100), now=2000,
+                      last_retrain_at=None)
+    assert decision.rules == ("drift", "calibration") and decision.change == "recalibrate"
+    with pytest.raises(ValueError, match="calibration bounds"):
+        RetrainPolicy(calibration_slope=(1.1, 1.3))

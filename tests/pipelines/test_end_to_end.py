@@ -263,6 +263,36 @@ def test_retraining_refuses_a_worse_candidate(trained, settings, tracker, tmp_pa
     assert refused.tags["lm.gate_proven_worse"] == "true"
 
 
+def test_the_retraining_pipeline_judges_by_the_change_control_plan_it_is_given(trained, settings, tracker):
+    """The learning loop hands its plan's text to the pipeline (`change_plan`): the evaluate step, a kfp.local
+    subprocess without the monitor's file (a pod on a cluster), judges by that plan, digest and all."""
+    import hashlib
+
+    import yaml
+
+    from learning_machine.lifecycle.plan import PLANS
+
+    assert trained["state"] == "SUCCEEDED"
+    plan = yaml.safe_load((PLANS / "synthetic-cohort.yaml").read_text())
+    plan["version"] = "9.9.9-strict"
+    plan["acceptance"]["subgroups"]["floors"] = {"sex": {"*": 0.99}}  # no model reaches it
+    text = yaml.safe_dump(plan)
+    champion = tracker.version(settings.model_name, CHAMPION)
+    run = LocalRunner(settings).run("retraining", {"rows": 1500, "seed": 47, "scenario": "concept-drift",
+                                                   "change_plan": text}).raise_for_state()
+    comparison = json.loads((Path(run.outputs_dir) / "evaluate" / "comparison").read_text())
+    identity = {"plan": "synthetic-cohort-ccp", "version": "9.9.9-strict",
+                "digest": hashlib.sha256(text.encode()).hexdigest()}
+    assert comparison["plan_applied"] == identity and comparison["plan"]["plan"] == identity
+    floors = [c for c in comparison["plan"]["clauses"] if c["clause"].startswith("subgroup floor: sex=")]
+    assert len(floors) == 2 and all(c["passed"] is False for c in floors)
+    assert comparison["plan"]["decision"] != "promote" and not comparison["gate"]["promote"]
+    assert "promote" not in run.steps and tracker.version(settings.model_name, CHAMPION).version == champion.version
+    held = tracker.version(settings.model_name, CHALLENGER)
+    assert held.tags["lm.plan"] == "synthetic-cohort-ccp 9.9.9-strict" and held.tags["lm.change"] == "retrain"
+    assert held.tags["lm.plan_decision"] == comparison["plan"]["decision"]
+
+
 def test_batch_inference_from_the_command_line_writes_json_lines(trained, settings, tracker, tmp_path):
     assert trained["state"] == "SUCCEEDED"
     records = load_dataset("synthetic-cohort", n_rows=300, seed=9).frame.drop(columns=["outcome"])
