@@ -249,6 +249,29 @@ def test_the_label_escapes_what_it_shows(versions: Versions):
     assert diff(facts, facts)["changed"] == {}
 
 
+def test_a_recalibrations_record_and_label_name_the_change(versions: Versions, tmp_path):
+    """A recalibration (the plan's second kind of change: the champion's scores with a new map) is recorded as
+    such, with the map among its parameters, judged against the champion it recalibrates."""
+    from learning_machine.components import release, steps
+    from learning_machine.data.synthetic import generate_cohort
+
+    v = versions
+    champion = v.tracker.alias_version(v.settings.model_name, "champion")
+    shifted = generate_cohort(1500, seed=25, scenario="prevalence-shift", drift_start=0, id_prefix="R")
+    steps.write_dataset(tmp_path / "new", shifted.frame, v.gateway.spec, {"source_uri": "generated:prevalence-shift",
+                                                                          "params": {"seed": 25}})
+    run_id, _ = steps.retrain(v.settings, tmp_path / "new", tmp_path / "test", change="recalibrate")
+    steps.evaluate(v.settings, run_id, tmp_path / "test", tmp_path / "comparison.json", policy="gate")
+    version = release.register(v.settings, run_id, tmp_path / "comparison.json")
+    found = _record(v, version)
+    record = found["record"]
+    assert record["change"] == "recalibrate" == json.loads((tmp_path / "comparison.json").read_text())["change"]
+    assert record["evaluation"]["champion"]["version"] == champion.version
+    assert any(k.startswith("recalibration") for k in record["training"]["params"]), record["training"]["params"]
+    facts = v.gateway.client("clinician").get(f"/v1/models/{version}/label").json()
+    assert facts["summary"]["change"] == "recalibrate"
+
+
 def test_a_tampered_record_is_reported_not_served(versions: Versions):
     v = versions
     third = train_and_register(v.settings, v.tracker, load_dataset("synthetic-cohort", n_rows=600, seed=23),
