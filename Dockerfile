@@ -25,6 +25,11 @@ COPY learning_machine ./learning_machine
 RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --extra platform --no-editable
 
 FROM python:${PYTHON_VERSION}-slim-bookworm
+# Provenance every change record names (docs/change-control.md): the commit built, the image's own reference.
+#   docker build --build-arg LM_CODE_COMMIT=$(git rev-parse HEAD) --build-arg LM_IMAGE=ghcr.io/...:0.1.0 .
+ARG LM_CODE_COMMIT=""
+ARG LM_IMAGE=""
+ENV LM_CODE_COMMIT=${LM_CODE_COMMIT} LM_IMAGE=${LM_IMAGE}
 # libgomp1: the OpenMP runtime xgboost's wheel expects from the system.
 RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 && rm -rf /var/lib/apt/lists/*
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin lm

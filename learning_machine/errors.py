@@ -260,6 +260,14 @@ class ConflictError(LearningMachineError):
     code = "conflict"
 
 
+class RecordIntegrityError(LearningMachineError):
+    """A model version's change record is missing or its bytes no longer match the digest recorded when it was
+    written: reported, never served as if it were the record."""
+
+    status = 409
+    code = "change-record-tampered"
+
+
 class PayloadTooLargeError(LearningMachineError):
     """A request body or batch is larger than the configured limit."""
 

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     max_invalid_fraction: float = Field(
         0.01, ge=0, le=1, description="Training refuses data with more feature cells than this that break the "
         "spec (out of range, wrong type, unseen category).")
+    code_commit: str = Field(
+        "", max_length=100, description="The code commit a version's change record names when the code is not a git "
+        "checkout (an image built from one: set it at build time); a git checkout's own HEAD wins.")
+    image: str = Field("", max_length=300, description="The container image the pipeline steps run in, as the change "
+                       "record names it (e.g. `registry/learning-machine@sha256:...`; empty on one machine).")
 
     # -- serving (model server, deployers) ------------------------------------------------------
     deployer: str = Field("none", description="How a new champion is served: none, local (embedded MLServer) "

@@ -141,6 +141,42 @@ def _record(settings: Settings, kind: str, detail: dict[str, Any], version: str 
     return detail
 
 
+@models_app.command("record")
+def models_record(ctx: typer.Context, version: Annotated[str, typer.Argument(help="Version number or alias.")]
+                  = "champion", token: Annotated[str | None, typer.Option(help="Gateway token (default: LM_TOKEN, "
+                                                                             "else lm up's).")] = None) -> None:
+    """A version's change record as JSON, from the gateway: the immutable part (its sha256 checked against the
+    version's tag) and its rollout since (approval, shadow, serving, rollbacks)."""
+    settings = settings_of(ctx)
+    with _gateway(settings, token) as client:
+        typer.echo(json.dumps(client.change_record(version), indent=2))
+
+
+@models_app.command("label")
+def models_label(ctx: typer.Context, version: Annotated[str, typer.Argument(help="Version number or alias.")]
+                 = "champion", format: Annotated[Literal["json", "markdown", "html"], typer.Option(
+                     "--format", help="json, markdown or html.")] = "markdown",
+                 output: Annotated[Path | None, typer.Option("-o", "--output", help="Write it to this file.")] = None,
+                 token: Annotated[str | None, typer.Option(help="Gateway token (default: LM_TOKEN, else lm up's).")]
+                 = None) -> None:
+    """A version's model-facts label (Sendak et al. 2020), from its change record, through the gateway."""
+    settings = settings_of(ctx)
+    with _gateway(settings, token) as client:
+        found = client.label(version, format)
+    text = json.dumps(found, indent=2) if format == "json" else str(found)
+    if output is None:
+        typer.echo(text)
+    else:
+        output.write_text(text)
+        say(f"wrote the label of {settings.model_name} {version} to {output}")
+
+
+def _gateway(settings: Settings, token: str | None) -> Any:
+    from learning_machine.clients.gateway import LearningMachineClient
+
+    return LearningMachineClient(settings.gateway_url, token_for(settings, token), timeout_s=settings.request_timeout_s)
+
+
 def register(app: typer.Typer) -> None:
     """Add `lm train` and `lm models` to the `lm` app."""
     app.command()(train)

@@ -41,6 +41,11 @@ class LearningMachineClient:
         self.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._response(method, path, **kwargs)
+        return response.json() if response.content else None
+
+    def _response(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The gateway's answer to one request; a problem (status 400 or above) raises :class:`GatewayError`."""
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -53,7 +58,7 @@ class LearningMachineClient:
             if not isinstance(problem, Mapping):
                 problem = {"detail": str(problem)[:300]}
             raise GatewayError(response.status_code, problem)
-        return response.json() if response.content else None
+        return response
 
     # -- the API -----------------------------------------------------------------------------------
     def predict(self, records: Sequence[Mapping[str, Any]], *, request_id: str | None = None) -> list[dict[str, Any]]:
@@ -91,6 +96,21 @@ class LearningMachineClient:
     def model_card(self, version: str = "champion") -> dict[str, Any]:
         """Model facts of a version: training data, metrics overall and per subgroup, reference ranges."""
         return dict(self._call("GET", "/v1/model-card", params={"version": version}))
+
+    def change_record(self, version: str = "champion") -> dict[str, Any]:
+        """A version's change record: the immutable part (digest verified by the gateway) and its rollout."""
+        return dict(self._call("GET", f"/v1/models/{version}/record"))
+
+    def label(self, version: str = "champion", format: str = "json") -> Any:
+        """A version's model-facts label: a dict (``json``) or the text of a ``markdown`` or ``html`` document."""
+        if format == "json":
+            return dict(self._call("GET", f"/v1/models/{version}/label"))
+        return self._response("GET", f"/v1/models/{version}/label", params={"format": format}).text
+
+    def label_diff(self, version: str = "champion", against: str | None = None) -> dict[str, Any]:
+        """What changed in a version's label from another's (default: the champion it was compared with)."""
+        params = {"against": against} if against else None
+        return dict(self._call("GET", f"/v1/models/{version}/label/diff", params=params))
 
     # -- the admin's side --------------------------------------------------------------------------
     def promote(self, version: str, reason: str = "manual") -> dict[str, Any]:

@@ -72,7 +72,9 @@ def register(settings: Settings, candidate_run_id: str, metrics_path: str | Path
                 tags[key] = run_tags[key]
         if "dataset_digest" in run_params:
             tags["lm.dataset_digest"] = run_params["dataset_digest"]
-        info = register_candidate(settings, tracker, candidate_run_id, metrics, tags)
+        # With its change record, written once, in this step's run (lm.change_record, lm.change_record_sha256).
+        info = register_candidate(settings, tracker, candidate_run_id, metrics, tags,
+                                  summary={**summary, "pipeline_run_id": parent_run_id or None}, register_run_id=run_id)
         tracker.log_params(run_id, {"model_name": settings.model_name, "version": info.version,
                                     "candidate_run_id": candidate_run_id})
     print(f"registered {settings.model_name} v{info.version} as challenger")

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from learning_machine.clients.gateway import LearningMachineClient
+from learning_machine.clients.gateway import GatewayError, LearningMachineClient
 from learning_machine.dashboard import views  # the installed name of this folder (a symlink)
 
 PAGES = {"patients": "Patients", "clinician": "Clinician", "data-scientist": "Data scientist"}
@@ -29,6 +29,58 @@ def _client(url: str, token: str) -> LearningMachineClient:
 def _model_card(url: str, token: str) -> dict[str, Any]:
     """The serving version's facts change only with a promotion: read them at most every 30 s."""
     return _client(url, token).model_card()
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _label(url: str, token: str, version: str, format: str = "json") -> Any:
+    """A version's model-facts label (a promotion or a rollback changes only its rollout lines: 30 s is fresh enough)."""
+    return _client(url, token).label(version, format)
+
+
+def _serving_label(conn: views.Connection) -> dict[str, Any] | None:
+    """The serving version's label; a version registered before change records were kept has none (said, not an
+    error: the rest of the page works)."""
+    try:
+        return dict(_label(conn.gateway_url, conn.token, "champion"))
+    except GatewayError as exc:
+        if exc.status == 404:
+            st.info(f"No model-facts label for the version that answers now: {exc.message}.")
+            return None
+        st.error(f"Could not read the model facts label. {views.explain_error(exc)}")
+    except Exception as exc:  # noqa: BLE001 - every error is shown, not raised
+        st.error(f"Could not read the model facts label. {views.explain_error(exc)}")
+    return None
+
+
+def show_label(facts: dict[str, Any]) -> None:
+    """The model-facts label in the layout of Sendak et al. (2020): one bordered page, its sections in order."""
+    view = views.label_view(facts)
+
+    def lines(title: str, rows: list[tuple[str, str]]) -> None:
+        st.markdown(f"**{title}**")
+        st.markdown("\n".join(f"- *{views.md_escape(k)}*: {views.md_escape(v)}" for k, v in rows) or "none recorded")
+
+    with st.container(border=True):
+        st.markdown(f"#### Model facts: {views.md_escape(view['title'])}")
+        left, right = st.columns(2)
+        with left:
+            lines("Summary", view["summary"])
+            lines("Mechanism of risk score calculation", view["mechanism"])
+            lines("Uses and directions", view["uses"])
+        with right:
+            st.markdown("**Validation and performance** (held-out test rows)")
+            st.dataframe(view["overall"], hide_index=True, width="stretch")
+            if not view["versus"].empty:
+                st.caption(f"Against the champion it was compared with (v{view['versus_champion']}), on the same rows:")
+                st.dataframe(view["versus"], hide_index=True, width="stretch")
+            else:
+                st.caption("The first version: there was no champion to compare it with.")
+            st.markdown("\n".join(f"- *{views.md_escape(k)}*: {views.md_escape(v)}" for k, v in view["validation"]))
+            st.markdown("**Warnings**")
+            st.markdown("\n".join(f"- {views.md_escape(w)}" for w in view["warnings"]))
+        st.markdown("**Subgroup performance**")
+        st.dataframe(view["subgroups"], hide_index=True, width="stretch")
+        lines("Other information", view["other"])
 
 
 def _guard(what: str, fn: Callable[[], Any]) -> Any:
@@ -138,6 +190,10 @@ def patients_page(client: LearningMachineClient, conn: views.Connection, me: dic
 # -- clinician -------------------------------------------------------------------------------------
 def clinician_page(client: LearningMachineClient, conn: views.Connection, me: dict[str, Any] | None) -> None:
     st.header("Clinician")
+    facts = _serving_label(conn)
+    if facts:
+        with st.expander(f"Model facts: {facts['summary']['model']}, the version that answers now", expanded=False):
+            show_label(facts)
     search = st.text_input("Find a patient (part of the record id)", key="clin_search")
     got = _guard("read the patients", lambda: views.patients_table(client, search, limit=200))
     if got is None:
@@ -196,20 +252,6 @@ def clinician_page(client: LearningMachineClient, conn: views.Connection, me: di
                      width="stretch")
     else:
         st.json(view["features"])
-
-    if card:
-        with st.expander(f"Model facts: {card.get('model')} v{card.get('version')}", expanded=False):
-            facts = views.model_facts(card)
-            for k, v in facts["summary"].items():
-                st.markdown(f"**{k}**: {v}")
-            a, b = st.columns(2)
-            a.markdown("**Overall (held-out test data)**")
-            a.dataframe(facts["overall"], hide_index=True)
-            b.markdown("**Per subgroup**")
-            b.dataframe(facts["subgroups"], hide_index=True)
-            st.markdown("**When not to use it**")
-            for line in facts["cautions"]:
-                st.markdown(f"- {line}")
 
     st.subheader("Enter the real outcome")
     role = (me or {}).get("role")
@@ -325,6 +367,8 @@ def data_scientist_page(client: LearningMachineClient, conn: views.Connection, m
 
     _approvals(client, role)
 
+    label_section(client, conn, models)
+
     st.subheader("Actions")
     if role != views.ADMIN:
         st.caption("Retraining, promotion and rollback need an admin token.")
@@ -374,6 +418,50 @@ def _approvals(client: LearningMachineClient, role: str | None) -> None:
             if result:
                 st.success(f"v{version} {result['decision']}"
                            + ("; it is the champion now" if result["decision"] == "approved" else "") + ".")
+
+
+def label_section(client: LearningMachineClient, conn: views.Connection, models: pd.DataFrame) -> None:
+    """A version's model-facts label, what changed from the version before, its exports and its change record."""
+    st.subheader("Model facts label and change record")
+    versions = [str(v) for v in models["version"]]
+    champion = [str(v) for v in models.loc[models["role"] == "champion", "version"]]
+    wanted = st.query_params.get("version") or (champion[0] if champion else versions[0])
+    version = st.selectbox("Version", versions, index=versions.index(wanted) if wanted in versions else 0,
+                           key="label_version")
+    facts = _guard("read the label", lambda: _label(conn.gateway_url, conn.token, version))
+    if facts is None:
+        return
+    show_label(facts)
+    a, b = st.columns(2)
+    markdown = _guard("export the label", lambda: _label(conn.gateway_url, conn.token, version, "markdown"))
+    page = _guard("export the label", lambda: _label(conn.gateway_url, conn.token, version, "html"))
+    if markdown is not None:
+        a.download_button("Download the label (Markdown)", markdown, file_name=f"model-facts-v{version}.md",
+                          mime="text/markdown", key="label_md")
+    if page is not None:
+        b.download_button("Download the label (HTML)", page, file_name=f"model-facts-v{version}.html",
+                          mime="text/html", key="label_html")
+    if version == min(versions, key=int):
+        st.caption("The first version: no earlier label to compare with.")
+    else:
+        changes = _guard("compare the label with the previous version", lambda: client.label_diff(version))
+        if changes is not None:
+            diff = views.label_diff_view(changes)
+            st.markdown(f"**What changed from v{diff['from']} to v{diff['to']}**")
+            c, d = st.columns(2)
+            c.dataframe(diff["overall"], hide_index=True, width="stretch")
+            d.dataframe(diff["subgroups"], hide_index=True, width="stretch")
+            st.dataframe(diff["changed"], hide_index=True, width="stretch")
+            for w in diff["warnings"]["added"]:
+                st.markdown(f"- new warning: {views.md_escape(w)}")
+            for w in diff["warnings"]["removed"]:
+                st.markdown(f"- warning gone: {views.md_escape(w)}")
+    found = _guard("read the change record", lambda: client.change_record(version))
+    if found is not None:
+        st.caption(f"Change record {found['location']} · sha256 {found['sha256'][:16]}… verified"
+                   + (f" · not recorded: {', '.join(found['missing'])}" if found["missing"] else " · complete"))
+        with st.expander("The change record (immutable) and its rollout", expanded=False):
+            st.json({"record": found["record"], "rollout": found["rollout"]}, expanded=3)
 
 
 @st.cache_resource  # once per process

@@ -288,39 +288,79 @@ def values_against_reference(card: dict[str, Any] | None, features: dict[str, An
     return pd.DataFrame(rows)
 
 
-def model_facts(card: dict[str, Any]) -> dict[str, Any]:
-    """The one-page model facts: summary lines, overall metrics, per-subgroup metrics, cautions."""
-    metrics = card.get("metrics") or {}
-    overall = pd.DataFrame([{"metric": k, "value": v} for k, v in metrics.items()
-                            if k in ("auc", "brier", "ece", "accuracy", "f1", "log_loss", "prevalence", "n")])
-    sub_rows = []
-    for group, by_label in (card.get("subgroups") or {}).items():
-        for label, m in by_label.items():
-            sub_rows.append({"subgroup": group, "group": label, "n": int(m.get("n", 0)),
-                             "auc": m.get("auc"), "brier": m.get("brier"), "prevalence": m.get("prevalence")})
-    subgroups = pd.DataFrame(sub_rows, columns=["subgroup", "group", "n", "auc", "brier", "prevalence"])
-    data = card.get("dataset") or {}
-    cautions = ["Do not use for patients whose values fall outside the valid ranges of the features below, or "
-                "for populations unlike the training data (see the reference ranges).",
-                "It supports, not replaces, clinical judgement: it predicts a risk, not a diagnosis."]
-    auc = metrics.get("auc")
-    weak = subgroups[subgroups["auc"].notna() & (subgroups["auc"] < auc - 0.05)] if auc is not None else subgroups[:0]
-    for _, row in weak.iterrows():
-        cautions.append(f"Less accurate for {row['subgroup']} = {row['group']} (AUC {row['auc']:.2f} vs "
-                        f"{auc:.2f} overall, n = {row['n']}).")
-    small = subgroups[subgroups["n"] < 50]
-    for _, row in small.iterrows():
-        cautions.append(f"Little evidence for {row['subgroup']} = {row['group']} (only {row['n']} test patients).")
-    summary = {
-        "model": f"{card.get('model')} v{card.get('version')} ({card.get('kind') or 'unknown kind'})",
-        "aliases": ", ".join(card.get("aliases") or []) or "none",
-        "intended use": card.get("intended_use") or "not stated",
-        "predicts": f"{card.get('target', {}).get('name')}: {card.get('target', {}).get('description')}",
-        "training data": (f"{data.get('name')} ({data.get('train_rows')} training rows, {data.get('test_rows')} "
-                          f"held out; digest {str(data.get('digest') or '')[:12]})"),
-        "training run": card.get("run_id"),
-    }
-    return {"summary": summary, "overall": overall, "subgroups": subgroups, "cautions": cautions}
+def label_view(facts: dict[str, Any]) -> dict[str, Any]:
+    """A version's model-facts label (``GET /v1/models/{version}/label``) laid out for the page: each Sendak
+    section as lines of text or a table (overall and per-subgroup performance with their intervals)."""
+    def lines(part: dict[str, Any]) -> list[tuple[str, str]]:
+        return [(k, _fact(v)) for k, v in part.items()]
+
+    validation = dict(facts.get("validation") or {})
+    overall_metrics = validation.pop("overall", {}) or {}
+    versus = validation.pop("against champion", None)
+    overall = pd.DataFrame([{"metric": k, "value": overall_metrics.get(k),
+                             "95% interval": _ci(overall_metrics) if k == "auc" else ""}
+                            for k in ("auc", "brier", "log_loss", "ece", "prevalence", "n")
+                            if overall_metrics.get(k) is not None])
+    versus_rows = [{"metric": m, "candidate - champion": (versus.get(m) or {}).get("diff"),
+                    "95% interval": _interval(versus.get(m) or {})} for m in ("auc", "log_loss", "brier")] \
+        if versus else []
+    subgroups = pd.DataFrame([{"subgroup": r["subgroup"], "group": r["group"], "n": r.get("n"), "auc": r.get("auc"),
+                               "95% interval": _ci(r), "brier": r.get("brier"), "prevalence": r.get("prevalence")}
+                              for r in facts.get("subgroups") or []],
+                             columns=["subgroup", "group", "n", "auc", "95% interval", "brier", "prevalence"])
+    return {"title": f"{facts.get('summary', {}).get('model')}", "summary": lines(facts.get("summary") or {}),
+            "mechanism": lines(facts.get("mechanism") or {}), "validation": lines(validation), "overall": overall,
+            "versus": pd.DataFrame(versus_rows), "versus_champion": (versus or {}).get("champion"),
+            "uses": lines(facts.get("uses") or {}), "warnings": list(facts.get("warnings") or []),
+            "subgroups": subgroups, "other": lines(facts.get("other") or {})}
+
+
+def label_diff_view(changes: dict[str, Any]) -> dict[str, Any]:
+    """The diff of two versions' labels (``GET /v1/models/{version}/label/diff``) as tables: overall and
+    per-subgroup metrics (old, new, new minus old) and the other fields that changed."""
+    def rows(deltas: dict[str, Any], **key: Any) -> list[dict[str, Any]]:
+        return [{**key, "metric": m, "old": d.get("old"), "new": d.get("new"), "change": d.get("delta")}
+                for m, d in deltas.items() if isinstance(d, dict) and m != "n"]
+
+    overall = pd.DataFrame(rows(changes.get("overall") or {}), columns=["metric", "old", "new", "change"])
+    per_group = [r for g in changes.get("subgroups") or [] for r in
+                 rows({k: v for k, v in g.items() if k not in ("subgroup", "group")}, subgroup=g["subgroup"],
+                      group=g["group"]) if r["metric"] == "auc"]
+    subgroups = pd.DataFrame(per_group, columns=["subgroup", "group", "metric", "old", "new", "change"])
+    changed = pd.DataFrame([{"field": k, "old": _fact(v[0]), "new": _fact(v[1])}
+                            for k, v in (changes.get("changed") or {}).items()], columns=["field", "old", "new"])
+    return {"from": changes.get("from"), "to": changes.get("to"), "overall": overall, "subgroups": subgroups,
+            "changed": changed, "warnings": changes.get("warnings") or {"added": [], "removed": []}}
+
+
+def md_escape(text: Any) -> str:
+    """Text shown through Streamlit's Markdown as written (no emphasis, links or headings made of it)."""
+    out = str(text).replace("\n", " ")
+    for char in "\\`*_{}[]<>()#+!|~$":
+        out = out.replace(char, "\\" + char)
+    return out
+
+
+def _ci(row: dict[str, Any]) -> str:
+    low, high = row.get("auc_low"), row.get("auc_high")
+    return f"{low:.3f} to {high:.3f}" if low is not None and high is not None else ""
+
+
+def _interval(d: dict[str, Any]) -> str:
+    low, high = d.get("low"), d.get("high")
+    return f"{low:+.4f} to {high:+.4f}" if low is not None and high is not None else ""
+
+
+def _fact(value: Any) -> str:
+    if value is None or value == "":
+        return "not recorded"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value) or "none"
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {_fact(v)}" for k, v in value.items()) or "none"
+    return str(value)
 
 
 # -- data scientist --------------------------------------------------------------------------------

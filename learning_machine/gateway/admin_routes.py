@@ -1,5 +1,6 @@
 """Routes the dashboard needs beyond the history: who am I (`GET /v1/whoami`), the serving version's
-model facts (`GET /v1/model-card`), and the admin's lifecycle actions (promote, roll back, request a
+model facts (`GET /v1/model-card`), each version's change record and model-facts label
+(`GET /v1/models/{version}/record`, `/label`, `/label/diff`), and the admin's lifecycle actions (promote, roll back, request a
 retraining). Thin adapters: a change of champion is :func:`learning_machine.lifecycle.promotion.change_champion`
 (move the alias, serve, record the event), the same function `lm models promote/rollback` calls."""
 
@@ -10,14 +11,17 @@ from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import HTMLResponse, PlainTextResponse
 from pydantic import Field
 
-from learning_machine.errors import ServiceUnavailableError
+from learning_machine.errors import NotFoundError, ServiceUnavailableError
 from learning_machine.gateway.auth import ADMINISTRATION, CLINICAL, SCIENCE, require
 from learning_machine.gateway.routes import Ctx
 from learning_machine.gateway.schemas import In
 from learning_machine.gateway.service import GatewayContext
+from learning_machine.lifecycle.label import diff, label, to_html, to_markdown
 from learning_machine.lifecycle.promotion import awaiting_approval, change_champion, decide_approval
+from learning_machine.lifecycle.record import LIFECYCLE_KINDS, missing, read_record, rollout
 from learning_machine.store import repository
 from learning_machine.store.tokens import Principal
 
@@ -69,6 +73,11 @@ def model_card(c: Ctx, _: Clinical,
     tracker = c.tracker()
     tracker.health()
     info = tracker.version(c.model_name, version)
+    current = tracker.version(c.model_name, info.version)  # aliases move; the rest of the card does not
+    return {**_card(c, info), "aliases": current.aliases}
+
+
+def _card(c: GatewayContext, info: Any) -> dict[str, Any]:
     key = (c.settings.tracking_uri, c.model_name, info.version)
     with _cards_lock:
         cached = _cards.get(key)
@@ -76,8 +85,72 @@ def model_card(c: Ctx, _: Clinical,
         cached = _build_card(c, info)
         with _cards_lock:
             _cards[key] = cached
-    current = tracker.version(c.model_name, info.version)  # aliases move; the rest of the card does not
-    return {**cached, "aliases": current.aliases}
+    return cached
+
+
+# -- the change record and the model-facts label of a version ----------------------------------------------
+Ref = Annotated[str, Path(max_length=64, pattern=VERSION, description="Version number or alias (champion).")]
+LabelFormat = Literal["json", "markdown", "html"]
+
+
+def _record(c: GatewayContext, version: str) -> dict[str, Any]:
+    """The version's verified immutable record and, from the events, what happened to it since."""
+    tracker = c.tracker()
+    tracker.health()
+    found = read_record(tracker, c.model_name, version)
+    info = found["version"]
+    events = repository.version_events(c.db, info.version, LIFECYCLE_KINDS)
+    return {"model": c.model_name, "version": info.version, "location": found["location"],
+            "sha256": found["sha256"], "verified": True, "missing": missing(found["record"]),
+            "record": found["record"], "rollout": rollout(info, events), "_info": info}
+
+
+def _label(c: GatewayContext, version: str) -> dict[str, Any]:
+    found = _record(c, version)
+    return label(found["record"], _card(c, found["_info"]), found["rollout"], sha256=found["sha256"])
+
+
+@router.get("/models/{version}/record", tags=["models"],
+            summary="A version's change record: the immutable part (digest verified) and its rollout since")
+def change_record(c: Ctx, _: Clinical, version: Ref) -> Any:
+    found = _record(c, version)
+    found.pop("_info")
+    return found
+
+
+@router.get("/models/{version}/label", tags=["models"], summary="A version's model-facts label (JSON, Markdown, HTML)",
+            responses={200: {"content": {"text/markdown": {}, "text/html": {}}}})
+def model_label(c: Ctx, _: Clinical, version: Ref, format: LabelFormat = "json") -> Any:
+    facts = _label(c, version)
+    if format == "markdown":
+        return PlainTextResponse(to_markdown(facts), media_type="text/markdown; charset=utf-8")
+    if format == "html":
+        return HTMLResponse(to_html(facts))
+    return facts
+
+
+@router.get("/models/{version}/label/diff", tags=["models"],
+            summary="What changed in the label from another version (default: the one it was compared with, "
+                    "else the version before it)")
+def label_diff(c: Ctx, _: Clinical, version: Ref,
+               against: Annotated[str | None, Query(max_length=64, pattern=VERSION)] = None) -> Any:
+    new = _label(c, version)
+    previous = against or _previous(c, new)
+    if previous is None:
+        raise NotFoundError(f"v{new['version']} of {c.model_name} is the first version: there is nothing to compare "
+                            "its label with")
+    old = _label(c, previous)
+    return {**diff(old, new), "old": old, "new": new}
+
+
+def _previous(c: GatewayContext, facts: dict[str, Any]) -> str | None:
+    """The champion a version was compared with, else the newest version registered before it."""
+    versus = (facts.get("validation") or {}).get("against champion") or {}
+    if versus.get("champion"):
+        return str(versus["champion"])
+    number = int(facts["version"])
+    older = [int(v.version) for v in c.tracker().list_versions(c.model_name) if int(v.version) < number]
+    return str(max(older)) if older else None
 
 
 def _build_card(c: GatewayContext, info: Any) -> dict[str, Any]:

@@ -10,8 +10,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from learning_machine.errors import DataQualityError
+from learning_machine.lifecycle.plan import plan_for_settings
 from learning_machine.lifecycle.promotion import decide
+from learning_machine.lifecycle.record import record_version
 from learning_machine.registry.names import CHAMPION, CHANGE_TAG
+from learning_machine.registry.runs import step_run
 from learning_machine.registry.tracker import Tracker, VersionInfo
 from learning_machine.settings import Settings
 
@@ -86,12 +89,21 @@ def train_and_register(settings: Settings, tracker: Tracker, dataset: LoadedData
     run_id = log_candidate(settings, tracker, result, dataset, run_name=f"train-{result.kind}-{dataset.name}",
                            tags=tags, parent_run_id=parent_run_id, progress=progress)
     log_manifest(tracker, run_id, data_manifest(dataset.spec, result.train, result.test, dataset.params))
-    version = register_candidate(settings, tracker, run_id, result.evaluation.metrics,
-                                 {"lm.dataset": dataset.name, "lm.dataset_digest": dataset.digest,
-                                  "lm.kind": result.kind, "lm.mode": result.mode, **tags})
+    champion = tracker.alias_version(settings.model_name, CHAMPION)
+    decision = decide(promote, has_champion=champion is not None)
+    # No comparison with a champion here (`lm up`'s first model, `lm train`): the record says what was decided.
+    summary = {"change": tags[CHANGE_TAG], "candidate": result.evaluation.as_dict(),
+               "held_out_rows": len(result.test), "champion": None,
+               "champion_version": champion.version if champion else "",
+               "gate": {"policy": promote, "promote": decision.promote, "reason": decision.reason, "clauses": []},
+               "plan_in_force": plan_for_settings(settings, dataset.spec).identity()}
+    with step_run(settings, tracker, "register", parent_run_id or "") as register_run_id:
+        version = register_candidate(settings, tracker, run_id, result.evaluation.metrics,
+                                     {"lm.dataset": dataset.name, "lm.dataset_digest": dataset.digest,
+                                      "lm.kind": result.kind, "lm.mode": result.mode, **tags},
+                                     summary=summary, register_run_id=register_run_id)
     if progress:
         progress(f"registered {settings.model_name} v{version.version} as challenger")
-    decision = decide(promote, has_champion=tracker.alias_version(settings.model_name, CHAMPION) is not None)
     if decision.promote:
         version = tracker.promote(settings.model_name, version.version,
                                   reason="first model" if promote == "if-first" else "promoted at training")
@@ -152,6 +164,14 @@ def log_manifest(tracker: Tracker, run_id: str, manifest: Mapping[str, Any]) -> 
 
 
 def register_candidate(settings: Settings, tracker: Tracker, run_id: str, metrics: dict[str, float],
-                       tags: dict[str, str]) -> VersionInfo:
-    """Register the run's model as a new version of the settings' model (alias ``challenger``)."""
-    return tracker.register(settings.model_name, run_id, metrics=metrics, tags=tags)
+                       tags: dict[str, str], *, summary: Mapping[str, Any] | None = None,
+                       register_run_id: str = "") -> VersionInfo:
+    """Register the run's model as a new version of the settings' model (alias ``challenger``) with its change
+    record (:func:`learning_machine.lifecycle.record.record_version`, from the evaluation ``summary``, stored in
+    the run ``register_run_id``): a version whose record cannot be written is not registered."""
+    def record(version: VersionInfo) -> None:
+        record_version(settings, tracker, version, summary or {}, candidate_run_id=run_id,
+                       register_run_id=register_run_id)
+
+    return tracker.register(settings.model_name, run_id, metrics=metrics, tags=tags,
+                            then=record if register_run_id else None)

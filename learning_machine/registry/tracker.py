@@ -197,6 +197,16 @@ class Tracker:
         if not self._upload(run_id, artifact_file, text.encode()):
             self._call(f"logging {artifact_file}", lambda: self.client.log_text(run_id, text, artifact_file))
 
+    def log_bytes(self, run_id: str, data: bytes, artifact_file: str) -> None:
+        """Store ``data`` byte for byte as an artifact of the run (a digest taken before is the stored one's)."""
+        if not self._upload(run_id, artifact_file, data):
+            with tempfile.TemporaryDirectory() as tmp:
+                local = Path(tmp) / Path(artifact_file).name
+                local.write_bytes(data)
+                folder = str(Path(artifact_file).parent)
+                self._call(f"logging {artifact_file}", lambda: self.client.log_artifact(
+                    run_id, str(local), None if folder == "." else folder))
+
     def _upload(self, run_id: str, artifact_file: str, data: bytes) -> bool:
         """PUT a small artifact through the server's artifact proxy (``--serve-artifacts``, how `lm up` and
         the chart run MLflow); False when the run's artifacts live elsewhere (then MlflowClient uploads)."""
@@ -239,8 +249,8 @@ class Tracker:
             self._call("uploading an artifact", lambda: self.client.log_artifact(run_id, str(local_file),
                                                                                  artifact_path))
 
-    def run_json(self, run_id: str, artifact_file: str) -> Any:
-        """A JSON artifact of a run, parsed; None when the run has no such artifact."""
+    def run_bytes(self, run_id: str, artifact_file: str) -> bytes | None:
+        """An artifact of a run as stored, byte for byte; None when the run has no such artifact."""
         import mlflow.artifacts
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -249,7 +259,12 @@ class Tracker:
                                                            tracking_uri=self.uri)
             except Exception:  # noqa: BLE001 - MLflow raises several kinds for "not there"
                 return None
-            return json.loads(Path(path).read_text())
+            return Path(path).read_bytes()
+
+    def run_json(self, run_id: str, artifact_file: str) -> Any:
+        """A JSON artifact of a run, parsed; None when the run has no such artifact."""
+        data = self.run_bytes(run_id, artifact_file)
+        return json.loads(data) if data is not None else None
 
     def version_frame(self, info: VersionInfo, artifact_file: str) -> Any:
         """A parquet artifact stored beside a version's model (e.g. its training reference) as a
@@ -437,9 +452,11 @@ class Tracker:
 
     # -- registry ----------------------------------------------------------------------------------
     def register(self, model_name: str, run_id: str, *, metrics: dict[str, float] | None = None,
-                 tags: dict[str, str] | None = None, alias: str | None = CHALLENGER) -> VersionInfo:
-        """Register the run's model as a new version tagged with its metrics, and give it ``alias``.
-        On any failure the half-made version is deleted, so the registry never shows it."""
+                 tags: dict[str, str] | None = None, alias: str | None = CHALLENGER,
+                 then: Callable[[VersionInfo], object] | None = None) -> VersionInfo:
+        """Register the run's model as a new version tagged with its metrics, call ``then`` with it (e.g. write its
+        change record), and give it ``alias``. On any failure (``then``'s too) the half-made version is deleted, so
+        the registry never shows it."""
         try:
             self.rest.call(f"reading registered model {model_name!r}", "GET", "registered-models/get",
                            params={"name": model_name})
@@ -467,6 +484,8 @@ class Tracker:
                         **(tags or {})}
             for key, value in all_tags.items():
                 self._version_tag(model_name, number, key, value)
+            if then is not None:
+                then(self.version(model_name, number))
             if alias:
                 self._set_alias(model_name, alias, number)
         except BaseException:

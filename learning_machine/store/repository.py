@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import Connection, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -493,6 +493,15 @@ def list_events(db: Database, page: Page, *, since: datetime | None = None,
     if kind is not None:
         query = query.where(Event.kind == kind)
     return _paged(db, query, Event.id.desc(), page, event_dict)
+
+
+def version_events(db: Database, model_version: str, also_kinds: Sequence[str] = (),
+                   limit: int = 10_000) -> list[dict[str, Any]]:
+    """The events stored under ``model_version`` and every event of ``also_kinds`` (which may name it in their
+    detail), oldest first: the raw material of a version's rollout history."""
+    query = select(Event).where(or_(Event.model_version == model_version, Event.kind.in_(list(also_kinds))))
+    with db.read() as session:
+        return [event_dict(e) for e in session.scalars(query.order_by(Event.id.asc()).limit(limit))]
 
 
 def _paged(db: Database, query: Any, order: Any, page: Page, as_dict: Any) -> dict[str, Any]:

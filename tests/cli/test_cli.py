@@ -95,6 +95,18 @@ def test_up_status_doctor_train_down(tmp_path: Path):
         versions = json.loads(lm("models", "list", "--json").stdout)
         assert [v["aliases"] for v in versions] == [["champion"]]
 
+        # The first model's change record and label, through the gateway `lm up` started: complete, no champion.
+        record = lm("models", "record", "1")
+        assert record.returncode == 0, record.stderr
+        found = json.loads(record.stdout)
+        assert found["verified"] and found["missing"] == [], found["missing"]
+        assert found["record"]["change"] == "train" and found["record"]["evaluation"]["champion"] is None
+        assert found["record"]["decision"]["outcome"] == "promote" and found["rollout"]["serving_now"]
+        label = lm("models", "label")  # the champion's, as Markdown
+        assert label.returncode == 0, label.stderr
+        assert label.stdout.startswith("# Model facts: clinical-risk v1\n"), label.stdout[:200]
+        assert "## Subgroup performance" in label.stdout and "none: the first version" in label.stdout
+
         bad = lm("train", "--dataset", "mimic")
         assert bad.returncode == 1 and "unknown dataset 'mimic'" in bad.stderr
         assert len(json.loads(lm("models", "list", "--json").stdout)) == 1  # nothing half-written

@@ -97,10 +97,13 @@ def test_clinician_sees_risk_explanation_rule_reference_and_model_facts(monkeypa
     assert metrics["Predicted risk"].endswith("%") and metrics["Model version"].startswith("v")
     assert metrics["Observed in similar patients"].endswith("%")  # from the version's calibration
     assert at.get("vega_lite_chart"), "the contributions chart"
-    reference = at.dataframe[0].value
+    reference = next(d.value for d in at.dataframe if "feature" in d.value.columns)  # after the label's tables
     assert {"age", "egfr"} <= set(reference["feature"]) and reference["reference population (5th–95th pct)"].str.contains("median").any()
-    facts = _texts(at)
-    assert "intended use" in facts and "When not to use it" in facts and "training data" in facts
+    facts = _texts(at)  # the serving version's model-facts label, Sendak's sections
+    for section in ("Summary", "Mechanism of risk score calculation", "Validation and performance",
+                    "Uses and directions", "Warnings", "Subgroup performance", "Other information"):
+        assert section in facts, section
+    assert "intended use" in facts and "training data" in facts and "change record sha256" in facts
     # The anchor rule on demand, in plain words with precision and coverage.
     at.button(key="clin_anchor").click().run()
     assert "precision" in _texts(at) and "coverage" in _texts(at), _texts(at)
@@ -114,6 +117,49 @@ def test_a_clinician_records_the_real_outcome(monkeypatch, history_gateway: Runn
     at.button(key="clin_record").click().run()
     assert any(f"Outcome 1 for {record_id}: created" in s.value for s in at.success), _texts(at)
     assert history_gateway.client("data-scientist").get(f"/v1/patients/{record_id}").json()["outcome"]["outcome"] == 1
+
+
+def test_data_scientist_reads_each_versions_label_what_changed_and_its_record(monkeypatch, record_gateway):
+    gateway, two = record_gateway
+    at = _app(monkeypatch, gateway.url, gateway.tokens["data-scientist"], "data-scientist")
+    assert not at.error, _texts(at)
+    assert at.selectbox(key="label_version").value == two.retrained  # the champion, by default
+    texts = _texts(at)
+    assert f"What changed from v{two.first} to v{two.retrained}" in texts and "verified" in texts
+    record = gateway.client("data-scientist").get(f"/v1/models/{two.retrained}/record").json()
+    assert record["sha256"][:16] in texts
+    frames = [d.value for d in at.dataframe]
+    change = next(f for f in frames if list(f.columns) == ["metric", "old", "new", "change"])
+    auc = change[change["metric"] == "auc"].iloc[0]
+    assert auc["new"] == round(record["record"]["evaluation"]["candidate"]["metrics"]["auc"], 4)
+    assert auc["change"] == round(auc["new"] - auc["old"], 4)
+    assert len(at.get("download_button")) == 2  # Markdown and HTML
+    at.selectbox(key="label_version").set_value(two.first).run()
+    texts = _texts(at)
+    assert "no earlier label to compare with" in texts and "there was no champion to compare it with" in texts
+
+
+def test_a_serving_version_without_a_change_record_is_said_not_an_error(monkeypatch, record_gateway, tmp_path):
+    """A version registered before change records were kept serves: the clinician is told it has no label, and
+    the rest of the page works."""
+    import uuid
+
+    from gateway_harness import Nowhere, free_port, sqlite_gateway
+
+    from learning_machine.registry.tracker import Tracker
+
+    gateway, two = record_gateway
+    tracker = Tracker(gateway.settings.tracking_uri)
+    name = f"risk-old-{uuid.uuid4().hex[:8]}"
+    old = tracker.register(name, two.retrain_run, metrics={"auc": 0.7})  # no change record, as before records
+    tracker.promote(name, old.version)
+    with sqlite_gateway(tmp_path, Nowhere(f"http://127.0.0.1:{free_port()}", name, gateway.settings.tracking_uri),
+                        two.spec, deployer="none") as older:
+        at = _app(monkeypatch, older.url, older.tokens["clinician"], "clinician")
+        assert not at.error, _texts(at)
+        assert f"No model-facts label for the version that answers now: v{old.version} of {name} has no change " \
+               "record" in _texts(at)
+        assert "No patients yet" in _texts(at)  # the rest of the page
 
 
 # -- data scientist ------------------------------------------------------------------------------------

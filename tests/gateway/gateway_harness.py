@@ -151,3 +151,38 @@ def make_records(n: int, *, seed: int = 0, prefix: str | None = None, with_outco
             record.pop("outcome", None)
         out.append(record)
     return out
+
+
+@dataclass
+class TwoVersions:
+    """A model of its own with a first version (promoted: no champion) and a retrained second one."""
+
+    settings: Settings
+    first: str
+    retrained: str
+    comparison: dict[str, Any]
+    retrain_run: str
+    spec: DatasetSpec
+
+
+def train_two_versions(settings: Settings, home: Path) -> TwoVersions:
+    """v1 trained and registered as `lm up` trains its first model (promoted: there is no champion), then v2 from
+    the retraining pipeline's own retrain, evaluate and register steps on rows after a concept drift, compared
+    with v1 (a few seconds: 1,500 rows each)."""
+    from learning_machine.components import release, steps
+    from learning_machine.data.sources import load_dataset
+    from learning_machine.data.synthetic import generate_cohort
+    from learning_machine.lifecycle.training import train_and_register
+    from learning_machine.registry.tracker import Tracker
+
+    data = load_dataset("synthetic-cohort", n_rows=1500, seed=21)
+    first = train_and_register(settings, Tracker(settings.tracking_uri), data, promote="if-first").version.version
+    new = generate_cohort(1500, seed=22, scenario="concept-drift", drift_start=0, id_prefix="N")
+    steps.write_dataset(home / "new", new.frame, data.spec, {"source_uri": "generated:concept-drift",
+                                                              "params": {"seed": 22}})
+    run_id, _ = steps.retrain(settings, home / "new", home / "test")
+    steps.evaluate(settings, run_id, home / "test", home / "comparison.json", policy="gate")
+    retrained = release.register(settings, run_id, home / "comparison.json")
+    return TwoVersions(settings, first, retrained, json.loads((home / "comparison.json").read_text()), run_id,
+                       data.spec)
+

@@ -83,6 +83,15 @@ def test_training_pipeline_logs_nested_runs_registers_and_promotes_the_first_mod
     assert all(r.info.status == "FINISHED" for r in children.values())
     assert children["train"].data.params["train_rows"] == "1125"
     assert "candidate.auc.sex.female" in children["evaluate"].data.metrics  # subgroup metrics
+    # The version's change record, written by the register step into its own run, names the pipeline run.
+    from learning_machine.lifecycle.record import read_record
+
+    found = read_record(tracker, settings.model_name, "1")
+    assert found["location"] == f"runs:/{children['register'].info.run_id}/change-record/record.json"
+    record = found["record"]
+    assert record["change"] == "train" and record["training"]["pipeline_run"] == trained["parent_run_id"]
+    assert record["decision"]["outcome"] == "promote" and record["evaluation"]["held_out_rows"] == 375
+    assert record["training"]["run_id"] == children["train"].info.run_id and record["training"]["code"]["commit"]
     # No LM_DEPLOYER and no model server URL: what `lm up` manages serves the champion (here it is not
     # running, so it will serve it when it starts); nothing changed, and the run says so.
     deploy = children["deploy"].data.params
