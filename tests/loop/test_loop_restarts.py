@@ -309,3 +309,47 @@ def test_a_recalibration_the_plan_does_not_allow_is_asked_as_a_retraining(env: E
     assert shipped.trigger.allowed_changes == ("retrain", "recalibrate")
     assert shipped.trigger(recalibrate)["state"] == "FAILED"
     assert [p["change"] for p in asked] == ["retrain", "recalibrate"]
+
+
+@pytest.mark.slow
+def test_a_retraining_held_by_the_plan_is_recorded_as_awaiting_approval_not_shadowed(env: Env, tmp_path):
+    """The loop's trigger runs the real retraining pipeline (kfp.local) with its plan; the candidate is better
+    than the champion but below the plan's floor, so the pipeline holds it and the loop records
+    `awaiting-approval` (with the plan and the champion it was judged against) instead of a refusal and a
+    shadow evaluation."""
+    import uuid
+
+    import yaml
+
+    from learning_machine.data.sources import load_dataset
+    from learning_machine.lifecycle.plan import PLANS
+    from learning_machine.lifecycle.training import train_and_register
+    from learning_machine.loop.policy import Decision
+
+    plan = yaml.safe_load((PLANS / "synthetic-cohort.yaml").read_text())
+    plan["version"] = "1.0.0-strict-floor"
+    plan["acceptance"]["subgroups"]["floors"] = {"sex": {"*": 0.99}}  # no model reaches it
+    (tmp_path / "strict.yaml").write_text(yaml.safe_dump(plan))
+    settings = env.gateway.settings.model_copy(update={
+        "model_name": f"held-{uuid.uuid4().hex[:8]}", "change_plan": tmp_path / "strict.yaml", "home": tmp_path,
+        "pipeline_runner": "local", "deployer": "none", "loop_retrain_rows": 2400, "loop_reference_rows": 0})
+    tracker = Tracker(settings.tracking_uri)
+    train_and_register(settings, tracker, load_dataset("synthetic-cohort", n_rows=800, seed=1), promote="if-first")
+    # After a concept change: a model retrained on these rows is better than the first one.
+    report = run_stream(env.client("clinician"), generated_records(2400, seed=31, scenario="concept-drift",
+                                                                   drift_start=0, id_prefix="held-"),
+                        StreamPlan(rows=2400, batch_size=100, outcome_delay_rows=0))
+    assert report.predicted == 2400, report.summary()
+    service = LoopService(settings, env.client("monitor"), tracker=tracker)
+    outcome = service.trigger(Decision(True, ("test: the champion lost performance",), ("performance",)))
+    assert outcome["state"] == "SUCCEEDED", outcome
+    assert outcome.get("awaiting_approval") == "2" and "promoted" not in outcome and "refused" not in outcome
+    assert service.trigger.last_attempt["result"] == "awaiting-approval"
+    held = [e for e in env.events("awaiting-approval") if e["model_version"] == "2"]
+    assert len(held) == 1 and held[0]["detail"]["champion"] == "1"
+    assert held[0]["detail"]["plan"] == "synthetic-cohort-ccp 1.0.0-strict-floor"
+    assert "subgroup floor: sex=" in held[0]["detail"]["reason"]
+    assert not [e for e in env.events("gate-undecided") + env.events("refused") if e["model_version"] == "1"
+                and (e["detail"].get("challenger") == "2")]
+    assert tracker.version(settings.model_name, "champion").version == "1"
+    assert tracker.version(settings.model_name, "2").tags["lm.approval"] == "awaiting"
