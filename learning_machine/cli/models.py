@@ -75,6 +75,7 @@ def models_awaiting(ctx: typer.Context, as_json: Annotated[bool, typer.Option("-
     """Versions the change-control plan held for a person's decision (better than the champion, outside the
     plan), with the plan's reason."""
     from learning_machine.lifecycle.promotion import awaiting_approval
+    from learning_machine.registry.names import GATE_CHAMPION_TAG, PLAN_REASON_TAG, PLAN_TAG
 
     settings = settings_of(ctx)
     versions = awaiting_approval(tracker_for(settings), settings.model_name)
@@ -86,7 +87,8 @@ def models_awaiting(ctx: typer.Context, as_json: Annotated[bool, typer.Option("-
         return
     table = Table("version", "plan", "judged against", "why it waits")
     for v in versions:
-        table.add_row(v.version, v.tags.get("lm.plan", ""), v.tags.get("lm.gate_champion", ""), v.tags.get("lm.gate", ""))
+        table.add_row(v.version, v.tags.get(PLAN_TAG, ""), v.tags.get(GATE_CHAMPION_TAG, ""),
+                      v.tags.get(PLAN_REASON_TAG, ""))
     out.print(table)
 
 

@@ -14,17 +14,14 @@ from learning_machine.lifecycle.promotion import (
     change_champion,
     clauses_summary,
     evidence_summary,
+    plan_tags,
     serve,
 )
 from learning_machine.lifecycle.training import register_candidate
 from learning_machine.registry.names import (
-    APPROVAL_TAG,
     CHAMPION,
     CHANGE_TAG,
     GATE_CHAMPION_TAG,
-    PLAN_DECISION_TAG,
-    PLAN_DIGEST_TAG,
-    PLAN_TAG,
     PREVIOUS_TAG,
     RECALIBRATION_TAG,
 )
@@ -56,15 +53,7 @@ def register(settings: Settings, candidate_run_id: str, metrics_path: str | Path
             tags[PROVEN_WORSE_TAG] = "true" if gate["proven_worse"] else "false"  # the loop does not shadow it
         if "champion_version" in summary:
             tags[GATE_CHAMPION_TAG] = str(summary["champion_version"] or "")  # the promote step checks it still serves
-        verdict = summary.get("plan") or {}
-        applied = verdict.get("plan") or summary.get("plan_applied") or {}
-        if applied:
-            tags[PLAN_TAG] = f"{applied.get('plan')} {applied.get('version')}"
-            tags[PLAN_DIGEST_TAG] = str(applied.get("digest", ""))
-        if verdict:
-            tags[PLAN_DECISION_TAG] = str(verdict.get("decision"))
-            if verdict.get("decision") == "awaiting-approval":
-                tags[APPROVAL_TAG] = "awaiting"  # an admin approves or rejects it (lifecycle.promotion.approve)
+        tags.update(plan_tags(summary.get("plan"), summary.get("plan_applied")))
         run_tags, run_params = tracker.run_tags_and_params(candidate_run_id)
         for key in ("lm.dataset", "lm.kind", "lm.mode", "lm.continued_from", "lm.retrain_mode", "lm.candidates",
                     CHANGE_TAG, RECALIBRATION_TAG, "lm.recalibrated_from"):

@@ -16,6 +16,7 @@ import pandas as pd
 
 from learning_machine.clients.gateway import GatewayError, LearningMachineClient
 from learning_machine.errors import LearningMachineError
+from learning_machine.lifecycle.label import fact_text
 
 ADMIN, DATA_SCIENTIST, CLINICIAN = "admin", "data-scientist", "clinician"
 # The events marked on the timelines: the decisions a reader looks for (the rest, e.g. each shadow look, is in
@@ -292,7 +293,7 @@ def label_view(facts: dict[str, Any]) -> dict[str, Any]:
     """A version's model-facts label (``GET /v1/models/{version}/label``) laid out for the page: each Sendak
     section as lines of text or a table (overall and per-subgroup performance with their intervals)."""
     def lines(part: dict[str, Any]) -> list[tuple[str, str]]:
-        return [(k, _fact(v)) for k, v in part.items()]
+        return [(k, fact_text(v)) for k, v in part.items()]
 
     validation = dict(facts.get("validation") or {})
     overall_metrics = validation.pop("overall", {}) or {}
@@ -327,7 +328,7 @@ def label_diff_view(changes: dict[str, Any]) -> dict[str, Any]:
                  rows({k: v for k, v in g.items() if k not in ("subgroup", "group")}, subgroup=g["subgroup"],
                       group=g["group"]) if r["metric"] == "auc"]
     subgroups = pd.DataFrame(per_group, columns=["subgroup", "group", "metric", "old", "new", "change"])
-    changed = pd.DataFrame([{"field": k, "old": _fact(v[0]), "new": _fact(v[1])}
+    changed = pd.DataFrame([{"field": k, "old": fact_text(v[0]), "new": fact_text(v[1])}
                             for k, v in (changes.get("changed") or {}).items()], columns=["field", "old", "new"])
     return {"from": changes.get("from"), "to": changes.get("to"), "overall": overall, "subgroups": subgroups,
             "changed": changed, "warnings": changes.get("warnings") or {"added": [], "removed": []}}
@@ -349,18 +350,6 @@ def _ci(row: dict[str, Any]) -> str:
 def _interval(d: dict[str, Any]) -> str:
     low, high = d.get("low"), d.get("high")
     return f"{low:+.4f} to {high:+.4f}" if low is not None and high is not None else ""
-
-
-def _fact(value: Any) -> str:
-    if value is None or value == "":
-        return "not recorded"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, list):
-        return ", ".join(str(v) for v in value) or "none"
-    if isinstance(value, dict):
-        return "; ".join(f"{k}: {_fact(v)}" for k, v in value.items()) or "none"
-    return str(value)
 
 
 # -- data scientist --------------------------------------------------------------------------------
@@ -546,7 +535,9 @@ def champion_vs_challenger(models: pd.DataFrame) -> pd.DataFrame | None:
 def approvals_frame(held: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per version the change-control plan held: the plan, the champion it was judged against, and
     the plan's reason (the clauses outside it)."""
-    return pd.DataFrame([{"version": str(v.get("version")), "plan": (v.get("tags") or {}).get("lm.plan", ""),
-                          "judged against": (v.get("tags") or {}).get("lm.gate_champion", ""),
-                          "why it waits": (v.get("tags") or {}).get("lm.gate", "")} for v in held],
+    from learning_machine.registry.names import GATE_CHAMPION_TAG, PLAN_REASON_TAG, PLAN_TAG
+
+    return pd.DataFrame([{"version": str(v.get("version")), "plan": (v.get("tags") or {}).get(PLAN_TAG, ""),
+                          "judged against": (v.get("tags") or {}).get(GATE_CHAMPION_TAG, ""),
+                          "why it waits": (v.get("tags") or {}).get(PLAN_REASON_TAG, "")} for v in held],
                         columns=["version", "plan", "judged against", "why it waits"])

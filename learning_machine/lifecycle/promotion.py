@@ -29,6 +29,7 @@ from learning_machine.registry.names import (
     GATE_CHAMPION_TAG,
     PLAN_DECISION_TAG,
     PLAN_DIGEST_TAG,
+    PLAN_REASON_TAG,
     PLAN_TAG,
 )
 from learning_machine.registry.tracker import Tracker, VersionInfo
@@ -368,15 +369,29 @@ def awaiting_approval(tracker: Tracker, model: str) -> list[VersionInfo]:
     return [v for v in tracker.list_versions(model) if v.tags.get(APPROVAL_TAG) == "awaiting"]
 
 
+def plan_tags(verdict: Mapping[str, Any] | None, applied: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """The version tags of a change-control verdict (:meth:`~learning_machine.lifecycle.plan.PlanVerdict.as_dict`):
+    the plan (``applied`` when there was no verdict: a first version), its decision and reason, and
+    ``lm.approval=awaiting`` when it holds the version for an admin."""
+    verdict = verdict or {}
+    plan = verdict.get("plan") or applied or {}
+    tags = {PLAN_TAG: f"{plan.get('plan')} {plan.get('version')}", PLAN_DIGEST_TAG: str(plan.get("digest", ""))} \
+        if plan else {}
+    if verdict:
+        tags.update({PLAN_DECISION_TAG: str(verdict.get("decision")), PLAN_REASON_TAG: str(verdict.get("reason"))[:500]})
+        if verdict.get("decision") == "awaiting-approval":
+            tags[APPROVAL_TAG] = "awaiting"  # an admin approves or rejects it (decide_approval)
+    return tags
+
+
 def hold_for_approval(tracker: Tracker, model: str, version: str, *, verdict: Mapping[str, Any],
                       judged_against: str | None, record: Recorder | None = None) -> dict[str, Any]:
     """Mark ``version`` as waiting for an admin (``lm.approval=awaiting``, with the plan's decision) and
     record an ``awaiting-approval`` event naming the clauses outside the plan."""
+    if verdict.get("decision") != "awaiting-approval":
+        raise ValueError(f"the plan's decision is {verdict.get('decision')!r}: nothing to hold")
     plan = verdict.get("plan") or {}
-    tracker.tag_version(model, version, {
-        APPROVAL_TAG: "awaiting", PLAN_DECISION_TAG: str(verdict.get("decision")),
-        PLAN_TAG: f"{plan.get('plan')} {plan.get('version')}", PLAN_DIGEST_TAG: str(plan.get("digest", "")),
-        GATE_CHAMPION_TAG: judged_against or ""})
+    tracker.tag_version(model, version, {**plan_tags(verdict), GATE_CHAMPION_TAG: judged_against or ""})
     outside = [c for c in verdict.get("clauses", []) if c.get("passed") is False]
     detail = {"version": version, "champion": judged_against, "reason": verdict.get("reason"),
               "outside_plan": [c.get("clause") for c in outside], "plan": plan,

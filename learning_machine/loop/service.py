@@ -33,6 +33,7 @@ from learning_machine.lifecycle.promotion import (
     clauses_summary,
     evidence_summary,
     hold_for_approval,
+    interval_z,
     leads,
     proven_worse,
 )
@@ -52,6 +53,7 @@ from learning_machine.registry.names import (
     APPROVAL_TAG,
     CHAMPION,
     CHANGE_TAG,
+    PLAN_REASON_TAG,
     PLAN_TAG,
     PREVIOUS_TAG,
     PROMOTED_AT_TAG,
@@ -306,7 +308,7 @@ class RetrainViaPipeline:
         if challenger is None or challenger.tags.get(APPROVAL_TAG) != "awaiting":
             return None
         return {"version": challenger.version, "champion": before.version if before else None,
-                "reason": challenger.tags.get("lm.gate"), "clauses": challenger.tags.get("lm.gate_clauses"),
+                "reason": challenger.tags.get(PLAN_REASON_TAG), "clauses": challenger.tags.get("lm.gate_clauses"),
                 "evidence": challenger.tags.get("lm.gate_evidence"), "plan": challenger.tags.get(PLAN_TAG),
                 "next": "an admin approves or rejects it (dashboard, POST /v1/models/{version}/approval)"}
 
@@ -921,10 +923,10 @@ class LoopService:
         model = self.settings.model_name
         try:
             champion = self.tracker.alias_version(model, CHAMPION)
-            if (champion is None or champion.version in self._rollout_judged or ROLLOUT_TAG in champion.tags
-                    or not champion.tags.get(PREVIOUS_TAG)):
-                if champion is not None and (ROLLOUT_TAG in champion.tags or not champion.tags.get(PREVIOUS_TAG)):
-                    self._rollout_judged.add(champion.version)
+            if champion is None or champion.version in self._rollout_judged:
+                return
+            if ROLLOUT_TAG in champion.tags or not champion.tags.get(PREVIOUS_TAG):
+                self._rollout_judged.add(champion.version)  # judged before, or replaced nothing: not watched
                 return
             promoted_at = float(champion.tags.get(PROMOTED_AT_TAG) or 0)
             items = [i for i in self.client.labelled(limit=20_000, model_version=champion.version)
@@ -940,7 +942,7 @@ class LoopService:
         if events in (0, len(y)):
             return  # one outcome only: no AUC yet; judged when both have arrived
         auc = float(roc_auc_score(y, [float(i["probability"]) for i in first]))
-        upper = auc + 1.959963984540054 * auc_standard_error(auc, events, len(y))
+        upper = auc + interval_z() * auc_standard_error(auc, events, len(y))
         previous = champion.tags[PREVIOUS_TAG]
         detail = {"version": champion.version, "previous": previous, "rows": len(y), "auc": round(auc, 4),
                   "upper_95": round(upper, 4), "auc_floor": rule.auc_floor, "plan": self.plan.identity()}

@@ -110,6 +110,7 @@ def test_a_change_outside_the_plan_waits_for_an_admin_who_alone_approves_or_reje
     assert len(floors) == 2 and all(c["passed"] is False and c["must_be_at_least"] == 0.99 for c in floors)
     assert tracker.version(settings.model_name, CHAMPION).version == "1"
     assert tracker.version(settings.model_name, "2").tags["lm.approval"] == "awaiting"
+    assert "subgroup floor: sex=female" in tracker.version(settings.model_name, "2").tags["lm.plan_reason"]
     third = _retrain(settings, drifted, seed=3)
     assert not third["promoted"] and third["version"] == "3"
 
