@@ -201,7 +201,8 @@ def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # -- rendering -----------------------------------------------------------------------------------------------
-def _text(value: Any) -> str:
+def fact_text(value: Any) -> str:
+    """A label's fact as one line of text (the exports and the dashboard show the same)."""
     if value is None or value == "":
         return "not recorded"
     if isinstance(value, bool):
@@ -209,15 +210,15 @@ def _text(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, list):
-        return ", ".join(_text(v) for v in value) or "none"
+        return ", ".join(fact_text(v) for v in value) or "none"
     if isinstance(value, Mapping):
-        return "; ".join(f"{k}: {_text(v)}" for k, v in value.items()) or "none"
+        return "; ".join(f"{k}: {fact_text(v)}" for k, v in value.items()) or "none"
     return str(value)
 
 
 def _md(value: Any) -> str:
     """Text made inert in Markdown (and in HTML, which Markdown lets through)."""
-    text = html.escape(_text(value), quote=False)
+    text = html.escape(fact_text(value), quote=False)
     for char in "\\`*_{}[]<>()#+!|~":
         text = text.replace(char, "\\" + char)
     return text.replace("\n", " ")
@@ -236,8 +237,8 @@ def _rows(section: str, facts: Mapping[str, Any]) -> list[tuple[str, Any]]:
     if section == "warnings":
         return [("", w) for w in facts.get("warnings") or []]
     if section == "subgroups":
-        return [(f"{r['subgroup']} = {r['group']}", f"AUC {_interval(r)}; Brier {_text(r.get('brier'))}; "
-                 f"prevalence {_text(r.get('prevalence'))}; n = {_text(r.get('n'))}")
+        return [(f"{r['subgroup']} = {r['group']}", f"AUC {_interval(r)}; Brier {fact_text(r.get('brier'))}; "
+                 f"prevalence {fact_text(r.get('prevalence'))}; n = {fact_text(r.get('n'))}")
                 for r in facts.get("subgroups") or []]
     part = dict(facts.get(section) or {})
     if section == "validation":
@@ -275,7 +276,7 @@ def to_markdown(facts: Mapping[str, Any]) -> str:
 def to_html(facts: Mapping[str, Any]) -> str:
     """The label as a standalone HTML page (every value escaped)."""
     e = html.escape
-    title = f"Model facts: {e(_text(facts.get('model')))} v{e(_text(facts.get('version')))}"
+    title = f"Model facts: {e(fact_text(facts.get('model')))} v{e(fact_text(facts.get('version')))}"
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{title}</title>",
              "<style>body{font-family:sans-serif;max-width:56em;margin:2em auto}section{border:2px solid #000;"
              "padding:.5em 1em;margin:0 0 -2px}h2{font-size:1.1em;margin:.3em 0}dt{font-weight:bold}</style>",
@@ -284,9 +285,9 @@ def to_html(facts: Mapping[str, Any]) -> str:
         parts.append(f'<section id="{section}"><h2>{e(TITLES[section])}</h2>')
         rows = _rows(section, facts)
         if section == "warnings":
-            parts.append("<ul>" + "".join(f"<li>{e(_text(v))}</li>" for _, v in rows) + "</ul>")
+            parts.append("<ul>" + "".join(f"<li>{e(fact_text(v))}</li>" for _, v in rows) + "</ul>")
         else:
-            parts.append("<dl>" + "".join(f"<dt>{e(_text(k))}</dt><dd>{e(_text(v))}</dd>" for k, v in rows)
+            parts.append("<dl>" + "".join(f"<dt>{e(fact_text(k))}</dt><dd>{e(fact_text(v))}</dd>" for k, v in rows)
                          + "</dl>" if rows else "<p>none recorded</p>")
         parts.append("</section>")
     parts.append("</body></html>")
