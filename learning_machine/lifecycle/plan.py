@@ -217,6 +217,10 @@ def plan_for(dataset: str, path: str | Path | None = None) -> ChangePlan:
     return plan
 
 
+GATE_SETTINGS = "gate-settings"
+"""The name of the plan a dataset without one gets (:func:`plan_from_settings`)."""
+
+
 def plan_from_settings(settings: Settings, dataset: str) -> ChangePlan:
     """The plan a dataset without one gets: the evidence gate's ``gate_*`` settings as its acceptance
     criteria, retraining as the one pre-authorised change, no calibration bounds and no subgroup floors (the
@@ -232,7 +236,7 @@ def plan_from_settings(settings: Settings, dataset: str) -> ChangePlan:
               "metric": paired_metric(settings.gate_metric)}
     unbounded = Bounds(low=-1e9, high=1e9)
     plan = ChangePlan(
-        plan="gate-settings", version="LM_GATE", dataset=dataset,
+        plan=GATE_SETTINGS, version="LM_GATE", dataset=dataset,
         description="No change-control plan was given for this dataset: the evidence gate's LM_GATE_* settings.",
         changes=("retrain",),
         acceptance=Acceptance(
@@ -248,19 +252,25 @@ def plan_from_settings(settings: Settings, dataset: str) -> ChangePlan:
 
 
 def plan_for_settings(settings: Settings, spec: Any, text: str = "") -> ChangePlan:
-    """The plan that governs ``spec``'s model: ``text`` (a plan file's text, the pipelines' ``change_plan``
-    parameter) when given, else ``settings.change_plan`` when set, else the one shipped for the dataset, else
-    :func:`plan_from_settings`. A plan that does not fit the dataset is refused (:class:`SpecError`)."""
-    if text:
-        plan = parse_plan(text)
-    elif settings.change_plan is not None:
-        plan = load_plan(settings.change_plan)
-    elif (PLANS / f"{spec.name}.yaml").exists():
-        plan = load_plan(PLANS / f"{spec.name}.yaml")
-    else:
-        return plan_from_settings(settings, spec.name)
-    plan.check_against(spec)
+    """The plan that governs ``spec``'s model (:func:`plan_named`); a plan that does not fit the dataset is
+    refused (:class:`SpecError`)."""
+    plan = plan_named(settings, spec.name, text)
+    if plan.plan != GATE_SETTINGS:
+        plan.check_against(spec)
     return plan
+
+
+def plan_named(settings: Settings, dataset: str, text: str = "") -> ChangePlan:
+    """The plan of dataset ``dataset``: ``text`` (a plan file's text, the pipelines' ``change_plan`` parameter)
+    when given, else ``settings.change_plan`` when set, else the one shipped for the dataset, else
+    :func:`plan_from_settings`."""
+    if text:
+        return parse_plan(text)
+    if settings.change_plan is not None:
+        return load_plan(settings.change_plan)
+    if (PLANS / f"{dataset}.yaml").exists():
+        return load_plan(PLANS / f"{dataset}.yaml")
+    return plan_from_settings(settings, dataset)
 
 
 def plan_schema() -> dict[str, Any]:

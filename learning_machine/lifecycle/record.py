@@ -174,18 +174,12 @@ def _plan_in_force(settings: Settings, summary: Mapping[str, Any], dataset: str 
     """The change-control plan in force when the version was registered (name, version, digest): the one the
     evaluate step applied (``plan_applied``) or the caller resolved (``plan_in_force``), else the one the
     settings name now (an evaluation from before plans were applied)."""
-    from learning_machine.errors import SpecError
-    from learning_machine.lifecycle.plan import load_plan, plan_for, plan_from_settings
+    from learning_machine.lifecycle.plan import plan_named
 
     found = summary.get("plan_in_force") or summary.get("plan_applied")
     if found:
         return {k: str(v) for k, v in dict(found).items()}
-    name = str(dataset or settings.dataset)
-    try:
-        plan = load_plan(settings.change_plan) if settings.change_plan else plan_for(name)
-    except SpecError:
-        plan = plan_from_settings(settings, name)
-    return plan.identity()
+    return plan_named(settings, str(dataset or settings.dataset)).identity()
 
 
 def read_record(tracker: Tracker, model_name: str, ref: str) -> dict[str, Any]:
