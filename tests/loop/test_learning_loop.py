@@ -5,57 +5,28 @@ gateway's feed. Small enough for CI: a few thousand rows."""
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 import yaml
+from loop_harness import Stack, loop_stack
 from sklearn.metrics import roc_auc_score
-from testsupport import CuttableProxy, free_port
+from testsupport import CuttableProxy
 
 from learning_machine.clients.gateway import GatewayError, LearningMachineClient
 from learning_machine.data.sources import load_dataset
-from learning_machine.embedded.model_server import model_server_service, served_names, wait_models_ready
-from learning_machine.embedded.processes import ProcessManager
-from learning_machine.embedded.stack import gateway_service
 from learning_machine.lifecycle.plan import PLANS
 from learning_machine.lifecycle.training import train_and_register
 from learning_machine.loop.policy import Decision
-from learning_machine.loop.service import LoopService, RetrainViaPipeline
-from learning_machine.loop.stream import StreamPlan, generated_records, run_stream
+from learning_machine.loop.service import RetrainViaPipeline
+from learning_machine.loop.stream import generated_records
 from learning_machine.registry.names import CHAMPION
 from learning_machine.registry.tracker import Tracker
 from learning_machine.settings import Settings
-from learning_machine.store.tokens import prepare_for_gateway
 
 pytestmark = pytest.mark.slow
-
-
-@dataclass
-class Stack:
-    settings: Settings
-    tracker: Tracker
-    client: LearningMachineClient
-    service: LoopService
-    first_version: str
-
-    def events(self) -> list[dict[str, Any]]:
-        return list(reversed(self.client.page("/v1/events", limit=500)["items"]))
-
-    def kinds(self) -> list[str]:
-        return [e["kind"] for e in self.events()]
-
-    def stream(self, rows: int, *, seed: int, scenario: str = "none", flip_outcomes: bool = False) -> None:
-        source = generated_records(rows, seed=seed, scenario=scenario, drift_start=0,
-                                   id_prefix=f"{scenario[:4]}{seed}-")
-        if flip_outcomes:
-            source = ((record, None if y is None else 1 - y) for record, y in source)
-        report = run_stream(self.client, source, StreamPlan(rows=rows, batch_size=25, outcome_delay_rows=50))
-        assert report.predicted == rows and report.stopped_by_error is None, report.summary()
 
 
 @pytest.fixture(scope="module")
@@ -67,35 +38,8 @@ def stack(mlflow_sqlite: Settings, tmp_path_factory: pytest.TempPathFactory) -> 
     plan["version"] = "1.0.0-test-stream"
     plan["acceptance"]["min_post_change_rows"] = 200
     (home / "plan.yaml").write_text(yaml.safe_dump(plan))
-    settings = mlflow_sqlite.model_copy(update={
-        "change_plan": home / "plan.yaml",
-        "home": home, "model_name": f"risk-loop-{uuid.uuid4().hex[:8]}", "train_rows": 2000, "seed": 42,
-        "model_server_port": free_port(), "model_server_grpc_port": free_port(),
-        "model_server_metrics_port": free_port(), "model_ref": CHAMPION, "gateway_port": free_port(),
-        "database_url": f"sqlite:///{home / 'lm.db'}", "deployer": "local", "pipeline_runner": "local",
-        "monitor_window_rows": 200, "monitor_performance_rows": 300, "policy_drift_windows": 2,
-        "policy_auc_floor": 0.68, "policy_min_outcomes": 100, "policy_cooldown_s": 0.0,
-        "loop_retrain_rows": 600, "loop_min_retrain_rows": 200, "loop_reference_rows": 1000})
-    tracker = Tracker(settings.tracking_uri)
-    first = train_and_register(settings, tracker, load_dataset("synthetic-cohort", n_rows=2000, seed=42),
-                               promote="if-first")
-    manager = ProcessManager(settings.run_dir)
-    try:
-        server = model_server_service(settings)
-        manager.start(server, timeout_s=300)
-        wait_models_ready(server.url, served_names(settings.model_name), timeout_s=300)
-        prepare_for_gateway(settings)
-        manager.start(gateway_service(settings), timeout_s=120)
-        tokens = json.loads(settings.tokens_path().read_text())
-        client = LearningMachineClient(settings.gateway_url, tokens["data-scientist"], timeout_s=120)
-        monitor = LearningMachineClient(settings.gateway_url, tokens["monitor"], timeout_s=120)
-        service = LoopService(settings, monitor, tracker=tracker)
-        yield Stack(settings, tracker, client, service, first.version.version)
-        client.close()
-        monitor.close()
-    finally:
-        manager.stop("gateway")
-        manager.stop("model-server")
+    with loop_stack(mlflow_sqlite, home, "risk-loop", change_plan=home / "plan.yaml") as running:
+        yield running
 
 
 def _auc_by_version(stack: Stack, prefix: str) -> dict[str, float]:

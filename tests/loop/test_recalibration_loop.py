@@ -7,61 +7,23 @@ the pipeline refits only the champion's score map, and the recalibrated version 
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from test_learning_loop import Stack
-from testsupport import free_port
+from loop_harness import Stack, loop_stack
 
-from learning_machine.clients.gateway import LearningMachineClient
-from learning_machine.data.sources import load_dataset
-from learning_machine.embedded.model_server import model_server_service, served_names, wait_models_ready
-from learning_machine.embedded.processes import ProcessManager
-from learning_machine.embedded.stack import gateway_service
-from learning_machine.lifecycle.training import train_and_register
-from learning_machine.loop.service import LoopService
 from learning_machine.model.recalibration import calibration_fit
 from learning_machine.registry.names import CHAMPION
-from learning_machine.registry.tracker import Tracker
 from learning_machine.settings import Settings
-from learning_machine.store.tokens import prepare_for_gateway
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def stack(mlflow_sqlite: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    home = tmp_path_factory.mktemp("recalibration-loop")
-    settings = mlflow_sqlite.model_copy(update={
-        "home": home, "model_name": f"risk-recal-{uuid.uuid4().hex[:8]}", "train_rows": 2000, "seed": 42,
-        "model_server_port": free_port(), "model_server_grpc_port": free_port(),
-        "model_server_metrics_port": free_port(), "model_ref": CHAMPION, "gateway_port": free_port(),
-        "database_url": f"sqlite:///{home / 'lm.db'}", "deployer": "local", "pipeline_runner": "local",
-        "monitor_window_rows": 200, "monitor_performance_rows": 300, "policy_drift_windows": 2,
-        "policy_auc_floor": 0.68, "policy_min_outcomes": 100, "policy_cooldown_s": 0.0,
-        "loop_retrain_rows": 600, "loop_min_retrain_rows": 200, "loop_reference_rows": 1000})
-    tracker = Tracker(settings.tracking_uri)
-    first = train_and_register(settings, tracker, load_dataset("synthetic-cohort", n_rows=2000, seed=42),
-                               promote="if-first")
-    manager = ProcessManager(settings.run_dir)
-    try:
-        server = model_server_service(settings)
-        manager.start(server, timeout_s=300)
-        wait_models_ready(server.url, served_names(settings.model_name), timeout_s=300)
-        prepare_for_gateway(settings)
-        manager.start(gateway_service(settings), timeout_s=120)
-        tokens = json.loads(settings.tokens_path().read_text())
-        client = LearningMachineClient(settings.gateway_url, tokens["data-scientist"], timeout_s=120)
-        monitor = LearningMachineClient(settings.gateway_url, tokens["monitor"], timeout_s=120)
-        service = LoopService(settings, monitor, tracker=tracker)
-        yield Stack(settings, tracker, client, service, first.version.version)
-        client.close()
-        monitor.close()
-    finally:
-        manager.stop("gateway")
-        manager.stop("model-server")
+    with loop_stack(mlflow_sqlite, tmp_path_factory.mktemp("recalibration-loop"), "risk-recal") as running:
+        yield running
 
 
 def _calibration(stack: Stack, prefix: str, version: str) -> tuple[float, float, float]:
