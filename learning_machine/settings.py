@@ -124,17 +124,17 @@ class Settings(BaseSettings):
         "`evidence` (paired intervals: DeLong for AUC, paired log-loss and Brier; better with 95 % confidence on "
         "the gate metric and not worse than the non-inferiority margins overall and on every subgroup) or `point` "
         "(the point estimates, the rule before 2026-12).")
-    gate_noninferiority_auc: float = Field(0.03, ge=0, le=0.5, description="Evidence rule: the candidate's AUC may "
+    gate_noninferiority_auc: float = Field(0.03, ge=0, le=0.5, description="Evidence rule of a dataset without a change-control plan (the plan's own margins apply otherwise): the candidate's AUC may "
                                            "be lower than the champion's by at most this (interval's lower end), "
                                            "overall and on every subgroup.")
-    gate_noninferiority_log_loss: float = Field(0.02, ge=0, le=1, description="Evidence rule: the candidate's "
+    gate_noninferiority_log_loss: float = Field(0.02, ge=0, le=1, description="Evidence rule without a plan: the candidate's "
                                                 "log-loss may exceed the champion's by at most this (calibration).")
-    gate_noninferiority_subgroup_auc: float = Field(0.10, ge=0, le=0.5, description="Evidence rule: on every "
+    gate_noninferiority_subgroup_auc: float = Field(0.10, ge=0, le=0.5, description="Evidence rule without a plan: on every "
                                                     "subgroup, the candidate's AUC may be lower by at most this.")
-    gate_min_subgroup_events: int = Field(30, ge=5, description="Evidence rule: a subgroup is tested only with at "
+    gate_min_subgroup_events: int = Field(30, ge=5, description="Evidence rule without a plan: a subgroup is tested only with at "
                                           "least this many rows of each outcome (else reported as not assessable).")
     gate_underpowered_subgroups: Literal["no-harm", "hold"] = Field(
-        "no-harm", description="Evidence rule: a subgroup whose interval is wider than its margin cannot show "
+        "no-harm", description="Evidence rule without a plan: a subgroup whose interval is wider than its margin cannot show "
         "non-inferiority even at no difference; no-harm: it must then only not be worse beyond doubt (recorded "
         "as such), hold: the candidate waits for more rows.")
     change_plan: Path | None = Field(
