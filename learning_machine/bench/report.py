@@ -100,6 +100,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def require_tool(name: str) -> None:
+    """Fail with the install command when a program of the ``bench`` extra is not in this environment."""
+    import shutil
+
+    from learning_machine.embedded.processes import venv_tool
+    from learning_machine.errors import BenchmarkError
+
+    if shutil.which(venv_tool(name)) is None:
+        raise BenchmarkError(f"{name} is not installed: `lm bench` needs the bench extra "
+                             "(`make install`, or `uv sync --extra bench`)")
+
+
 def require_extra(module: str) -> None:
     """Fail with the install command when a package of the ``bench`` extra is missing."""
     import importlib.util

@@ -41,7 +41,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pandas as pd
 
-from learning_machine.bench.report import free_port, require_extra
+from learning_machine.bench.profile import PROFILE_ENV, Profile, markdown, sampled, summarise
+from learning_machine.bench.report import free_port, require_extra, require_tool
 
 if TYPE_CHECKING:
     from learning_machine.store import Database
@@ -82,6 +83,7 @@ TAIL_RATIO = 3.0
 RATE_SHARE = 0.5
 TARGET_CLIENTS = (8, 32)
 TARGET_BATCH = 1000
+PROFILED_BATCHES = 60  # requests of TARGET_BATCH rows sampled per gateway by `lm bench --profile`
 
 
 @dataclass
@@ -227,6 +229,7 @@ class _Gateway:
     url: str
     headers: dict[str, str]
     db: Database
+    pid: int
 
 
 def soak(url: str, headers: dict[str, str], new_body: Callable[[str], dict[str, Any]], clients: int,
@@ -287,6 +290,7 @@ class _Processes:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.pids: dict[str, int] = {}
         self.pending: list[tuple[str, subprocess.Popen[bytes], str, float]] = []
 
     def start(self, name: str, command: list[str], env: dict[str, str], ready_url: str, timeout_s: float = 300,
@@ -296,6 +300,7 @@ class _Processes:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env},
                                 start_new_session=True)
         self.procs.append(proc)
+        self.pids[name] = proc.pid
         self.pending.append((name, proc, ready_url, time.monotonic() + timeout_s))
         if wait:
             self.wait_all()
@@ -381,6 +386,9 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
     from learning_machine.store import Database
     from learning_machine.store.tokens import CLINICIAN, create_token
 
+    profile_dir = Path(os.environ[PROFILE_ENV]) if os.environ.get(PROFILE_ENV) else None
+    if profile_dir is not None:
+        require_tool("py-spy")
     n_latency = 100 if quick else 600
     n_batch = {100: 12 if quick else 60, 1000: 5 if quick else 25}
     seconds = 2.0 if quick else 8.0
@@ -452,9 +460,9 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
                 db.upgrade()
                 token, _ = create_token(db, CLINICIAN, "bench")
                 service = gateway_service(gw)
-                procs.start(f"gateway-{GATEWAYS[name].lower()}", service.command, service.env,
-                            service.health_url, wait=False)
-                gateways[name] = _Gateway(gw.gateway_url, {"Authorization": f"Bearer {token}"}, db)
+                key = f"gateway-{GATEWAYS[name].lower()}"
+                procs.start(key, service.command, service.env, service.health_url, wait=False)
+                gateways[name] = _Gateway(gw.gateway_url, {"Authorization": f"Bearer {token}"}, db, procs.pids[key])
             procs.wait_all()
             wait_models_ready(ports.url, [*served_names(settings.model_name), "builtin-sklearn"], timeout_s=300)
             progress("serving bench: all servers ready")
@@ -514,12 +522,35 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
                 return {FAST: lambda: predictor.predict(request_columns(spec, v2["inputs"])),
                         SKLEARN: lambda: pipeline.predict_proba(Xn)}
 
+            profiles: list[Profile] = []
+
+            @contextmanager
+            def profiler(name: str, load: str, requests: int | None, wanted: bool) -> Iterator[list[int]]:
+                """Sample ``name`` (a gateway) with py-spy during the block when profiling is on and ``wanted``;
+                the block may append the number of requests it made when ``requests`` is not known before."""
+                counted: list[int] = []
+                if profile_dir is None or not wanted or name not in gateways:
+                    yield counted
+                    return
+                raw = profile_dir / f"{GATEWAYS[name].lower()}-{load.replace(' ', '-').replace(',', '')}.txt"
+                progress(f"serving bench: profiling {name} ({load}) into {raw}")
+                started = time.perf_counter()
+                with sampled(gateways[name].pid, raw):
+                    yield counted
+                done = requests if requests is not None else sum(counted)
+                profiles.append(summarise(raw, f"{GATEWAYS[name]} gateway, {load}",
+                                          seconds=time.perf_counter() - started, requests=done))
+
             targets = payloads(1)
             for n in BATCHES:
                 results["batch"][str(n)] = {}
                 for name, make in payloads(n).items():
                     progress(f"serving bench: latency of {name}, {n:,} row(s) per request")
-                    stats = latency(make(), n_latency if n == 1 else n_batch[n], 20 if n == 1 else 3)
+                    count = n_latency if n == 1 else n_batch[n]
+                    if profile_dir is not None and n == TARGET_BATCH:
+                        count = max(count, PROFILED_BATCHES)  # enough samples to read
+                    with profiler(name, f"batches of {n:,}", count, n == TARGET_BATCH):
+                        stats = latency(make(), count, 20 if n == 1 else 3)
                     results["batch"][str(n)][name] = {**stats, "rows_per_s": n * 1000 / stats["p50"]}
                 for name, fn in local(n).items():
                     stats = latency(fn, n_latency if n == 1 else n_batch[n], 20 if n == 1 else 3)
@@ -529,7 +560,10 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
                 results["throughput"][name] = {}
                 for clients in CONCURRENCY:
                     progress(f"serving bench: throughput of {name} ({clients} clients, {seconds:.0f} s)")
-                    results["throughput"][name][str(clients)] = throughput(make, clients, seconds)
+                    with profiler(name, f"single rows, {clients} clients", None, clients == 8) as counted:
+                        rate = throughput(make, clients, seconds)
+                        counted.append(int(rate["requests"]))
+                    results["throughput"][name][str(clients)] = rate
             clean_record = _json_safe(record)
             for name, gateway in gateways.items():
                 progress(f"serving bench: soak of {name} ({SOAK_CLIENTS} clients, {soak_seconds:.0f} s)")
@@ -539,6 +573,12 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
                 results["soak"][name] = {
                     **found, "stored_predictions": stored["predictions"], "stored_records": stored["records"],
                     "stored_equals_acknowledged": stored["predictions"] == stored["records"] == found["acknowledged"]}
+            if profiles:
+                results["profiles"] = [p.as_dict() for p in profiles]
+                assert profile_dir is not None
+                (profile_dir / "profiles.md").write_text("\n".join(markdown(profiles)))
+                results["notes"].append(f"Profiled with py-spy ({PROFILE_ENV}): {profile_dir / 'profiles.md'}; "
+                                        "timings of a profiled run are not for comparison.")
             results["check"] = {"fast_path_equals_pipeline": bool(abs(
                 float(predictor.proba(columns)[0]) - float(pipeline.predict_proba(X)[0, 1])) < 1e-9)}
 

@@ -304,3 +304,33 @@ def test_stored_rows_are_counted_by_the_run_prefix_in_a_fresh_postgres_database(
         assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None
     with pytest.raises(OperationalError), fresh_postgres_database("postgresql://postgres@127.0.0.1:1/postgres"):
         pass
+
+
+def test_the_profiler_names_the_platform_function_a_busy_process_spends_its_time_in(tmp_path: Path) -> None:
+    """`lm bench --profile`: py-spy attached to a running process (as to a gateway under the bench's load)
+    and its samples summarised by platform function and library."""
+    import subprocess
+    import sys
+
+    from learning_machine.bench.profile import markdown, sampled, summarise
+
+    busy = ("import time\nfrom learning_machine.gateway.edge import unstorable_text\n"
+            "body = b'{\"a\": \"' + b'x' * 200_000 + b'\\\\ud83d\\\\ude00\"}'\nend = time.monotonic() + 8\n"
+            "print('busy', flush=True)\nwhile time.monotonic() < end:\n    unstorable_text(body)\n")
+    proc = subprocess.Popen([sys.executable, "-c", busy], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"busy\n"  # imported, busy
+        raw = tmp_path / "busy.txt"
+        with sampled(proc.pid, raw):
+            time.sleep(1.5)
+    finally:
+        proc.kill()
+        proc.wait()
+    profile = summarise(raw, "busy loop", seconds=1.5, requests=10)
+    assert profile.samples > 100  # 250 Hz for 1.5 s of one busy thread
+    assert profile.innermost[0][0] == "gateway.edge.unstorable_text"
+    assert profile.innermost[0][1] > 80
+    assert dict(profile.functions)["gateway.edge.unstorable_text"] > 80
+    assert profile.cpu_ms_per_request == pytest.approx(profile.samples / 250 * 1000 / 10)
+    text = "\n".join(markdown([profile]))
+    assert "`gateway.edge.unstorable_text`" in text and "ms of gateway CPU per request" in text
