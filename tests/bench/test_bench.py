@@ -329,8 +329,8 @@ def test_the_profiler_names_the_platform_function_a_busy_process_spends_its_time
     profile = summarise(raw, "busy loop", seconds=1.5, requests=10)
     assert profile.samples > 100  # 250 Hz for 1.5 s of one busy thread
     assert profile.innermost[0][0] == "gateway.edge.unstorable_text"
-    assert profile.innermost[0][1] > 80
-    assert dict(profile.functions)["gateway.edge.unstorable_text"] > 80
+    assert profile.innermost[0][1] > 50  # the rest: the loop around it, and the interpreter
+    assert dict(profile.functions)["gateway.edge.unstorable_text"] == profile.innermost[0][1]
     assert profile.cpu_ms_per_request == pytest.approx(profile.samples / 250 * 1000 / 10)
     text = "\n".join(markdown([profile]))
     assert "`gateway.edge.unstorable_text`" in text and "ms of gateway CPU per request" in text
