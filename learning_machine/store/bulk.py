@@ -1,5 +1,5 @@
-"""Bulk inserts for the gateway's hot path, in the session's transaction: SQLite's ``executemany`` and
-PostgreSQL's ``COPY``, straight through the driver.
+"""Bulk inserts for the gateway's hot path, in the session's transaction: on SQLite one ``INSERT ... SELECT``
+over a JSON array of the rows, on PostgreSQL ``COPY``, straight through the driver.
 
 SQLAlchemy's insert of a list of rows compiles and processes every row in Python (parameters, date and JSON
 processors): measured here it was three quarters of storing a 1,000-row batch. The rows written here are
@@ -9,11 +9,13 @@ SQLAlchemy's (``IntegrityError``, ``DataError``, ``OperationalError``), which th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import itertools
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import JSON, Connection, DateTime, Table
 from sqlalchemy import exc as sa_exc
 
@@ -27,38 +29,81 @@ COPY_ROWS = 50
 def insert_rows(connection: Connection, tables: Sequence[tuple[Table, Sequence[dict[str, Any]]]]) -> None:
     """Insert each table's rows (dicts with the same keys, column names of the table), in order (a table whose
     rows reference another's comes after it), in the connection's transaction."""
-    postgresql = connection.dialect.name == "postgresql"
-    work = [(table, *_values(table, rows, connection.dialect.name)) for table, rows in tables if rows]
-    if not postgresql:
-        for table, names, values in work:
-            connection.exec_driver_sql(_insert(table, names, "?"), values)
+    for table, rows in tables:
+        if rows:
+            names = list(rows[0])
+            insert_columns(connection, table, {name: [row[name] for row in rows] for name in names})
+
+
+def insert_columns(connection: Connection, table: Table, columns: Mapping[str, Sequence[Any]],
+                   constants: Mapping[str, Any] | None = None) -> None:
+    """Insert rows given column by column (``columns``: name -> one value per row, all of one length) with
+    ``constants`` (name -> the one value of every row), in the connection's transaction.
+
+    SQLite gets one ``INSERT ... SELECT`` over a JSON array of the rows (``json_each``): the rows are
+    written by orjson and expanded by SQLite, both in C, so the whole insert is one step of the database
+    that runs without Python's GIL (other threads go on meanwhile). A JSON value inside a row (a record's
+    features) is stored as orjson writes it: the text ``dump_json`` would write, except that a float NaN
+    inside it becomes null (the gateway makes every NaN feature null before this anyway). Rows orjson cannot
+    write (an integer beyond 64 bits) go through ``executemany`` instead."""
+    names = list(columns)
+    lengths = {len(values) for values in columns.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"columns of different lengths for {table.name}: {sorted(lengths)}")
+    if not lengths.pop():
+        return
+    fixed = dict(constants or {})
+    dialect = connection.dialect.name
+    if dialect != "postgresql":
+        try:
+            _sqlite_json_insert(connection, table, names, columns, fixed)
+            return
+        except (TypeError, orjson.JSONEncodeError):  # a value orjson refuses: the exact way below
+            pass
+    data = [list(columns[name]) for name in names] + [list(itertools.repeat(value, len(columns[names[0]])))
+                                                       for value in fixed.values()]
+    names += list(fixed)
+    for index, name in enumerate(names):
+        convert = _converter(table, name, dialect)
+        if convert is not None:
+            data[index] = [convert(value) for value in data[index]]
+    values = list(zip(*data, strict=True))
+    if dialect != "postgresql":
+        connection.exec_driver_sql(_insert(table, names, "?"), values)
         return
     driver: Any = connection.connection.driver_connection
     with _as_sqlalchemy_errors(), driver.cursor() as cursor:
-        for table, names, values in work:
-            if len(values) >= COPY_ROWS:
-                with cursor.copy(f"COPY {table.name} ({', '.join(names)}) FROM STDIN") as copy:
-                    for row in values:
-                        copy.write_row(row)
-            else:
-                cursor.executemany(_insert(table, names, "%s"), values)
+        if len(values) >= COPY_ROWS:
+            with cursor.copy(f"COPY {table.name} ({', '.join(names)}) FROM STDIN") as copy:
+                for row in values:
+                    copy.write_row(row)
+        else:
+            cursor.executemany(_insert(table, names, "%s"), values)
+
+
+def _sqlite_json_insert(connection: Connection, table: Table, names: list[str], columns: Mapping[str, Sequence[Any]],
+                        constants: dict[str, Any]) -> None:
+    for name in names:
+        kind = table.columns[name].type
+        if isinstance(kind, DateTime):  # per-row times: not on the hot path
+            raise TypeError(f"{name}: per-row datetimes go the exact way")
+        if isinstance(kind, JSON) and None in columns[name]:  # SQL NULL, not the JSON text null
+            raise TypeError(f"{name}: a missing JSON value goes the exact way")
+    # Each row an array; a JSON column's value is taken as JSON text (->), any other as an SQL value (->>).
+    picks = [f"value{'->' if isinstance(table.columns[name].type, JSON) else '->>'}{index}"
+             for index, name in enumerate(names)]
+    fixed = [(name, _converter(table, name, "sqlite")) for name in constants]
+    params = [value if convert is None else convert(value) for (_, convert), value in zip(fixed, constants.values(),
+                                                                                         strict=True)]
+    document = orjson.dumps(list(zip(*(columns[name] for name in names), strict=True))).decode()
+    statement = (f"INSERT INTO {table.name} ({', '.join([*names, *constants])}) "  # noqa: S608 - the table's own columns
+                 f"SELECT {', '.join([*picks, *['?'] * len(constants)])} FROM json_each(?)")
+    connection.exec_driver_sql(statement, (*params, document))
 
 
 def _insert(table: Table, names: list[str], mark: str) -> str:
     # Names are the table's own columns (each looked up in it); values travel as parameters.
     return f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join([mark] * len(names))})"  # noqa: S608
-
-
-def _values(table: Table, rows: Sequence[dict[str, Any]], dialect: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """The column names and the rows as tuples, converted as SQLAlchemy would for ``dialect``: column by column
-    (one comprehension each, conversions only where a type needs one), then zipped to rows."""
-    names = list(rows[0])
-    data = [[row[name] for row in rows] for name in names]
-    for index, name in enumerate(names):
-        convert = _converter(table, name, dialect)
-        if convert is not None:
-            data[index] = [convert(value) for value in data[index]]
-    return names, list(zip(*data, strict=True))
 
 
 @contextmanager

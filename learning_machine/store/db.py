@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from learning_machine.errors import BadRequestError, ConfigurationError, ServiceUnavailableError
 
+log = logging.getLogger("learning_machine.store")
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Not Alembic's default `alembic_version`: MLflow keeps its own history there when both share a database.
 VERSION_TABLE = "lm_alembic_version"
@@ -83,34 +86,83 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-class Database:
-    """One engine and its session factory; ``transaction()`` is the unit of work (all or nothing)."""
+def _no_autocheckpoint(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")
 
-    def __init__(self, url: str, **engine_kwargs: Any) -> None:
+
+class Checkpointer:
+    """Copies SQLite's write-ahead log back into the database file from a thread of its own, so that no
+    request's commit does it. By default SQLite checkpoints inside the commit that passes 1,000 WAL pages:
+    with 1,000-row prediction batches that was about one commit in seven, each then taking ~13 ms instead of
+    0.4 ms (measured here: a mean commit of 1.53 ms against 0.48 ms without it). Each checkpoint is PASSIVE:
+    it copies what no reader still needs and never blocks writers. Durability is unchanged: a commit is in
+    the WAL either way, and a WAL left behind by a stopped process is replayed when the database opens."""
+
+    def __init__(self, engine: Engine, interval_s: float) -> None:
+        self.engine = engine
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sqlite-checkpoints", daemon=True)
+        self._thread.start()
+
+    def checkpoint(self) -> None:
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.checkpoint()
+            except SQLAlchemyError as exc:  # busy or gone: the next round tries again
+                log.warning("a WAL checkpoint of the platform database failed: %s",
+                            type(getattr(exc, "orig", None) or exc).__name__)
+
+    def stop(self) -> None:
+        """Stop the thread after one last checkpoint."""
+        self._stop.set()
+        self._thread.join(timeout=30)
+        try:
+            self.checkpoint()
+        except SQLAlchemyError:
+            pass
+
+
+class Database:
+    """One engine and its session factory; ``transaction()`` is the unit of work (all or nothing).
+    ``background_checkpoints`` (SQLite; the gateway's): WAL checkpoints run in a :class:`Checkpointer` thread
+    every ``checkpoint_interval_s`` instead of inside commits."""
+
+    def __init__(self, url: str, *, background_checkpoints: bool = False, checkpoint_interval_s: float = 0.5,
+                 **engine_kwargs: Any) -> None:
         self.url = normalise_url(url)
         self.engine = make_engine(self.url, **engine_kwargs)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.checkpointer: Checkpointer | None = None
+        if background_checkpoints and self.engine.dialect.name == "sqlite" and self.engine.url.database not in (
+                None, "", ":memory:"):
+            event.listen(self.engine, "connect", _no_autocheckpoint)  # before the first connection
+            self.checkpointer = Checkpointer(self.engine, checkpoint_interval_s)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A session whose work is committed at the end, or rolled back entirely on any error."""
-        with self._errors(), self.sessions.begin() as session:
+        with self.errors(), self.sessions.begin() as session:
             yield session
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
         """:meth:`transaction` without the ORM session, for Core statements on the hot path (the gateway's
         predictions): the session's setup and bookkeeping cost more than a one-row insert."""
-        with self._errors(), self.engine.begin() as connection:
+        with self.errors(), self.engine.begin() as connection:
             yield connection
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        with self._errors(), self.sessions() as session:
+        with self.errors(), self.sessions() as session:
             yield session
 
     @contextmanager
-    def _errors(self) -> Iterator[None]:
+    def errors(self) -> Iterator[None]:
         """The database's errors as the platform's: a refused value (400), the database unreachable (503)."""
         try:
             yield
@@ -133,6 +185,9 @@ class Database:
         upgrade(self.engine)
 
     def dispose(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
+            self.checkpointer = None
         self.engine.dispose()
 
 

@@ -6,18 +6,19 @@ not at all, and any error (a conflict, the database going away) rolls the whole 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, or_, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Table, func, insert, or_, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from learning_machine.errors import ConflictError, LearningMachineError, NotFoundError, ServiceUnavailableError
-from learning_machine.store.bulk import insert_rows
+from learning_machine.store.bulk import insert_columns
 from learning_machine.store.db import Database
 from learning_machine.store.models import (
     ApiToken,
@@ -61,11 +62,35 @@ class Page:
 # -- writes -------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PredictionRequest:
-    """The predictions of one API request, to store all or none."""
+    """The predictions of one API request, to store all or none, column by column (one entry per record, in
+    request order): the gateway builds these columns once and no per-row object is made on its hot path.
+    A request whose model answers are not known yet (``probabilities`` empty) can have its records written
+    ahead (:func:`write_records_first`)."""
 
-    items: Sequence[NewPrediction]
+    record_ids: Sequence[str]
+    features: Sequence[Mapping[str, Any]]
+    outcomes: Sequence[int | None]  # the label, when the client sent it with the record
     request_id: str
-    latency_ms: float
+    probabilities: Sequence[float] = ()
+    labels: Sequence[int] = ()
+    model_versions: Sequence[str] = ()
+    latency_ms: float = 0.0
+
+    @classmethod
+    def of(cls, items: Sequence[NewPrediction], request_id: str, latency_ms: float) -> PredictionRequest:
+        """The request of ``items``, one per record."""
+        return cls([i.record_id for i in items], [i.features for i in items], [i.outcome for i in items],
+                   request_id, [i.probability for i in items], [i.label for i in items],
+                   [i.model_version for i in items], latency_ms)
+
+    def answered(self, probabilities: Sequence[float], labels: Sequence[int], model_versions: Sequence[str],
+                 latency_ms: float) -> PredictionRequest:
+        """This request with its model answers."""
+        return replace(self, probabilities=probabilities, labels=labels, model_versions=model_versions,
+                       latency_ms=latency_ms)
+
+    def labelled(self) -> list[tuple[str, int]]:
+        return [(r, o) for r, o in zip(self.record_ids, self.outcomes, strict=True) if o is not None]
 
 
 def store_predictions(db: Database, items: Sequence[NewPrediction], *, model_name: str, latency_ms: float,
@@ -73,22 +98,102 @@ def store_predictions(db: Database, items: Sequence[NewPrediction], *, model_nam
     """Store every record (new, or identical to the stored one) with its prediction, all in one transaction;
     the stored predictions, or the error (a :class:`ConflictError` when a record or outcome is stored with
     other values) with nothing stored."""
-    result = store_prediction_requests(db, [PredictionRequest(items, request_id, latency_ms)],
+    result = store_prediction_requests(db, [PredictionRequest.of(items, request_id, latency_ms)],
                                        model_name=model_name, source=source)[0]
     if isinstance(result, LearningMachineError):
         raise result
     return result
 
 
+class RecordsFirst:
+    """The records (and outcomes) of a group of prediction requests, inserted in an open transaction before
+    the model has answered: the gateway writes them while the model server works, then adds the predictions
+    and commits (:func:`store_prediction_requests` with ``written=``). Nothing is visible to anyone until that
+    commit; :meth:`abandon` rolls it all back."""
+
+    def __init__(self, connection: Connection, requests: Sequence[PredictionRequest], now: datetime) -> None:
+        self.connection = connection
+        self.transaction = connection.begin()
+        self.requests = requests
+        self.now = now
+        self.open = True
+
+    def covers(self, requests: Sequence[PredictionRequest]) -> bool:
+        """Whether ``requests`` begins with the requests written here (the same records, answered since)."""
+        return len(requests) >= len(self.requests) and all(
+            a.request_id == b.request_id and a.record_ids is b.record_ids and a.features is b.features
+            and a.outcomes is b.outcomes for a, b in zip(self.requests, requests, strict=False))
+
+    def commit(self) -> None:
+        """Commit and give the connection back (raises SQLAlchemy's error when the commit fails)."""
+        self.open = False
+        try:
+            self.transaction.commit()
+        finally:
+            self.connection.close()
+
+    def abandon(self) -> None:
+        """Roll back and give the connection back (the requests are then stored the ordinary way); nothing
+        when it was committed or abandoned already."""
+        if not self.open:
+            return
+        self.open = False
+        try:
+            self.transaction.rollback()
+        except Exception:  # noqa: BLE001 - the connection is gone; nothing of this transaction was committed
+            pass
+        finally:
+            self.connection.close()
+
+
+def write_records_first(db: Database, requests: Sequence[PredictionRequest], *, source: str = "api",
+                        ) -> RecordsFirst | None:
+    """Insert the records and outcomes of ``requests`` (answers not needed) as new, in a transaction left open;
+    None when that cannot be done in one go (a record sent twice with other values, one stored already, the
+    database refusing or down): those requests are then stored the ordinary way, which tells each its error."""
+    now = utcnow()
+    records: dict[str, Mapping[str, Any]] = {}
+    outcomes: dict[str, int] = {}
+    try:
+        for request in requests:
+            _new_columns(records, outcomes, request)
+    except ConflictError:
+        return None
+    try:
+        written = RecordsFirst(db.engine.connect(), requests, now)
+    except SQLAlchemyError:
+        return None
+    try:
+        _insert_records(written.connection, records, outcomes, source, now)
+    except SQLAlchemyError:
+        written.abandon()
+        return None
+    return written
+
+
 def store_prediction_requests(db: Database, requests: Sequence[PredictionRequest], *, model_name: str,
-                              source: str = "api") -> list[list[dict[str, Any]] | LearningMachineError]:
+                              source: str = "api", written: RecordsFirst | None = None,
+                              ) -> list[list[dict[str, Any]] | LearningMachineError]:
     """Store several requests' predictions in one transaction (group commit: the gateway groups concurrent
     requests, and one commit costs the same for one row or many). Each request is still all or nothing and
     gets its own result, in order: its stored predictions, or the error that refused it with nothing of it
     stored. A request whose record contradicts a stored one (or an earlier request of the group) is refused
     alone; when the database itself refuses the group (a value it cannot hold), each request is stored on its
     own so that only the offending one fails. Concurrent writers of the same new record (other processes)
-    are both stored: the one that loses the race to insert it reads the winner's row and goes on."""
+    are both stored: the one that loses the race to insert it reads the winner's row and goes on.
+
+    ``written``: the records of the first requests (the same ones, in order, now with their answers), inserted
+    already by :func:`write_records_first`; they are committed with the predictions, or rolled back and the
+    whole group stored the ordinary way."""
+    if written is not None:
+        finished = _finish(written, requests, model_name=model_name, source=source)
+        if finished is not None:
+            try:
+                with db.errors():  # a failed commit is answered as the error it is, not stored again
+                    written.commit()
+            except LearningMachineError as exc:
+                return [exc] * len(requests)
+            return finished
     try:
         return _with_retries(db, requests, model_name=model_name, source=source)
     except ServiceUnavailableError as exc:
@@ -100,6 +205,31 @@ def store_prediction_requests(db: Database, requests: Sequence[PredictionRequest
     for request in requests:
         results += store_prediction_requests(db, [request], model_name=model_name, source=source)
     return results
+
+
+def _finish(written: RecordsFirst, requests: Sequence[PredictionRequest], *, model_name: str, source: str,
+            ) -> list[list[dict[str, Any]] | LearningMachineError] | None:
+    """Add the predictions (and the records of requests that joined the group after ``written``) to its
+    transaction, uncommitted; None, with the transaction rolled back, when that cannot be done (the requests
+    are not the ones written, one contradicts another, the database refuses)."""
+    if not written.covers(requests):
+        written.abandon()
+        return None
+    later = requests[len(written.requests):]
+    try:
+        if later:
+            records: dict[str, Mapping[str, Any]] = {r: f for q in written.requests
+                                                     for r, f in zip(q.record_ids, q.features, strict=True)}
+            outcomes: dict[str, int] = {r: o for q in written.requests for r, o in q.labelled()}
+            known = (len(records), len(outcomes))
+            for request in later:
+                _new_columns(records, outcomes, request)
+            _insert_records(written.connection, dict(itertools.islice(records.items(), known[0], None)),
+                            dict(itertools.islice(outcomes.items(), known[1], None)), source, written.now)
+        return [*_insert_predictions(written.connection, requests, model_name, written.now)]
+    except (ConflictError, SQLAlchemyError):
+        written.abandon()
+        return None
 
 
 def _with_retries(db: Database, requests: Sequence[PredictionRequest], *, model_name: str, source: str,
@@ -128,43 +258,99 @@ def _store_requests_once(db: Database, requests: Sequence[PredictionRequest], *,
     unique constraints refuse the transaction when one is not); else read which exist first, and refuse the
     requests that contradict them."""
     now = utcnow()
-    created = _iso(now)  # once: one transaction, one time
-    results: list[list[dict[str, Any]] | LearningMachineError] = []
-    records: list[dict[str, Any]] = []
-    outcomes: list[dict[str, Any]] = []
-    predictions: list[dict[str, Any]] = []
     with db.connection() as session:  # Core: no ORM session on the hot path
-        stored: dict[str, dict[str, Any]] = {}
+        stored: dict[str, Mapping[str, Any]] = {}
         known_outcomes: dict[str, int] = {}
         if not optimistic:  # one read for the whole group: which records (and outcomes) exist already
-            stored = _stored_features(session, [i.record_id for r in requests for i in r.items])
-            labelled = {i.record_id for r in requests for i in r.items if i.outcome is not None}
+            stored.update(_stored_features(session, [i for r in requests for i in r.record_ids]))
+            labelled = {i for r in requests for i, _ in r.labelled()}
             if labelled:
-                known_outcomes = dict(session.execute(select(Outcome.record_id, Outcome.outcome).where(
+                known_outcomes.update(session.execute(select(Outcome.record_id, Outcome.outcome).where(
                     Outcome.record_id.in_(labelled))).tuples().all())
-        for request in requests:
+        records = dict(stored)
+        outcomes = dict(known_outcomes)
+        accepted: list[PredictionRequest] = []
+        refused: dict[int, LearningMachineError] = {}
+        for index, request in enumerate(requests):
             try:
-                new_records = _new_records(stored, [(i.record_id, i.features) for i in request.items], source, now)
-                new_outcomes = _new_outcomes(known_outcomes, [(i.record_id, i.outcome) for i in request.items
-                                                              if i.outcome is not None], source, now)
+                _new_columns(records, outcomes, request)
             except ConflictError as exc:
-                results.append(exc)
+                refused[index] = exc
                 continue
-            stored.update((r["record_id"], r["features"]) for r in new_records)
-            known_outcomes.update((o["record_id"], o["outcome"]) for o in new_outcomes)
-            records += new_records
-            outcomes += new_outcomes
-            rows = [{"record_id": i.record_id, "model_name": model_name, "model_version": i.model_version,
-                     "probability": float(i.probability), "label": int(i.label),
-                     "latency_ms": float(request.latency_ms), "request_id": request.request_id, "created_at": now}
-                    for i in request.items]
-            predictions += rows
-            results.append([{**p, "created_at": created} for p in rows])
+            accepted.append(request)
         # Records first: the predictions reference them. Straight through the driver (store.bulk).
-        tables: list[Any] = [(Record.__table__, records), (Outcome.__table__, outcomes),
-                             (Prediction.__table__, predictions)]
-        insert_rows(session, tables)
-    return results
+        _insert_records(session, {r: f for r, f in records.items() if r not in stored},
+                        {r: o for r, o in outcomes.items() if r not in known_outcomes}, source, now)
+        stored_rows = iter(_insert_predictions(session, accepted, model_name, now))
+    return [refused[index] if index in refused else next(stored_rows) for index in range(len(requests))]
+
+
+def _new_columns(records: dict[str, Mapping[str, Any]], outcomes: dict[str, int], request: PredictionRequest) -> None:
+    """Add the request's records and outcomes to ``records`` / ``outcomes`` (what is stored or will be, by record
+    id), or raise :class:`ConflictError` leaving both unchanged when one contradicts what is there. A record
+    id names one encounter: sending it again is fine, with other values it is a conflict."""
+    new_records: dict[str, Mapping[str, Any]] = {}
+    for record_id, features in zip(request.record_ids, request.features, strict=True):
+        known = records.get(record_id, new_records.get(record_id))
+        if known is None:
+            new_records[record_id] = features
+        elif known is not features and not same_features(known, features):
+            changed = sorted(k for k in {*known, *features} if not _same_value(known.get(k), features.get(k)))
+            raise ConflictError(f"record {record_id!r} is already stored with other values for "
+                                f"{', '.join(changed)}; use a new record id",
+                                detail={"record_id": record_id, "fields": changed})
+    new_outcomes: dict[str, int] = {}
+    for record_id, outcome in request.labelled():
+        known_outcome = outcomes.get(record_id, new_outcomes.get(record_id))
+        if known_outcome is None:
+            new_outcomes[record_id] = outcome
+        elif known_outcome != outcome:
+            raise ConflictError(f"record {record_id!r} already has outcome {known_outcome}, not {outcome}",
+                                detail={"record_id": record_id, "stored": known_outcome, "sent": outcome})
+    records.update(new_records)
+    outcomes.update(new_outcomes)
+
+
+def _table(model: type[Base]) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+def _insert_records(connection: Connection, records: Mapping[str, Mapping[str, Any]], outcomes: Mapping[str, int],
+                    source: str, now: datetime) -> None:
+    """Insert new records, then their outcomes (which reference them), column by column."""
+    constants = {"source": source, "received_at": now}
+    insert_columns(connection, _table(Record), {"record_id": list(records), "features": list(records.values())},
+                   constants)
+    insert_columns(connection, _table(Outcome), {"record_id": list(outcomes), "outcome": list(outcomes.values())},
+                   constants)
+
+
+def _insert_predictions(connection: Connection, requests: Sequence[PredictionRequest], model_name: str,
+                        now: datetime) -> list[list[dict[str, Any]]]:
+    """Insert every request's predictions (their records stored already); per request its stored predictions."""
+    if not requests:
+        return []
+    columns: dict[str, list[Any]] = {"record_id": [], "model_version": [], "probability": [], "label": [],
+                                     "latency_ms": [], "request_id": []}
+    for request in requests:
+        n = len(request.record_ids)
+        if len(request.probabilities) != n or len(request.labels) != n or len(request.model_versions) != n:
+            raise ValueError(f"request {request.request_id!r} has {n} records but not as many answers")
+        columns["record_id"] += request.record_ids
+        columns["model_version"] += request.model_versions
+        columns["probability"] += request.probabilities
+        columns["label"] += request.labels
+        columns["latency_ms"] += [float(request.latency_ms)] * n
+        columns["request_id"] += [request.request_id] * n
+    insert_columns(connection, _table(Prediction), columns, {"model_name": model_name, "created_at": now})
+    created = _iso(now)
+    return [[{"record_id": r, "model_name": model_name, "model_version": v, "probability": p, "label": label,
+              "latency_ms": float(request.latency_ms), "request_id": request.request_id, "created_at": created}
+             for r, v, p, label in zip(request.record_ids, request.model_versions, request.probabilities,
+                                       request.labels, strict=True)]
+            for request in requests]
 
 
 def store_explanation(db: Database, *, record_id: str, features: Mapping[str, Any] | None, model_name: str,
@@ -372,21 +558,6 @@ def _new_records(stored: Mapping[str, Mapping[str, Any]], records: Sequence[tupl
             raise ConflictError(f"record {record_id!r} is already stored with other values for "
                                 f"{', '.join(changed)}; use a new record id",
                                 detail={"record_id": record_id, "fields": changed})
-    return list(new.values())
-
-
-def _new_outcomes(stored: Mapping[str, int], labelled: Sequence[tuple[str, int]], source: str,
-                  now: datetime) -> list[dict[str, Any]]:
-    """Rows to insert for outcomes sent with their records (``stored``: the outcomes already stored, left as
-    it is); one that contradicts a stored outcome is a conflict."""
-    new: dict[str, dict[str, Any]] = {}
-    for record_id, outcome in labelled:
-        known = stored.get(record_id, new[record_id]["outcome"] if record_id in new else None)
-        if known is None:
-            new[record_id] = {"record_id": record_id, "outcome": outcome, "received_at": now, "source": source}
-        elif known != outcome:
-            raise ConflictError(f"record {record_id!r} already has outcome {known}, not {outcome}",
-                                detail={"record_id": record_id, "stored": known, "sent": outcome})
     return list(new.values())
 
 

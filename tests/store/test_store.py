@@ -158,13 +158,13 @@ def test_a_group_of_requests_commits_once_and_each_request_stands_alone(db: Data
     before = repository.counts(db)
     big = [pred(rid(), outcome=i % 2) for i in range(COPY_ROWS + 5)]
     requests = [
-        repository.PredictionRequest([pred(shared), pred(rid())], "g-1", 2.0),
-        repository.PredictionRequest([pred(rid()), pred(stored, age=70)], "g-2", 2.0),  # contradicts a stored one
-        repository.PredictionRequest([pred(shared)], "g-3", 2.0),  # the same new record again: fine
-        repository.PredictionRequest([pred(shared, age=33)], "g-4", 2.0),  # contradicts g-1's new record
-        repository.PredictionRequest([pred(fresh, outcome=1)], "g-5", 2.0),
-        repository.PredictionRequest([pred(fresh, outcome=0)], "g-6", 2.0),  # contradicts g-5's outcome
-        repository.PredictionRequest(big, "g-7", 2.0),
+        repository.PredictionRequest.of([pred(shared), pred(rid())], "g-1", 2.0),
+        repository.PredictionRequest.of([pred(rid()), pred(stored, age=70)], "g-2", 2.0),  # contradicts a stored one
+        repository.PredictionRequest.of([pred(shared)], "g-3", 2.0),  # the same new record again: fine
+        repository.PredictionRequest.of([pred(shared, age=33)], "g-4", 2.0),  # contradicts g-1's new record
+        repository.PredictionRequest.of([pred(fresh, outcome=1)], "g-5", 2.0),
+        repository.PredictionRequest.of([pred(fresh, outcome=0)], "g-6", 2.0),  # contradicts g-5's outcome
+        repository.PredictionRequest.of(big, "g-7", 2.0),
     ]
     results = repository.store_prediction_requests(db, requests, model_name="m")
     refused = {request.request_id: str(result) for request, result in zip(requests, results, strict=True)
@@ -181,6 +181,148 @@ def test_a_group_of_requests_commits_once_and_each_request_stands_alone(db: Data
     # The rows written straight through the driver read back as SQLAlchemy wrote them before.
     history = repository.patient(db, shared)
     assert history["features"] == {"age": 50, "sex": "male"} and len(history["predictions"]) == 2
+
+
+def answered(request: repository.PredictionRequest, probability: float = 0.25) -> repository.PredictionRequest:
+    n = len(request.record_ids)
+    return request.answered([probability] * n, [0] * n, ["1"] * n, 3.0)
+
+
+def unanswered(*record_ids: str, age: float = 50) -> repository.PredictionRequest:
+    return repository.PredictionRequest(list(record_ids), [{"age": age, "sex": "male"} for _ in record_ids],
+                                        [None] * len(record_ids), f"q-{uuid.uuid4().hex[:8]}")
+
+
+def stored_records(db: Database, record_ids: list[str]) -> int:
+    """Counted on a connection of its own (another writer's view), not the one writing."""
+    from learning_machine.store.models import Record
+
+    with db.read() as session:
+        return len(session.scalars(select(Record.record_id).where(Record.record_id.in_(record_ids))).all())
+
+
+def test_records_written_ahead_are_invisible_until_committed_with_their_predictions(db: Database) -> None:
+    """The gateway writes a group's records while the model server works, then adds the predictions and
+    commits once: before that commit nobody sees the records; after it, the rows are the ones the ordinary
+    way writes (features, times, the model's probability to the last bit)."""
+    import random
+
+    ids = [rid() for _ in range(60)]  # above COPY_ROWS: PostgreSQL's COPY path
+    request = unanswered(*ids)
+    written = repository.write_records_first(db, [request])
+    assert written is not None
+    assert stored_records(db, ids) == 0  # uncommitted
+    probabilities = [random.random() for _ in ids]
+    done = request.answered(probabilities, [int(p > 0.5) for p in probabilities], ["7"] * len(ids), 2.5)
+    results = repository.store_prediction_requests(db, [done], model_name="m", written=written)
+    assert not isinstance(results[0], Exception) and len(results[0]) == len(ids)
+    assert stored_records(db, ids) == len(ids)
+    plain_id = rid()
+    repository.store_predictions(db, [pred(plain_id)], model_name="m", latency_ms=2.5, request_id="plain")
+    ahead, plain = repository.patient(db, ids[0]), repository.patient(db, plain_id)
+    assert ahead["features"] == plain["features"] == {"age": 50, "sex": "male"}
+    assert ahead["source"] == plain["source"] == "api"
+    stored = repository.predictions_for_request(db, request.request_id)
+    assert [p["record_id"] for p in stored] == ids
+    assert [p["probability"] for p in stored] == probabilities  # exact: no rounding on the way
+    assert {p["model_version"] for p in stored} == {"7"} and {p["latency_ms"] for p in stored} == {2.5}
+    assert stored[0]["created_at"] == results[0][0]["created_at"]
+
+
+def test_records_written_ahead_are_rolled_back_when_the_group_is_not_the_one_written(db: Database) -> None:
+    """A request of the group got no answer (its model call failed), or the model server was slow and the
+    gateway gave up the head start: the records written ahead are rolled back, the lock is released at once
+    (the next write does not wait), and the answered requests are stored the ordinary way."""
+    first, second = unanswered(rid()), unanswered(rid(), rid())
+    written = repository.write_records_first(db, [first, second])
+    assert written is not None
+    results = repository.store_prediction_requests(db, [answered(second)], model_name="m", written=written)
+    assert not isinstance(results[0], Exception)
+    assert stored_records(db, list(first.record_ids)) == 0
+    assert stored_records(db, list(second.record_ids)) == 2
+    abandoned = unanswered(rid())
+    written = repository.write_records_first(db, [abandoned])
+    assert written is not None
+    written.abandon()
+    written.abandon()  # twice is harmless
+    assert stored_records(db, list(abandoned.record_ids)) == 0
+    repository.store_predictions(db, [pred(rid())], model_name="m", latency_ms=1, request_id="after")
+
+
+def test_a_group_written_ahead_takes_in_the_groups_answered_meanwhile(db: Database) -> None:
+    """Group commit: requests answered while the first group's records were being written join its
+    transaction. One contradicting another sends the whole group the ordinary way, where it alone fails."""
+    head, joined = unanswered(rid()), unanswered(rid())
+    written = repository.write_records_first(db, [head])
+    assert written is not None
+    results = repository.store_prediction_requests(db, [answered(head), answered(joined)], model_name="m",
+                                                   written=written)
+    assert [len(r) for r in results if not isinstance(r, Exception)] == [1, 1]
+    assert stored_records(db, [*head.record_ids, *joined.record_ids]) == 2
+    shared = rid()
+    head = unanswered(shared)
+    written = repository.write_records_first(db, [head])
+    assert written is not None
+    clash = unanswered(shared, age=99)  # the same new record with other values
+    results = repository.store_prediction_requests(db, [answered(head), answered(clash)], model_name="m",
+                                                   written=written)
+    assert not isinstance(results[0], Exception) and isinstance(results[1], ConflictError)
+    assert repository.patient(db, shared)["features"]["age"] == 50
+
+
+def test_a_record_stored_already_is_not_written_ahead(db: Database) -> None:
+    """Written ahead means new: a record sent again (a retry, a second prediction) goes the ordinary way,
+    which reads what is stored first, and nothing is left locked."""
+    known = rid()
+    repository.store_predictions(db, [pred(known)], model_name="m", latency_ms=1, request_id="known")
+    again = unanswered(known, rid())
+    assert repository.write_records_first(db, [again]) is None
+    results = repository.store_prediction_requests(db, [answered(again)], model_name="m")
+    assert not isinstance(results[0], Exception) and len(results[0]) == 2
+    twice = unanswered(known, age=51)  # contradicts the stored record: refused, as before
+    assert repository.write_records_first(db, [twice]) is None
+    assert isinstance(repository.store_prediction_requests(db, [answered(twice)], model_name="m")[0], ConflictError)
+
+
+def test_bulk_rows_orjson_cannot_write_are_stored_the_exact_way(db: Database) -> None:
+    """A feature value beyond 64 bits (JSON allows it; orjson does not write it) is stored as the standard
+    library writes it, on both backends; a missing (None) feature is JSON null."""
+    big = 2**70
+    record = rid()
+    repository.store_predictions(db, [repository.NewPrediction(record, {"age": big, "sex": None}, 0.5, 1, "1")],
+                                 model_name="m", latency_ms=1, request_id="big")
+    assert repository.patient(db, record)["features"] == {"age": big, "sex": None}
+
+
+def test_the_gateways_sqlite_database_is_checkpointed_in_the_background(tmp_path: Path) -> None:
+    """The gateway's SQLite connections never checkpoint inside a commit (wal_autocheckpoint=0); a thread of
+    its own copies the WAL into the database file instead, and stops with the database."""
+    path = tmp_path / "lm.db"
+    db = Database(f"sqlite:///{path}", background_checkpoints=True, checkpoint_interval_s=0.1)
+    db.upgrade()
+    assert db.checkpointer is not None
+    with db.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+    ids = [rid() for _ in range(3000)]
+    results = repository.store_prediction_requests(db, [answered(unanswered(*ids))], model_name="m")
+    assert not isinstance(results[0], Exception)
+    wal = path.with_name("lm.db-wal")
+    size = path.stat().st_size
+    assert wal.stat().st_size > 1_000_000  # the commit went to the WAL only
+    import time
+
+    deadline = time.monotonic() + 10
+    while path.stat().st_size <= size and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.stat().st_size > size + 500_000  # copied into the database file by the checkpointer
+    thread = db.checkpointer._thread
+    db.dispose()
+    assert not thread.is_alive()
+    plain = Database(f"sqlite:///{tmp_path / 'other.db'}")
+    assert plain.checkpointer is None
+    with plain.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 1000  # SQLite's default elsewhere
+    plain.dispose()
 
 
 def test_outcomes_are_idempotent_and_conflicts_need_overwrite(db: Database) -> None:
