@@ -32,7 +32,8 @@ Every route under `/v1` needs `Authorization: Bearer <token>`; a token carries o
 
 def build_context(settings: Settings) -> GatewayContext:
     """The app's long-lived parts. Nothing connects yet: the database is migrated at start-up."""
-    db = Database(settings.database_uri())
+    # On SQLite, WAL checkpoints run in a thread of their own, not inside a request's commit.
+    db = Database(settings.database_uri(), background_checkpoints=True)
     return GatewayContext(
         settings=settings,
         db=db,

@@ -3,10 +3,15 @@ transaction, and each is answered only once its rows are committed.
 
 Two worker threads form a two-stage pipeline, so that the model server and the database work at the same time:
 
-* the **model stage** takes every request waiting (up to ``max_rows`` records), asks the model server once
-  for all their records (:func:`service.predict_records`) and hands the group to the store stage;
-* the **store stage** takes every group waiting and stores all their records and predictions in one
-  transaction (:func:`repository.store_prediction_requests`), then answers each request.
+* the **model stage** takes every request waiting (up to ``max_rows`` records), makes the columns to store
+  of their records (:func:`service.prediction_request`), hands the group to the store stage, then asks the
+  model server once for all their records (:func:`service.predict_records`);
+* the **store stage** writes the group's records into a transaction while the model server works
+  (:func:`service.write_records_first`: on SQLite one statement that runs without Python's GIL), waits for
+  the answers, adds the predictions of that group and of every group answered meanwhile, commits once
+  (:func:`service.store_answers`), then answers each request. When the records cannot be written ahead
+  (one is stored already, the model server takes longer than :data:`WRITE_AHEAD_S`), that transaction is
+  rolled back and the group is stored the ordinary way once answered.
 
 A request that waits alone is sent alone, at once: there is no timer, so one client sees no added delay and
 many clients see fewer, larger calls. Each request stays all or nothing: a request whose record contradicts a
@@ -30,6 +35,7 @@ from learning_machine.clients.v2 import Prediction
 from learning_machine.errors import LearningMachineError, ServiceUnavailableError
 from learning_machine.gateway import service
 from learning_machine.gateway.problems import as_platform_error
+from learning_machine.store import repository
 
 if TYPE_CHECKING:
     from learning_machine.gateway.service import GatewayContext
@@ -48,6 +54,7 @@ class Job:
     future: asyncio.Future[list[dict[str, Any]]]
     answers: list[Prediction] = field(default_factory=list)
     latency_ms: float = 0.0
+    columns: repository.PredictionRequest | None = None  # what is stored of its records, made by the model stage
 
     def finish(self, result: list[dict[str, Any]] | BaseException) -> None:
         """Hand the result to the request's event loop (from a worker thread). An error no handler expects is
@@ -80,6 +87,21 @@ def _ids(jobs: Sequence[Job], most: int = 20) -> str:
     """The request ids of a group, for a log line about the whole group (each request's own line follows)."""
     ids = ", ".join(job.request_id for job in jobs[:most])
     return ids + (f" and {len(jobs) - most} more" if len(jobs) > most else "")
+
+
+# How long the store stage keeps the records of a group written (its transaction open, and on SQLite the
+# database's write lock held) while the model server answers; past that it rolls them back and stores the
+# group the ordinary way once answered, so that a slow model server does not hold up other writers.
+WRITE_AHEAD_S = 0.25
+
+
+@dataclass(eq=False)
+class Group:
+    """The requests of one model-server call, handed to the store stage before the call, so that their records
+    are written while the model server works; ``answered`` is set once every job has its answers or error."""
+
+    jobs: list[Job]
+    answered: threading.Event = field(default_factory=threading.Event)
 
 
 class PredictionBatcher:
@@ -155,20 +177,28 @@ class PredictionBatcher:
             if first is _STOP:
                 break
             group, stop = self._take(first)
+            announced: Group | None = None
             try:
                 waiting = [job for job in group if not self._replayed(job)]
                 if waiting:
                     self.ctx.metrics.group_requests.observe(len(waiting))
+                    for job in waiting:
+                        job.columns = service.prediction_request(self.ctx, job.records, job.request_id)
+                    announced = Group(waiting)
+                    self._stores.put(announced)  # the store stage writes the records meanwhile
                     for job, result in zip(waiting, self._predict(waiting), strict=True):
                         if isinstance(result, BaseException):
                             job.finish(result)
                         else:
                             job.answers, job.latency_ms = result
-                    self._stores.put([job for job in waiting if job.answers])
             except Exception as exc:  # noqa: BLE001 - a bug must fail this group, not stop the gateway
                 log.error("the model stage failed a group of %d request(s): %s", len(group), _ids(group))
                 for job in group:
+                    job.answers = []
                     job.finish(exc)
+            finally:
+                if announced is not None:
+                    announced.answered.set()
             if stop:
                 break
         self._stores.put(_STOP)
@@ -207,25 +237,52 @@ class PredictionBatcher:
         return out
 
     def _store_stage(self) -> None:
-        stop = False
-        while not stop:
-            groups = [self._stores.get()]
-            while True:
+        pending: Group | None = None
+        while True:
+            group = pending if pending is not None else self._stores.get()
+            pending = None
+            if group is _STOP:
+                break
+            written = None
+            if not group.answered.is_set():  # write the records while the model server works
+                written = self._write_first(group)
+                if written is not None and not group.answered.wait(WRITE_AHEAD_S):
+                    written.abandon()  # a slow model server: do not hold the database meanwhile
+                    written = None
+                group.answered.wait()
+            groups = [group]
+            while True:  # group commit: the groups answered meanwhile share this transaction
                 try:
-                    groups.append(self._stores.get_nowait())
+                    more = self._stores.get_nowait()
                 except queue.Empty:
                     break
-            if _STOP in groups:
-                stop = True
-                groups = [g for g in groups if g is not _STOP]
-            jobs = [job for group in groups for job in group]
+                if more is _STOP or not more.answered.is_set():
+                    pending = more
+                    break
+                groups.append(more)
+            self._store(groups, written)
+
+    def _write_first(self, group: Group) -> repository.RecordsFirst | None:
+        try:
+            return service.write_records_first(self.ctx, [job.columns for job in group.jobs if job.columns is not None])
+        except Exception:
+            log.exception("writing the records of a group ahead of its predictions failed: %s", _ids(group.jobs))
+            return None
+
+    def _store(self, groups: list[Group], written: repository.RecordsFirst | None) -> None:
+        jobs = [job for group in groups for job in group.jobs if job.answers and job.columns is not None]
+        try:
             if not jobs:
-                continue
+                return
+            requests = [service.answered(job.columns, job.answers, job.latency_ms) for job in jobs
+                        if job.columns is not None]
             try:
-                results: list[Any] = service.store_answers(self.ctx, [(job.records, job.answers, job.request_id,
-                                                                       job.latency_ms) for job in jobs])
+                results: list[Any] = service.store_answers(self.ctx, requests, written=written)
             except Exception as exc:  # noqa: BLE001 - every request of the group is answered, none hangs
                 log.error("the store stage failed a group of %d request(s): %s", len(jobs), _ids(jobs))
                 results = [exc] * len(jobs)
             for job, result in zip(jobs, results, strict=True):
                 job.finish(result)
+        finally:
+            if written is not None:
+                written.abandon()  # committed already, or not to be: rolled back

@@ -151,19 +151,36 @@ def predict_records(ctx: GatewayContext, records: Sequence[Mapping[str, Any]]) -
         ctx.metrics.model_server_seconds.labels("predict").observe(time.perf_counter() - started)
 
 
-def store_answers(ctx: GatewayContext, requests: Sequence[tuple[Sequence[Mapping[str, Any]], Sequence[Prediction],
-                                                                 str, float]],
+def prediction_request(ctx: GatewayContext, records: Sequence[Mapping[str, Any]], request_id: str,
+                       ) -> repository.PredictionRequest:
+    """What is stored of a request's (validated) records, column by column, before the model answers: record
+    ids, features and the outcomes sent with them."""
+    rid, target, spec = ctx.spec.record_id.name, ctx.spec.target.name, ctx.spec
+    return repository.PredictionRequest(
+        [str(record[rid]) for record in records], [features_of(spec, record) for record in records],
+        [None if (value := record.get(target)) is None else parse_label(value) for record in records], request_id)
+
+
+def answered(request: repository.PredictionRequest, answers: Sequence[Prediction], latency_ms: float,
+             ) -> repository.PredictionRequest:
+    """``request`` with the model server's answers (in record order) and the model call's latency."""
+    return request.answered([a.probability for a in answers], [a.label for a in answers],
+                            [a.model_version for a in answers], latency_ms)
+
+
+def write_records_first(ctx: GatewayContext, requests: Sequence[repository.PredictionRequest],
+                        ) -> repository.RecordsFirst | None:
+    """Insert these requests' records while the model server works on them, in a transaction that
+    :func:`store_answers` completes (or None: they are stored the ordinary way then)."""
+    return repository.write_records_first(ctx.db, requests)
+
+
+def store_answers(ctx: GatewayContext, requests: Sequence[repository.PredictionRequest], *,
+                  written: repository.RecordsFirst | None = None,
                   ) -> list[list[dict[str, Any]] | LearningMachineError]:
-    """Store each request's records and predictions (``(records, answers, request id, model-call ms)``), all
-    in one transaction; per request its stored predictions or the error that refused it alone."""
-    rid, target = ctx.spec.record_id.name, ctx.spec.target.name
-    batch = [repository.PredictionRequest([repository.NewPrediction(
-        record_id=str(record[rid]), features=features_of(ctx.spec, record),
-        probability=answer.probability, label=answer.label, model_version=answer.model_version,
-        outcome=parse_label(record[target]) if record.get(target) is not None else None)
-        for record, answer in zip(records, answers, strict=True)], request_id, latency_ms)
-        for records, answers, request_id, latency_ms in requests]
-    results = repository.store_prediction_requests(ctx.db, batch, model_name=ctx.model_name)
+    """Store each answered request's records and predictions, all in one transaction (with ``written``: the
+    records written first); per request its stored predictions or the error that refused it alone."""
+    results = repository.store_prediction_requests(ctx.db, requests, model_name=ctx.model_name, written=written)
     versions = Counter(row["model_version"] for result in results if not isinstance(result, Exception)
                        for row in result)
     for version, count in versions.items():

@@ -146,3 +146,96 @@ def test_the_monitor_state_is_saved_with_optimistic_concurrency(gw):
     with LearningMachineClient(gw.url, gw.tokens["clinician"]) as clinician, pytest.raises(GatewayError) as denied:
         clinician.monitor_state("resilience")
     assert denied.value.status == 403
+
+
+def test_records_are_written_while_the_model_server_works_and_seen_only_with_their_predictions(gw, monkeypatch):
+    """The real gateway's store stage writes a request's records while the model server answers: during the
+    model call they are written (in a transaction of their own) but nobody else sees them; the answer comes
+    once records and predictions are committed together."""
+    from learning_machine.gateway import service
+    from learning_machine.store import repository
+
+    real_predict, real_write = service.predict_records, repository.write_records_first
+    seen: dict[str, object] = {}
+
+    def write(*args, **kwargs):
+        seen["written"] = real_write(*args, **kwargs)
+        return seen["written"]
+
+    def predict(ctx, records):
+        import time
+
+        deadline = time.monotonic() + 5
+        while "written" not in seen and time.monotonic() < deadline:  # the store stage works meanwhile
+            time.sleep(0.01)
+        seen["visible during the model call"] = stored_records(gw, "ahead-")
+        return real_predict(ctx, records)
+
+    monkeypatch.setattr(repository, "write_records_first", write)
+    monkeypatch.setattr(service, "predict_records", predict)
+    records = make_records(20, prefix="ahead-")
+    response = gw.client("clinician").post("/v1/predictions", json={"records": records})
+    assert response.status_code == 200, response.text
+    assert isinstance(seen["written"], repository.RecordsFirst)
+    assert seen["visible during the model call"] == 0
+    assert gw.stored_predictions("ahead-") == 20 and stored_records(gw, "ahead-") == 20
+
+
+def test_a_slow_model_server_does_not_hold_the_database_and_a_failed_call_stores_nothing(gw, monkeypatch):
+    """Past WRITE_AHEAD_S of model call the records written ahead are rolled back, so another writer (here an
+    outcome for a stored record, through the API) is not held up by a slow model server; the request is
+    stored when the answer comes. A model call that fails leaves no record behind either."""
+    import threading
+    import time
+
+    from learning_machine.errors import ServiceUnavailableError
+    from learning_machine.gateway import batching, service
+
+    client = gw.client("clinician")
+    stored = make_records(1, prefix="slow-known-")[0]
+    assert client.post("/v1/predictions", json=stored).status_code == 200
+    real_predict = service.predict_records
+    release = threading.Event()
+
+    def slow(ctx, records):
+        release.wait(10)
+        return real_predict(ctx, records)
+
+    monkeypatch.setattr(batching, "WRITE_AHEAD_S", 0.05)
+    monkeypatch.setattr(service, "predict_records", slow)
+    answer: dict[str, int] = {}
+    sender = threading.Thread(target=lambda: answer.update(status=gw.client("data-scientist").post(
+        "/v1/predictions", json=make_records(1, prefix="slow-new-")[0]).status_code))
+    sender.start()
+    time.sleep(0.3)  # the model call is pending, the head start given up
+    started = time.perf_counter()
+    outcome = client.post("/v1/outcomes", json={"record_id": stored["record_id"], "outcome": 1})
+    waited = time.perf_counter() - started
+    release.set()
+    sender.join(30)
+    assert outcome.status_code in (200, 201), outcome.text
+    assert waited < 2, f"the outcome waited {waited:.2f} s for the database"
+    assert answer["status"] == 200 and gw.stored_predictions("slow-new-") == 1
+
+    def down(ctx, records):
+        time.sleep(0.1)  # long enough for the records to be written ahead
+        raise ServiceUnavailableError("the model server is down (injected)")
+
+    monkeypatch.setattr(batching, "WRITE_AHEAD_S", 5)
+    monkeypatch.setattr(service, "predict_records", down)
+    failed = client.post("/v1/predictions", json={"records": make_records(5, prefix="slow-down-")})
+    assert failed.status_code == 503
+    assert gw.stored_predictions("slow-down-") == 0 and stored_records(gw, "slow-down-") == 0
+    monkeypatch.setattr(service, "predict_records", real_predict)
+    assert client.post("/v1/predictions", json=make_records(1, prefix="slow-after-")[0]).status_code == 200
+
+
+def stored_records(gw: RunningGateway, prefix: str) -> int:
+    """Records in the gateway's database whose id starts with ``prefix`` (another connection's view)."""
+    from sqlalchemy import func, select
+
+    from learning_machine.store.models import Record
+
+    with gw.db.read() as session:
+        return int(session.scalar(select(func.count()).select_from(Record)
+                                  .where(Record.record_id.startswith(prefix))) or 0)
