@@ -7,6 +7,7 @@ min-max over repetitions, with ratios against an anchor: these machines are nois
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -325,10 +326,15 @@ def machine_info() -> dict[str, Any]:
 
 
 def run_benchmarks(out_dir: Path, *, quick: bool = False, only: list[str] | None = None,
-                   progress: Progress = print) -> Path:
+                   progress: Progress = print, profile: bool = False) -> Path:
     """Run the sections and write the report to ``out_dir`` (again after each section, so a failure or an
     interruption keeps what was measured). A section that fails is reported and the others still run;
-    then :class:`BenchmarkError` names the failed ones."""
+    then :class:`BenchmarkError` names the failed ones. ``profile``: the serving section samples its
+    gateways with py-spy into ``out_dir/profiles`` (:mod:`learning_machine.bench.profile`)."""
+    if profile:
+        from learning_machine.bench.profile import PROFILE_ENV
+
+        os.environ[PROFILE_ENV] = str((out_dir / "profiles").resolve())
     names = check_sections(only, quick=quick)
     skipped = [name for name in SECTIONS if name not in names]
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -21,15 +21,10 @@ def bench(quick: Annotated[bool, typer.Option(help="Smaller sizes, and the pipel
                                                      "comparison (py-spy shares the cores).")] = False,
           ) -> None:
     """Run the benchmarks: report.md (tables, PNG plots), summary.md and the raw results.json."""
-    import os
-
     from learning_machine.bench.harness import check_sections, run_benchmarks
-    from learning_machine.bench.profile import PROFILE_ENV
 
     check_sections(section, quick=quick)
-    if profile:
-        os.environ[PROFILE_ENV] = str((out_dir / "profiles").resolve())
-    report = run_benchmarks(out_dir, quick=quick, only=section, progress=say)
+    report = run_benchmarks(out_dir, quick=quick, only=section, progress=say, profile=profile)
     console.print(f"report: {report}")
 
 
