@@ -2,8 +2,8 @@
 change to it, no restart) while a measurement runs, and the samples are summarised by the platform function
 that was running (inclusive) and by the library at the top of the stack (self time).
 
-`lm bench --section serving --profile` profiles each gateway during its 1,000-row batches and its 8-client
-single-row run. Sampling costs the profiled process little (``--nonblocking``: it is never paused), but
+`lm bench --section serving --profile` profiles each gateway during its sequential single rows, its 1,000-row
+batches and its 8-client single-row run. Sampling costs the profiled process little (``--nonblocking``: it is never paused), but
 py-spy itself needs CPU on the same cores: a profiled run's timings are for reading the profile, not for the
 README's table."""
 

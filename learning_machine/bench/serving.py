@@ -573,7 +573,8 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
                     count = n_latency if n == 1 else n_batch[n]
                     if profile_dir is not None and n == TARGET_BATCH:
                         count = max(count, PROFILED_BATCHES)  # enough samples to read
-                    with profiler(name, f"batches of {n:,}", count, n == TARGET_BATCH):
+                    load = "single rows, one client" if n == 1 else f"batches of {n:,}"
+                    with profiler(name, load, count, n in (1, TARGET_BATCH)):
                         stats = latency(make(), count, 20 if n == 1 else 3)
                     results["batch"][str(n)][name] = {**stats, "rows_per_s": n * 1000 / stats["p50"]}
                 for name, fn in local(n).items():

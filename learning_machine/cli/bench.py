@@ -16,7 +16,8 @@ def bench(quick: Annotated[bool, typer.Option(help="Smaller sizes, and the pipel
           section: Annotated[list[str] | None, typer.Option(help="Only these sections (repeatable): training, "
                                                                  "pipelines, serving, loop, dashboard.")] = None,
           profile: Annotated[bool, typer.Option(help="Sample each gateway with py-spy during the serving section's "
-                                                     "1,000-row batches and 8-client run: where its CPU time goes, "
+                                                     "single rows, 1,000-row batches and 8-client run: where its CPU "
+                                                     "time goes, "
                                                      "in <out>/profiles/profiles.md. Profiled timings are not for "
                                                      "comparison (py-spy shares the cores).")] = False,
           ) -> None:

@@ -77,6 +77,8 @@ def insert_columns(connection: Connection, table: Table, columns: Mapping[str, S
             with cursor.copy(f"COPY {table.name} ({', '.join(names)}) FROM STDIN") as copy:
                 for row in values:
                     copy.write_row(row)
+        elif len(values) == 1:  # the gateway's single rows: execute costs a third less CPU than executemany
+            cursor.execute(_insert(table, names, "%s"), values[0])
         else:
             cursor.executemany(_insert(table, names, "%s"), values)
 
