@@ -36,26 +36,42 @@ class Profile:
     samples: int
     seconds: float
     requests: int
+    cpu_s: float | None = None  # the process's CPU time meanwhile (from /proc), when measured
     functions: list[tuple[str, float]] = field(default_factory=list)
     innermost: list[tuple[str, float]] = field(default_factory=list)
     libraries: list[tuple[str, float]] = field(default_factory=list)
 
     @property
     def cpu_ms_per_request(self) -> float:
-        """Sampled CPU time of the process per request (every thread together), in milliseconds."""
-        return self.samples / RATE_HZ * 1000 / max(self.requests, 1)
+        """CPU time of the process per request (every thread together), in milliseconds: measured by the
+        kernel when known, else estimated from the samples (which count a thread woken from a wait as busy)."""
+        busy = self.cpu_s if self.cpu_s is not None else self.samples / RATE_HZ
+        return busy * 1000 / max(self.requests, 1)
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "samples": self.samples, "seconds": self.seconds, "requests": self.requests,
+                "cpu_s": self.cpu_s,
                 "cpu_ms_per_request": self.cpu_ms_per_request, "functions": self.functions,
                 "innermost": self.innermost,
                 "libraries": self.libraries}
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) process ``pid`` has used so far, from ``/proc`` (None where there is none)."""
+    import os
+
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def sampled(pid: int, out: Path) -> Iterator[None]:
+def sampled(pid: int, out: Path) -> Iterator[list[float]]:
     """Sample process ``pid`` (and its children) with py-spy into ``out`` (collapsed stacks) while the block
-    runs. py-spy writes its file when interrupted, as on Ctrl-C."""
+    runs; the list yielded gets the CPU seconds the process used meanwhile (from ``/proc``), when known.
+    py-spy writes its file when interrupted, as on Ctrl-C."""
     from learning_machine.embedded.processes import venv_tool
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -64,9 +80,14 @@ def sampled(pid: int, out: Path) -> Iterator[None]:
                              "--format", "raw", "--rate", str(RATE_HZ), "--nonblocking", "--subprocesses"],
                             stdout=log, stderr=subprocess.STDOUT)
     time.sleep(1.0)  # attached before the load starts
+    used: list[float] = []
+    before = cpu_seconds(pid)
     try:
-        yield
+        yield used
     finally:
+        after = cpu_seconds(pid)
+        if before is not None and after is not None:
+            used.append(after - before)
         proc.send_signal(signal.SIGINT)
         try:
             proc.wait(timeout=60)
@@ -75,8 +96,10 @@ def sampled(pid: int, out: Path) -> Iterator[None]:
         log.close()
 
 
-def summarise(raw: Path, name: str, *, seconds: float, requests: int, top: int = 14) -> Profile:
-    """The :class:`Profile` of py-spy's collapsed stacks in ``raw`` (``frame;frame;... count`` per line)."""
+def summarise(raw: Path, name: str, *, seconds: float, requests: int, cpu_s: float | None = None,
+              top: int = 14) -> Profile:
+    """The :class:`Profile` of py-spy's collapsed stacks in ``raw`` (``frame;frame;... count`` per line);
+    ``cpu_s``: the CPU seconds the process used meanwhile, when measured."""
     samples = 0
     functions: Counter[str] = Counter()
     innermost: Counter[str] = Counter()
@@ -95,7 +118,7 @@ def summarise(raw: Path, name: str, *, seconds: float, requests: int, top: int =
             innermost[labels[-1]] += count
         libraries[frames[-1][1] if frames else "other"] += count
     share = (lambda n: round(100 * n / samples, 1)) if samples else (lambda n: 0.0)
-    return Profile(name, samples, seconds, requests,
+    return Profile(name, samples, seconds, requests, cpu_s,
                    [(label, share(n)) for label, n in functions.most_common(top)],
                    [(label, share(n)) for label, n in innermost.most_common(top)],
                    [(label, share(n)) for label, n in libraries.most_common(top)])
@@ -127,7 +150,8 @@ def markdown(profiles: list[Profile]) -> list[str]:
     for p in profiles:
         lines += [f"### {p.name}", "",
                   f"{p.samples:,} samples at {RATE_HZ} Hz over {p.seconds:.1f} s and {p.requests:,} requests: "
-                  f"**{p.cpu_ms_per_request:.2f} ms of gateway CPU per request** (all threads).", "",
+                  f"**{p.cpu_ms_per_request:.2f} ms of gateway CPU per request** (all threads; "
+                  f"{'measured by the kernel' if p.cpu_s is not None else 'estimated from the samples'}).", "",
                   "| platform function (inclusive) | % of samples |", "|---|---|",
                   *[f"| `{label}` | {pct} |" for label, pct in p.functions], "",
                   "| innermost platform function (what it called included) | % of samples |", "|---|---|",

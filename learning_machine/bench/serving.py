@@ -86,7 +86,8 @@ TAIL_RATIO = 3.0
 RATE_SHARE = 0.5
 TARGET_CLIENTS = (8, 32)
 TARGET_BATCH = 1000
-PROFILED_BATCHES = 60  # requests of TARGET_BATCH rows sampled per gateway by `lm bench --profile`
+# Requests (by rows per request) sampled per gateway by `lm bench --profile`: enough samples to read.
+PROFILED_REQUESTS = {1: 2000, TARGET_BATCH: 60}
 
 
 @dataclass
@@ -541,11 +542,11 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
                 raw = profile_dir / f"{GATEWAYS[name].lower()}-{load.replace(' ', '-').replace(',', '')}.txt"
                 progress(f"serving bench: profiling {name} ({load}) into {raw}")
                 started = time.perf_counter()
-                with sampled(gateways[name].pid, raw):
+                with sampled(gateways[name].pid, raw) as used:
                     yield counted
                 done = requests if requests is not None else sum(counted)
-                profiles.append(summarise(raw, f"{GATEWAYS[name]} gateway, {load}",
-                                          seconds=time.perf_counter() - started, requests=done))
+                profiles.append(summarise(raw, f"{GATEWAYS[name]} gateway, {load}", seconds=time.perf_counter() - started,
+                                          requests=done, cpu_s=used[0] if used else None))
 
             store_ids = RecordIds("alone")
 
@@ -571,8 +572,8 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
                 for name, make in payloads(n).items():
                     progress(f"serving bench: latency of {name}, {n:,} row(s) per request")
                     count = n_latency if n == 1 else n_batch[n]
-                    if profile_dir is not None and n == TARGET_BATCH:
-                        count = max(count, PROFILED_BATCHES)  # enough samples to read
+                    if profile_dir is not None and name in gateways and n in (1, TARGET_BATCH):
+                        count = max(count, PROFILED_REQUESTS[n])  # enough samples to read
                     load = "single rows, one client" if n == 1 else f"batches of {n:,}"
                     with profiler(name, load, count, n in (1, TARGET_BATCH)):
                         stats = latency(make(), count, 20 if n == 1 else 3)

@@ -321,16 +321,17 @@ def test_the_profiler_names_the_platform_function_a_busy_process_spends_its_time
     try:
         assert proc.stdout is not None and proc.stdout.readline() == b"busy\n"  # imported, busy
         raw = tmp_path / "busy.txt"
-        with sampled(proc.pid, raw):
+        with sampled(proc.pid, raw) as used:
             time.sleep(1.5)
     finally:
         proc.kill()
         proc.wait()
-    profile = summarise(raw, "busy loop", seconds=1.5, requests=10)
+    assert used and 1.0 < used[0] < 3.0  # one busy thread for 1.5 s (and py-spy's stops), by the kernel's count
+    profile = summarise(raw, "busy loop", seconds=1.5, requests=10, cpu_s=used[0])
     assert profile.samples > 100  # 250 Hz for 1.5 s of one busy thread
     assert profile.innermost[0][0] == "gateway.edge.unstorable_text"
     assert profile.innermost[0][1] > 50  # the rest: the loop around it, and the interpreter
     assert dict(profile.functions)["gateway.edge.unstorable_text"] == profile.innermost[0][1]
-    assert profile.cpu_ms_per_request == pytest.approx(profile.samples / 250 * 1000 / 10)
+    assert profile.cpu_ms_per_request == pytest.approx(used[0] * 1000 / 10)
     text = "\n".join(markdown([profile]))
     assert "`gateway.edge.unstorable_text`" in text and "ms of gateway CPU per request" in text
