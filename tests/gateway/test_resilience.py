@@ -173,12 +173,16 @@ def test_records_are_written_while_the_model_server_works_and_seen_only_with_the
 
     monkeypatch.setattr(repository, "write_records_first", write)
     monkeypatch.setattr(service, "predict_records", predict)
-    records = make_records(20, prefix="ahead-")
+    records = make_records(60, prefix="ahead-")  # SQLite writes groups of 50 rows or more ahead
     response = gw.client("clinician").post("/v1/predictions", json={"records": records})
     assert response.status_code == 200, response.text
     assert isinstance(seen["written"], repository.RecordsFirst)
     assert seen["visible during the model call"] == 0
-    assert gw.stored_predictions("ahead-") == 20 and stored_records(gw, "ahead-") == 20
+    assert gw.stored_predictions("ahead-") == 60 and stored_records(gw, "ahead-") == 60
+    seen.clear()
+    monkeypatch.setattr(service, "predict_records", real_predict)
+    assert gw.client("clinician").post("/v1/predictions", json=make_records(1, prefix="alone-")[0]).status_code == 200
+    assert "written" not in seen and gw.stored_predictions("alone-") == 1  # one row on SQLite: not worth it
 
 
 def test_a_slow_model_server_does_not_hold_the_database_and_a_failed_call_stores_nothing(gw, monkeypatch):
@@ -205,7 +209,7 @@ def test_a_slow_model_server_does_not_hold_the_database_and_a_failed_call_stores
     monkeypatch.setattr(service, "predict_records", slow)
     answer: dict[str, int] = {}
     sender = threading.Thread(target=lambda: answer.update(status=gw.client("data-scientist").post(
-        "/v1/predictions", json=make_records(1, prefix="slow-new-")[0]).status_code))
+        "/v1/predictions", json={"records": make_records(60, prefix="slow-new-")}).status_code))
     sender.start()
     time.sleep(0.3)  # the model call is pending, the head start given up
     started = time.perf_counter()
@@ -215,7 +219,7 @@ def test_a_slow_model_server_does_not_hold_the_database_and_a_failed_call_stores
     sender.join(30)
     assert outcome.status_code in (200, 201), outcome.text
     assert waited < 2, f"the outcome waited {waited:.2f} s for the database"
-    assert answer["status"] == 200 and gw.stored_predictions("slow-new-") == 1
+    assert answer["status"] == 200 and gw.stored_predictions("slow-new-") == 60
 
     def down(ctx, records):
         time.sleep(0.1)  # long enough for the records to be written ahead
@@ -223,7 +227,7 @@ def test_a_slow_model_server_does_not_hold_the_database_and_a_failed_call_stores
 
     monkeypatch.setattr(batching, "WRITE_AHEAD_S", 5)
     monkeypatch.setattr(service, "predict_records", down)
-    failed = client.post("/v1/predictions", json={"records": make_records(5, prefix="slow-down-")})
+    failed = client.post("/v1/predictions", json={"records": make_records(60, prefix="slow-down-")})
     assert failed.status_code == 503
     assert gw.stored_predictions("slow-down-") == 0 and stored_records(gw, "slow-down-") == 0
     monkeypatch.setattr(service, "predict_records", real_predict)
