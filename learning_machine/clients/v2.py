@@ -81,6 +81,29 @@ class Prediction:
                 "model_version": self.model_version}
 
 
+@dataclass
+class Answers:
+    """A model server's answers to one call, column by column, in record order (the gateway stores columns:
+    no object per row on its hot path)."""
+
+    record_ids: list[str | None]
+    labels: list[int]
+    probabilities: list[float]
+    model_version: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def part(self, start: int, stop: int) -> Answers:
+        """The answers of records ``start`` to ``stop`` (a request's share of a grouped call)."""
+        return Answers(self.record_ids[start:stop], self.labels[start:stop], self.probabilities[start:stop],
+                       self.model_version)
+
+    def rows(self) -> list[Prediction]:
+        return [Prediction(rid, label, p, self.model_version)
+                for rid, label, p in zip(self.record_ids, self.labels, self.probabilities, strict=True)]
+
+
 def explainer_name(model: str) -> str:
     return f"{model}-explainer"
 
@@ -131,15 +154,19 @@ def output(response: Mapping[str, Any], name: str) -> list[Any]:
                            detail={"outputs": [o.get("name") for o in response.get("outputs", [])]})
 
 
-def decode_predictions(response: Mapping[str, Any], record_ids: Sequence[str | None]) -> list[Prediction]:
-    """Predictions from a V2 InferenceResponse of the model runtime."""
+def decode_answers(response: Mapping[str, Any], record_ids: Sequence[str | None]) -> Answers:
+    """The model runtime's V2 InferenceResponse as :class:`Answers`."""
     labels = output(response, LABEL_OUTPUT)
     probabilities = output(response, PROBABILITY_OUTPUT)
     if len(labels) != len(record_ids) or len(probabilities) != len(record_ids):
         raise ModelServerError(f"the model server returned {len(labels)} predictions for {len(record_ids)} records")
-    version = str(response.get("model_version") or "")
-    return [Prediction(rid, int(label), float(p), version)
-            for rid, label, p in zip(record_ids, labels, probabilities, strict=True)]
+    return Answers(list(record_ids), list(map(int, labels)), list(map(float, probabilities)),
+                   str(response.get("model_version") or ""))
+
+
+def decode_predictions(response: Mapping[str, Any], record_ids: Sequence[str | None]) -> list[Prediction]:
+    """Predictions from a V2 InferenceResponse of the model runtime, one object per record."""
+    return decode_answers(response, record_ids).rows()
 
 
 # -- the transport ------------------------------------------------------------------------------------
@@ -323,11 +350,16 @@ class ModelServerClient:
     # -- inference ----------------------------------------------------------------------------------
     def predict(self, model: str, spec: DatasetSpec, records: Sequence[Mapping[str, Any]]) -> list[Prediction]:
         """Class and event probability for each record, with the model version that answered."""
+        return self.answers(model, spec, records).rows()
+
+    def answers(self, model: str, spec: DatasetSpec, records: Sequence[Mapping[str, Any]]) -> Answers:
+        """:meth:`predict`'s answers column by column."""
         if not records:
-            return []
+            return Answers([], [], [], "")
         body = encode_request(spec, records)
-        ids = [None if r.get(spec.record_id.name) is None else str(r.get(spec.record_id.name)) for r in records]
-        return decode_predictions(self._infer(model, body), ids)
+        rid = spec.record_id.name
+        ids = [None if (value := r.get(rid)) is None else str(value) for r in records]
+        return decode_answers(self._infer(model, body), ids)
 
     def explain(self, model: str, spec: DatasetSpec, record: Mapping[str, Any], method: str = "exact") -> dict[str, Any]:
         """An explanation of one record's prediction from ``<model>-explainer``: ``exact`` per-feature

@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from learning_machine.clients.v2 import Prediction
+from learning_machine.clients.v2 import Answers
 from learning_machine.errors import LearningMachineError, ServiceUnavailableError
 from learning_machine.gateway import service
 from learning_machine.gateway.problems import as_platform_error
@@ -52,7 +52,7 @@ class Job:
     retry: bool
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[list[dict[str, Any]]]
-    answers: list[Prediction] = field(default_factory=list)
+    answers: Answers | None = None
     latency_ms: float = 0.0
     columns: repository.PredictionRequest | None = None  # what is stored of its records, made by the model stage
 
@@ -194,7 +194,7 @@ class PredictionBatcher:
             except Exception as exc:  # noqa: BLE001 - a bug must fail this group, not stop the gateway
                 log.error("the model stage failed a group of %d request(s): %s", len(group), _ids(group))
                 for job in group:
-                    job.answers = []
+                    job.answers = None
                     job.finish(exc)
             finally:
                 if announced is not None:
@@ -217,7 +217,7 @@ class PredictionBatcher:
         job.finish(stored)
         return True
 
-    def _predict(self, jobs: list[Job]) -> list[tuple[list[Prediction], float] | BaseException]:
+    def _predict(self, jobs: list[Job]) -> list[tuple[Answers, float] | BaseException]:
         records = [r for job in jobs for r in job.records]
         started = time.perf_counter()
         try:
@@ -229,10 +229,10 @@ class PredictionBatcher:
                 return [exc]
             return [one for job in jobs for one in self._predict([job])]
         latency_ms = (time.perf_counter() - started) * 1000
-        out: list[tuple[list[Prediction], float] | BaseException] = []
+        out: list[tuple[Answers, float] | BaseException] = []
         start = 0
         for job in jobs:
-            out.append((answers[start:start + len(job.records)], latency_ms))
+            out.append((answers.part(start, start + len(job.records)), latency_ms))
             start += len(job.records)
         return out
 
@@ -270,12 +270,12 @@ class PredictionBatcher:
             return None
 
     def _store(self, groups: list[Group], written: repository.RecordsFirst | None) -> None:
-        jobs = [job for group in groups for job in group.jobs if job.answers and job.columns is not None]
+        jobs = [job for group in groups for job in group.jobs if job.answers is not None and job.columns is not None]
         try:
             if not jobs:
                 return
             requests = [service.answered(job.columns, job.answers, job.latency_ms) for job in jobs
-                        if job.columns is not None]
+                        if job.columns is not None and job.answers is not None]
             try:
                 results: list[Any] = service.store_answers(self.ctx, requests, written=written)
             except Exception as exc:  # noqa: BLE001 - every request of the group is answered, none hangs

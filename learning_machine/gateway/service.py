@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from learning_machine.clients.v2 import ModelServerClient, Prediction
+from learning_machine.clients.v2 import Answers, ModelServerClient
 from learning_machine.data.spec import DatasetSpec, RecordCheck, parse_label
 from learning_machine.errors import (
     BadRequestError,
@@ -123,11 +123,13 @@ def validate_records(spec: DatasetSpec, records: list[Any], *, batch: bool,
     return [dict(r) for r in records]
 
 
-def features_of(spec: DatasetSpec, record: Mapping[str, Any]) -> dict[str, Any]:
+def features_of(spec: DatasetSpec, record: Mapping[str, Any], names: Sequence[str] | None = None) -> dict[str, Any]:
     """What we store as the record's input: the features only (not the id, not the outcome). A NaN
     (Python's JSON parser accepts the literal) is a missing value: stored as null, valid JSON everywhere.
-    NaN is the one value not equal to itself: one comparison per field, on the gateway's hot path."""
-    return {name: None if (value := record.get(name)) != value else value for name in spec.feature_names}
+    NaN is the one value not equal to itself: one comparison per field, on the gateway's hot path.
+    ``names``: the spec's feature names, when the caller has them (a batch makes that list once)."""
+    return {name: None if (value := record.get(name)) != value else value
+            for name in (spec.feature_names if names is None else names)}
 
 
 def prepare(ctx: GatewayContext, payload: Any) -> tuple[list[Mapping[str, Any]], bool]:
@@ -140,11 +142,11 @@ def prepare(ctx: GatewayContext, payload: Any) -> tuple[list[Mapping[str, Any]],
     return validate_records(ctx.spec, raw, batch=batch, check=ctx.record_check), batch
 
 
-def predict_records(ctx: GatewayContext, records: Sequence[Mapping[str, Any]]) -> list[Prediction]:
+def predict_records(ctx: GatewayContext, records: Sequence[Mapping[str, Any]]) -> Answers:
     """The model server's answers for ``records`` (of one request or of several grouped), in order."""
     started = time.perf_counter()
     try:
-        return ctx.model_server.predict(ctx.model_name, ctx.spec, records)
+        return ctx.model_server.answers(ctx.model_name, ctx.spec, records)
     except ModelNotFoundError as exc:
         raise _not_served(ctx, exc) from exc
     finally:
@@ -155,17 +157,17 @@ def prediction_request(ctx: GatewayContext, records: Sequence[Mapping[str, Any]]
                        ) -> repository.PredictionRequest:
     """What is stored of a request's (validated) records, column by column, before the model answers: record
     ids, features and the outcomes sent with them."""
-    rid, target, spec = ctx.spec.record_id.name, ctx.spec.target.name, ctx.spec
+    rid, target, spec, names = ctx.spec.record_id.name, ctx.spec.target.name, ctx.spec, ctx.spec.feature_names
     return repository.PredictionRequest(
-        [str(record[rid]) for record in records], [features_of(spec, record) for record in records],
+        [str(record[rid]) for record in records], [features_of(spec, record, names) for record in records],
         [None if (value := record.get(target)) is None else parse_label(value) for record in records], request_id)
 
 
-def answered(request: repository.PredictionRequest, answers: Sequence[Prediction], latency_ms: float,
+def answered(request: repository.PredictionRequest, answers: Answers, latency_ms: float,
              ) -> repository.PredictionRequest:
     """``request`` with the model server's answers (in record order) and the model call's latency."""
-    return request.answered([a.probability for a in answers], [a.label for a in answers],
-                            [a.model_version for a in answers], latency_ms)
+    return request.answered(answers.probabilities, answers.labels, [answers.model_version] * len(answers),
+                            latency_ms)
 
 
 # Groups smaller than this are not written ahead, by database (1 where missing). SQLite inserts a few rows in
