@@ -102,6 +102,7 @@ class Group:
 
     jobs: list[Job]
     answered: threading.Event = field(default_factory=threading.Event)
+    unavailable: ServiceUnavailableError | None = None  # the database, found unreachable writing ahead
 
 
 class PredictionBatcher:
@@ -265,11 +266,20 @@ class PredictionBatcher:
     def _write_first(self, group: Group) -> repository.RecordsFirst | None:
         try:
             return service.write_records_first(self.ctx, [job.columns for job in group.jobs if job.columns is not None])
+        except ServiceUnavailableError as exc:  # answered as it is once the model has answered: no second wait
+            group.unavailable = exc
+            return None
         except Exception:
             log.exception("writing the records of a group ahead of its predictions failed: %s", _ids(group.jobs))
             return None
 
     def _store(self, groups: list[Group], written: repository.RecordsFirst | None) -> None:
+        for group in groups:
+            if group.unavailable is not None:  # its jobs get the database's error; the groups joined try again
+                for job in group.jobs:
+                    if job.answers is not None:
+                        job.finish(group.unavailable)
+                        job.answers = None
         jobs = [job for group in groups for job in group.jobs if job.answers is not None and job.columns is not None]
         try:
             if not jobs:

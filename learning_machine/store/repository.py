@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Table, func, insert, or_, select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from learning_machine.errors import ConflictError, LearningMachineError, NotFoundError, ServiceUnavailableError
@@ -149,8 +150,10 @@ class RecordsFirst:
 def write_records_first(db: Database, requests: Sequence[PredictionRequest], *, source: str = "api",
                         ) -> RecordsFirst | None:
     """Insert the records and outcomes of ``requests`` (answers not needed) as new, in a transaction left open;
-    None when that cannot be done in one go (a record sent twice with other values, one stored already, the
-    database refusing or down): those requests are then stored the ordinary way, which tells each its error."""
+    None when that cannot be done in one go (a record sent twice with other values, one stored already, a
+    value the database refuses): those requests are then stored the ordinary way, which tells each its error.
+    The database unreachable (or locked past its timeout) raises :class:`ServiceUnavailableError` instead:
+    the ordinary way would only wait for it a second time."""
     now = utcnow()
     records: dict[str, Mapping[str, Any]] = {}
     outcomes: dict[str, int] = {}
@@ -159,16 +162,28 @@ def write_records_first(db: Database, requests: Sequence[PredictionRequest], *, 
             _new_columns(records, outcomes, request)
     except ConflictError:
         return None
-    try:
+    with _unavailable_raised(db):
         written = RecordsFirst(db.engine.connect(), requests, now)
-    except SQLAlchemyError:
-        return None
     try:
-        _insert_records(written.connection, records, outcomes, source, now)
+        with _unavailable_raised(db):
+            _insert_records(written.connection, records, outcomes, source, now)
+    except ServiceUnavailableError:
+        written.abandon()
+        raise
     except SQLAlchemyError:
         written.abandon()
         return None
     return written
+
+
+@contextmanager
+def _unavailable_raised(db: Database) -> Iterator[None]:
+    """The database's "unreachable" errors as :class:`ServiceUnavailableError`; every other error as it is."""
+    try:
+        yield
+    except (OperationalError, DisconnectionError):
+        with db.errors():
+            raise
 
 
 def store_prediction_requests(db: Database, requests: Sequence[PredictionRequest], *, model_name: str,

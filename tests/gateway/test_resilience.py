@@ -243,3 +243,46 @@ def stored_records(gw: RunningGateway, prefix: str) -> int:
     with gw.db.read() as session:
         return int(session.scalar(select(func.count()).select_from(Record)
                                   .where(Record.record_id.startswith(prefix))) or 0)
+
+
+def test_postgresql_going_away_is_a_503_storing_nothing_and_its_return_needs_no_restart(model_server, tmp_path,
+                                                                                        monkeypatch):
+    """The gateway's PostgreSQL stops taking connections (and its sessions are ended) between two requests:
+    the next prediction is a 503 naming the database, with nothing stored, and once the database is back the
+    gateway predicts and stores again without a restart. A 60-row request: its records are written ahead, and
+    the database found unreachable there is the answer (it is not asked a second time the ordinary way)."""
+    import psycopg
+    from gateway_harness import gateway_settings, start_gateway
+    from testsupport import PG_ADMIN_URL, fresh_postgres_database
+
+    from learning_machine.store import repository
+
+    ordinary, real_store = [], repository.store_prediction_requests
+
+    def store(*args, **kwargs):
+        ordinary.append(kwargs.get("written"))
+        return real_store(*args, **kwargs)
+
+    monkeypatch.setattr(repository, "store_prediction_requests", store)
+
+    with fresh_postgres_database("lm_away") as url:
+        running = start_gateway(gateway_settings(tmp_path, url, model_server), getattr(model_server, "spec", None))
+        name = url.rsplit("/", 1)[1]
+        try:
+            client = running.client("clinician")
+            assert client.post("/v1/predictions", json={"records": make_records(60, prefix="up-")}).status_code == 200
+            with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+                admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+                ordinary.clear()
+                down = client.post("/v1/predictions", json={"records": make_records(60, prefix="away-")})
+                assert down.status_code == 503, down.text
+                assert "database" in down.json()["detail"]
+                assert ordinary == []  # answered from the write ahead's failure, no second wait for the database
+                admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            back = client.post("/v1/predictions", json={"records": make_records(60, prefix="back-")})
+            assert back.status_code == 200, back.text
+            assert running.stored_predictions("away-") == 0 and stored_records(running, "away-") == 0
+            assert running.stored_predictions("back-") == 60 and running.stored_predictions("up-") == 60
+        finally:
+            running.stop()
