@@ -4,8 +4,9 @@ transaction, and each is answered only once its rows are committed.
 Two worker threads form a two-stage pipeline, so that the model server and the database work at the same time:
 
 * the **model stage** takes every request waiting (up to ``max_rows`` records), makes the columns to store
-  of their records (:func:`service.prediction_request`), hands the group to the store stage, then asks the
-  model server once for all their records (:func:`service.predict_records`);
+  of their records (:func:`service.prediction_request`), hands the group to the store stage (after the
+  answers instead when the group is too small to be worth writing ahead: :func:`service.writes_ahead`),
+  then asks the model server once for all their records (:func:`service.predict_records`);
 * the **store stage** writes the group's records into a transaction while the model server works
   (:func:`service.write_records_first`: on SQLite one statement that runs without Python's GIL), waits for
   the answers, adds the predictions of that group and of every group answered meanwhile, commits once
@@ -186,12 +187,17 @@ class PredictionBatcher:
                     for job in waiting:
                         job.columns = service.prediction_request(self.ctx, job.records, job.request_id)
                     announced = Group(waiting)
-                    self._stores.put(announced)  # the store stage writes the records meanwhile
+                    ahead = service.writes_ahead(self.ctx, sum(len(job.records) for job in waiting))
+                    if ahead:
+                        self._stores.put(announced)  # the store stage writes the records meanwhile
                     for job, result in zip(waiting, self._predict(waiting), strict=True):
                         if isinstance(result, BaseException):
                             job.finish(result)
                         else:
                             job.answers, job.latency_ms = result
+                    if not ahead:  # handed over answered: one wake-up of the store stage, not two
+                        announced.answered.set()
+                        self._stores.put(announced)
             except Exception as exc:  # noqa: BLE001 - a bug must fail this group, not stop the gateway
                 log.error("the model stage failed a group of %d request(s): %s", len(group), _ids(group))
                 for job in group:

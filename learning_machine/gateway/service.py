@@ -177,12 +177,17 @@ def answered(request: repository.PredictionRequest, answers: Answers, latency_ms
 WRITE_AHEAD_MIN_ROWS = {"sqlite": 50}
 
 
+def writes_ahead(ctx: GatewayContext, rows: int) -> bool:
+    """Whether a group of ``rows`` records is written while the model server works (:func:`write_records_first`)."""
+    return rows >= WRITE_AHEAD_MIN_ROWS.get(ctx.db.engine.dialect.name, 1)
+
+
 def write_records_first(ctx: GatewayContext, requests: Sequence[repository.PredictionRequest],
                         ) -> repository.RecordsFirst | None:
     """Insert these requests' records while the model server works on them, in a transaction that
-    :func:`store_answers` completes (or None: they are stored the ordinary way then, as a small group on
-    SQLite always is)."""
-    if sum(len(r.record_ids) for r in requests) < WRITE_AHEAD_MIN_ROWS.get(ctx.db.engine.dialect.name, 1):
+    :func:`store_answers` completes (or None: they are stored the ordinary way then, as a group too small
+    to be worth it always is)."""
+    if not writes_ahead(ctx, sum(len(r.record_ids) for r in requests)):
         return None
     return repository.write_records_first(ctx.db, requests)
 

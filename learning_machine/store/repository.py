@@ -199,9 +199,13 @@ def store_prediction_requests(db: Database, requests: Sequence[PredictionRequest
 
     ``written``: the records of the first requests (the same ones, in order, now with their answers), inserted
     already by :func:`write_records_first`; they are committed with the predictions, or rolled back and the
-    whole group stored the ordinary way."""
+    whole group stored the ordinary way (but a database gone meanwhile is every request's 503 at once)."""
     if written is not None:
-        finished = _finish(written, requests, model_name=model_name, source=source)
+        try:
+            with _unavailable_raised(db):  # gone since the records were written: not asked a second time
+                finished = _finish(written, requests, model_name=model_name, source=source)
+        except ServiceUnavailableError as exc:
+            return [exc] * len(requests)
         if finished is not None:
             try:
                 with db.errors():  # a failed commit is answered as the error it is, not stored again
@@ -226,7 +230,8 @@ def _finish(written: RecordsFirst, requests: Sequence[PredictionRequest], *, mod
             ) -> list[list[dict[str, Any]] | LearningMachineError] | None:
     """Add the predictions (and the records of requests that joined the group after ``written``) to its
     transaction, uncommitted; None, with the transaction rolled back, when that cannot be done (the requests
-    are not the ones written, one contradicts another, the database refuses)."""
+    are not the ones written, one contradicts another, the database refuses a value). The database gone
+    raises SQLAlchemy's error, the transaction rolled back."""
     if not written.covers(requests):
         written.abandon()
         return None
@@ -242,6 +247,9 @@ def _finish(written: RecordsFirst, requests: Sequence[PredictionRequest], *, mod
             _insert_records(written.connection, dict(itertools.islice(records.items(), known[0], None)),
                             dict(itertools.islice(outcomes.items(), known[1], None)), source, written.now)
         return [*_insert_predictions(written.connection, requests, model_name, written.now)]
+    except (OperationalError, DisconnectionError):
+        written.abandon()
+        raise
     except (ConflictError, SQLAlchemyError):
         written.abandon()
         return None

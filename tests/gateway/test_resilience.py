@@ -274,6 +274,12 @@ def test_postgresql_going_away_is_a_503_storing_nothing_and_its_return_needs_no_
             with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
                 admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
                 admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+                import time
+
+                deadline = time.monotonic() + 10  # a terminated session ends a moment later, not at once
+                while admin.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
+                                    (name,)).fetchone()[0] and time.monotonic() < deadline:
+                    time.sleep(0.05)
                 ordinary.clear()
                 down = client.post("/v1/predictions", json={"records": make_records(60, prefix="away-")})
                 assert down.status_code == 503, down.text
