@@ -12,7 +12,6 @@ Medians over a few repetitions; everything is stopped at the end."""
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -36,15 +35,13 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
     require_extra("playwright")
     from learning_machine.clients.gateway import LearningMachineClient
     from learning_machine.data.sources import load_dataset
-    from learning_machine.embedded.model_server import model_server_service, served_names, wait_models_ready
     from learning_machine.embedded.processes import ProcessManager
-    from learning_machine.embedded.stack import gateway_service, mlflow_service
+    from learning_machine.embedded.stack import mlflow_service, start_serving
     from learning_machine.lifecycle.training import train_and_register
     from learning_machine.loop.service import LoopService
     from learning_machine.loop.stream import StreamPlan, generated_records, run_stream
     from learning_machine.registry.tracker import Tracker
     from learning_machine.settings import Settings
-    from learning_machine.store.tokens import prepare_for_gateway
 
     rows, repeats = (2_000, 1) if quick else (10_000, 3)
     with tempfile.TemporaryDirectory(prefix="lm-bench-dashboard-") as tmp:
@@ -63,12 +60,7 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
             tracker = Tracker(settings.tracking_uri)
             train_and_register(settings, tracker, load_dataset("synthetic-cohort", n_rows=1500, seed=3),
                                promote="if-first")
-            server = model_server_service(settings)
-            manager.start(server, timeout_s=300)
-            wait_models_ready(server.url, served_names(settings.model_name), timeout_s=300)
-            prepare_for_gateway(settings)
-            manager.start(gateway_service(settings), timeout_s=120)
-            tokens = json.loads(settings.tokens_path().read_text())
+            tokens = start_serving(settings, manager, timeout_s=300)
             with LearningMachineClient(settings.gateway_url, tokens["data-scientist"], timeout_s=120) as client:
                 progress(f"dashboard bench: storing {rows:,} predictions through the API")
                 started = time.perf_counter()

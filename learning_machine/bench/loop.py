@@ -272,23 +272,20 @@ def recovery(scenario: str, progress: Progress, *, rate: float = 20.0, drift_sta
     rows and seconds from the onset to the first alarm, the gate's first decision and the first prediction of
     a promoted version; the retraining runs and decisions; the AUC of the first champion, the promoted version
     and an oracle on fresh post-change rows. ``overrides``: settings to try instead of the defaults."""
-    import json
     import tempfile
     import threading
     import time
     from pathlib import Path
 
     from learning_machine.clients.gateway import LearningMachineClient
-    from learning_machine.embedded.model_server import model_server_service, served_names, wait_models_ready
     from learning_machine.embedded.processes import ProcessManager
-    from learning_machine.embedded.stack import gateway_service, mlflow_service
+    from learning_machine.embedded.stack import mlflow_service, start_serving
     from learning_machine.lifecycle.training import train_and_register
     from learning_machine.loop.service import LoopService
     from learning_machine.loop.stream import StreamPlan, generated_records, run_stream
     from learning_machine.registry.names import CHAMPION
     from learning_machine.registry.tracker import Tracker
     from learning_machine.settings import Settings
-    from learning_machine.store.tokens import prepare_for_gateway
 
     max_rows = drift_start + rows_after
     models: dict[str, Any] = {}
@@ -308,12 +305,7 @@ def recovery(scenario: str, progress: Progress, *, rate: float = 20.0, drift_sta
             tracker = Tracker(settings.tracking_uri)
             first = train_and_register(settings, tracker, load_dataset("synthetic-cohort", n_rows=2000, seed=42),
                                        promote="if-first").version.version
-            server = model_server_service(settings)
-            manager.start(server, timeout_s=settings.startup_timeout_s)
-            wait_models_ready(server.url, served_names(settings.model_name), timeout_s=settings.startup_timeout_s)
-            prepare_for_gateway(settings)
-            manager.start(gateway_service(settings), timeout_s=settings.startup_timeout_s)
-            tokens = json.loads(settings.tokens_path().read_text())
+            tokens = start_serving(settings, manager)
             client = LearningMachineClient(settings.gateway_url, tokens["data-scientist"], timeout_s=120)
             # The loop writes results, events and its state: the monitor's role, not a data scientist's.
             def loop_progress(message: str) -> None:

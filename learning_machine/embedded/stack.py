@@ -117,6 +117,24 @@ def start_all(settings: Settings, progress: Progress | None = None) -> UpReport:
     return report
 
 
+def start_serving(settings: Settings, manager: ProcessManager, timeout_s: float | None = None) -> dict[str, str]:
+    """The serving path alone, without `lm up`'s monitor and dashboard (benchmarks and end-to-end tests run
+    their own): the model server (until its models are ready), then the database migrated with its first
+    tokens and the gateway in front of the model server, in ``manager``. The API tokens, by role."""
+    import json
+
+    from learning_machine.embedded.model_server import model_server_service, served_names, wait_models_ready
+    from learning_machine.store.tokens import prepare_for_gateway
+
+    timeout = settings.startup_timeout_s if timeout_s is None else timeout_s
+    server = model_server_service(settings)
+    manager.start(server, timeout_s=timeout)
+    wait_models_ready(server.url, served_names(settings.model_name), timeout_s=timeout)
+    prepare_for_gateway(settings)
+    manager.start(gateway_service(settings), timeout_s=timeout)
+    return {role: str(token) for role, token in json.loads(settings.tokens_path().read_text()).items()}
+
+
 def stop_all(settings: Settings) -> list[str]:
     """Stop every process `lm up` started (newest first); returns their names."""
     manager = ProcessManager(settings.run_dir)

@@ -5,7 +5,6 @@ gateway's feed."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,16 +16,14 @@ from testsupport import free_port
 
 from learning_machine.clients.gateway import LearningMachineClient
 from learning_machine.data.sources import load_dataset
-from learning_machine.embedded.model_server import model_server_service, served_names, wait_models_ready
 from learning_machine.embedded.processes import ProcessManager
-from learning_machine.embedded.stack import gateway_service
+from learning_machine.embedded.stack import start_serving
 from learning_machine.lifecycle.training import train_and_register
 from learning_machine.loop.service import LoopService
 from learning_machine.loop.stream import StreamPlan, generated_records, run_stream
 from learning_machine.registry.names import CHAMPION
 from learning_machine.registry.tracker import Tracker
 from learning_machine.settings import Settings
-from learning_machine.store.tokens import prepare_for_gateway
 
 
 @dataclass
@@ -70,12 +67,7 @@ def loop_stack(mlflow: Settings, home: Path, name: str, **overrides: Any) -> Ite
                                promote="if-first")
     manager = ProcessManager(settings.run_dir)
     try:
-        server = model_server_service(settings)
-        manager.start(server, timeout_s=300)
-        wait_models_ready(server.url, served_names(settings.model_name), timeout_s=300)
-        prepare_for_gateway(settings)
-        manager.start(gateway_service(settings), timeout_s=120)
-        tokens = json.loads(settings.tokens_path().read_text())
+        tokens = start_serving(settings, manager, timeout_s=300)
         with LearningMachineClient(settings.gateway_url, tokens["data-scientist"], timeout_s=120) as client, \
                 LearningMachineClient(settings.gateway_url, tokens["monitor"], timeout_s=120) as monitor:
             yield Stack(settings, tracker, client, LoopService(settings, monitor, tracker=tracker),
