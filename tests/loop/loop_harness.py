@@ -48,6 +48,18 @@ class Stack:
         report = run_stream(self.client, source, StreamPlan(rows=rows, batch_size=25, outcome_delay_rows=50))
         assert report.predicted == rows and report.stopped_by_error is None, report.summary()
 
+    def stream_until_promoted(self, seeds: range, scenario: str) -> None:
+        """After a retraining was collected: the new version is promoted by the gate on its held-out rows, or,
+        when those could not prove it better, by the shadow evaluation on the live records that follow (200
+        rows per seed, paired with their outcomes as they arrive). Returns once the champion changed; fails when
+        no shadow evaluation runs meanwhile."""
+        for seed in seeds:
+            if self.tracker.version(self.settings.model_name, CHAMPION).version != self.first_version:
+                return
+            assert self.service.shadow is not None, self.kinds()[-5:]
+            self.stream(200, seed=seed, scenario=scenario)
+            self.service.step()
+
 
 @contextmanager
 def loop_stack(mlflow: Settings, home: Path, name: str, **overrides: Any) -> Iterator[Stack]:

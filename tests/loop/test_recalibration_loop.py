@@ -60,12 +60,7 @@ def test_on_a_calibration_drift_stream_the_loop_recalibrates_the_champion_instea
     assert outcome is not None and outcome["state"] == "SUCCEEDED" and outcome["change"] == "recalibrate", outcome
     stack.service.step()  # collects it
     # Promoted by the gate on its held-out rows (the log-loss is better, the AUC the same), or in the shadow.
-    for seed in range(210, 216):
-        if stack.tracker.version(stack.settings.model_name, CHAMPION).version != stack.first_version:
-            break
-        assert stack.service.shadow is not None, stack.kinds()[-5:]
-        stack.stream(200, seed=seed, scenario="prevalence-shift")
-        stack.service.step()
+    stack.stream_until_promoted(range(210, 216), "prevalence-shift")
 
     events = stack.events()
     kinds = [e["kind"] for e in events]
