@@ -13,14 +13,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gateway"))  # gateway_harness
 
 from gateway_harness import (
-    Nowhere,
     RunningGateway,
     TwoVersions,
-    free_port,
     gateway_settings,
     sqlite_gateway,
     start_gateway,
-    train_two_versions,
+    two_versions_gateway,
 )
 
 from learning_machine.clients.gateway import LearningMachineClient
@@ -68,14 +66,8 @@ def record_gateway(mlflow_sqlite: Any, tmp_path_factory: pytest.TempPathFactory
                    ) -> Iterator[tuple[RunningGateway, TwoVersions]]:
     """A gateway over a model of its own with a first version and a retrained one, promoted by an admin after
     its shadow evaluation: the labels and change records of both (no model server: no patients either)."""
-    import uuid
-
-    home = tmp_path_factory.mktemp("dashboard-record")
-    settings = mlflow_sqlite.model_copy(update={"model_name": f"risk-label-{uuid.uuid4().hex[:8]}", "home": home,
-                                                "deployer": "none"})
-    two = train_two_versions(settings, home)
-    with sqlite_gateway(home / "gw", Nowhere(f"http://127.0.0.1:{free_port()}", settings.model_name,
-                                             settings.tracking_uri), two.spec, deployer="none") as running:
+    with two_versions_gateway(mlflow_sqlite, tmp_path_factory.mktemp("dashboard-record"), "risk-label") as (
+            running, two):
         monitor = running.client("monitor")
         for kind, detail in (("shadow-started", {"challenger": two.retrained, "champion": two.first}),
                              ("shadow-look", {"look": 1, "rows": 200, "promote": True, "reason": "better on AUC"})):

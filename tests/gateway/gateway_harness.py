@@ -165,6 +165,18 @@ class TwoVersions:
     spec: DatasetSpec
 
 
+@contextmanager
+def two_versions_gateway(mlflow: Settings, home: Path, name: str) -> Iterator[tuple[RunningGateway, TwoVersions]]:
+    """:func:`train_two_versions` of a model of its own (``name``-<random>) on the tracking server of ``mlflow``,
+    and a gateway over that model with no model server (promotions only move the alias); stopped at the end."""
+    settings = mlflow.model_copy(update={"model_name": f"{name}-{uuid.uuid4().hex[:8]}", "home": home,
+                                         "deployer": "none"})
+    two = train_two_versions(settings, home)
+    with sqlite_gateway(home / "gw", Nowhere(f"http://127.0.0.1:{free_port()}", settings.model_name,
+                                             settings.tracking_uri), two.spec, deployer="none") as gateway:
+        yield gateway, two
+
+
 def train_two_versions(settings: Settings, home: Path) -> TwoVersions:
     """v1 trained and registered as `lm up` trains its first model (promoted: there is no champion), then v2 from
     the retraining pipeline's own retrain, evaluate and register steps on rows after a concept drift, compared

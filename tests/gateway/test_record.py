@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -16,7 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway_harness import Nowhere, RunningGateway, free_port, problem, sqlite_gateway, train_two_versions
+from gateway_harness import (
+    RunningGateway,
+    problem,
+    two_versions_gateway,
+)
 
 from learning_machine.data.sources import load_dataset
 from learning_machine.lifecycle.label import SECTIONS, diff, label, to_html, to_markdown
@@ -48,14 +51,9 @@ def _head() -> str:
 def versions(mlflow_sqlite: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Versions]:
     """A first version and a retrained one (:func:`gateway_harness.train_two_versions`) of a model of their own,
     and a gateway over that model (no model server: promotions only move the alias)."""
-    home = tmp_path_factory.mktemp("record")
-    settings = mlflow_sqlite.model_copy(update={"model_name": f"risk-record-{uuid.uuid4().hex[:8]}", "home": home,
-                                                "deployer": "none"})
-    two = train_two_versions(settings, home)
-    with sqlite_gateway(home / "gw", Nowhere(f"http://127.0.0.1:{free_port()}", settings.model_name,
-                                             settings.tracking_uri), two.spec, deployer="none") as gateway:
-        yield Versions(settings, Tracker(settings.tracking_uri), gateway, two.first, two.retrained, two.comparison,
-                       two.retrain_run)
+    with two_versions_gateway(mlflow_sqlite, tmp_path_factory.mktemp("record"), "risk-record") as (gateway, two):
+        yield Versions(two.settings, Tracker(two.settings.tracking_uri), gateway, two.first, two.retrained,
+                       two.comparison, two.retrain_run)
 
 
 def _record(v: Versions, version: str, role: str = "clinician") -> dict[str, Any]:
