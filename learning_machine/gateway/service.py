@@ -170,16 +170,10 @@ def answered(request: repository.PredictionRequest, answers: Answers, latency_ms
                             latency_ms)
 
 
-# Groups smaller than this are not written ahead, by database (1 where missing). SQLite inserts a few rows in
-# tens of microseconds, so a head start saves nothing there and its second transaction step costs ~0.1 ms of
-# CPU per single-row request (lm bench --profile: 1.12 -> 1.25 ms); on PostgreSQL it takes a round trip off
-# the path after the model answers from one row on (single-row overhead 1.92 -> 1.64 ms in the same bench).
-WRITE_AHEAD_MIN_ROWS = {"sqlite": 50}
-
-
 def writes_ahead(ctx: GatewayContext, rows: int) -> bool:
-    """Whether a group of ``rows`` records is written while the model server works (:func:`write_records_first`)."""
-    return rows >= WRITE_AHEAD_MIN_ROWS.get(ctx.db.engine.dialect.name, 1)
+    """Whether a group of ``rows`` records is written while the model server works (:func:`write_records_first`;
+    the store says from how many rows that pays on its database)."""
+    return repository.worth_writing_first(ctx.db, rows)
 
 
 def write_records_first(ctx: GatewayContext, requests: Sequence[repository.PredictionRequest],
