@@ -24,6 +24,7 @@ PROFILE_ENV = "LM_BENCH_PROFILE"
 RATE_HZ = 250
 # Frames every sample of a thread passes through (the command, a worker thread's loop guard): not news.
 _WRAPPERS = ("cli.", "gateway.batching.PredictionBatcher._guard")
+_STDLIB = re.compile(r"python3\.\d+")
 _FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 @dataclass
@@ -134,13 +135,15 @@ def _parse(frame: str) -> tuple[str | None, str]:
     function, file = match["function"], match["file"].replace("\\", "/")
     parts = file.split("/")
     if "learning_machine" in parts:
-        module = "/".join(parts[len(parts) - 1 - parts[::-1].index("learning_machine") + 1:])
-        module = module.removesuffix(".py").replace("/", ".")
+        package = max(i for i, part in enumerate(parts) if part == "learning_machine")
+        module = ".".join(parts[package + 1:]).removesuffix(".py")
         return f"{module}.{function}", f"learning_machine.{module.split('.')[0]}"
-    if "site-packages" in parts:
-        parts = parts[parts.index("site-packages") + 1:]
-    elif file.startswith("/"):  # the standard library, by absolute path
-        parts = parts[-2:] if parts[-2] not in ("python3", "lib") and not parts[-2].startswith("python") else parts[-1:]
+    # Installed packages and the standard library, by absolute path: from the folder after site-packages or
+    # pythonX.Y on (py-spy usually names them relative already).
+    anchor = max((i for i, part in enumerate(parts) if part == "site-packages" or _STDLIB.fullmatch(part)),
+                 default=None)
+    if anchor is not None and anchor + 1 < len(parts):
+        parts = parts[anchor + 1:]
     return None, parts[0].removesuffix(".py") or "other"
 
 

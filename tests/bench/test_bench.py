@@ -333,5 +333,11 @@ def test_the_profiler_names_the_platform_function_a_busy_process_spends_its_time
     assert profile.innermost[0][1] > 50  # the rest: the loop around it, and the interpreter
     assert dict(profile.functions)["gateway.edge.unstorable_text"] == profile.innermost[0][1]
     assert profile.cpu_ms_per_request == pytest.approx(used[0] * 1000 / 10)
+    from learning_machine.bench.profile import _parse
+
+    # py-spy names a file relative to the interpreter's path, or, for some, by its absolute path.
+    assert _parse("f (/x/.venv/lib/python3.11/site-packages/sqlalchemy/engine/base.py:3)") == (None, "sqlalchemy")
+    assert _parse("f (/usr/lib/python3.11/asyncio/events.py:80)") == (None, "asyncio")
+    assert _parse("f (/srv/app/learning_machine/store/bulk.py:9)") == ("store.bulk.f", "learning_machine.store")
     text = "\n".join(markdown([profile]))
     assert "`gateway.edge.unstorable_text`" in text and "ms of gateway CPU per request" in text
