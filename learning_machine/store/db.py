@@ -117,6 +117,10 @@ class Checkpointer:
                 log.warning("a WAL checkpoint of the platform database failed: %s",
                             type(getattr(exc, "orig", None) or exc).__name__)
 
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
     def stop(self) -> None:
         """Stop the thread after one last checkpoint."""
         self._stop.set()

@@ -315,9 +315,10 @@ def test_the_gateways_sqlite_database_is_checkpointed_in_the_background(tmp_path
     while path.stat().st_size <= size and time.monotonic() < deadline:
         time.sleep(0.05)
     assert path.stat().st_size > size + 500_000  # copied into the database file by the checkpointer
-    thread = db.checkpointer._thread
+    checkpointer = db.checkpointer
+    assert checkpointer.running
     db.dispose()
-    assert not thread.is_alive()
+    assert not checkpointer.running
     plain = Database(f"sqlite:///{tmp_path / 'other.db'}")
     assert plain.checkpointer is None
     with plain.engine.connect() as conn:
