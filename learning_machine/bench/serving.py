@@ -14,6 +14,8 @@ Each path is measured on single rows and on batches of 100 and 1,000 rows (seque
 and rows/s), and on single rows with 1, 8 and 32 concurrent clients (requests/s). Every request to a
 gateway stores new records. Each gateway is then soaked (32 clients, 60 s) and what it acknowledged is
 counted in its database; its targets against direct MLServer are judged in the notes (:func:`gateway_checks`).
+The gateway's store is also timed alone on each gateway's database (:data:`STORE_ALONE`), the floor under its
+1,000-row requests; `--profile` samples each gateway with py-spy (:mod:`learning_machine.bench.profile`).
 
 Clients are Python threads with keep-alive connections on the same 2 cores as the servers, so absolute
 throughput is a floor; the ratios within one run are what to compare.
