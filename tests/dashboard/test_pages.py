@@ -110,9 +110,17 @@ def test_clinician_sees_risk_explanation_rule_reference_and_model_facts(monkeypa
 
 
 def test_a_clinician_records_the_real_outcome(monkeypatch, history_gateway: RunningGateway):
+    import uuid
+
+    from gateway_harness import make_records
+
+    prefix = f"outcome-{uuid.uuid4().hex[:8]}-"  # a record of its own, predicted and with no outcome yet
+    sent = history_gateway.client("clinician").post("/v1/predictions", json=make_records(1, prefix=prefix)[0])
+    assert sent.status_code == 200, sent.text
     at = _app(monkeypatch, history_gateway.url, history_gateway.tokens["clinician"], "clinician")
-    at.text_input(key="clin_search").input("dash-").run()  # sent by the test above: no outcome yet
+    at.text_input(key="clin_search").input(prefix).run()
     record_id = at.selectbox(key="clin_patient").value
+    assert record_id == sent.json()["record_id"]
     at.radio(key="clin_outcome").set_value(1)
     at.button(key="clin_record").click().run()
     assert any(f"Outcome 1 for {record_id}: created" in s.value for s in at.success), _texts(at)
