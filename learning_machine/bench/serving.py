@@ -11,7 +11,8 @@ side in one run on this machine. Everything is started on free ports and stopped
 * explanations per method (exact attributions, anchors) through the explainer runtime.
 
 Each path is measured on single rows and on batches of 100 and 1,000 rows (sequential requests: latency
-and rows/s), and on single rows with 1, 8 and 32 concurrent clients (requests/s). Every request to a
+and rows/s; every path in turns, :func:`latencies`, so that a change of the machine's speed during the run
+reaches them all alike), and on single rows with 1, 8 and 32 concurrent clients (requests/s). Every request to a
 gateway stores new records. Each gateway is then soaked (32 clients, 60 s) and what it acknowledged is
 counted in its database; its targets against direct MLServer are judged in the notes (:func:`gateway_checks`).
 The gateway's store is also timed alone on each gateway's database (:data:`STORE_ALONE`), the floor under its
@@ -34,7 +35,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,16 +185,32 @@ def new_records(records: list[dict[str, Any]], id_field: str, new_id: Callable[[
 
 def latency(call: Callable[[], Any], n: int, warmup: int = 20) -> dict[str, float]:
     """p50/p99/mean/min/max of ``n`` sequential calls (milliseconds), after ``warmup`` calls."""
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(n):
-        started = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - started) * 1000)
-    times.sort()
-    return {"p50": statistics.median(times), "p99": times[min(len(times) - 1, int(len(times) * 0.99))],
-            "mean": statistics.fmean(times), "min": times[0], "max": times[-1], "n": float(n)}
+    return latencies({"call": call}, n, warmup)["call"]
+
+
+def latencies(calls: Mapping[str, Callable[[], Any]], n: int, warmup: int = 20, turn: int = 10,
+              ) -> dict[str, dict[str, float]]:
+    """:func:`latency` of each of ``calls``, measured in turns: ``turn`` calls of each, then the next, round
+    after round, until each has made ``n``. These shared 2-core machines change speed within a minute (a
+    one-row call to MLServer took 1.2 ms in one quick run and 2.4 ms in the next), so targets measured one
+    after the other carried that drift into their ratios; in turns, every target sees the same machine."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    while any(len(done) < n for done in times.values()):
+        for name, call in calls.items():
+            done = times[name]
+            for _ in range(min(turn, n - len(done))):
+                started = time.perf_counter()
+                call()
+                done.append((time.perf_counter() - started) * 1000)
+    out = {}
+    for name, done in times.items():
+        done.sort()
+        out[name] = {"p50": statistics.median(done), "p99": done[min(len(done) - 1, int(len(done) * 0.99))],
+                     "mean": statistics.fmean(done), "min": done[0], "max": done[-1], "n": float(n)}
+    return out
 
 
 def throughput(make_call: Callable[[], Callable[[], Any]], clients: int, seconds: float) -> dict[str, float]:
@@ -571,18 +588,25 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
             targets = payloads(1)
             for n in BATCHES:
                 results["batch"][str(n)] = {}
-                for name, make in payloads(n).items():
-                    progress(f"serving bench: latency of {name}, {n:,} row(s) per request")
-                    count = n_latency if n == 1 else n_batch[n]
-                    if profile_dir is not None and name in gateways and n in (1, TARGET_BATCH):
-                        count = max(count, PROFILED_REQUESTS[n])  # enough samples to read
-                    load = "single rows, one client" if n == 1 else f"batches of {n:,}"
-                    with profiler(name, load, count, n in (1, TARGET_BATCH)):
-                        stats = latency(make(), count, 20 if n == 1 else 3)
-                    results["batch"][str(n)][name] = {**stats, "rows_per_s": n * 1000 / stats["p50"]}
-                for name, fn in local(n).items():
-                    stats = latency(fn, n_latency if n == 1 else n_batch[n], 20 if n == 1 else 3)
-                    results["batch"][str(n)][name] = {**stats, "rows_per_s": n * 1000 / stats["p50"]}
+                count, warmup = (n_latency, 20) if n == 1 else (n_batch[n], 3)
+                if profile_dir is None:  # every target in turns, so that their ratios share one machine
+                    progress(f"serving bench: latency of every target in turns, {n:,} row(s) per request")
+                    calls = {**{name: make() for name, make in payloads(n).items()}, **local(n)}
+                    for name, stats in latencies(calls, count, warmup, turn=10 if n == 1 else 1).items():
+                        results["batch"][str(n)][name] = {**stats, "rows_per_s": n * 1000 / stats["p50"]}
+                else:  # one target at a time: py-spy samples one gateway alone
+                    for name, make in payloads(n).items():
+                        progress(f"serving bench: latency of {name}, {n:,} row(s) per request")
+                        many_enough = count
+                        if name in gateways and n in (1, TARGET_BATCH):
+                            many_enough = max(count, PROFILED_REQUESTS[n])  # enough samples to read
+                        load = "single rows, one client" if n == 1 else f"batches of {n:,}"
+                        with profiler(name, load, many_enough, n in (1, TARGET_BATCH)):
+                            stats = latency(make(), many_enough, warmup)
+                        results["batch"][str(n)][name] = {**stats, "rows_per_s": n * 1000 / stats["p50"]}
+                    for name, fn in local(n).items():
+                        stats = latency(fn, count, warmup)
+                        results["batch"][str(n)][name] = {**stats, "rows_per_s": n * 1000 / stats["p50"]}
                 if n == TARGET_BATCH:
                     for name, gateway in gateways.items():
                         progress(f"serving bench: {STORE_ALONE[name]}, {n:,} rows per transaction")

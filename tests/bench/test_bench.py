@@ -277,6 +277,31 @@ def test_the_soak_counts_acknowledged_and_failed_requests_by_kind() -> None:
     assert run["p50"] is not None and run["p99"] >= run["p50"] and run["rps"] > 0
 
 
+def test_latencies_measure_every_target_in_turns_so_a_slowdown_reaches_them_all() -> None:
+    """The machine slows down halfway through (every call then sleeps longer): measured in turns, both targets
+    see the slow half alike, so their medians stay equal; one after the other, the second would look slower."""
+    import time
+
+    from learning_machine.bench.serving import latencies
+
+    order: list[str] = []
+    slow_after = 50  # calls made in all, warm-up included: after two rounds of turns
+
+    def target(name: str) -> Any:
+        def call() -> None:
+            order.append(name)
+            time.sleep(0.004 if len(order) > slow_after else 0.001)
+        return call
+
+    stats = latencies({"direct": target("direct"), "gateway": target("gateway")}, n=40, warmup=5, turn=10)
+    assert order[:10] == ["direct"] * 5 + ["gateway"] * 5  # warm-up
+    measured = order[10:]
+    assert len(measured) == 80 and measured[:20] == ["direct"] * 10 + ["gateway"] * 10
+    assert stats["direct"]["n"] == stats["gateway"]["n"] == 40
+    assert stats["direct"]["min"] < 2 < stats["direct"]["max"]  # each saw both halves of the run
+    assert 0.7 < stats["gateway"]["mean"] / stats["direct"]["mean"] < 1.3
+
+
 def test_stored_rows_are_counted_by_the_run_prefix_in_a_fresh_postgres_database() -> None:
     """The bench's own throwaway PostgreSQL database: made, migrated, counted in by prefix, then dropped;
     an unreachable server raises (the section then skips the PostgreSQL gateway)."""
