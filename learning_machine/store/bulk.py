@@ -1,5 +1,6 @@
-"""Bulk inserts for the gateway's hot path, in the session's transaction: on SQLite one ``INSERT ... SELECT``
-over a JSON array of the rows, on PostgreSQL ``COPY``, straight through the driver.
+"""Bulk inserts for the gateway's hot path, straight through the driver: on SQLite one ``INSERT ... SELECT``
+over a JSON array of the rows per table; on PostgreSQL ``COPY``, or for a few rows one statement for every
+table (:func:`insert_all`), which may commit by itself.
 
 SQLAlchemy's insert of a list of rows compiles and processes every row in Python (parameters, date and JSON
 processors): measured here it was three quarters of storing a 1,000-row batch. The rows written here are
@@ -13,7 +14,7 @@ import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import JSON, Connection, DateTime, Table
@@ -26,13 +27,60 @@ from learning_machine.store.db import dump_json
 COPY_ROWS = 50
 
 
-def insert_rows(connection: Connection, tables: Sequence[tuple[Table, Sequence[dict[str, Any]]]]) -> None:
-    """Insert each table's rows (dicts with the same keys, column names of the table), in order (a table whose
-    rows reference another's comes after it), in the connection's transaction."""
-    for table, rows in tables:
-        if rows:
-            names = list(rows[0])
-            insert_columns(connection, table, {name: [row[name] for row in rows] for name in names})
+class Insert(NamedTuple):
+    """The rows of one table for :func:`insert_all`, as :func:`insert_columns` takes them: ``columns`` (name ->
+    one value per row) and ``constants`` (name -> the one value of every row)."""
+
+    table: Table
+    columns: Mapping[str, Sequence[Any]]
+    constants: Mapping[str, Any]
+
+    @property
+    def rows(self) -> int:
+        return len(next(iter(self.columns.values()), ()))
+
+
+def one_statement(dialect: str, inserts: Sequence[Insert]) -> bool:
+    """Whether :func:`insert_all` writes ``inserts`` with one statement, which is atomic alone (so it may run
+    outside a transaction, committed by itself): on PostgreSQL when they hold fewer than :data:`COPY_ROWS`
+    rows in all. One statement is one round trip to the server; each table's INSERT, a BEGIN and a COMMIT
+    would be one each."""
+    return dialect == "postgresql" and sum(insert.rows for insert in inserts) < COPY_ROWS
+
+
+def insert_all(connection: Connection, inserts: Sequence[Insert]) -> None:
+    """Insert each table's rows, in order (a table whose rows reference another's comes after it). On
+    PostgreSQL, when :func:`one_statement` says so, every table's rows go in one ``INSERT`` with the others as
+    data-modifying ``WITH`` parts (foreign keys are checked at the end of the statement, so the order of the
+    parts does not matter); otherwise each table is :func:`insert_columns`. In the connection's transaction,
+    or committed by the statement itself when the connection commits each statement."""
+    inserts = [insert for insert in inserts if insert.rows]
+    if not inserts:
+        return
+    if not one_statement(connection.dialect.name, inserts):
+        for insert in inserts:
+            insert_columns(connection, insert.table, insert.columns, insert.constants)
+        return
+    parts: list[str] = []
+    params: list[Any] = []
+    for insert in inserts:
+        names = [*insert.columns, *insert.constants]
+        data = [list(insert.columns[name]) for name in insert.columns] + [
+            [value] * insert.rows for value in insert.constants.values()]
+        for index, name in enumerate(names):
+            convert = _converter(insert.table, name, "postgresql")
+            if convert is not None:
+                data[index] = [convert(value) for value in data[index]]
+        row = f"({', '.join(['%s'] * len(names))})"  # names: the table's own columns (each looked up in it above)
+        parts.append(f"INSERT INTO {insert.table.name} ({', '.join(names)}) "  # noqa: S608 - values are parameters
+                     f"VALUES {', '.join([row] * insert.rows)}")
+        params += [value for values in zip(*data, strict=True) for value in values]
+    *first, last = parts
+    statement = (f"WITH {', '.join(f'w{index} AS ({part})' for index, part in enumerate(first))} {last}" if first
+                 else last)
+    driver: Any = connection.connection.driver_connection
+    with _as_sqlalchemy_errors(), driver.cursor() as cursor:
+        cursor.execute(statement, params)
 
 
 def insert_columns(connection: Connection, table: Table, columns: Mapping[str, Sequence[Any]],

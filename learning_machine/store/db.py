@@ -161,6 +161,15 @@ class Database:
             yield connection
 
     @contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """A connection on which each statement commits by itself, for a write that is one statement (atomic
+        alone, :func:`~learning_machine.store.bulk.one_statement`): one round trip to the server where a
+        transaction takes three (BEGIN, the statement, COMMIT)."""
+        with self.errors(), self.engine.connect() as connection:
+            connection.execution_options(isolation_level="AUTOCOMMIT")
+            yield connection
+
+    @contextmanager
     def read(self) -> Iterator[Session]:
         with self.errors(), self.sessions() as session:
             yield session

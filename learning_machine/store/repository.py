@@ -19,7 +19,7 @@ from sqlalchemy.exc import DisconnectionError, IntegrityError, OperationalError,
 from sqlalchemy.orm import Session
 
 from learning_machine.errors import ConflictError, LearningMachineError, NotFoundError, ServiceUnavailableError
-from learning_machine.store.bulk import insert_columns
+from learning_machine.store.bulk import COPY_ROWS, Insert, insert_all, one_statement
 from learning_machine.store.db import Database
 from learning_machine.store.models import (
     ApiToken,
@@ -107,14 +107,21 @@ def store_predictions(db: Database, items: Sequence[NewPrediction], *, model_nam
 
 
 class RecordsFirst:
-    """The records (and outcomes) of a group of prediction requests, inserted in an open transaction before
-    the model has answered: the gateway writes them while the model server works, then adds the predictions
-    and commits (:func:`store_prediction_requests` with ``written=``). Nothing is visible to anyone until that
-    commit; :meth:`abandon` rolls it all back."""
+    """The store of a group of prediction requests, begun before the model has answered, on a connection held
+    until then (:func:`write_records_first`): the records (and outcomes) inserted in an open transaction, or,
+    for a group too small for that to pay (:data:`WRITE_AHEAD_MIN_ROWS`) on a database where checking out a
+    connection is a round trip, only the connection, checked out. :func:`store_prediction_requests` with
+    ``written=`` then adds the predictions and commits, or stores the group in one statement on that connection.
+    Nothing is visible to anyone until then; :meth:`abandon` rolls back and gives the connection back."""
 
-    def __init__(self, connection: Connection, requests: Sequence[PredictionRequest], now: datetime) -> None:
+    def __init__(self, connection: Connection, requests: Sequence[PredictionRequest], now: datetime, *,
+                 records: bool = True) -> None:
         self.connection = connection
-        self.transaction = connection.begin()
+        self.records = records
+        """Whether the records are written (in :attr:`transaction`); else each statement commits by itself."""
+        self.transaction = connection.begin() if records else None
+        if not records:
+            connection.execution_options(isolation_level="AUTOCOMMIT")
         self.requests = requests
         self.now = now
         self.open = True
@@ -129,7 +136,8 @@ class RecordsFirst:
         """Commit and give the connection back (raises SQLAlchemy's error when the commit fails)."""
         self.open = False
         try:
-            self.transaction.commit()
+            if self.transaction is not None:
+                self.transaction.commit()
         finally:
             self.connection.close()
 
@@ -140,33 +148,47 @@ class RecordsFirst:
             return
         self.open = False
         try:
-            self.transaction.rollback()
+            if self.transaction is not None:
+                self.transaction.rollback()
         except Exception:  # noqa: BLE001 - the connection is gone; nothing of this transaction was committed
             pass
         finally:
             self.connection.close()
 
 
-# Groups smaller than this are not worth writing ahead, by database backend (1 where missing). SQLite inserts
-# a few rows in tens of microseconds, so a head start saves nothing there and its second transaction step cost
-# ~0.1 ms of CPU per single-row request (lm bench --profile: 1.12 -> 1.25 ms); on PostgreSQL it takes a round
-# trip off the path after the model answers from one row on (single-row overhead 1.92 -> 1.64 ms, same bench).
-WRITE_AHEAD_MIN_ROWS = {"sqlite": 50}
+# Groups smaller than this do not have their records written ahead, by database backend (1 where missing).
+# SQLite inserts a few rows in tens of microseconds, so a head start saves nothing there and its second
+# transaction step cost ~0.1 ms of CPU per single-row request (lm bench --profile: 1.12 -> 1.25 ms).
+# PostgreSQL stores a group of fewer than COPY_ROWS rows in one statement that commits by itself, one round
+# trip after the answer (bulk.one_statement), where writing ahead took two after it (the predictions, COMMIT).
+WRITE_AHEAD_MIN_ROWS = {"sqlite": 50, "postgresql": COPY_ROWS}
+# Databases whose connection checkout is a round trip (SQLAlchemy's pre-ping on PostgreSQL, which finds a
+# connection the server dropped before a request uses it): every group's connection is checked out ahead.
+CONNECT_AHEAD = frozenset({"postgresql"})
 
 
 def worth_writing_first(db: Database, rows: int) -> bool:
-    """Whether a group of ``rows`` records gains from :func:`write_records_first` on this database."""
-    return rows >= WRITE_AHEAD_MIN_ROWS.get(db.engine.dialect.name, 1)
+    """Whether the store of a group of ``rows`` records gains from beginning before the model has answered
+    (:func:`write_records_first`) on this database."""
+    dialect = db.engine.dialect.name
+    return dialect in CONNECT_AHEAD or rows >= WRITE_AHEAD_MIN_ROWS.get(dialect, 1)
 
 
 def write_records_first(db: Database, requests: Sequence[PredictionRequest], *, source: str = "api",
                         ) -> RecordsFirst | None:
-    """Insert the records and outcomes of ``requests`` (answers not needed) as new, in a transaction left open;
-    None when that cannot be done in one go (a record sent twice with other values, one stored already, a
-    value the database refuses): those requests are then stored the ordinary way, which tells each its error.
-    The database unreachable (or locked past its timeout) raises :class:`ServiceUnavailableError` instead:
-    the ordinary way would only wait for it a second time."""
+    """Begin storing ``requests`` (answers not needed): insert their records and outcomes as new, in a
+    transaction left open; below :data:`WRITE_AHEAD_MIN_ROWS` rows, on a database in :data:`CONNECT_AHEAD`,
+    only check out the connection. None when that cannot be done in one go (a record sent twice with other
+    values, one stored already, a value the database refuses): those requests are then stored the ordinary
+    way, which tells each its error. The database unreachable (or locked past its timeout) raises
+    :class:`ServiceUnavailableError` instead: the ordinary way would only wait for it a second time."""
     now = utcnow()
+    dialect = db.engine.dialect.name
+    if sum(len(request.record_ids) for request in requests) < WRITE_AHEAD_MIN_ROWS.get(dialect, 1):
+        if dialect not in CONNECT_AHEAD:
+            return None
+        with _unavailable_raised(db):
+            return RecordsFirst(db.engine.connect(), requests, now, records=False)
     records: dict[str, Mapping[str, Any]] = {}
     outcomes: dict[str, int] = {}
     try:
@@ -178,7 +200,7 @@ def write_records_first(db: Database, requests: Sequence[PredictionRequest], *, 
         written = RecordsFirst(db.engine.connect(), requests, now)
     try:
         with _unavailable_raised(db):
-            _insert_records(written.connection, records, outcomes, source, now)
+            insert_all(written.connection, _record_inserts(records, outcomes, source, now))
     except ServiceUnavailableError:
         written.abandon()
         raise
@@ -212,7 +234,15 @@ def store_prediction_requests(db: Database, requests: Sequence[PredictionRequest
     ``written``: the records of the first requests (the same ones, in order, now with their answers), inserted
     already by :func:`write_records_first`; they are committed with the predictions, or rolled back and the
     whole group stored the ordinary way (but a database gone meanwhile is every request's 503 at once)."""
-    if written is not None:
+    if written is not None and not written.records:
+        try:
+            with _unavailable_raised(db):  # gone since the connection was checked out: not asked a second time
+                stored = _store_in_one_statement(written, requests, model_name=model_name, source=source)
+        except ServiceUnavailableError as exc:
+            return [exc] * len(requests)
+        if stored is not None:
+            return stored
+    elif written is not None:
         try:
             with _unavailable_raised(db):  # gone since the records were written: not asked a second time
                 finished = _finish(written, requests, model_name=model_name, source=source)
@@ -238,6 +268,26 @@ def store_prediction_requests(db: Database, requests: Sequence[PredictionRequest
     return results
 
 
+def _store_in_one_statement(written: RecordsFirst, requests: Sequence[PredictionRequest], *, model_name: str,
+                            source: str) -> list[list[dict[str, Any]] | LearningMachineError] | None:
+    """Store ``requests`` (all new, as :func:`_with_retries` first assumes) in one statement that commits by
+    itself, on the connection ``written`` holds, then give it back; None when they need more than one statement
+    or the database refuses them (a record stored already): they are stored the ordinary way then. The
+    database gone raises SQLAlchemy's error."""
+    try:
+        inserts, results = _inserts(requests, {}, {}, model_name=model_name, source=source, now=utcnow())
+        if not one_statement(written.connection.dialect.name, inserts):
+            return None
+        insert_all(written.connection, inserts)
+        return results
+    except (OperationalError, DisconnectionError):
+        raise
+    except SQLAlchemyError:
+        return None
+    finally:
+        written.abandon()  # nothing is open: this gives the connection back
+
+
 def _finish(written: RecordsFirst, requests: Sequence[PredictionRequest], *, model_name: str, source: str,
             ) -> list[list[dict[str, Any]] | LearningMachineError] | None:
     """Add the predictions (and the records of requests that joined the group after ``written``) to its
@@ -249,6 +299,7 @@ def _finish(written: RecordsFirst, requests: Sequence[PredictionRequest], *, mod
         return None
     later = requests[len(written.requests):]
     try:
+        inserts: list[Insert] = []
         if later:
             records: dict[str, Mapping[str, Any]] = {r: f for q in written.requests
                                                      for r, f in zip(q.record_ids, q.features, strict=True)}
@@ -256,9 +307,10 @@ def _finish(written: RecordsFirst, requests: Sequence[PredictionRequest], *, mod
             known = (len(records), len(outcomes))
             for request in later:
                 _new_columns(records, outcomes, request)
-            _insert_records(written.connection, dict(itertools.islice(records.items(), known[0], None)),
-                            dict(itertools.islice(outcomes.items(), known[1], None)), source, written.now)
-        return [*_insert_predictions(written.connection, requests, model_name, written.now)]
+            inserts += _record_inserts(dict(itertools.islice(records.items(), known[0], None)),
+                                       dict(itertools.islice(outcomes.items(), known[1], None)), source, written.now)
+        insert_all(written.connection, [*inserts, _prediction_insert(requests, model_name, written.now)])
+        return [*_stored_predictions(requests, model_name, written.now)]
     except (OperationalError, DisconnectionError):
         written.abandon()
         raise
@@ -290,34 +342,50 @@ def _with_retries(db: Database, requests: Sequence[PredictionRequest], *, model_
 def _store_requests_once(db: Database, requests: Sequence[PredictionRequest], *, model_name: str, source: str,
                          optimistic: bool) -> list[list[dict[str, Any]] | LearningMachineError]:
     """One transaction for the group. ``optimistic``: assume every record and outcome is new (the database's
-    unique constraints refuse the transaction when one is not); else read which exist first, and refuse the
-    requests that contradict them."""
+    unique constraints refuse the transaction when one is not): nothing is read first, so on PostgreSQL a
+    small group is one statement that commits by itself (:func:`~learning_machine.store.bulk.one_statement`).
+    Else read which exist first, and refuse the requests that contradict them."""
     now = utcnow()
+    if optimistic:
+        inserts, results = _inserts(requests, {}, {}, model_name=model_name, source=source, now=now)
+        with db.autocommit() if one_statement(db.engine.dialect.name, inserts) else db.connection() as connection:
+            insert_all(connection, inserts)
+        return results
     with db.connection() as session:  # Core: no ORM session on the hot path
-        stored: dict[str, Mapping[str, Any]] = {}
+        # One read for the whole group: which records (and outcomes) exist already.
+        stored = _stored_features(session, [i for r in requests for i in r.record_ids])
         known_outcomes: dict[str, int] = {}
-        if not optimistic:  # one read for the whole group: which records (and outcomes) exist already
-            stored.update(_stored_features(session, [i for r in requests for i in r.record_ids]))
-            labelled = {i for r in requests for i, _ in r.labelled()}
-            if labelled:
-                known_outcomes.update(session.execute(select(Outcome.record_id, Outcome.outcome).where(
-                    Outcome.record_id.in_(labelled))).tuples().all())
-        records = dict(stored)
-        outcomes = dict(known_outcomes)
-        accepted: list[PredictionRequest] = []
-        refused: dict[int, LearningMachineError] = {}
-        for index, request in enumerate(requests):
-            try:
-                _new_columns(records, outcomes, request)
-            except ConflictError as exc:
-                refused[index] = exc
-                continue
-            accepted.append(request)
-        # Records first: the predictions reference them. Straight through the driver (store.bulk).
-        _insert_records(session, {r: f for r, f in records.items() if r not in stored},
-                        {r: o for r, o in outcomes.items() if r not in known_outcomes}, source, now)
-        stored_rows = iter(_insert_predictions(session, accepted, model_name, now))
-    return [refused[index] if index in refused else next(stored_rows) for index in range(len(requests))]
+        labelled = {i for r in requests for i, _ in r.labelled()}
+        if labelled:
+            known_outcomes.update(session.execute(select(Outcome.record_id, Outcome.outcome).where(
+                Outcome.record_id.in_(labelled))).tuples().all())
+        inserts, results = _inserts(requests, stored, known_outcomes, model_name=model_name, source=source, now=now)
+        insert_all(session, inserts)
+    return results
+
+
+def _inserts(requests: Sequence[PredictionRequest], stored: Mapping[str, Mapping[str, Any]],
+             known_outcomes: Mapping[str, int], *, model_name: str, source: str, now: datetime,
+             ) -> tuple[list[Insert], list[list[dict[str, Any]] | LearningMachineError]]:
+    """What storing ``requests`` inserts, given the records and outcomes ``stored`` already (records first:
+    the predictions reference them), and per request its stored predictions or the conflict that refuses it
+    alone (its record contradicts a stored one, or an earlier request's)."""
+    records = dict(stored)
+    outcomes = dict(known_outcomes)
+    accepted: list[PredictionRequest] = []
+    refused: dict[int, LearningMachineError] = {}
+    for index, request in enumerate(requests):
+        try:
+            _new_columns(records, outcomes, request)
+        except ConflictError as exc:
+            refused[index] = exc
+            continue
+        accepted.append(request)
+    inserts = [*_record_inserts({r: f for r, f in records.items() if r not in stored},
+                                {r: o for r, o in outcomes.items() if r not in known_outcomes}, source, now),
+               _prediction_insert(accepted, model_name, now)]
+    rows = iter(_stored_predictions(accepted, model_name, now))
+    return inserts, [refused[index] if index in refused else next(rows) for index in range(len(requests))]
 
 
 def _new_columns(records: dict[str, Mapping[str, Any]], outcomes: dict[str, int], request: PredictionRequest) -> None:
@@ -352,21 +420,16 @@ def _table(model: type[Base]) -> Table:
     return table
 
 
-def _insert_records(connection: Connection, records: Mapping[str, Mapping[str, Any]], outcomes: Mapping[str, int],
-                    source: str, now: datetime) -> None:
-    """Insert new records, then their outcomes (which reference them), column by column."""
+def _record_inserts(records: Mapping[str, Mapping[str, Any]], outcomes: Mapping[str, int], source: str,
+                    now: datetime) -> list[Insert]:
+    """New records, then their outcomes (which reference them), column by column."""
     constants = {"source": source, "received_at": now}
-    insert_columns(connection, _table(Record), {"record_id": list(records), "features": list(records.values())},
-                   constants)
-    insert_columns(connection, _table(Outcome), {"record_id": list(outcomes), "outcome": list(outcomes.values())},
-                   constants)
+    return [Insert(_table(Record), {"record_id": list(records), "features": list(records.values())}, constants),
+            Insert(_table(Outcome), {"record_id": list(outcomes), "outcome": list(outcomes.values())}, constants)]
 
 
-def _insert_predictions(connection: Connection, requests: Sequence[PredictionRequest], model_name: str,
-                        now: datetime) -> list[list[dict[str, Any]]]:
-    """Insert every request's predictions (their records stored already); per request its stored predictions."""
-    if not requests:
-        return []
+def _prediction_insert(requests: Sequence[PredictionRequest], model_name: str, now: datetime) -> Insert:
+    """Every request's predictions (their records stored first), column by column."""
     columns: dict[str, list[Any]] = {"record_id": [], "model_version": [], "probability": [], "label": [],
                                      "latency_ms": [], "request_id": []}
     for request in requests:
@@ -379,7 +442,12 @@ def _insert_predictions(connection: Connection, requests: Sequence[PredictionReq
         columns["label"] += request.labels
         columns["latency_ms"] += [float(request.latency_ms)] * n
         columns["request_id"] += [request.request_id] * n
-    insert_columns(connection, _table(Prediction), columns, {"model_name": model_name, "created_at": now})
+    return Insert(_table(Prediction), columns, {"model_name": model_name, "created_at": now})
+
+
+def _stored_predictions(requests: Sequence[PredictionRequest], model_name: str, now: datetime,
+                        ) -> list[list[dict[str, Any]]]:
+    """Per request, its predictions as :func:`_prediction_insert` stores them."""
     created = _iso(now)
     return [[{"record_id": r, "model_name": model_name, "model_version": v, "probability": p, "label": label,
               "latency_ms": float(request.latency_ms), "request_id": request.request_id, "created_at": created}

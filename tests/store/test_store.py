@@ -8,6 +8,7 @@ import json
 import stat
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -193,6 +194,13 @@ def unanswered(*record_ids: str, age: float = 50) -> repository.PredictionReques
                                         [None] * len(record_ids), f"q-{uuid.uuid4().hex[:8]}")
 
 
+@pytest.fixture
+def small_groups_written_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records written ahead from one row on, so that the write-ahead tests can use a few rows on both backends
+    (the gateway does it from ``WRITE_AHEAD_MIN_ROWS`` rows: below that a head start gains nothing)."""
+    monkeypatch.setattr(repository, "WRITE_AHEAD_MIN_ROWS", {})
+
+
 def stored_records(db: Database, record_ids: list[str]) -> int:
     """Counted on a connection of its own (another writer's view), not the one writing."""
     from learning_machine.store.models import Record
@@ -229,7 +237,7 @@ def test_records_written_ahead_are_invisible_until_committed_with_their_predicti
     assert stored[0]["created_at"] == results[0][0]["created_at"]
 
 
-def test_records_written_ahead_are_rolled_back_when_the_group_is_not_the_one_written(db: Database) -> None:
+def test_records_written_ahead_are_rolled_back_when_the_group_is_not_the_one_written(db: Database, small_groups_written_ahead: None) -> None:
     """A request of the group got no answer (its model call failed), or the model server was slow and the
     gateway gave up the head start: the records written ahead are rolled back, the lock is released at once
     (the next write does not wait), and the answered requests are stored the ordinary way."""
@@ -249,7 +257,7 @@ def test_records_written_ahead_are_rolled_back_when_the_group_is_not_the_one_wri
     repository.store_predictions(db, [pred(rid())], model_name="m", latency_ms=1, request_id="after")
 
 
-def test_a_group_written_ahead_takes_in_the_groups_answered_meanwhile(db: Database) -> None:
+def test_a_group_written_ahead_takes_in_the_groups_answered_meanwhile(db: Database, small_groups_written_ahead: None) -> None:
     """Group commit: requests answered while the first group's records were being written join its
     transaction. One contradicting another sends the whole group the ordinary way, where it alone fails."""
     head, joined = unanswered(rid()), unanswered(rid())
@@ -270,7 +278,7 @@ def test_a_group_written_ahead_takes_in_the_groups_answered_meanwhile(db: Databa
     assert repository.patient(db, shared)["features"]["age"] == 50
 
 
-def test_a_record_stored_already_is_not_written_ahead(db: Database) -> None:
+def test_a_record_stored_already_is_not_written_ahead(db: Database, small_groups_written_ahead: None) -> None:
     """Written ahead means new: a record sent again (a retry, a second prediction) goes the ordinary way,
     which reads what is stored first, and nothing is left locked."""
     known = rid()
@@ -282,6 +290,86 @@ def test_a_record_stored_already_is_not_written_ahead(db: Database) -> None:
     twice = unanswered(known, age=51)  # contradicts the stored record: refused, as before
     assert repository.write_records_first(db, [twice]) is None
     assert isinstance(repository.store_prediction_requests(db, [answered(twice)], model_name="m")[0], ConflictError)
+
+
+def test_a_small_group_on_postgresql_is_stored_in_one_statement_on_a_connection_checked_out_ahead(
+        db: Database) -> None:
+    """Below WRITE_AHEAD_MIN_ROWS, PostgreSQL writes nothing ahead: the connection is checked out (its ping)
+    while the model server works, and once answered the group is one statement that commits by itself, the
+    rows the ordinary way writes. A request contradicting an earlier one of the group is refused alone; a
+    record stored already sends the group the ordinary way, where it is stored; nothing is left open. SQLite
+    begins nothing ahead for a small group: its connections cost no round trip."""
+    from learning_machine.store.bulk import COPY_ROWS
+
+    head = unanswered(rid(), rid())
+    written = repository.write_records_first(db, [head])
+    if db.engine.dialect.name == "sqlite":
+        assert written is None
+        return
+    assert written is not None and not written.records
+    clash = unanswered(head.record_ids[0], age=99)
+    joined = unanswered(rid())
+    results = repository.store_prediction_requests(db, [answered(head), answered(clash), answered(joined)],
+                                                   model_name="m", written=written)
+    assert [len(r) for r in results if not isinstance(r, Exception)] == [2, 1]
+    assert isinstance(results[1], ConflictError)
+    assert not written.open
+    assert stored_records(db, [*head.record_ids, *joined.record_ids]) == 3
+    stored = repository.predictions_for_request(db, head.request_id)
+    assert [p["record_id"] for p in stored] == list(head.record_ids)
+    assert stored[0]["created_at"] == results[0][0]["created_at"]
+    plain_id = rid()
+    repository.store_predictions(db, [pred(plain_id)], model_name="m", latency_ms=2.5, request_id="plain-one")
+    assert repository.patient(db, head.record_ids[0])["features"] == repository.patient(db, plain_id)["features"]
+
+    again = unanswered(head.record_ids[1], rid())  # one record stored already: the statement is refused
+    written = repository.write_records_first(db, [again])
+    assert written is not None and not written.records
+    results = repository.store_prediction_requests(db, [answered(again)], model_name="m", written=written)
+    assert not isinstance(results[0], Exception) and len(results[0]) == 2
+    assert stored_records(db, list(again.record_ids)) == 2
+
+    small = unanswered(rid())  # answered together with more than one statement takes: the ordinary way
+    written = repository.write_records_first(db, [small])
+    assert written is not None
+    big = unanswered(*[rid() for _ in range(COPY_ROWS)])
+    results = repository.store_prediction_requests(db, [answered(small), answered(big)], model_name="m",
+                                                   written=written)
+    assert [len(r) for r in results if not isinstance(r, Exception)] == [1, COPY_ROWS]
+    assert not written.open
+    written = repository.write_records_first(db, [unanswered(rid())])
+    assert written is not None
+    written.abandon()  # the model call failed: the connection goes back, nothing was written
+    repository.store_predictions(db, [pred(rid())], model_name="m", latency_ms=1, request_id="after-one")
+
+
+def test_one_statement_stores_a_small_group_on_postgresql_or_nothing(db: Database) -> None:
+    """bulk.insert_all on PostgreSQL: fewer than COPY_ROWS rows across tables go as one INSERT with the others
+    as WITH parts, committed by itself outside a transaction; a row the database refuses (a prediction of no
+    stored record) refuses the whole statement, so nothing of it is stored."""
+    from sqlalchemy.exc import IntegrityError
+
+    from learning_machine.store.bulk import Insert, insert_all, one_statement
+    from learning_machine.store.models import Prediction, Record
+
+    dialect = db.engine.dialect.name
+    now = datetime.now(UTC)
+    record, ghost = rid(), rid()
+    records = Insert(Record.__table__, {"record_id": [record], "features": [{"age": 1.5}]},
+                     {"source": "api", "received_at": now})
+    predictions = Insert(Prediction.__table__,
+                         {"record_id": [record, ghost], "probability": [0.1, 0.2], "label": [0, 0],
+                          "model_version": ["1", "1"], "latency_ms": [1.0, 1.0], "request_id": ["one", "one"]},
+                         {"model_name": "m", "created_at": now})
+    assert one_statement(dialect, [records, predictions]) == (dialect == "postgresql")
+    with pytest.raises(IntegrityError), db.autocommit() if dialect == "postgresql" else db.connection() as connection:
+        insert_all(connection, [records, predictions])
+    assert stored_records(db, [record]) == 0
+    fine = predictions._replace(columns={name: values[:1] for name, values in predictions.columns.items()})
+    with db.autocommit() if dialect == "postgresql" else db.connection() as connection:
+        insert_all(connection, [records, fine])
+    assert stored_records(db, [record]) == 1
+    assert [p["record_id"] for p in repository.predictions_for_request(db, "one")] == [record]
 
 
 def test_bulk_rows_orjson_cannot_write_are_stored_the_exact_way(db: Database) -> None:
