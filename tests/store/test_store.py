@@ -341,6 +341,13 @@ def test_a_small_group_on_postgresql_is_stored_in_one_statement_on_a_connection_
     assert written is not None
     written.abandon()  # the model call failed: the connection goes back, nothing was written
     repository.store_predictions(db, [pred(rid())], model_name="m", latency_ms=1, request_id="after-one")
+    # Every pooled connection is back to transactions: a later group's records written ahead stay all or nothing.
+    held = [db.engine.connect() for _ in range(db.engine.pool.checkedin())]
+    try:
+        assert held and not any(c.connection.driver_connection.autocommit for c in held)
+    finally:
+        for connection in held:
+            connection.close()
 
 
 def test_one_statement_stores_a_small_group_on_postgresql_or_nothing(db: Database) -> None:
