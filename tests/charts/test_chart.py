@@ -427,6 +427,17 @@ def test_the_gateway_serves_promotions_through_the_seldon_deployer(default):
     assert seldon_deployment(settings, settings.model_name, "3") == seldon_deployment(_settings_of(job), "clinical-risk", "3")
 
 
+def test_every_mlflow_client_names_the_image_it_runs_in_for_the_change_record(renders):
+    """A version trained in the cluster (the train Job, the monitor's retraining, the gateway's promotions) gets a
+    change record naming the platform image (LM_IMAGE): the one its pod runs, whatever tag the values choose."""
+    for name, resources in renders.items():
+        clients = [c for r in resources if r["kind"] in ("Deployment", "Job", "Pod") for c in _containers(r)
+                   if "LM_MLFLOW_TRACKING_URI" in _env(c)]
+        assert clients, name
+        for container in clients:
+            assert _env(container)["LM_IMAGE"] == container["image"], (name, container["name"])
+
+
 def test_no_request_logger_url_is_rendered(renders):
     """Seldon's request logger posted every request (patient data) to the monitor, which served nothing there."""
     for name, resources in renders.items():

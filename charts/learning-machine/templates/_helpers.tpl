@@ -248,12 +248,15 @@ key: mlflow-admin-password
   value: {{ include "lm.s3Endpoint" . | quote }}
 {{- end -}}
 
-{{/* Where an MLflow client finds the tracking server, with the admin credentials when basic-auth is on. */}}
+{{/* Where an MLflow client finds the tracking server, with the admin credentials when basic-auth is on; and
+the platform image it runs in (LM_IMAGE), which the change record of a version it trains names. */}}
 {{- define "lm.trackingEnv" -}}
 - name: LM_MLFLOW_TRACKING_URI
   value: {{ include "lm.mlflowUrl" . | quote }}
 - name: LM_MODEL_NAME
   value: {{ .Values.model.name | quote }}
+- name: LM_IMAGE
+  value: {{ include "lm.image" . | quote }}
 {{- if .Values.mlflow.auth.enabled }}
 - name: MLFLOW_TRACKING_USERNAME
   value: {{ .Values.mlflow.auth.adminUsername | quote }}
