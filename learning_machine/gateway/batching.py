@@ -7,12 +7,14 @@ Two worker threads form a two-stage pipeline, so that the model server and the d
   of their records (:func:`service.prediction_request`), hands the group to the store stage (after the
   answers instead when the group is too small to be worth writing ahead: :func:`service.writes_ahead`),
   then asks the model server once for all their records (:func:`service.predict_records`);
-* the **store stage** writes the group's records into a transaction while the model server works
-  (:func:`service.write_records_first`: on SQLite one statement that runs without Python's GIL), waits for
-  the answers, adds the predictions of that group and of every group answered meanwhile, commits once
-  (:func:`service.store_answers`), then answers each request. When the records cannot be written ahead
-  (one is stored already, the model server takes longer than :data:`WRITE_AHEAD_S`), that transaction is
-  rolled back and the group is stored the ordinary way once answered.
+* the **store stage** begins the group's store while the model server works (:func:`service.write_records_first`:
+  from 50 rows it writes the records into a transaction, on SQLite one statement that runs without Python's
+  GIL; on PostgreSQL a smaller group only has its connection checked out, a round trip), waits for the
+  answers, adds the predictions of that group and of every group answered meanwhile, commits once
+  (:func:`service.store_answers`; a small PostgreSQL group is one statement that commits by itself), then
+  answers each request. When the store cannot go on from what was begun (a record stored already, the model
+  server taking longer than :data:`WRITE_AHEAD_S`), it is rolled back and the group is stored the ordinary
+  way once answered.
 
 A request that waits alone is sent alone, at once: there is no timer, so one client sees no added delay and
 many clients see fewer, larger calls. Each request stays all or nothing: a request whose record contradicts a

@@ -171,16 +171,16 @@ def answered(request: repository.PredictionRequest, answers: Answers, latency_ms
 
 
 def writes_ahead(ctx: GatewayContext, rows: int) -> bool:
-    """Whether a group of ``rows`` records is written while the model server works (:func:`write_records_first`;
-    the store says from how many rows that pays on its database)."""
+    """Whether the store of a group of ``rows`` records begins while the model server works
+    (:func:`write_records_first`; the store says what pays on its database)."""
     return repository.worth_writing_first(ctx.db, rows)
 
 
 def write_records_first(ctx: GatewayContext, requests: Sequence[repository.PredictionRequest],
                         ) -> repository.RecordsFirst | None:
-    """Insert these requests' records while the model server works on them, in a transaction that
-    :func:`store_answers` completes (or None: they are stored the ordinary way then, as a group too small
-    to be worth it always is)."""
+    """Begin storing these requests while the model server works on them (their records inserted, or on
+    PostgreSQL for a small group its connection checked out), for :func:`store_answers` to complete (or None:
+    they are stored the ordinary way then, as a group with nothing to gain always is)."""
     if not writes_ahead(ctx, sum(len(r.record_ids) for r in requests)):
         return None
     return repository.write_records_first(ctx.db, requests)
