@@ -198,6 +198,14 @@ class RetrainViaPipeline:
                                                                               decision)
         if retry is not None:
             since = retry.get("since") or since  # the change already being handled, from where it began
+        if retry is not None and retry.get("result") == "awaiting-approval" and (
+                held := self._held_for_approval(before)) is not None:
+            # A person decides on the version this change produced; another one would only queue behind it.
+            detail = {"error": f"v{held['version']}, retrained for this change, awaits an admin's approval; the "
+                               "loop retrains again only once it is approved or rejected",
+                      "awaiting_approval": held["version"], "since": retry.get("since"),
+                      "reasons": list(decision.reasons), "change": change}
+            return self._defer(decision, detail)
         items = self._labelled_since(since)
         if retry is not None:
             fresh = sum(1 for i in items if int(i.get("outcome_id") or 0) > int(retry.get("outcome_cursor") or 0))

@@ -311,6 +311,52 @@ def test_a_recalibration_the_plan_does_not_allow_is_asked_as_a_retraining(env: E
     assert [p["change"] for p in asked] == ["retrain", "recalibrate"]
 
 
+def test_no_second_retraining_of_a_change_while_its_version_awaits_approval(env: Env, tmp_path):
+    """The change-control plan held the version a retraining made for an admin: however many outcomes arrive
+    meanwhile, the loop does not retrain the same change again (it says why, once); once the admin rejects
+    that version, the next trigger retrains. (The held version is set up through the registry's tags and the
+    trigger's last attempt, as the pipeline and the trigger leave them; the runner records the retraining
+    instead of running it: what is tested is whether the loop asks for one.)"""
+    import uuid
+
+    from learning_machine.data.sources import load_dataset
+    from learning_machine.errors import LearningMachineError
+    from learning_machine.lifecycle.promotion import decide_approval
+    from learning_machine.lifecycle.training import train_and_register
+    from learning_machine.loop.policy import Decision
+    from learning_machine.registry.names import APPROVAL_TAG
+
+    asked: list[dict[str, Any]] = []
+
+    class Recording:
+        def run(self, pipeline: str, params: dict[str, Any], **_: Any) -> Any:
+            asked.append(params)
+            raise LearningMachineError("test: the retraining is recorded, not run")
+
+    settings = env.gateway.settings.model_copy(update={"model_name": f"waits-{uuid.uuid4().hex[:8]}",
+                                                       "home": tmp_path, "deployer": "none"})
+    tracker = Tracker(settings.tracking_uri)
+    train_and_register(settings, tracker, load_dataset("synthetic-cohort", n_rows=600, seed=1), promote="if-first")
+    train_and_register(settings, tracker, load_dataset("synthetic-cohort", n_rows=600, seed=2), promote="never")
+    tracker.tag_version(settings.model_name, "2", {APPROVAL_TAG: "awaiting"})
+    env.stream(20, seed=41)
+    service = LoopService(settings, env.client("monitor"), tracker=tracker, runner=Recording())
+    cursor = max(int(i["outcome_id"]) for i in service.client.labelled(limit=500))
+    service.trigger.last_attempt = {"since": None, "champion": "1", "outcome_cursor": cursor, "rows": 400,
+                                    "cut_id": 0, "result": "awaiting-approval", "at": 1.0, "change": "retrain"}
+    env.stream(300, seed=42)  # more new outcomes than LM_LOOP_RETRY_OUTCOMES (200)
+    lost = Decision(True, ("the champion's log-loss alarmed",), ("sequential",))
+    for _ in range(2):
+        waits = service.trigger(lost)
+        assert waits["state"] == "DEFERRED" and waits["awaiting_approval"] == "2", waits
+        assert "awaits an admin's approval" in waits["error"] and asked == []
+    said = [e for e in env.events("retrain-deferred") if e["detail"].get("awaiting_approval") == "2"
+            and e["detail"]["change"] == "retrain"]
+    assert len(said) == 1  # said once, not at every step
+    decide_approval(settings, tracker, version="2", approve=False, by="admin", why="test: not this one")
+    assert service.trigger(lost)["state"] == "FAILED" and len(asked) == 1  # retrained: the recording refused it
+
+
 @pytest.mark.slow
 def test_a_retraining_held_by_the_plan_is_recorded_as_awaiting_approval_not_shadowed(env: Env, tmp_path):
     """The loop's trigger runs the real retraining pipeline (kfp.local) with its plan; the candidate is better
