@@ -5,9 +5,9 @@ Two worker threads form a two-stage pipeline, so that the model server and the d
 
 * the **model stage** takes every request waiting (up to ``max_rows`` records), makes the columns to store
   of their records (:func:`service.prediction_request`), hands the group to the store stage (after the
-  answers instead when the group is too small to be worth writing ahead: :func:`service.writes_ahead`),
+  answers instead when the group is too small to be worth writing ahead: :func:`service.begins_ahead`),
   then asks the model server once for all their records (:func:`service.predict_records`);
-* the **store stage** begins the group's store while the model server works (:func:`service.write_records_first`:
+* the **store stage** begins the group's store while the model server works (:func:`service.begin_store`:
   from 50 rows it writes the records into a transaction, on SQLite one statement that runs without Python's
   GIL; on PostgreSQL a smaller group only has its connection checked out, a round trip), waits for the
   answers, adds the predictions of that group and of every group answered meanwhile, commits once
@@ -189,7 +189,7 @@ class PredictionBatcher:
                     for job in waiting:
                         job.columns = service.prediction_request(self.ctx, job.records, job.request_id)
                     announced = Group(waiting)
-                    ahead = service.writes_ahead(self.ctx, sum(len(job.records) for job in waiting))
+                    ahead = service.begins_ahead(self.ctx, sum(len(job.records) for job in waiting))
                     if ahead:
                         self._stores.put(announced)  # the store stage writes the records meanwhile
                     for job, result in zip(waiting, self._predict(waiting), strict=True):
@@ -252,12 +252,12 @@ class PredictionBatcher:
             pending = None
             if group is _STOP:
                 break
-            written = None
+            ahead = None
             if not group.answered.is_set():  # write the records while the model server works
-                written = self._write_first(group)
-                if written is not None and not group.answered.wait(WRITE_AHEAD_S):
-                    written.abandon()  # a slow model server: do not hold the database meanwhile
-                    written = None
+                ahead = self._begin_store(group)
+                if ahead is not None and not group.answered.wait(WRITE_AHEAD_S):
+                    ahead.abandon()  # a slow model server: do not hold the database meanwhile
+                    ahead = None
                 group.answered.wait()
             groups = [group]
             while True:  # group commit: the groups answered meanwhile share this transaction
@@ -269,11 +269,11 @@ class PredictionBatcher:
                     pending = more
                     break
                 groups.append(more)
-            self._store(groups, written)
+            self._store(groups, ahead)
 
-    def _write_first(self, group: Group) -> repository.RecordsFirst | None:
+    def _begin_store(self, group: Group) -> repository.StoreAhead | None:
         try:
-            return service.write_records_first(self.ctx, [job.columns for job in group.jobs if job.columns is not None])
+            return service.begin_store(self.ctx, [job.columns for job in group.jobs if job.columns is not None])
         except ServiceUnavailableError as exc:  # answered as it is once the model has answered: no second wait
             group.unavailable = exc
             return None
@@ -281,7 +281,7 @@ class PredictionBatcher:
             log.exception("writing the records of a group ahead of its predictions failed: %s", _ids(group.jobs))
             return None
 
-    def _store(self, groups: list[Group], written: repository.RecordsFirst | None) -> None:
+    def _store(self, groups: list[Group], ahead: repository.StoreAhead | None) -> None:
         for group in groups:
             if group.unavailable is not None:  # its jobs get the database's error; the groups joined try again
                 for job in group.jobs:
@@ -295,12 +295,12 @@ class PredictionBatcher:
             requests = [service.answered(job.columns, job.answers, job.latency_ms) for job in jobs
                         if job.columns is not None and job.answers is not None]
             try:
-                results: list[Any] = service.store_answers(self.ctx, requests, written=written)
+                results: list[Any] = service.store_answers(self.ctx, requests, ahead=ahead)
             except Exception as exc:  # noqa: BLE001 - every request of the group is answered, none hangs
                 log.error("the store stage failed a group of %d request(s): %s", len(jobs), _ids(jobs))
                 results = [exc] * len(jobs)
             for job, result in zip(jobs, results, strict=True):
                 job.finish(result)
         finally:
-            if written is not None:
-                written.abandon()  # committed already, or not to be: rolled back
+            if ahead is not None:
+                ahead.abandon()  # committed already, or not to be: rolled back

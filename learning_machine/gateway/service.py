@@ -170,28 +170,28 @@ def answered(request: repository.PredictionRequest, answers: Answers, latency_ms
                             latency_ms)
 
 
-def writes_ahead(ctx: GatewayContext, rows: int) -> bool:
+def begins_ahead(ctx: GatewayContext, rows: int) -> bool:
     """Whether the store of a group of ``rows`` records begins while the model server works
-    (:func:`write_records_first`; the store says what pays on its database)."""
-    return repository.worth_writing_first(ctx.db, rows)
+    (:func:`begin_store`; the store says what pays on its database)."""
+    return repository.worth_beginning_ahead(ctx.db, rows)
 
 
-def write_records_first(ctx: GatewayContext, requests: Sequence[repository.PredictionRequest],
-                        ) -> repository.RecordsFirst | None:
+def begin_store(ctx: GatewayContext, requests: Sequence[repository.PredictionRequest],
+                ) -> repository.StoreAhead | None:
     """Begin storing these requests while the model server works on them (their records inserted, or on
     PostgreSQL for a small group its connection checked out), for :func:`store_answers` to complete (or None:
     they are stored the ordinary way then, as a group with nothing to gain always is)."""
-    if not writes_ahead(ctx, sum(len(r.record_ids) for r in requests)):
+    if not begins_ahead(ctx, sum(len(r.record_ids) for r in requests)):
         return None
-    return repository.write_records_first(ctx.db, requests)
+    return repository.begin_store(ctx.db, requests)
 
 
 def store_answers(ctx: GatewayContext, requests: Sequence[repository.PredictionRequest], *,
-                  written: repository.RecordsFirst | None = None,
+                  ahead: repository.StoreAhead | None = None,
                   ) -> list[list[dict[str, Any]] | LearningMachineError]:
-    """Store each answered request's records and predictions, all in one transaction (with ``written``: the
-    records written first); per request its stored predictions or the error that refused it alone."""
-    results = repository.store_prediction_requests(ctx.db, requests, model_name=ctx.model_name, written=written)
+    """Store each answered request's records and predictions, all in one transaction (with ``ahead``: the store
+    begun while the model worked); per request its stored predictions or the error that refused it alone."""
+    results = repository.store_prediction_requests(ctx.db, requests, model_name=ctx.model_name, ahead=ahead)
     versions = Counter(row["model_version"] for result in results if not isinstance(result, Exception)
                        for row in result)
     for version, count in versions.items():

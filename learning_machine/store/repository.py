@@ -66,7 +66,7 @@ class PredictionRequest:
     """The predictions of one API request, to store all or none, column by column (one entry per record, in
     request order): the gateway builds these columns once and no per-row object is made on its hot path.
     A request whose model answers are not known yet (``probabilities`` empty) can have its records written
-    ahead (:func:`write_records_first`)."""
+    ahead (:func:`begin_store`)."""
 
     record_ids: Sequence[str]
     features: Sequence[Mapping[str, Any]]
@@ -106,18 +106,18 @@ def store_predictions(db: Database, items: Sequence[NewPrediction], *, model_nam
     return result
 
 
-class RecordsFirst:
+class StoreAhead:
     """The store of a group of prediction requests, begun before the model has answered, on a connection held
-    until then (:func:`write_records_first`): the records (and outcomes) inserted in an open transaction, or,
+    until then (:func:`begin_store`): the records (and outcomes) inserted in an open transaction, or,
     for a group too small for that to pay (:data:`WRITE_AHEAD_MIN_ROWS`) on a database where checking out a
     connection is a round trip, only the connection, checked out. :func:`store_prediction_requests` with
-    ``written=`` then adds the predictions and commits, or stores the group in one statement on that connection.
+    ``ahead=`` then adds the predictions and commits, or stores the group in one statement on that connection.
     Nothing is visible to anyone until then; :meth:`abandon` rolls back and gives the connection back."""
 
     def __init__(self, connection: Connection, requests: Sequence[PredictionRequest], now: datetime, *,
                  records: bool = True) -> None:
         self.connection = connection
-        self.records = records
+        self.records_written = records
         """Whether the records are written (in :attr:`transaction`); else each statement commits by itself."""
         self.transaction = connection.begin() if records else None
         if not records:
@@ -167,15 +167,15 @@ WRITE_AHEAD_MIN_ROWS = {"sqlite": 50, "postgresql": COPY_ROWS}
 CONNECT_AHEAD = frozenset({"postgresql"})
 
 
-def worth_writing_first(db: Database, rows: int) -> bool:
+def worth_beginning_ahead(db: Database, rows: int) -> bool:
     """Whether the store of a group of ``rows`` records gains from beginning before the model has answered
-    (:func:`write_records_first`) on this database."""
+    (:func:`begin_store`) on this database."""
     dialect = db.engine.dialect.name
     return dialect in CONNECT_AHEAD or rows >= WRITE_AHEAD_MIN_ROWS.get(dialect, 1)
 
 
-def write_records_first(db: Database, requests: Sequence[PredictionRequest], *, source: str = "api",
-                        ) -> RecordsFirst | None:
+def begin_store(db: Database, requests: Sequence[PredictionRequest], *, source: str = "api",
+                ) -> StoreAhead | None:
     """Begin storing ``requests`` (answers not needed): insert their records and outcomes as new, in a
     transaction left open; below :data:`WRITE_AHEAD_MIN_ROWS` rows, on a database in :data:`CONNECT_AHEAD`,
     only check out the connection. None when that cannot be done in one go (a record sent twice with other
@@ -188,7 +188,7 @@ def write_records_first(db: Database, requests: Sequence[PredictionRequest], *, 
         if dialect not in CONNECT_AHEAD:
             return None
         with _unavailable_raised(db):
-            return RecordsFirst(db.engine.connect(), requests, now, records=False)
+            return StoreAhead(db.engine.connect(), requests, now, records=False)
     records: dict[str, Mapping[str, Any]] = {}
     outcomes: dict[str, int] = {}
     try:
@@ -197,17 +197,17 @@ def write_records_first(db: Database, requests: Sequence[PredictionRequest], *, 
     except ConflictError:
         return None
     with _unavailable_raised(db):
-        written = RecordsFirst(db.engine.connect(), requests, now)
+        ahead = StoreAhead(db.engine.connect(), requests, now)
     try:
         with _unavailable_raised(db):
-            insert_all(written.connection, _record_inserts(records, outcomes, source, now))
+            insert_all(ahead.connection, _record_inserts(records, outcomes, source, now))
     except ServiceUnavailableError:
-        written.abandon()
+        ahead.abandon()
         raise
     except SQLAlchemyError:
-        written.abandon()
+        ahead.abandon()
         return None
-    return written
+    return ahead
 
 
 @contextmanager
@@ -221,7 +221,7 @@ def _unavailable_raised(db: Database) -> Iterator[None]:
 
 
 def store_prediction_requests(db: Database, requests: Sequence[PredictionRequest], *, model_name: str,
-                              source: str = "api", written: RecordsFirst | None = None,
+                              source: str = "api", ahead: StoreAhead | None = None,
                               ) -> list[list[dict[str, Any]] | LearningMachineError]:
     """Store several requests' predictions in one transaction (group commit: the gateway groups concurrent
     requests, and one commit costs the same for one row or many). Each request is still all or nothing and
@@ -231,27 +231,28 @@ def store_prediction_requests(db: Database, requests: Sequence[PredictionRequest
     own so that only the offending one fails. Concurrent writers of the same new record (other processes)
     are both stored: the one that loses the race to insert it reads the winner's row and goes on.
 
-    ``written``: the records of the first requests (the same ones, in order, now with their answers), inserted
-    already by :func:`write_records_first`; they are committed with the predictions, or rolled back and the
-    whole group stored the ordinary way (but a database gone meanwhile is every request's 503 at once)."""
-    if written is not None and not written.records:
+    ``ahead``: the store of the first requests (the same ones, in order, now with their answers), begun by
+    :func:`begin_store`: their records inserted already, committed with the predictions (or, with no records
+    written, the group stored in one statement on its connection); else rolled back and the whole group stored
+    the ordinary way (but a database gone meanwhile is every request's 503 at once)."""
+    if ahead is not None and not ahead.records_written:
         try:
             with _unavailable_raised(db):  # gone since the connection was checked out: not asked a second time
-                stored = _store_in_one_statement(written, requests, model_name=model_name, source=source)
+                stored = _store_in_one_statement(ahead, requests, model_name=model_name, source=source)
         except ServiceUnavailableError as exc:
             return [exc] * len(requests)
         if stored is not None:
             return stored
-    elif written is not None:
+    elif ahead is not None:
         try:
             with _unavailable_raised(db):  # gone since the records were written: not asked a second time
-                finished = _finish(written, requests, model_name=model_name, source=source)
+                finished = _finish(ahead, requests, model_name=model_name, source=source)
         except ServiceUnavailableError as exc:
             return [exc] * len(requests)
         if finished is not None:
             try:
                 with db.errors():  # a failed commit is answered as the error it is, not stored again
-                    written.commit()
+                    ahead.commit()
             except LearningMachineError as exc:
                 return [exc] * len(requests)
             return finished
@@ -268,7 +269,7 @@ def store_prediction_requests(db: Database, requests: Sequence[PredictionRequest
     return results
 
 
-def _store_in_one_statement(written: RecordsFirst, requests: Sequence[PredictionRequest], *, model_name: str,
+def _store_in_one_statement(ahead: StoreAhead, requests: Sequence[PredictionRequest], *, model_name: str,
                             source: str) -> list[list[dict[str, Any]] | LearningMachineError] | None:
     """Store ``requests`` (all new, as :func:`_with_retries` first assumes) in one statement that commits by
     itself, on the connection ``written`` holds, then give it back; None when they need more than one statement
@@ -276,46 +277,46 @@ def _store_in_one_statement(written: RecordsFirst, requests: Sequence[Prediction
     database gone raises SQLAlchemy's error."""
     try:
         inserts, results = _inserts(requests, {}, {}, model_name=model_name, source=source, now=utcnow())
-        if not one_statement(written.connection.dialect.name, inserts):
+        if not one_statement(ahead.connection.dialect.name, inserts):
             return None
-        insert_all(written.connection, inserts)
+        insert_all(ahead.connection, inserts)
         return results
     except (OperationalError, DisconnectionError):
         raise
     except SQLAlchemyError:
         return None
     finally:
-        written.abandon()  # nothing is open: this gives the connection back
+        ahead.abandon()  # nothing is open: this gives the connection back
 
 
-def _finish(written: RecordsFirst, requests: Sequence[PredictionRequest], *, model_name: str, source: str,
+def _finish(ahead: StoreAhead, requests: Sequence[PredictionRequest], *, model_name: str, source: str,
             ) -> list[list[dict[str, Any]] | LearningMachineError] | None:
     """Add the predictions (and the records of requests that joined the group after ``written``) to its
     transaction, uncommitted; None, with the transaction rolled back, when that cannot be done (the requests
-    are not the ones written, one contradicts another, the database refuses a value). The database gone
+    are not the ones begun ahead, one contradicts another, the database refuses a value). The database gone
     raises SQLAlchemy's error, the transaction rolled back."""
-    if not written.covers(requests):
-        written.abandon()
+    if not ahead.covers(requests):
+        ahead.abandon()
         return None
-    later = requests[len(written.requests):]
+    later = requests[len(ahead.requests):]
     try:
         inserts: list[Insert] = []
         if later:
-            records: dict[str, Mapping[str, Any]] = {r: f for q in written.requests
+            records: dict[str, Mapping[str, Any]] = {r: f for q in ahead.requests
                                                      for r, f in zip(q.record_ids, q.features, strict=True)}
-            outcomes: dict[str, int] = {r: o for q in written.requests for r, o in q.labelled()}
+            outcomes: dict[str, int] = {r: o for q in ahead.requests for r, o in q.labelled()}
             known = (len(records), len(outcomes))
             for request in later:
                 _new_columns(records, outcomes, request)
             inserts += _record_inserts(dict(itertools.islice(records.items(), known[0], None)),
-                                       dict(itertools.islice(outcomes.items(), known[1], None)), source, written.now)
-        insert_all(written.connection, [*inserts, _prediction_insert(requests, model_name, written.now)])
-        return [*_stored_predictions(requests, model_name, written.now)]
+                                       dict(itertools.islice(outcomes.items(), known[1], None)), source, ahead.now)
+        insert_all(ahead.connection, [*inserts, _prediction_insert(requests, model_name, ahead.now)])
+        return [*_stored_predictions(requests, model_name, ahead.now)]
     except (OperationalError, DisconnectionError):
-        written.abandon()
+        ahead.abandon()
         raise
     except (ConflictError, SQLAlchemyError):
-        written.abandon()
+        ahead.abandon()
         return None
 
 

@@ -155,7 +155,7 @@ def test_records_are_written_while_the_model_server_works_and_seen_only_with_the
     from learning_machine.gateway import service
     from learning_machine.store import repository
 
-    real_predict, real_write = service.predict_records, repository.write_records_first
+    real_predict, real_write = service.predict_records, repository.begin_store
     seen: dict[str, object] = {}
 
     def write(*args, **kwargs):
@@ -171,12 +171,12 @@ def test_records_are_written_while_the_model_server_works_and_seen_only_with_the
         seen["visible during the model call"] = stored_records(gw, "ahead-")
         return real_predict(ctx, records)
 
-    monkeypatch.setattr(repository, "write_records_first", write)
+    monkeypatch.setattr(repository, "begin_store", write)
     monkeypatch.setattr(service, "predict_records", predict)
     records = make_records(60, prefix="ahead-")  # SQLite writes groups of 50 rows or more ahead
     response = gw.client("clinician").post("/v1/predictions", json={"records": records})
     assert response.status_code == 200, response.text
-    assert isinstance(seen["written"], repository.RecordsFirst)
+    assert isinstance(seen["written"], repository.StoreAhead)
     assert seen["visible during the model call"] == 0
     assert gw.stored_predictions("ahead-") == 60 and stored_records(gw, "ahead-") == 60
     seen.clear()
@@ -260,7 +260,7 @@ def test_postgresql_going_away_is_a_503_storing_nothing_and_its_return_needs_no_
     ordinary, real_store = [], repository.store_prediction_requests
 
     def store(*args, **kwargs):
-        ordinary.append(kwargs.get("written"))
+        ordinary.append(kwargs.get("ahead"))
         return real_store(*args, **kwargs)
 
     monkeypatch.setattr(repository, "store_prediction_requests", store)

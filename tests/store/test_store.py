@@ -217,12 +217,12 @@ def test_records_written_ahead_are_invisible_until_committed_with_their_predicti
 
     ids = [rid() for _ in range(60)]  # above COPY_ROWS: PostgreSQL's COPY path
     request = unanswered(*ids)
-    written = repository.write_records_first(db, [request])
-    assert written is not None
+    ahead = repository.begin_store(db, [request])
+    assert ahead is not None
     assert stored_records(db, ids) == 0  # uncommitted
     probabilities = [random.random() for _ in ids]
     done = request.answered(probabilities, [int(p > 0.5) for p in probabilities], ["7"] * len(ids), 2.5)
-    results = repository.store_prediction_requests(db, [done], model_name="m", written=written)
+    results = repository.store_prediction_requests(db, [done], model_name="m", ahead=ahead)
     assert not isinstance(results[0], Exception) and len(results[0]) == len(ids)
     assert stored_records(db, ids) == len(ids)
     plain_id = rid()
@@ -242,17 +242,17 @@ def test_records_written_ahead_are_rolled_back_when_the_group_is_not_the_one_wri
     gateway gave up the head start: the records written ahead are rolled back, the lock is released at once
     (the next write does not wait), and the answered requests are stored the ordinary way."""
     first, second = unanswered(rid()), unanswered(rid(), rid())
-    written = repository.write_records_first(db, [first, second])
-    assert written is not None
-    results = repository.store_prediction_requests(db, [answered(second)], model_name="m", written=written)
+    ahead = repository.begin_store(db, [first, second])
+    assert ahead is not None
+    results = repository.store_prediction_requests(db, [answered(second)], model_name="m", ahead=ahead)
     assert not isinstance(results[0], Exception)
     assert stored_records(db, list(first.record_ids)) == 0
     assert stored_records(db, list(second.record_ids)) == 2
     abandoned = unanswered(rid())
-    written = repository.write_records_first(db, [abandoned])
-    assert written is not None
-    written.abandon()
-    written.abandon()  # twice is harmless
+    ahead = repository.begin_store(db, [abandoned])
+    assert ahead is not None
+    ahead.abandon()
+    ahead.abandon()  # twice is harmless
     assert stored_records(db, list(abandoned.record_ids)) == 0
     repository.store_predictions(db, [pred(rid())], model_name="m", latency_ms=1, request_id="after")
 
@@ -261,19 +261,19 @@ def test_a_group_written_ahead_takes_in_the_groups_answered_meanwhile(db: Databa
     """Group commit: requests answered while the first group's records were being written join its
     transaction. One contradicting another sends the whole group the ordinary way, where it alone fails."""
     head, joined = unanswered(rid()), unanswered(rid())
-    written = repository.write_records_first(db, [head])
-    assert written is not None
+    ahead = repository.begin_store(db, [head])
+    assert ahead is not None
     results = repository.store_prediction_requests(db, [answered(head), answered(joined)], model_name="m",
-                                                   written=written)
+                                                   ahead=ahead)
     assert [len(r) for r in results if not isinstance(r, Exception)] == [1, 1]
     assert stored_records(db, [*head.record_ids, *joined.record_ids]) == 2
     shared = rid()
     head = unanswered(shared)
-    written = repository.write_records_first(db, [head])
-    assert written is not None
+    ahead = repository.begin_store(db, [head])
+    assert ahead is not None
     clash = unanswered(shared, age=99)  # the same new record with other values
     results = repository.store_prediction_requests(db, [answered(head), answered(clash)], model_name="m",
-                                                   written=written)
+                                                   ahead=ahead)
     assert not isinstance(results[0], Exception) and isinstance(results[1], ConflictError)
     assert repository.patient(db, shared)["features"]["age"] == 50
 
@@ -284,11 +284,11 @@ def test_a_record_stored_already_is_not_written_ahead(db: Database, small_groups
     known = rid()
     repository.store_predictions(db, [pred(known)], model_name="m", latency_ms=1, request_id="known")
     again = unanswered(known, rid())
-    assert repository.write_records_first(db, [again]) is None
+    assert repository.begin_store(db, [again]) is None
     results = repository.store_prediction_requests(db, [answered(again)], model_name="m")
     assert not isinstance(results[0], Exception) and len(results[0]) == 2
     twice = unanswered(known, age=51)  # contradicts the stored record: refused, as before
-    assert repository.write_records_first(db, [twice]) is None
+    assert repository.begin_store(db, [twice]) is None
     assert isinstance(repository.store_prediction_requests(db, [answered(twice)], model_name="m")[0], ConflictError)
 
 
@@ -302,18 +302,18 @@ def test_a_small_group_on_postgresql_is_stored_in_one_statement_on_a_connection_
     from learning_machine.store.bulk import COPY_ROWS
 
     head = unanswered(rid(), rid())
-    written = repository.write_records_first(db, [head])
+    ahead = repository.begin_store(db, [head])
     if db.engine.dialect.name == "sqlite":
-        assert written is None
+        assert ahead is None
         return
-    assert written is not None and not written.records
+    assert ahead is not None and not ahead.records_written
     clash = unanswered(head.record_ids[0], age=99)
     joined = unanswered(rid())
     results = repository.store_prediction_requests(db, [answered(head), answered(clash), answered(joined)],
-                                                   model_name="m", written=written)
+                                                   model_name="m", ahead=ahead)
     assert [len(r) for r in results if not isinstance(r, Exception)] == [2, 1]
     assert isinstance(results[1], ConflictError)
-    assert not written.open
+    assert not ahead.open
     assert stored_records(db, [*head.record_ids, *joined.record_ids]) == 3
     stored = repository.predictions_for_request(db, head.request_id)
     assert [p["record_id"] for p in stored] == list(head.record_ids)
@@ -323,23 +323,23 @@ def test_a_small_group_on_postgresql_is_stored_in_one_statement_on_a_connection_
     assert repository.patient(db, head.record_ids[0])["features"] == repository.patient(db, plain_id)["features"]
 
     again = unanswered(head.record_ids[1], rid())  # one record stored already: the statement is refused
-    written = repository.write_records_first(db, [again])
-    assert written is not None and not written.records
-    results = repository.store_prediction_requests(db, [answered(again)], model_name="m", written=written)
+    ahead = repository.begin_store(db, [again])
+    assert ahead is not None and not ahead.records_written
+    results = repository.store_prediction_requests(db, [answered(again)], model_name="m", ahead=ahead)
     assert not isinstance(results[0], Exception) and len(results[0]) == 2
     assert stored_records(db, list(again.record_ids)) == 2
 
     small = unanswered(rid())  # answered together with more than one statement takes: the ordinary way
-    written = repository.write_records_first(db, [small])
-    assert written is not None
+    ahead = repository.begin_store(db, [small])
+    assert ahead is not None
     big = unanswered(*[rid() for _ in range(COPY_ROWS)])
     results = repository.store_prediction_requests(db, [answered(small), answered(big)], model_name="m",
-                                                   written=written)
+                                                   ahead=ahead)
     assert [len(r) for r in results if not isinstance(r, Exception)] == [1, COPY_ROWS]
-    assert not written.open
-    written = repository.write_records_first(db, [unanswered(rid())])
-    assert written is not None
-    written.abandon()  # the model call failed: the connection goes back, nothing was written
+    assert not ahead.open
+    ahead = repository.begin_store(db, [unanswered(rid())])
+    assert ahead is not None
+    ahead.abandon()  # the model call failed: the connection goes back, nothing was written
     repository.store_predictions(db, [pred(rid())], model_name="m", latency_ms=1, request_id="after-one")
     # Every pooled connection is back to transactions: a later group's records written ahead stay all or nothing.
     held = [db.engine.connect() for _ in range(db.engine.pool.checkedin())]
