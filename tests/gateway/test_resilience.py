@@ -258,12 +258,18 @@ def test_postgresql_going_away_is_a_503_storing_nothing_and_its_return_needs_no_
     from learning_machine.store import repository
 
     ordinary, real_store = [], repository.store_prediction_requests
+    begun, real_begin = [], repository.begin_store
 
     def store(*args, **kwargs):
         ordinary.append(kwargs.get("ahead"))
         return real_store(*args, **kwargs)
 
+    def begin(*args, **kwargs):
+        begun.append(True)
+        return real_begin(*args, **kwargs)
+
     monkeypatch.setattr(repository, "store_prediction_requests", store)
+    monkeypatch.setattr(repository, "begin_store", begin)
 
     with fresh_postgres_database("lm_away") as url:
         running = start_gateway(gateway_settings(tmp_path, url, model_server), getattr(model_server, "spec", None))
@@ -281,10 +287,14 @@ def test_postgresql_going_away_is_a_503_storing_nothing_and_its_return_needs_no_
                                     (name,)).fetchone()[0] and time.monotonic() < deadline:
                     time.sleep(0.05)
                 ordinary.clear()
+                begun.clear()
                 down = client.post("/v1/predictions", json={"records": make_records(60, prefix="away-")})
                 assert down.status_code == 503, down.text
                 assert "database" in down.json()["detail"]
-                assert ordinary == []  # answered from the write ahead's failure, no second wait for the database
+                # The database is asked once: the write ahead's failure is the answer (the ordinary way is not
+                # tried after it). On a busy machine the model may answer before the store stage begins, and
+                # then the ordinary way is the one attempt.
+                assert (len(begun), len(ordinary)) in ((1, 0), (0, 1)), (begun, ordinary)
                 admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
             back = client.post("/v1/predictions", json={"records": make_records(60, prefix="back-")})
             assert back.status_code == 200, back.text
