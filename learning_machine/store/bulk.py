@@ -10,7 +10,6 @@ SQLAlchemy's (``IntegrityError``, ``DataError``, ``OperationalError``), which th
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -64,17 +63,9 @@ def insert_all(connection: Connection, inserts: Sequence[Insert]) -> None:
     parts: list[str] = []
     params: list[Any] = []
     for insert in inserts:
-        names = [*insert.columns, *insert.constants]
-        data = [list(insert.columns[name]) for name in insert.columns] + [
-            [value] * insert.rows for value in insert.constants.values()]
-        for index, name in enumerate(names):
-            convert = _converter(insert.table, name, "postgresql")
-            if convert is not None:
-                data[index] = [convert(value) for value in data[index]]
-        row = f"({', '.join(['%s'] * len(names))})"  # names: the table's own columns (each looked up in it above)
-        parts.append(f"INSERT INTO {insert.table.name} ({', '.join(names)}) "  # noqa: S608 - values are parameters
-                     f"VALUES {', '.join([row] * insert.rows)}")
-        params += [value for values in zip(*data, strict=True) for value in values]
+        names, rows = _driver_rows(insert.table, insert.columns, insert.constants, "postgresql")
+        parts.append(_insert(insert.table, names, "%s", len(rows)))
+        params += [value for row in rows for value in row]
     *first, last = parts
     statement = (f"WITH {', '.join(f'w{index} AS ({part})' for index, part in enumerate(first))} {last}" if first
                  else last)
@@ -108,14 +99,7 @@ def insert_columns(connection: Connection, table: Table, columns: Mapping[str, S
             return
         except (TypeError, orjson.JSONEncodeError):  # a value orjson refuses: the exact way below
             pass
-    data = [list(columns[name]) for name in names] + [list(itertools.repeat(value, len(columns[names[0]])))
-                                                       for value in fixed.values()]
-    names += list(fixed)
-    for index, name in enumerate(names):
-        convert = _converter(table, name, dialect)
-        if convert is not None:
-            data[index] = [convert(value) for value in data[index]]
-    values = list(zip(*data, strict=True))
+    names, values = _driver_rows(table, columns, fixed, dialect)
     if dialect != "postgresql":
         connection.exec_driver_sql(_insert(table, names, "?"), values)
         return
@@ -151,9 +135,25 @@ def _sqlite_json_insert(connection: Connection, table: Table, names: list[str], 
     connection.exec_driver_sql(statement, (*params, document))
 
 
-def _insert(table: Table, names: list[str], mark: str) -> str:
-    # Names are the table's own columns (each looked up in it); values travel as parameters.
-    return f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join([mark] * len(names))})"  # noqa: S608
+def _driver_rows(table: Table, columns: Mapping[str, Sequence[Any]], constants: Mapping[str, Any], dialect: str,
+                 ) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """The column names (``columns``' then ``constants``') and the rows as the driver takes them: each row's
+    values in that order, the constants repeated, JSON as text and, on SQLite, datetimes in SQLAlchemy's format.
+    Every name is looked up in ``table`` (a KeyError for one it does not have)."""
+    names = [*columns, *constants]
+    count = len(next(iter(columns.values()), ()))
+    data = [list(values) for values in columns.values()] + [[value] * count for value in constants.values()]
+    for index, name in enumerate(names):
+        convert = _converter(table, name, dialect)
+        if convert is not None:
+            data[index] = [convert(value) for value in data[index]]
+    return names, list(zip(*data, strict=True))
+
+
+def _insert(table: Table, names: list[str], mark: str, rows: int = 1) -> str:
+    # Names are the table's own columns (each looked up in it by _driver_rows); values travel as parameters.
+    row = f"({', '.join([mark] * len(names))})"
+    return f"INSERT INTO {table.name} ({', '.join(names)}) VALUES {', '.join([row] * rows)}"  # noqa: S608
 
 
 @contextmanager
