@@ -160,13 +160,20 @@ class Database:
         with self.errors(), self.engine.begin() as connection:
             yield connection
 
+    def connect(self, *, autocommit: bool = False) -> Connection:
+        """A connection from the pool, for the caller to close. ``autocommit``: each statement on it commits by
+        itself, for a write that is one statement (atomic alone, :func:`~learning_machine.store.bulk.one_statement`):
+        one round trip to the server where a transaction takes three (BEGIN, the statement, COMMIT). This is the
+        one place a connection leaves transactions; the pool gives it back to them when it is closed."""
+        connection = self.engine.connect()
+        if autocommit:
+            connection.execution_options(isolation_level="AUTOCOMMIT")
+        return connection
+
     @contextmanager
     def autocommit(self) -> Iterator[Connection]:
-        """A connection on which each statement commits by itself, for a write that is one statement (atomic
-        alone, :func:`~learning_machine.store.bulk.one_statement`): one round trip to the server where a
-        transaction takes three (BEGIN, the statement, COMMIT)."""
-        with self.errors(), self.engine.connect() as connection:
-            connection.execution_options(isolation_level="AUTOCOMMIT")
+        """:meth:`connect` with ``autocommit``, closed at the end; the database's errors as the platform's."""
+        with self.errors(), self.connect(autocommit=True) as connection:
             yield connection
 
     @contextmanager

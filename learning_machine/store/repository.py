@@ -118,10 +118,9 @@ class StoreAhead:
                  records: bool = True) -> None:
         self.connection = connection
         self.records_written = records
-        """Whether the records are written (in :attr:`transaction`); else each statement commits by itself."""
+        """Whether the records are written (in :attr:`transaction`); else nothing is, and ``connection`` commits
+        each statement by itself (:meth:`Database.connect` with ``autocommit``)."""
         self.transaction = connection.begin() if records else None
-        if not records:
-            connection.execution_options(isolation_level="AUTOCOMMIT")
         self.requests = requests
         self.now = now
         self.open = True
@@ -188,7 +187,7 @@ def begin_store(db: Database, requests: Sequence[PredictionRequest], *, source: 
         if dialect not in CONNECT_AHEAD:
             return None
         with _unavailable_raised(db):
-            return StoreAhead(db.engine.connect(), requests, now, records=False)
+            return StoreAhead(db.connect(autocommit=True), requests, now, records=False)
     records: dict[str, Mapping[str, Any]] = {}
     outcomes: dict[str, int] = {}
     try:
@@ -197,7 +196,7 @@ def begin_store(db: Database, requests: Sequence[PredictionRequest], *, source: 
     except ConflictError:
         return None
     with _unavailable_raised(db):
-        ahead = StoreAhead(db.engine.connect(), requests, now)
+        ahead = StoreAhead(db.connect(), requests, now)
     try:
         with _unavailable_raised(db):
             insert_all(ahead.connection, _record_inserts(records, outcomes, source, now))
@@ -272,7 +271,7 @@ def store_prediction_requests(db: Database, requests: Sequence[PredictionRequest
 def _store_in_one_statement(ahead: StoreAhead, requests: Sequence[PredictionRequest], *, model_name: str,
                             source: str) -> list[list[dict[str, Any]] | LearningMachineError] | None:
     """Store ``requests`` (all new, as :func:`_with_retries` first assumes) in one statement that commits by
-    itself, on the connection ``written`` holds, then give it back; None when they need more than one statement
+    itself, on the connection ``ahead`` holds, then give it back; None when they need more than one statement
     or the database refuses them (a record stored already): they are stored the ordinary way then. The
     database gone raises SQLAlchemy's error."""
     try:
@@ -291,7 +290,7 @@ def _store_in_one_statement(ahead: StoreAhead, requests: Sequence[PredictionRequ
 
 def _finish(ahead: StoreAhead, requests: Sequence[PredictionRequest], *, model_name: str, source: str,
             ) -> list[list[dict[str, Any]] | LearningMachineError] | None:
-    """Add the predictions (and the records of requests that joined the group after ``written``) to its
+    """Add the predictions (and the records of requests that joined the group after those of ``ahead``) to its
     transaction, uncommitted; None, with the transaction rolled back, when that cannot be done (the requests
     are not the ones begun ahead, one contradicts another, the database refuses a value). The database gone
     raises SQLAlchemy's error, the transaction rolled back."""
