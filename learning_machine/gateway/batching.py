@@ -92,20 +92,21 @@ def _ids(jobs: Sequence[Job], most: int = 20) -> str:
     return ids + (f" and {len(jobs) - most} more" if len(jobs) > most else "")
 
 
-# How long the store stage keeps the records of a group written (its transaction open, and on SQLite the
-# database's write lock held) while the model server answers; past that it rolls them back and stores the
-# group the ordinary way once answered, so that a slow model server does not hold up other writers.
+# How long the store stage holds what it began of a group's store (the records written in an open transaction,
+# on SQLite with the database's write lock; or a pooled connection) while the model server answers; past that
+# it gives it up and stores the group the ordinary way once answered, so that a slow model server does not hold
+# up other writers.
 WRITE_AHEAD_S = 0.25
 
 
 @dataclass(eq=False)
 class Group:
-    """The requests of one model-server call, handed to the store stage before the call, so that their records
-    are written while the model server works; ``answered`` is set once every job has its answers or error."""
+    """The requests of one model-server call, handed to the store stage (before the call when it begins their
+    store meanwhile); ``answered`` is set once every job has its answers or error."""
 
     jobs: list[Job]
     answered: threading.Event = field(default_factory=threading.Event)
-    unavailable: ServiceUnavailableError | None = None  # the database, found unreachable writing ahead
+    unavailable: ServiceUnavailableError | None = None  # the database, found unreachable beginning the store
 
 
 class PredictionBatcher:
@@ -189,15 +190,15 @@ class PredictionBatcher:
                     for job in waiting:
                         job.columns = service.prediction_request(self.ctx, job.records, job.request_id)
                     announced = Group(waiting)
-                    ahead = service.begins_ahead(self.ctx, sum(len(job.records) for job in waiting))
-                    if ahead:
-                        self._stores.put(announced)  # the store stage writes the records meanwhile
+                    early = service.begins_ahead(self.ctx, sum(len(job.records) for job in waiting))
+                    if early:
+                        self._stores.put(announced)  # the store stage begins storing meanwhile
                     for job, result in zip(waiting, self._predict(waiting), strict=True):
                         if isinstance(result, BaseException):
                             job.finish(result)
                         else:
                             job.answers, job.latency_ms = result
-                    if not ahead:  # handed over answered: one wake-up of the store stage, not two
+                    if not early:  # handed over answered: one wake-up of the store stage, not two
                         announced.answered.set()
                         self._stores.put(announced)
             except Exception as exc:  # noqa: BLE001 - a bug must fail this group, not stop the gateway
@@ -253,7 +254,7 @@ class PredictionBatcher:
             if group is _STOP:
                 break
             ahead = None
-            if not group.answered.is_set():  # write the records while the model server works
+            if not group.answered.is_set():  # begin the store while the model server works
                 ahead = self._begin_store(group)
                 if ahead is not None and not group.answered.wait(WRITE_AHEAD_S):
                     ahead.abandon()  # a slow model server: do not hold the database meanwhile
@@ -278,7 +279,7 @@ class PredictionBatcher:
             group.unavailable = exc
             return None
         except Exception:
-            log.exception("writing the records of a group ahead of its predictions failed: %s", _ids(group.jobs))
+            log.exception("beginning the store of a group before its answers failed: %s", _ids(group.jobs))
             return None
 
     def _store(self, groups: list[Group], ahead: repository.StoreAhead | None) -> None:
