@@ -331,10 +331,22 @@ def run_benchmarks(out_dir: Path, *, quick: bool = False, only: list[str] | None
     interruption keeps what was measured). A section that fails is reported and the others still run;
     then :class:`BenchmarkError` names the failed ones. ``profile``: the serving section samples its
     gateways with py-spy into ``out_dir/profiles`` (:mod:`learning_machine.bench.profile`)."""
-    if profile:
-        from learning_machine.bench.profile import PROFILE_ENV
+    if not profile:
+        return _run_sections(out_dir, quick=quick, only=only, progress=progress)
+    from learning_machine.bench.profile import PROFILE_ENV
 
-        os.environ[PROFILE_ENV] = str((out_dir / "profiles").resolve())
+    before = os.environ.get(PROFILE_ENV)
+    os.environ[PROFILE_ENV] = str((out_dir / "profiles").resolve())
+    try:  # for this run only: a later run in the same process is not profiled unless asked
+        return _run_sections(out_dir, quick=quick, only=only, progress=progress)
+    finally:
+        if before is None:
+            os.environ.pop(PROFILE_ENV, None)
+        else:
+            os.environ[PROFILE_ENV] = before
+
+
+def _run_sections(out_dir: Path, *, quick: bool, only: list[str] | None, progress: Progress) -> Path:
     names = check_sections(only, quick=quick)
     skipped = [name for name in SECTIONS if name not in names]
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -70,6 +70,27 @@ def test_a_failed_section_is_reported_and_the_others_kept(tmp_path: Path, monkey
     assert any(m.startswith("benchmarks finished in") for m in messages)
 
 
+def test_profiling_is_asked_for_one_run_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--profile` reaches the sections of its own run (the serving section reads LM_BENCH_PROFILE) and no later
+    run in the same process."""
+    import os
+
+    from learning_machine.bench.profile import PROFILE_ENV
+
+    seen: list[str | None] = []
+
+    def section(quick: bool, progress: Any) -> Section:
+        seen.append(os.environ.get(PROFILE_ENV))
+        return Section("serving", [])
+
+    monkeypatch.delenv(PROFILE_ENV, raising=False)
+    monkeypatch.setattr(bench, "SECTIONS", {"serving": section})
+    run_benchmarks(tmp_path / "profiled", only=["serving"], progress=lambda _: None, profile=True)
+    run_benchmarks(tmp_path / "plain", only=["serving"], progress=lambda _: None)
+    assert seen == [str((tmp_path / "profiled" / "profiles").resolve()), None]
+    assert PROFILE_ENV not in os.environ
+
+
 def test_loop_plots_and_summary_read_the_keys_present(tmp_path: Path) -> None:
     raw = {"false_alarms_per_10k": {"runs": [0], "per_10k": 0.0},
            "covariate-shift": {"delays": [200, 400, None], "bound_rows": 150.0, "auc_before": [0.70, 0.72],
