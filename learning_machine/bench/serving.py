@@ -35,9 +35,10 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -183,20 +184,24 @@ def new_records(records: list[dict[str, Any]], id_field: str, new_id: Callable[[
     return lambda: {"records": [{**r, id_field: new_id()} for r in records]}
 
 
-def latency(call: Callable[[], Any], n: int, warmup: int = 20) -> dict[str, float]:
-    """p50/p99/mean/min/max of ``n`` sequential calls (milliseconds), after ``warmup`` calls."""
-    return latencies({"call": call}, n, warmup)["call"]
+def latency(call: Callable[[], Any], n: int, warmup: int = 20, warm: Callable[[], Any] | None = None,
+            ) -> dict[str, float]:
+    """p50/p99/mean/min/max of ``n`` sequential calls (milliseconds), after ``warmup`` calls (then ``warm``)."""
+    return latencies({"call": call}, n, warmup, warm=warm)["call"]
 
 
 def latencies(calls: Mapping[str, Callable[[], Any]], n: int, warmup: int = 20, turn: int = 10,
-              ) -> dict[str, dict[str, float]]:
+              warm: Callable[[], Any] | None = None) -> dict[str, dict[str, float]]:
     """:func:`latency` of each of ``calls``, measured in turns: ``turn`` calls of each, then the next, round
     after round, until each has made ``n``. These shared 2-core machines change speed within a minute (a
     one-row call to MLServer took 1.2 ms in one quick run and 2.4 ms in the next), so targets measured one
-    after the other carried that drift into their ratios; in turns, every target sees the same machine."""
+    after the other carried that drift into their ratios; in turns, every target sees the same machine.
+    ``warm``: called once every target has made its ``warmup`` calls, before the measured ones."""
     for call in calls.values():
         for _ in range(warmup):
             call()
+    if warm is not None:
+        warm()
     times: dict[str, list[float]] = {name: [] for name in calls}
     while any(len(done) < n for done in times.values()):
         for name, call in calls.items():
@@ -258,6 +263,13 @@ class _Gateway:
     pid: int
 
 
+def gateway_stages(gateway: _Gateway) -> dict[str, tuple[float, float]]:
+    """The gateway's :func:`stage_totals` now (its /metrics, read over HTTP)."""
+    response = httpx.get(f"{gateway.url}/metrics", timeout=30)
+    response.raise_for_status()
+    return stage_totals(response.text)
+
+
 def soak(url: str, headers: dict[str, str], new_body: Callable[[str], dict[str, Any]], clients: int,
          seconds: float) -> dict[str, Any]:
     """``clients`` threads (each its own keep-alive connection) post one new record each request to ``url``
@@ -296,6 +308,55 @@ def soak(url: str, headers: dict[str, str], new_body: Callable[[str], dict[str, 
             "rps": sum(acknowledged) / elapsed,
             "p50": statistics.median(answered) if answered else None,
             "p99": answered[min(len(answered) - 1, int(len(answered) * 0.99))] if answered else None}
+
+
+# The stages of a prediction request in the gateway's /metrics: (metric, label name, label value) -> stage.
+_STAGE_SERIES = {**{("lm_gateway_prediction_stage_seconds", "stage", stage): stage
+                    for stage in ("validate", "wait", "store_ahead", "store")},
+                 ("lm_gateway_model_server_seconds", "call", "predict"): "model",
+                 ("lm_gateway_request_seconds", "route", "/v1/predictions"): "request"}
+# Stages that follow each other within a request (store_ahead overlaps the model call: not among them).
+SEQUENTIAL_STAGES = ("validate", "wait", "model", "store")
+
+
+def stage_totals(metrics: str) -> dict[str, tuple[float, float]]:
+    """From a gateway's /metrics text: per stage of a prediction request (:data:`_STAGE_SERIES`), the seconds
+    and the observations so far (sum, count); ``request`` counts the answered (2xx) POST /v1/predictions."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals: dict[str, tuple[float, float]] = {}
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if not sample.name.endswith(("_sum", "_count")):
+                continue
+            labels = sample.labels
+            if labels.get("outcome", "success") != "success" or labels.get("method", "POST") != "POST":
+                continue
+            stage = next((stage for (metric, key, value), stage in _STAGE_SERIES.items()
+                          if sample.name.startswith(metric) and labels.get(key) == value), None)
+            if stage is None:
+                continue
+            seconds, count = totals.get(stage, (0.0, 0.0))
+            totals[stage] = (seconds + sample.value, count) if sample.name.endswith("_sum") else (seconds,
+                                                                                                  count + sample.value)
+    return totals
+
+
+def stage_breakdown(before: Mapping[str, tuple[float, float]], after: Mapping[str, tuple[float, float]],
+                    ) -> dict[str, float]:
+    """Milliseconds per answered request of each stage between two :func:`stage_totals` of one gateway
+    (``requests``: how many; ``groups``: commits; ``rest``: the request's time outside the sequential stages:
+    HTTP, reading the body, answering, thread hand-offs)."""
+    delta = {stage: (seconds - before.get(stage, (0.0, 0.0))[0], count - before.get(stage, (0.0, 0.0))[1])
+             for stage, (seconds, count) in after.items()}
+    requests = delta.get("request", (0.0, 0.0))[1]
+    if requests <= 0:
+        return {}
+    out = {stage: seconds * 1000 / requests for stage, (seconds, _) in delta.items()}
+    out["rest"] = out.get("request", 0.0) - sum(out.get(stage, 0.0) for stage in SEQUENTIAL_STAGES)
+    out["requests"] = requests
+    out["groups"] = delta.get("store", (0.0, 0.0))[1]
+    return out
 
 
 def stored_rows(db: Database, prefix: str) -> dict[str, int]:
@@ -589,10 +650,17 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
             for n in BATCHES:
                 results["batch"][str(n)] = {}
                 count, warmup = (n_latency, 20) if n == 1 else (n_batch[n], 3)
+                measured: dict[str, dict[str, tuple[float, float]]] = {}  # each gateway's stage totals, warm
+
+                def warm(names: Sequence[str] = tuple(gateways),
+                         into: dict[str, dict[str, tuple[float, float]]] = measured) -> None:
+                    for name in names:
+                        into[name] = gateway_stages(gateways[name])
+
                 if profile_dir is None:  # every target in turns, so that their ratios share one machine
                     progress(f"serving bench: latency of every target in turns, {n:,} row(s) per request")
                     calls = {**{name: make() for name, make in payloads(n).items()}, **local(n)}
-                    for name, stats in latencies(calls, count, warmup, turn=10 if n == 1 else 1).items():
+                    for name, stats in latencies(calls, count, warmup, turn=10 if n == 1 else 1, warm=warm).items():
                         results["batch"][str(n)][name] = {**stats, "rows_per_s": n * 1000 / stats["p50"]}
                 else:  # one target at a time: py-spy samples one gateway alone
                     for name, make in payloads(n).items():
@@ -602,11 +670,15 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
                             many_enough = max(count, PROFILED_REQUESTS[n])  # enough samples to read
                         load = "single rows, one client" if n == 1 else f"batches of {n:,}"
                         with profiler(name, load, many_enough, n in (1, TARGET_BATCH)):
-                            stats = latency(make(), many_enough, warmup)
+                            stats = latency(make(), many_enough, warmup,
+                                            warm=partial(warm, [name]) if name in gateways else None)
                         results["batch"][str(n)][name] = {**stats, "rows_per_s": n * 1000 / stats["p50"]}
                     for name, fn in local(n).items():
                         stats = latency(fn, count, warmup)
                         results["batch"][str(n)][name] = {**stats, "rows_per_s": n * 1000 / stats["p50"]}
+                for name, totals in measured.items():  # where each gateway's requests spent their time
+                    results.setdefault("stages", {}).setdefault(str(n), {})[name] = stage_breakdown(
+                        totals, gateway_stages(gateways[name]))
                 if n == TARGET_BATCH:
                     for name, gateway in gateways.items():
                         progress(f"serving bench: {STORE_ALONE[name]}, {n:,} rows per transaction")
@@ -706,6 +778,16 @@ def to_section(results: dict[str, Any], quick: bool) -> Any:
             batches.rows.append([name, f"{int(n):,}", stats["p50"], stats["p99"],
                                  f"{stats['min']:.1f}-{stats['max']:.1f}", stats["rows_per_s"],
                                  f"{stats['rows_per_s'] / base:.2f}x" if base else "-"])
+    stages = Table("Where a gateway request's time goes: ms per request, from each gateway's own /metrics",
+                   ["gateway", "rows per request", "requests", "request", "validate", "wait", "model-server call",
+                    "store after the answers", "rest (HTTP, body, answer, hand-offs)",
+                    "store begun ahead (overlaps the call)"])
+    for n, by_gateway in results.get("stages", {}).items():
+        for name, ms in by_gateway.items():
+            if ms:
+                stages.rows.append([name, f"{int(n):,}", int(ms["requests"]), *(
+                    round(ms.get(key, 0.0), 2) for key in ("request", "validate", "wait", "model", "store", "rest",
+                                                           "store_ahead"))])
     explain = Table("Explanations per method (one row)", ["method", "p50 ms", "p99 ms", "min-max ms", "calls"])
     for name, stats in results["explain"].items():
         explain.rows.append([name, stats["p50"], stats["p99"], f"{stats['min']:.1f}-{stats['max']:.1f}",
@@ -720,7 +802,7 @@ def to_section(results: dict[str, Any], quick: bool) -> Any:
                            "yes" if run["stored_equals_acknowledged"] else "NO", run["rps"],
                            run["p50"] if run["p50"] is not None else "-",
                            run["p99"] if run["p99"] is not None else "-"])
-    section.tables = [batches, *([soaks] if soaks.rows else []), explain]
+    section.tables = [batches, *([stages] if stages.rows else []), *([soaks] if soaks.rows else []), explain]
     ours = lat.get(OURS, {}).get("p50")
     exact = next((v["p50"] for k, v in results["explain"].items() if k.startswith("exact")), None)
     exact_compute = next((v["p50"] for k, v in results["explain"].items() if k.startswith("exact, in-process")),
@@ -766,6 +848,12 @@ def to_section(results: dict[str, Any], quick: bool) -> Any:
         "the gateway validates every record of a batch, calls MLServer once and stores every row. Every request "
         "to a gateway carries new record ids (bench-<n>), as every clinical encounter is a new record: what is "
         "measured is inserting each record and its prediction.",
+        "Where a gateway request's time goes: the gateway's lm_gateway_prediction_stage_seconds, "
+        "lm_gateway_model_server_seconds and lm_gateway_request_seconds, read before and after the measured "
+        "sequential requests of the batches table (warm-up excluded), divided by the requests answered: means, not "
+        "medians. validate = parsing and checking the records; wait = queued before the model-server call; "
+        "store after the answers = from the answers to the commit; rest = the request's time outside those "
+        "(reading the body, HTTP, answering, thread hand-offs). The store begun ahead overlaps the model call.",
         f"{'Quick' if quick else 'Full'} run. Fast path equals pipeline: {results.get('check', {})}.",
         *results.get("notes", []),
     ]

@@ -89,6 +89,14 @@ def serving(raw: dict[str, Any]) -> list[Row]:
                          f"{check.versus}; target {check.target}: {check.verdict}"])
         if name not in checks and name in skipped:
             rows.append([f"Gateway on {backend}", "not measured", skipped[name]])
+        for n, by_gateway in raw.get("stages", {}).items():  # where its requests' time went (the report has 100)
+            ms = by_gateway.get(name) if n in ("1", "1000") else None
+            if ms:
+                rows.append([f"Gateway on {backend}: where a {int(n):,}-row request's time goes (means)",
+                             f"{_ms(ms['request'])}",
+                             f"validate {_ms(ms.get('validate', 0.0))} + wait {_ms(ms.get('wait', 0.0))} + model call "
+                             f"{_ms(ms.get('model', 0.0))} + store after the answers {_ms(ms.get('store', 0.0))} + rest "
+                             f"{_ms(ms['rest'])}; store begun ahead {_ms(ms.get('store_ahead', 0.0))} (during the call)"])
     for method, stats in raw.get("explain", {}).items():
         if "via MLServer" in method:
             rows.append([f"Explanation p50: {method}", _ms(stats["p50"]), "-"])

@@ -58,6 +58,7 @@ class Job:
     answers: Answers | None = None
     latency_ms: float = 0.0
     columns: repository.PredictionRequest | None = None  # what is stored of its records, made by the model stage
+    queued: float = field(default_factory=time.perf_counter)  # when submitted (the wait stage's start)
 
     def finish(self, result: list[dict[str, Any]] | BaseException) -> None:
         """Hand the result to the request's event loop (from a worker thread). An error no handler expects is
@@ -107,6 +108,13 @@ class Group:
     jobs: list[Job]
     answered: threading.Event = field(default_factory=threading.Event)
     unavailable: ServiceUnavailableError | None = None  # the database, found unreachable beginning the store
+    answered_at: float = 0.0  # when the model stage was done with it (the store stage's start)
+
+    def answer(self) -> None:
+        """Mark every job answered (or failed): the store stage may complete the group."""
+        if not self.answered.is_set():
+            self.answered_at = time.perf_counter()
+            self.answered.set()
 
 
 class PredictionBatcher:
@@ -182,6 +190,7 @@ class PredictionBatcher:
             if first is _STOP:
                 break
             group, stop = self._take(first)
+            self.ctx.metrics.prediction_stage_seconds.labels("wait").observe(time.perf_counter() - group[0].queued)
             announced: Group | None = None
             try:
                 waiting = [job for job in group if not self._replayed(job)]
@@ -199,7 +208,7 @@ class PredictionBatcher:
                         else:
                             job.answers, job.latency_ms = result
                     if not early:  # handed over answered: one wake-up of the store stage, not two
-                        announced.answered.set()
+                        announced.answer()
                         self._stores.put(announced)
             except Exception as exc:  # noqa: BLE001 - a bug must fail this group, not stop the gateway
                 log.error("the model stage failed a group of %d request(s): %s", len(group), _ids(group))
@@ -208,7 +217,7 @@ class PredictionBatcher:
                     job.finish(exc)
             finally:
                 if announced is not None:
-                    announced.answered.set()
+                    announced.answer()
             if stop:
                 break
         self._stores.put(_STOP)
@@ -255,7 +264,9 @@ class PredictionBatcher:
                 break
             ahead = None
             if not group.answered.is_set():  # begin the store while the model server works
+                started = time.perf_counter()
                 ahead = self._begin_store(group)
+                self.ctx.metrics.prediction_stage_seconds.labels("store_ahead").observe(time.perf_counter() - started)
                 if ahead is not None and not group.answered.wait(WRITE_AHEAD_S):
                     ahead.abandon()  # a slow model server: do not hold the database meanwhile
                     ahead = None
@@ -302,6 +313,9 @@ class PredictionBatcher:
                 results = [exc] * len(jobs)
             for job, result in zip(jobs, results, strict=True):
                 job.finish(result)
+            # From the first answers to every job answered: what the clients waited for after the model answered.
+            self.ctx.metrics.prediction_stage_seconds.labels("store").observe(
+                time.perf_counter() - min(group.answered_at for group in groups))
         finally:
             if ahead is not None:
                 ahead.abandon()  # committed already, or not to be: rolled back

@@ -18,6 +18,8 @@ from learning_machine.logs import REQUEST_ID
 
 REQUEST_ID_HEADER = b"x-request-id"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# The stages of lm_gateway_prediction_stage_seconds; the model-server call is lm_gateway_model_server_seconds.
+PREDICTION_STAGES = ("validate", "wait", "store_ahead", "store")
 
 
 class Metrics:
@@ -42,6 +44,17 @@ class Metrics:
         self.model_server_seconds = Histogram("lm_gateway_model_server_seconds", "Model-server call latency",
                                               ["call"], registry=self.registry,
                                               buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
+        self.prediction_stage_seconds = Histogram(
+            "lm_gateway_prediction_stage_seconds",
+            "Where a prediction request's time goes, by stage: validate (parsing and checking one request's records, "
+            "on the event loop), wait (a group's first request queued before its model-server call began), "
+            "store_ahead (the store begun while the model server works: overlaps the call), store (from the "
+            "model's answers to the commit: what the client waits for after the answer); per request for validate, "
+            "per group (one model-server call, one commit) for the others",
+            ["stage"], registry=self.registry,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        for stage in PREDICTION_STAGES:
+            self.prediction_stage_seconds.labels(stage)
         self.group_requests = Histogram("lm_gateway_prediction_group_requests",
                                         "Prediction requests sharing one model-server call and one commit",
                                         registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128))

@@ -203,6 +203,8 @@ def test_the_serving_section_judges_each_gateway_against_direct_mlserver(tmp_pat
     from learning_machine.bench.serving import GATEWAY, GATEWAY_PG
 
     raw = serving_raw()
+    raw["stages"] = {"1000": {GATEWAY: {"request": 20.0, "validate": 3.0, "wait": 0.1, "model": 9.0, "store": 5.0,
+                                        "rest": 2.9, "store_ahead": 6.0, "requests": 25.0, "groups": 25.0}}}
     checks = serving.gateway_checks(raw)
     assert [c.what for c in checks[GATEWAY]] == [
         "one row, p50 overhead over MLServer direct", "one row, p99 over its own p50", "requests/s, 8 clients",
@@ -221,6 +223,8 @@ def test_the_serving_section_judges_each_gateway_against_direct_mlserver(tmp_pat
     soak = next(t for t in section.tables if t.title.startswith("Soak"))
     assert [row[0] for row in soak.rows] == [GATEWAY, GATEWAY_PG]
     assert soak.rows[1][5] == "HTTP 503: 3" and soak.rows[1][8] == "NO" and soak.rows[0][8] == "yes"
+    stages = next(t for t in section.tables if t.title.startswith("Where a gateway request's time goes"))
+    assert stages.rows == [[GATEWAY, "1,000", 25, 20.0, 3.0, 0.1, 9.0, 5.0, 2.9, 6.0]]
 
     add_figures("serving", section, tmp_path)
     assert {name for name, _ in section.figures} == {"serving_latency.png", "serving_throughput.png",
@@ -236,6 +240,9 @@ def test_the_serving_section_judges_each_gateway_against_direct_mlserver(tmp_pat
     assert ("| Gateway on PostgreSQL: soak, 32 clients for 60 s | 5,400 acknowledged, 3 failed; stored 5,399 "
             "predictions, 5,400 records |") in summary
     assert summary.count("target 0 failed, stored = acknowledged: met") == 1
+    assert ("| Gateway on SQLite: where a 1,000-row request's time goes (means) | 20 ms | validate 3.00 ms + wait "
+            "0.10 ms + model call 9.00 ms + store after the answers 5.00 ms + rest 2.90 ms; store begun ahead "
+            "6.00 ms (during the call) |") in summary
     assert summary.count(": NOT met |") == 5
 
 
@@ -321,6 +328,42 @@ def test_latencies_measure_every_target_in_turns_so_a_slowdown_reaches_them_all(
     assert stats["direct"]["n"] == stats["gateway"]["n"] == 40
     assert stats["direct"]["min"] < 2 < stats["direct"]["max"]  # each saw both halves of the run
     assert 0.7 < stats["gateway"]["mean"] / stats["direct"]["mean"] < 1.3
+
+
+def test_the_bench_reads_where_a_gateway_request_spent_its_time_from_the_gateways_metrics() -> None:
+    """The serving section's stage table: the gateway's own metrics (its real Metrics, rendered as /metrics is)
+    read before and after the measured requests; only what happened in between counts, a refused request
+    (422) is not among the answered ones, and what no stage covers is the rest."""
+    from prometheus_client import generate_latest
+
+    from learning_machine.bench.serving import latencies, stage_breakdown, stage_totals
+    from learning_machine.gateway.edge import Metrics
+
+    metrics = Metrics()
+    stage, request = metrics.prediction_stage_seconds, metrics.latency
+    stage.labels("validate").observe(1.0)  # earlier traffic: not counted
+    request.labels("POST", "/v1/predictions", "success").observe(9.0)
+    before = stage_totals(generate_latest(metrics.registry).decode())
+    for _ in range(2):  # two measured requests, each alone in its group
+        request.labels("POST", "/v1/predictions", "success").observe(0.010)
+        stage.labels("validate").observe(0.001)
+        stage.labels("wait").observe(0.0005)
+        metrics.model_server_seconds.labels("predict").observe(0.004)
+        stage.labels("store_ahead").observe(0.003)
+        stage.labels("store").observe(0.002)
+    request.labels("POST", "/v1/predictions", "client_error").observe(0.5)  # refused: not an answered request
+    metrics.model_server_seconds.labels("explain").observe(0.5)  # another call of the model server
+    ms = stage_breakdown(before, stage_totals(generate_latest(metrics.registry).decode()))
+    assert ms["requests"] == 2 and ms["groups"] == 2
+    assert ms["request"] == pytest.approx(10) and ms["validate"] == pytest.approx(1)
+    assert ms["wait"] == pytest.approx(0.5) and ms["model"] == pytest.approx(4)
+    assert ms["store"] == pytest.approx(2) and ms["store_ahead"] == pytest.approx(3)
+    assert ms["rest"] == pytest.approx(10 - 1 - 0.5 - 4 - 2)  # the store begun ahead overlaps the call
+    assert stage_breakdown(before, before) == {}  # no request answered: nothing to divide
+
+    calls: list[str] = []
+    latencies({"a": lambda: calls.append("a")}, n=3, warmup=2, warm=lambda: calls.append("warm"))
+    assert calls == ["a", "a", "warm", "a", "a", "a"]  # read once warm, before the measured calls
 
 
 def test_stored_rows_are_counted_by_the_run_prefix_in_a_fresh_postgres_database() -> None:
