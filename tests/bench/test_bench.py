@@ -366,6 +366,25 @@ def test_the_bench_reads_where_a_gateway_request_spent_its_time_from_the_gateway
     assert calls == ["a", "a", "warm", "a", "a", "a"]  # read once warm, before the measured calls
 
 
+def test_gateway_bodies_are_made_and_encoded_before_the_timed_calls_each_with_new_record_ids() -> None:
+    """A timed call to a gateway only takes its next body: made (new record ids) and encoded beforehand, then,
+    past those, made on the fly; every body holds records never sent before."""
+    import orjson
+
+    from learning_machine.bench.serving import RecordIds, encoded_bodies, new_records
+
+    made: list[int] = []
+    build = new_records([{"record_id": "x", "age": 50}, {"record_id": "y", "age": 60}], "record_id",
+                        RecordIds("bench"))
+    bodies = encoded_bodies(lambda: made.append(1) or build(), 3)
+    assert len(made) == 3  # before the first call
+    sent = [orjson.loads(bodies()) for _ in range(4)]
+    assert len(made) == 4  # the fourth made when asked
+    ids = [r["record_id"] for body in sent for r in body["records"]]
+    assert ids == [f"bench-{i}" for i in range(8)]
+    assert all(r["age"] in (50, 60) for body in sent for r in body["records"])
+
+
 def test_stored_rows_are_counted_by_the_run_prefix_in_a_fresh_postgres_database() -> None:
     """The bench's own throwaway PostgreSQL database: made, migrated, counted in by prefix, then dropped;
     an unreachable server raises (the section then skips the PostgreSQL gateway)."""
