@@ -361,7 +361,8 @@ def stage_breakdown(before: Mapping[str, tuple[float, float]], after: Mapping[st
                     ) -> dict[str, float]:
     """Milliseconds per answered request of each stage between two :func:`stage_totals` of one gateway
     (``requests``: how many; ``groups``: commits; ``rest``: the request's time outside the sequential stages:
-    HTTP, reading the body, answering, thread hand-offs)."""
+    reading the body, the middleware and the token, the store's columns of the records, answering, thread
+    hand-offs). ``model`` includes encoding the V2 request and reading its answer."""
     delta = {stage: (seconds - before.get(stage, (0.0, 0.0))[0], count - before.get(stage, (0.0, 0.0))[1])
              for stage, (seconds, count) in after.items()}
     requests = delta.get("request", (0.0, 0.0))[1]
@@ -799,7 +800,7 @@ def to_section(results: dict[str, Any], quick: bool) -> Any:
                                  f"{stats['rows_per_s'] / base:.2f}x" if base else "-"])
     stages = Table("Where a gateway request's time goes: ms per request, from each gateway's own /metrics",
                    ["gateway", "rows per request", "requests", "request", "validate", "wait", "model-server call",
-                    "store after the answers", "rest (HTTP, body, answer, hand-offs)",
+                    "store after the answers", "rest (body, token, store columns, answer, hand-offs)",
                     "store begun ahead (overlaps the call)"])
     for n, by_gateway in results.get("stages", {}).items():
         for name, ms in by_gateway.items():
@@ -874,8 +875,11 @@ def to_section(results: dict[str, Any], quick: bool) -> Any:
         "lm_gateway_model_server_seconds and lm_gateway_request_seconds, read before and after the measured "
         "sequential requests of the batches table (warm-up excluded), divided by the requests answered: means, not "
         "medians. validate = parsing and checking the records; wait = queued before the model-server call; "
-        "store after the answers = from the answers to the commit; rest = the request's time outside those "
-        "(reading the body, HTTP, answering, thread hand-offs). The store begun ahead overlaps the model call.",
+        "model-server call = encoding the V2 request, the call and reading its answer; store after the answers = "
+        "from the answers to the commit; rest = the request's time outside those (reading the body, the "
+        "middleware and the token, making the store's columns of the records, answering, thread hand-offs). The "
+        "store begun ahead overlaps the model call. What the client measures also holds uvicorn's HTTP handling "
+        "before and after the app.",
         f"{'Quick' if quick else 'Full'} run. Fast path equals pipeline: {results.get('check', {})}.",
         *results.get("notes", []),
     ]
