@@ -264,9 +264,8 @@ class PredictionBatcher:
                 break
             ahead = None
             if not group.answered.is_set():  # begin the store while the model server works
-                started = time.perf_counter()
-                ahead = self._begin_store(group)
-                self.ctx.metrics.prediction_stage_seconds.labels("store_ahead").observe(time.perf_counter() - started)
+                with self.ctx.metrics.prediction_stage_seconds.labels("store_ahead").time():
+                    ahead = self._begin_store(group)
                 if ahead is not None and not group.answered.wait(WRITE_AHEAD_S):
                     ahead.abandon()  # a slow model server: do not hold the database meanwhile
                     ahead = None
