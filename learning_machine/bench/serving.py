@@ -325,20 +325,22 @@ def soak(url: str, headers: dict[str, str], new_body: Callable[[str], dict[str, 
             "p99": answered[min(len(answered) - 1, int(len(answered) * 0.99))] if answered else None}
 
 
-# The stages of a prediction request in the gateway's /metrics: (metric, label name, label value) -> stage.
-_STAGE_SERIES = {**{("lm_gateway_prediction_stage_seconds", "stage", stage): stage
-                    for stage in ("validate", "wait", "store_ahead", "store")},
-                 ("lm_gateway_model_server_seconds", "call", "predict"): "model",
-                 ("lm_gateway_request_seconds", "route", "/v1/predictions"): "request"}
 # Stages that follow each other within a request (store_ahead overlaps the model call: not among them).
 SEQUENTIAL_STAGES = ("validate", "wait", "model", "store")
 
 
 def stage_totals(metrics: str) -> dict[str, tuple[float, float]]:
-    """From a gateway's /metrics text: per stage of a prediction request (:data:`_STAGE_SERIES`), the seconds
-    and the observations so far (sum, count); ``request`` counts the answered (2xx) POST /v1/predictions."""
+    """From a gateway's /metrics text: per stage of a prediction request (the gateway's
+    ``PREDICTION_STAGES``, ``model`` for its model-server call, ``request`` for the answered (2xx)
+    POST /v1/predictions), the seconds and the observations so far (sum, count)."""
     from prometheus_client.parser import text_string_to_metric_families
 
+    from learning_machine.gateway.edge import PREDICTION_STAGES
+
+    # (metric, label name, label value) -> stage
+    series = {**{("lm_gateway_prediction_stage_seconds", "stage", stage): stage for stage in PREDICTION_STAGES},
+              ("lm_gateway_model_server_seconds", "call", "predict"): "model",
+              ("lm_gateway_request_seconds", "route", "/v1/predictions"): "request"}
     totals: dict[str, tuple[float, float]] = {}
     for family in text_string_to_metric_families(metrics):
         for sample in family.samples:
@@ -347,7 +349,7 @@ def stage_totals(metrics: str) -> dict[str, tuple[float, float]]:
             labels = sample.labels
             if labels.get("outcome", "success") != "success" or labels.get("method", "POST") != "POST":
                 continue
-            stage = next((stage for (metric, key, value), stage in _STAGE_SERIES.items()
+            stage = next((stage for (metric, key, value), stage in series.items()
                           if sample.name.startswith(metric) and labels.get(key) == value), None)
             if stage is None:
                 continue
